@@ -1,0 +1,87 @@
+"""Where lessons are and where they belong: the files on disk, and the learning path in
+`annotated/curriculum.toml` (stages → weeks → lessons, written or planned)."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LessonFile:
+    """A lesson on disk and the names the rest of the engine knows it by."""
+
+    root: Path  # the project root
+    relative: str  # "annotated/foundations/autograd.py"
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relative
+
+    @property
+    def module(self) -> str:
+        """`annotated.foundations.autograd`: what `python -m` runs."""
+        return self.relative[: -len(".py")].replace("/", ".")
+
+    @property
+    def key(self) -> str:
+        """`foundations/autograd` (kernels keep their folder: `kernels/softmax`); names pages, figures, results."""
+        stem = self.relative[: -len(".py")]
+        return stem.split("/", 1)[1] if stem.startswith("annotated/") else stem
+
+    @property
+    def test(self) -> str:
+        """The mirrored test file: `tests/foundations/test_autograd.py`."""
+        folder, _, topic = self.key.rpartition("/")
+        return f"tests/{folder}/test_{topic}.py"
+
+    @property
+    def page(self) -> str:
+        return f"lessons/{self.key}.md"
+
+    def source_sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def discover(root: Path, packages: tuple[str, ...] = ("annotated", "kernels")) -> list[LessonFile]:
+    """Every lesson file: `annotated/<area>/<topic>.py` and `kernels/[<area>/]<topic>.py`, sorted."""
+    found = []
+    for package in packages:
+        base = root / package
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            depth = len(path.relative_to(base).parts)
+            if path.name.startswith("_") or any(part.startswith((".", "_")) for part in path.relative_to(base).parts[:-1]):
+                continue
+            if (package == "annotated" and depth == 2) or (package != "annotated" and depth in (1, 2)):
+                found.append(LessonFile(root, relative))
+    return found
+
+
+@dataclass(frozen=True)
+class PlannedLesson:
+    stage: int
+    stage_title: str
+    weeks: str
+    week_title: str
+    module: str  # "foundations/autograd"
+    title: str
+
+
+def load_curriculum(path: Path) -> list[dict]:
+    """The stages as dicts, straight from the TOML: number, title, summary, week[weeks, title, lessons]."""
+    with open(path, "rb") as handle:
+        return tomllib.load(handle)["stage"]
+
+
+def planned_lessons(stages: list[dict]) -> list[PlannedLesson]:
+    return [
+        PlannedLesson(stage["number"], stage["title"], week["weeks"], week["title"], lesson["module"], lesson["title"])
+        for stage in stages
+        for week in stage["week"]
+        for lesson in week["lessons"]
+    ]

@@ -1,0 +1,208 @@
+"""The mkdocs plugin: every lesson becomes a page, in curriculum order, before anything is written.
+
+Events, in the order mkdocs calls them:
+
+- `on_config`: find the lessons, read their front matter, put them in the nav (stage → topic → lesson).
+- `on_files`: parse and render every lesson, and add its page and downloads as generated files. All the work
+  that can fail happens here, before mkdocs writes a single page, so a broken lesson leaves no half-built site.
+- `on_page_markdown`: fill the home page's learning path.
+- `on_page_content`: put each lesson's rendered body into its page.
+- `on_serve`: watch the lessons and their tests, so that saving one re-renders its page.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import posixpath
+from pathlib import Path
+
+from mkdocs.config import config_options as c
+from mkdocs.config.base import Config
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import BasePlugin
+from mkdocs.structure.files import File, Files
+
+from tools.literate import LessonError, benchmarks, diagrams, figures, notebook, parse, render
+from tools.literate.curriculum import LessonFile, discover, load_curriculum, planned_lessons
+
+_BODY_PLACEHOLDER = "LITERATE-PAGE-BODY"
+_PATH_PLACEHOLDER = "<!-- learning-path -->"
+_CSS = "assets/literate.css"
+
+
+class LiteratePluginConfig(Config):
+    packages = c.ListOfItems(c.Type(str), default=["annotated", "kernels"])
+    curriculum = c.Type(str, default="annotated/curriculum.toml")
+    cache_dir = c.Type(str, default=".cache/literate")
+
+
+class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
+    """Renders `annotated/**.py` and `kernels/**.py` as side-by-side pages with generated diagrams."""
+
+    def __init__(self):
+        self._bodies: dict[str, str] = {}  # page src_uri → rendered body, for on_page_content
+        self._rendered: dict[str, tuple[str, str]] = {}  # inputs hash → (body, ipynb), kept across serve rebuilds
+
+    # ---- on_config: lessons into the nav ---------------------------------------------------------------
+
+    def on_config(self, config):
+        self.root = Path(config.config_file_path).resolve().parent
+        self.cache_dir = self.root / self.config.cache_dir
+        self.lessons = discover(self.root, tuple(self.config.packages))
+        self.stages = load_curriculum(self.root / self.config.curriculum)
+        self.front_matter = {lesson.key: self._load(lesson).front_matter for lesson in self.lessons}
+        config.nav = self._nav(config.nav or [])
+        if _CSS not in config.extra_css:
+            config.extra_css.append(_CSS)
+        return config
+
+    def _load(self, lesson: LessonFile):
+        try:
+            return parse.load(lesson.path)
+        except LessonError as error:
+            raise PluginError(f"literate: {error}") from None
+
+    def _nav(self, nav: list) -> list:
+        order = {planned.module: index for index, planned in enumerate(planned_lessons(self.stages))}
+        by_stage: dict[int, dict[str, list]] = {}
+        for lesson in sorted(self.lessons, key=lambda item: (order.get(item.key, len(order)), item.key)):
+            meta = self.front_matter[lesson.key]
+            by_stage.setdefault(meta["stage"], {}).setdefault(str(meta["topic"]), []).append({meta["title"]: lesson.page})
+        titles = {stage["number"]: stage["title"] for stage in self.stages}
+        sections = [
+            {f"Stage {number} · {titles.get(number, '')}": [{topic.replace('_', ' ').capitalize(): pages} for topic, pages in topics.items()]}
+            for number, topics in sorted(by_stage.items())
+        ]
+        return nav[:1] + sections + nav[1:]
+
+    # ---- on_files: render every lesson -----------------------------------------------------------------
+
+    def on_files(self, files: Files, config):
+        self._bodies = {}
+        docs_dir = Path(config.docs_dir)
+        files.append(File.generated(config, _CSS, abs_src_path=str(Path(__file__).parent / "assets" / "literate.css")))
+        for lesson in self.lessons:
+            try:
+                body, ipynb = self._render(lesson, docs_dir, config)
+            except LessonError as error:
+                raise PluginError(f"literate: {error}") from None
+            meta = self.front_matter[lesson.key]
+            page = f"---\ntitle: {_yaml_string(meta['title'])}\nhide:\n  - toc\n---\n\n# {meta['title']}\n\n{_BODY_PLACEHOLDER}\n"
+            self._bodies[lesson.page] = body
+            files.append(File.generated(config, lesson.page, content=page))
+            files.append(File.generated(config, f"downloads/{lesson.relative}", abs_src_path=str(lesson.path)))
+            files.append(File.generated(config, f"downloads/{lesson.relative[:-3]}.ipynb", content=ipynb))
+            files.append(File.generated(config, f"downloads/{lesson.test}", abs_src_path=str(self.root / lesson.test)))
+        return files
+
+    def _render(self, lesson: LessonFile, docs_dir: Path, config) -> tuple[str, str]:
+        """The page body and notebook of one lesson, from the in-process cache when no input changed."""
+        test_path = self.root / lesson.test
+        if not test_path.exists():
+            raise LessonError(lesson.path, 1, f"no test file {lesson.test}: every lesson is verified against a reference there")
+        inputs = [lesson.path.read_text(encoding="utf-8"), test_path.read_text(encoding="utf-8")]
+        for extra in (docs_dir / figures.folder_for(lesson) / figures.MANIFEST, benchmarks.record_path(lesson, docs_dir)):
+            inputs.append(extra.read_text(encoding="utf-8") if extra.exists() else "")
+        inputs += [_imported_sources(lesson, self.root), str(config.use_directory_urls)]
+        key = diagrams.source_hash(*inputs)
+        if key not in self._rendered:
+            self._rendered[key] = self._render_fresh(lesson, docs_dir, config, inputs[0], inputs[1], inputs[4])
+        return self._rendered[key]
+
+    def _render_fresh(self, lesson: LessonFile, docs_dir: Path, config, source: str, test_source: str, imported: str) -> tuple[str, str]:
+        parsed = parse.load(lesson.path)
+        page_url = lesson.page[: -len(".md")] + ("/" if config.use_directory_urls else ".html")
+        depth = page_url.count("/")
+        facts = render.PageFacts(
+            module=lesson.module,
+            test_path=lesson.test,
+            verified=_verified_sentence(test_source, lesson),
+            root="../" * depth,
+            page_src=lesson.page,
+            download_py=f"downloads/{lesson.relative}",
+            download_ipynb=f"downloads/{lesson.relative[:-3]}.ipynb",
+            download_test=f"downloads/{lesson.test}",
+        )
+        class_dot = diagrams.class_diagram(source, str(lesson.path))
+        dataflow_dot = diagrams.cached_text(
+            self.cache_dir, "dataflow", diagrams.source_hash("dataflow", source, imported),
+            lambda: diagrams.dataflow_diagram(lesson.path, lesson.module),
+        )
+        svgs = {
+            "classes": ("Classes and what they hold" if "digraph classes" in class_dot else "Functions and the calls between them", diagrams.to_svg(class_dot, self.cache_dir, str(lesson.path), "class")),
+            "dataflow": ("Dataflow of the declared example", diagrams.to_svg(dataflow_dot, self.cache_dir, str(lesson.path), "dataflow")),
+        }
+        body = render.render_lesson(
+            parsed, facts, svgs, figures.read(lesson, docs_dir), benchmarks.read(lesson, docs_dir), benchmarks.has_benchmarks(lesson)
+        )
+        return body, notebook.to_ipynb(parsed)
+
+    # ---- pages ---------------------------------------------------------------------------------------------
+
+    def on_page_markdown(self, markdown: str, page, config, files):
+        if _PATH_PLACEHOLDER in markdown:
+            markdown = markdown.replace(_PATH_PLACEHOLDER, self._learning_path(page.file.src_uri))
+        return markdown
+
+    def _learning_path(self, from_page: str) -> str:
+        written = {lesson.key: lesson for lesson in self.lessons}
+        here = posixpath.dirname(from_page)
+        out = []
+        for stage in self.stages:
+            out.append(f"## Stage {stage['number']} · {stage['title']}\n\n{stage.get('summary', '')}\n")
+            for week in stage["week"]:
+                out.append(f"### Weeks {week['weeks']} · {week['title']}\n")
+                for item in week["lessons"]:
+                    lesson = written.get(item["module"])
+                    if lesson:
+                        link = posixpath.relpath(lesson.page, here or ".")
+                        summary = self.front_matter[lesson.key]["summary"]
+                        out.append(f"- [{self.front_matter[lesson.key]['title']}]({link}) — {summary}")
+                    else:
+                        out.append(f'- {item["title"]} <span class="lit-planned">not yet written</span>')
+                out.append("")
+        return "\n".join(out)
+
+    def on_page_content(self, html: str, page, config, files):
+        body = self._bodies.get(page.file.src_uri)
+        if body is None:
+            return html
+        return html.replace(f"<p>{_BODY_PLACEHOLDER}</p>", f'<div class="lit-page">{body}</div>')
+
+    def on_serve(self, server, config, builder):
+        for folder in [*self.config.packages, "tests"]:
+            if (self.root / folder).is_dir():
+                server.watch(str(self.root / folder))
+        return server
+
+
+def _yaml_string(text: str) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _verified_sentence(test_source: str, lesson: LessonFile) -> str:
+    """The first sentence of the test module's docstring: what the lesson is verified against."""
+    docstring = ast.get_docstring(ast.parse(test_source)) or ""
+    if not docstring.strip():
+        raise LessonError(lesson.root / lesson.test, 1, "the test module's docstring must start with a sentence naming the reference it checks against")
+    paragraph = docstring.strip().split("\n\n")[0].replace("\n", " ")
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
+
+
+def _imported_sources(lesson: LessonFile, root: Path) -> str:
+    """The hashes of the project modules a lesson imports: its example runs their code too."""
+    tree = ast.parse(lesson.path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    digests = []
+    for name in sorted(names):
+        path = root / (name.replace(".", "/") + ".py")
+        if name.split(".")[0] in ("annotated", "kernels") and path.exists():
+            digests.append(f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
+    return "\n".join(digests)

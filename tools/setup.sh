@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Install what is missing, then serve the site, build it, or run the whole test suite.
+#
+#   bash tools/setup.sh serve    # mkdocs serve on http://127.0.0.1:8000 (re-renders a lesson when you save it)
+#   bash tools/setup.sh build    # mkdocs build --strict into site/
+#   bash tools/setup.sh test     # the whole test suite, as CI runs it (extra arguments go to pytest)
+#
+# System packages (Graphviz always; Chromium for the browser test) come from apt when this runs as root on
+# Debian or Ubuntu; anywhere else the script prints what to install and stops. Python packages come from
+# pyproject.toml. Nothing else is downloaded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:-}"
+case "$mode" in
+  serve|build|test) shift ;;
+  *) echo "usage: bash tools/setup.sh {serve|build|test} [arguments]" >&2; exit 2 ;;
+esac
+
+python="${PYTHON:-python3}"
+
+# ---- system packages -----------------------------------------------------------------------------------
+missing=()
+command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+if [ "$mode" = test ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${missing[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing system packages: ${missing[*]}" >&2
+    echo "  Debian/Ubuntu: sudo apt-get install ${missing[*]}" >&2
+    echo "  Fedora:        sudo dnf install ${missing[*]}" >&2
+    echo "  macOS:         brew install ${missing[*]/chromium/--cask chromium}" >&2
+    echo "  (the browser test looks for the executable 'chromium' on PATH)" >&2
+    exit 1
+  fi
+fi
+
+# ---- Python packages -------------------------------------------------------------------------------------
+# torch first and pinned: a bare range would let pip pick the newest CUDA build (gigabytes); 2.13.0 is the
+# CPU wheel this project is tested with.
+if ! "$python" -c "import torch" >/dev/null 2>&1; then
+  echo "setup: installing torch==2.13.0"
+  "$python" -m pip install -q "torch==2.13.0"
+fi
+extra=docs
+[ "$mode" = test ] && extra=test
+if ! "$python" - "$extra" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import distribution, PackageNotFoundError
+from packaging.requirements import Requirement
+dist = distribution("annotated-dl")
+wanted = {sys.argv[1], "docs"}
+for text in dist.requires or []:
+    req = Requirement(text)
+    if req.marker and not any(req.marker.evaluate({"extra": e}) for e in wanted):
+        continue
+    if req.name == "annotated-dl":
+        continue
+    if distribution(req.name).version not in req.specifier:
+        sys.exit(1)
+PY
+then
+  echo "setup: installing the project and its [$extra] extras from pyproject.toml"
+  "$python" -m pip install -q -e ".[$extra]"
+fi
+
+export NO_MKDOCS_2_WARNING=1
+case "$mode" in
+  serve) exec "$python" -m mkdocs serve --dev-addr 127.0.0.1:8000 "$@" ;;
+  build) exec "$python" -m mkdocs build --strict "$@" ;;
+  test)  exec "$python" -m pytest "$@" ;;
+esac
