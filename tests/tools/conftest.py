@@ -65,7 +65,7 @@ def build(root: Path, site: Path | None = None) -> subprocess.CompletedProcess:
 def _env(root: Path) -> dict:
     import os
 
-    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{root}"}
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{root}", "NO_MKDOCS_2_WARNING": "1"}
 
 
 @pytest.fixture

@@ -1,6 +1,15 @@
-"""Sections → notebook: a Markdown cell for each section's prose and a code cell for its code, via jupytext."""
+"""Notebooks: a lesson's downloadable `.ipynb` (a Markdown cell per section's prose, a code cell per its code,
+via jupytext), and the executed notebooks under `docs/`, which the site shows with stored outputs."""
 
 from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
 
 import jupytext
 
@@ -21,3 +30,53 @@ def to_ipynb(lesson: Lesson) -> str:
     notebook = jupytext.reads("\n\n".join(cells) + "\n", fmt="py:percent")
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return jupytext.writes(notebook, fmt="ipynb")
+
+
+# ---- executed notebooks under docs/ -------------------------------------------------------------------------
+#
+# The site shows notebooks with their stored outputs and never runs them. `python -m tools.literate.notebook
+# docs/tour.ipynb` executes one in place and records the hash of each lesson its cells import, so a test can
+# tell when a lesson changed under it.
+
+
+def imported_lessons(nb, root: Path) -> dict[str, str]:
+    """{lesson path: sha256} for every `annotated.*` / `kernels.*` module the notebook's code imports."""
+    found = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                path = root / (name.replace(".", "/") + ".py")
+                if name.split(".")[0] in ("annotated", "kernels") and path.exists():
+                    found[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dict(sorted(found.items()))
+
+
+def execute(path: Path, root: Path, timeout: int = 600) -> None:
+    """Run every cell of the notebook at `path` and write it back with its outputs, atomically."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    nb.metadata["literate"] = {"lessons": imported_lessons(nb, root)}
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".part", encoding="utf-8") as handle:
+        nbformat.write(nb, handle)
+    os.replace(handle.name, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Execute notebooks under docs/ in place and record the lessons they import.")
+    parser.add_argument("notebooks", nargs="+", help="e.g. docs/tour.ipynb")
+    parser.add_argument("--root", default=".", help="the project root (the notebook runs there)")
+    args = parser.parse_args(argv)
+    for name in args.notebooks:
+        print(f"{name}: executing ...", flush=True)
+        execute(Path(name).resolve(), Path(args.root).resolve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

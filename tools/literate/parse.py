@@ -15,6 +15,7 @@ import ast
 import io
 import re
 import tokenize
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
 def load(path: str | Path) -> Lesson:
     """Parse a lesson file and check its front matter: `title`, `summary`, `stage`, `topic` and `time`."""
     path = Path(path)
-    lesson = parse(path.read_text(encoding="utf-8"), path)
+    source = path.read_text(encoding="utf-8")
+    lesson = parse(source, path)
+    _check_escapes(source, path)
     if not lesson.front_matter:
         raise LessonError(
             path, 1, "no front matter: the module docstring must begin with a '---' YAML block "
@@ -132,6 +135,19 @@ def load(path: str | Path) -> Lesson:
     if lesson.front_matter["stage"] not in (1, 2, 3):
         raise LessonError(path, lesson.front_matter_line, f"front matter: stage must be 1, 2 or 3, got {lesson.front_matter['stage']!r}")
     return lesson
+
+
+def _check_escapes(source: str, path: Path) -> None:
+    """A backslash in a plain string is an escape: `"$\\frac{a}{b}$"` holds a form feed, not `\\frac`. Python
+    only warns; a lesson full of math makes it an error, pointing at the line (use `r\"\"\"`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SyntaxWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            compile(source, str(path), "exec", dont_inherit=True)
+        except (SyntaxWarning, DeprecationWarning, SyntaxError) as warning:
+            line = getattr(warning, "lineno", None) or 1
+            raise LessonError(path, line, f"{warning.msg if hasattr(warning, 'msg') else warning}: write the string as r\"\"\"...\"\"\"") from None
 
 
 # ---- tokens: which lines are full-line comments -------------------------------------------------------------

@@ -42,7 +42,6 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
 
     def __init__(self):
         self._bodies: dict[str, str] = {}  # page src_uri → rendered body, for on_page_content
-        self._rendered: dict[str, tuple[str, str]] = {}  # inputs hash → (body, ipynb), kept across serve rebuilds
 
     # ---- on_config: lessons into the nav ---------------------------------------------------------------
 
@@ -61,7 +60,13 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         try:
             return parse.load(lesson.path)
         except LessonError as error:
-            raise PluginError(f"literate: {error}") from None
+            raise PluginError(f"literate: {self._relative(error)}") from None
+
+    def _relative(self, error: LessonError) -> str:
+        path = Path(error.path)
+        if path.is_absolute() and path.is_relative_to(self.root):
+            return f"{path.relative_to(self.root).as_posix()}:{error.line}: {error.reason}"
+        return str(error)
 
     def _nav(self, nav: list) -> list:
         order = {planned.module: index for index, planned in enumerate(planned_lessons(self.stages))}
@@ -84,9 +89,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         files.append(File.generated(config, _CSS, abs_src_path=str(Path(__file__).parent / "assets" / "literate.css")))
         for lesson in self.lessons:
             try:
-                body, ipynb = self._render(lesson, docs_dir, config)
+                body, ipynb = render_page(lesson, docs_dir, self.cache_dir, config.use_directory_urls)
             except LessonError as error:
-                raise PluginError(f"literate: {error}") from None
+                raise PluginError(f"literate: {self._relative(error)}") from None
             meta = self.front_matter[lesson.key]
             page = f"---\ntitle: {_yaml_string(meta['title'])}\nhide:\n  - toc\n---\n\n# {meta['title']}\n\n{_BODY_PLACEHOLDER}\n"
             self._bodies[lesson.page] = body
@@ -95,48 +100,6 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             files.append(File.generated(config, f"downloads/{lesson.relative[:-3]}.ipynb", content=ipynb))
             files.append(File.generated(config, f"downloads/{lesson.test}", abs_src_path=str(self.root / lesson.test)))
         return files
-
-    def _render(self, lesson: LessonFile, docs_dir: Path, config) -> tuple[str, str]:
-        """The page body and notebook of one lesson, from the in-process cache when no input changed."""
-        test_path = self.root / lesson.test
-        if not test_path.exists():
-            raise LessonError(lesson.path, 1, f"no test file {lesson.test}: every lesson is verified against a reference there")
-        inputs = [lesson.path.read_text(encoding="utf-8"), test_path.read_text(encoding="utf-8")]
-        for extra in (docs_dir / figures.folder_for(lesson) / figures.MANIFEST, benchmarks.record_path(lesson, docs_dir)):
-            inputs.append(extra.read_text(encoding="utf-8") if extra.exists() else "")
-        inputs += [_imported_sources(lesson, self.root), str(config.use_directory_urls)]
-        key = diagrams.source_hash(*inputs)
-        if key not in self._rendered:
-            self._rendered[key] = self._render_fresh(lesson, docs_dir, config, inputs[0], inputs[1], inputs[4])
-        return self._rendered[key]
-
-    def _render_fresh(self, lesson: LessonFile, docs_dir: Path, config, source: str, test_source: str, imported: str) -> tuple[str, str]:
-        parsed = parse.load(lesson.path)
-        page_url = lesson.page[: -len(".md")] + ("/" if config.use_directory_urls else ".html")
-        depth = page_url.count("/")
-        facts = render.PageFacts(
-            module=lesson.module,
-            test_path=lesson.test,
-            verified=_verified_sentence(test_source, lesson),
-            root="../" * depth,
-            page_src=lesson.page,
-            download_py=f"downloads/{lesson.relative}",
-            download_ipynb=f"downloads/{lesson.relative[:-3]}.ipynb",
-            download_test=f"downloads/{lesson.test}",
-        )
-        class_dot = diagrams.class_diagram(source, str(lesson.path))
-        dataflow_dot = diagrams.cached_text(
-            self.cache_dir, "dataflow", diagrams.source_hash("dataflow", source, imported),
-            lambda: diagrams.dataflow_diagram(lesson.path, lesson.module),
-        )
-        svgs = {
-            "classes": ("Classes and what they hold" if "digraph classes" in class_dot else "Functions and the calls between them", diagrams.to_svg(class_dot, self.cache_dir, str(lesson.path), "class")),
-            "dataflow": ("Dataflow of the declared example", diagrams.to_svg(dataflow_dot, self.cache_dir, str(lesson.path), "dataflow")),
-        }
-        body = render.render_lesson(
-            parsed, facts, svgs, figures.read(lesson, docs_dir), benchmarks.read(lesson, docs_dir), benchmarks.has_benchmarks(lesson)
-        )
-        return body, notebook.to_ipynb(parsed)
 
     # ---- pages ---------------------------------------------------------------------------------------------
 
@@ -175,6 +138,59 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             if (self.root / folder).is_dir():
                 server.watch(str(self.root / folder))
         return server
+
+
+# inputs hash → (body, ipynb). Module-level, so it outlives the plugin object that `mkdocs serve` recreates
+# on every rebuild: an unchanged lesson is not parsed or rendered again.
+_RENDERED: dict[str, tuple[str, str]] = {}
+
+
+def render_page(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_directory_urls: bool = True) -> tuple[str, str]:
+    """The page body and the notebook of one lesson; from memory when none of its inputs changed.
+
+    Inputs: the lesson's source, its test file, its stored figures and benchmark results, and the source of
+    every project module it imports (its example runs their code too).
+    """
+    test_path = lesson.root / lesson.test
+    if not test_path.exists():
+        raise LessonError(lesson.path, 1, f"no test file {lesson.test}: every lesson is verified against a reference there")
+    source = lesson.path.read_text(encoding="utf-8")
+    test_source = test_path.read_text(encoding="utf-8")
+    stored = [path.read_text(encoding="utf-8") if path.exists() else "" for path in (docs_dir / figures.folder_for(lesson) / figures.MANIFEST, benchmarks.record_path(lesson, docs_dir))]
+    imported = _imported_sources(lesson, lesson.root)
+    key = diagrams.source_hash(source, test_source, *stored, imported, str(use_directory_urls))
+    if key not in _RENDERED:
+        _RENDERED[key] = _render_fresh(lesson, docs_dir, cache_dir, use_directory_urls, source, test_source, imported)
+    return _RENDERED[key]
+
+
+def _render_fresh(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_directory_urls: bool, source: str, test_source: str, imported: str) -> tuple[str, str]:
+    parsed = parse.load(lesson.path)
+    page_url = lesson.page[: -len(".md")] + ("/" if use_directory_urls else ".html")
+    facts = render.PageFacts(
+        module=lesson.module,
+        test_path=lesson.test,
+        verified=_verified_sentence(test_source, lesson),
+        root="../" * page_url.count("/"),
+        page_src=lesson.page,
+        download_py=f"downloads/{lesson.relative}",
+        download_ipynb=f"downloads/{lesson.relative[:-3]}.ipynb",
+        download_test=f"downloads/{lesson.test}",
+    )
+    class_dot = diagrams.class_diagram(source, str(lesson.path))
+    dataflow_dot = diagrams.cached_text(
+        cache_dir, "dataflow", diagrams.source_hash("dataflow", source, imported),
+        lambda: diagrams.dataflow_diagram(lesson.path, lesson.module),
+    )
+    class_caption = "Classes and what they hold" if class_dot.startswith("digraph classes") else "Functions and the calls between them"
+    svgs = {
+        "classes": (class_caption, diagrams.to_svg(class_dot, cache_dir, str(lesson.path), "class")),
+        "dataflow": ("Dataflow of the declared example", diagrams.to_svg(dataflow_dot, cache_dir, str(lesson.path), "dataflow")),
+    }
+    body = render.render_lesson(
+        parsed, facts, svgs, figures.read(lesson, docs_dir), benchmarks.read(lesson, docs_dir), benchmarks.has_benchmarks(lesson)
+    )
+    return body, notebook.to_ipynb(parsed)
 
 
 def _yaml_string(text: str) -> str:

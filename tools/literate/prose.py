@@ -135,7 +135,7 @@ def _inline_close(text: str, start: int) -> int | None:
         if text[close - 1] != "\\":
             break
         close += 1
-    if text[close - 1].isspace() or (close + 1 < len(text) and text[close + 1].isdigit()):
+    if text[close - 1].isspace() or (close + 1 < len(text) and text[close + 1].isdigit()) or "`" in text[start:close]:
         return None
     return close
 
@@ -148,10 +148,21 @@ def _convert(latex: str, display: bool) -> str:
 
 
 def _mathml(latex: str, display: bool, path: str, line: int) -> str:
+    depth = 0
+    for match in re.finditer(r"\\.|[{}]", latex):
+        depth += {"{": 1, "}": -1}.get(match.group(), 0)
+        if depth < 0:
+            break
+    if depth != 0:
+        raise LessonError(path, line, f"cannot render math {latex!r}: unbalanced braces")
     try:
         mathml = _convert(latex, display)
     except Exception as error:  # latex2mathml raises many types; each is a bad formula in the lesson
-        raise LessonError(path, line, f"cannot render math {latex!r}: {type(error).__name__}: {error}") from None
+        raise LessonError(path, line, f"cannot render math {latex!r}: {type(error).__name__} {error}".rstrip()) from None
+    # latex2mathml passes a command it does not know through as text; a reader would see `\foo` on the page.
+    unknown = re.search(r"<m[io]>(\\[A-Za-z]+)</m[io]>", mathml)
+    if unknown:
+        raise LessonError(path, line, f"cannot render math {latex!r}: unknown command {unknown.group(1)}")
     # Keep the source as an annotation: screen readers and copy-paste get the LaTeX back.
     annotation = f'<annotation encoding="application/x-tex">{html.escape(latex)}</annotation>'
     opening, body = mathml.split(">", 1)

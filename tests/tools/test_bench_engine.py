@@ -1,0 +1,111 @@
+"""Speed of the engine, measured with pytest-benchmark (run `pytest --benchmark-only tests/tools`): parsing and
+rendering a 1,000-line lesson with warm diagrams, a warm `mkdocs build --strict` of the whole site, and the
+rebuild `mkdocs serve` does after one lesson is saved. In the default run each body runs once, as a test."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, REPO, make_project
+from tools.literate import plugin
+from tools.literate.curriculum import LessonFile
+
+
+def thousand_line_lesson() -> str:
+    """The tiny fixture lesson grown to 1,000 lines with prose, math, docstrings and code in lesson proportions."""
+    source = (FIXTURES / "tiny_model.py").read_text()
+    head, exercises = source.split("# ## Exercises")
+    chunks = [head]
+    index = 0
+    while (head + "".join(chunks)).count("\n") < 960:
+        chunks.append(textwrap.dedent(f'''
+            # Step {index} of the long derivation. The gradient of the loss with respect to $w_{{{index}}}$
+            # follows from the chain rule, summed over every path:
+            #
+            # $$
+            # \\frac{{\\partial L}}{{\\partial w_{{{index}}}}} = \\sum_j \\frac{{\\partial L}}{{\\partial y_j}} \\frac{{\\partial y_j}}{{\\partial w_{{{index}}}}}
+            # $$
+            def step_{index}(x, weight=0.5):
+                """Scale `x` by $w$ and add a bias `[batch, width]`."""
+                scaled = x * weight  # [batch, width]
+                shifted = scaled + {index}
+                return shifted
+
+        '''))
+        index += 1
+    text = "".join(chunks) + "# ## Exercises" + exercises
+    return text
+
+
+def test_bench_parse_and_render_1000_line_lesson(benchmark, tmp_path):
+    project = make_project(tmp_path / "project", lesson_source=thousand_line_lesson())
+    lesson = LessonFile(project, "annotated/demo/tiny_model.py")
+    assert lesson.path.read_text().count("\n") >= 1000
+    cache = project / ".cache"
+    plugin.render_page(lesson, project / "docs", cache)  # warms the diagram caches
+
+    def render_cold_in_memory():
+        plugin._RENDERED.clear()
+        return plugin.render_page(lesson, project / "docs", cache)
+
+    body, _ = benchmark(render_cold_in_memory)
+    assert body.count('class="lit-section') > 60
+
+
+def copy_of_repo(target: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache", ".benchmarks", "site", "out")
+    for name in ("annotated", "kernels", "docs", "tests", "tools", ".cache"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, target / name, ignore=ignore)
+    shutil.copy(REPO / "mkdocs.yml", target / "mkdocs.yml")
+    return target
+
+
+@pytest.mark.slow
+def test_bench_warm_mkdocs_build_of_the_whole_site(benchmark, tmp_path):
+    project = copy_of_repo(tmp_path / "repo")
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")]
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(project)}
+    subprocess.run(command, cwd=project, env=env, check=True, capture_output=True)  # warms the caches
+
+    def build():
+        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+
+    result = benchmark.pedantic(build, rounds=3, iterations=1)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_serve_rebuild_after_saving_one_lesson(benchmark, tmp_path):
+    """What `mkdocs serve` does when a lesson is saved: reload the config, rebuild in the same process."""
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+
+    project = copy_of_repo(tmp_path / "repo")
+    lesson = project / "annotated/foundations/autograd.py"
+    original = lesson.read_text()
+    site = tmp_path / "site"
+    cwd = os.getcwd()
+    os.chdir(project)
+    sys.path.insert(0, str(project))
+    try:
+        build(load_config(str(project / "mkdocs.yml"), site_dir=str(site)))
+        saves = iter(range(10**6))
+
+        def save_lesson():
+            lesson.write_text(original + f"\n# saved {next(saves)}\n")
+            return (), {}
+
+        def rebuild():
+            build(load_config(str(project / "mkdocs.yml"), site_dir=str(site)))
+
+        benchmark.pedantic(rebuild, setup=save_lesson, rounds=3, iterations=1)
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(project))
+    assert "saved" in (site / "downloads/annotated/foundations/autograd.py").read_text()

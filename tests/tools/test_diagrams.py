@@ -1,0 +1,134 @@
+"""Verified against the code they draw: the class diagram against the fixture's AST facts, the fx dataflow's
+edge shapes against running the same model in torch, and failures against the lesson line that raised."""
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tools.literate import LessonError
+from tools.literate import diagrams
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def write(tmp_path, source, name="lesson.py"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source).lstrip("\n"))
+    return path
+
+
+def test_class_diagram_shows_bases_composition_and_methods():
+    dot = diagrams.class_diagram((FIXTURES / "tiny_model.py").read_text(), "tiny_model.py")
+    assert '"nn.Module" -> "TinyModel" [dir=back, arrowtail=empty]' in dot
+    assert '"TinyModel" -> "Block" [arrowtail=diamond, dir=back, label="block"]' in dot
+    assert "embed: nn.Linear" in dot and "forward()" in dot
+
+
+def test_class_diagram_marks_lists_of_parts():
+    dot = diagrams.class_diagram(textwrap.dedent('''
+        class Neuron:
+            def __init__(self):
+                self.w = 1.0
+
+        class Layer:
+            def __init__(self, n):
+                self.neurons = [Neuron() for _ in range(n)]
+    '''), "x.py")
+    assert 'label="neurons *"' in dot
+
+
+def test_module_without_classes_gets_its_call_graph():
+    dot = diagrams.class_diagram("def a(x):\n    return b(x)\n\ndef b(y):\n    return y\n", "x.py")
+    assert dot.startswith("digraph calls") and '"a" -> "b"' in dot
+
+
+def test_fx_dataflow_carries_the_shapes_torch_computes():
+    dot = diagrams.dataflow_diagram(FIXTURES / "tiny_model.py", "fixture_tiny_model")
+    import fixture_tiny_model as lesson
+
+    model, (x,) = lesson.example()
+    hidden = model.embed(x)
+    out = model(x)
+    for shape in (x.shape, hidden.shape, out.shape):
+        assert f'label="[{", ".join(map(str, shape))}]"' in dot
+    for node in ("embed", "block_linear", "relu", "add", "head", "output"):
+        assert f'"{node}"' in dot
+
+
+def test_big_models_collapse_to_their_top_level_blocks(tmp_path):
+    path = write(tmp_path, """
+        import torch
+        from torch import nn
+
+        class Deep(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(30)])
+                self.head = nn.Linear(4, 1)
+
+            def forward(self, x):
+                return self.head(self.stem(x))
+
+        def example():
+            return Deep(), (torch.ones(2, 4),)
+    """)
+    dot = diagrams.dataflow_diagram(path, "fixture_deep")
+    assert '"stem"' in dot and '"head"' in dot and "stem_0_0" not in dot
+
+
+def test_declared_dataflow_is_drawn_and_checked(tmp_path):
+    path = write(tmp_path, """
+        def example():
+            return (lambda a, b: a * b), (2, 3)
+
+        def dataflow(product):
+            return [("a", "a"), ("b", "b"), ("p", f"a·b = {product}")], [("a", "p", ""), ("b", "p", "")]
+    """)
+    dot = diagrams.dataflow_diagram(path, "fixture_declared")
+    assert 'label="a·b = 6"' in dot and '"a" -> "p"' in dot
+
+
+def test_declared_edge_to_an_unknown_node_fails(tmp_path):
+    path = write(tmp_path, """
+        def example():
+            return (lambda: 1), ()
+
+        def dataflow(out):
+            return [("a", "a")], [("a", "ghost", "")]
+    """)
+    with pytest.raises(LessonError, match="ghost"):
+        diagrams.dataflow_diagram(path, "fixture_ghost")
+
+
+def test_example_that_raises_names_the_lesson_line(tmp_path):
+    path = write(tmp_path, """
+        def build():
+            raise RuntimeError("no weights")
+
+        def example():
+            return build(), ()
+    """)
+    with pytest.raises(LessonError, match=r"lesson\.py:2: example\(\) or dataflow\(\) raised RuntimeError: no weights"):
+        diagrams.dataflow_diagram(path, "fixture_raises")
+
+
+def test_lesson_without_example_fails(tmp_path):
+    path = write(tmp_path, "x = 1\n")
+    with pytest.raises(LessonError, match="no example"):
+        diagrams.dataflow_diagram(path, "fixture_no_example")
+
+
+def test_svg_is_cached_by_dot_source(tmp_path, monkeypatch):
+    dot = 'digraph g { "a" -> "b"; }'
+    first = diagrams.to_svg(dot, tmp_path, "x.py", "test")
+    assert first.startswith("<svg") and "</svg>" in first
+
+    def no_graphviz(*args, **kwargs):
+        raise AssertionError("dot ran although the SVG was cached")
+
+    monkeypatch.setattr(subprocess, "run", no_graphviz)
+    assert diagrams.to_svg(dot, tmp_path, "x.py", "test") == first
+    assert not list(tmp_path.rglob("*.part"))
