@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tools.literate import benchmarks, figures
-from tools.literate.curriculum import discover, load_curriculum, planned_lessons
+from tools.literate.curriculum import discover, imported_modules, load_curriculum, planned_lessons, project_sources
 from tools.literate.diagrams import dataflow_diagram
 from tools.literate.parse import load
 
@@ -35,13 +35,12 @@ def test_front_matter_matches_the_file_and_the_curriculum(lesson):
 @pytest.mark.parametrize("lesson", LESSONS, ids=ids)
 def test_imports_only_earlier_lessons(lesson):
     tree = ast.parse(lesson.path.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else [a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else []
-        for name in names:
-            assert name.split(".")[0] != "tools", f"{lesson.relative} imports the engine ({name})"
-            if name.startswith("annotated.") and name != "annotated.data":
-                imported = name.split(".", 1)[1].replace(".", "/")
-                assert imported in ORDER and ORDER.index(imported) < ORDER.index(lesson.key), f"{name} is not an earlier lesson"
+    for name in imported_modules(tree):
+        assert name.split(".")[0] != "tools", f"{lesson.relative} imports the engine ({name})"
+    for path in project_sources(tree, REPO):
+        key = path[len("annotated/") : -len(".py")]
+        if path != "annotated/data.py":
+            assert key in ORDER and ORDER.index(key) < ORDER.index(lesson.key), f"{path} is not an earlier lesson"
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=ids)

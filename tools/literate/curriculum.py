@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import tomllib
 from dataclasses import dataclass
@@ -85,3 +86,25 @@ def planned_lessons(stages: list[dict]) -> list[PlannedLesson]:
         for week in stage["week"]
         for lesson in week["lessons"]
     ]
+
+
+def imported_modules(tree) -> list[str]:
+    """Every module an AST imports, `from a.b import c` counted as both `a.b` and `a.b.c` (c may be a module)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+    return names
+
+
+def project_sources(tree, root: Path) -> dict[str, str]:
+    """{path: sha256} of the project files (`annotated/…`, `kernels/…`) that an AST imports."""
+    found = {}
+    for name in imported_modules(tree):
+        path = root / (name.replace(".", "/") + ".py")
+        if name.split(".")[0] in ("annotated", "kernels") and path.is_file():
+            found[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dict(sorted(found.items()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import os
 import sys
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import jupytext
 
+from tools.literate.curriculum import project_sources
 from tools.literate.parse import Lesson
 
 
@@ -43,14 +43,8 @@ def imported_lessons(nb, root: Path) -> dict[str, str]:
     """{lesson path: sha256} for every `annotated.*` / `kernels.*` module the notebook's code imports."""
     found = {}
     for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        for node in ast.walk(ast.parse(cell.source)):
-            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            for name in names:
-                path = root / (name.replace(".", "/") + ".py")
-                if name.split(".")[0] in ("annotated", "kernels") and path.exists():
-                    found[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+        if cell.cell_type == "code":
+            found.update(project_sources(ast.parse(cell.source), root))
     return dict(sorted(found.items()))
 
 

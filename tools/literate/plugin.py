@@ -13,7 +13,6 @@ Events, in the order mkdocs calls them:
 from __future__ import annotations
 
 import ast
-import hashlib
 import posixpath
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from mkdocs.plugins import BasePlugin
 from mkdocs.structure.files import File, Files
 
 from tools.literate import LessonError, benchmarks, diagrams, figures, notebook, parse, render
-from tools.literate.curriculum import LessonFile, discover, load_curriculum, planned_lessons
+from tools.literate.curriculum import LessonFile, discover, load_curriculum, planned_lessons, project_sources
 
 _BODY_PLACEHOLDER = "LITERATE-PAGE-BODY"
 _PATH_PLACEHOLDER = "<!-- learning-path -->"
@@ -209,16 +208,5 @@ def _verified_sentence(test_source: str, lesson: LessonFile) -> str:
 
 def _imported_sources(lesson: LessonFile, root: Path) -> str:
     """The hashes of the project modules a lesson imports: its example runs their code too."""
-    tree = ast.parse(lesson.path.read_text(encoding="utf-8"))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    digests = []
-    for name in sorted(names):
-        path = root / (name.replace(".", "/") + ".py")
-        if name.split(".")[0] in ("annotated", "kernels") and path.exists():
-            digests.append(f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
-    return "\n".join(digests)
+    sources = project_sources(ast.parse(lesson.path.read_text(encoding="utf-8")), root)
+    return "\n".join(f"{path}:{digest}" for path, digest in sources.items())
