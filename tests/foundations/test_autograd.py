@@ -1,0 +1,433 @@
+"""Verified against torch.autograd in float64 to 1e-9 (values and gradients of every leaf, on random expressions
+and on the MLP) and against central finite differences to 1e-5.
+
+The random expressions are drawn by hypothesis from every operation of `Value`, with domains kept safe by
+construction: logarithms and fractional or negative powers take `e * e + 0.5`, and divisors are `e * e + 0.5`
+or numbers away from 0. One interpreter evaluates an expression on `Value`s and on torch tensors, since both
+spell the operations alike (`a + b`, `a ** 2`, `a.tanh()`).
+"""
+
+import gc
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings, strategies as st
+
+from annotated.foundations.autograd import (
+    MLP,
+    Layer,
+    Neuron,
+    Value,
+    dataflow,
+    example,
+    logistic_loss,
+    main,
+    mlp_scores,
+)
+
+TOLERANCE = 1e-9
+N_LEAVES = 3
+
+
+def close(ours, reference, tolerance=TOLERANCE):
+    """Relative agreement for large numbers, absolute for small ones."""
+    return abs(ours - reference) <= tolerance * max(1.0, abs(reference))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random expressions, evaluated by one interpreter on Values or on torch tensors.
+#
+# An expression is a short straight-line program over the leaves. Each instruction applies one operation to
+# the previous result and, for binary operations, to any earlier value, leaf or intermediate. So the output
+# depends on every instruction, and intermediates are reused: the graph is a DAG, not only a tree, which is
+# what makes the order of the backward pass matter.
+
+BINARY_OPS = ["add", "sub", "mul", "div"]
+NUMBER_OPS = ["number+", "number-", "number*", "number/", "+number", "-number", "*number", "/number"]
+SMOOTH_UNARY_OPS = ["neg", "exp", "tanh", "sigmoid", "log", "pow"]
+# A fractional or negative power needs a positive base, so it is taken of `e * e + 0.5`; a whole power of
+# any base is taken of `e` itself.
+POWERS = [("positive base", p) for p in (-1.5, -1, -0.5, 0.5, 1.5, 2)] + [("any base", 2), ("any base", 3)]
+
+
+def expressions(unary_ops):
+    """Lists of instructions `(op, other_index, number, power)`; `other_index` picks an earlier value."""
+    number = st.one_of(st.floats(-3.0, -0.1), st.floats(0.1, 3.0))  # also a divisor, so kept away from 0
+    instruction = st.tuples(
+        st.sampled_from(BINARY_OPS + NUMBER_OPS + unary_ops),
+        st.integers(0, 1000),
+        number,
+        st.sampled_from(POWERS),
+    )
+    return st.lists(instruction, min_size=1, max_size=20)
+
+
+def apply(op, operand, other, number, power):
+    """One instruction: `operand` is the previous result, `other` an earlier value."""
+    if op == "add":
+        return operand + other
+    if op == "sub":
+        return operand - other
+    if op == "mul":
+        return operand * other
+    if op == "div":
+        return operand / (other * other + 0.5)
+    if op == "number+":
+        return number + operand
+    if op == "number-":
+        return number - operand
+    if op == "number*":
+        return number * operand
+    if op == "number/":
+        return number / (operand * operand + 0.5)
+    if op == "+number":
+        return operand + number
+    if op == "-number":
+        return operand - number
+    if op == "*number":
+        return operand * number
+    if op == "/number":
+        return operand / number
+    if op == "neg":
+        return -operand
+    if op == "log":
+        return (operand * operand + 0.5).log()
+    if op == "pow":
+        base, exponent = power
+        return (operand * operand + 0.5) ** exponent if base == "positive base" else operand**exponent
+    return getattr(operand, op)()  # exp, tanh, sigmoid, relu
+
+
+def evaluate(program, leaves):
+    """Run `program` on `leaves` (Values or 0-d tensors) and return its last value."""
+    values = list(leaves)
+    for op, other_index, number, power in program:
+        values.append(apply(op, values[-1], values[other_index % len(values)], number, power))
+    return values[-1]
+
+
+def evaluate_ours(program, leaf_values):
+    """Forward and backward on `Value`s; rejects (via `assume`) programs whose numbers leave a sane range."""
+    leaves = [Value(x) for x in leaf_values]
+    try:
+        output = evaluate(program, leaves)
+        output.backward()
+    except OverflowError:
+        assume(False)
+    assume(abs(output.data) < 1e6 and all(abs(leaf.grad) < 1e6 for leaf in leaves))
+    return output.data, [leaf.grad for leaf in leaves]
+
+
+leaf_values = st.lists(st.floats(-2.0, 2.0), min_size=N_LEAVES, max_size=N_LEAVES)
+
+
+@settings(max_examples=150)
+@given(program=expressions(SMOOTH_UNARY_OPS + ["relu"]), values=leaf_values)
+def test_random_expressions_match_torch_autograd(program, values):
+    output, grads = evaluate_ours(program, values)
+    leaves = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in values]
+    reference = evaluate(program, leaves)
+    reference.backward()
+    assert close(output, reference.item()), (output, reference.item())
+    for ours, leaf in zip(grads, leaves):
+        # A leaf the program never reads gets no torch gradient at all; ours stays 0.
+        reference_grad = 0.0 if leaf.grad is None else leaf.grad.item()
+        assert close(ours, reference_grad), (grads, [leaf.grad for leaf in leaves])
+
+
+@settings(max_examples=100)
+@given(program=expressions(SMOOTH_UNARY_OPS), values=leaf_values)
+def test_random_smooth_expressions_match_central_finite_differences(program, values):
+    output, grads = evaluate_ours(program, values)
+    assume(abs(output) < 1e3)
+    for i in range(N_LEAVES):
+        # (f(x + h) - f(x - h)) / 2h errs by O(h^2) from truncation and by O(eps |f| / h) from rounding;
+        # h = 1e-6 keeps both near 1e-10 for the functions drawn here.
+        step = 1e-6 * max(1.0, abs(values[i]))
+        plus, minus = list(values), list(values)
+        plus[i] += step
+        minus[i] -= step
+        try:
+            finite_difference = (evaluate(program, [Value(x) for x in plus]).data
+                                 - evaluate(program, [Value(x) for x in minus]).data) / (2 * step)
+        except (OverflowError, ValueError):
+            assume(False)
+        assert close(grads[i], finite_difference, tolerance=1e-5), (i, grads, finite_difference)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradient accumulation: a value used more than once collects one term per use.
+
+
+@pytest.mark.parametrize(
+    "build, expected_grad",
+    [
+        (lambda a: a * a, lambda x: 2 * x),
+        (lambda a: a + a, lambda x: 2.0),
+        (lambda a: a * a * a, lambda x: 3 * x**2),
+        (lambda a: (a * 3) * (a * 3) + a * 3, lambda x: (2 * 3 * x + 1) * 3),
+        (lambda a: a.tanh() * a.exp() - a, lambda x: (1 - math.tanh(x) ** 2) * math.exp(x)
+         + math.tanh(x) * math.exp(x) - 1),
+    ],
+    ids=["a*a", "a+a", "a*a*a", "shared intermediate", "tanh(a)*exp(a)-a"],
+)
+def test_value_used_twice_accumulates_gradients(build, expected_grad):
+    a = Value(0.7)
+    build(a).backward()
+    assert a.grad == pytest.approx(expected_grad(0.7), rel=1e-12)
+
+
+def test_backward_order_example_from_the_lesson():
+    # b = 3a, c = 2b, L = b + c: dL/db = 1 + 2 = 3 and dL/da = 9. Visiting b before c would give 3.
+    a = Value(1.5)
+    b = a * 3
+    c = b * 2
+    loss = b + c
+    loss.backward()
+    assert (b.grad, a.grad) == (3.0, 9.0)
+
+
+def test_topological_order_lists_every_node_after_its_children():
+    fn, args = example()
+    output = fn(*args)
+    order = output.topological_order()
+    position = {node: i for i, node in enumerate(order)}
+    assert order[-1] is output and len(position) == len(order)
+    assert all(position[child] < position[node] for node in order for child in node._children)
+
+
+def test_backward_twice_doubles_leaf_gradients_like_torch():
+    x, w = Value(0.3), Value(-1.2)
+    out = (x * w).tanh() + x
+    out.backward()
+    out.backward()
+    x_ref = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    w_ref = torch.tensor(-1.2, dtype=torch.float64, requires_grad=True)
+    out_ref = (x_ref * w_ref).tanh() + x_ref
+    out_ref.backward(retain_graph=True)
+    out_ref.backward()
+    assert close(x.grad, x_ref.grad.item()) and close(w.grad, w_ref.grad.item())
+
+
+@pytest.mark.parametrize("x", [-800.0, -40.0, -1e-3, 0.0, 2.5, 40.0, 800.0])
+def test_sigmoid_is_stable_at_extremes_and_matches_torch(x):
+    ours = Value(x)
+    ours.sigmoid().backward()
+    reference = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    torch.sigmoid(reference).backward()
+    assert close(Value(x).sigmoid().data, torch.sigmoid(reference).item())
+    assert close(ours.grad, reference.grad.item())
+
+
+def test_graphs_have_no_reference_cycles():
+    # The demo turns the cycle collector off while training; that is only safe if reference counting alone
+    # frees every graph, i.e. if no node can reach itself.
+    model = MLP(2, [4, 4, 1])
+    gc.collect()
+    gc.disable()
+    try:
+        loss = logistic_loss([model([0.1 * i, -0.2 * i])[0] for i in range(5)], [1.0, -1.0, 1.0, -1.0, 1.0])
+        (loss.sigmoid() + loss.relu() / 2 - 1 / loss.exp() + loss ** 2).backward()
+        del loss
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0
+
+
+def test_deep_chain_does_not_hit_the_recursion_limit():
+    x = Value(1.0)
+    total = x
+    for _ in range(5000):
+        total = total + x
+    total.backward()
+    assert x.grad == 5001.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The network: loss and every parameter gradient against the same MLP written with torch matrices.
+
+
+def torch_matrices(model):
+    weights = [torch.tensor([[w.data for w in neuron.weights] for neuron in layer.neurons],
+                            dtype=torch.float64, requires_grad=True) for layer in model.layers]
+    biases = [torch.tensor([neuron.bias.data for neuron in layer.neurons], dtype=torch.float64, requires_grad=True)
+              for layer in model.layers]
+    return weights, biases
+
+
+def test_mlp_loss_and_gradients_match_torch():
+    model = MLP(3, [5, 4, 1], seed=1)
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(7, 3))  # [7, 3]
+    labels = rng.choice([-1.0, 1.0], size=7)  # [7]
+    for layer in model.layers:  # non-zero biases, so that their gradients are tested on a general point
+        for neuron in layer.neurons:
+            neuron.bias.data = rng.normal()
+
+    loss = logistic_loss([model(list(point))[0] for point in points], list(labels))
+    model.zero_grad()
+    loss.backward()
+
+    weights, biases = torch_matrices(model)
+    activations = torch.tensor(points)
+    for i, (weight, bias) in enumerate(zip(weights, biases)):
+        activations = activations @ weight.T + bias
+        if i < len(weights) - 1:
+            activations = activations.tanh()
+    loss_ref = torch.nn.functional.softplus(-torch.tensor(labels) * activations[:, 0]).mean()
+    loss_ref.backward()
+
+    assert close(loss.data, loss_ref.item())
+    for layer, weight, bias in zip(model.layers, weights, biases):
+        for j, neuron in enumerate(layer.neurons):
+            assert close(neuron.bias.grad, bias.grad[j].item())
+            for i, w in enumerate(neuron.weights):
+                assert close(w.grad, weight.grad[j, i].item())
+
+
+def test_mlp_parameters_and_zero_grad():
+    model = MLP(2, [16, 16, 1])
+    parameters = model.parameters()
+    assert len(parameters) == (2 * 16 + 16) + (16 * 16 + 16) + (16 + 1)
+    assert len({id(p) for p in parameters}) == len(parameters)
+    model([0.5, -0.5])[0].backward()
+    assert any(p.grad != 0 for p in parameters)
+    model.zero_grad()
+    assert all(p.grad == 0 for p in parameters)
+
+
+def test_numpy_scores_match_the_engine():
+    model = MLP(2, [6, 6, 1], seed=3)
+    points = np.random.default_rng(1).normal(size=(10, 2))  # [10, 2]
+    engine = [model(list(point))[0].data for point in points]
+    np.testing.assert_allclose(mlp_scores(model, points), engine, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The example and its diagram.
+
+
+def test_example_matches_torch_and_dataflow_draws_it():
+    fn, args = example()
+    output = fn(*args)
+    leaves = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in args]
+    x1, x2, w1, w2, b = leaves
+    reference = (x1 * w1 + x2 * w2 + b).tanh()
+    reference.backward()
+    assert close(output.data, reference.item())
+
+    nodes, edges = dataflow(output)
+    labels = dict(nodes)
+    assert len(labels) == len(nodes) == 15  # 10 values and 5 operations
+    assert all(src in labels and dst in labels for src, dst, _ in edges)
+    assert sorted(label for label in labels.values() if "|" not in label) == ["*", "*", "+", "+", "tanh"]
+    for name, leaf in zip(["x1", "x2", "w1", "w2", "b"], leaves):
+        (label,) = [label for label in labels.values() if label.startswith(f"{name} = ")]
+        assert float(label.split("grad ")[1]) == pytest.approx(leaf.grad.item(), rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: Value("3"), TypeError, "data must be an int or a float, got str"),
+        (lambda: Value(True), TypeError, "data must be an int or a float, got bool"),
+        (lambda: Value(1.0) + "a", TypeError, "data must be an int or a float"),
+        (lambda: Value(0.0).log(), ValueError, "needs a positive value, got 0.0"),
+        (lambda: Value(-1).log(), ValueError, "needs a positive value, got -1.0"),
+        (lambda: Value(2.0) ** Value(3.0), TypeError, "exponent must be an int or a float, not a Value"),
+        (lambda: Value(2.0) ** "3", TypeError, "exponent must be an int or a float, got str"),
+        (lambda: Value(-2.0) ** 0.5, ValueError, "negative base"),
+        (lambda: Value(0.0) ** -1, ValueError, "at base 0"),
+        (lambda: Value(1.0) / 0, ValueError, "at base 0"),
+        (lambda: 1.0 / Value(0.0), ValueError, "at base 0"),
+        (lambda: MLP(2, []), ValueError, "layer_sizes must be a non-empty list of positive ints"),
+        (lambda: MLP(2, [4, -1]), ValueError, "layer_sizes must be a non-empty list of positive ints"),
+        (lambda: MLP(2, [4, 2.5]), ValueError, "layer_sizes"),
+        (lambda: MLP(0, [3]), ValueError, "n_inputs must be a positive int"),
+        (lambda: Layer(2, 0, random.Random(0)), ValueError, "n_outputs must be a positive int"),
+        (lambda: Neuron(-1, random.Random(0)), ValueError, "n_inputs must be a positive int"),
+        (lambda: MLP(2, [3, 1])([1.0, 2.0, 3.0]), ValueError, "expected 2 inputs, got 3"),
+        (lambda: logistic_loss([Value(1.0)], [1.0, -1.0]), ValueError, "1 scores and 2 labels"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo.
+
+
+def test_demo_reaches_95_percent_accuracy_with_its_defaults(tmp_path):
+    metrics = main(["--out", str(tmp_path)])
+    assert metrics["accuracy"] >= 0.95
+    assert gc.isenabled()  # the demo switches the cycle collector off only while it trains
+    assert (tmp_path / "decision_boundary.png").stat().st_size > 0
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Benchmarks: one forward and backward pass of a 2-16-16-1 MLP on one point, on our engine and on torch's
+# autograd with one float64 0-d tensor per scalar, so that both build the same graph of about 1,000 nodes.
+
+POINT = [0.3, -0.7]
+
+
+def torch_scalar_mlp(model):
+    return [[([torch.tensor(w.data, dtype=torch.float64, requires_grad=True) for w in neuron.weights],
+              torch.tensor(neuron.bias.data, dtype=torch.float64, requires_grad=True))
+             for neuron in layer.neurons] for layer in model.layers]
+
+
+def torch_scalar_forward_backward(layers):
+    activations = [torch.tensor(x, dtype=torch.float64) for x in POINT]
+    for i, layer in enumerate(layers):
+        activations = [sum((w * x for w, x in zip(weights, activations)), bias) for weights, bias in layer]
+        if i < len(layers) - 1:
+            activations = [a.tanh() for a in activations]
+    activations[0].backward()
+    return activations[0]
+
+
+def test_torch_scalar_reference_computes_the_same_gradients():
+    model = MLP(2, [16, 16, 1])
+    model(POINT)[0].backward()
+    layers = torch_scalar_mlp(model)
+    torch_scalar_forward_backward(layers)
+    ours = [p.grad for p in model.parameters()]
+    theirs = [p.grad.item() for layer in layers for weights, bias in layer for p in weights + [bias]]
+    assert all(close(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.benchmark(group="mlp forward+backward, 2-16-16-1, one point")
+def test_bench_mlp_forward_backward_ours(benchmark):
+    model = MLP(2, [16, 16, 1])
+
+    def step():
+        model.zero_grad()
+        model(POINT)[0].backward()
+
+    benchmark(step)
+
+
+@pytest.mark.benchmark(group="mlp forward+backward, 2-16-16-1, one point")
+def test_bench_mlp_forward_backward_torch_scalars(benchmark):
+    benchmark.extra_info["baseline"] = True
+    layers = torch_scalar_mlp(MLP(2, [16, 16, 1]))
+    parameters = [p for layer in layers for weights, bias in layer for p in weights + [bias]]
+
+    def step():
+        for p in parameters:
+            p.grad = None
+        torch_scalar_forward_backward(layers)
+
+    benchmark(step)
