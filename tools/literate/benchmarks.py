@@ -84,6 +84,7 @@ def measure(lesson: LessonFile, docs_dir: Path) -> Benchmarks:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".part", encoding="utf-8") as handle:
         handle.write(json.dumps(record, indent=2) + "\n")
+    os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
     return read(lesson, docs_dir)
 

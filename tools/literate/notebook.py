@@ -58,6 +58,7 @@ def execute(path: Path, root: Path, timeout: int = 600) -> None:
     nb.metadata["literate"] = {"lessons": imported_lessons(nb, root)}
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".part", encoding="utf-8") as handle:
         nbformat.write(nb, handle)
+    os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
 
 
