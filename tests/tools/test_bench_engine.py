@@ -22,7 +22,7 @@ def thousand_line_lesson() -> str:
     head, exercises = source.split("# ## Exercises")
     chunks = [head]
     index = 0
-    while (head + "".join(chunks)).count("\n") < 960:
+    while "".join(chunks).count("\n") < 1000:
         chunks.append(textwrap.dedent(f'''
             # Step {index} of the long derivation. The gradient of the loss with respect to $w_{{{index}}}$
             # follows from the chain rule, summed over every path:
@@ -38,8 +38,7 @@ def thousand_line_lesson() -> str:
 
         '''))
         index += 1
-    text = "".join(chunks) + "# ## Exercises" + exercises
-    return text
+    return "".join(chunks) + "# ## Exercises" + exercises
 
 
 def test_bench_parse_and_render_1000_line_lesson(benchmark, tmp_path):

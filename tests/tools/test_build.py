@@ -68,3 +68,47 @@ def test_stale_figures_are_flagged_not_shown_silently(project):
     page = (project / "site/lessons/demo/tiny_model/index.html").read_text()
     assert "lit-stale" in page and "older version of this lesson" in page
     assert "output norm 1.0" in page
+
+
+def test_mkdocs_serve_rerenders_a_lesson_when_it_is_saved(project):
+    """`mkdocs serve` watches annotated/: saving a lesson changes its served page without a restart."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import _env
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mkdocs", "serve", "--dev-addr", f"127.0.0.1:{port}"],
+        cwd=project, env=_env(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/lessons/demo/tiny_model/"
+
+    def page_text():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            return ""
+
+    def wait_for(word, seconds=60):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if word in page_text():
+                return True
+            time.sleep(0.3)
+        return False
+
+    try:
+        assert wait_for("quetzalcoatlus"), "mkdocs serve never served the lesson"
+        lesson = project / LESSON
+        lesson.write_text(lesson.read_text().replace("quetzalcoatlus", "archaeopteryx"))
+        assert wait_for("archaeopteryx"), "the page was not re-rendered after the lesson changed"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -61,9 +61,11 @@ def test_no_page_loads_anything_from_another_host(site):
 
 @pytest.fixture(scope="session")
 def server(site):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -152,6 +154,22 @@ def test_math_is_laid_out_and_both_diagrams_are_visible(browser, server):
 
 
 @pytest.mark.browser
+def test_dark_scheme_is_applied_and_readable(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
+    page = context.new_page()
+    page.goto(f"{server}/lessons/{EXEMPLAR}/", wait_until="networkidle")
+    assert page.evaluate("document.body.getAttribute('data-md-color-scheme')") == "slate"
+    colours = page.evaluate("""() => {
+        const luminance = c => { const [r, g, b] = c.match(/\\d+/g).map(Number); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+        const prose = document.querySelector('.lit-prose p');
+        const code = document.querySelector('.lit-code pre');
+        return {text: luminance(getComputedStyle(prose).color), page: luminance(getComputedStyle(document.body).backgroundColor),
+                code: luminance(getComputedStyle(code).backgroundColor)}; }""")
+    assert colours["text"] > 150 and colours["page"] < 80 and colours["code"] < 80, colours
+    context.close()
+
+
+@pytest.mark.browser
 def test_search_finds_a_word_that_only_lesson_prose_has(browser, server):
     word = "Wengert"
     # The word must appear in the exemplar's prose and nowhere else a reader could search.
@@ -161,8 +179,9 @@ def test_search_finds_a_word_that_only_lesson_prose_has(browser, server):
         assert word not in other.read_text(), other
     visit = Visit(browser, f"{server}/", 1400)
     page = visit.page
-    page.locator("label[for='__search']").first.click()
-    page.locator("input.md-search__input").fill(word)
+    search = page.locator("input.md-search__input")
+    search.click()
+    search.fill(word)
     result = page.locator(".md-search-result__item a").first
     result.wait_for(timeout=15000)
     assert f"lessons/{EXEMPLAR}" in result.get_attribute("href")

@@ -19,7 +19,7 @@ from pathlib import Path
 from mkdocs.config import config_options as c
 from mkdocs.config.base import Config
 from mkdocs.exceptions import PluginError
-from mkdocs.plugins import BasePlugin
+from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
 
 from tools.literate import LessonError, benchmarks, diagrams, figures, notebook, parse, render
@@ -126,6 +126,8 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 out.append("")
         return "\n".join(out)
 
+    # Before every other plugin (the search index reads the page content in this same event).
+    @event_priority(100)
     def on_page_content(self, html: str, page, config, files):
         body = self._bodies.get(page.file.src_uri)
         if body is None:

@@ -45,7 +45,8 @@ def highlight_lines(source: str) -> list[str]:
                 lines.append([])
             if piece:
                 escaped = html.escape(piece, quote=False)
-                lines[-1].append(f'<span class="{css}">{escaped}</span>' if css else escaped)
+                # Whitespace needs no colour; leaving it bare keeps pages (and the search indexer's work) small.
+                lines[-1].append(f'<span class="{css}">{escaped}</span>' if css and css != "w" else escaped)
     return ["".join(parts) for parts in lines]
 
 
@@ -113,7 +114,7 @@ def _stale_note(text: str) -> str:
 
 def _diagrams(diagrams: dict[str, str]) -> str:
     figures = "".join(
-        f'<figure class="lit-diagram lit-diagram-{kind}"><div class="lit-svg">{svg}</div><figcaption>{caption}</figcaption></figure>'
+        f'<figure class="lit-diagram lit-diagram-{kind}"><div class="lit-svg" data-search-exclude>{svg}</div><figcaption>{caption}</figcaption></figure>'
         for kind, (caption, svg) in diagrams.items()
     )
     return f'<div class="lit-diagrams">{figures}</div>'
@@ -149,15 +150,12 @@ def _section(section: Section, highlighted: list[str], lesson: Lesson, facts: Pa
         code.pop(0)
     while code and not code[-1].text.strip():
         code.pop()
-    code_html = "".join(
-        f'<span class="lit-line" id="{section.id}-L{line.number}"><span class="lit-ln">{line.number}</span>{highlighted[line.number - 1]}\n</span>'
-        for line in code
-    )
+    code_html = "".join(f'<span class="lit-ln">{line.number}</span>{highlighted[line.number - 1]}\n' for line in code)
     code_block = f'<div class="highlight"><pre><code>{code_html}</code></pre></div>' if code else ""
     where = f"{section.prose_lines[0].number}–{section.prose_lines[-1].number}" if section.prose_lines else ""
     return (
         f'<section class="lit-section lit-{section.kind}" id="{section.id}">'
         f'<div class="lit-prose"><a class="lit-anchor" href="#{section.id}" title="Link to this section">¶</a>'
         f'{prose_html}<span class="lit-lines" title="source lines of this prose">{where}</span></div>'
-        f'<div class="lit-code">{code_block}</div></section>'
+        f'<div class="lit-code" data-search-exclude>{code_block}</div></section>'
     )
