@@ -17,19 +17,44 @@ from tools.literate.parse import Lesson
 
 
 def to_ipynb(lesson: Lesson) -> str:
-    """The lesson as `.ipynb` JSON. The demo runs with its default flags: the notebook's kernel passes
-    arguments of its own, which the demo's argparse would reject, so a first cell clears them."""
+    """The lesson as `.ipynb` JSON: a Markdown cell for each section's prose, a code cell for its code.
+
+    A cell must hold whole statements, so a section that starts inside a class or function (a method with its
+    own docstring, a comment block in a loop) joins the cell of the statement around it, its prose kept
+    in place as the comments and docstrings it was written as. The demo runs with its default flags: the
+    kernel passes arguments of its own, which the demo's argparse would reject, so a first cell clears them.
+    """
     title = lesson.front_matter.get("title", lesson.path.stem)
-    cells = [f"# %% [markdown]\n# # {title}\n#\n# {lesson.front_matter.get('summary', '')}", "# %%\nimport sys\n\nsys.argv = sys.argv[:1]  # the demo reads its flags from sys.argv"]
-    for section in lesson.sections:
-        if section.prose:
-            cells.append("# %% [markdown]\n" + "\n".join(f"# {line}".rstrip() for line in section.prose.splitlines()))
-        code = "\n".join(line.text for line in section.code).strip("\n")
+    source_lines = lesson.source.splitlines()
+    cells = [
+        f"# %% [markdown]\n# # {title}\n#\n# {lesson.front_matter.get('summary', '')}",
+        "# %%\nimport sys\n\nsys.argv = sys.argv[:1]  # the demo reads its flags from sys.argv",
+    ]
+    for group in _statement_groups(lesson):
+        first = group[0]
+        if first.prose:
+            cells.append("# %% [markdown]\n" + "\n".join(f"# {line}".rstrip() for line in first.prose.splitlines()))
+        numbers = [line.number for line in first.code]
+        numbers += [line.number for section in group[1:] for line in section.prose_lines + section.code]
+        code = "\n".join(source_lines[number - 1] for number in sorted(numbers)).strip("\n")
         if code:
             cells.append("# %%\n" + code)
     notebook = jupytext.reads("\n\n".join(cells) + "\n", fmt="py:percent")
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return jupytext.writes(notebook, fmt="ipynb")
+
+
+def _statement_groups(lesson: Lesson) -> list[list]:
+    """Sections grouped so that each group starts at a top-level statement (code at column 0)."""
+    groups: list[list] = []
+    for section in lesson.sections:
+        code = [line.text for line in section.code if line.text.strip()]
+        continues = bool(groups) and bool(code) and code[0][:1].isspace()
+        if continues:
+            groups[-1].append(section)
+        else:
+            groups.append([section])
+    return groups
 
 
 # ---- executed notebooks under docs/ -------------------------------------------------------------------------
