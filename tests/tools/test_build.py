@@ -21,7 +21,7 @@ def test_fixture_project_builds_a_lesson_page(project):
     assert page.count("<svg") >= 2 and "lit-diagram-classes" in page and "lit-diagram-dataflow" in page
     assert "<math" in page and "cdn" not in page.lower()
     assert "python -m annotated.demo.tiny_model" in page and "about 1 s on 2 CPU cores" in page
-    assert "Verified against torch.nn.Linear, to the bit." in page
+    assert "Verified against</dt><dd>torch.nn.Linear, to the bit." in page
     assert 'id="exercises"' in page
     notebook = json.loads((project / "site/downloads/annotated/demo/tiny_model.ipynb").read_text())
     assert notebook["nbformat"] == 4 and any(cell["cell_type"] == "markdown" for cell in notebook["cells"])

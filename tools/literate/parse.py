@@ -223,8 +223,8 @@ def _docstring_markdown(raw: list[str]) -> list[str]:
     return [body_lines[0].strip()] + [line[indent:].rstrip() for line in body_lines[1:]]
 
 
-def _scopes(tree: ast.Module) -> list[tuple[int, int, int, str]]:
-    """(first line, header line, last line, qualname) of every def and class, outermost first."""
+def _scopes(tree: ast.Module) -> list[tuple[int, int, str]]:
+    """(first line, last line, qualname) of every def and class, outermost first."""
     found = []
 
     def visit(node, prefix: str):
@@ -232,7 +232,7 @@ def _scopes(tree: ast.Module) -> list[tuple[int, int, int, str]]:
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 qualname = f"{prefix}.{child.name}" if prefix else child.name
                 first = min([child.lineno] + [d.lineno for d in child.decorator_list])
-                found.append((first, child.lineno, child.end_lineno, qualname))
+                found.append((first, child.end_lineno, qualname))
                 visit(child, qualname)
 
     visit(tree, "")
@@ -267,7 +267,7 @@ def _add_prose_block(section: Section, source_lines: list[Line], markdown: list[
 
 def _blank_run_joins_prose(number, lines, section, comment_lines, docstring_at) -> bool:
     """True for a blank line inside a run of blank lines that sits between two prose blocks."""
-    if not section.prose_lines or section.has_code() or section.code:
+    if not section.prose_lines or section.code:
         return False
     following = number
     while following <= len(lines) and not lines[following - 1].strip():
@@ -328,7 +328,7 @@ def _name_sections(sections: list[Section], scopes, docstrings: list[_Docstring]
             base = _slug(documented[first_code].replace(".", " "), 12)
         else:
             anchor = first_code or (section.prose_lines[0].number if section.prose_lines else 1)
-            enclosing = [qualname for first, _, last, qualname in scopes if first <= anchor <= last and first != anchor]
+            enclosing = [qualname for first, last, qualname in scopes if first <= anchor <= last and first != anchor]
             words = _slug(section.prose) or "code"
             base = f"{_slug(enclosing[-1].replace('.', ' '), 12)}--{words}" if enclosing else words
         seen[base] = seen.get(base, 0) + 1

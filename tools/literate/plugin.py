@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import posixpath
+import re
 from pathlib import Path
 
 from mkdocs.config import config_options as c
@@ -205,7 +206,9 @@ def _verified_sentence(test_source: str, lesson: LessonFile) -> str:
         raise LessonError(lesson.root / lesson.test, 1, "the test module's docstring must start with a sentence naming the reference it checks against")
     paragraph = docstring.strip().split("\n\n")[0].replace("\n", " ")
     end = paragraph.find(". ")
-    return paragraph if end < 0 else paragraph[: end + 1]
+    sentence = paragraph if end < 0 else paragraph[: end + 1]
+    # The header's label already says "Verified against"; the sentence usually opens with the same words.
+    return re.sub(r"^verified against\s+", "", sentence, flags=re.IGNORECASE)
 
 
 def _imported_sources(lesson: LessonFile, root: Path) -> str:
