@@ -45,6 +45,8 @@ def make_project(root: Path, lesson_source: str | None = None) -> Path:
     (root / "docs" / "index.md").write_text("# Fixture\n\n<!-- learning-path -->\n")
     (root / "mkdocs.yml").write_text(MKDOCS_YML)
     (root / "annotated" / "demo").mkdir(parents=True)
+    (root / "annotated" / "__init__.py").write_text("")
+    (root / "annotated" / "demo" / "__init__.py").write_text("")
     (root / "annotated" / "curriculum.toml").write_text(CURRICULUM)
     source = lesson_source if lesson_source is not None else (FIXTURES / "tiny_model.py").read_text()
     (root / "annotated" / "demo" / "tiny_model.py").write_text(source)
@@ -65,7 +67,7 @@ def build(root: Path, site: Path | None = None) -> subprocess.CompletedProcess:
 def _env(root: Path) -> dict:
     import os
 
-    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{root}", "NO_MKDOCS_2_WARNING": "1"}
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{REPO}", "NO_MKDOCS_2_WARNING": "1"}
 
 
 @pytest.fixture

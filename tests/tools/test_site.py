@@ -96,6 +96,13 @@ class Visit:
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         self.page.goto(url, wait_until="networkidle")
 
+    def section_boxes(self):
+        """[prose box, code box] of every section that has both."""
+        return self.page.evaluate("""() => [...document.querySelectorAll('.lit-section')]
+            .filter(s => s.querySelector('.lit-prose p') && s.querySelector('.lit-code pre'))
+            .map(s => [s.querySelector('.lit-prose').getBoundingClientRect().toJSON(),
+                       s.querySelector('.lit-code').getBoundingClientRect().toJSON()])""")
+
     def foreign_requests(self):
         return [url for url in self.requests if urlparse(url).scheme not in ("data", "blob") and urlparse(url).hostname != "127.0.0.1"]
 
@@ -106,9 +113,7 @@ EXEMPLAR = "foundations/autograd"
 @pytest.mark.browser
 def test_prose_left_of_code_at_1400px(browser, server):
     visit = Visit(browser, f"{server}/lessons/{EXEMPLAR}/", 1400)
-    pairs = visit.page.evaluate("""() => [...document.querySelectorAll('.lit-section')]
-        .filter(s => s.querySelector('.lit-prose p') && s.querySelector('.lit-code pre'))
-        .map(s => [s.querySelector('.lit-prose').getBoundingClientRect().toJSON(), s.querySelector('.lit-code').getBoundingClientRect().toJSON()])""")
+    pairs = visit.section_boxes()
     assert len(pairs) >= 5
     for prose, code in pairs:
         assert prose["right"] <= code["left"], (prose, code)
@@ -121,9 +126,7 @@ def test_prose_left_of_code_at_1400px(browser, server):
 @pytest.mark.browser
 def test_prose_and_code_stack_at_420px(browser, server):
     visit = Visit(browser, f"{server}/lessons/{EXEMPLAR}/", 420)
-    pairs = visit.page.evaluate("""() => [...document.querySelectorAll('.lit-section')]
-        .filter(s => s.querySelector('.lit-prose p') && s.querySelector('.lit-code pre'))
-        .map(s => [s.querySelector('.lit-prose').getBoundingClientRect().toJSON(), s.querySelector('.lit-code').getBoundingClientRect().toJSON()])""")
+    pairs = visit.section_boxes()
     assert len(pairs) >= 5
     for prose, code in pairs:
         assert code["top"] >= prose["bottom"] - 1, (prose, code)

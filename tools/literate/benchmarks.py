@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.literate.curriculum import LessonFile, discover
+from tools.literate.curriculum import LessonFile, discover, select
 
 
 @dataclass
@@ -97,13 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     everything = [lesson for lesson in discover(root) if has_benchmarks(lesson)]
-    if args.all:
-        chosen = everything
-    else:
-        wanted = {Path(name).resolve() for name in args.lessons}
-        chosen = [lesson for lesson in everything if lesson.path.resolve() in wanted]
-        if not wanted or len(chosen) != len(wanted):
-            parser.error("name lesson files that have test_bench_* functions in their test file, or pass --all")
+    try:
+        chosen = everything if args.all else select(args.lessons, everything)
+    except ValueError as error:
+        parser.error(f"{error}; name lesson files whose tests have test_bench_* functions, or pass --all")
     for lesson in chosen:
         print(f"{lesson.test}: measuring ...", flush=True)
         stored = measure(lesson, root / "docs")

@@ -63,6 +63,16 @@ def discover(root: Path, packages: tuple[str, ...] = ("annotated", "kernels")) -
     return found
 
 
+def select(names: list[str], candidates: list[LessonFile]) -> list[LessonFile]:
+    """The candidates named by file path (as typed on a command line); ValueError for any that is not one."""
+    wanted = {Path(name).resolve(): name for name in names}
+    chosen = [lesson for lesson in candidates if lesson.path.resolve() in wanted]
+    unknown = [name for path, name in wanted.items() if path not in {lesson.path.resolve() for lesson in chosen}]
+    if unknown or not names:
+        raise ValueError(f"not lessons here: {', '.join(unknown) or '(none named)'}")
+    return chosen
+
+
 @dataclass(frozen=True)
 class PlannedLesson:
     stage: int

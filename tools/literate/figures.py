@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.literate.curriculum import LessonFile, discover
+from tools.literate.curriculum import LessonFile, discover, select
 
 MANIFEST = "figures.json"
 OUTPUT_LINES = 20  # how much of the demo's printed output the page shows
@@ -104,14 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     everything = discover(root)
-    if args.all or args.stale:
-        chosen = everything
-    else:
-        wanted = {Path(name).resolve() for name in args.lessons}
-        chosen = [lesson for lesson in everything if lesson.path.resolve() in wanted]
-        unknown = wanted - {lesson.path.resolve() for lesson in chosen}
-        if unknown or not wanted:
-            parser.error(f"not lessons: {', '.join(map(str, unknown)) or '(none given; name files or pass --all)'}")
+    try:
+        chosen = everything if args.all or args.stale else select(args.lessons, everything)
+    except ValueError as error:
+        parser.error(f"{error}; name lesson files or pass --all")
     docs_dir = root / "docs"
     for lesson in chosen:
         if args.stale and (stored := read(lesson, docs_dir)) and stored.fresh:

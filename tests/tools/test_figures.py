@@ -1,0 +1,66 @@
+"""Verified on the fixture project: the figures tool stores a demo's PNGs with the source hash that made them
+and keeps the old set when a demo fails; the benchmarks tool stores pytest-benchmark's results with ratios
+to the group's baseline; both notice when the lesson changes."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO, make_project
+from tools.literate import benchmarks, figures
+from tools.literate.curriculum import LessonFile
+
+LESSON = "annotated/demo/tiny_model.py"
+
+
+@pytest.fixture
+def lesson(project, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", f"{project}:{REPO}")
+    return LessonFile(project, LESSON)
+
+
+def test_figures_are_stored_with_the_source_hash_and_go_stale(lesson, project):
+    stored = figures.regenerate(lesson, project / "docs")
+    assert stored.files == ["line.png"] and stored.fresh and "output norm" in stored.output
+    manifest = json.loads((project / "docs/figures/demo/tiny_model/figures.json").read_text())
+    assert manifest["source_sha256"] == lesson.source_sha256()
+    lesson.path.write_text(lesson.path.read_text() + "\n# an edit\n")
+    assert not figures.read(lesson, project / "docs").fresh
+
+
+def test_a_failing_demo_keeps_the_old_figures(lesson, project):
+    figures.regenerate(lesson, project / "docs")
+    before = (project / "docs/figures/demo/tiny_model/figures.json").read_text()
+    lesson.path.write_text(lesson.path.read_text().replace('    print(f"output norm', '    raise SystemExit(3)\n    print(f"output norm'))
+    with pytest.raises(RuntimeError, match="the demo failed"):
+        figures.regenerate(lesson, project / "docs")
+    assert (project / "docs/figures/demo/tiny_model/figures.json").read_text() == before
+    assert sorted(p.name for p in (project / "docs/figures/demo").iterdir()) == ["tiny_model"]
+
+
+def test_benchmarks_are_stored_with_ratios_to_the_baseline(lesson, project):
+    (project / "tests/demo/test_tiny_model.py").write_text('''"""Verified against a sleep of known length."""
+import time
+
+import pytest
+
+
+@pytest.mark.benchmark(group="sleep")
+def test_bench_short(benchmark):
+    benchmark(time.sleep, 0.001)
+
+
+@pytest.mark.benchmark(group="sleep")
+def test_bench_long(benchmark):
+    benchmark.extra_info["baseline"] = True
+    benchmark(time.sleep, 0.004)
+''')
+    assert benchmarks.has_benchmarks(lesson)
+    stored = benchmarks.measure(lesson, project / "docs")
+    by_name = {result.name: result for result in stored.results}
+    assert by_name["test_bench_long"].baseline and by_name["test_bench_long"].ratio is None
+    assert 0.1 < by_name["test_bench_short"].ratio < 0.7
+    assert stored.fresh and "cores" in stored.machine
+    lesson.path.write_text(lesson.path.read_text() + "\n# an edit\n")
+    assert not benchmarks.read(lesson, project / "docs").fresh
