@@ -184,7 +184,10 @@ def test_search_finds_a_word_that_only_lesson_prose_has(browser, server):
     page = visit.page
     search = page.locator("input.md-search__input")
     search.click()
-    search.fill(word)
+    # The search worker builds its index after the page loads; a query typed before that is dropped.
+    # Type key by key, as a reader does: the theme searches on key events.
+    page.wait_for_function("!document.querySelector('.md-search-result__meta').textContent.includes('Initializing')", timeout=30000)
+    search.press_sequentially(word, delay=30)
     result = page.locator(".md-search-result__item a").first
     result.wait_for(timeout=15000)
     assert f"lessons/{EXEMPLAR}" in result.get_attribute("href")
