@@ -56,3 +56,8 @@ def test_bad_latex_names_the_line(latex):
 def test_links_to_other_lessons_point_at_their_pages():
     html = render(lines("See [the scalar engine](autograd.md#value-mul)."), "l.py", "lessons/foundations/tensor_autograd.md")
     assert 'href="../autograd/#value-mul"' in html
+
+
+def test_inline_math_may_wrap_onto_the_next_comment_line_but_not_past_a_paragraph():
+    html = render(lines("the table $p(X_i \\mid", "X_{pa})$ with parents", "", "costs $5", "", "and $6"), "l.py")
+    assert html.count("<math") == 1 and "$5" in html and "$6" in html

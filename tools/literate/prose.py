@@ -7,6 +7,7 @@ browser lays out MathML itself.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import html
 import posixpath
@@ -53,74 +54,83 @@ def render(lines: list[tuple[int | None, str]], path: str, page_src: str | None 
 def _extract_math(lines: list[tuple[int | None, str]], path: str) -> tuple[str, list[tuple[str, bool, int]]]:
     """Replace each formula by a placeholder; return the text and the formulas with their source lines.
 
-    Skipped: fenced code blocks, `code spans`, and `\\$` (a literal dollar). Display math `$$…$$` may span
-    lines; an unclosed `$$` is an error at the line where it opened. Inline `$…$` follows Pandoc's rule: the
-    opening `$` is followed by a non-space, the closing one preceded by a non-space and not followed by a
-    digit, and no formula holds a `$` of its own, so "costs $5 or $10" stays text.
+    Skipped: fenced code blocks, `code spans`, and `\\$` (a literal dollar). Display math `$$…$$` and inline
+    math `$…$` may both run over several lines, but not past the end of a paragraph. An unclosed `$$` is an
+    error at the line where it opened. Inline `$…$` follows Pandoc's rule: the opening `$` is followed by a
+    non-space, the closing one preceded by a non-space and not followed by a digit, and no formula holds a
+    `$` of its own, so "costs $5 or $10" stays text.
     """
-    formulas: list[tuple[str, bool, int]] = []
-    out_lines: list[str] = []
-    in_fence = False
-    display: list[str] | None = None  # the lines of an open $$ block
-    display_line = 0
-    last_line = 0
-    for number, text in lines:
-        last_line = number or last_line
-        if display is None and text.lstrip().startswith(("```", "~~~")):
-            in_fence = not in_fence
-            out_lines.append(text)
-            continue
-        if in_fence:
-            out_lines.append(text)
-            continue
-        pieces: list[str] = []
-        position = 0
-        while position < len(text):
-            if display is not None:
-                end = text.find("$$", position)
-                if end < 0:
-                    display.append(text[position:])
-                    position = len(text)
-                    break
-                display.append(text[position:end])
-                formulas.append(("\n".join(display).strip(), True, display_line))
-                # Display math is a block of its own, so it never lands inside a paragraph's <p>.
-                pieces.append(f"\n\nLITMATH{len(formulas) - 1}X\n\n")
-                display = None
-                position = end + 2
-                continue
-            char = text[position]
-            if char == "\\" and text.startswith("\\$", position):
-                pieces.append("LITDOLLARX")
-                position += 2
-            elif char == "`":
-                run = len(text[position:]) - len(text[position:].lstrip("`"))
-                close = text.find("`" * run, position + run)
-                end = len(text) if close < 0 else close + run
-                pieces.append(text[position:end])
-                position = end
-            elif text.startswith("$$", position):
-                display = []
-                display_line = number or last_line
-                position += 2
-            elif char == "$":
-                close = _inline_close(text, position)
-                if close is None:
-                    pieces.append("$")
-                    position += 1
-                else:
-                    formulas.append((text[position + 1 : close], False, number or last_line))
-                    pieces.append(f"LITMATH{len(formulas) - 1}X")
-                    position = close + 1
+    text = "\n".join(line for _, line in lines)
+    starts, numbers, offset, last = [], [], 0, 1
+    for number, line in lines:
+        last = number or last
+        starts.append(offset)
+        numbers.append(last)
+        offset += len(line) + 1
+
+    def line_at(position: int) -> int:
+        return numbers[bisect.bisect_right(starts, position) - 1]
+
+    # Fenced code blocks pass through untouched: find their character ranges first.
+    fenced: list[tuple[int, int]] = []
+    opened_at = None
+    for index, (_, line) in enumerate(lines):
+        if line.lstrip().startswith(("```", "~~~")):
+            if opened_at is None:
+                opened_at = starts[index]
             else:
-                pieces.append(char)
+                fenced.append((opened_at, starts[index] + len(line)))
+                opened_at = None
+    if opened_at is not None:
+        fenced.append((opened_at, len(text)))
+
+    formulas: list[tuple[str, bool, int]] = []
+    pieces: list[str] = []
+    position = 0
+    while position < len(text):
+        if fenced and position == fenced[0][0]:
+            start, end = fenced.pop(0)
+            pieces.append(text[start:end])
+            position = end
+            continue
+        # Copy plain text up to the next character that can start math, code or an escape.
+        special = _SPECIAL.search(text, position)
+        stop = min(special.start() if special else len(text), fenced[0][0] if fenced else len(text))
+        if stop > position:
+            pieces.append(text[position:stop])
+            position = stop
+            continue
+        char = text[position]
+        if text.startswith("\\$", position):
+            pieces.append("LITDOLLARX")
+            position += 2
+        elif char == "`":
+            run = len(text[position:]) - len(text[position:].lstrip("`"))
+            close = text.find("`" * run, position + run)
+            end = position + run if close < 0 else close + run
+            pieces.append(text[position:end])
+            position = end
+        elif text.startswith("$$", position):
+            close = text.find("$$", position + 2)
+            if close < 0:
+                raise LessonError(path, line_at(position), "unclosed $$: display math opened here is never closed")
+            formulas.append((text[position + 2 : close].strip(), True, line_at(position)))
+            # Display math is a block of its own, so it never lands inside a paragraph's <p>.
+            pieces.append(f"\n\nLITMATH{len(formulas) - 1}X\n\n")
+            position = close + 2
+        elif char == "$":
+            close = _inline_close(text, position)
+            if close is None:
+                pieces.append("$")
                 position += 1
-        if display is not None and not pieces:
-            continue  # a line wholly inside an open $$ block
-        out_lines.append("".join(pieces))
-    if display is not None:
-        raise LessonError(path, display_line, "unclosed $$: display math opened here is never closed")
-    return "\n".join(out_lines), formulas
+            else:
+                formulas.append((text[position + 1 : close], False, line_at(position)))
+                pieces.append(f"LITMATH{len(formulas) - 1}X")
+                position = close + 1
+        else:
+            pieces.append(char)
+            position += 1
+    return "".join(pieces), formulas
 
 
 def _inline_close(text: str, start: int) -> int | None:
@@ -135,7 +145,8 @@ def _inline_close(text: str, start: int) -> int | None:
         if text[close - 1] != "\\":
             break
         close += 1
-    if text[close - 1].isspace() or (close + 1 < len(text) and text[close + 1].isdigit()) or "`" in text[start:close]:
+    formula = text[start:close]
+    if text[close - 1].isspace() or (close + 1 < len(text) and text[close + 1].isdigit()) or "`" in formula or "\n\n" in formula:
         return None
     return close
 
@@ -169,6 +180,7 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
     return f"{opening}><semantics>{body[: -len('</math>')]}{annotation}</semantics></math>"
 
 
+_SPECIAL = re.compile(r"[\\`$]")
 _MD_LINK = re.compile(r'href="(?![a-z]+:|/|#)([^"#]+)\.md(#[^"]*)?"')
 
 
