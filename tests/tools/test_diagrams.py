@@ -40,6 +40,20 @@ def test_class_diagram_marks_lists_of_parts():
     assert 'label="neurons *"' in dot
 
 
+def test_class_diagram_reads_parts_from_dicts_and_annotations():
+    dot = diagrams.class_diagram(textwrap.dedent('''
+        class Factor:
+            pass
+
+        class Network:
+            def __init__(self, names):
+                self.cpts: dict[str, Factor] = {name: make(name) for name in names}
+                self.by_name = {name: Factor() for name in names}
+                self.cards: dict[str, int] = {}
+    '''), "x.py")
+    assert 'label="cpts *"' in dot and 'label="by_name *"' in dot and "cards: dict[str, int]" in dot
+
+
 def test_module_without_classes_gets_its_call_graph():
     dot = diagrams.class_diagram("def a(x):\n    return b(x)\n\ndef b(y):\n    return y\n", "x.py")
     assert dot.startswith("digraph calls") and '"a" -> "b"' in dot

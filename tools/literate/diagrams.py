@@ -107,6 +107,11 @@ def _class_members(node: ast.ClassDef, class_names: set[str]) -> tuple[list[str]
             if target.attr.startswith("_") or any(a.split(":")[0] == target.attr for a in attributes):
                 continue
             built, many = _built_class(statement.value)
+            annotation = statement.annotation if isinstance(statement, ast.AnnAssign) else None
+            if annotation is not None and built not in class_names:
+                # `self.cpts: dict[str, Factor] = {...}`: the annotation names the part the value hides.
+                named = [n.id for n in ast.walk(annotation) if isinstance(n, ast.Name) and n.id in class_names]
+                built, many = (named[0], isinstance(annotation, ast.Subscript)) if named else (ast.unparse(annotation), False)
             if built in class_names:
                 parts[target.attr] = (built, many)
             else:
@@ -115,11 +120,16 @@ def _class_members(node: ast.ClassDef, class_names: set[str]) -> tuple[list[str]
 
 
 def _built_class(value: ast.AST | None) -> tuple[str | None, bool]:
-    """`Neuron(...)` → ("Neuron", False); `[Neuron(...) for ...]` or `nn.ModuleList([...])` → ("Neuron", True)."""
+    """`Neuron(...)` → ("Neuron", False); `[Neuron(...) for ...]`, `{k: Neuron(...) for ...}` or
+    `nn.ModuleList([...])` → ("Neuron", True)."""
     if value is None:
         return None, False
-    if isinstance(value, (ast.ListComp, ast.GeneratorExp)):
+    if isinstance(value, (ast.ListComp, ast.GeneratorExp, ast.SetComp)):
         return _built_class(value.elt)[0], True
+    if isinstance(value, ast.DictComp):
+        return _built_class(value.value)[0], True
+    if isinstance(value, ast.Dict) and value.values:
+        return _built_class(value.values[0])[0], True
     if isinstance(value, (ast.List, ast.Tuple)) and value.elts:
         return _built_class(value.elts[0])[0], True
     if isinstance(value, ast.Call):
