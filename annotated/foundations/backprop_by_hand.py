@@ -7,12 +7,13 @@ topic: foundations
 time: 2 s
 ---
 
-An autograd engine applies the chain rule one scalar (or one tensor operation) at a time and never needs to
-know what the whole layer computes. Frameworks nevertheless ship hand-derived backward rules for the layers
-that matter most, because a derivation done once on paper is shorter, faster and numerically safer than the
-chain of tiny steps an engine would record: softmax followed by cross-entropy collapses to $p - y$, layer
-norm's backward is three lines, and attention's backward is six matrix products. This lesson derives four
-of them, each to the point where it can be typed straight into NumPy:
+An autograd engine applies the chain rule one scalar ([the scalar engine](autograd.md)) or one tensor
+operation ([the tensor engine](tensor_autograd.md)) at a time and never needs to know what the whole layer
+computes. Frameworks nevertheless ship hand-derived backward rules for the layers that matter most, because a
+derivation done once on paper is shorter, faster and numerically safer than the chain of tiny steps an engine
+would record: softmax followed by cross-entropy collapses to $p - y$, layer norm's backward is three lines,
+and attention's backward is six matrix products. This lesson derives four of them, each to the point where it
+can be typed straight into NumPy:
 
 1. a linear layer $Y = XW^\top + b$;
 2. softmax with cross-entropy, averaged over the batch;

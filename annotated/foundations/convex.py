@@ -18,7 +18,7 @@ is $x^\star = 0$ with $f^\star = 0$, and the single number that decides how hard
 
 - gradient descent with step $1/L$ contracts the error by $1 - 1/\kappa$ per step, so it needs about
   $\kappa \log(1/\varepsilon)$ steps;
-- Polyak's heavy ball and Nesterov's method contract by about $1 - 1/\sqrt\kappa$ and need only about
+- Polyak's heavy ball and Nesterov's method (the momentum rules of [the optimizers lesson](optimizers.md)) contract by about $1 - 1/\sqrt\kappa$ and need only about
   $\sqrt\kappa \log(1/\varepsilon)$ steps, a thirty-fold saving at $\kappa = 1000$;
 - stochastic gradient descent with a constant step does not converge at all: it settles into a *noise
   ball* around $x^\star$ whose squared radius is proportional to the step, and only a step that decays

@@ -7,7 +7,7 @@ topic: foundations
 time: 8 s
 ---
 
-Backpropagation gives the gradient $g = \nabla_\theta L$; an *optimizer* decides what to do with it. The
+[Backpropagation](backprop_by_hand.md) gives the gradient $g = \nabla_\theta L$; an *optimizer* decides what to do with it. The
 simplest answer, $\theta \leftarrow \theta - \eta g$, is stochastic gradient descent. Everything else in this
 chapter either fixes its main weakness or repairs what that fix breaks:
 
