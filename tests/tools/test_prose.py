@@ -61,3 +61,10 @@ def test_links_to_other_lessons_point_at_their_pages():
 def test_inline_math_may_wrap_onto_the_next_comment_line_but_not_past_a_paragraph():
     html = render(lines("the table $p(X_i \\mid", "X_{pa})$ with parents", "", "costs $5", "", "and $6"), "l.py")
     assert html.count("<math") == 1 and "$5" in html and "$6" in html
+
+
+def test_a_link_to_a_missing_page_names_its_line():
+    pages = {"lessons/foundations/autograd.md", "lessons/foundations/tensor_autograd.md"}
+    render(lines("See [it](autograd.md)."), "l.py", "lessons/foundations/tensor_autograd.md", pages)
+    with pytest.raises(LessonError, match=r"l\.py:11: link to autgrad\.md: no page lessons/foundations/autgrad\.md"):
+        render(lines("Fine.", "See [it](autgrad.md#x)."), "l.py", "lessons/foundations/tensor_autograd.md", pages)

@@ -87,9 +87,10 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         self._bodies = {}
         docs_dir = Path(config.docs_dir)
         files.append(File.generated(config, _CSS, abs_src_path=str(Path(__file__).parent / "assets" / "literate.css")))
+        pages = {f.src_uri for f in files.documentation_pages()} | {lesson.page for lesson in self.lessons}
         for lesson in self.lessons:
             try:
-                body, ipynb = render_page(lesson, docs_dir, self.cache_dir, config.use_directory_urls)
+                body, ipynb = render_page(lesson, docs_dir, self.cache_dir, config.use_directory_urls, pages)
             except LessonError as error:
                 raise PluginError(f"literate: {self._relative(error)}") from None
             meta = self.front_matter[lesson.key]
@@ -147,7 +148,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
 _RENDERED: dict[str, tuple[str, str]] = {}
 
 
-def render_page(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_directory_urls: bool = True) -> tuple[str, str]:
+def render_page(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_directory_urls: bool = True, pages: set[str] | None = None) -> tuple[str, str]:
     """The page body and the notebook of one lesson; from memory when none of its inputs changed.
 
     Inputs: the lesson's source, its test file, its stored figures and benchmark results, and the source of
@@ -160,13 +161,14 @@ def render_page(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_directo
     test_source = test_path.read_text(encoding="utf-8")
     stored = [path.read_text(encoding="utf-8") if path.exists() else "" for path in (docs_dir / figures.folder_for(lesson) / figures.MANIFEST, benchmarks.record_path(lesson, docs_dir))]
     imported = _imported_sources(lesson, lesson.root)
-    key = diagrams.source_hash(source, test_source, *stored, imported, str(use_directory_urls))
+    pages = pages if pages is not None else {lesson.page}
+    key = diagrams.source_hash(source, test_source, *stored, imported, str(use_directory_urls), *sorted(pages))
     if key not in _RENDERED:
-        _RENDERED[key] = _render_fresh(lesson, docs_dir, cache_dir, use_directory_urls, source, test_source, imported)
+        _RENDERED[key] = _render_fresh(lesson, docs_dir, cache_dir, use_directory_urls, pages, source, test_source, imported)
     return _RENDERED[key]
 
 
-def _render_fresh(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_directory_urls: bool, source: str, test_source: str, imported: str) -> tuple[str, str]:
+def _render_fresh(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_directory_urls: bool, pages: set[str], source: str, test_source: str, imported: str) -> tuple[str, str]:
     parsed = parse.load(lesson.path)
     page_url = lesson.page[: -len(".md")] + ("/" if use_directory_urls else ".html")
     facts = render.PageFacts(
@@ -175,6 +177,7 @@ def _render_fresh(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_direc
         verified=_verified_sentence(test_source, lesson),
         root="../" * page_url.count("/"),
         page_src=lesson.page,
+        pages=pages,
         download_py=f"downloads/{lesson.relative}",
         download_ipynb=f"downloads/{lesson.relative[:-3]}.ipynb",
         download_test=f"downloads/{lesson.test}",

@@ -29,12 +29,15 @@ def _markdown() -> markdown.Markdown:
     return markdown.Markdown(extensions=_EXTENSIONS, extension_configs=_EXTENSION_CONFIGS)
 
 
-def render(lines: list[tuple[int | None, str]], path: str, page_src: str | None = None) -> str:
+def render(lines: list[tuple[int | None, str]], path: str, page_src: str | None = None, pages: set[str] | None = None) -> str:
     """Render Markdown lines (each tagged with its source line) to HTML with math as MathML.
 
     `page_src` is the page's path in the docs tree (`lessons/foundations/autograd.md`); a link to another
-    lesson's `.md` is rewritten to that lesson's URL relative to it.
+    lesson's `.md` is rewritten to that lesson's URL relative to it. When `pages` (every page's path) is
+    given, a link to a page that does not exist is an error at its line.
     """
+    if page_src and pages is not None:
+        _check_links(lines, path, page_src, pages)
     text, formulas = _extract_math(lines, path)
     body = _markdown().reset().convert(text)
     for index, (latex, display, line) in enumerate(formulas):
@@ -182,6 +185,17 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
 
 _SPECIAL = re.compile(r"[\\`$]")
 _MD_LINK = re.compile(r'href="(?![a-z]+:|/|#)([^"#]+)\.md(#[^"]*)?"')
+
+
+_MD_TARGET = re.compile(r"\]\((?![a-z]+:|/|#)([^)\s#]+\.md)(#[^)\s]*)?\)")
+
+
+def _check_links(lines: list[tuple[int | None, str]], path: str, page_src: str, pages: set[str]) -> None:
+    for number, line in lines:
+        for match in _MD_TARGET.finditer(line):
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(page_src), match.group(1)))
+            if target not in pages:
+                raise LessonError(path, number or 1, f"link to {match.group(1)}: no page {target} in the site")
 
 
 def _rewrite_links(body: str, page_src: str) -> str:

@@ -27,6 +27,7 @@ class PageFacts:
     verified: str  # the first sentence of the test's docstring
     root: str  # relative URL from the page to the site root, ending in "/"
     page_src: str  # lessons/foundations/autograd.md
+    pages: set[str]  # every page of the site, for checking links
     download_py: str  # site paths of the downloads
     download_ipynb: str
     download_test: str
@@ -143,7 +144,7 @@ def _caption(file_name: str) -> str:
 
 
 def _section(section: Section, highlighted: list[str], lesson: Lesson, facts: PageFacts) -> str:
-    prose_html = prose.render(section.markdown, str(lesson.path), facts.page_src) if section.prose else ""
+    prose_html = prose.render(section.markdown, str(lesson.path), facts.page_src, facts.pages) if section.prose else ""
     code = list(section.code)
     # Blank lines at either end of a block carry nothing to read; the line numbers show they are there.
     while code and not code[0].text.strip():
