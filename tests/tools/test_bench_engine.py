@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, REPO, make_project
-from tools.literate import plugin
+from tools.literate import parse, plugin
 from tools.literate.curriculum import LessonFile
 
 
@@ -50,6 +50,7 @@ def test_bench_parse_and_render_1000_line_lesson(benchmark, tmp_path):
 
     def render_cold_in_memory():
         plugin._RENDERED.clear()
+        parse._LOADED.clear()
         return plugin.render_page(lesson, project / "docs", cache)
 
     body, _ = benchmark(render_cold_in_memory)

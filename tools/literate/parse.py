@@ -66,6 +66,7 @@ class Lesson:
     sections: list[Section]
     front_matter: dict
     front_matter_line: int  # line of the opening `---`, or 1 when there is none
+    tree: ast.Module = field(repr=False, default=None)  # the module's AST, for readers of imports and classes
 
 
 def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
@@ -115,13 +116,24 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
 
     front_matter, front_matter_line = _split_front_matter(sections, docstrings, path)
     _name_sections(sections, scopes, docstrings)
-    return Lesson(path, source, sections, front_matter, front_matter_line)
+    return Lesson(path, source, sections, front_matter, front_matter_line, tree)
+
+
+# (path, source) → Lesson: `mkdocs serve` reloads every lesson on each rebuild; only a changed one is parsed.
+_LOADED: dict[tuple[str, str], Lesson] = {}
 
 
 def load(path: str | Path) -> Lesson:
     """Parse a lesson file and check its front matter: `title`, `summary`, `stage`, `topic` and `time`."""
     path = Path(path)
     source = path.read_text(encoding="utf-8")
+    key = (str(path), source)
+    if key not in _LOADED:
+        _LOADED[key] = _load(path, source)
+    return _LOADED[key]
+
+
+def _load(path: Path, source: str) -> Lesson:
     lesson = parse(source, path)
     _check_escapes(source, path)
     if not lesson.front_matter:

@@ -216,5 +216,5 @@ def _verified_sentence(test_source: str, lesson: LessonFile) -> str:
 
 def _imported_sources(lesson: LessonFile, root: Path) -> str:
     """The hashes of the project modules a lesson imports: its example runs their code too."""
-    sources = project_sources(ast.parse(lesson.path.read_text(encoding="utf-8")), root)
-    return "\n".join(f"{path}:{digest}" for path, digest in sources.items())
+    tree = parse.load(lesson.path).tree
+    return "\n".join(f"{path}:{digest}" for path, digest in project_sources(tree, root).items())

@@ -46,8 +46,9 @@ def highlight_lines(source: str) -> list[str]:
                 lines.append([])
             if piece:
                 escaped = html.escape(piece, quote=False)
-                # Whitespace needs no colour; leaving it bare keeps pages (and the search indexer's work) small.
-                lines[-1].append(f'<span class="{css}">{escaped}</span>' if css and css != "w" else escaped)
+                # Whitespace and plain names take the code block's own colour; leaving them bare keeps pages
+                # (and the search indexer's work) small.
+                lines[-1].append(f'<span class="{css}">{escaped}</span>' if css and css not in ("w", "n") else escaped)
     return ["".join(parts) for parts in lines]
 
 
