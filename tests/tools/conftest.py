@@ -1,6 +1,5 @@
 """A miniature project for the engine's tests: its own mkdocs.yml, curriculum, one fixture lesson and its test."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -6,7 +6,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from tools.literate import LessonError
 from tools.literate import diagrams

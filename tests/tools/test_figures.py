@@ -3,11 +3,10 @@ and keeps the old set when a demo fails; the benchmarks tool stores pytest-bench
 to the group's baseline; both notice when the lesson changes."""
 
 import json
-import sys
 
 import pytest
 
-from conftest import REPO, make_project
+from conftest import REPO
 from tools.literate import benchmarks, figures
 from tools.literate.curriculum import LessonFile
 

@@ -227,8 +227,8 @@ def _docstrings(tree: ast.Module, lines: list[str]) -> list[_Docstring]:
 def _docstring_markdown(raw: list[str]) -> list[str]:
     """One Markdown line per source line: quotes and prefix removed, body dedented like `inspect.cleandoc`."""
     text = "\n".join(raw).strip()
-    quote = _STRING_PREFIX.match(text).group(1)
-    body = text[_STRING_PREFIX.match(text).end() : len(text) - len(quote)]
+    opening = _STRING_PREFIX.match(text)
+    body = text[opening.end() : len(text) - len(opening.group(1))]
     body_lines = body.split("\n")
     indents = [len(line) - len(line.lstrip()) for line in body_lines[1:] if line.strip()]
     indent = min(indents, default=0)

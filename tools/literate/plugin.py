@@ -160,7 +160,7 @@ def render_page(lesson: LessonFile, docs_dir: Path, cache_dir: Path, use_directo
     source = lesson.path.read_text(encoding="utf-8")
     test_source = test_path.read_text(encoding="utf-8")
     stored = [path.read_text(encoding="utf-8") if path.exists() else "" for path in (docs_dir / figures.folder_for(lesson) / figures.MANIFEST, benchmarks.record_path(lesson, docs_dir))]
-    imported = _imported_sources(lesson, lesson.root)
+    imported = _imported_sources(lesson)
     pages = pages if pages is not None else {lesson.page}
     key = diagrams.source_hash(source, test_source, *stored, imported, str(use_directory_urls), *sorted(pages))
     if key not in _RENDERED:
@@ -214,7 +214,7 @@ def _verified_sentence(test_source: str, lesson: LessonFile) -> str:
     return re.sub(r"^verified against\s+", "", sentence, flags=re.IGNORECASE)
 
 
-def _imported_sources(lesson: LessonFile, root: Path) -> str:
+def _imported_sources(lesson: LessonFile) -> str:
     """The hashes of the project modules a lesson imports: its example runs their code too."""
-    tree = parse.load(lesson.path).tree
-    return "\n".join(f"{path}:{digest}" for path, digest in project_sources(tree, root).items())
+    sources = project_sources(parse.load(lesson.path).tree, lesson.root)
+    return "\n".join(f"{path}:{digest}" for path, digest in sources.items())

@@ -32,6 +32,11 @@ class PageFacts:
     download_ipynb: str
     download_test: str
 
+    @property
+    def lesson_path(self) -> str:
+        """`annotated/foundations/autograd.py`: what the regeneration commands take."""
+        return self.module.replace(".", "/") + ".py"
+
 
 def highlight_lines(source: str) -> list[str]:
     """The HTML of each source line, highlighted with Pygments' CSS classes (`k`, `n`, `s2`, …)."""
@@ -70,7 +75,7 @@ def _header(lesson: Lesson, facts: PageFacts, benchmarks: Benchmarks | None, wit
             "Verified against",
             f'{html.escape(facts.verified)} <a class="lit-test-link" href="{root}{facts.download_test}">{html.escape(facts.test_path)}</a>',
         ),
-        ("Benchmarks", _benchmark_table(benchmarks, with_benchmarks, lesson, facts)),
+        ("Benchmarks", _benchmark_table(benchmarks, with_benchmarks, facts)),
         (
             "Download",
             f'<a download href="{root}{facts.download_py}">{facts.module.rsplit(".", 1)[1]}.py</a> · '
@@ -82,11 +87,11 @@ def _header(lesson: Lesson, facts: PageFacts, benchmarks: Benchmarks | None, wit
     return f'<div class="lit-header"><div class="lit-summary">{summary}</div><dl class="lit-facts">{facts_html}</dl></div>'
 
 
-def _benchmark_table(benchmarks: Benchmarks | None, with_benchmarks: bool, lesson: Lesson, facts: PageFacts) -> str:
+def _benchmark_table(benchmarks: Benchmarks | None, with_benchmarks: bool, facts: PageFacts) -> str:
     if not with_benchmarks:
         return "none: nothing in this lesson is timed against a library"
     if benchmarks is None:
-        return _stale_note(f"not measured yet: run <code>python -m tools.literate.benchmarks {html.escape(str(facts.module.replace('.', '/')))}.py</code>")
+        return _stale_note(f"not measured yet: run <code>python -m tools.literate.benchmarks {facts.lesson_path}</code>")
     rows = []
     for result in benchmarks.results:
         ratio = "baseline" if result.baseline else (f"{result.ratio:.2f}×" if result.ratio is not None else "")
@@ -123,7 +128,7 @@ def _diagrams(diagrams: dict[str, str]) -> str:
 
 
 def _figures(figures: Figures | None, facts: PageFacts) -> str:
-    regenerate = f"python -m tools.literate.figures {facts.module.replace('.', '/')}.py"
+    regenerate = f"python -m tools.literate.figures {facts.lesson_path}"
     if figures is None:
         return f'<div class="lit-results">{_stale_note(f"no figures yet: run <code>{regenerate}</code>")}</div>'
     note = "" if figures.fresh else _stale_note(f"these figures were made from an older version of this lesson: run <code>{regenerate}</code>")
