@@ -8,7 +8,9 @@ wrap them in `Value`s, its own tensors or `torch.Tensor`s.
 import numpy as np
 
 
-def two_moons(n: int = 200, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def two_moons(
+    n: int = 200, noise: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Two interleaved half circles: `x` is `[n, 2]` float64, `y` is `[n]` with labels 0 and 1."""
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2, got {n!r}")
@@ -23,12 +25,16 @@ def two_moons(n: int = 200, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarr
     top = np.stack([np.cos(angle_top), np.sin(angle_top)], axis=1)
     bottom = np.stack([1.0 - np.cos(angle_bottom), 0.5 - np.sin(angle_bottom)], axis=1)
     x = np.concatenate([top, bottom]) + rng.normal(0.0, noise, (n, 2))
-    y = np.concatenate([np.zeros(n_top, dtype=np.int64), np.ones(n - n_top, dtype=np.int64)])
+    y = np.concatenate(
+        [np.zeros(n_top, dtype=np.int64), np.ones(n - n_top, dtype=np.int64)]
+    )
     order = rng.permutation(n)
     return x[order], y[order]
 
 
-def digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def digits(
+    test_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 handwritten digits, split and scaled.
 
     Returns `x_train [n_train, 64]`, `y_train [n_train]`, `x_test [n_test, 64]`, `y_test [n_test]`.

@@ -109,11 +109,19 @@ class Value:
     contribution from each use. `label` is an optional name for the diagram.
     """
 
-    def __init__(self, data: float, children: tuple["Value", ...] = (), op: str = "", label: str = ""):
+    def __init__(
+        self,
+        data: float,
+        children: tuple["Value", ...] = (),
+        op: str = "",
+        label: str = "",
+    ):
         # `bool` is a subclass of `int` in Python; a `True` here is almost certainly a mistake. (NumPy's
         # `float64` is a subclass of `float`, so it passes.)
         if isinstance(data, bool) or not isinstance(data, (int, float)):
-            raise TypeError(f"Value: data must be an int or a float, got {type(data).__name__} {data!r}")
+            raise TypeError(
+                f"Value: data must be an int or a float, got {type(data).__name__} {data!r}"
+            )
         self.data = float(data)
         self.grad = 0.0
         self.label = label
@@ -171,15 +179,23 @@ class Value:
     def __pow__(self, exponent: float) -> "Value":
         r"""$z = x^n$ for a fixed number $n$ has $\partial z / \partial x = n x^{n-1}$."""
         if isinstance(exponent, Value):
-            raise TypeError("Value ** exponent: the exponent must be an int or a float, not a Value; "
-                            "for a Value exponent y write (y * x.log()).exp()")
+            raise TypeError(
+                "Value ** exponent: the exponent must be an int or a float, not a Value; "
+                "for a Value exponent y write (y * x.log()).exp()"
+            )
         if isinstance(exponent, bool) or not isinstance(exponent, (int, float)):
-            raise TypeError(f"Value ** exponent: the exponent must be an int or a float, got {type(exponent).__name__}")
+            raise TypeError(
+                f"Value ** exponent: the exponent must be an int or a float, got {type(exponent).__name__}"
+            )
         if self.data < 0 and not float(exponent).is_integer():
-            raise ValueError(f"Value ** exponent: a negative base ({self.data}) has no real power {exponent}")
+            raise ValueError(
+                f"Value ** exponent: a negative base ({self.data}) has no real power {exponent}"
+            )
         if self.data == 0 and exponent < 1:
-            raise ValueError(f"Value ** exponent: at base 0, x ** {exponent} has no finite derivative "
-                             "(the exponent must be >= 1 there; dividing by a Value of 0 also ends here)")
+            raise ValueError(
+                f"Value ** exponent: at base 0, x ** {exponent} has no finite derivative "
+                "(the exponent must be >= 1 there; dividing by a Value of 0 also ends here)"
+            )
         out = Value(self.data**exponent, (self,), f"**{exponent:g}")
 
         def _backward(out_grad):
@@ -357,7 +373,9 @@ class Neuron:
 
     def __init__(self, n_inputs: int, rng: random.Random, nonlinear: bool = True):
         if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 1:
-            raise ValueError(f"Neuron: n_inputs must be a positive int, got {n_inputs!r}")
+            raise ValueError(
+                f"Neuron: n_inputs must be a positive int, got {n_inputs!r}"
+            )
         scale = 1.0 / math.sqrt(n_inputs)
         self.weights = [Value(rng.gauss(0.0, scale)) for _ in range(n_inputs)]
         self.bias = Value(0.0)
@@ -366,7 +384,9 @@ class Neuron:
     def __call__(self, inputs: list["Value | float"]) -> Value:
         # `zip` would silently drop the extra inputs or weights, so the lengths are checked first.
         if len(inputs) != len(self.weights):
-            raise ValueError(f"Neuron: expected {len(self.weights)} inputs, got {len(inputs)}")
+            raise ValueError(
+                f"Neuron: expected {len(self.weights)} inputs, got {len(inputs)}"
+            )
         pre_activation = sum((w * x for w, x in zip(self.weights, inputs)), self.bias)
         return pre_activation.tanh() if self.nonlinear else pre_activation
 
@@ -377,9 +397,17 @@ class Neuron:
 class Layer:
     """`n_outputs` neurons that all read the same inputs; calling it returns their outputs as a list."""
 
-    def __init__(self, n_inputs: int, n_outputs: int, rng: random.Random, nonlinear: bool = True):
-        if isinstance(n_outputs, bool) or not isinstance(n_outputs, int) or n_outputs < 1:
-            raise ValueError(f"Layer: n_outputs must be a positive int, got {n_outputs!r}")
+    def __init__(
+        self, n_inputs: int, n_outputs: int, rng: random.Random, nonlinear: bool = True
+    ):
+        if (
+            isinstance(n_outputs, bool)
+            or not isinstance(n_outputs, int)
+            or n_outputs < 1
+        ):
+            raise ValueError(
+                f"Layer: n_outputs must be a positive int, got {n_outputs!r}"
+            )
         self.neurons = [Neuron(n_inputs, rng, nonlinear) for _ in range(n_outputs)]
 
     def __call__(self, inputs: list["Value | float"]) -> list[Value]:
@@ -400,12 +428,17 @@ class MLP:
     def __init__(self, n_inputs: int, layer_sizes: list[int], seed: int = 0):
         if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 1:
             raise ValueError(f"MLP: n_inputs must be a positive int, got {n_inputs!r}")
-        if not layer_sizes or not all(isinstance(size, int) and size >= 1 for size in layer_sizes):
-            raise ValueError(f"MLP: layer_sizes must be a non-empty list of positive ints, got {layer_sizes!r}")
+        if not layer_sizes or not all(
+            isinstance(size, int) and size >= 1 for size in layer_sizes
+        ):
+            raise ValueError(
+                f"MLP: layer_sizes must be a non-empty list of positive ints, got {layer_sizes!r}"
+            )
         rng = random.Random(seed)
         sizes = [n_inputs] + list(layer_sizes)
         self.layers = [
-            Layer(sizes[i], sizes[i + 1], rng, nonlinear=i < len(layer_sizes) - 1) for i in range(len(layer_sizes))
+            Layer(sizes[i], sizes[i + 1], rng, nonlinear=i < len(layer_sizes) - 1)
+            for i in range(len(layer_sizes))
         ]
 
     def __call__(self, inputs: list["Value | float"]) -> list[Value]:
@@ -437,9 +470,13 @@ class MLP:
 def logistic_loss(scores: list[Value], labels: list[float]) -> Value:
     r"""The mean logistic loss of `scores` against `labels` in $\{-1, +1\}$."""
     if len(scores) != len(labels) or not scores:
-        raise ValueError(f"logistic_loss: need as many labels as scores (and at least one), got {len(scores)} scores "
-                         f"and {len(labels)} labels")
-    losses = [(1 + (-label * score).exp()).log() for score, label in zip(scores, labels)]
+        raise ValueError(
+            f"logistic_loss: need as many labels as scores (and at least one), got {len(scores)} scores "
+            f"and {len(labels)} labels"
+        )
+    losses = [
+        (1 + (-label * score).exp()).log() for score, label in zip(scores, labels)
+    ]
     return sum(losses) / len(losses)
 
 
@@ -457,7 +494,9 @@ def mlp_scores(model: MLP, points: np.ndarray) -> np.ndarray:
     """The network's output score for each row of `points` (`[n, n_inputs]`), computed with NumPy."""
     activations = points  # [n, n_inputs]
     for layer in model.layers:
-        weights = np.array([[w.data for w in neuron.weights] for neuron in layer.neurons])  # [n_out, n_in]
+        weights = np.array(
+            [[w.data for w in neuron.weights] for neuron in layer.neurons]
+        )  # [n_out, n_in]
         biases = np.array([neuron.bias.data for neuron in layer.neurons])  # [n_out]
         activations = activations @ weights.T + biases  # [n, n_out]
         if layer.neurons[0].nonlinear:
@@ -465,7 +504,9 @@ def mlp_scores(model: MLP, points: np.ndarray) -> np.ndarray:
     return activations[:, 0]  # [n]
 
 
-def save_figures(model: MLP, points: np.ndarray, labels: np.ndarray, losses: list[float], out: Path) -> None:
+def save_figures(
+    model: MLP, points: np.ndarray, labels: np.ndarray, losses: list[float], out: Path
+) -> None:
     """Write `decision_boundary.png` and `loss.png` into `out`."""
     # Choosing the Agg backend here, not at import, leaves a notebook's own backend alone for readers who
     # import the lesson.
@@ -474,14 +515,24 @@ def save_figures(model: MLP, points: np.ndarray, labels: np.ndarray, losses: lis
 
     out.mkdir(parents=True, exist_ok=True)
     low, high = points.min(axis=0) - 0.5, points.max(axis=0) + 0.5  # [2], [2]
-    x0, x1 = np.meshgrid(np.linspace(low[0], high[0], 200), np.linspace(low[1], high[1], 150))  # [150, 200] each
-    grid_scores = mlp_scores(model, np.stack([x0.ravel(), x1.ravel()], axis=1)).reshape(x0.shape)  # [150, 200]
+    x0, x1 = np.meshgrid(
+        np.linspace(low[0], high[0], 200), np.linspace(low[1], high[1], 150)
+    )  # [150, 200] each
+    grid_scores = mlp_scores(model, np.stack([x0.ravel(), x1.ravel()], axis=1)).reshape(
+        x0.shape
+    )  # [150, 200]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.contourf(x0, x1, grid_scores, levels=[-np.inf, 0, np.inf], colors=["#c6dbef", "#fdd0a2"])
+    ax.contourf(
+        x0, x1, grid_scores, levels=[-np.inf, 0, np.inf], colors=["#c6dbef", "#fdd0a2"]
+    )
     ax.contour(x0, x1, grid_scores, levels=[0], colors="black", linewidths=1)
     ax.scatter(*points[labels < 0].T, s=14, c="#2171b5", label="y = -1")
     ax.scatter(*points[labels > 0].T, s=14, c="#d94801", label="y = +1")
-    ax.set(title="Decision boundary of the trained MLP", xlabel="$x_0$ (centred)", ylabel="$x_1$ (centred)")
+    ax.set(
+        title="Decision boundary of the trained MLP",
+        xlabel="$x_0$ (centred)",
+        ylabel="$x_1$ (centred)",
+    )
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(out / "decision_boundary.png", dpi=120)
@@ -489,7 +540,9 @@ def save_figures(model: MLP, points: np.ndarray, labels: np.ndarray, losses: lis
 
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(losses)
-    ax.set(title="Training loss", xlabel="step", ylabel="mean logistic loss", yscale="log")
+    ax.set(
+        title="Training loss", xlabel="step", ylabel="mean logistic loss", yscale="log"
+    )
     fig.tight_layout()
     fig.savefig(out / "loss.png", dpi=120)
     plt.close(fig)
@@ -526,7 +579,9 @@ def dataflow(output: Value) -> tuple[list[tuple[str, str]], list[tuple[str, str,
     node_ids = {value: f"v{i}" for i, value in enumerate(order)}
     for value in order:
         name = f"{value.label} = " if value.label else ""
-        nodes.append((node_ids[value], f"{name}{value.data:.4g} | grad {value.grad:.4g}"))
+        nodes.append(
+            (node_ids[value], f"{name}{value.data:.4g} | grad {value.grad:.4g}")
+        )
         if value._op:
             op_id = f"{node_ids[value]}_op"
             nodes.append((op_id, value._op))
@@ -550,23 +605,38 @@ def dataflow(output: Value) -> tuple[list[tuple[str, str]], list[tuple[str, str,
 # around 0, and centred inputs put the initial units there. Accuracy is measured on 200 fresh points that
 # the network never trained on.
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description="Train a scalar-autograd MLP on two moons.")
+    parser = argparse.ArgumentParser(
+        description="Train a scalar-autograd MLP on two moons."
+    )
     parser.add_argument("--points", type=int, default=100, help="training points")
-    parser.add_argument("--test-points", type=int, default=200, help="held-out points for the accuracy")
-    parser.add_argument("--hidden", type=int, default=8, help="units in each of the two hidden layers")
+    parser.add_argument(
+        "--test-points", type=int, default=200, help="held-out points for the accuracy"
+    )
+    parser.add_argument(
+        "--hidden", type=int, default=8, help="units in each of the two hidden layers"
+    )
     parser.add_argument("--steps", type=int, default=100, help="gradient-descent steps")
     parser.add_argument("--lr", type=float, default=1.0, help="learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the data and the weights")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed for the data and the weights"
+    )
     parser.add_argument("--out", default="out/autograd", help="folder for the figures")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
 
-    points, classes = two_moons(args.points, noise=0.1, seed=args.seed)  # [n, 2], [n] in {0, 1}
-    test_points, test_classes = two_moons(args.test_points, noise=0.1, seed=args.seed + 1)
+    points, classes = two_moons(
+        args.points, noise=0.1, seed=args.seed
+    )  # [n, 2], [n] in {0, 1}
+    test_points, test_classes = two_moons(
+        args.test_points, noise=0.1, seed=args.seed + 1
+    )
     center = points.mean(axis=0)  # [2]
     points, test_points = points - center, test_points - center
-    labels, test_labels = 2.0 * classes - 1.0, 2.0 * test_classes - 1.0  # [n] in {-1, +1}
+    labels, test_labels = (
+        2.0 * classes - 1.0,
+        2.0 * test_classes - 1.0,
+    )  # [n] in {-1, +1}
     model = MLP(2, [args.hidden, args.hidden, 1], seed=args.seed)
 
     # Each step allocates over 100,000 objects (nodes, their closures, and the tuples and cells these hold)
@@ -592,7 +662,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     test_accuracy = accuracy(model, test_points, test_labels)
     save_figures(model, points, labels, losses, Path(args.out))
     print(f"accuracy {test_accuracy:.3f}")
-    return {"accuracy": test_accuracy, "train_accuracy": accuracy(model, points, labels), "loss": losses[-1]}
+    return {
+        "accuracy": test_accuracy,
+        "train_accuracy": accuracy(model, points, labels),
+        "loss": losses[-1],
+    }
 
 
 if __name__ == "__main__":

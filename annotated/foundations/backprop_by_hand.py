@@ -72,19 +72,25 @@ from tqdm import tqdm
 # A backward pass with a wrong shape rarely crashes: NumPy broadcasts a `[batch]` vector against a
 # `[batch, 1]` column and silently produces a `[batch, batch]` matrix. So every public function checks its
 # arguments first and names the one that is wrong together with the shape it expected.
-def require_shape(name: str, array: np.ndarray, expected: tuple[int | None, ...], meaning: str) -> None:
+def require_shape(
+    name: str, array: np.ndarray, expected: tuple[int | None, ...], meaning: str
+) -> None:
     """Raise unless `array` is a NumPy array of shape `expected`, where `None` admits any size.
 
     `meaning` spells the shape in symbols (`"[batch, d_in]"`) so that the message says what each axis is.
     """
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array of shape {meaning}, got {type(array).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy array of shape {meaning}, got {type(array).__name__}"
+        )
     matches = array.ndim == len(expected) and all(
         wanted is None or wanted == size for wanted, size in zip(expected, array.shape)
     )
     if not matches:
         sizes = ", ".join("?" if wanted is None else str(wanted) for wanted in expected)
-        raise ValueError(f"{name} must have shape {meaning} = ({sizes}), got {array.shape}")
+        raise ValueError(
+            f"{name} must have shape {meaning} = ({sizes}), got {array.shape}"
+        )
 
 
 # ## 1. The linear layer
@@ -95,7 +101,9 @@ def require_shape(name: str, array: np.ndarray, expected: tuple[int | None, ...]
 # $$
 # Y = XW^\top + b, \qquad Y_{nj} = \sum_i X_{ni} W_{ji} + b_j .
 # $$
-def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, tuple]:
+def linear_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray
+) -> tuple[np.ndarray, tuple]:
     r"""Return $Y = XW^\top + b$ `[batch, d_out]` and the cache `(x, weight)` the backward pass reads."""
     require_shape("x", x, (None, None), "[batch, d_in]")
     require_shape("weight", weight, (None, x.shape[1]), "[d_out, d_in]")
@@ -132,10 +140,14 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> tuple
 # `[d_out, batch] @ [batch, d_in] = [d_out, d_in]` is the shape of $W$. The bias shows a rule worth
 # remembering: the forward pass *copies* $b$ to every row of the batch (broadcasting), so the backward pass
 # *sums* the rows' gradients. A copy forward is a sum backward, and vice versa.
-def linear_backward(grad_output: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_backward(
+    grad_output: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Given $\bar Y$ `[batch, d_out]`, return $(\bar X, \bar W, \bar b)$ with the shapes of $X$, $W$, $b$."""
     x, weight = cache
-    require_shape("grad_output", grad_output, (x.shape[0], weight.shape[0]), "[batch, d_out]")
+    require_shape(
+        "grad_output", grad_output, (x.shape[0], weight.shape[0]), "[batch, d_out]"
+    )
     grad_x = grad_output @ weight  # [batch, d_out] @ [d_out, d_in] -> [batch, d_in]
     grad_weight = grad_output.T @ x  # [d_out, batch] @ [batch, d_in] -> [d_out, d_in]
     grad_bias = grad_output.sum(axis=0)  # [d_out]
@@ -184,7 +196,9 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 def softmax_backward(grad_probs: np.ndarray, probs: np.ndarray) -> np.ndarray:
     r"""Given $\bar P$ and the softmax output $P$ (both `[..., K]`), return $\bar Z$ `[..., K]`."""
     require_shape("grad_probs", grad_probs, probs.shape, "[..., K], the shape of probs")
-    return probs * (grad_probs - (grad_probs * probs).sum(axis=-1, keepdims=True))  # [..., K]
+    return probs * (
+        grad_probs - (grad_probs * probs).sum(axis=-1, keepdims=True)
+    )  # [..., K]
 
 
 # **Cross-entropy** for a batch of logits $Z$ `[N, K]` and integer labels $y$ `[N]` is the mean negative
@@ -195,20 +209,30 @@ def softmax_backward(grad_probs: np.ndarray, probs: np.ndarray) -> np.ndarray:
 # L = -\frac{1}{N} \sum_n \log p_{n y_n}
 # = \frac{1}{N} \sum_n \Big( -z_{n y_n} + \log \sum_k e^{z_{nk}} \Big) .
 # $$
-def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray) -> tuple[float, tuple]:
+def softmax_cross_entropy_forward(
+    logits: np.ndarray, labels: np.ndarray
+) -> tuple[float, tuple]:
     """Return the mean cross-entropy of `logits` `[batch, classes]` against integer `labels` `[batch]`, and
     the cache `(probs, labels)`."""
     require_shape("logits", logits, (None, None), "[batch, classes]")
     require_shape("labels", labels, (logits.shape[0],), "[batch]")
     batch, classes = logits.shape
     if batch == 0:
-        raise ValueError("logits must hold at least one row: the mean over an empty batch is undefined")
+        raise ValueError(
+            "logits must hold at least one row: the mean over an empty batch is undefined"
+        )
     if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must be integers in [0, {classes}), got dtype {labels.dtype}")
+        raise TypeError(
+            f"labels must be integers in [0, {classes}), got dtype {labels.dtype}"
+        )
     if labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(f"labels must lie in [0, classes) = [0, {classes}), got [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must lie in [0, classes) = [0, {classes}), got [{labels.min()}, {labels.max()}]"
+        )
     shifted = logits - logits.max(axis=1, keepdims=True)  # [batch, classes]
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # [batch, classes]
+    log_probs = shifted - np.log(
+        np.exp(shifted).sum(axis=1, keepdims=True)
+    )  # [batch, classes]
     loss = -log_probs[np.arange(batch), labels].mean()
     return float(loss), (np.exp(log_probs), labels)
 
@@ -242,7 +266,9 @@ def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray) -> tup
 def softmax_cross_entropy_backward(grad_loss: float, cache: tuple) -> np.ndarray:
     r"""Given $\bar L$ (a scalar), return $\bar Z = \bar L\,(P - Y)/N$ `[batch, classes]`."""
     if np.ndim(grad_loss) != 0:
-        raise ValueError(f"grad_loss must be a scalar (the loss is one number), got shape {np.shape(grad_loss)}")
+        raise ValueError(
+            f"grad_loss must be a scalar (the loss is one number), got shape {np.shape(grad_loss)}"
+        )
     probs, labels = cache
     batch = probs.shape[0]
     probs_minus_onehot = probs.copy()  # [batch, classes]
@@ -273,7 +299,9 @@ def layer_norm_forward(
     require_shape("gamma", gamma, (x.shape[1],), "[features]")
     require_shape("beta", beta, (x.shape[1],), "[features]")
     if eps <= 0:
-        raise ValueError(f"eps must be > 0 so that a constant row does not divide by zero, got {eps!r}")
+        raise ValueError(
+            f"eps must be > 0 so that a constant row does not divide by zero, got {eps!r}"
+        )
     mean = x.mean(axis=1, keepdims=True)  # [batch, 1]
     centred = x - mean  # [batch, features]
     variance = (centred**2).mean(axis=1, keepdims=True)  # [batch, 1]
@@ -334,7 +362,9 @@ def layer_norm_forward(
 # as a projection: from $G$ it removes the component along the all-ones vector and (up to $\epsilon$) the
 # component along $\hat x$, the two directions in which moving $x$ does not change $\hat x$ (adding a
 # constant to a row, or scaling it). In particular every row of $\bar X$ sums to exactly zero.
-def layer_norm_backward(grad_output: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layer_norm_backward(
+    grad_output: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Given $\bar Y$ `[batch, features]`, return $(\bar X, \bar\gamma, \bar\beta)$."""
     x_hat, sigma, gamma = cache
     require_shape("grad_output", grad_output, x_hat.shape, "[batch, features]")
@@ -369,13 +399,21 @@ def layer_norm_backward(grad_output: np.ndarray, cache: tuple) -> tuple[np.ndarr
 # The code accepts a leading batch axis, `[batch, T, d_model]`: NumPy's `@` treats it as a stack of
 # independent sequences, and `swapaxes(-1, -2)` is the transpose of each one.
 def attention_head_forward(
-    x: np.ndarray, w_query: np.ndarray, w_key: np.ndarray, w_value: np.ndarray, causal: bool = False
+    x: np.ndarray,
+    w_query: np.ndarray,
+    w_key: np.ndarray,
+    w_value: np.ndarray,
+    causal: bool = False,
 ) -> tuple[np.ndarray, tuple]:
     r"""Return $O = \mathrm{softmax}(QK^\top/\sqrt d)\,V$ `[..., seq, d_head]` and the cache."""
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy array of shape [batch, seq, d_model], got {type(x).__name__}")
+        raise TypeError(
+            f"x must be a numpy array of shape [batch, seq, d_model], got {type(x).__name__}"
+        )
     if x.ndim not in (2, 3):
-        raise ValueError(f"x must have shape [seq, d_model] or [batch, seq, d_model], got {x.shape}")
+        raise ValueError(
+            f"x must have shape [seq, d_model] or [batch, seq, d_model], got {x.shape}"
+        )
     d_model, seq = x.shape[-1], x.shape[-2]
     require_shape("w_query", w_query, (d_model, None), "[d_model, d_head]")
     d_head = w_query.shape[1]
@@ -386,7 +424,9 @@ def attention_head_forward(
     value = x @ w_value  # [..., seq, d_head]
     scores = query @ key.swapaxes(-1, -2) / math.sqrt(d_head)  # [..., seq, seq]
     if causal:
-        future = np.triu(np.ones((seq, seq), dtype=bool), k=1)  # [seq, seq], True where key is after query
+        future = np.triu(
+            np.ones((seq, seq), dtype=bool), k=1
+        )  # [seq, seq], True where key is after query
         scores = np.where(future, -np.inf, scores)  # [..., seq, seq]
     attention = softmax(scores)  # [..., seq, seq], each row sums to 1
     output = attention @ value  # [..., seq, d_head]
@@ -453,18 +493,33 @@ def attention_head_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     r"""Given $\bar O$ `[..., seq, d_head]`, return $(\bar X, \overline{W_q}, \overline{W_k}, \overline{W_v})$."""
     x, w_query, w_key, w_value, query, key, value, attention = cache
-    require_shape("grad_output", grad_output, value.shape, "[..., seq, d_head], the shape of the output")
+    require_shape(
+        "grad_output",
+        grad_output,
+        value.shape,
+        "[..., seq, d_head], the shape of the output",
+    )
     d_model, d_head = w_query.shape
-    grad_value = attention.swapaxes(-1, -2) @ grad_output  # [..., seq, seq] @ [..., seq, d_head]
-    grad_attention = grad_output @ value.swapaxes(-1, -2)  # [..., seq, d_head] @ [..., d_head, seq]
-    grad_scores = softmax_backward(grad_attention, attention)  # [..., seq, seq], 0 where masked
+    grad_value = (
+        attention.swapaxes(-1, -2) @ grad_output
+    )  # [..., seq, seq] @ [..., seq, d_head]
+    grad_attention = grad_output @ value.swapaxes(
+        -1, -2
+    )  # [..., seq, d_head] @ [..., d_head, seq]
+    grad_scores = softmax_backward(
+        grad_attention, attention
+    )  # [..., seq, seq], 0 where masked
     grad_query = grad_scores @ key / math.sqrt(d_head)  # [..., seq, d_head]
-    grad_key = grad_scores.swapaxes(-1, -2) @ query / math.sqrt(d_head)  # [..., seq, d_head]
+    grad_key = (
+        grad_scores.swapaxes(-1, -2) @ query / math.sqrt(d_head)
+    )  # [..., seq, d_head]
     x_rows = x.reshape(-1, d_model)  # [batch * seq, d_model]
     grad_w_query = x_rows.T @ grad_query.reshape(-1, d_head)  # [d_model, d_head]
     grad_w_key = x_rows.T @ grad_key.reshape(-1, d_head)  # [d_model, d_head]
     grad_w_value = x_rows.T @ grad_value.reshape(-1, d_head)  # [d_model, d_head]
-    grad_x = grad_query @ w_query.T + grad_key @ w_key.T + grad_value @ w_value.T  # [..., seq, d_model]
+    grad_x = (
+        grad_query @ w_query.T + grad_key @ w_key.T + grad_value @ w_value.T
+    )  # [..., seq, d_model]
     return grad_x, grad_w_query, grad_w_key, grad_w_value
 
 
@@ -490,7 +545,9 @@ def attention_head_backward(
 # gradient's size. So with $h = 10^{-6}$ a correct backward pass agrees to $10^{-10}$ or $10^{-9}$; a wrong one
 # (a missing term, a transposed product) is off by order $1$. The price is two forward passes per parameter
 # entry, where backpropagation gets every entry for the cost of about two forward passes in total.
-def numerical_gradient(loss: Callable[[], float], array: np.ndarray, step: float = 1e-6) -> np.ndarray:
+def numerical_gradient(
+    loss: Callable[[], float], array: np.ndarray, step: float = 1e-6
+) -> np.ndarray:
     """Central differences of the scalar `loss()` with respect to every entry of `array`.
 
     `loss` takes no arguments and must read `array`; each entry is nudged in place and restored.
@@ -518,18 +575,27 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
 # To check a backward pass we need a scalar loss whose upstream gradient we know. $L = \sum Y \odot R$ for
 # a fixed random $R$ has $\bar Y = R$ exactly, so feeding $R$ to the backward function must reproduce the
 # finite differences of $L$. A random $R$ (rather than all ones) exercises every direction.
-def gradient_check(forward: Callable, backward: Callable, inputs: list[np.ndarray], rng: np.random.Generator) -> float:
+def gradient_check(
+    forward: Callable,
+    backward: Callable,
+    inputs: list[np.ndarray],
+    rng: np.random.Generator,
+) -> float:
     """The worst `relative_error` over all `inputs` between `backward` and central differences of `forward`.
 
     `forward(*inputs)` returns `(output, cache)`; `backward(grad_output, cache)` returns one gradient per
     input, in the same order.
     """
     output, cache = forward(*inputs)
-    upstream = rng.standard_normal(np.shape(output))  # the shape of the output, possibly a scalar
+    upstream = rng.standard_normal(
+        np.shape(output)
+    )  # the shape of the output, possibly a scalar
     analytic = backward(upstream, cache)
     worst = 0.0
     for array, gradient in zip(inputs, analytic):
-        numeric = numerical_gradient(lambda: np.sum(forward(*inputs)[0] * upstream), array)
+        numeric = numerical_gradient(
+            lambda: np.sum(forward(*inputs)[0] * upstream), array
+        )
         worst = max(worst, relative_error(gradient, numeric))
     return worst
 
@@ -562,17 +628,31 @@ def classifier_loss_and_gradients(
 ) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
     """Return the loss, the logits `[batch, vocab]` and the gradient of the loss for every parameter."""
     seq_len = x.shape[1]
-    attended, attention_cache = attention_head_forward(x, params["w_query"], params["w_key"], params["w_value"])
+    attended, attention_cache = attention_head_forward(
+        x, params["w_query"], params["w_key"], params["w_value"]
+    )
     pooled = attended.mean(axis=1)  # [batch, d_head]
-    normed, norm_cache = layer_norm_forward(pooled, params["gamma"], params["beta"])  # [batch, d_head]
-    logits, linear_cache = linear_forward(normed, params["weight"], params["bias"])  # [batch, vocab]
+    normed, norm_cache = layer_norm_forward(
+        pooled, params["gamma"], params["beta"]
+    )  # [batch, d_head]
+    logits, linear_cache = linear_forward(
+        normed, params["weight"], params["bias"]
+    )  # [batch, vocab]
     loss, loss_cache = softmax_cross_entropy_forward(logits, labels)
 
     grad_logits = softmax_cross_entropy_backward(1.0, loss_cache)  # [batch, vocab]
-    grad_normed, grad_weight, grad_bias = linear_backward(grad_logits, linear_cache)  # [batch, d_head]
-    grad_pooled, grad_gamma, grad_beta = layer_norm_backward(grad_normed, norm_cache)  # [batch, d_head]
-    grad_attended = np.repeat(grad_pooled[:, None, :] / seq_len, seq_len, axis=1)  # [batch, seq, d_head]
-    _, grad_w_query, grad_w_key, grad_w_value = attention_head_backward(grad_attended, attention_cache)
+    grad_normed, grad_weight, grad_bias = linear_backward(
+        grad_logits, linear_cache
+    )  # [batch, d_head]
+    grad_pooled, grad_gamma, grad_beta = layer_norm_backward(
+        grad_normed, norm_cache
+    )  # [batch, d_head]
+    grad_attended = np.repeat(
+        grad_pooled[:, None, :] / seq_len, seq_len, axis=1
+    )  # [batch, seq, d_head]
+    _, grad_w_query, grad_w_key, grad_w_value = attention_head_backward(
+        grad_attended, attention_cache
+    )
     gradients = {
         "w_query": grad_w_query,
         "w_key": grad_w_key,
@@ -585,7 +665,9 @@ def classifier_loss_and_gradients(
     return loss, logits, gradients
 
 
-def init_classifier(vocab: int, d_head: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def init_classifier(
+    vocab: int, d_head: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     r"""Random projections scaled by $1/\sqrt{\text{fan-in}}$, $\gamma = 1$, $\beta = 0$, zero bias."""
     d_model = vocab + 1
     return {
@@ -615,20 +697,39 @@ def attention_head_forward_backward(
 ) -> dict[str, np.ndarray]:
     """Run the head forward, feed `grad_output` backward, and return the output with every gradient."""
     output, cache = attention_head_forward(x, w_query, w_key, w_value, causal)
-    grad_x, grad_w_query, grad_w_key, grad_w_value = attention_head_backward(grad_output, cache)
-    return {"output": output, "x": grad_x, "w_query": grad_w_query, "w_key": grad_w_key, "w_value": grad_w_value}
+    grad_x, grad_w_query, grad_w_key, grad_w_value = attention_head_backward(
+        grad_output, cache
+    )
+    return {
+        "output": output,
+        "x": grad_x,
+        "w_query": grad_w_query,
+        "w_key": grad_w_key,
+        "w_value": grad_w_value,
+    }
 
 
 def example():
     """A small example: `fn(*args)` runs one causal attention head forward and backward."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 8))  # [seq, d_model]
-    w_query, w_key, w_value = (rng.standard_normal((8, 3)) / math.sqrt(8) for _ in range(3))  # [d_model, d_head]
+    w_query, w_key, w_value = (
+        rng.standard_normal((8, 3)) / math.sqrt(8) for _ in range(3)
+    )  # [d_model, d_head]
     grad_output = rng.standard_normal((4, 3))  # [seq, d_head]
-    return attention_head_forward_backward, (x, w_query, w_key, w_value, grad_output, True)
+    return attention_head_forward_backward, (
+        x,
+        w_query,
+        w_key,
+        w_value,
+        grad_output,
+        True,
+    )
 
 
-def dataflow(output: dict[str, np.ndarray]) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+def dataflow(
+    output: dict[str, np.ndarray],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """The attention head's forward graph and the backward graph derived in section 4, with shapes."""
     seq, d_model = output["x"].shape  # the gradient of X has the shape of X
     d_head = output["output"].shape[1]
@@ -698,36 +799,56 @@ def run_gradient_checks(rng: np.random.Generator) -> dict[str, float]:
         "linear": (
             linear_forward,
             linear_backward,
-            [rng.standard_normal((batch, d_in)), rng.standard_normal((d_out, d_in)), rng.standard_normal(d_out)],
+            [
+                rng.standard_normal((batch, d_in)),
+                rng.standard_normal((d_out, d_in)),
+                rng.standard_normal(d_out),
+            ],
         ),
         "softmax_cross_entropy": (
             lambda logits: softmax_cross_entropy_forward(logits, labels),
-            lambda grad_loss, cache: (softmax_cross_entropy_backward(grad_loss, cache),),
+            lambda grad_loss, cache: (
+                softmax_cross_entropy_backward(grad_loss, cache),
+            ),
             [rng.standard_normal((batch, d_out))],
         ),
         "layer_norm": (
             layer_norm_forward,
             layer_norm_backward,
-            [rng.standard_normal((batch, d_in)), rng.standard_normal(d_in), rng.standard_normal(d_in)],
+            [
+                rng.standard_normal((batch, d_in)),
+                rng.standard_normal(d_in),
+                rng.standard_normal(d_in),
+            ],
         ),
         "attention": (
             attention_head_forward,
             attention_head_backward,
-            [rng.standard_normal((2, seq, d_in))] + [rng.standard_normal((d_in, d_head)) for _ in range(3)],
+            [rng.standard_normal((2, seq, d_in))]
+            + [rng.standard_normal((d_in, d_head)) for _ in range(3)],
         ),
         "attention_causal": (
             lambda *inputs: attention_head_forward(*inputs, causal=True),
             attention_head_backward,
-            [rng.standard_normal((2, seq, d_in))] + [rng.standard_normal((d_in, d_head)) for _ in range(3)],
+            [rng.standard_normal((2, seq, d_in))]
+            + [rng.standard_normal((d_in, d_head)) for _ in range(3)],
         ),
     }
     return {
         name: gradient_check(forward, backward, inputs, rng)
-        for name, (forward, backward, inputs) in tqdm(checks.items(), desc="gradient checks")
+        for name, (forward, backward, inputs) in tqdm(
+            checks.items(), desc="gradient checks"
+        )
     }
 
 
-def save_figures(errors: dict[str, float], attention: np.ndarray, x: np.ndarray, flagged: np.ndarray, out: Path):
+def save_figures(
+    errors: dict[str, float],
+    attention: np.ndarray,
+    x: np.ndarray,
+    flagged: np.ndarray,
+    out: Path,
+):
     """Write `gradient_check.png` and `attention.png` into `out`."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -736,7 +857,9 @@ def save_figures(errors: dict[str, float], attention: np.ndarray, x: np.ndarray,
     figure, axis = plt.subplots(figsize=(6, 3))
     names = list(errors)
     axis.barh(names, [max(errors[name], 1e-17) for name in names], color="tab:blue")
-    axis.axvline(1e-6, color="tab:red", linestyle="--", label="above this, suspect a bug")
+    axis.axvline(
+        1e-6, color="tab:red", linestyle="--", label="above this, suspect a bug"
+    )
     axis.set_xscale("log")
     axis.set_xlim(1e-13, 1.0)
     axis.set_xlabel("max relative error, backward pass vs central differences")
@@ -750,7 +873,10 @@ def save_figures(errors: dict[str, float], attention: np.ndarray, x: np.ndarray,
     figure, axes = plt.subplots(1, len(attention), figsize=(3.2 * len(attention), 3.2))
     for axis, weights, sequence, position in zip(axes, attention, x, flagged):
         tokens = sequence[:, :vocab].argmax(axis=1)  # [seq]
-        ticks = [f"{token}*" if index == position else str(token) for index, token in enumerate(tokens)]
+        ticks = [
+            f"{token}*" if index == position else str(token)
+            for index, token in enumerate(tokens)
+        ]
         axis.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0)
         axis.set_xticks(range(len(ticks)), ticks)
         axis.set_yticks(range(len(ticks)), ticks)
@@ -764,16 +890,29 @@ def save_figures(errors: dict[str, float], attention: np.ndarray, x: np.ndarray,
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Check every backward pass numerically, then train the attention classifier with them."""
-    parser = argparse.ArgumentParser(description="Check hand-derived backward passes and train with them.")
-    parser.add_argument("--steps", type=int, default=300, help="SGD steps for the attention classifier")
+    parser = argparse.ArgumentParser(
+        description="Check hand-derived backward passes and train with them."
+    )
+    parser.add_argument(
+        "--steps", type=int, default=300, help="SGD steps for the attention classifier"
+    )
     parser.add_argument("--batch", type=int, default=64, help="sequences per SGD step")
     parser.add_argument("--seq-len", type=int, default=8, help="tokens per sequence")
-    parser.add_argument("--vocab", type=int, default=8, help="vocabulary size, which is also the class count")
-    parser.add_argument("--d-head", type=int, default=16, help="width of the attention head")
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=8,
+        help="vocabulary size, which is also the class count",
+    )
+    parser.add_argument(
+        "--d-head", type=int, default=16, help="width of the attention head"
+    )
     parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--out", default="out/backprop_by_hand", help="folder for the figures")
+    parser.add_argument(
+        "--out", default="out/backprop_by_hand", help="folder for the figures"
+    )
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
 
@@ -796,13 +935,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if step % 25 == 0:
             progress.set_postfix(loss=f"{loss:.3f}")
 
-    x_test, labels_test, flagged_test = flagged_token_task(2000, args.seq_len, args.vocab, rng)
+    x_test, labels_test, flagged_test = flagged_token_task(
+        2000, args.seq_len, args.vocab, rng
+    )
     _, logits, _ = classifier_loss_and_gradients(params, x_test, labels_test)
     accuracy = float((logits.argmax(axis=1) == labels_test).mean())
     print(f"accuracy {accuracy:.3f} (chance {1 / args.vocab:.3f})")
 
     shown = x_test[:3]  # [3, seq, vocab + 1]
-    _, attention_cache = attention_head_forward(shown, params["w_query"], params["w_key"], params["w_value"])
+    _, attention_cache = attention_head_forward(
+        shown, params["w_query"], params["w_key"], params["w_value"]
+    )
     save_figures(errors, attention_cache[-1], shown, flagged_test[:3], Path(args.out))
     return {**errors, "accuracy": accuracy}
 

@@ -68,7 +68,9 @@ def spd_spectrum(A: np.ndarray) -> tuple[float, float]:
         raise ValueError("A must be symmetric and finite (A == A.T)")
     eigenvalues = np.linalg.eigvalsh(A)  # [d], ascending
     if eigenvalues[0] <= 0:
-        raise ValueError(f"A must be positive definite; its smallest eigenvalue is {eigenvalues[0]:.3g}")
+        raise ValueError(
+            f"A must be positive definite; its smallest eigenvalue is {eigenvalues[0]:.3g}"
+        )
     return float(eigenvalues[0]), float(eigenvalues[-1])
 
 
@@ -77,7 +79,9 @@ def check_run(A: np.ndarray, x0: np.ndarray, step: float, steps: int) -> np.ndar
     spd_spectrum(A)
     x0 = np.asarray(x0, dtype=np.float64)
     if x0.shape != (np.shape(A)[0],):
-        raise ValueError(f"x0 must have shape ({np.shape(A)[0]},) to match A, got {x0.shape}")
+        raise ValueError(
+            f"x0 must have shape ({np.shape(A)[0]},) to match A, got {x0.shape}"
+        )
     if not (isinstance(step, numbers.Real) and step > 0 and math.isfinite(step)):
         raise ValueError(f"step must be a positive finite number, got {step!r}")
     if not isinstance(steps, numbers.Integral) or steps < 0:
@@ -158,7 +162,9 @@ def quadratic_values(A: np.ndarray, history: np.ndarray) -> np.ndarray:
 # Since $(\kappa-1)/(\kappa+1) \approx 1 - 2/\kappa$ this only halves the number of steps: it is still order $\kappa$.
 
 
-def gradient_descent(A: np.ndarray, x0: np.ndarray, step: float, steps: int) -> np.ndarray:
+def gradient_descent(
+    A: np.ndarray, x0: np.ndarray, step: float, steps: int
+) -> np.ndarray:
     r"""Run `steps` iterations of $x_{k+1} = x_k - \eta A x_k$ and return every iterate, `[steps + 1, d]`."""
     x0 = check_run(A, x0, step, steps)
     history = np.empty((steps + 1, x0.size))  # [steps + 1, d]
@@ -208,10 +214,14 @@ def polyak_parameters(mu: float, L: float) -> tuple[float, float]:
     if not 0 < mu <= L:
         raise ValueError(f"need 0 < mu <= L, got mu={mu!r}, L={L!r}")
     root_kappa = math.sqrt(L / mu)
-    return 4.0 / (math.sqrt(L) + math.sqrt(mu)) ** 2, ((root_kappa - 1) / (root_kappa + 1)) ** 2
+    return 4.0 / (math.sqrt(L) + math.sqrt(mu)) ** 2, (
+        (root_kappa - 1) / (root_kappa + 1)
+    ) ** 2
 
 
-def heavy_ball(A: np.ndarray, x0: np.ndarray, step: float, momentum: float, steps: int) -> np.ndarray:
+def heavy_ball(
+    A: np.ndarray, x0: np.ndarray, step: float, momentum: float, steps: int
+) -> np.ndarray:
     """Polyak's heavy ball from $x_{-1} = x_0$; returns every iterate, `[steps + 1, d]`."""
     x0 = check_run(A, x0, step, steps)
     check_momentum(momentum)
@@ -260,7 +270,9 @@ def nesterov_parameters(mu: float, L: float) -> tuple[float, float]:
     return 1.0 / L, (root_kappa - 1) / (root_kappa + 1)
 
 
-def nesterov(A: np.ndarray, x0: np.ndarray, step: float, momentum: float, steps: int) -> np.ndarray:
+def nesterov(
+    A: np.ndarray, x0: np.ndarray, step: float, momentum: float, steps: int
+) -> np.ndarray:
     """Nesterov's accelerated gradient from $x_{-1} = x_0$; returns every iterate, `[steps + 1, d]`."""
     x0 = check_run(A, x0, step, steps)
     check_momentum(momentum)
@@ -319,32 +331,46 @@ def measured_contraction(distances: np.ndarray, tol: float) -> float:
 def check_logistic(features: np.ndarray, labels: np.ndarray, lam: float) -> None:
     """Features `[n, d]`, labels `[n]` in {-1, +1}, and a strictly positive regulariser."""
     if np.ndim(features) != 2:
-        raise ValueError(f"features must be a 2-D array [n, d], got shape {np.shape(features)}")
+        raise ValueError(
+            f"features must be a 2-D array [n, d], got shape {np.shape(features)}"
+        )
     if np.shape(labels) != (np.shape(features)[0],):
-        raise ValueError(f"labels must have shape ({np.shape(features)[0]},) to match features, got {np.shape(labels)}")
+        raise ValueError(
+            f"labels must have shape ({np.shape(features)[0]},) to match features, got {np.shape(labels)}"
+        )
     if not np.all(np.isin(labels, (-1, 1))):
         raise ValueError("labels must be -1 or +1")
     if not lam > 0:
-        raise ValueError(f"lam must be > 0 (it makes the problem strongly convex), got {lam!r}")
+        raise ValueError(
+            f"lam must be > 0 (it makes the problem strongly convex), got {lam!r}"
+        )
 
 
-def logistic_loss(w: np.ndarray, features: np.ndarray, labels: np.ndarray, lam: float) -> float:
+def logistic_loss(
+    w: np.ndarray, features: np.ndarray, labels: np.ndarray, lam: float
+) -> float:
     """The regularised objective $F(w)$."""
     margins = labels * (features @ w)  # [n]
     return float(np.mean(np.logaddexp(0.0, -margins)) + 0.5 * lam * w @ w)
 
 
-def logistic_gradient(w: np.ndarray, features: np.ndarray, labels: np.ndarray, lam: float) -> np.ndarray:
+def logistic_gradient(
+    w: np.ndarray, features: np.ndarray, labels: np.ndarray, lam: float
+) -> np.ndarray:
     r"""$\nabla F(w)$, `[d]`."""
     margins = labels * (features @ w)  # [n]
     return -features.T @ (labels * expit(-margins)) / len(labels) + lam * w  # [d]
 
 
-def logistic_hessian(w: np.ndarray, features: np.ndarray, labels: np.ndarray, lam: float) -> np.ndarray:
+def logistic_hessian(
+    w: np.ndarray, features: np.ndarray, labels: np.ndarray, lam: float
+) -> np.ndarray:
     r"""$\nabla^2 F(w)$, `[d, d]`."""
     margins = labels * (features @ w)  # [n]
     curvature = expit(margins) * expit(-margins)  # [n], sigma'(m) in (0, 1/4]
-    return features.T @ (features * curvature[:, None]) / len(labels) + lam * np.eye(w.size)  # [d, d]
+    return features.T @ (features * curvature[:, None]) / len(labels) + lam * np.eye(
+        w.size
+    )  # [d, d]
 
 
 # **The exact optimum by Newton's method.** To measure $\|w_k - w^\star\|$ we need $w^\star$ to full precision.
@@ -354,7 +380,11 @@ def logistic_hessian(w: np.ndarray, features: np.ndarray, labels: np.ndarray, la
 
 
 def newton_logistic(
-    features: np.ndarray, labels: np.ndarray, lam: float, tol: float = 1e-12, max_steps: int = 50
+    features: np.ndarray,
+    labels: np.ndarray,
+    lam: float,
+    tol: float = 1e-12,
+    max_steps: int = 50,
 ) -> np.ndarray:
     r"""Minimise $F$ from $w = 0$ by damped Newton until $\|\nabla F\| \le$ `tol`; returns $w^\star$, `[d]`."""
     check_logistic(features, labels, lam)
@@ -363,9 +393,14 @@ def newton_logistic(
         gradient = logistic_gradient(w, features, labels, lam)  # [d]
         if np.linalg.norm(gradient) <= tol:
             return w
-        direction = np.linalg.solve(logistic_hessian(w, features, labels, lam), gradient)  # [d]
+        direction = np.linalg.solve(
+            logistic_hessian(w, features, labels, lam), gradient
+        )  # [d]
         loss, fraction = logistic_loss(w, features, labels, lam), 1.0
-        while logistic_loss(w - fraction * direction, features, labels, lam) > loss and fraction > 1e-10:
+        while (
+            logistic_loss(w - fraction * direction, features, labels, lam) > loss
+            and fraction > 1e-10
+        ):
             fraction /= 2
         w = w - fraction * direction
     raise RuntimeError(f"Newton did not reach |grad| <= {tol:g} in {max_steps} steps")
@@ -376,14 +411,25 @@ def newton_logistic(
 # without the regulariser, and the per-example gradients at $w^\star$ non-zero).
 
 
-def logistic_data(samples: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def logistic_data(
+    samples: int, dim: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     r"""Features `[samples, dim]` from $N(0, I)$ and labels in {-1, +1} from $P(y = 1) = \sigma(a^\top w_{true})$."""
-    if not isinstance(samples, int) or samples < 2 or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"samples must be an int >= 2 and dim an int >= 1, got {samples!r}, {dim!r}")
+    if (
+        not isinstance(samples, int)
+        or samples < 2
+        or not isinstance(dim, int)
+        or dim < 1
+    ):
+        raise ValueError(
+            f"samples must be an int >= 2 and dim an int >= 1, got {samples!r}, {dim!r}"
+        )
     rng = np.random.default_rng(seed)
     features = rng.normal(size=(samples, dim))  # [n, d]
     true_weights = rng.normal(size=dim)  # [d]
-    labels = np.where(rng.random(samples) < expit(features @ true_weights), 1.0, -1.0)  # [n]
+    labels = np.where(
+        rng.random(samples) < expit(features @ true_weights), 1.0, -1.0
+    )  # [n]
     return features, labels
 
 
@@ -430,21 +476,35 @@ def logistic_data(samples: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def sgd_logistic(
-    features: np.ndarray, labels: np.ndarray, lam: float, step_sizes: np.ndarray, seed: int = 0
+    features: np.ndarray,
+    labels: np.ndarray,
+    lam: float,
+    step_sizes: np.ndarray,
+    seed: int = 0,
 ) -> np.ndarray:
     """Single-example SGD from $w = 0$ with step `step_sizes[k]` at step $k$; returns the iterates `[steps + 1, d]`."""
     check_logistic(features, labels, lam)
     step_sizes = np.asarray(step_sizes, dtype=np.float64)
-    if step_sizes.ndim != 1 or not np.all(step_sizes > 0) or not np.all(np.isfinite(step_sizes)):
-        raise ValueError("step_sizes must be a 1-D array [steps] of positive finite numbers")
+    if (
+        step_sizes.ndim != 1
+        or not np.all(step_sizes > 0)
+        or not np.all(np.isfinite(step_sizes))
+    ):
+        raise ValueError(
+            "step_sizes must be a 1-D array [steps] of positive finite numbers"
+        )
     rng = np.random.default_rng(seed)
-    picks = rng.integers(len(labels), size=step_sizes.size)  # [steps], example index per step
+    picks = rng.integers(
+        len(labels), size=step_sizes.size
+    )  # [steps], example index per step
     history = np.empty((step_sizes.size + 1, features.shape[1]))  # [steps + 1, d]
     history[0] = w = np.zeros(features.shape[1])
     for k, (i, step) in enumerate(zip(picks, step_sizes)):
         margin = labels[i] * (features[i] @ w)
         # sigma(-m) = (1 - tanh(m / 2)) / 2, written this way so a large |m| cannot overflow exp.
-        gradient = -0.5 * (1.0 - math.tanh(0.5 * margin)) * labels[i] * features[i] + lam * w  # [d]
+        gradient = (
+            -0.5 * (1.0 - math.tanh(0.5 * margin)) * labels[i] * features[i] + lam * w
+        )  # [d]
         w = w - step * gradient
         history[k + 1] = w
     return history
@@ -502,17 +562,24 @@ def dataflow(output: np.ndarray):
 METHODS = {
     "GD, step 1/L": ("gd", lambda kappa: 1 - 1 / kappa),
     "GD, step 2/(μ+L)": ("gd_best_step", lambda kappa: (kappa - 1) / (kappa + 1)),
-    "heavy ball": ("heavy_ball", lambda kappa: (math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)),
+    "heavy ball": (
+        "heavy_ball",
+        lambda kappa: (math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1),
+    ),
     "Nesterov": ("nesterov", lambda kappa: 1 - 1 / math.sqrt(kappa)),
 }
 
 
-def quadratic_runs(kappa: float, dim: int, tol: float, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def quadratic_runs(
+    kappa: float, dim: int, tol: float, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     r"""For each method, `(distances, suboptimality)`: $\|x_k - x^\star\|$ and $f(x_k) - f^\star$, each `[steps + 1]`."""
     A = random_spd(dim, kappa, seed)
     mu, L = spd_spectrum(A)
     x0 = np.random.default_rng(seed + 1).normal(size=dim)  # [d]
-    steps = math.ceil(math.log(tol) / math.log(1 - mu / L))  # the GD bound reaches tol by then
+    steps = math.ceil(
+        math.log(tol) / math.log(1 - mu / L)
+    )  # the GD bound reaches tol by then
     histories = {
         "GD, step 1/L": gradient_descent(A, x0, 1 / L, steps),
         "GD, step 2/(μ+L)": gradient_descent(A, x0, 2 / (mu + L), steps),
@@ -531,17 +598,36 @@ def quadratic_runs(kappa: float, dim: int, tol: float, seed: int) -> dict[str, t
 def plot_gd_rates(all_runs: dict, path: Path) -> None:
     r"""Gradient descent with step $1/L$ under $(1 - 1/\kappa)^k$, on the distance and on $f - f^\star$."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (kappa, runs), colour in zip(all_runs.items(), plt.cm.viridis(np.linspace(0, 0.85, len(all_runs)))):
+    for (kappa, runs), colour in zip(
+        all_runs.items(), plt.cm.viridis(np.linspace(0, 0.85, len(all_runs)))
+    ):
         distances, suboptimality = runs["GD, step 1/L"]
         k = np.arange(distances.size)
         bound = (1 - 1 / kappa) ** k
-        left.semilogy(k / kappa, distances / distances[0], color=colour, label=f"measured, κ = {kappa:g}")
+        left.semilogy(
+            k / kappa,
+            distances / distances[0],
+            color=colour,
+            label=f"measured, κ = {kappa:g}",
+        )
         left.semilogy(k / kappa, bound, "--", color=colour, label="bound (1 − 1/κ)^k")
-        right.semilogy(k / kappa, suboptimality / suboptimality[0], color=colour, label=f"measured, κ = {kappa:g}")
+        right.semilogy(
+            k / kappa,
+            suboptimality / suboptimality[0],
+            color=colour,
+            label=f"measured, κ = {kappa:g}",
+        )
         right.semilogy(k / kappa, bound, "--", color=colour, label="bound (1 − 1/κ)^k")
-    left.set(xlabel="iterations / κ", ylabel="‖x_k − x*‖ / ‖x_0 − x*‖", title="distance: the bound is tight")
-    right.set(xlabel="iterations / κ", ylabel="(f(x_k) − f*) / (f(x_0) − f*)",
-              title="f − f*: the general bound, loose ×2 in the exponent")
+    left.set(
+        xlabel="iterations / κ",
+        ylabel="‖x_k − x*‖ / ‖x_0 − x*‖",
+        title="distance: the bound is tight",
+    )
+    right.set(
+        xlabel="iterations / κ",
+        ylabel="(f(x_k) − f*) / (f(x_0) − f*)",
+        title="f − f*: the general bound, loose ×2 in the exponent",
+    )
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     figure.suptitle("Gradient descent with step 1/L against its bound")
@@ -555,14 +641,28 @@ def plot_acceleration(kappa: float, runs: dict, mu: float, path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, (distances, suboptimality) in runs.items():
         left.semilogy(distances / distances[0], label=name)
-        right.semilogy(suboptimality / (suboptimality[0] + 0.5 * mu * distances[0] ** 2), label=name)
+        right.semilogy(
+            suboptimality / (suboptimality[0] + 0.5 * mu * distances[0] ** 2),
+            label=name,
+        )
     rho = METHODS["heavy ball"][1](kappa)
     k = np.arange(runs["heavy ball"][0].size)
-    left.semilogy(k, (1 + (1 + rho) * k) * rho**k, "k--", label="heavy-ball bound (1 + (1+ρ)k) ρ^k")
+    left.semilogy(
+        k,
+        (1 + (1 + rho) * k) * rho**k,
+        "k--",
+        label="heavy-ball bound (1 + (1+ρ)k) ρ^k",
+    )
     k = np.arange(runs["Nesterov"][0].size)
-    right.semilogy(k, (1 - 1 / math.sqrt(kappa)) ** k, "k--", label="Nesterov bound (1 − 1/√κ)^k")
+    right.semilogy(
+        k, (1 - 1 / math.sqrt(kappa)) ** k, "k--", label="Nesterov bound (1 − 1/√κ)^k"
+    )
     left.set(xscale="log", xlabel="iteration k", ylabel="‖x_k − x*‖ / ‖x_0 − x*‖")
-    right.set(xscale="log", xlabel="iteration k", ylabel="(f(x_k) − f*) / (f(x_0) − f* + μ/2 ‖x_0 − x*‖²)")
+    right.set(
+        xscale="log",
+        xlabel="iteration k",
+        ylabel="(f(x_k) − f*) / (f(x_0) − f* + μ/2 ‖x_0 − x*‖²)",
+    )
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     figure.suptitle(f"Acceleration at κ = {kappa:g}: order √κ iterations instead of κ")
@@ -571,15 +671,23 @@ def plot_acceleration(kappa: float, runs: dict, mu: float, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_noise_ball(mean_squared: dict[str, np.ndarray], floors: dict[str, float], seeds: int, path: Path) -> None:
+def plot_noise_ball(
+    mean_squared: dict[str, np.ndarray],
+    floors: dict[str, float],
+    seeds: int,
+    path: Path,
+) -> None:
     r"""RMS distance to $w^\star$ over seeds for each SGD schedule, with the constant-step floors dotted."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, values in mean_squared.items():
         axis.loglog(np.arange(1, values.size), np.sqrt(values[1:]), label=name)
     for floor in floors.values():
         axis.axhline(math.sqrt(floor), color="grey", lw=0.8, ls=":")
-    axis.set(xlabel="step k", ylabel="RMS ‖w_k − w*‖ over seeds",
-             title=f"SGD on ℓ2-regularised logistic regression ({seeds} seeds)")
+    axis.set(
+        xlabel="step k",
+        ylabel="RMS ‖w_k − w*‖ over seeds",
+        title=f"SGD on ℓ2-regularised logistic regression ({seeds} seeds)",
+    )
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -588,15 +696,38 @@ def plot_noise_ball(mean_squared: dict[str, np.ndarray], floors: dict[str, float
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("---")[1].strip())
-    parser.add_argument("--kappas", default="10,100,1000", help="comma-separated condition numbers to test")
-    parser.add_argument("--dim", type=int, default=50, help="dimension of the quadratic")
-    parser.add_argument("--tol", type=float, default=1e-8, help="relative distance each run must reach")
-    parser.add_argument("--samples", type=int, default=1000, help="logistic-regression examples")
-    parser.add_argument("--features", type=int, default=5, help="logistic-regression features")
-    parser.add_argument("--lam", type=float, default=0.1, help="l2 regulariser (a lower bound on mu)")
-    parser.add_argument("--sgd-steps", type=int, default=20000, help="SGD steps per run")
-    parser.add_argument("--step", type=float, default=0.2, help="constant SGD step (also run at half of it)")
-    parser.add_argument("--sgd-seeds", type=int, default=8, help="SGD runs averaged per schedule")
+    parser.add_argument(
+        "--kappas",
+        default="10,100,1000",
+        help="comma-separated condition numbers to test",
+    )
+    parser.add_argument(
+        "--dim", type=int, default=50, help="dimension of the quadratic"
+    )
+    parser.add_argument(
+        "--tol", type=float, default=1e-8, help="relative distance each run must reach"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1000, help="logistic-regression examples"
+    )
+    parser.add_argument(
+        "--features", type=int, default=5, help="logistic-regression features"
+    )
+    parser.add_argument(
+        "--lam", type=float, default=0.1, help="l2 regulariser (a lower bound on mu)"
+    )
+    parser.add_argument(
+        "--sgd-steps", type=int, default=20000, help="SGD steps per run"
+    )
+    parser.add_argument(
+        "--step",
+        type=float,
+        default=0.2,
+        help="constant SGD step (also run at half of it)",
+    )
+    parser.add_argument(
+        "--sgd-seeds", type=int, default=8, help="SGD runs averaged per schedule"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--out", default="out/convex", help="folder for the figures")
     args = parser.parse_args(argv)
@@ -614,13 +745,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for name, (key, rate) in METHODS.items():
             distances = runs[name][0]
             contraction = measured_contraction(distances, args.tol)
-            print(f"  {name:18s} contraction {contraction:.5f} (theory {rate(kappa):.5f}), "
-                  f"{distances.size - 1} iterations to {args.tol:g}")
+            print(
+                f"  {name:18s} contraction {contraction:.5f} (theory {rate(kappa):.5f}), "
+                f"{distances.size - 1} iterations to {args.tol:g}"
+            )
             metrics[f"{key}_contraction_kappa{kappa:g}"] = contraction
             metrics[f"{key}_iterations_kappa{kappa:g}"] = float(distances.size - 1)
     plot_gd_rates(all_runs, out / "gd_rates.png")
     hardest = max(kappas)
-    plot_acceleration(hardest, all_runs[hardest], 1.0, out / "acceleration.png")  # random_spd puts mu at 1
+    plot_acceleration(
+        hardest, all_runs[hardest], 1.0, out / "acceleration.png"
+    )  # random_spd puts mu at 1
 
     # Part 2: SGD on logistic regression, three schedules, several seeds each.
     features, labels = logistic_data(args.samples, args.features, args.seed)
@@ -636,19 +771,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for name, step_sizes in schedules.items():
             squared = np.zeros(args.sgd_steps + 1)  # [steps + 1], summed over seeds
             for run in range(args.sgd_seeds):
-                history = sgd_logistic(features, labels, args.lam, step_sizes, seed=1000 * args.seed + run)
+                history = sgd_logistic(
+                    features, labels, args.lam, step_sizes, seed=1000 * args.seed + run
+                )
                 squared += np.sum((history - optimum) ** 2, axis=1)
                 progress.update()
             mean_squared[name] = squared / args.sgd_seeds
     constant, halved, decaying = schedules
     half = args.sgd_steps // 2
-    floors = {name: float(np.mean(mean_squared[name][half:])) for name in (constant, halved)}
-    decaying_final = float(np.mean(mean_squared[decaying][-max(1, args.sgd_steps // 20):]))
+    floors = {
+        name: float(np.mean(mean_squared[name][half:])) for name in (constant, halved)
+    }
+    decaying_final = float(
+        np.mean(mean_squared[decaying][-max(1, args.sgd_steps // 20) :])
+    )
     ratio = floors[halved] / floors[constant]
-    print(f"SGD noise floor E|w - w*|^2: {constant} {floors[constant]:.3e}, {halved} {floors[halved]:.3e} "
-          f"(ratio {ratio:.2f}, theory 0.5); decaying step over the last 5%: {decaying_final:.3e}")
-    metrics.update(sgd_floor_step=floors[constant], sgd_floor_half_step=floors[halved],
-                   sgd_floor_ratio=ratio, sgd_decaying_final=decaying_final)
+    print(
+        f"SGD noise floor E|w - w*|^2: {constant} {floors[constant]:.3e}, {halved} {floors[halved]:.3e} "
+        f"(ratio {ratio:.2f}, theory 0.5); decaying step over the last 5%: {decaying_final:.3e}"
+    )
+    metrics.update(
+        sgd_floor_step=floors[constant],
+        sgd_floor_half_step=floors[halved],
+        sgd_floor_ratio=ratio,
+        sgd_decaying_final=decaying_final,
+    )
     plot_noise_ball(mean_squared, floors, args.sgd_seeds, out / "sgd_noise_ball.png")
     return metrics
 

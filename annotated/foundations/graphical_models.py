@@ -55,15 +55,23 @@ from tqdm import tqdm
 # to one. A table that sums to 0.9 still runs; it just gives wrong answers.
 
 
-def check_evidence(evidence: dict, cards: dict[str, int], argument: str = "evidence") -> None:
+def check_evidence(
+    evidence: dict, cards: dict[str, int], argument: str = "evidence"
+) -> None:
     """Raise if `evidence` is not a dict from known variable names to in-range integer states."""
     if not isinstance(evidence, dict):
-        raise TypeError(f"{argument} must be a dict from variable name to state index, got {type(evidence).__name__}")
+        raise TypeError(
+            f"{argument} must be a dict from variable name to state index, got {type(evidence).__name__}"
+        )
     for variable, value in evidence.items():
         if variable not in cards:
-            raise ValueError(f"{argument}: unknown variable {variable!r}; known variables are {sorted(cards)}")
+            raise ValueError(
+                f"{argument}: unknown variable {variable!r}; known variables are {sorted(cards)}"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{argument}[{variable!r}] must be an int state index, got {value!r}")
+            raise TypeError(
+                f"{argument}[{variable!r}] must be an int state index, got {value!r}"
+            )
         if not 0 <= value < cards[variable]:
             raise ValueError(
                 f"{argument}[{variable!r}] = {value} is out of range; {variable} has states 0..{cards[variable] - 1}"
@@ -77,7 +85,9 @@ def check_stochastic(table: np.ndarray, argument: str) -> None:
     row_sums = table.sum(axis=-1)
     if not np.allclose(row_sums, 1.0, rtol=0.0, atol=1e-9):
         worst = float(row_sums.flat[np.argmax(np.abs(row_sums - 1.0))])
-        raise ValueError(f"{argument} is not stochastic: a distribution along its last axis sums to {worst:.6g}, not 1")
+        raise ValueError(
+            f"{argument} is not stochastic: a distribution along its last axis sums to {worst:.6g}, not 1"
+        )
 
 
 # ## Factors
@@ -104,20 +114,33 @@ class Factor:
     """
 
     def __init__(self, variables, cards, table):
-        if not isinstance(variables, (tuple, list)) or not all(isinstance(v, str) for v in variables):
-            raise TypeError(f"Factor: variables must be a tuple of str, got {variables!r}")
+        if not isinstance(variables, (tuple, list)) or not all(
+            isinstance(v, str) for v in variables
+        ):
+            raise TypeError(
+                f"Factor: variables must be a tuple of str, got {variables!r}"
+            )
         if len(set(variables)) != len(variables):
             raise ValueError(f"Factor: variables must be distinct, got {variables!r}")
         if not isinstance(cards, (tuple, list)) or len(cards) != len(variables):
-            raise ValueError(f"Factor: cards must be a tuple with one entry per variable, got {cards!r}")
-        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1 for c in cards):
+            raise ValueError(
+                f"Factor: cards must be a tuple with one entry per variable, got {cards!r}"
+            )
+        if not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1
+            for c in cards
+        ):
             raise ValueError(f"Factor: cards must be positive ints, got {cards!r}")
         try:
             table = np.asarray(table, dtype=np.float64)
         except (TypeError, ValueError) as error:
-            raise TypeError(f"Factor: table must be an array of numbers ({error})") from None
+            raise TypeError(
+                f"Factor: table must be an array of numbers ({error})"
+            ) from None
         if table.shape != tuple(cards):
-            raise ValueError(f"Factor: table has shape {table.shape} but cards are {tuple(cards)}; they must be equal")
+            raise ValueError(
+                f"Factor: table has shape {table.shape} but cards are {tuple(cards)}; they must be equal"
+            )
         if not np.all(np.isfinite(table)) or np.any(table < 0):
             raise ValueError("Factor: table entries must be finite and non-negative")
         self.variables: tuple[str, ...] = tuple(variables)
@@ -135,28 +158,41 @@ class Factor:
     def product(self, other: "Factor") -> "Factor":
         """The factor over the union of both scopes whose entries are the products of matching entries."""
         if not isinstance(other, Factor):
-            raise TypeError(f"product: other must be a Factor, got {type(other).__name__}")
+            raise TypeError(
+                f"product: other must be a Factor, got {type(other).__name__}"
+            )
         for variable, card in zip(other.variables, other.cards):
-            if variable in self.variables and self.cards[self.variables.index(variable)] != card:
+            if (
+                variable in self.variables
+                and self.cards[self.variables.index(variable)] != card
+            ):
                 raise ValueError(
                     f"product: {variable} has {self.cards[self.variables.index(variable)]} states in one factor "
                     f"and {card} in the other"
                 )
-        union = self.variables + tuple(v for v in other.variables if v not in self.variables)
+        union = self.variables + tuple(
+            v for v in other.variables if v not in self.variables
+        )
         subscript = {variable: i for i, variable in enumerate(union)}
         table = np.einsum(
-            self.table, [subscript[v] for v in self.variables],
-            other.table, [subscript[v] for v in other.variables],
+            self.table,
+            [subscript[v] for v in self.variables],
+            other.table,
+            [subscript[v] for v in other.variables],
             list(range(len(union))),
         )  # [*cards of union]
-        cards = self.cards + tuple(c for v, c in zip(other.variables, other.cards) if v not in self.variables)
+        cards = self.cards + tuple(
+            c for v, c in zip(other.variables, other.cards) if v not in self.variables
+        )
         return Factor(union, cards, table)
 
     def _check_scope(self, variables, argument: str) -> None:
         """Raise unless every name in `variables` is one of this factor's variables."""
         for variable in variables:
             if variable not in self.variables:
-                raise ValueError(f"{argument}: unknown variable {variable!r}; this factor is over {self.variables}")
+                raise ValueError(
+                    f"{argument}: unknown variable {variable!r}; this factor is over {self.variables}"
+                )
 
     def sum_out(self, variables) -> "Factor":
         r"""Marginalise: $\sum_{x_V} \phi$ for the variables $V$ named, which leave the scope."""
@@ -164,29 +200,45 @@ class Factor:
         axes = tuple(self.variables.index(v) for v in variables)
         kept = [i for i in range(len(self.variables)) if i not in axes]
         return Factor(
-            [self.variables[i] for i in kept], [self.cards[i] for i in kept], self.table.sum(axis=axes)
+            [self.variables[i] for i in kept],
+            [self.cards[i] for i in kept],
+            self.table.sum(axis=axes),
         )
 
     def reduce(self, evidence: dict[str, int]) -> "Factor":
         r"""Condition on evidence: keep the slice $\phi(\cdot, X{=}x)$ for each observed $X = x$."""
         check_evidence(evidence, dict(zip(self.variables, self.cards)))
-        index = tuple(evidence[v] if v in evidence else slice(None) for v in self.variables)
+        index = tuple(
+            evidence[v] if v in evidence else slice(None) for v in self.variables
+        )
         kept = [i for i, v in enumerate(self.variables) if v not in evidence]
-        return Factor([self.variables[i] for i in kept], [self.cards[i] for i in kept], self.table[index])
+        return Factor(
+            [self.variables[i] for i in kept],
+            [self.cards[i] for i in kept],
+            self.table[index],
+        )
 
     def normalize(self) -> "Factor":
         """Scale the table to sum to one. A factor that sums to zero has no distribution to become."""
         total = self.table.sum()
         if total == 0:
-            raise ValueError("normalize: the factor sums to zero; the evidence has probability zero under the model")
+            raise ValueError(
+                "normalize: the factor sums to zero; the evidence has probability zero under the model"
+            )
         return Factor(self.variables, self.cards, self.table / total)
 
     def transpose(self, variables) -> "Factor":
         """The same factor with its axes in the order `variables` gives."""
         if sorted(variables) != sorted(self.variables):
-            raise ValueError(f"transpose: variables must be a permutation of {self.variables}, got {variables!r}")
+            raise ValueError(
+                f"transpose: variables must be a permutation of {self.variables}, got {variables!r}"
+            )
         axes = [self.variables.index(v) for v in variables]
-        return Factor(tuple(variables), tuple(self.cards[i] for i in axes), self.table.transpose(axes))
+        return Factor(
+            tuple(variables),
+            tuple(self.cards[i] for i in axes),
+            self.table.transpose(axes),
+        )
 
 
 # ## The graph must be acyclic
@@ -207,8 +259,12 @@ def topological_order(parents: dict[str, tuple[str, ...]]) -> list[str]:
         if status.get(variable) == "done":
             return
         if status.get(variable) == "on path":
-            cycle = path[path.index(variable):] + [variable]  # each entry is a parent of the one before it
-            raise ValueError(f"parents: the graph has a cycle through {variable!r}: {' -> '.join(reversed(cycle))}")
+            cycle = path[path.index(variable) :] + [
+                variable
+            ]  # each entry is a parent of the one before it
+            raise ValueError(
+                f"parents: the graph has a cycle through {variable!r}: {' -> '.join(reversed(cycle))}"
+            )
         status[variable] = "on path"
         for parent in parents[variable]:
             visit(parent, path + [variable])
@@ -235,7 +291,9 @@ def min_degree_order(scopes: list[tuple[str, ...]], hidden: list[str]) -> list[s
     neighbours: dict[str, set[str]] = {}
     for scope in scopes:
         for variable in scope:
-            neighbours.setdefault(variable, set()).update(u for u in scope if u != variable)
+            neighbours.setdefault(variable, set()).update(
+                u for u in scope if u != variable
+            )
     order, remaining = [], list(hidden)
     while remaining:
         variable = min(remaining, key=lambda v: len(neighbours[v]))
@@ -256,17 +314,29 @@ def min_degree_order(scopes: list[tuple[str, ...]], hidden: list[str]) -> list[s
 # probability zero can never win, because its running total equals its predecessor's.
 
 
-def sample_categorical(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sample_categorical(
+    probabilities: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """One state per row of `probabilities` `[n, k]` (rows need not be normalised): an int array `[n]`."""
     cumulative = probabilities.cumsum(axis=1)  # [n, k]
-    threshold = (1.0 - rng.random(len(probabilities))) * cumulative[:, -1]  # [n], in (0, total]
+    threshold = (1.0 - rng.random(len(probabilities))) * cumulative[
+        :, -1
+    ]  # [n], in (0, total]
     return (cumulative < threshold[:, None]).sum(axis=1)  # [n]
 
 
-def empirical_marginal(states: np.ndarray, card: int, weights: np.ndarray | None = None) -> np.ndarray:
+def empirical_marginal(
+    states: np.ndarray, card: int, weights: np.ndarray | None = None
+) -> np.ndarray:
     """The (weighted) fraction of `states` in each of `card` states: `[card]`, summing to one."""
-    weights = np.ones(states.shape) if weights is None else np.broadcast_to(weights, states.shape)
-    counts = np.bincount(states.ravel(), weights=weights.ravel(), minlength=card)  # [card]
+    weights = (
+        np.ones(states.shape)
+        if weights is None
+        else np.broadcast_to(weights, states.shape)
+    )
+    counts = np.bincount(
+        states.ravel(), weights=weights.ravel(), minlength=card
+    )  # [card]
     return counts / counts.sum()
 
 
@@ -288,12 +358,29 @@ class BayesianNetwork:
     distribution of `WetGrass` when `Sprinkler = s` and `Rain = r`.
     """
 
-    def __init__(self, cards: dict[str, int], parents: dict[str, tuple[str, ...]], cpts: dict[str, np.ndarray]):
-        if not isinstance(cards, dict) or not isinstance(parents, dict) or not isinstance(cpts, dict):
-            raise TypeError("BayesianNetwork: cards, parents and cpts must be dicts keyed by variable name")
+    def __init__(
+        self,
+        cards: dict[str, int],
+        parents: dict[str, tuple[str, ...]],
+        cpts: dict[str, np.ndarray],
+    ):
+        if (
+            not isinstance(cards, dict)
+            or not isinstance(parents, dict)
+            or not isinstance(cpts, dict)
+        ):
+            raise TypeError(
+                "BayesianNetwork: cards, parents and cpts must be dicts keyed by variable name"
+            )
         for variable, card in cards.items():
-            if not isinstance(variable, str) or not isinstance(card, (int, np.integer)) or card < 1:
-                raise ValueError(f"cards: {variable!r} must map a str to a positive int, got {card!r}")
+            if (
+                not isinstance(variable, str)
+                or not isinstance(card, (int, np.integer))
+                or card < 1
+            ):
+                raise ValueError(
+                    f"cards: {variable!r} must map a str to a positive int, got {card!r}"
+                )
         for variable, its_parents in parents.items():
             for name in [variable, *its_parents]:
                 if name not in cards:
@@ -301,12 +388,16 @@ class BayesianNetwork:
                         f"parents: unknown variable {name!r} (for {variable!r}); known are {sorted(cards)}"
                     )
         if set(cpts) != set(cards):
-            raise ValueError(f"cpts: need exactly one CPT per variable {sorted(cards)}, got {sorted(cpts)}")
+            raise ValueError(
+                f"cpts: need exactly one CPT per variable {sorted(cards)}, got {sorted(cpts)}"
+            )
         full_parents = {v: tuple(parents.get(v, ())) for v in cards}
         tables = {}
         for variable in cards:
             table = np.asarray(cpts[variable], dtype=np.float64)
-            expected = tuple(cards[p] for p in full_parents[variable]) + (cards[variable],)
+            expected = tuple(cards[p] for p in full_parents[variable]) + (
+                cards[variable],
+            )
             if table.shape != expected:
                 raise ValueError(
                     f"cpts[{variable!r}] has shape {table.shape}, but parents {full_parents[variable]} and "
@@ -318,8 +409,12 @@ class BayesianNetwork:
         self.cards: dict[str, int] = {v: int(cards[v]) for v in order}
         self.parents: dict[str, tuple[str, ...]] = {v: full_parents[v] for v in order}
         self.variables: list[str] = order
-        self.children: dict[str, list[str]] = {v: [c for c in order if v in full_parents[c]] for v in order}
-        self.cpts: dict[str, Factor] = {v: Factor((*full_parents[v], v), tables[v].shape, tables[v]) for v in order}
+        self.children: dict[str, list[str]] = {
+            v: [c for c in order if v in full_parents[c]] for v in order
+        }
+        self.cpts: dict[str, Factor] = {
+            v: Factor((*full_parents[v], v), tables[v].shape, tables[v]) for v in order
+        }
 
     def _check_query(self, query, evidence: dict[str, int]) -> tuple[str, ...]:
         """Validate a query (names) against the network and the evidence; return it as a tuple."""
@@ -328,9 +423,13 @@ class BayesianNetwork:
             raise TypeError(f"query must be a tuple of variable names, got {query!r}")
         for variable in query:
             if variable not in self.cards:
-                raise ValueError(f"query: unknown variable {variable!r}; known variables are {self.variables}")
+                raise ValueError(
+                    f"query: unknown variable {variable!r}; known variables are {self.variables}"
+                )
             if variable in evidence:
-                raise ValueError(f"query: {variable!r} is also in the evidence; its posterior is a point mass")
+                raise ValueError(
+                    f"query: {variable!r} is also in the evidence; its posterior is a point mass"
+                )
         if len(set(query)) != len(query):
             raise ValueError(f"query: variables must be distinct, got {query!r}")
         return tuple(query)
@@ -351,7 +450,9 @@ class BayesianNetwork:
     # factor $\tau(c, R)$ over two variables. The algorithm does exactly this, mechanically: reduce every CPT by
     # the evidence, then for each hidden variable in turn multiply the factors that mention it and sum it out.
     # What remains mentions only the query; normalising it divides by $p(e)$.
-    def variable_elimination(self, query, evidence: dict[str, int] | None = None, order=None) -> Factor:
+    def variable_elimination(
+        self, query, evidence: dict[str, int] | None = None, order=None
+    ) -> Factor:
         r"""The exact posterior $p(\text{query} \mid \text{evidence})$ as a Factor over `query`, in that order.
 
         `order` lists the hidden variables (neither queried nor observed) in the order to eliminate them;
@@ -362,16 +463,27 @@ class BayesianNetwork:
         if not query:
             raise ValueError("query must name at least one variable")
         hidden = [v for v in self.variables if v not in query and v not in evidence]
-        factors = [cpt.reduce({v: s for v, s in evidence.items() if v in cpt.variables}) for cpt in self.cpts.values()]
+        factors = [
+            cpt.reduce({v: s for v, s in evidence.items() if v in cpt.variables})
+            for cpt in self.cpts.values()
+        ]
         if order is None:
             order = min_degree_order([f.variables for f in factors], hidden)
-        elif not isinstance(order, (tuple, list)) or len(order) != len(hidden) or set(order) != set(hidden):
-            raise ValueError(f"order must list each hidden variable {sorted(hidden)} exactly once, got {order!r}")
+        elif (
+            not isinstance(order, (tuple, list))
+            or len(order) != len(hidden)
+            or set(order) != set(hidden)
+        ):
+            raise ValueError(
+                f"order must list each hidden variable {sorted(hidden)} exactly once, got {order!r}"
+            )
         for variable in order:
             touching = [f for f in factors if variable in f.variables]
             factors = [f for f in factors if variable not in f.variables]
             factors.append(reduce(Factor.product, touching).sum_out([variable]))
-        unnormalised = reduce(Factor.product, factors)  # p(query, evidence), over the query variables
+        unnormalised = reduce(
+            Factor.product, factors
+        )  # p(query, evidence), over the query variables
         return unnormalised.normalize().transpose(query)
 
     # ### Ancestral sampling and likelihood weighting
@@ -393,7 +505,12 @@ class BayesianNetwork:
     # exactly the importance weight, so the ratio is consistent. It struggles when evidence sits *below*
     # unlikely causes: the unobserved parents are sampled blind to the evidence, and a few samples carry all
     # the weight.
-    def sample(self, n_samples: int, rng: np.random.Generator, evidence: dict[str, int] | None = None):
+    def sample(
+        self,
+        n_samples: int,
+        rng: np.random.Generator,
+        evidence: dict[str, int] | None = None,
+    ):
         """Ancestral samples, with evidence clamped and weighted. Returns `({variable: [n]}, weights [n])`.
 
         Without evidence every weight is one and the samples come from the joint distribution.
@@ -405,7 +522,9 @@ class BayesianNetwork:
         samples: dict[str, np.ndarray] = {}
         weights = np.ones(n_samples)  # [n]
         for variable in self.variables:
-            rows = self.cpts[variable].table[tuple(samples[p] for p in self.parents[variable])]  # [n, card] or [card]
+            rows = self.cpts[variable].table[
+                tuple(samples[p] for p in self.parents[variable])
+            ]  # [n, card] or [card]
             rows = np.broadcast_to(rows, (n_samples, self.cards[variable]))  # [n, card]
             if variable in evidence:
                 samples[variable] = np.full(n_samples, evidence[variable])
@@ -428,19 +547,30 @@ class BayesianNetwork:
     # children, and the children's other parents) form the *Markov blanket* of $v$. To vectorise over many
     # chains, each factor is indexed at the chains' current values with $v$'s axis moved last and left free,
     # giving one unnormalised row over $v$'s states per chain.
-    def markov_blanket_conditional(self, variable: str, state: dict[str, np.ndarray]) -> np.ndarray:
+    def markov_blanket_conditional(
+        self, variable: str, state: dict[str, np.ndarray]
+    ) -> np.ndarray:
         r"""$p(x_v \mid x_{-v})$ for each of `n` states (`state[name]` is an int array `[n]`): `[n, card]`."""
         if variable not in self.cards:
-            raise ValueError(f"variable: unknown variable {variable!r}; known variables are {self.variables}")
+            raise ValueError(
+                f"variable: unknown variable {variable!r}; known variables are {self.variables}"
+            )
         missing = [v for v in self.variables if v not in state]
         if missing:
-            raise ValueError(f"state: needs an array of values for every variable; missing {missing}")
+            raise ValueError(
+                f"state: needs an array of values for every variable; missing {missing}"
+            )
         n = len(state[self.variables[0]])
         unnormalised = np.ones((n, self.cards[variable]))  # [n, card]
         for owner in [variable, *self.children[variable]]:
             cpt = self.cpts[owner]
-            free_last = np.moveaxis(cpt.table, cpt.variables.index(variable), -1)  # [..., card]
-            unnormalised = unnormalised * free_last[tuple(state[u] for u in cpt.variables if u != variable)]
+            free_last = np.moveaxis(
+                cpt.table, cpt.variables.index(variable), -1
+            )  # [..., card]
+            unnormalised = (
+                unnormalised
+                * free_last[tuple(state[u] for u in cpt.variables if u != variable)]
+            )
         return unnormalised / unnormalised.sum(axis=1, keepdims=True)
 
     # ### Gibbs sampling
@@ -464,19 +594,33 @@ class BayesianNetwork:
     ) -> dict[str, np.ndarray]:
         """Run `n_chains` Gibbs chains; return every variable's states after burn-in: `{variable: [n_sweeps, n_chains]}`."""
         check_evidence(evidence, self.cards)
-        for name, value, least in [("n_sweeps", n_sweeps, 1), ("n_chains", n_chains, 1), ("burn_in", burn_in, 0)]:
+        for name, value, least in [
+            ("n_sweeps", n_sweeps, 1),
+            ("n_chains", n_chains, 1),
+            ("burn_in", burn_in, 0),
+        ]:
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         pool, weights = self.sample(100 * n_chains, rng, evidence)
         if weights.sum() == 0:
-            raise ValueError("evidence: no sampled state is consistent with it; it has (near) zero probability")
-        start = rng.choice(len(weights), size=n_chains, p=weights / weights.sum())  # [chains]
+            raise ValueError(
+                "evidence: no sampled state is consistent with it; it has (near) zero probability"
+            )
+        start = rng.choice(
+            len(weights), size=n_chains, p=weights / weights.sum()
+        )  # [chains]
         state = {v: pool[v][start] for v in self.variables}  # {variable: [chains]}
-        trace = {v: np.empty((n_sweeps, n_chains), dtype=np.int64) for v in self.variables}
+        trace = {
+            v: np.empty((n_sweeps, n_chains), dtype=np.int64) for v in self.variables
+        }
         unobserved = [v for v in self.variables if v not in evidence]
-        for sweep in tqdm(range(burn_in + n_sweeps), desc="Gibbs sweeps", disable=not progress):
+        for sweep in tqdm(
+            range(burn_in + n_sweeps), desc="Gibbs sweeps", disable=not progress
+        ):
             for variable in unobserved:
-                state[variable] = sample_categorical(self.markov_blanket_conditional(variable, state), rng)
+                state[variable] = sample_categorical(
+                    self.markov_blanket_conditional(variable, state), rng
+                )
             if sweep >= burn_in:
                 for variable in self.variables:
                     trace[variable][sweep - burn_in] = state[variable]
@@ -522,14 +666,20 @@ class HiddenMarkovModel:
     r"""An HMM with `initial` $\pi$ `[K]`, `transition` $A$ `[K, K]` (rows: from) and `emission` $B$ `[K, M]`."""
 
     def __init__(self, initial, transition, emission):
-        initial, transition, emission = (np.asarray(a, dtype=np.float64) for a in (initial, transition, emission))
+        initial, transition, emission = (
+            np.asarray(a, dtype=np.float64) for a in (initial, transition, emission)
+        )
         if initial.ndim != 1:
             raise ValueError(f"initial must be a vector [K], got shape {initial.shape}")
         n_states = len(initial)
         if transition.shape != (n_states, n_states):
-            raise ValueError(f"transition must be [K, K] = [{n_states}, {n_states}], got shape {transition.shape}")
+            raise ValueError(
+                f"transition must be [K, K] = [{n_states}, {n_states}], got shape {transition.shape}"
+            )
         if emission.ndim != 2 or len(emission) != n_states:
-            raise ValueError(f"emission must be [K, M] with K = {n_states}, got shape {emission.shape}")
+            raise ValueError(
+                f"emission must be [K, M] with K = {n_states}, got shape {emission.shape}"
+            )
         check_stochastic(initial, "initial")
         check_stochastic(transition, "transition")
         check_stochastic(emission, "emission")
@@ -542,7 +692,11 @@ class HiddenMarkovModel:
     def _check_observations(self, observations) -> np.ndarray:
         """Return `observations` as an int array `[T]`, T >= 1, with every symbol in 0..M-1."""
         observations = np.asarray(observations)
-        if observations.ndim != 1 or len(observations) == 0 or not np.issubdtype(observations.dtype, np.integer):
+        if (
+            observations.ndim != 1
+            or len(observations) == 0
+            or not np.issubdtype(observations.dtype, np.integer)
+        ):
             raise TypeError(
                 f"observations must be a non-empty 1-D int array [T], got {observations.dtype} {observations.shape}"
             )
@@ -552,7 +706,9 @@ class HiddenMarkovModel:
             )
         return observations
 
-    def sample(self, n_steps: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, n_steps: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Draw hidden states and observations, both int arrays `[n_steps]`."""
         if not isinstance(n_steps, int) or n_steps < 1:
             raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
@@ -592,14 +748,20 @@ class HiddenMarkovModel:
             log_initial = np.log(self.initial)  # [K]
             log_transition = np.log(self.transition)  # [K, K]
             log_emission = np.log(self.emission)  # [K, M]
-        score = log_initial + log_emission[:, observations[0]]  # [K]: best log p(z_1 = k, x_1)
-        backpointer = np.zeros((len(observations), self.n_states), dtype=np.int64)  # [T, K]
+        score = (
+            log_initial + log_emission[:, observations[0]]
+        )  # [K]: best log p(z_1 = k, x_1)
+        backpointer = np.zeros(
+            (len(observations), self.n_states), dtype=np.int64
+        )  # [T, K]
         for t in range(1, len(observations)):
             candidates = score[:, None] + log_transition  # [K from, K to]
             backpointer[t] = candidates.argmax(axis=0)
             score = candidates.max(axis=0) + log_emission[:, observations[t]]  # [K]
         if not np.isfinite(score.max()):
-            raise ValueError("observations: every state path has probability zero under the model")
+            raise ValueError(
+                "observations: every state path has probability zero under the model"
+            )
         path = np.empty(len(observations), dtype=np.int64)
         path[-1] = score.argmax()
         for t in range(len(observations) - 1, 0, -1):
@@ -670,7 +832,9 @@ def dataflow(posterior: Factor):
     values = ", ".join(f"{p:.2f}" for p in posterior.table.ravel())
     nodes.append(("posterior", f"posterior {list(posterior.cards)} = [{values}]"))
     edges += [(v, "posterior", "query") for v in posterior.variables]
-    edges += [(v, "posterior", f"evidence = {s}") for v, s in SPRINKLER_EVIDENCE.items()]
+    edges += [
+        (v, "posterior", f"evidence = {s}") for v, s in SPRINKLER_EVIDENCE.items()
+    ]
     return nodes, edges
 
 
@@ -683,12 +847,19 @@ def dataflow(posterior: Factor):
 # forward–backward and Viterbi.
 
 
-def draw_network(network: BayesianNetwork, evidence: dict[str, int], path: Path) -> bool:
+def draw_network(
+    network: BayesianNetwork, evidence: dict[str, int], path: Path
+) -> bool:
     """Write the network as Graphviz `.dot` beside `path` and render it to PNG; False if `dot` is missing."""
-    lines = ["digraph network {", "  rankdir=TB; node [shape=ellipse, fontname=Helvetica];"]
+    lines = [
+        "digraph network {",
+        "  rankdir=TB; node [shape=ellipse, fontname=Helvetica];",
+    ]
     for variable in network.variables:
         style = ', style=filled, fillcolor="#cccccc"' if variable in evidence else ""
-        lines.append(f'  {variable} [label="{variable}\\n{network.cards[variable]} states"{style}];')
+        lines.append(
+            f'  {variable} [label="{variable}\\n{network.cards[variable]} states"{style}];'
+        )
     lines += [f"  {p} -> {c};" for c in network.variables for p in network.parents[c]]
     lines.append("}")
     dot_file = path.with_suffix(".dot")
@@ -700,14 +871,40 @@ def draw_network(network: BayesianNetwork, evidence: dict[str, int], path: Path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description="Exact and sampled inference in a Bayesian network, and HMM decoding.")
-    parser.add_argument("--sweeps", type=int, default=4000, help="Gibbs sweeps kept per chain, after burn-in")
-    parser.add_argument("--burn-in", type=int, default=200, help="Gibbs sweeps discarded at the start of each chain")
-    parser.add_argument("--chains", type=int, default=16, help="independent Gibbs chains; their spread gives error bars")
-    parser.add_argument("--samples", type=int, default=20000, help="likelihood-weighting samples")
-    parser.add_argument("--hmm-steps", type=int, default=300, help="length of the HMM's sampled sequence")
+    parser = argparse.ArgumentParser(
+        description="Exact and sampled inference in a Bayesian network, and HMM decoding."
+    )
+    parser.add_argument(
+        "--sweeps",
+        type=int,
+        default=4000,
+        help="Gibbs sweeps kept per chain, after burn-in",
+    )
+    parser.add_argument(
+        "--burn-in",
+        type=int,
+        default=200,
+        help="Gibbs sweeps discarded at the start of each chain",
+    )
+    parser.add_argument(
+        "--chains",
+        type=int,
+        default=16,
+        help="independent Gibbs chains; their spread gives error bars",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=20000, help="likelihood-weighting samples"
+    )
+    parser.add_argument(
+        "--hmm-steps",
+        type=int,
+        default=300,
+        help="length of the HMM's sampled sequence",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--out", default="out/graphical_models", help="folder for the figures")
+    parser.add_argument(
+        "--out", default="out/graphical_models", help="folder for the figures"
+    )
     args = parser.parse_args(argv)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -721,7 +918,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # Exact marginals by variable elimination, one query per unobserved variable.
     unobserved = [v for v in network.variables if v not in evidence]
-    exact = {v: network.variable_elimination((v,), evidence).table for v in unobserved}  # {v: [card]}
+    exact = {
+        v: network.variable_elimination((v,), evidence).table for v in unobserved
+    }  # {v: [card]}
 
     # Likelihood weighting: the self-normalised estimate and its delta-method standard error
     # $\sqrt{\sum_n w_n^2 ([x_n = x] - \hat p)^2} / \sum_n w_n$.
@@ -730,19 +929,37 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for v in unobserved:
         weighted[v] = empirical_marginal(samples[v], network.cards[v], weights)
         indicator = samples[v][:, None] == np.arange(network.cards[v])  # [n, card]
-        weighted_se[v] = np.sqrt((weights[:, None] ** 2 * (indicator - weighted[v]) ** 2).sum(0)) / weights.sum()
+        weighted_se[v] = (
+            np.sqrt((weights[:, None] ** 2 * (indicator - weighted[v]) ** 2).sum(0))
+            / weights.sum()
+        )
 
     # Gibbs: each chain's own estimate, then their mean and its standard error across chains.
-    trace = network.gibbs(evidence, args.sweeps, args.chains, rng, burn_in=args.burn_in, progress=True)
+    trace = network.gibbs(
+        evidence, args.sweeps, args.chains, rng, burn_in=args.burn_in, progress=True
+    )
     gibbs, gibbs_se = {}, {}
     for v in unobserved:
-        per_chain = np.stack([empirical_marginal(trace[v][:, c], network.cards[v]) for c in range(args.chains)])
+        per_chain = np.stack(
+            [
+                empirical_marginal(trace[v][:, c], network.cards[v])
+                for c in range(args.chains)
+            ]
+        )
         gibbs[v] = per_chain.mean(axis=0)  # [card]
-        spread = per_chain.std(axis=0, ddof=1) if args.chains > 1 else np.zeros(network.cards[v])
+        spread = (
+            per_chain.std(axis=0, ddof=1)
+            if args.chains > 1
+            else np.zeros(network.cards[v])
+        )
         gibbs_se[v] = spread / np.sqrt(args.chains)
 
-    print(f"posterior marginals given {', '.join(f'{v} = {SPRINKLER_STATES[v][s]}' for v, s in evidence.items())}")
-    print(f"{'variable':<14}{'state':<8}{'exact':>8}{'Gibbs ± se':>20}{'weighting ± se':>20}")
+    print(
+        f"posterior marginals given {', '.join(f'{v} = {SPRINKLER_STATES[v][s]}' for v, s in evidence.items())}"
+    )
+    print(
+        f"{'variable':<14}{'state':<8}{'exact':>8}{'Gibbs ± se':>20}{'weighting ± se':>20}"
+    )
     for v in unobserved:
         for s, name in enumerate(SPRINKLER_STATES[v]):
             print(
@@ -750,23 +967,51 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 f"{weighted[v][s]:>12.4f} ± {weighted_se[v][s]:.4f}"
             )
     max_gibbs_error = max(float(np.abs(gibbs[v] - exact[v]).max()) for v in unobserved)
-    max_weighting_error = max(float(np.abs(weighted[v] - exact[v]).max()) for v in unobserved)
+    max_weighting_error = max(
+        float(np.abs(weighted[v] - exact[v]).max()) for v in unobserved
+    )
     sprinkler_given_wet = exact["Sprinkler"][1]
-    sprinkler_given_heavy_rain = network.variable_elimination(("Sprinkler",), {**evidence, "Rain": 2}).table[1]
-    print(f"explaining away: P(sprinkler on | wet) = {sprinkler_given_wet:.3f}, "
-          f"P(sprinkler on | wet, heavy rain) = {sprinkler_given_heavy_rain:.3f}")
-    print(f"max |Gibbs - exact| {max_gibbs_error:.4f}   max |weighting - exact| {max_weighting_error:.4f}")
+    sprinkler_given_heavy_rain = network.variable_elimination(
+        ("Sprinkler",), {**evidence, "Rain": 2}
+    ).table[1]
+    print(
+        f"explaining away: P(sprinkler on | wet) = {sprinkler_given_wet:.3f}, "
+        f"P(sprinkler on | wet, heavy rain) = {sprinkler_given_heavy_rain:.3f}"
+    )
+    print(
+        f"max |Gibbs - exact| {max_gibbs_error:.4f}   max |weighting - exact| {max_weighting_error:.4f}"
+    )
 
-    figure, (bars, running) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    figure, (bars, running) = plt.subplots(
+        1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]}
+    )
     labels = [f"{v}={name}" for v in unobserved for name in SPRINKLER_STATES[v]]
     position = np.arange(len(labels))
+
     def flat(per_variable):
         return np.concatenate([per_variable[v] for v in unobserved])  # [total states]
 
-    bars.bar(position, flat(exact), color="#cccccc", label="exact (variable elimination)")
-    bars.errorbar(position - 0.15, flat(gibbs), yerr=2 * flat(gibbs_se), fmt="o", ms=4, capsize=3, label="Gibbs ± 2 se")
-    bars.errorbar(position + 0.15, flat(weighted), yerr=2 * flat(weighted_se), fmt="s", ms=4, capsize=3,
-                  label="likelihood weighting ± 2 se")
+    bars.bar(
+        position, flat(exact), color="#cccccc", label="exact (variable elimination)"
+    )
+    bars.errorbar(
+        position - 0.15,
+        flat(gibbs),
+        yerr=2 * flat(gibbs_se),
+        fmt="o",
+        ms=4,
+        capsize=3,
+        label="Gibbs ± 2 se",
+    )
+    bars.errorbar(
+        position + 0.15,
+        flat(weighted),
+        yerr=2 * flat(weighted_se),
+        fmt="s",
+        ms=4,
+        capsize=3,
+        label="likelihood weighting ± 2 se",
+    )
     bars.set_xticks(position, labels, rotation=40, ha="right", fontsize=8)
     bars.set_ylabel("posterior probability given wet grass")
     bars.legend(fontsize=8)
@@ -774,7 +1019,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sprinkler_on = trace["Sprinkler"] == 1  # [sweeps, chains]
     for c in range(min(args.chains, 6)):
         running.plot(sweep, np.cumsum(sprinkler_on[:, c]) / sweep, lw=0.7, alpha=0.6)
-    running.plot(sweep, np.cumsum(sprinkler_on.mean(axis=1)) / sweep, color="black", lw=1.5, label="all chains pooled")
+    running.plot(
+        sweep,
+        np.cumsum(sprinkler_on.mean(axis=1)) / sweep,
+        color="black",
+        lw=1.5,
+        label="all chains pooled",
+    )
     running.axhline(sprinkler_given_wet, color="red", ls="--", label="exact")
     running.set_xscale("log")
     running.set_xlabel("Gibbs sweep")
@@ -790,16 +1041,39 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     viterbi_path, best_log_probability = hmm.viterbi(rolls)
     viterbi_accuracy = float((viterbi_path == true_states).mean())
     posterior_accuracy = float((posteriors.argmax(axis=1) == true_states).mean())
-    print(f"HMM: log p(rolls) {log_likelihood:.2f}, best path log p {best_log_probability:.2f}, "
-          f"Viterbi accuracy {viterbi_accuracy:.3f}, posterior decoding accuracy {posterior_accuracy:.3f}")
+    print(
+        f"HMM: log p(rolls) {log_likelihood:.2f}, best path log p {best_log_probability:.2f}, "
+        f"Viterbi accuracy {viterbi_accuracy:.3f}, posterior decoding accuracy {posterior_accuracy:.3f}"
+    )
 
     figure, axes = plt.subplots(figsize=(12, 3.5))
     steps = np.arange(args.hmm_steps)
-    axes.fill_between(steps, 0, 1, where=true_states == 1, step="mid", color="#f4b183", alpha=0.5,
-                      label="true: loaded die")
-    axes.plot(steps, posteriors[:, 1], color="black", lw=1, label="posterior P(loaded | all rolls)")
-    axes.step(steps, viterbi_path * 0.96 + 0.02, where="mid", color="tab:blue", lw=1, ls="--",
-              label="Viterbi path (loaded = top)")
+    axes.fill_between(
+        steps,
+        0,
+        1,
+        where=true_states == 1,
+        step="mid",
+        color="#f4b183",
+        alpha=0.5,
+        label="true: loaded die",
+    )
+    axes.plot(
+        steps,
+        posteriors[:, 1],
+        color="black",
+        lw=1,
+        label="posterior P(loaded | all rolls)",
+    )
+    axes.step(
+        steps,
+        viterbi_path * 0.96 + 0.02,
+        where="mid",
+        color="tab:blue",
+        lw=1,
+        ls="--",
+        label="Viterbi path (loaded = top)",
+    )
     axes.set_xlabel("roll")
     axes.set_ylabel("P(loaded)")
     axes.set_ylim(0, 1)

@@ -69,17 +69,25 @@ class Matrix:
     """
 
     def __init__(self, rows):
-        if not isinstance(rows, (list, tuple)) or not all(isinstance(row, (list, tuple)) for row in rows):
-            raise TypeError(f"rows must be a list of lists of numbers, got {type(rows).__name__}")
+        if not isinstance(rows, (list, tuple)) or not all(
+            isinstance(row, (list, tuple)) for row in rows
+        ):
+            raise TypeError(
+                f"rows must be a list of lists of numbers, got {type(rows).__name__}"
+            )
         if len(rows) == 0 or len(rows[0]) == 0:
             raise ValueError("rows must hold at least one row with at least one entry")
         row_lengths = [len(row) for row in rows]
         if len(set(row_lengths)) != 1:
-            raise ValueError(f"rows must all have the same length, got row lengths {row_lengths}")
+            raise ValueError(
+                f"rows must all have the same length, got row lengths {row_lengths}"
+            )
         for i, row in enumerate(rows):
             for j, value in enumerate(row):
                 if not _is_number(value):
-                    raise TypeError(f"rows[{i}][{j}] must be a real number, got {type(value).__name__} {value!r}")
+                    raise TypeError(
+                        f"rows[{i}][{j}] must be a real number, got {type(value).__name__} {value!r}"
+                    )
         self.rows = [[float(value) for value in row] for row in rows]
 
     @property
@@ -89,12 +97,20 @@ class Matrix:
 
     def __getitem__(self, index: tuple[int, int]) -> float:
         """`m[i, j]` is the entry in row `i`, column `j`, both counted from 0."""
-        if not (isinstance(index, tuple) and len(index) == 2 and all(isinstance(k, int) for k in index)):
-            raise TypeError(f"a Matrix is indexed by a pair of ints m[row, col], got {index!r}")
+        if not (
+            isinstance(index, tuple)
+            and len(index) == 2
+            and all(isinstance(k, int) for k in index)
+        ):
+            raise TypeError(
+                f"a Matrix is indexed by a pair of ints m[row, col], got {index!r}"
+            )
         row, col = index
         n_rows, n_cols = self.shape
         if not (0 <= row < n_rows and 0 <= col < n_cols):
-            raise IndexError(f"index ({row}, {col}) is outside a {_shape_text(self.shape)} matrix")
+            raise IndexError(
+                f"index ({row}, {col}) is outside a {_shape_text(self.shape)} matrix"
+            )
         return self.rows[row][col]
 
     def tolist(self) -> list[list[float]]:
@@ -117,7 +133,9 @@ class Matrix:
     def allclose(self, other: "Matrix", rtol: float = 1e-9, atol: float = 0.0) -> bool:
         """True when the shapes match and every entry of `self` is within `atol + rtol * |other|` of `other`'s."""
         if not isinstance(other, Matrix):
-            raise TypeError(f"allclose: other must be a Matrix, got {type(other).__name__}")
+            raise TypeError(
+                f"allclose: other must be a Matrix, got {type(other).__name__}"
+            )
         if self.shape != other.shape:
             return False
         return all(
@@ -154,9 +172,14 @@ class Matrix:
             other_rows = other.rows
         else:
             return NotImplemented
-        left_rows, right_rows = (other_rows, self.rows) if swap else (self.rows, other_rows)
+        left_rows, right_rows = (
+            (other_rows, self.rows) if swap else (self.rows, other_rows)
+        )
         return Matrix(
-            [[operation(x, y) for x, y in zip(left_row, right_row)] for left_row, right_row in zip(left_rows, right_rows)]
+            [
+                [operation(x, y) for x, y in zip(left_row, right_row)]
+                for left_row, right_row in zip(left_rows, right_rows)
+            ]
         )
 
     def __add__(self, other):
@@ -193,8 +216,15 @@ class Matrix:
 
 def zeros(n_rows: int, n_cols: int) -> Matrix:
     """The `n_rows × n_cols` matrix of zeros."""
-    if not (isinstance(n_rows, int) and isinstance(n_cols, int) and n_rows >= 1 and n_cols >= 1):
-        raise ValueError(f"zeros: n_rows and n_cols must be ints >= 1, got {n_rows!r} and {n_cols!r}")
+    if not (
+        isinstance(n_rows, int)
+        and isinstance(n_cols, int)
+        and n_rows >= 1
+        and n_cols >= 1
+    ):
+        raise ValueError(
+            f"zeros: n_rows and n_cols must be ints >= 1, got {n_rows!r} and {n_cols!r}"
+        )
     return Matrix([[0.0] * n_cols for _ in range(n_rows)])
 
 
@@ -208,13 +238,17 @@ def identity(n: int) -> Matrix:
 def _require_matrix(value, name: str, function: str) -> None:
     """Raise `TypeError` unless `value` is a `Matrix`; `name` and `function` go into the message."""
     if not isinstance(value, Matrix):
-        raise TypeError(f"{function}: {name} must be a Matrix, got {type(value).__name__}")
+        raise TypeError(
+            f"{function}: {name} must be a Matrix, got {type(value).__name__}"
+        )
 
 
 def _require_square(value: Matrix, name: str, function: str) -> None:
     """Raise `ValueError` unless `value` is square."""
     if value.shape[0] != value.shape[1]:
-        raise ValueError(f"{function}: {name} must be square, got {_shape_text(value.shape)}")
+        raise ValueError(
+            f"{function}: {name} must be square, got {_shape_text(value.shape)}"
+        )
 
 
 def transpose(a: Matrix) -> Matrix:
@@ -384,7 +418,10 @@ def lu(a: Matrix) -> tuple[list[int], Matrix, Matrix]:
             row[k] = multiplier
             for j in range(k + 1, n):
                 row[j] -= multiplier * pivot_values[j]
-    lower = [[work[i][j] if j < i else (1.0 if j == i else 0.0) for j in range(n)] for i in range(n)]
+    lower = [
+        [work[i][j] if j < i else (1.0 if j == i else 0.0) for j in range(n)]
+        for i in range(n)
+    ]
     upper = [[work[i][j] if j >= i else 0.0 for j in range(n)] for i in range(n)]
     return perm, Matrix(lower), Matrix(upper)
 
@@ -403,7 +440,9 @@ def lu(a: Matrix) -> tuple[list[int], Matrix, Matrix]:
 # Each costs $n^2$ operations per right-hand side, against $\tfrac{2}{3} n^3$ for the factorisation, so one
 # factorisation serves many right-hand sides. We let $b$ have $m$ columns and solve for all of them at once,
 # with the row update $y_{i,:} \mathrel{-}= l_{ij}\, y_{j,:}$ in the inner loop: the i-k-j pattern again.
-def _check_system(matrix: Matrix, rhs: Matrix, names: tuple[str, str], function: str) -> None:
+def _check_system(
+    matrix: Matrix, rhs: Matrix, names: tuple[str, str], function: str
+) -> None:
     """`matrix` is square and the right-hand side `rhs` has one row per row of `matrix`."""
     _require_matrix(matrix, names[0], function)
     _require_matrix(rhs, names[1], function)
@@ -442,7 +481,9 @@ def back_substitution(upper: Matrix, rhs: Matrix) -> Matrix:
                 row[col] -= u_ij * known[col]
         diagonal = upper.rows[i][i]
         if diagonal == 0.0:
-            raise SingularMatrixError(f"back_substitution: upper has a zero on its diagonal at row {i}")
+            raise SingularMatrixError(
+                f"back_substitution: upper has a zero on its diagonal at row {i}"
+            )
         solution[i] = [value / diagonal for value in row]
     return Matrix(solution)
 
@@ -485,7 +526,9 @@ def inverse(a: Matrix) -> Matrix:
 def permutation_sign(perm: list[int]) -> int:
     """+1 for an even permutation of `range(len(perm))`, -1 for an odd one."""
     if sorted(perm) != list(range(len(perm))):
-        raise ValueError(f"permutation_sign: perm must be a permutation of 0..{len(perm) - 1}, got {perm}")
+        raise ValueError(
+            f"permutation_sign: perm must be a permutation of 0..{len(perm) - 1}, got {perm}"
+        )
     visited = [False] * len(perm)
     sign = 1
     for start in range(len(perm)):
@@ -570,7 +613,9 @@ def relative_error(approximate: Matrix, exact: Matrix) -> float:
     largest_exact = max(abs(value) for row in exact.rows for value in row)
     if largest_exact == 0.0:
         raise ValueError("relative_error: exact must have a nonzero entry")
-    largest_difference = max(abs(value) for row in (approximate - exact).rows for value in row)
+    largest_difference = max(
+        abs(value) for row in (approximate - exact).rows for value in row
+    )
     return largest_difference / largest_exact
 
 
@@ -627,7 +672,9 @@ def dataflow(output: Matrix):
 # from $x = (1, \dots, 1)$, solve, and compare the relative error with $\kappa_\infty(H)\,\varepsilon$.
 def random_matrix(n_rows: int, n_cols: int, rng: random.Random) -> Matrix:
     """Entries drawn uniformly from [-1, 1]."""
-    return Matrix([[rng.uniform(-1.0, 1.0) for _ in range(n_cols)] for _ in range(n_rows)])
+    return Matrix(
+        [[rng.uniform(-1.0, 1.0) for _ in range(n_cols)] for _ in range(n_rows)]
+    )
 
 
 def best_time(function, args, repeats: int) -> float:
@@ -640,7 +687,9 @@ def best_time(function, args, repeats: int) -> float:
     return min(times)
 
 
-def plot_matmul_times(sizes: list[int], ijk_times: list[float], ikj_times: list[float], path: Path) -> None:
+def plot_matmul_times(
+    sizes: list[int], ijk_times: list[float], ikj_times: list[float], path: Path
+) -> None:
     """Log-log plot of time against n for both orders, with an $n^3$ guide through the i-k-j points."""
     figure, axes = plt.subplots(figsize=(5.5, 4))
     axes.loglog(sizes, ijk_times, "o-", label="i-j-k")
@@ -658,10 +707,17 @@ def plot_matmul_times(sizes: list[int], ijk_times: list[float], ikj_times: list[
     plt.close(figure)
 
 
-def plot_hilbert_errors(orders: list[int], errors: list[float], bounds: list[float], path: Path) -> None:
+def plot_hilbert_errors(
+    orders: list[int], errors: list[float], bounds: list[float], path: Path
+) -> None:
     r"""Semilog plot of the relative error of `solve` on Hilbert systems beside $\kappa\,\varepsilon$."""
     figure, axes = plt.subplots(figsize=(5.5, 4))
-    axes.semilogy(orders, errors, "o-", label=r"relative error $\|\hat x - x\|_\infty / \|x\|_\infty$")
+    axes.semilogy(
+        orders,
+        errors,
+        "o-",
+        label=r"relative error $\|\hat x - x\|_\infty / \|x\|_\infty$",
+    )
     axes.semilogy(orders, bounds, "k--", label=r"$\kappa_\infty(H)\,\varepsilon$")
     axes.set_xlabel("n (Hilbert matrix order)")
     axes.set_ylabel("relative error")
@@ -677,12 +733,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Time the i-j-k and i-k-j matrix products and measure solve's error on Hilbert matrices."
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 128], help="matrix sizes n to time")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per timing; the fastest counts")
     parser.add_argument(
-        "--hilbert-max", type=int, default=12, help="largest Hilbert order to solve (at most 12: from 13 on it is singular in float64)"
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64, 128],
+        help="matrix sizes n to time",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the timed matrices")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per timing; the fastest counts"
+    )
+    parser.add_argument(
+        "--hilbert-max",
+        type=int,
+        default=12,
+        help="largest Hilbert order to solve (at most 12: from 13 on it is singular in float64)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed for the timed matrices"
+    )
     parser.add_argument("--out", default="out/matrix", help="folder for the figures")
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.sizes) or args.repeats < 1:
@@ -701,7 +770,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ijk_times.append(best_time(matmul_ijk, (left, right), args.repeats))
         ikj_times.append(best_time(matmul_ikj, (left, right), args.repeats))
     for n, ijk_time, ikj_time in zip(sizes, ijk_times, ikj_times):
-        print(f"n={n:4d}  i-j-k {ijk_time * 1e3:8.2f} ms  i-k-j {ikj_time * 1e3:8.2f} ms  ratio {ijk_time / ikj_time:.2f}")
+        print(
+            f"n={n:4d}  i-j-k {ijk_time * 1e3:8.2f} ms  i-k-j {ikj_time * 1e3:8.2f} ms  ratio {ijk_time / ikj_time:.2f}"
+        )
     speedup = ijk_times[-1] / ikj_times[-1]
     print(f"i-k-j speedup over i-j-k at n={sizes[-1]}: {speedup:.2f}x")
     plot_matmul_times(sizes, ijk_times, ikj_times, out / "matmul_time.png")
@@ -715,7 +786,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         errors.append(relative_error(x_solved, x_true))
         bounds.append(condition_number(h) * EPS)
     for n, error, bound in zip(orders, errors, bounds):
-        print(f"hilbert n={n:2d}  cond {bound / EPS:9.2e}  relative error {error:9.2e}  cond*eps {bound:9.2e}")
+        print(
+            f"hilbert n={n:2d}  cond {bound / EPS:9.2e}  relative error {error:9.2e}  cond*eps {bound:9.2e}"
+        )
     worst_ratio = max(error / bound for error, bound in zip(errors, bounds))
     print(f"largest error / (cond*eps) over n=2..{args.hilbert_max}: {worst_ratio:.3f}")
     plot_hilbert_errors(orders, errors, bounds, out / "hilbert_error.png")

@@ -65,7 +65,9 @@ from annotated.data import digits
 def check_number(owner: str, name: str, value: object) -> float:
     """Raise `TypeError` unless `value` is a real number (a bool is not); return it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
+        raise TypeError(
+            f"{owner}: {name} must be a real number, got {type(value).__name__}"
+        )
     return float(value)
 
 
@@ -144,21 +146,36 @@ class SGD(torch.optim.Optimizer):
     Matches `torch.optim.SGD(params, lr, momentum, dampening=0, weight_decay, nesterov)`.
     """
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
         lr = check_non_negative("SGD", "lr", lr)
         momentum = check_unit_interval("SGD", "momentum", momentum)
         weight_decay = check_non_negative("SGD", "weight_decay", weight_decay)
         if nesterov and momentum == 0.0:
             raise ValueError("SGD: nesterov=True needs momentum > 0, got momentum=0")
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "weight_decay": weight_decay,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self) -> None:
         """Update every parameter that has a gradient, in place."""
         for group in self.param_groups:
-            lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+            lr, momentum, weight_decay = (
+                group["lr"],
+                group["momentum"],
+                group["weight_decay"],
+            )
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -168,9 +185,15 @@ class SGD(torch.optim.Optimizer):
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = grad.clone()  # b_1 = g_1
                     else:
-                        state["momentum_buffer"].mul_(momentum).add_(grad)  # b_t = μ b_{t-1} + g_t
+                        state["momentum_buffer"].mul_(momentum).add_(
+                            grad
+                        )  # b_t = μ b_{t-1} + g_t
                     buffer = state["momentum_buffer"]
-                    grad = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+                    grad = (
+                        grad.add(buffer, alpha=momentum)
+                        if group["nesterov"]
+                        else buffer
+                    )
                 param.add_(grad, alpha=-lr)
 
 
@@ -217,22 +240,41 @@ class RMSProp(torch.optim.Optimizer):
     Matches `torch.optim.RMSprop(params, lr, alpha, eps, weight_decay, momentum, centered)`.
     """
 
-    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ):
         lr = check_non_negative("RMSProp", "lr", lr)
         alpha = check_unit_interval("RMSProp", "alpha", alpha)
         eps = check_positive("RMSProp", "eps", eps)
         weight_decay = check_non_negative("RMSProp", "weight_decay", weight_decay)
         momentum = check_unit_interval("RMSProp", "momentum", momentum)
-        defaults = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay,
-                    "momentum": momentum, "centered": centered}
+        defaults = {
+            "lr": lr,
+            "alpha": alpha,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "centered": centered,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self) -> None:
         """Update every parameter that has a gradient, in place."""
         for group in self.param_groups:
-            lr, alpha, eps, momentum = group["lr"], group["alpha"], group["eps"], group["momentum"]
+            lr, alpha, eps, momentum = (
+                group["lr"],
+                group["alpha"],
+                group["eps"],
+                group["momentum"],
+            )
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -244,18 +286,30 @@ class RMSProp(torch.optim.Optimizer):
                     if momentum > 0.0:
                         state["momentum_buffer"] = torch.zeros_like(param)  # b_0 = 0
                 grad = l2_gradient(param, group["weight_decay"])  # g_t = ∇L + λθ
-                square_avg = state["square_avg"].mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+                square_avg = (
+                    state["square_avg"]
+                    .mul_(alpha)
+                    .addcmul_(grad, grad, value=1 - alpha)
+                )
                 if group["centered"]:
                     # $\alpha\bar g + (1 - \alpha) g = \bar g + (1 - \alpha)(g - \bar g)$: a step from $\bar g$
                     # towards $g$, which is what `lerp_` computes. The two forms round differently, and here
                     # that matters: $v - \bar g^2$ cancels when the gradient barely varies, magnifying the last
                     # bit of $\bar g$. We round as PyTorch does so that the test can hold us to ten digits.
                     grad_avg = state["grad_avg"].lerp_(grad, 1 - alpha)
-                    denominator = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_().add_(eps)
+                    denominator = (
+                        square_avg.addcmul(grad_avg, grad_avg, value=-1)
+                        .sqrt_()
+                        .add_(eps)
+                    )
                 else:
                     denominator = square_avg.sqrt().add_(eps)
                 if momentum > 0.0:
-                    buffer = state["momentum_buffer"].mul_(momentum).addcdiv_(grad, denominator)
+                    buffer = (
+                        state["momentum_buffer"]
+                        .mul_(momentum)
+                        .addcdiv_(grad, denominator)
+                    )
                     param.add_(buffer, alpha=-lr)
                 else:
                     param.addcdiv_(grad, denominator, value=-lr)
@@ -303,8 +357,15 @@ class RMSProp(torch.optim.Optimizer):
 # function that both call.
 
 
-def adam_update(param: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, betas: tuple[float, float],
-                eps: float, amsgrad: bool) -> None:
+def adam_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    amsgrad: bool,
+) -> None:
     """Apply one bias-corrected Adam step to `param` in place, keeping the moments in `state`."""
     beta1, beta2 = betas
     if not state:
@@ -316,26 +377,36 @@ def adam_update(param: torch.Tensor, grad: torch.Tensor, state: dict, lr: float,
     state["step"] += 1
     step = state["step"]
     exp_avg = state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)  # m_t
-    exp_avg_sq = state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v_t
+    exp_avg_sq = (
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    )  # v_t
     if amsgrad:
-        exp_avg_sq = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+        exp_avg_sq = torch.maximum(
+            state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"]
+        )
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     # $\hat m_t$ is never formed: its correction $1 / (1 - \beta_1^t)$ is a scalar that folds into the step size.
     # $\sqrt{\hat v_t}$ is $\sqrt{v_t}$ divided by the scalar $\sqrt{1 - \beta_2^t}$, and $\epsilon$ is added after
     # the correction, exactly as in the equation.
-    denominator = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(eps)  # √v̂_t + ε
+    denominator = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(
+        eps
+    )  # √v̂_t + ε
     param.addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
 
 
-def check_adam_arguments(owner: str, lr: object, betas: object, eps: object, weight_decay: object) -> dict:
+def check_adam_arguments(
+    owner: str, lr: object, betas: object, eps: object, weight_decay: object
+) -> dict:
     """Check the hyperparameters Adam and AdamW share and return them as a `defaults` dict."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
     return {
         "lr": check_non_negative(owner, "lr", lr),
-        "betas": (check_unit_interval(owner, "betas[0]", betas[0]),
-                  check_unit_interval(owner, "betas[1]", betas[1])),
+        "betas": (
+            check_unit_interval(owner, "betas[0]", betas[0]),
+            check_unit_interval(owner, "betas[1]", betas[1]),
+        ),
         "eps": check_positive(owner, "eps", eps),
         "weight_decay": check_non_negative(owner, "weight_decay", weight_decay),
     }
@@ -350,8 +421,15 @@ class Adam(torch.optim.Optimizer):
     Matches `torch.optim.Adam(params, lr, betas, eps, weight_decay, amsgrad)`.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ):
         defaults = check_adam_arguments("Adam", lr, betas, eps, weight_decay)
         defaults["amsgrad"] = amsgrad
         super().__init__(params, defaults)
@@ -364,8 +442,15 @@ class Adam(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 grad = l2_gradient(param, group["weight_decay"])  # g_t = ∇L + λθ
-                adam_update(param, grad, self.state[param], group["lr"], group["betas"], group["eps"],
-                            group["amsgrad"])
+                adam_update(
+                    param,
+                    grad,
+                    self.state[param],
+                    group["lr"],
+                    group["betas"],
+                    group["eps"],
+                    group["amsgrad"],
+                )
 
 
 # ## AdamW: decoupled weight decay
@@ -390,8 +475,15 @@ class AdamW(torch.optim.Optimizer):
     Matches `torch.optim.AdamW(params, lr, betas, eps, weight_decay, amsgrad)`.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+    ):
         defaults = check_adam_arguments("AdamW", lr, betas, eps, weight_decay)
         defaults["amsgrad"] = amsgrad
         super().__init__(params, defaults)
@@ -404,8 +496,15 @@ class AdamW(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 param.mul_(1 - group["lr"] * group["weight_decay"])  # θ ← (1 − ηλ) θ
-                adam_update(param, param.grad, self.state[param], group["lr"], group["betas"], group["eps"],
-                            group["amsgrad"])
+                adam_update(
+                    param,
+                    param.grad,
+                    self.state[param],
+                    group["lr"],
+                    group["betas"],
+                    group["eps"],
+                    group["amsgrad"],
+                )
 
 
 # ## Learning-rate schedules
@@ -424,7 +523,9 @@ class AdamW(torch.optim.Optimizer):
 def step_decay(step: int, step_size: int, gamma: float = 0.1) -> float:
     r"""The factor $\gamma^{\lfloor t/s \rfloor}$: `lr_scheduler.StepLR`'s rate divided by its base rate."""
     if not isinstance(step_size, int) or step_size < 1:
-        raise ValueError(f"step_decay: step_size must be an int >= 1, got {step_size!r}")
+        raise ValueError(
+            f"step_decay: step_size must be an int >= 1, got {step_size!r}"
+        )
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"step_decay: gamma must lie in (0, 1], got {gamma!r}")
     return gamma ** (step // step_size)
@@ -451,16 +552,31 @@ def step_decay(step: int, step_size: int, gamma: float = 0.1) -> float:
 # rate stays on the floor.
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, start_factor: float = 0.01,
-                  min_factor: float = 0.0) -> float:
+def warmup_cosine(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    start_factor: float = 0.01,
+    min_factor: float = 0.0,
+) -> float:
     """The factor $f(t)$: a linear warm-up over `warmup_steps`, then a cosine decay ending at `total_steps`."""
-    if not (isinstance(warmup_steps, int) and isinstance(total_steps, int) and 0 <= warmup_steps < total_steps):
-        raise ValueError("warmup_cosine: need ints 0 <= warmup_steps < total_steps, "
-                         f"got warmup_steps={warmup_steps!r}, total_steps={total_steps!r}")
+    if not (
+        isinstance(warmup_steps, int)
+        and isinstance(total_steps, int)
+        and 0 <= warmup_steps < total_steps
+    ):
+        raise ValueError(
+            "warmup_cosine: need ints 0 <= warmup_steps < total_steps, "
+            f"got warmup_steps={warmup_steps!r}, total_steps={total_steps!r}"
+        )
     if not 0.0 < start_factor <= 1.0:
-        raise ValueError(f"warmup_cosine: start_factor must lie in (0, 1], got {start_factor!r}")
+        raise ValueError(
+            f"warmup_cosine: start_factor must lie in (0, 1], got {start_factor!r}"
+        )
     if not 0.0 <= min_factor <= 1.0:
-        raise ValueError(f"warmup_cosine: min_factor must lie in [0, 1], got {min_factor!r}")
+        raise ValueError(
+            f"warmup_cosine: min_factor must lie in [0, 1], got {min_factor!r}"
+        )
     if step < warmup_steps:
         return start_factor + (1.0 - start_factor) * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
@@ -559,7 +675,9 @@ def rosenbrock(point: torch.Tensor) -> torch.Tensor:
 
 def descend_rosenbrock(make_optimizer, steps: int, device: str) -> np.ndarray:
     """Run one optimizer from `ROSENBROCK_START` and return the path it took, `[steps + 1, 2]`."""
-    point = nn.Parameter(torch.tensor(ROSENBROCK_START, dtype=torch.float64, device=device))
+    point = nn.Parameter(
+        torch.tensor(ROSENBROCK_START, dtype=torch.float64, device=device)
+    )
     optimizer = make_optimizer([point])
     path = [point.detach().clone()]
     for _ in range(steps):
@@ -578,16 +696,34 @@ def plot_rosenbrock(paths: dict[str, np.ndarray], out: Path) -> None:
     map_axes.contour(xs, ys, np.log1p(values), levels=30, cmap="Greys", linewidths=0.6)
     line_styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]
     for (name, path), style in zip(paths.items(), line_styles):
-        (line,) = map_axes.plot(path[:, 0], path[:, 1], linestyle=style, linewidth=1.5, label=name)
-        map_axes.plot(path[-1, 0], path[-1, 1], "o", color=line.get_color(), markersize=5)
-        path_values = (1 - path[:, 0]) ** 2 + 100 * (path[:, 1] - path[:, 0] ** 2) ** 2  # [steps + 1]
-        value_axes.plot(path_values, linestyle=style, color=line.get_color(), label=name)
+        (line,) = map_axes.plot(
+            path[:, 0], path[:, 1], linestyle=style, linewidth=1.5, label=name
+        )
+        map_axes.plot(
+            path[-1, 0], path[-1, 1], "o", color=line.get_color(), markersize=5
+        )
+        path_values = (1 - path[:, 0]) ** 2 + 100 * (
+            path[:, 1] - path[:, 0] ** 2
+        ) ** 2  # [steps + 1]
+        value_axes.plot(
+            path_values, linestyle=style, color=line.get_color(), label=name
+        )
     map_axes.plot(*ROSENBROCK_START, "ks")
     map_axes.plot(1.0, 1.0, "k*", markersize=12)
-    map_axes.set(xlim=(-2, 2), ylim=(-1, 3), xlabel="x", ylabel="y",
-                 title=f"paths from {ROSENBROCK_START} (square) to the minimum (star)")
+    map_axes.set(
+        xlim=(-2, 2),
+        ylim=(-1, 3),
+        xlabel="x",
+        ylabel="y",
+        title=f"paths from {ROSENBROCK_START} (square) to the minimum (star)",
+    )
     map_axes.legend(loc="lower right")
-    value_axes.set(yscale="log", xlabel="step", ylabel="f(x, y)", title="Rosenbrock value along each path")
+    value_axes.set(
+        yscale="log",
+        xlabel="step",
+        ylabel="f(x, y)",
+        title="Rosenbrock value along each path",
+    )
     figure.tight_layout()
     figure.savefig(out / "rosenbrock_paths.png", dpi=110)
     plt.close(figure)
@@ -609,8 +745,15 @@ DIGITS_OPTIMIZERS = {
 }
 
 
-def train_digits(make_optimizer, data: tuple, steps: int, batch_size: int, warmup_steps: int, seed: int,
-                 device: str) -> tuple[list[float], float, float]:
+def train_digits(
+    make_optimizer,
+    data: tuple,
+    steps: int,
+    batch_size: int,
+    warmup_steps: int,
+    seed: int,
+    device: str,
+) -> tuple[list[float], float, float]:
     """Train a fresh network with one optimizer; return the training losses, test loss and test accuracy."""
     x_train, y_train, x_test, y_test = data
     torch.manual_seed(seed)
@@ -618,11 +761,15 @@ def train_digits(make_optimizer, data: tuple, steps: int, batch_size: int, warmu
     optimizer = make_optimizer(model.parameters())
     schedule = partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    batches = torch.Generator().manual_seed(seed)  # the same batch order for every optimizer
+    batches = torch.Generator().manual_seed(
+        seed
+    )  # the same batch order for every optimizer
     losses = []
     for _ in range(steps):
         index = torch.randint(len(x_train), (batch_size,), generator=batches).to(device)
-        loss = F.cross_entropy(model(x_train[index]), y_train[index])  # x: [batch, 64] → logits [batch, 10]
+        loss = F.cross_entropy(
+            model(x_train[index]), y_train[index]
+        )  # x: [batch, 64] → logits [batch, 10]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -640,10 +787,20 @@ def plot_losses(losses: dict[str, list[float]], out: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     window = np.ones(20) / 20
     for name, curve in losses.items():
-        smoothed = np.convolve(curve, window, mode="valid") if len(curve) >= len(window) else np.array(curve)
-        axes.plot(np.arange(len(smoothed)) + len(curve) - len(smoothed), smoothed, label=name)
-    axes.set(yscale="log", xlabel="step", ylabel="training cross-entropy (20-step mean)",
-             title="Digits, 64→64→10 MLP, warm-up + cosine schedule")
+        smoothed = (
+            np.convolve(curve, window, mode="valid")
+            if len(curve) >= len(window)
+            else np.array(curve)
+        )
+        axes.plot(
+            np.arange(len(smoothed)) + len(curve) - len(smoothed), smoothed, label=name
+        )
+    axes.set(
+        yscale="log",
+        xlabel="step",
+        ylabel="training cross-entropy (20-step mean)",
+        title="Digits, 64→64→10 MLP, warm-up + cosine schedule",
+    )
     axes.legend()
     figure.tight_layout()
     figure.savefig(out / "digits_loss.png", dpi=120)
@@ -652,45 +809,88 @@ def plot_losses(losses: dict[str, list[float]], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Race the optimizers down Rosenbrock, train the digits network with each, save both figures."""
-    parser = argparse.ArgumentParser(description="SGD, RMSProp, Adam and AdamW on Rosenbrock and on digits.")
-    parser.add_argument("--rosenbrock-steps", type=int, default=1000, help="steps down the Rosenbrock valley")
-    parser.add_argument("--digits-steps", type=int, default=400, help="training steps on the digits")
-    parser.add_argument("--batch-size", type=int, default=64, help="digits mini-batch size")
-    parser.add_argument("--warmup-steps", type=int, default=20, help="linear warm-up steps of the digits schedule")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the weights and the batch order")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device to run on")
-    parser.add_argument("--out", default="out/optimizers", help="folder for the figures")
+    parser = argparse.ArgumentParser(
+        description="SGD, RMSProp, Adam and AdamW on Rosenbrock and on digits."
+    )
+    parser.add_argument(
+        "--rosenbrock-steps",
+        type=int,
+        default=1000,
+        help="steps down the Rosenbrock valley",
+    )
+    parser.add_argument(
+        "--digits-steps", type=int, default=400, help="training steps on the digits"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="digits mini-batch size"
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=20,
+        help="linear warm-up steps of the digits schedule",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for the weights and the batch order",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device to run on",
+    )
+    parser.add_argument(
+        "--out", default="out/optimizers", help="folder for the figures"
+    )
     args = parser.parse_args(argv)
     if args.rosenbrock_steps < 1 or args.digits_steps < 1:
         raise ValueError("--rosenbrock-steps and --digits-steps must be >= 1")
     if not 0 <= args.warmup_steps < args.digits_steps:
-        raise ValueError(f"--warmup-steps must lie in [0, --digits-steps), got {args.warmup_steps}")
+        raise ValueError(
+            f"--warmup-steps must lie in [0, --digits-steps), got {args.warmup_steps}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {}
 
     paths = {}
     for name, make_optimizer in tqdm(ROSENBROCK_OPTIMIZERS.items(), desc="rosenbrock"):
-        paths[name] = descend_rosenbrock(make_optimizer, args.rosenbrock_steps, args.device)
+        paths[name] = descend_rosenbrock(
+            make_optimizer, args.rosenbrock_steps, args.device
+        )
     plot_rosenbrock(paths, out)
     print(f"Rosenbrock after {args.rosenbrock_steps} steps (minimum 0 at (1, 1)):")
     for name, path in paths.items():
         distance = float(np.hypot(*(path[-1] - 1.0)))
-        print(f"  {name:14s} ends at ({path[-1, 0]:+.4f}, {path[-1, 1]:+.4f}), distance to minimum {distance:.4f}")
+        print(
+            f"  {name:14s} ends at ({path[-1, 0]:+.4f}, {path[-1, 1]:+.4f}), distance to minimum {distance:.4f}"
+        )
         metrics[f"{name} rosenbrock distance"] = distance
 
     x_train, y_train, x_test, y_test = digits(seed=args.seed)
-    data = (torch.tensor(x_train, dtype=torch.float32, device=args.device),
-            torch.tensor(y_train, device=args.device),
-            torch.tensor(x_test, dtype=torch.float32, device=args.device),
-            torch.tensor(y_test, device=args.device))
+    data = (
+        torch.tensor(x_train, dtype=torch.float32, device=args.device),
+        torch.tensor(y_train, device=args.device),
+        torch.tensor(x_test, dtype=torch.float32, device=args.device),
+        torch.tensor(y_test, device=args.device),
+    )
     losses = {}
     print(f"Digits after {args.digits_steps} steps of batch {args.batch_size}:")
     for name, make_optimizer in tqdm(DIGITS_OPTIMIZERS.items(), desc="digits"):
         losses[name], test_loss, test_accuracy = train_digits(
-            make_optimizer, data, args.digits_steps, args.batch_size, args.warmup_steps, args.seed, args.device)
-        tqdm.write(f"  {name:14s} test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}")
+            make_optimizer,
+            data,
+            args.digits_steps,
+            args.batch_size,
+            args.warmup_steps,
+            args.seed,
+            args.device,
+        )
+        tqdm.write(
+            f"  {name:14s} test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}"
+        )
         metrics[f"{name} test loss"] = test_loss
         metrics[f"{name} test accuracy"] = test_accuracy
     plot_losses(losses, out)

@@ -66,7 +66,11 @@ def sum_to_shape(gradient: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     added_axes = gradient.ndim - len(shape)
     if added_axes > 0:
         gradient = gradient.sum(axis=tuple(range(added_axes)))
-    stretched_axes = tuple(axis for axis, size in enumerate(shape) if size == 1 and gradient.shape[axis] != 1)
+    stretched_axes = tuple(
+        axis
+        for axis, size in enumerate(shape)
+        if size == 1 and gradient.shape[axis] != 1
+    )
     if stretched_axes:
         gradient = gradient.sum(axis=stretched_axes, keepdims=True)
     return gradient
@@ -93,11 +97,15 @@ def check_axis(op: str, axis: int, ndim: int) -> int:
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise TypeError(f"{op}: axis must be an int, got {type(axis).__name__}")
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dimensions")
+        raise ValueError(
+            f"{op}: axis {axis} is out of range for a tensor with {ndim} dimensions"
+        )
     return int(axis) % ndim
 
 
-def check_axes(op: str, axis: int | tuple[int, ...] | None, ndim: int) -> tuple[int, ...]:
+def check_axes(
+    op: str, axis: int | tuple[int, ...] | None, ndim: int
+) -> tuple[int, ...]:
     """Normalise `axis` (None for all axes, an int, or a tuple of ints) to a tuple of distinct indices."""
     if axis is None:
         return tuple(range(ndim))
@@ -125,12 +133,18 @@ class Tensor:
     objects are refused, so that `Tensor([1, 2])` cannot silently mean something else.
     """
 
-    def __init__(self, data, parents: tuple["Tensor", ...] = (), op: str = "leaf", name: str = ""):
+    def __init__(
+        self, data, parents: tuple["Tensor", ...] = (), op: str = "leaf", name: str = ""
+    ):
         if not isinstance(data, (np.ndarray, int, float, np.number)):
-            raise TypeError(f"Tensor: data must be a numpy array or a real number, got {type(data).__name__}")
+            raise TypeError(
+                f"Tensor: data must be a numpy array or a real number, got {type(data).__name__}"
+            )
         array = np.asarray(data)
         if array.dtype.kind not in "biuf":
-            raise TypeError(f"Tensor: data must hold real numbers, got dtype {array.dtype}")
+            raise TypeError(
+                f"Tensor: data must hold real numbers, got dtype {array.dtype}"
+            )
         self.data = array.astype(np.float64, copy=False)
         self.grad = np.zeros_like(self.data)
         self.parents = parents
@@ -251,7 +265,9 @@ class Tensor:
     def __matmul__(self, other) -> "Tensor":
         other = as_tensor(other)
         if self.ndim < 2 or other.ndim < 2:
-            raise ValueError(f"matmul: operands must have at least 2 dimensions, got {self.shape} and {other.shape}")
+            raise ValueError(
+                f"matmul: operands must have at least 2 dimensions, got {self.shape} and {other.shape}"
+            )
         if self.shape[-1] != other.shape[-2]:
             raise ValueError(
                 f"matmul: left is {self.shape} and right is {other.shape}; "
@@ -261,8 +277,12 @@ class Tensor:
         out = Tensor(self.data @ other.data, (self, other), "matmul")
 
         def _backward():
-            self.grad += sum_to_shape(out.grad @ np.swapaxes(other.data, -1, -2), self.shape)
-            other.grad += sum_to_shape(np.swapaxes(self.data, -1, -2) @ out.grad, other.shape)
+            self.grad += sum_to_shape(
+                out.grad @ np.swapaxes(other.data, -1, -2), self.shape
+            )
+            other.grad += sum_to_shape(
+                np.swapaxes(self.data, -1, -2) @ out.grad, other.shape
+            )
 
         out._backward = _backward
         return out
@@ -313,7 +333,9 @@ class Tensor:
     # broadcast lines up. The mean divides by the count $N$ of numbers averaged, so it also divides the
     # gradient by $N$.
 
-    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> "Tensor":
+    def sum(
+        self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+    ) -> "Tensor":
         """Sum over `axis` (all axes when None), dropping the summed axes unless `keepdims`."""
         axes = check_axes("sum", axis, self.ndim)
         out = Tensor(self.data.sum(axis=axes, keepdims=keepdims), (self,), "sum")
@@ -325,7 +347,9 @@ class Tensor:
         out._backward = _backward
         return out
 
-    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> "Tensor":
+    def mean(
+        self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+    ) -> "Tensor":
         """Average over `axis` (all axes when None), dropping the averaged axes unless `keepdims`."""
         axes = check_axes("mean", axis, self.ndim)
         count = math.prod(self.shape[single_axis] for single_axis in axes)
@@ -357,7 +381,9 @@ class Tensor:
     def log(self) -> "Tensor":
         """The natural logarithm; every element must be positive."""
         if np.any(self.data <= 0):
-            raise ValueError(f"log: input must be positive everywhere, but its minimum is {self.data.min()}")
+            raise ValueError(
+                f"log: input must be positive everywhere, but its minimum is {self.data.min()}"
+            )
         out = Tensor(np.log(self.data), (self,), "log")
 
         def _backward():
@@ -419,7 +445,11 @@ class Tensor:
         axis = check_axis("softmax", axis, self.ndim)
         shifted = self.data - self.data.max(axis=axis, keepdims=True)
         exponentials = np.exp(shifted)
-        out = Tensor(exponentials / exponentials.sum(axis=axis, keepdims=True), (self,), "softmax")
+        out = Tensor(
+            exponentials / exponentials.sum(axis=axis, keepdims=True),
+            (self,),
+            "softmax",
+        )
 
         def _backward():
             weighted_sum = (out.grad * out.data).sum(axis=axis, keepdims=True)
@@ -432,11 +462,17 @@ class Tensor:
         """Log-probabilities along `axis`, computed from max-shifted scores."""
         axis = check_axis("log_softmax", axis, self.ndim)
         shifted = self.data - self.data.max(axis=axis, keepdims=True)
-        out = Tensor(shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True)), (self,), "log_softmax")
+        out = Tensor(
+            shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True)),
+            (self,),
+            "log_softmax",
+        )
 
         def _backward():
             probabilities = np.exp(out.data)
-            self.grad += out.grad - probabilities * out.grad.sum(axis=axis, keepdims=True)
+            self.grad += out.grad - probabilities * out.grad.sum(
+                axis=axis, keepdims=True
+            )
 
         out._backward = _backward
         return out
@@ -470,10 +506,14 @@ class Tensor:
         """Fill `grad` of every tensor this one depends on with the derivative of this one."""
         if gradient is None:
             if self.data.size != 1:
-                raise ValueError(f"backward: output has shape {self.shape}; pass gradient= unless it is a scalar")
+                raise ValueError(
+                    f"backward: output has shape {self.shape}; pass gradient= unless it is a scalar"
+                )
             gradient = np.ones_like(self.data)
         elif np.shape(gradient) != self.shape:
-            raise ValueError(f"backward: gradient has shape {np.shape(gradient)} but the output has shape {self.shape}")
+            raise ValueError(
+                f"backward: gradient has shape {np.shape(gradient)} but the output has shape {self.shape}"
+            )
         order = self.topological_order()
         for tensor in order:
             if tensor.parents:
@@ -512,11 +552,17 @@ def as_tensor(value) -> Tensor:
 def cross_entropy(logits: Tensor, targets: np.ndarray) -> Tensor:
     """Mean cross-entropy of `logits [batch, classes]` against integer class `targets [batch]`."""
     if not isinstance(logits, Tensor):
-        raise TypeError(f"cross_entropy: logits must be a Tensor, got {type(logits).__name__}")
+        raise TypeError(
+            f"cross_entropy: logits must be a Tensor, got {type(logits).__name__}"
+        )
     if logits.ndim != 2:
-        raise ValueError(f"cross_entropy: logits must be 2-D [batch, classes], got shape {logits.shape}")
+        raise ValueError(
+            f"cross_entropy: logits must be 2-D [batch, classes], got shape {logits.shape}"
+        )
     if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "iu":
-        raise TypeError("cross_entropy: targets must be a numpy array of integer class indices")
+        raise TypeError(
+            "cross_entropy: targets must be a numpy array of integer class indices"
+        )
     batch, classes = logits.shape
     if targets.shape != (batch,):
         raise ValueError(
@@ -528,7 +574,9 @@ def cross_entropy(logits: Tensor, targets: np.ndarray) -> Tensor:
         )
     rows = np.arange(batch)
     shifted = logits.data - logits.data.max(axis=1, keepdims=True)  # [batch, classes]
-    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # [batch, classes]
+    log_probabilities = shifted - np.log(
+        np.exp(shifted).sum(axis=1, keepdims=True)
+    )  # [batch, classes]
     out = Tensor(-log_probabilities[rows, targets].mean(), (logits,), "cross_entropy")
 
     def _backward():
@@ -564,9 +612,18 @@ class Linear:
     (uniform, variance $2/(n_\text{in} + n_\text{out})$).
     """
 
-    def __init__(self, fan_in: int, fan_out: int, init: str, rng: np.random.Generator, name: str = "linear"):
+    def __init__(
+        self,
+        fan_in: int,
+        fan_out: int,
+        init: str,
+        rng: np.random.Generator,
+        name: str = "linear",
+    ):
         if fan_in < 1 or fan_out < 1:
-            raise ValueError(f"Linear: fan_in and fan_out must be >= 1, got {fan_in} and {fan_out}")
+            raise ValueError(
+                f"Linear: fan_in and fan_out must be >= 1, got {fan_in} and {fan_out}"
+            )
         if init == "he":
             weight = rng.normal(0.0, math.sqrt(2.0 / fan_in), (fan_in, fan_out))
         elif init == "glorot":
@@ -624,7 +681,9 @@ class SGD:
         self.parameters = list(parameters)
         self.lr = lr
         self.momentum = momentum
-        self.velocities = [np.zeros_like(parameter.data) for parameter in self.parameters]
+        self.velocities = [
+            np.zeros_like(parameter.data) for parameter in self.parameters
+        ]
 
     def zero_grad(self) -> None:
         for parameter in self.parameters:
@@ -667,9 +726,14 @@ def dataflow(output: Tensor):
     def shape_label(tensor):
         return str(list(tensor.shape)) if tensor.shape else "scalar"
 
-    nodes = [(node_ids[tensor], f"{tensor.name or tensor.op} {shape_label(tensor)}") for tensor in order]
+    nodes = [
+        (node_ids[tensor], f"{tensor.name or tensor.op} {shape_label(tensor)}")
+        for tensor in order
+    ]
     edges = [
-        (node_ids[parent], node_ids[tensor], shape_label(parent)) for tensor in order for parent in tensor.parents
+        (node_ids[parent], node_ids[tensor], shape_label(parent))
+        for tensor in order
+        for parent in tensor.parents
     ]
     return nodes, edges
 
@@ -682,19 +746,36 @@ def dataflow(output: Tensor):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description="Train a two-layer MLP on digits with a NumPy tensor autograd engine.")
-    parser.add_argument("--epochs", type=int, default=30, help="passes over the training set")
-    parser.add_argument("--hidden", type=int, default=64, help="width of the hidden layer")
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per gradient step")
+    parser = argparse.ArgumentParser(
+        description="Train a two-layer MLP on digits with a NumPy tensor autograd engine."
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=30, help="passes over the training set"
+    )
+    parser.add_argument(
+        "--hidden", type=int, default=64, help="width of the hidden layer"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="examples per gradient step"
+    )
     parser.add_argument("--lr", type=float, default=0.05, help="learning rate")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the split, initialisation and shuffling")
-    parser.add_argument("--out", default="out/tensor_autograd", help="folder for the figures")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for the split, initialisation and shuffling",
+    )
+    parser.add_argument(
+        "--out", default="out/tensor_autograd", help="folder for the figures"
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.hidden < 1 or args.batch_size < 1:
         parser.error("--epochs, --hidden and --batch-size must be >= 1")
 
-    x_train, y_train, x_test, y_test = digits(seed=args.seed)  # [1437, 64], [1437], [360, 64], [360]
+    x_train, y_train, x_test, y_test = digits(
+        seed=args.seed
+    )  # [1437, 64], [1437], [360, 64], [360]
     model = MLP(x_train.shape[1], args.hidden, 10, seed=args.seed)
     optimiser = SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     rng = np.random.default_rng(args.seed)
@@ -714,7 +795,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         test_logits = model(Tensor(x_test)).data  # [360, 10]
         train_losses.append(float(np.mean(batch_losses)))
         test_accuracies.append(float(np.mean(test_logits.argmax(axis=1) == y_test)))
-        progress.set_postfix(loss=f"{train_losses[-1]:.3f}", test_accuracy=f"{test_accuracies[-1]:.3f}")
+        progress.set_postfix(
+            loss=f"{train_losses[-1]:.3f}", test_accuracy=f"{test_accuracies[-1]:.3f}"
+        )
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -723,7 +806,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     epochs = np.arange(1, args.epochs + 1)
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
     loss_axes.plot(epochs, train_losses)
-    loss_axes.set(xlabel="epoch", ylabel="mean training loss", yscale="log", title="Training loss")
+    loss_axes.set(
+        xlabel="epoch", ylabel="mean training loss", yscale="log", title="Training loss"
+    )
     accuracy_axes.plot(epochs, test_accuracies, color="tab:green")
     accuracy_axes.set(xlabel="epoch", ylabel="accuracy", title="Test accuracy")
     figure.tight_layout()

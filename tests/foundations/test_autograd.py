@@ -46,16 +46,30 @@ def close(ours, reference, tolerance=TOLERANCE):
 # what makes the order of the backward pass matter.
 
 BINARY_OPS = ["add", "sub", "mul", "div"]
-NUMBER_OPS = ["number+", "number-", "number*", "number/", "+number", "-number", "*number", "/number"]
+NUMBER_OPS = [
+    "number+",
+    "number-",
+    "number*",
+    "number/",
+    "+number",
+    "-number",
+    "*number",
+    "/number",
+]
 SMOOTH_UNARY_OPS = ["neg", "exp", "tanh", "sigmoid", "log", "pow"]
 # A fractional or negative power needs a positive base, so it is taken of `e * e + 0.5`; a whole power of
 # any base is taken of `e` itself.
-POWERS = [("positive base", p) for p in (-1.5, -1, -0.5, 0.5, 1.5, 2)] + [("any base", 2), ("any base", 3)]
+POWERS = [("positive base", p) for p in (-1.5, -1, -0.5, 0.5, 1.5, 2)] + [
+    ("any base", 2),
+    ("any base", 3),
+]
 
 
 def expressions(unary_ops):
     """Lists of instructions `(op, other_index, number, power)`; `other_index` picks an earlier value."""
-    number = st.one_of(st.floats(-3.0, -0.1), st.floats(0.1, 3.0))  # also a divisor, so kept away from 0
+    number = st.one_of(
+        st.floats(-3.0, -0.1), st.floats(0.1, 3.0)
+    )  # also a divisor, so kept away from 0
     instruction = st.tuples(
         st.sampled_from(BINARY_OPS + NUMBER_OPS + unary_ops),
         st.integers(0, 1000),
@@ -97,7 +111,11 @@ def apply(op, operand, other, number, power):
         return (operand * operand + 0.5).log()
     if op == "pow":
         base, exponent = power
-        return (operand * operand + 0.5) ** exponent if base == "positive base" else operand**exponent
+        return (
+            (operand * operand + 0.5) ** exponent
+            if base == "positive base"
+            else operand**exponent
+        )
     return getattr(operand, op)()  # exp, tanh, sigmoid, relu
 
 
@@ -105,7 +123,9 @@ def evaluate(program, leaves):
     """Run `program` on `leaves` (Values or 0-d tensors) and return its last value."""
     values = list(leaves)
     for op, other_index, number, power in program:
-        values.append(apply(op, values[-1], values[other_index % len(values)], number, power))
+        values.append(
+            apply(op, values[-1], values[other_index % len(values)], number, power)
+        )
     return values[-1]
 
 
@@ -151,11 +171,17 @@ def test_random_smooth_expressions_match_central_finite_differences(program, val
         plus[i] += step
         minus[i] -= step
         try:
-            finite_difference = (evaluate(program, [Value(x) for x in plus]).data
-                                 - evaluate(program, [Value(x) for x in minus]).data) / (2 * step)
+            finite_difference = (
+                evaluate(program, [Value(x) for x in plus]).data
+                - evaluate(program, [Value(x) for x in minus]).data
+            ) / (2 * step)
         except (OverflowError, ValueError):
             assume(False)
-        assert close(grads[i], finite_difference, tolerance=1e-5), (i, grads, finite_difference)
+        assert close(grads[i], finite_difference, tolerance=1e-5), (
+            i,
+            grads,
+            finite_difference,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,8 +195,12 @@ def test_random_smooth_expressions_match_central_finite_differences(program, val
         (lambda a: a + a, lambda x: 2.0),
         (lambda a: a * a * a, lambda x: 3 * x**2),
         (lambda a: (a * 3) * (a * 3) + a * 3, lambda x: (2 * 3 * x + 1) * 3),
-        (lambda a: a.tanh() * a.exp() - a, lambda x: (1 - math.tanh(x) ** 2) * math.exp(x)
-         + math.tanh(x) * math.exp(x) - 1),
+        (
+            lambda a: a.tanh() * a.exp() - a,
+            lambda x: (
+                (1 - math.tanh(x) ** 2) * math.exp(x) + math.tanh(x) * math.exp(x) - 1
+            ),
+        ),
     ],
     ids=["a*a", "a+a", "a*a*a", "shared intermediate", "tanh(a)*exp(a)-a"],
 )
@@ -196,7 +226,9 @@ def test_topological_order_lists_every_node_after_its_children():
     order = output.topological_order()
     position = {node: i for i, node in enumerate(order)}
     assert order[-1] is output and len(position) == len(order)
-    assert all(position[child] < position[node] for node in order for child in node._children)
+    assert all(
+        position[child] < position[node] for node in order for child in node._children
+    )
 
 
 def test_backward_twice_doubles_leaf_gradients_like_torch():
@@ -229,8 +261,11 @@ def test_graphs_have_no_reference_cycles():
     gc.collect()
     gc.disable()
     try:
-        loss = logistic_loss([model([0.1 * i, -0.2 * i])[0] for i in range(5)], [1.0, -1.0, 1.0, -1.0, 1.0])
-        (loss.sigmoid() + loss.relu() / 2 - 1 / loss.exp() + loss ** 2).backward()
+        loss = logistic_loss(
+            [model([0.1 * i, -0.2 * i])[0] for i in range(5)],
+            [1.0, -1.0, 1.0, -1.0, 1.0],
+        )
+        (loss.sigmoid() + loss.relu() / 2 - 1 / loss.exp() + loss**2).backward()
         del loss
         unreachable = gc.collect()
     finally:
@@ -252,10 +287,22 @@ def test_deep_chain_does_not_hit_the_recursion_limit():
 
 
 def torch_matrices(model):
-    weights = [torch.tensor([[w.data for w in neuron.weights] for neuron in layer.neurons],
-                            dtype=torch.float64, requires_grad=True) for layer in model.layers]
-    biases = [torch.tensor([neuron.bias.data for neuron in layer.neurons], dtype=torch.float64, requires_grad=True)
-              for layer in model.layers]
+    weights = [
+        torch.tensor(
+            [[w.data for w in neuron.weights] for neuron in layer.neurons],
+            dtype=torch.float64,
+            requires_grad=True,
+        )
+        for layer in model.layers
+    ]
+    biases = [
+        torch.tensor(
+            [neuron.bias.data for neuron in layer.neurons],
+            dtype=torch.float64,
+            requires_grad=True,
+        )
+        for layer in model.layers
+    ]
     return weights, biases
 
 
@@ -264,7 +311,9 @@ def test_mlp_loss_and_gradients_match_torch():
     rng = np.random.default_rng(0)
     points = rng.normal(size=(7, 3))  # [7, 3]
     labels = rng.choice([-1.0, 1.0], size=7)  # [7]
-    for layer in model.layers:  # non-zero biases, so that their gradients are tested on a general point
+    for layer in (
+        model.layers
+    ):  # non-zero biases, so that their gradients are tested on a general point
         for neuron in layer.neurons:
             neuron.bias.data = rng.normal()
 
@@ -278,7 +327,9 @@ def test_mlp_loss_and_gradients_match_torch():
         activations = activations @ weight.T + bias
         if i < len(weights) - 1:
             activations = activations.tanh()
-    loss_ref = torch.nn.functional.softplus(-torch.tensor(labels) * activations[:, 0]).mean()
+    loss_ref = torch.nn.functional.softplus(
+        -torch.tensor(labels) * activations[:, 0]
+    ).mean()
     loss_ref.backward()
 
     assert close(loss.data, loss_ref.item())
@@ -304,7 +355,9 @@ def test_numpy_scores_match_the_engine():
     model = MLP(2, [6, 6, 1], seed=3)
     points = np.random.default_rng(1).normal(size=(10, 2))  # [10, 2]
     engine = [model(list(point))[0].data for point in points]
-    np.testing.assert_allclose(mlp_scores(model, points), engine, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        mlp_scores(model, points), engine, rtol=1e-12, atol=1e-12
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,10 +377,20 @@ def test_example_matches_torch_and_dataflow_draws_it():
     labels = dict(nodes)
     assert len(labels) == len(nodes) == 15  # 10 values and 5 operations
     assert all(src in labels and dst in labels for src, dst, _ in edges)
-    assert sorted(label for label in labels.values() if "|" not in label) == ["*", "*", "+", "+", "tanh"]
+    assert sorted(label for label in labels.values() if "|" not in label) == [
+        "*",
+        "*",
+        "+",
+        "+",
+        "tanh",
+    ]
     for name, leaf in zip(["x1", "x2", "w1", "w2", "b"], leaves):
-        (label,) = [label for label in labels.values() if label.startswith(f"{name} = ")]
-        assert float(label.split("grad ")[1]) == pytest.approx(leaf.grad.item(), rel=1e-3)
+        (label,) = [
+            label for label in labels.values() if label.startswith(f"{name} = ")
+        ]
+        assert float(label.split("grad ")[1]) == pytest.approx(
+            leaf.grad.item(), rel=1e-3
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,20 +405,52 @@ def test_example_matches_torch_and_dataflow_draws_it():
         (lambda: Value(1.0) + "a", TypeError, "data must be an int or a float"),
         (lambda: Value(0.0).log(), ValueError, "needs a positive value, got 0.0"),
         (lambda: Value(-1).log(), ValueError, "needs a positive value, got -1.0"),
-        (lambda: Value(2.0) ** Value(3.0), TypeError, "exponent must be an int or a float, not a Value"),
-        (lambda: Value(2.0) ** "3", TypeError, "exponent must be an int or a float, got str"),
+        (
+            lambda: Value(2.0) ** Value(3.0),
+            TypeError,
+            "exponent must be an int or a float, not a Value",
+        ),
+        (
+            lambda: Value(2.0) ** "3",
+            TypeError,
+            "exponent must be an int or a float, got str",
+        ),
         (lambda: Value(-2.0) ** 0.5, ValueError, "negative base"),
         (lambda: Value(0.0) ** -1, ValueError, "at base 0"),
         (lambda: Value(1.0) / 0, ValueError, "at base 0"),
         (lambda: 1.0 / Value(0.0), ValueError, "at base 0"),
-        (lambda: MLP(2, []), ValueError, "layer_sizes must be a non-empty list of positive ints"),
-        (lambda: MLP(2, [4, -1]), ValueError, "layer_sizes must be a non-empty list of positive ints"),
+        (
+            lambda: MLP(2, []),
+            ValueError,
+            "layer_sizes must be a non-empty list of positive ints",
+        ),
+        (
+            lambda: MLP(2, [4, -1]),
+            ValueError,
+            "layer_sizes must be a non-empty list of positive ints",
+        ),
         (lambda: MLP(2, [4, 2.5]), ValueError, "layer_sizes"),
         (lambda: MLP(0, [3]), ValueError, "n_inputs must be a positive int"),
-        (lambda: Layer(2, 0, random.Random(0)), ValueError, "n_outputs must be a positive int"),
-        (lambda: Neuron(-1, random.Random(0)), ValueError, "n_inputs must be a positive int"),
-        (lambda: MLP(2, [3, 1])([1.0, 2.0, 3.0]), ValueError, "expected 2 inputs, got 3"),
-        (lambda: logistic_loss([Value(1.0)], [1.0, -1.0]), ValueError, "1 scores and 2 labels"),
+        (
+            lambda: Layer(2, 0, random.Random(0)),
+            ValueError,
+            "n_outputs must be a positive int",
+        ),
+        (
+            lambda: Neuron(-1, random.Random(0)),
+            ValueError,
+            "n_inputs must be a positive int",
+        ),
+        (
+            lambda: MLP(2, [3, 1])([1.0, 2.0, 3.0]),
+            ValueError,
+            "expected 2 inputs, got 3",
+        ),
+        (
+            lambda: logistic_loss([Value(1.0)], [1.0, -1.0]),
+            ValueError,
+            "1 scores and 2 labels",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error(make, error, match):
@@ -370,7 +465,9 @@ def test_bad_input_raises_a_clear_error(make, error, match):
 def test_demo_reaches_95_percent_accuracy_with_its_defaults(tmp_path):
     metrics = main(["--out", str(tmp_path)])
     assert metrics["accuracy"] >= 0.95
-    assert gc.isenabled()  # the demo switches the cycle collector off only while it trains
+    assert (
+        gc.isenabled()
+    )  # the demo switches the cycle collector off only while it trains
     assert (tmp_path / "decision_boundary.png").stat().st_size > 0
     assert (tmp_path / "loss.png").stat().st_size > 0
 
@@ -383,15 +480,28 @@ POINT = [0.3, -0.7]
 
 
 def torch_scalar_mlp(model):
-    return [[([torch.tensor(w.data, dtype=torch.float64, requires_grad=True) for w in neuron.weights],
-              torch.tensor(neuron.bias.data, dtype=torch.float64, requires_grad=True))
-             for neuron in layer.neurons] for layer in model.layers]
+    return [
+        [
+            (
+                [
+                    torch.tensor(w.data, dtype=torch.float64, requires_grad=True)
+                    for w in neuron.weights
+                ],
+                torch.tensor(neuron.bias.data, dtype=torch.float64, requires_grad=True),
+            )
+            for neuron in layer.neurons
+        ]
+        for layer in model.layers
+    ]
 
 
 def torch_scalar_forward_backward(layers):
     activations = [torch.tensor(x, dtype=torch.float64) for x in POINT]
     for i, layer in enumerate(layers):
-        activations = [sum((w * x for w, x in zip(weights, activations)), bias) for weights, bias in layer]
+        activations = [
+            sum((w * x for w, x in zip(weights, activations)), bias)
+            for weights, bias in layer
+        ]
         if i < len(layers) - 1:
             activations = [a.tanh() for a in activations]
     activations[0].backward()
@@ -404,7 +514,12 @@ def test_torch_scalar_reference_computes_the_same_gradients():
     layers = torch_scalar_mlp(model)
     torch_scalar_forward_backward(layers)
     ours = [p.grad for p in model.parameters()]
-    theirs = [p.grad.item() for layer in layers for weights, bias in layer for p in weights + [bias]]
+    theirs = [
+        p.grad.item()
+        for layer in layers
+        for weights, bias in layer
+        for p in weights + [bias]
+    ]
     assert all(close(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
@@ -423,7 +538,9 @@ def test_bench_mlp_forward_backward_ours(benchmark):
 def test_bench_mlp_forward_backward_torch_scalars(benchmark):
     benchmark.extra_info["baseline"] = True
     layers = torch_scalar_mlp(MLP(2, [16, 16, 1]))
-    parameters = [p for layer in layers for weights, bias in layer for p in weights + [bias]]
+    parameters = [
+        p for layer in layers for weights, bias in layer for p in weights + [bias]
+    ]
 
     def step():
         for p in parameters:

@@ -41,12 +41,18 @@ seeds = st.integers(min_value=0, max_value=2**32 - 1)
 
 def assert_close(ours, reference):
     """Max absolute difference within 1e-9 of the reference's largest entry (plus 1e-15 for all-zero ones)."""
-    reference = reference.detach().numpy() if isinstance(reference, torch.Tensor) else np.asarray(reference)
+    reference = (
+        reference.detach().numpy()
+        if isinstance(reference, torch.Tensor)
+        else np.asarray(reference)
+    )
     ours = np.asarray(ours)
     assert ours.shape == reference.shape
     error = np.abs(ours - reference).max(initial=0.0)
     scale = np.abs(reference).max(initial=0.0)
-    assert error <= TOLERANCE * scale + 1e-15, f"relative error {error / max(scale, 1e-300):.2e}"
+    assert error <= TOLERANCE * scale + 1e-15, (
+        f"relative error {error / max(scale, 1e-300):.2e}"
+    )
 
 
 def leaf(array):
@@ -57,7 +63,11 @@ def leaf(array):
 @given(batch=sizes, d_in=sizes, d_out=sizes, seed=seeds)
 def test_linear_matches_torch(batch, d_in, d_out, seed):
     rng = np.random.default_rng(seed)
-    x, weight, bias = rng.standard_normal((batch, d_in)), rng.standard_normal((d_out, d_in)), rng.standard_normal(d_out)
+    x, weight, bias = (
+        rng.standard_normal((batch, d_in)),
+        rng.standard_normal((d_out, d_in)),
+        rng.standard_normal(d_out),
+    )
     upstream = rng.standard_normal((batch, d_out))
     output, cache = linear_forward(x, weight, bias)
     grads = linear_backward(upstream, cache)
@@ -71,7 +81,9 @@ def test_linear_matches_torch(batch, d_in, d_out, seed):
 
 
 @settings(max_examples=25)
-@given(batch=sizes, classes=sizes, scale=st.sampled_from([1.0, 10.0, 300.0]), seed=seeds)
+@given(
+    batch=sizes, classes=sizes, scale=st.sampled_from([1.0, 10.0, 300.0]), seed=seeds
+)
 def test_softmax_cross_entropy_matches_torch(batch, classes, scale, seed):
     rng = np.random.default_rng(seed)
     logits = scale * rng.standard_normal((batch, classes))
@@ -131,10 +143,18 @@ def test_softmax_and_its_backward_match_torch(leading, classes, seed):
 
 
 @settings(max_examples=25)
-@given(batch=sizes, features=st.integers(2, 8), eps=st.sampled_from([1e-5, 1e-2]), seed=seeds)
+@given(
+    batch=sizes,
+    features=st.integers(2, 8),
+    eps=st.sampled_from([1e-5, 1e-2]),
+    seed=seeds,
+)
 def test_layer_norm_matches_torch(batch, features, eps, seed):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, features)) * rng.uniform(0.1, 5.0) + rng.standard_normal()
+    x = (
+        rng.standard_normal((batch, features)) * rng.uniform(0.1, 5.0)
+        + rng.standard_normal()
+    )
     gamma, beta = rng.standard_normal(features), rng.standard_normal(features)
     upstream = rng.standard_normal((batch, features))
     output, cache = layer_norm_forward(x, gamma, beta, eps)
@@ -149,7 +169,9 @@ def test_layer_norm_matches_torch(batch, features, eps, seed):
     # Adding a constant to a row changes nothing, so the input gradient has no component along the ones vector
     # (zero up to rounding in the terms that cancel, which are of size |upstream * gamma| / sigma).
     _, sigma, _ = cache
-    assert np.abs(grads[0].sum(axis=1)).max() <= 1e-13 * (np.abs(upstream * gamma).sum() / sigma.min())
+    assert np.abs(grads[0].sum(axis=1)).max() <= 1e-13 * (
+        np.abs(upstream * gamma).sum() / sigma.min()
+    )
 
 
 @settings(max_examples=30)
@@ -172,7 +194,10 @@ def test_attention_head_matches_torch(batch, seq, d_model, d_head, causal, seed)
     torch_inputs = [leaf(x)] + [leaf(weight) for weight in weights]
     torch_x, torch_w_query, torch_w_key, torch_w_value = torch_inputs
     torch_output = F.scaled_dot_product_attention(
-        torch_x @ torch_w_query, torch_x @ torch_w_key, torch_x @ torch_w_value, is_causal=causal
+        torch_x @ torch_w_query,
+        torch_x @ torch_w_key,
+        torch_x @ torch_w_value,
+        is_causal=causal,
     )
     torch_output.backward(torch.tensor(upstream))
     assert_close(output, torch_output)
@@ -206,9 +231,13 @@ def test_classifier_gradients_match_torch():
 
     t = {name: leaf(value) for name, value in params.items()}
     torch_x = torch.tensor(x)
-    attended = F.scaled_dot_product_attention(torch_x @ t["w_query"], torch_x @ t["w_key"], torch_x @ t["w_value"])
+    attended = F.scaled_dot_product_attention(
+        torch_x @ t["w_query"], torch_x @ t["w_key"], torch_x @ t["w_value"]
+    )
     normed = F.layer_norm(attended.mean(dim=1), (4,), t["gamma"], t["beta"])
-    torch_loss = F.cross_entropy(F.linear(normed, t["weight"], t["bias"]), torch.tensor(labels))
+    torch_loss = F.cross_entropy(
+        F.linear(normed, t["weight"], t["bias"]), torch.tensor(labels)
+    )
     torch_loss.backward()
     assert_close(loss, torch_loss)
     for name, gradient in gradients.items():
@@ -224,7 +253,11 @@ def test_numerical_gradient_matches_a_known_derivative():
 
 def test_gradient_check_passes_correct_and_flags_wrong_backward():
     rng = np.random.default_rng(3)
-    inputs = [rng.standard_normal((4, 3)), rng.standard_normal((2, 3)), rng.standard_normal(2)]
+    inputs = [
+        rng.standard_normal((4, 3)),
+        rng.standard_normal((2, 3)),
+        rng.standard_normal(2),
+    ]
     assert gradient_check(linear_forward, linear_backward, inputs, rng) < 1e-7
 
     def missing_bias_sum(grad_output, cache):
@@ -237,28 +270,88 @@ def test_gradient_check_passes_correct_and_flags_wrong_backward():
 ones = np.ones
 head_weight = ones((5, 2))  # [d_model, d_head]
 linear_cache = linear_forward(ones((2, 3)), ones((4, 3)), ones(4))[1]
-attention_cache = attention_head_forward(ones((4, 5)), head_weight, head_weight, head_weight)[1]
+attention_cache = attention_head_forward(
+    ones((4, 5)), head_weight, head_weight, head_weight
+)[1]
 
 
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: linear_forward(ones(3), ones((4, 3)), ones(4)), r"x must have shape \[batch, d_in\]"),
-        (lambda: linear_forward(ones((2, 3)), ones((4, 2)), ones(4)), r"weight must have shape \[d_out, d_in\]"),
-        (lambda: linear_forward(ones((2, 3)), ones((4, 3)), ones(3)), r"bias must have shape \[d_out\]"),
-        (lambda: linear_backward(ones((2, 3)), linear_cache), r"grad_output must have shape \[batch, d_out\] = \(2, 4\)"),
-        (lambda: softmax_cross_entropy_forward(ones((2, 3)), np.arange(3)), r"labels must have shape \[batch\]"),
-        (lambda: softmax_cross_entropy_forward(ones((2, 3)), np.array([0, 3])), r"labels must lie in \[0, classes\)"),
-        (lambda: softmax_cross_entropy_backward(ones(2), (ones((2, 3)), np.arange(2))), "grad_loss must be a scalar"),
-        (lambda: softmax_backward(ones((2, 3)), ones((3, 2))), r"grad_probs must have shape"),
-        (lambda: layer_norm_forward(ones((2, 3)), ones(4), ones(3)), r"gamma must have shape \[features\]"),
-        (lambda: layer_norm_forward(ones((2, 3)), ones(3), ones(2)), r"beta must have shape \[features\]"),
-        (lambda: layer_norm_forward(ones((2, 3)), ones(3), ones(3), eps=0.0), "eps must be > 0"),
-        (lambda: attention_head_forward(ones(5), head_weight, head_weight, head_weight), r"x must have shape \[seq, d_model\]"),
-        (lambda: attention_head_forward(ones((4, 5)), ones((6, 2)), head_weight, head_weight), r"w_query must have shape"),
-        (lambda: attention_head_forward(ones((4, 5)), head_weight, ones((5, 3)), head_weight), r"w_key must .* = \(5, 2\)"),
-        (lambda: attention_head_forward(ones((4, 5)), head_weight, head_weight, ones((2, 5))), r"w_value must have shape"),
-        (lambda: attention_head_backward(ones((4, 5)), attention_cache), r"grad_output must have shape \[\.\.\., seq"),
+        (
+            lambda: linear_forward(ones(3), ones((4, 3)), ones(4)),
+            r"x must have shape \[batch, d_in\]",
+        ),
+        (
+            lambda: linear_forward(ones((2, 3)), ones((4, 2)), ones(4)),
+            r"weight must have shape \[d_out, d_in\]",
+        ),
+        (
+            lambda: linear_forward(ones((2, 3)), ones((4, 3)), ones(3)),
+            r"bias must have shape \[d_out\]",
+        ),
+        (
+            lambda: linear_backward(ones((2, 3)), linear_cache),
+            r"grad_output must have shape \[batch, d_out\] = \(2, 4\)",
+        ),
+        (
+            lambda: softmax_cross_entropy_forward(ones((2, 3)), np.arange(3)),
+            r"labels must have shape \[batch\]",
+        ),
+        (
+            lambda: softmax_cross_entropy_forward(ones((2, 3)), np.array([0, 3])),
+            r"labels must lie in \[0, classes\)",
+        ),
+        (
+            lambda: softmax_cross_entropy_backward(
+                ones(2), (ones((2, 3)), np.arange(2))
+            ),
+            "grad_loss must be a scalar",
+        ),
+        (
+            lambda: softmax_backward(ones((2, 3)), ones((3, 2))),
+            r"grad_probs must have shape",
+        ),
+        (
+            lambda: layer_norm_forward(ones((2, 3)), ones(4), ones(3)),
+            r"gamma must have shape \[features\]",
+        ),
+        (
+            lambda: layer_norm_forward(ones((2, 3)), ones(3), ones(2)),
+            r"beta must have shape \[features\]",
+        ),
+        (
+            lambda: layer_norm_forward(ones((2, 3)), ones(3), ones(3), eps=0.0),
+            "eps must be > 0",
+        ),
+        (
+            lambda: attention_head_forward(
+                ones(5), head_weight, head_weight, head_weight
+            ),
+            r"x must have shape \[seq, d_model\]",
+        ),
+        (
+            lambda: attention_head_forward(
+                ones((4, 5)), ones((6, 2)), head_weight, head_weight
+            ),
+            r"w_query must have shape",
+        ),
+        (
+            lambda: attention_head_forward(
+                ones((4, 5)), head_weight, ones((5, 3)), head_weight
+            ),
+            r"w_key must .* = \(5, 2\)",
+        ),
+        (
+            lambda: attention_head_forward(
+                ones((4, 5)), head_weight, head_weight, ones((2, 5))
+            ),
+            r"w_value must have shape",
+        ),
+        (
+            lambda: attention_head_backward(ones((4, 5)), attention_cache),
+            r"grad_output must have shape \[\.\.\., seq",
+        ),
     ],
 )
 def test_shape_errors_name_the_argument(call, match):
@@ -272,7 +365,9 @@ def test_type_errors():
     with pytest.raises(TypeError, match="x must be a numpy array"):
         linear_forward([[1.0, 2.0]], np.ones((1, 2)), np.ones(1))
     with pytest.raises(TypeError, match="x must be a numpy array"):
-        attention_head_forward([[1.0]], np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)))
+        attention_head_forward(
+            [[1.0]], np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1))
+        )
 
 
 def test_example_matches_torch_and_dataflow_is_small():
@@ -282,7 +377,10 @@ def test_example_matches_torch_and_dataflow_is_small():
     torch_inputs = [leaf(x), leaf(w_query), leaf(w_key), leaf(w_value)]
     torch_x, torch_w_query, torch_w_key, torch_w_value = torch_inputs
     torch_output = F.scaled_dot_product_attention(
-        torch_x @ torch_w_query, torch_x @ torch_w_key, torch_x @ torch_w_value, is_causal=causal
+        torch_x @ torch_w_query,
+        torch_x @ torch_w_key,
+        torch_x @ torch_w_value,
+        is_causal=causal,
     )
     torch_output.backward(torch.tensor(grad_output))
     assert_close(result["output"], torch_output)
@@ -298,7 +396,13 @@ def test_example_matches_torch_and_dataflow_is_small():
 
 def test_demo_checks_gradients_and_learns(tmp_path):
     metrics = main(["--steps", "60", "--out", str(tmp_path)])
-    for name in ["linear", "softmax_cross_entropy", "layer_norm", "attention", "attention_causal"]:
+    for name in [
+        "linear",
+        "softmax_cross_entropy",
+        "layer_norm",
+        "attention",
+        "attention_causal",
+    ]:
         assert metrics[name] < 1e-6
     assert metrics["accuracy"] > 0.9  # chance is 1/8
     assert (tmp_path / "gradient_check.png").stat().st_size > 0

@@ -75,7 +75,9 @@ def test_random_spd_has_the_requested_spectrum_numpy_eigvalsh(dim, kappa, seed):
     A = random_spd(dim, kappa, seed)
     mu, L = spd_spectrum(A)
     eigenvalues = np.linalg.eigvalsh(A)
-    assert mu == pytest.approx(eigenvalues[0], rel=1e-12) and L == pytest.approx(eigenvalues[-1], rel=1e-12)
+    assert mu == pytest.approx(eigenvalues[0], rel=1e-12) and L == pytest.approx(
+        eigenvalues[-1], rel=1e-12
+    )
     assert mu == pytest.approx(1.0, rel=1e-8) and L == pytest.approx(kappa, rel=1e-8)
 
 
@@ -91,8 +93,12 @@ def test_gradient_descent_matches_matrix_power_closed_form():
 def test_momentum_methods_with_zero_momentum_are_gradient_descent():
     A, mu, L, x0 = problem(20.0, dim=6)
     plain = gradient_descent(A, x0, 1 / L, 30)
-    np.testing.assert_allclose(heavy_ball(A, x0, 1 / L, 0.0, 30), plain, rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(nesterov(A, x0, 1 / L, 0.0, 30), plain, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        heavy_ball(A, x0, 1 / L, 0.0, 30), plain, rtol=1e-13, atol=1e-15
+    )
+    np.testing.assert_allclose(
+        nesterov(A, x0, 1 / L, 0.0, 30), plain, rtol=1e-13, atol=1e-15
+    )
 
 
 # ---- every iterate under its bound ----
@@ -145,7 +151,9 @@ def test_nesterov_every_iterate_below_bound(kappa):
     history = nesterov(A, x0, *nesterov_parameters(mu, L), steps)
     suboptimality = convex.quadratic_values(A, history)
     start = suboptimality[0] + 0.5 * mu * x0 @ x0
-    assert_below(suboptimality, (1 - 1 / math.sqrt(kappa)) ** np.arange(steps + 1) * start)
+    assert_below(
+        suboptimality, (1 - 1 / math.sqrt(kappa)) ** np.arange(steps + 1) * start
+    )
 
 
 def test_nesterov_three_sequence_form_and_its_potential_contract_by_one_minus_tau():
@@ -161,7 +169,9 @@ def test_nesterov_three_sequence_form_and_its_potential_contract_by_one_minus_ta
         y = (x + tau * z) / (1 + tau)
         gradient = A @ y
         x, z = y - gradient / L, (1 - tau) * z + tau * y - (tau / mu) * gradient
-        np.testing.assert_allclose(x, momentum_form[k + 1], rtol=1e-9, atol=1e-12 * np.abs(x0).max())
+        np.testing.assert_allclose(
+            x, momentum_form[k + 1], rtol=1e-9, atol=1e-12 * np.abs(x0).max()
+        )
         next_potential = 0.5 * x @ A @ x + 0.5 * mu * z @ z
         assert next_potential <= (1 - tau) * potential * SLACK
         potential = next_potential
@@ -181,11 +191,15 @@ def test_all_bounds_hold_on_random_quadratics(kappa, dim, seed):
 
     rho = (math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)
     steps = steps_until(lambda j: (1 + (1 + rho) * j) * rho**j)
-    distances = np.linalg.norm(heavy_ball(A, x0, *polyak_parameters(mu, L), steps), axis=1)
+    distances = np.linalg.norm(
+        heavy_ball(A, x0, *polyak_parameters(mu, L), steps), axis=1
+    )
     assert_below(distances, (1 + (1 + rho) * k(steps)) * rho ** k(steps) * norm0)
 
     steps = steps_until(lambda j: (1 - 1 / math.sqrt(kappa)) ** j)
-    suboptimality = convex.quadratic_values(A, nesterov(A, x0, *nesterov_parameters(mu, L), steps))
+    suboptimality = convex.quadratic_values(
+        A, nesterov(A, x0, *nesterov_parameters(mu, L), steps)
+    )
     start = suboptimality[0] + 0.5 * mu * norm0**2
     assert_below(suboptimality, (1 - 1 / math.sqrt(kappa)) ** k(steps) * start)
 
@@ -202,9 +216,14 @@ def test_acceleration_needs_order_sqrt_kappa_iterations_instead_of_kappa():
             "nesterov": nesterov(A, x0, *nesterov_parameters(mu, L), steps),
         }
         for name, history in runs.items():
-            iterations[name].append(iterations_to(np.linalg.norm(history, axis=1), 1e-6))
+            iterations[name].append(
+                iterations_to(np.linalg.norm(history, axis=1), 1e-6)
+            )
     # Slope of log(iterations to 1e-6) against log(kappa): 1 for gradient descent, 1/2 with acceleration.
-    slopes = {name: np.polyfit(np.log(kappas), np.log(counts), 1)[0] for name, counts in iterations.items()}
+    slopes = {
+        name: np.polyfit(np.log(kappas), np.log(counts), 1)[0]
+        for name, counts in iterations.items()
+    }
     assert 0.9 <= slopes["gd"] <= 1.1, slopes
     assert 0.4 <= slopes["heavy_ball"] <= 0.6, slopes
     assert 0.4 <= slopes["nesterov"] <= 0.6, slopes
@@ -220,31 +239,55 @@ def logistic():
     return features, labels, 0.1
 
 
-def test_logistic_loss_gradient_hessian_match_independent_formula_and_finite_differences(logistic):
+def test_logistic_loss_gradient_hessian_match_independent_formula_and_finite_differences(
+    logistic,
+):
     features, labels, lam = logistic
     rng = np.random.default_rng(0)
     for _ in range(3):
         w = rng.normal(size=5)
-        assert logistic_loss(w, features, labels, lam) == pytest.approx(reference_loss(w, features, labels, lam), rel=1e-12)
-        np.testing.assert_allclose(logistic_gradient(w, features, labels, lam),
-                                   reference_gradient(w, features, labels, lam), rtol=1e-10, atol=1e-13)
-        numeric = scipy.optimize.approx_fprime(w, logistic_loss, 1e-7, features, labels, lam)
-        np.testing.assert_allclose(logistic_gradient(w, features, labels, lam), numeric, atol=2e-6)
+        assert logistic_loss(w, features, labels, lam) == pytest.approx(
+            reference_loss(w, features, labels, lam), rel=1e-12
+        )
+        np.testing.assert_allclose(
+            logistic_gradient(w, features, labels, lam),
+            reference_gradient(w, features, labels, lam),
+            rtol=1e-10,
+            atol=1e-13,
+        )
+        numeric = scipy.optimize.approx_fprime(
+            w, logistic_loss, 1e-7, features, labels, lam
+        )
+        np.testing.assert_allclose(
+            logistic_gradient(w, features, labels, lam), numeric, atol=2e-6
+        )
         # Central differences of the gradient, column by column.
         eps = 1e-5
-        numeric_hessian = np.stack([
-            (logistic_gradient(w + eps * e, features, labels, lam) - logistic_gradient(w - eps * e, features, labels, lam))
-            / (2 * eps) for e in np.eye(5)
-        ])
-        np.testing.assert_allclose(logistic_hessian(w, features, labels, lam), numeric_hessian, atol=1e-8)
+        numeric_hessian = np.stack(
+            [
+                (
+                    logistic_gradient(w + eps * e, features, labels, lam)
+                    - logistic_gradient(w - eps * e, features, labels, lam)
+                )
+                / (2 * eps)
+                for e in np.eye(5)
+            ]
+        )
+        np.testing.assert_allclose(
+            logistic_hessian(w, features, labels, lam), numeric_hessian, atol=1e-8
+        )
 
 
 def test_newton_optimum_matches_scipy_minimize(logistic):
     features, labels, lam = logistic
     ours = newton_logistic(features, labels, lam)
     reference = scipy.optimize.minimize(
-        reference_loss, np.zeros(5), args=(features, labels, lam), jac=reference_gradient,
-        method="BFGS", options={"gtol": 1e-9},
+        reference_loss,
+        np.zeros(5),
+        args=(features, labels, lam),
+        jac=reference_gradient,
+        method="BFGS",
+        options={"gtol": 1e-9},
     )
     assert np.linalg.norm(reference_gradient(reference.x, features, labels, lam)) < 1e-8
     assert np.linalg.norm(reference_gradient(ours, features, labels, lam)) < 1e-8
@@ -253,7 +296,10 @@ def test_newton_optimum_matches_scipy_minimize(logistic):
 
 def test_sgd_on_one_example_is_gradient_descent(logistic):
     features, labels, lam = logistic
-    one_features, one_labels = features[:1] * 3.0, labels[:1]  # a large margin exercises the tanh form
+    one_features, one_labels = (
+        features[:1] * 3.0,
+        labels[:1],
+    )  # a large margin exercises the tanh form
     step_sizes = np.full(25, 0.05)
     history = sgd_logistic(one_features, one_labels, lam, step_sizes, seed=0)
     w = np.zeros(5)
@@ -277,10 +323,20 @@ def sgd_runs(logistic):
         "decaying": a / (a / 0.2 + np.arange(steps)),
     }
     return {
-        name: np.mean([
-            np.sum((sgd_logistic(features, labels, lam, sizes, seed=100 + seed) - optimum) ** 2, axis=1)
-            for seed in range(8)
-        ], axis=0)
+        name: np.mean(
+            [
+                np.sum(
+                    (
+                        sgd_logistic(features, labels, lam, sizes, seed=100 + seed)
+                        - optimum
+                    )
+                    ** 2,
+                    axis=1,
+                )
+                for seed in range(8)
+            ],
+            axis=0,
+        )
         for name, sizes in schedules.items()
     }
 
@@ -291,10 +347,12 @@ def test_constant_step_sgd_stalls_at_a_floor_that_halves_with_the_step(sgd_runs)
     fourth_quarter = slice(3 * steps // 4, steps + 1)
     for name in ("step", "half_step"):
         # Stalled: the last two quarters sit at the same level instead of falling like 1/k.
-        level_ratio = sgd_runs[name][fourth_quarter].mean() / sgd_runs[name][third_quarter].mean()
+        level_ratio = (
+            sgd_runs[name][fourth_quarter].mean() / sgd_runs[name][third_quarter].mean()
+        )
         assert 0.75 < level_ratio < 1.33, (name, level_ratio)
-    floor = sgd_runs["step"][steps // 2:].mean()
-    half_floor = sgd_runs["half_step"][steps // 2:].mean()
+    floor = sgd_runs["step"][steps // 2 :].mean()
+    half_floor = sgd_runs["half_step"][steps // 2 :].mean()
     # Theory: the floor on E||w - w*||^2 is proportional to the step, so halving the step halves it.
     assert 0.3 < half_floor / floor < 0.7, half_floor / floor
 
@@ -303,10 +361,10 @@ def test_decaying_step_sgd_keeps_decreasing_below_the_floor(sgd_runs):
     values = sgd_runs["decaying"]
     steps = values.size - 1
     # Theory: E||w_k - w*||^2 <= nu / (b + k); from the second quarter to the last it should fall ~2.5x.
-    second_quarter = values[steps // 4: steps // 2].mean()
-    last_quarter = values[3 * steps // 4:].mean()
+    second_quarter = values[steps // 4 : steps // 2].mean()
+    last_quarter = values[3 * steps // 4 :].mean()
     assert last_quarter < 0.7 * second_quarter, (second_quarter, last_quarter)
-    assert last_quarter < 0.5 * sgd_runs["half_step"][steps // 2:].mean()
+    assert last_quarter < 0.5 * sgd_runs["half_step"][steps // 2 :].mean()
 
 
 # ---- bad input ----
@@ -342,7 +400,9 @@ def test_bad_input_raises_clear_errors(logistic):
         sgd_logistic(features[:, 0], labels, lam, np.full(3, 0.1))
     with pytest.raises(ValueError, match=r"lam must be > 0"):
         sgd_logistic(features, labels, 0.0, np.full(3, 0.1))
-    with pytest.raises(ValueError, match=r"step_sizes must be a 1-D array \[steps\] of positive"):
+    with pytest.raises(
+        ValueError, match=r"step_sizes must be a 1-D array \[steps\] of positive"
+    ):
         sgd_logistic(features, labels, lam, np.array([0.1, -0.1]))
     with pytest.raises(ValueError, match=r"never reached tol"):
         iterations_to(np.array([1.0, 0.9, 0.8]), 1e-3)
@@ -363,9 +423,20 @@ def test_example_and_dataflow():
 
 
 def test_demo_runs_with_small_flags(tmp_path):
-    metrics = convex.main([
-        "--kappas", "10,40", "--dim", "10", "--sgd-steps", "3000", "--sgd-seeds", "3", "--out", str(tmp_path),
-    ])
+    metrics = convex.main(
+        [
+            "--kappas",
+            "10,40",
+            "--dim",
+            "10",
+            "--sgd-steps",
+            "3000",
+            "--sgd-seeds",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     for name in ("gd_rates.png", "acceleration.png", "sgd_noise_ball.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     assert metrics["gd_contraction_kappa40"] == pytest.approx(1 - 1 / 40, abs=0.1 / 40)
@@ -387,5 +458,12 @@ def test_bench_optimum_newton_ours(benchmark, logistic):
 def test_bench_optimum_scipy_bfgs(benchmark, logistic):
     features, labels, lam = logistic
     benchmark.extra_info["baseline"] = True
-    benchmark(scipy.optimize.minimize, logistic_loss, np.zeros(5), args=(features, labels, lam),
-              jac=logistic_gradient, method="BFGS", options={"gtol": 1e-9})
+    benchmark(
+        scipy.optimize.minimize,
+        logistic_loss,
+        np.zeros(5),
+        args=(features, labels, lam),
+        jac=logistic_gradient,
+        method="BFGS",
+        options={"gtol": 1e-9},
+    )

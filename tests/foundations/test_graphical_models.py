@@ -42,9 +42,16 @@ def random_network(seed: int, concentration: float = 1.0):
     parents = {}
     for i, name in enumerate(names):
         n_parents = min(i, int(rng.integers(0, 4)))
-        parents[name] = tuple(str(p) for p in rng.choice(names[:i], size=n_parents, replace=False)) if n_parents else ()
+        parents[name] = (
+            tuple(str(p) for p in rng.choice(names[:i], size=n_parents, replace=False))
+            if n_parents
+            else ()
+        )
     cpts = {
-        name: rng.dirichlet(np.full(cards[name], concentration), size=tuple(cards[p] for p in parents[name]))
+        name: rng.dirichlet(
+            np.full(cards[name], concentration),
+            size=tuple(cards[p] for p in parents[name]),
+        )
         for name in names
     }
     shuffled = [names[i] for i in rng.permutation(len(names))]
@@ -56,7 +63,9 @@ def joint_probability(assignment, parents, cpts) -> float:
     """p(x) as the product of one CPT entry per variable."""
     probability = 1.0
     for variable in parents:
-        probability *= cpts[variable][tuple(assignment[p] for p in parents[variable]) + (assignment[variable],)]
+        probability *= cpts[variable][
+            tuple(assignment[p] for p in parents[variable]) + (assignment[variable],)
+        ]
     return probability
 
 
@@ -67,7 +76,9 @@ def brute_force_posterior(cards, parents, cpts, query, evidence) -> np.ndarray:
     for values in itertools.product(*(range(cards[v]) for v in names)):
         assignment = dict(zip(names, values))
         if all(assignment[v] == s for v, s in evidence.items()):
-            table[tuple(assignment[q] for q in query)] += joint_probability(assignment, parents, cpts)
+            table[tuple(assignment[q] for q in query)] += joint_probability(
+                assignment, parents, cpts
+            )
     return table / table.sum()
 
 
@@ -77,7 +88,10 @@ def random_query(network: BayesianNetwork, rng: np.random.Generator):
     rng.shuffle(names)
     n_query, n_evidence = int(rng.integers(1, 3)), int(rng.integers(0, 3))
     query = tuple(names[:n_query])
-    evidence = {v: int(rng.integers(network.cards[v])) for v in names[n_query:n_query + n_evidence]}
+    evidence = {
+        v: int(rng.integers(network.cards[v]))
+        for v in names[n_query : n_query + n_evidence]
+    }
     return query, evidence
 
 
@@ -102,7 +116,10 @@ def test_factor_product_matches_entrywise_loop(seed):
     assert set(product.variables) == set(left.variables) | set(right.variables)
     for values in itertools.product(*(range(c) for c in product.cards)):
         x = dict(zip(product.variables, values))
-        expected = left.table[tuple(x[v] for v in left.variables)] * right.table[tuple(x[v] for v in right.variables)]
+        expected = (
+            left.table[tuple(x[v] for v in left.variables)]
+            * right.table[tuple(x[v] for v in right.variables)]
+        )
         assert product.table[values] == pytest.approx(expected, rel=1e-14, abs=0)
 
 
@@ -110,15 +127,21 @@ def test_factor_sum_out_reduce_normalize_transpose_match_numpy():
     rng = np.random.default_rng(0)
     table = rng.random((2, 3, 4))
     factor = Factor(("a", "b", "c"), (2, 3, 4), table)
-    np.testing.assert_allclose(factor.sum_out(["b"]).table, table.sum(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(
+        factor.sum_out(["b"]).table, table.sum(axis=1), rtol=1e-14
+    )
     assert factor.sum_out(["c", "a"]).variables == ("b",)
-    np.testing.assert_allclose(factor.sum_out(["c", "a"]).table, table.sum(axis=(0, 2)), rtol=1e-14)
+    np.testing.assert_allclose(
+        factor.sum_out(["c", "a"]).table, table.sum(axis=(0, 2)), rtol=1e-14
+    )
     reduced = factor.reduce({"c": 3, "a": 1})
     assert reduced.variables == ("b",)
     np.testing.assert_array_equal(reduced.table, table[1, :, 3])
     assert factor.reduce({"a": 0, "b": 1, "c": 2}).table.shape == ()
     assert factor.normalize().table.sum() == pytest.approx(1.0, abs=1e-14)
-    np.testing.assert_array_equal(factor.transpose(("c", "a", "b")).table, table.transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        factor.transpose(("c", "a", "b")).table, table.transpose(2, 0, 1)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,8 +159,15 @@ def test_variable_elimination_matches_enumeration_on_random_networks(seed):
     np.testing.assert_allclose(posterior.table, expected, rtol=0, atol=1e-12)
     # Any elimination order gives the same answer; only the cost changes.
     hidden = [v for v in network.variables if v not in query and v not in evidence]
-    order = [hidden[i] for i in np.random.default_rng(seed + 2).permutation(len(hidden))]
-    np.testing.assert_allclose(network.variable_elimination(query, evidence, order).table, expected, rtol=0, atol=1e-12)
+    order = [
+        hidden[i] for i in np.random.default_rng(seed + 2).permutation(len(hidden))
+    ]
+    np.testing.assert_allclose(
+        network.variable_elimination(query, evidence, order).table,
+        expected,
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 @settings(max_examples=20)
@@ -155,22 +185,32 @@ def test_min_degree_eliminates_leaves_of_a_star_before_its_hub():
     scopes = [("hub",)] + [(f"leaf{i}", "hub") for i in range(5)]
     order = min_degree_order(scopes, ["hub"] + [f"leaf{i}" for i in range(5)])
     # Each leaf has one neighbour and the hub five; the hub goes only once a single leaf is left beside it.
-    assert order.index("hub") >= 4 and sorted(order) == sorted(["hub"] + [f"leaf{i}" for i in range(5)])
+    assert order.index("hub") >= 4 and sorted(order) == sorted(
+        ["hub"] + [f"leaf{i}" for i in range(5)]
+    )
 
 
 def test_sprinkler_explains_away_and_example_dataflow():
     network = sprinkler_network()
-    on_given_wet = network.variable_elimination(("Sprinkler",), {"WetGrass": 1}).table[1]
+    on_given_wet = network.variable_elimination(("Sprinkler",), {"WetGrass": 1}).table[
+        1
+    ]
     on_prior = network.variable_elimination(("Sprinkler",)).table[1]
-    on_given_wet_and_heavy_rain = network.variable_elimination(("Sprinkler",), {"WetGrass": 1, "Rain": 2}).table[1]
+    on_given_wet_and_heavy_rain = network.variable_elimination(
+        ("Sprinkler",), {"WetGrass": 1, "Rain": 2}
+    ).table[1]
     assert on_given_wet > on_prior > on_given_wet_and_heavy_rain
     fn, args = example()
     posterior = fn(*args)
-    assert posterior.variables == ("Rain",) and posterior.table.sum() == pytest.approx(1.0, abs=1e-12)
+    assert posterior.variables == ("Rain",) and posterior.table.sum() == pytest.approx(
+        1.0, abs=1e-12
+    )
     nodes, edges = dataflow(posterior)
     ids = {node_id for node_id, _ in nodes}
     assert len(nodes) == 6 and all(src in ids and dst in ids for src, dst, _ in edges)
-    assert all(isinstance(label, str) for _, label in nodes) and all(isinstance(e[2], str) for e in edges)
+    assert all(isinstance(label, str) for _, label in nodes) and all(
+        isinstance(e[2], str) for e in edges
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,7 +220,9 @@ def test_sprinkler_explains_away_and_example_dataflow():
 def test_sample_categorical_frequencies_and_zero_probability_states():
     rng = np.random.default_rng(0)
     probabilities = np.array([0.0, 0.2, 0.0, 0.5, 0.3])
-    draws = sample_categorical(np.tile(probabilities * 7.0, (50_000, 1)), rng)  # unnormalised rows
+    draws = sample_categorical(
+        np.tile(probabilities * 7.0, (50_000, 1)), rng
+    )  # unnormalised rows
     frequency = empirical_marginal(draws, 5)
     assert frequency[0] == 0 and frequency[2] == 0
     standard_error = np.sqrt(probabilities * (1 - probabilities) / len(draws))
@@ -196,7 +238,11 @@ def test_ancestral_sampling_matches_exact_marginals(seed):
         exact = network.variable_elimination((v,)).table
         estimate = empirical_marginal(samples[v], network.cards[v])
         standard_error = np.sqrt(exact * (1 - exact) / len(weights))
-        assert np.all(np.abs(estimate - exact) <= 4 * standard_error + 1e-12), (v, estimate, exact)
+        assert np.all(np.abs(estimate - exact) <= 4 * standard_error + 1e-12), (
+            v,
+            estimate,
+            exact,
+        )
 
 
 @pytest.mark.parametrize("seed", [4, 5, 6])
@@ -212,8 +258,15 @@ def test_likelihood_weighting_matches_exact_posteriors(seed):
         exact = network.variable_elimination((v,), evidence).table
         estimate = empirical_marginal(samples[v], network.cards[v], weights)
         indicator = samples[v][:, None] == np.arange(network.cards[v])  # [n, card]
-        standard_error = np.sqrt((weights[:, None] ** 2 * (indicator - estimate) ** 2).sum(0)) / weights.sum()
-        assert np.all(np.abs(estimate - exact) <= 4 * standard_error + 1e-12), (v, estimate, exact)
+        standard_error = (
+            np.sqrt((weights[:, None] ** 2 * (indicator - estimate) ** 2).sum(0))
+            / weights.sum()
+        )
+        assert np.all(np.abs(estimate - exact) <= 4 * standard_error + 1e-12), (
+            v,
+            estimate,
+            exact,
+        )
 
 
 @settings(max_examples=20)
@@ -221,15 +274,25 @@ def test_likelihood_weighting_matches_exact_posteriors(seed):
 def test_markov_blanket_conditional_matches_joint_ratio(seed):
     network, (cards, parents, cpts) = random_network(seed)
     rng = np.random.default_rng(seed)
-    state = {v: rng.integers(0, cards[v], size=4) for v in cards}  # 4 random full assignments
+    state = {
+        v: rng.integers(0, cards[v], size=4) for v in cards
+    }  # 4 random full assignments
     variable = network.variables[int(rng.integers(len(network.variables)))]
     conditional = network.markov_blanket_conditional(variable, state)  # [4, card]
     for row in range(4):
-        joint = np.array([
-            joint_probability({**{v: state[v][row] for v in cards}, variable: value}, parents, cpts)
-            for value in range(cards[variable])
-        ])
-        np.testing.assert_allclose(conditional[row], joint / joint.sum(), rtol=0, atol=1e-12)
+        joint = np.array(
+            [
+                joint_probability(
+                    {**{v: state[v][row] for v in cards}, variable: value},
+                    parents,
+                    cpts,
+                )
+                for value in range(cards[variable])
+            ]
+        )
+        np.testing.assert_allclose(
+            conditional[row], joint / joint.sum(), rtol=0, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("seed", [7, 8, 9])
@@ -239,15 +302,34 @@ def test_gibbs_matches_exact_posteriors_across_chains(seed):
     network, _ = random_network(seed, concentration=2.0)
     evidence = {network.variables[-1]: 1}
     n_chains = 20
-    trace = network.gibbs(evidence, n_sweeps=1500, n_chains=n_chains, rng=np.random.default_rng(seed), burn_in=100)
+    trace = network.gibbs(
+        evidence,
+        n_sweeps=1500,
+        n_chains=n_chains,
+        rng=np.random.default_rng(seed),
+        burn_in=100,
+    )
     assert np.all(trace[network.variables[-1]] == 1)
     for v in network.variables:
         if v in evidence:
             continue
         exact = network.variable_elimination((v,), evidence).table
-        per_chain = np.stack([empirical_marginal(trace[v][:, c], network.cards[v]) for c in range(n_chains)])
-        estimate, standard_error = per_chain.mean(0), per_chain.std(0, ddof=1) / np.sqrt(n_chains)
-        assert np.all(np.abs(estimate - exact) <= 5 * standard_error + 1e-3), (v, estimate, exact, standard_error)
+        per_chain = np.stack(
+            [
+                empirical_marginal(trace[v][:, c], network.cards[v])
+                for c in range(n_chains)
+            ]
+        )
+        estimate, standard_error = (
+            per_chain.mean(0),
+            per_chain.std(0, ddof=1) / np.sqrt(n_chains),
+        )
+        assert np.all(np.abs(estimate - exact) <= 5 * standard_error + 1e-3), (
+            v,
+            estimate,
+            exact,
+            standard_error,
+        )
         assert np.all(np.abs(estimate - exact) < 0.02)
 
 
@@ -271,7 +353,10 @@ def path_probabilities(hmm: HiddenMarkovModel, observations):
     for path in paths:
         p = hmm.initial[path[0]] * hmm.emission[path[0], observations[0]]
         for t in range(1, len(observations)):
-            p *= hmm.transition[path[t - 1], path[t]] * hmm.emission[path[t], observations[t]]
+            p *= (
+                hmm.transition[path[t - 1], path[t]]
+                * hmm.emission[path[t], observations[t]]
+            )
         probabilities.append(p)
     return np.array(paths), np.array(probabilities)
 
@@ -285,10 +370,13 @@ def test_forward_backward_and_viterbi_match_path_enumeration(seed, n_steps):
     paths, probabilities = path_probabilities(hmm, observations)
     posteriors, log_likelihood = hmm.forward_backward(observations)
     assert log_likelihood == pytest.approx(np.log(probabilities.sum()), abs=1e-12)
-    expected_posteriors = np.stack([
-        np.bincount(paths[:, t], weights=probabilities, minlength=hmm.n_states) / probabilities.sum()
-        for t in range(n_steps)
-    ])
+    expected_posteriors = np.stack(
+        [
+            np.bincount(paths[:, t], weights=probabilities, minlength=hmm.n_states)
+            / probabilities.sum()
+            for t in range(n_steps)
+        ]
+    )
     np.testing.assert_allclose(posteriors, expected_posteriors, rtol=0, atol=1e-12)
     path, best_log_probability = hmm.viterbi(observations)
     np.testing.assert_array_equal(path, paths[probabilities.argmax()])
@@ -306,7 +394,9 @@ def test_scaled_forward_survives_where_unscaled_underflows():
     # Reference: the forward recursion in log space with scipy's logsumexp.
     log_alpha = np.log(hmm.initial) + np.log(hmm.emission[:, rolls[0]])
     for roll in rolls[1:]:
-        log_alpha = logsumexp(log_alpha[:, None] + np.log(hmm.transition), axis=0) + np.log(hmm.emission[:, roll])
+        log_alpha = logsumexp(
+            log_alpha[:, None] + np.log(hmm.transition), axis=0
+        ) + np.log(hmm.emission[:, roll])
     posteriors, log_likelihood = hmm.forward_backward(rolls)
     assert log_likelihood == pytest.approx(logsumexp(log_alpha), rel=1e-12)
     np.testing.assert_allclose(posteriors.sum(axis=1), 1.0, atol=1e-12)
@@ -317,7 +407,10 @@ def test_scaled_forward_survives_where_unscaled_underflows():
 def test_hmm_sample_follows_transition_and_emission_tables():
     hmm = casino_hmm()
     states, rolls = hmm.sample(20_000, np.random.default_rng(1))
-    for table, before, after in [(hmm.transition, states[:-1], states[1:]), (hmm.emission, states, rolls)]:
+    for table, before, after in [
+        (hmm.transition, states[:-1], states[1:]),
+        (hmm.emission, states, rolls),
+    ]:
         for k in range(hmm.n_states):
             rows = after[before == k]
             frequency = np.bincount(rows, minlength=table.shape[1]) / len(rows)
@@ -354,16 +447,25 @@ def test_network_rejects_bad_structure_and_tables():
     good = {"A": [0.5, 0.5], "B": [[0.9, 0.1], [0.2, 0.8]]}
     with pytest.raises(ValueError, match="unknown variable 'Nope'"):
         BayesianNetwork(cards, {"B": ("Nope",)}, good)
-    with pytest.raises(ValueError, match=r"cpts\['B'\] has shape \(2, 2\), but parents \(\) .* need \(2,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"cpts\['B'\] has shape \(2, 2\), but parents \(\) .* need \(2,\)",
+    ):
         BayesianNetwork(cards, {}, good)
-    with pytest.raises(ValueError, match=r"cpts\['B'\] is not stochastic.*sums to 0\.9"):
-        BayesianNetwork(cards, {"B": ("A",)}, {"A": [0.5, 0.5], "B": [[0.8, 0.1], [0.2, 0.8]]})
+    with pytest.raises(
+        ValueError, match=r"cpts\['B'\] is not stochastic.*sums to 0\.9"
+    ):
+        BayesianNetwork(
+            cards, {"B": ("A",)}, {"A": [0.5, 0.5], "B": [[0.8, 0.1], [0.2, 0.8]]}
+        )
     with pytest.raises(ValueError, match="one CPT per variable"):
         BayesianNetwork(cards, {"B": ("A",)}, {"A": [0.5, 0.5]})
     cyclic_cards = {"A": 2, "B": 2, "C": 2}
     cyclic_cpts = {v: np.full((2, 2), 0.5) for v in cyclic_cards}
     with pytest.raises(ValueError, match="cycle through '(A|B|C)'"):
-        BayesianNetwork(cyclic_cards, {"A": ("C",), "B": ("A",), "C": ("B",)}, cyclic_cpts)
+        BayesianNetwork(
+            cyclic_cards, {"A": ("C",), "B": ("A",), "C": ("B",)}, cyclic_cpts
+        )
 
 
 def test_network_rejects_bad_queries():
@@ -372,7 +474,10 @@ def test_network_rejects_bad_queries():
         network.variable_elimination(("Snow",))
     with pytest.raises(ValueError, match="evidence: unknown variable 'Snow'"):
         network.variable_elimination(("Rain",), {"Snow": 1})
-    with pytest.raises(ValueError, match=r"evidence\['Rain'\] = 3 is out of range; Rain has states 0..2"):
+    with pytest.raises(
+        ValueError,
+        match=r"evidence\['Rain'\] = 3 is out of range; Rain has states 0..2",
+    ):
         network.variable_elimination(("Cloudy",), {"Rain": 3})
     with pytest.raises(TypeError, match=r"evidence\['Rain'\] must be an int"):
         network.variable_elimination(("Cloudy",), {"Rain": 1.0})
@@ -383,11 +488,18 @@ def test_network_rejects_bad_queries():
     with pytest.raises(ValueError, match="order must list each hidden variable"):
         network.variable_elimination(("Rain",), {"WetGrass": 1}, order=["Cloudy"])
     with pytest.raises(ValueError, match="n_sweeps must be an int >= 1"):
-        network.gibbs({"WetGrass": 1}, n_sweeps=0, n_chains=2, rng=np.random.default_rng(0))
-    with pytest.raises(ValueError, match="state: needs an array of values for every variable"):
-        network.markov_blanket_conditional("Rain", {"Rain": np.zeros(2, dtype=np.int64)})
+        network.gibbs(
+            {"WetGrass": 1}, n_sweeps=0, n_chains=2, rng=np.random.default_rng(0)
+        )
+    with pytest.raises(
+        ValueError, match="state: needs an array of values for every variable"
+    ):
+        network.markov_blanket_conditional(
+            "Rain", {"Rain": np.zeros(2, dtype=np.int64)}
+        )
     deterministic = BayesianNetwork(
-        {"A": 2, "B": 2, "C": 2}, {"B": ("A",), "C": ("A",)},
+        {"A": 2, "B": 2, "C": 2},
+        {"B": ("A",), "C": ("A",)},
         {"A": [0.5, 0.5], "B": [[1.0, 0.0], [0.0, 1.0]], "C": [[0.5, 0.5], [0.5, 0.5]]},
     )
     with pytest.raises(ValueError, match="probability zero"):
@@ -418,13 +530,31 @@ def test_hmm_rejects_bad_input():
 
 
 def test_demo_runs_and_estimates_close_to_exact(tmp_path):
-    metrics = main(["--sweeps", "300", "--burn-in", "50", "--chains", "4", "--samples", "3000",
-                    "--hmm-steps", "80", "--out", str(tmp_path)])
+    metrics = main(
+        [
+            "--sweeps",
+            "300",
+            "--burn-in",
+            "50",
+            "--chains",
+            "4",
+            "--samples",
+            "3000",
+            "--hmm-steps",
+            "80",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert metrics["max_gibbs_error"] < 0.08
     assert metrics["max_weighting_error"] < 0.05
-    assert metrics["hmm_log_likelihood"] < 0 and np.isfinite(metrics["hmm_log_likelihood"])
+    assert metrics["hmm_log_likelihood"] < 0 and np.isfinite(
+        metrics["hmm_log_likelihood"]
+    )
     assert metrics["viterbi_accuracy"] > 0.6 and metrics["posterior_accuracy"] > 0.6
-    for name in ["posteriors.png", "hmm_posterior.png", "network.dot"] + (["network.png"] if shutil.which("dot") else []):
+    for name in ["posteriors.png", "hmm_posterior.png", "network.dot"] + (
+        ["network.png"] if shutil.which("dot") else []
+    ):
         assert (tmp_path / name).stat().st_size > 0
 
 
@@ -437,7 +567,10 @@ def chain_network(length: int = 12):
     names = [f"x{i}" for i in range(length)]
     cards = {name: 2 for name in names}
     parents = {name: (names[i - 1],) for i, name in enumerate(names) if i > 0}
-    cpts = {name: rng.dirichlet(np.ones(2), size=(2,) if i > 0 else ()) for i, name in enumerate(names)}
+    cpts = {
+        name: rng.dirichlet(np.ones(2), size=(2,) if i > 0 else ())
+        for i, name in enumerate(names)
+    }
     full_parents = {name: parents.get(name, ()) for name in names}
     return BayesianNetwork(cards, parents, cpts), (cards, full_parents, cpts)
 
@@ -447,7 +580,12 @@ CHAIN, CHAIN_TABLES = chain_network()
 
 def test_chain_benchmark_inputs_agree():
     expected = brute_force_posterior(*CHAIN_TABLES, ("x11",), {"x0": 1})
-    np.testing.assert_allclose(CHAIN.variable_elimination(("x11",), {"x0": 1}).table, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        CHAIN.variable_elimination(("x11",), {"x0": 1}).table,
+        expected,
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.benchmark(group="inference, 12-variable chain")

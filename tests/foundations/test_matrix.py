@@ -44,7 +44,15 @@ def matrices(draw, n_rows=None, n_cols=None, max_side=6, bound=100.0):
     n_rows = n_rows or draw(st.integers(1, max_side))
     n_cols = n_cols or draw(st.integers(1, max_side))
     entries = st.floats(-bound, bound, allow_nan=False, allow_infinity=False)
-    return Matrix(draw(st.lists(st.lists(entries, min_size=n_cols, max_size=n_cols), min_size=n_rows, max_size=n_rows)))
+    return Matrix(
+        draw(
+            st.lists(
+                st.lists(entries, min_size=n_cols, max_size=n_cols),
+                min_size=n_rows,
+                max_size=n_rows,
+            )
+        )
+    )
 
 
 @st.composite
@@ -87,7 +95,9 @@ def test_allclose_follows_numpy_rule():
     a = Matrix([[1.0, 100.0]])
     b = Matrix([[1.0 + 1e-10, 100.0 + 1e-6]])
     for rtol in (1e-8, 1e-9):
-        assert a.allclose(b, rtol=rtol) == np.allclose(as_array(a), as_array(b), rtol=rtol, atol=0.0)
+        assert a.allclose(b, rtol=rtol) == np.allclose(
+            as_array(a), as_array(b), rtol=rtol, atol=0.0
+        )
     assert a.allclose(b, rtol=1e-8) and not a.allclose(b, rtol=1e-9)
     assert not a.allclose(Matrix([[1.0], [100.0]]))
 
@@ -97,9 +107,13 @@ def test_bad_construction_raises_clear_errors():
         Matrix([[1, 2], [3]])
     with pytest.raises(ValueError, match="rows must hold at least one row"):
         Matrix([])
-    with pytest.raises(TypeError, match=r"rows\[0\]\[1\] must be a real number, got str"):
+    with pytest.raises(
+        TypeError, match=r"rows\[0\]\[1\] must be a real number, got str"
+    ):
         Matrix([[1, "2"]])
-    with pytest.raises(TypeError, match=r"rows\[0\]\[0\] must be a real number, got bool"):
+    with pytest.raises(
+        TypeError, match=r"rows\[0\]\[0\] must be a real number, got bool"
+    ):
         Matrix([[True]])
     with pytest.raises(TypeError, match="rows must be a list of lists"):
         Matrix("12")
@@ -123,7 +137,9 @@ def test_bad_index_raises_clear_errors():
 
 
 @given(data=st.data())
-@np.errstate(over="ignore")  # dividing by a subnormal overflows to inf in both libraries; only numpy warns
+@np.errstate(
+    over="ignore"
+)  # dividing by a subnormal overflows to inf in both libraries; only numpy warns
 def test_elementwise_ops_match_numpy_exactly(data):
     # Each entry is one IEEE operation in both libraries, so the results must agree bit for bit.
     a = data.draw(matrices())
@@ -166,7 +182,9 @@ def test_matmul_both_orders_match_numpy(data):
     scale = (np.abs(x) @ np.abs(y)).max()
     for ours in (matmul_ijk(a, b), matmul_ikj(a, b), a @ b):
         assert ours.shape == reference.shape
-        np.testing.assert_allclose(as_array(ours), reference, rtol=RTOL, atol=RTOL * scale)
+        np.testing.assert_allclose(
+            as_array(ours), reference, rtol=RTOL, atol=RTOL * scale
+        )
 
 
 @given(data=st.data())
@@ -180,7 +198,10 @@ def test_loop_orders_are_bitwise_identical(data):
 def test_matmul_shape_mismatch_names_both_shapes():
     a = zeros(2, 3)
     for product in (matmul_ijk, matmul_ikj, lambda left, right: left @ right):
-        with pytest.raises(ValueError, match="left is 2×3 but right is 2×3; left's columns must equal right's rows"):
+        with pytest.raises(
+            ValueError,
+            match="left is 2×3 but right is 2×3; left's columns must equal right's rows",
+        ):
             product(a, a)
     with pytest.raises(TypeError, match="matmul_ikj: right must be a Matrix"):
         matmul_ikj(a, [[1.0]])
@@ -205,10 +226,14 @@ def test_lu_reconstructs_pa_with_bounded_multipliers(a):
         return
     x, l_array, u_array = as_array(a), as_array(lower), as_array(upper)
     assert sorted(perm) == list(range(a.shape[0]))
-    np.testing.assert_array_equal(np.tril(l_array, -1) + np.eye(a.shape[0]), l_array)  # unit lower triangular
+    np.testing.assert_array_equal(
+        np.tril(l_array, -1) + np.eye(a.shape[0]), l_array
+    )  # unit lower triangular
     np.testing.assert_array_equal(np.triu(u_array), u_array)  # upper triangular
     assert np.abs(l_array).max() <= 1.0  # partial pivoting's promise
-    np.testing.assert_allclose(l_array @ u_array, x[perm], rtol=RTOL, atol=RTOL * np.abs(x).max())
+    np.testing.assert_allclose(
+        l_array @ u_array, x[perm], rtol=RTOL, atol=RTOL * np.abs(x).max()
+    )
 
 
 @pytest.mark.parametrize("n", [1, 3, 8])
@@ -227,15 +252,21 @@ def test_solve_matches_numpy(data):
     a = data.draw(well_conditioned())
     b = data.draw(matrices(n_rows=a.shape[0], max_side=3, bound=10.0))
     reference = np.linalg.solve(as_array(a), as_array(b))
-    np.testing.assert_allclose(as_array(solve(a, b)), reference, rtol=RTOL, atol=RTOL * np.abs(reference).max())
+    np.testing.assert_allclose(
+        as_array(solve(a, b)), reference, rtol=RTOL, atol=RTOL * np.abs(reference).max()
+    )
 
 
 @given(well_conditioned())
 def test_inverse_and_condition_number_match_numpy(a):
     reference = np.linalg.inv(as_array(a))
-    np.testing.assert_allclose(as_array(inverse(a)), reference, rtol=RTOL, atol=RTOL * np.abs(reference).max())
+    np.testing.assert_allclose(
+        as_array(inverse(a)), reference, rtol=RTOL, atol=RTOL * np.abs(reference).max()
+    )
     assert norm_inf(a) == pytest.approx(np.linalg.norm(as_array(a), np.inf), rel=1e-15)
-    assert condition_number(a) == pytest.approx(np.linalg.cond(as_array(a), np.inf), rel=RTOL)
+    assert condition_number(a) == pytest.approx(
+        np.linalg.cond(as_array(a), np.inf), rel=RTOL
+    )
 
 
 @given(well_conditioned())
@@ -264,7 +295,11 @@ def test_dataflow_is_a_wellformed_graph_with_shapes():
     assert len(ids) == len(set(ids)) <= 25
     assert all(src in ids and dst in ids for src, dst, _ in edges)
     labels = dict(nodes)
-    assert labels["a"] == "A [3×3]" and labels["x"] == "x [3×1]" and labels["y"] == "y [3×1]"
+    assert (
+        labels["a"] == "A [3×3]"
+        and labels["x"] == "x [3×1]"
+        and labels["y"] == "y [3×1]"
+    )
     with pytest.raises(TypeError, match="output must be a Matrix"):
         dataflow([[1.0]])
 
@@ -273,7 +308,9 @@ def test_partial_pivoting_rescues_a_tiny_pivot():
     # Without the row swap, 1 - 1e20 rounds to -1e20 and the answer comes out as (0, 1).
     a = Matrix([[1e-20, 1.0], [1.0, 1.0]])
     x = solve(a, Matrix([[1.0], [2.0]]))
-    np.testing.assert_allclose(as_array(x), np.linalg.solve(as_array(a), [[1.0], [2.0]]), rtol=1e-15)
+    np.testing.assert_allclose(
+        as_array(x), np.linalg.solve(as_array(a), [[1.0], [2.0]]), rtol=1e-15
+    )
     perm, lower, _ = lu(a)
     assert perm == [1, 0] and lower[1, 0] == 1e-20
 
@@ -305,13 +342,19 @@ def test_hilbert_13_is_singular_to_working_precision():
 
 @pytest.mark.parametrize(
     "singular",
-    [Matrix([[1.0, 2.0], [2.0, 4.0]]), Matrix([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]), zeros(3, 3)],
+    [
+        Matrix([[1.0, 2.0], [2.0, 4.0]]),
+        Matrix([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]),
+        zeros(3, 3),
+    ],
 )
 def test_singular_matrices(singular):
     n = singular.shape[0]
     with pytest.raises(ValueError, match="matrix is singular"):
         solve(singular, zeros(n, 1))
-    with pytest.raises(SingularMatrixError, match=r"column \d+ is .* below the tolerance"):
+    with pytest.raises(
+        SingularMatrixError, match=r"column \d+ is .* below the tolerance"
+    ):
         inverse(singular)
     assert det(singular) == 0.0
 
@@ -319,7 +362,9 @@ def test_singular_matrices(singular):
 def test_solver_bad_shapes_raise_clear_errors():
     with pytest.raises(ValueError, match="solve: a must be square, got 2×3"):
         solve(zeros(2, 3), zeros(2, 1))
-    with pytest.raises(ValueError, match="solve: a is 3×3 but b is 2×1; b must have 3 rows"):
+    with pytest.raises(
+        ValueError, match="solve: a is 3×3 but b is 2×1; b must have 3 rows"
+    ):
         solve(identity(3), zeros(2, 1))
     with pytest.raises(TypeError, match="solve: b must be a Matrix"):
         solve(identity(2), [1.0, 2.0])
@@ -329,7 +374,9 @@ def test_solver_bad_shapes_raise_clear_errors():
         det(zeros(1, 2))
     with pytest.raises(ValueError, match="inverse: a must be square"):
         inverse(zeros(1, 2))
-    with pytest.raises(ValueError, match="forward_substitution: lower is 2×2 but rhs is 3×1"):
+    with pytest.raises(
+        ValueError, match="forward_substitution: lower is 2×2 but rhs is 3×1"
+    ):
         forward_substitution(identity(2), zeros(3, 1))
     with pytest.raises(SingularMatrixError, match="zero on its diagonal at row 1"):
         back_substitution(Matrix([[1.0, 1.0], [0.0, 0.0]]), zeros(2, 1))
@@ -343,7 +390,19 @@ def test_solver_bad_shapes_raise_clear_errors():
 
 
 def test_demo_runs_and_error_stays_below_cond_eps(tmp_path):
-    metrics = main(["--sizes", "8", "16", "--repeats", "1", "--hilbert-max", "8", "--out", str(tmp_path)])
+    metrics = main(
+        [
+            "--sizes",
+            "8",
+            "16",
+            "--repeats",
+            "1",
+            "--hilbert-max",
+            "8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert metrics["ikj_speedup"] > 0.0
     assert 0.0 < metrics["max_error_over_cond_eps"] < 1.0
     assert 0.0 < metrics["hilbert_max_relative_error"] < 1e-4

@@ -18,8 +18,17 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from annotated.data import digits
-from annotated.foundations.optimizers import (SGD, Adam, AdamW, RMSProp, dataflow, example, main, step_decay,
-                                              warmup_cosine)
+from annotated.foundations.optimizers import (
+    SGD,
+    Adam,
+    AdamW,
+    RMSProp,
+    dataflow,
+    example,
+    main,
+    step_decay,
+    warmup_cosine,
+)
 
 STEPS = 200
 BATCH = 32
@@ -33,7 +42,9 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)).double()
 
 
-def train_in_lockstep(make_ours, make_reference, steps: int = STEPS, make_schedulers=None):
+def train_in_lockstep(
+    make_ours, make_reference, steps: int = STEPS, make_schedulers=None
+):
     """Train two copies of one model side by side and compare their parameters after every step.
 
     `make_ours(model)` and `make_reference(model)` build the optimizers; `make_schedulers(ours, reference)`
@@ -53,8 +64,13 @@ def train_in_lockstep(make_ours, make_reference, steps: int = STEPS, make_schedu
         for scheduler in schedulers:
             scheduler.step()
         for mine, theirs in zip(our_model.parameters(), reference_model.parameters()):
-            torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12,
-                                       msg=lambda message, step=step: f"after step {step + 1}: {message}")
+            torch.testing.assert_close(
+                mine,
+                theirs,
+                rtol=1e-10,
+                atol=1e-12,
+                msg=lambda message, step=step: f"after step {step + 1}: {message}",
+            )
     return ours, reference, our_model, reference_model
 
 
@@ -70,13 +86,18 @@ def assert_same_state(ours, reference, our_model, reference_model):
             if name == "step":
                 assert value == int(reference_state["step"])
             else:
-                torch.testing.assert_close(value, reference_state[name], rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(
+                    value, reference_state[name], rtol=1e-10, atol=1e-12
+                )
 
 
 def assert_moved(model):
     """Guard against a vacuous pass: the weights must have left their initial values."""
     initial = make_model()
-    moved = sum((p - q).abs().max().item() for p, q in zip(model.parameters(), initial.parameters()))
+    moved = sum(
+        (p - q).abs().max().item()
+        for p, q in zip(model.parameters(), initial.parameters())
+    )
     assert moved > 1e-2
 
 
@@ -84,59 +105,89 @@ def assert_moved(model):
 # The update rules, step for step.
 
 
-@pytest.mark.parametrize("hyper", [
-    {},
-    {"momentum": 0.9},
-    {"momentum": 0.9, "nesterov": True},
-    {"momentum": 0.5, "weight_decay": 1e-2},
-    {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
-    {"weight_decay": 1e-2},
-], ids=str)
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        {},
+        {"momentum": 0.9},
+        {"momentum": 0.9, "nesterov": True},
+        {"momentum": 0.5, "weight_decay": 1e-2},
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+        {"weight_decay": 1e-2},
+    ],
+    ids=str,
+)
 def test_sgd_matches_torch_sgd(hyper):
-    run = train_in_lockstep(lambda model: SGD(model.parameters(), lr=0.1, **hyper),
-                            lambda model: torch.optim.SGD(model.parameters(), lr=0.1, **hyper))
+    run = train_in_lockstep(
+        lambda model: SGD(model.parameters(), lr=0.1, **hyper),
+        lambda model: torch.optim.SGD(model.parameters(), lr=0.1, **hyper),
+    )
     assert_same_state(*run)
     assert_moved(run[2])
 
 
-@pytest.mark.parametrize("hyper", [
-    {},
-    {"centered": True},
-    {"momentum": 0.9},
-    {"centered": True, "momentum": 0.9},
-    {"centered": True, "momentum": 0.5, "weight_decay": 1e-2, "alpha": 0.9, "eps": 1e-6},
-    {"weight_decay": 1e-2, "alpha": 0.9},
-], ids=str)
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        {},
+        {"centered": True},
+        {"momentum": 0.9},
+        {"centered": True, "momentum": 0.9},
+        {
+            "centered": True,
+            "momentum": 0.5,
+            "weight_decay": 1e-2,
+            "alpha": 0.9,
+            "eps": 1e-6,
+        },
+        {"weight_decay": 1e-2, "alpha": 0.9},
+    ],
+    ids=str,
+)
 def test_rmsprop_matches_torch_rmsprop(hyper):
-    run = train_in_lockstep(lambda model: RMSProp(model.parameters(), lr=1e-3, **hyper),
-                            lambda model: torch.optim.RMSprop(model.parameters(), lr=1e-3, **hyper))
+    run = train_in_lockstep(
+        lambda model: RMSProp(model.parameters(), lr=1e-3, **hyper),
+        lambda model: torch.optim.RMSprop(model.parameters(), lr=1e-3, **hyper),
+    )
     assert_same_state(*run)
     assert_moved(run[2])
 
 
-@pytest.mark.parametrize("hyper", [
-    {},
-    {"weight_decay": 1e-2},
-    {"amsgrad": True},
-    {"amsgrad": True, "weight_decay": 1e-2},
-    {"betas": (0.8, 0.95), "eps": 1e-6},
-], ids=str)
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        {},
+        {"weight_decay": 1e-2},
+        {"amsgrad": True},
+        {"amsgrad": True, "weight_decay": 1e-2},
+        {"betas": (0.8, 0.95), "eps": 1e-6},
+    ],
+    ids=str,
+)
 def test_adam_matches_torch_adam(hyper):
-    run = train_in_lockstep(lambda model: Adam(model.parameters(), lr=1e-2, **hyper),
-                            lambda model: torch.optim.Adam(model.parameters(), lr=1e-2, **hyper))
+    run = train_in_lockstep(
+        lambda model: Adam(model.parameters(), lr=1e-2, **hyper),
+        lambda model: torch.optim.Adam(model.parameters(), lr=1e-2, **hyper),
+    )
     assert_same_state(*run)
     assert_moved(run[2])
 
 
-@pytest.mark.parametrize("hyper", [
-    {"weight_decay": 0.0},
-    {"weight_decay": 1e-2},
-    {"weight_decay": 0.1},
-    {"weight_decay": 0.1, "amsgrad": True},
-], ids=str)
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        {"weight_decay": 0.0},
+        {"weight_decay": 1e-2},
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "amsgrad": True},
+    ],
+    ids=str,
+)
 def test_adamw_matches_torch_adamw(hyper):
-    run = train_in_lockstep(lambda model: AdamW(model.parameters(), lr=1e-2, **hyper),
-                            lambda model: torch.optim.AdamW(model.parameters(), lr=1e-2, **hyper))
+    run = train_in_lockstep(
+        lambda model: AdamW(model.parameters(), lr=1e-2, **hyper),
+        lambda model: torch.optim.AdamW(model.parameters(), lr=1e-2, **hyper),
+    )
     assert_same_state(*run)
     assert_moved(run[2])
 
@@ -144,41 +195,78 @@ def test_adamw_matches_torch_adamw(hyper):
 def test_adam_matches_torch_foreach_kernel():
     # On CPU torch.optim defaults to its per-tensor loop; its multi-tensor (foreach) path, the CUDA default,
     # orders some operations differently and must agree as well.
-    train_in_lockstep(lambda model: Adam(model.parameters(), lr=1e-2, amsgrad=True),
-                      lambda model: torch.optim.Adam(model.parameters(), lr=1e-2, amsgrad=True, foreach=True))
+    train_in_lockstep(
+        lambda model: Adam(model.parameters(), lr=1e-2, amsgrad=True),
+        lambda model: torch.optim.Adam(
+            model.parameters(), lr=1e-2, amsgrad=True, foreach=True
+        ),
+    )
 
 
 def test_parameter_groups_keep_their_own_hyperparameters():
     def groups(model):
-        return [{"params": model[0].parameters(), "lr": 3e-3, "weight_decay": 0.1},
-                {"params": model[2].parameters()}]
+        return [
+            {"params": model[0].parameters(), "lr": 3e-3, "weight_decay": 0.1},
+            {"params": model[2].parameters()},
+        ]
 
-    train_in_lockstep(lambda model: AdamW(groups(model), lr=1e-2),
-                      lambda model: torch.optim.AdamW(groups(model), lr=1e-2), steps=50)
+    train_in_lockstep(
+        lambda model: AdamW(groups(model), lr=1e-2),
+        lambda model: torch.optim.AdamW(groups(model), lr=1e-2),
+        steps=50,
+    )
 
 
 def test_adamw_with_warmup_cosine_matches_torch_sequential_schedule():
     def ours_and_torch_schedules(ours, reference):
-        schedule = partial(warmup_cosine, warmup_steps=20, total_steps=STEPS, start_factor=0.1, min_factor=0.01)
-        torch_schedule = lr_scheduler.SequentialLR(reference, [
-            lr_scheduler.LinearLR(reference, start_factor=0.1, total_iters=20),
-            lr_scheduler.CosineAnnealingLR(reference, T_max=STEPS - 20, eta_min=0.01 * 1e-2),
-        ], milestones=[20])
+        schedule = partial(
+            warmup_cosine,
+            warmup_steps=20,
+            total_steps=STEPS,
+            start_factor=0.1,
+            min_factor=0.01,
+        )
+        torch_schedule = lr_scheduler.SequentialLR(
+            reference,
+            [
+                lr_scheduler.LinearLR(reference, start_factor=0.1, total_iters=20),
+                lr_scheduler.CosineAnnealingLR(
+                    reference, T_max=STEPS - 20, eta_min=0.01 * 1e-2
+                ),
+            ],
+            milestones=[20],
+        )
         return lr_scheduler.LambdaLR(ours, schedule), torch_schedule
 
-    train_in_lockstep(lambda model: AdamW(model.parameters(), lr=1e-2, weight_decay=0.05),
-                      lambda model: torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05),
-                      make_schedulers=ours_and_torch_schedules)
+    train_in_lockstep(
+        lambda model: AdamW(model.parameters(), lr=1e-2, weight_decay=0.05),
+        lambda model: torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05),
+        make_schedulers=ours_and_torch_schedules,
+    )
 
 
-@pytest.mark.parametrize("make_ours, make_reference", [
-    (lambda model: SGD(model.parameters(), lr=0.1, momentum=0.9),
-     lambda model: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.891)),
-    (lambda model: RMSProp(model.parameters(), lr=1e-3, alpha=0.99),
-     lambda model: torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9801)),
-    (lambda model: AdamW(model.parameters(), lr=1e-2, weight_decay=0.1),
-     lambda model: torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.1)),
-], ids=["momentum 1% off", "alpha 1% off", "coupled vs decoupled decay"])
+@pytest.mark.parametrize(
+    "make_ours, make_reference",
+    [
+        (
+            lambda model: SGD(model.parameters(), lr=0.1, momentum=0.9),
+            lambda model: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.891),
+        ),
+        (
+            lambda model: RMSProp(model.parameters(), lr=1e-3, alpha=0.99),
+            lambda model: torch.optim.RMSprop(
+                model.parameters(), lr=1e-3, alpha=0.9801
+            ),
+        ),
+        (
+            lambda model: AdamW(model.parameters(), lr=1e-2, weight_decay=0.1),
+            lambda model: torch.optim.Adam(
+                model.parameters(), lr=1e-2, weight_decay=0.1
+            ),
+        ),
+    ],
+    ids=["momentum 1% off", "alpha 1% off", "coupled vs decoupled decay"],
+)
 def test_lockstep_comparison_detects_a_different_rule(make_ours, make_reference):
     with pytest.raises(AssertionError, match="after step"):
         train_in_lockstep(make_ours, make_reference, steps=50)
@@ -186,8 +274,12 @@ def test_lockstep_comparison_detects_a_different_rule(make_ours, make_reference)
 
 def test_parameters_without_gradient_are_left_alone():
     used, unused = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
-    for optimizer in (SGD([used, unused], lr=0.1, momentum=0.9), RMSProp([used, unused]), Adam([used, unused]),
-                      AdamW([used, unused])):
+    for optimizer in (
+        SGD([used, unused], lr=0.1, momentum=0.9),
+        RMSProp([used, unused]),
+        Adam([used, unused]),
+        AdamW([used, unused]),
+    ):
         used.grad = torch.ones(3)
         optimizer.step()
         assert torch.equal(unused, torch.ones(3)) and unused not in optimizer.state
@@ -200,7 +292,9 @@ def test_adam_first_step_moves_every_coordinate_by_lr():
     param = nn.Parameter(torch.zeros(4, dtype=torch.float64))
     param.grad = torch.tensor([1e-3, -2.0, 50.0, -1e4], dtype=torch.float64)
     Adam([param], lr=0.01, eps=1e-12).step()
-    torch.testing.assert_close(param.detach(), -0.01 * torch.sign(param.grad), rtol=1e-8, atol=0)
+    torch.testing.assert_close(
+        param.detach(), -0.01 * torch.sign(param.grad), rtol=1e-8, atol=0
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,57 +315,113 @@ def dummy_optimizer(lr: float):
     return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
 
 
-@pytest.mark.parametrize("step_size, gamma", [(30, 0.1), (1, 0.97), (50, 0.5), (7, 1.0)])
+@pytest.mark.parametrize(
+    "step_size, gamma", [(30, 0.1), (1, 0.97), (50, 0.5), (7, 1.0)]
+)
 def test_step_decay_matches_torch_steplr(step_size, gamma):
     ours = dummy_optimizer(0.1)
-    ours_rates = learning_rates(ours, lr_scheduler.LambdaLR(ours, partial(step_decay, step_size=step_size,
-                                                                          gamma=gamma)), STEPS)
+    ours_rates = learning_rates(
+        ours,
+        lr_scheduler.LambdaLR(
+            ours, partial(step_decay, step_size=step_size, gamma=gamma)
+        ),
+        STEPS,
+    )
     theirs = dummy_optimizer(0.1)
-    torch_rates = learning_rates(theirs, lr_scheduler.StepLR(theirs, step_size=step_size, gamma=gamma), STEPS)
+    torch_rates = learning_rates(
+        theirs, lr_scheduler.StepLR(theirs, step_size=step_size, gamma=gamma), STEPS
+    )
     # StepLR multiplies the previous rate by gamma; we raise gamma to a power: rounding differs by ~1e-16.
-    torch.testing.assert_close(torch.tensor(ours_rates, dtype=torch.float64),
-                               torch.tensor(torch_rates, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(ours_rates, dtype=torch.float64),
+        torch.tensor(torch_rates, dtype=torch.float64),
+        rtol=1e-12,
+        atol=0,
+    )
 
 
 @settings(max_examples=25)
-@given(warmup_steps=st.integers(1, 40), decay_steps=st.integers(1, 250),
-       start_factor=st.floats(0.01, 1.0), min_factor=st.sampled_from([0.0, 1e-3, 0.1, 0.5]),
-       base_lr=st.sampled_from([1e-3, 0.1, 3.0]))
-def test_warmup_cosine_matches_torch_linear_then_cosine(warmup_steps, decay_steps, start_factor, min_factor,
-                                                        base_lr):
+@given(
+    warmup_steps=st.integers(1, 40),
+    decay_steps=st.integers(1, 250),
+    start_factor=st.floats(0.01, 1.0),
+    min_factor=st.sampled_from([0.0, 1e-3, 0.1, 0.5]),
+    base_lr=st.sampled_from([1e-3, 0.1, 3.0]),
+)
+def test_warmup_cosine_matches_torch_linear_then_cosine(
+    warmup_steps, decay_steps, start_factor, min_factor, base_lr
+):
     total_steps = warmup_steps + decay_steps
     ours = dummy_optimizer(base_lr)
-    schedule = partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
-                       start_factor=start_factor, min_factor=min_factor)
-    ours_rates = learning_rates(ours, lr_scheduler.LambdaLR(ours, schedule), total_steps)
+    schedule = partial(
+        warmup_cosine,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        start_factor=start_factor,
+        min_factor=min_factor,
+    )
+    ours_rates = learning_rates(
+        ours, lr_scheduler.LambdaLR(ours, schedule), total_steps
+    )
     theirs = dummy_optimizer(base_lr)
-    torch_schedule = lr_scheduler.SequentialLR(theirs, [
-        lr_scheduler.LinearLR(theirs, start_factor=start_factor, total_iters=warmup_steps),
-        lr_scheduler.CosineAnnealingLR(theirs, T_max=decay_steps, eta_min=min_factor * base_lr),
-    ], milestones=[warmup_steps])
+    torch_schedule = lr_scheduler.SequentialLR(
+        theirs,
+        [
+            lr_scheduler.LinearLR(
+                theirs, start_factor=start_factor, total_iters=warmup_steps
+            ),
+            lr_scheduler.CosineAnnealingLR(
+                theirs, T_max=decay_steps, eta_min=min_factor * base_lr
+            ),
+        ],
+        milestones=[warmup_steps],
+    )
     torch_rates = learning_rates(theirs, torch_schedule, total_steps)
     # torch updates both parts recursively (rate_t = rate_{t-1} * ratio), so rounding accumulates to ~1e-15
     # relative; where the cosine reaches a zero floor the absolute error, ~1e-17 * base_lr per step, dominates.
-    torch.testing.assert_close(torch.tensor(ours_rates, dtype=torch.float64),
-                               torch.tensor(torch_rates, dtype=torch.float64), rtol=1e-12, atol=1e-14 * base_lr)
+    torch.testing.assert_close(
+        torch.tensor(ours_rates, dtype=torch.float64),
+        torch.tensor(torch_rates, dtype=torch.float64),
+        rtol=1e-12,
+        atol=1e-14 * base_lr,
+    )
 
 
 def test_warmup_cosine_without_warmup_matches_torch_cosine():
     ours = dummy_optimizer(0.1)
-    ours_rates = learning_rates(ours, lr_scheduler.LambdaLR(ours, partial(warmup_cosine, warmup_steps=0,
-                                                                          total_steps=STEPS)), STEPS)
+    ours_rates = learning_rates(
+        ours,
+        lr_scheduler.LambdaLR(
+            ours, partial(warmup_cosine, warmup_steps=0, total_steps=STEPS)
+        ),
+        STEPS,
+    )
     theirs = dummy_optimizer(0.1)
-    torch_rates = learning_rates(theirs, lr_scheduler.CosineAnnealingLR(theirs, T_max=STEPS), STEPS)
-    torch.testing.assert_close(torch.tensor(ours_rates, dtype=torch.float64),
-                               torch.tensor(torch_rates, dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    torch_rates = learning_rates(
+        theirs, lr_scheduler.CosineAnnealingLR(theirs, T_max=STEPS), STEPS
+    )
+    torch.testing.assert_close(
+        torch.tensor(ours_rates, dtype=torch.float64),
+        torch.tensor(torch_rates, dtype=torch.float64),
+        rtol=1e-12,
+        atol=1e-15,
+    )
 
 
 def test_warmup_cosine_shape():
-    factors = [warmup_cosine(t, warmup_steps=10, total_steps=100, start_factor=0.2, min_factor=0.05)
-               for t in range(150)]
+    factors = [
+        warmup_cosine(
+            t, warmup_steps=10, total_steps=100, start_factor=0.2, min_factor=0.05
+        )
+        for t in range(150)
+    ]
     assert factors[0] == 0.2 and factors[10] == 1.0 and math.isclose(factors[100], 0.05)
-    assert all(a < b for a, b in zip(factors[:10], factors[1:11]))  # rising during warm-up
-    assert all(a > b for a, b in zip(factors[10:100], factors[11:101]))  # falling during the cosine
+    assert all(
+        a < b for a, b in zip(factors[:10], factors[1:11])
+    )  # rising during warm-up
+    assert all(
+        a > b for a, b in zip(factors[10:100], factors[11:101])
+    )  # falling during the cosine
     assert factors[100:] == [factors[100]] * 50  # and flat on the floor afterwards
 
 
@@ -283,40 +433,94 @@ def params():
     return [nn.Parameter(torch.zeros(2))]
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: SGD(params(), lr=-0.1), r"SGD: lr must be >= 0, got -0.1"),
-    (lambda: SGD(params(), momentum=1.0), r"SGD: momentum must lie in \[0, 1\), got 1.0"),
-    (lambda: SGD(params(), momentum=-0.5), r"SGD: momentum must lie in \[0, 1\)"),
-    (lambda: SGD(params(), nesterov=True), r"SGD: nesterov=True needs momentum > 0"),
-    (lambda: SGD(params(), weight_decay=-1e-4), r"SGD: weight_decay must be >= 0"),
-    (lambda: RMSProp(params(), lr=-1.0), r"RMSProp: lr must be >= 0"),
-    (lambda: RMSProp(params(), eps=0.0), r"RMSProp: eps must be > 0, got 0.0"),
-    (lambda: RMSProp(params(), alpha=1.0), r"RMSProp: alpha must lie in \[0, 1\)"),
-    (lambda: RMSProp(params(), momentum=1.5), r"RMSProp: momentum must lie in \[0, 1\)"),
-    (lambda: Adam(params(), betas=(1.0, 0.999)), r"Adam: betas\[0\] must lie in \[0, 1\), got 1.0"),
-    (lambda: Adam(params(), betas=(0.9, -0.1)), r"Adam: betas\[1\] must lie in \[0, 1\)"),
-    (lambda: Adam(params(), eps=-1e-8), r"Adam: eps must be > 0"),
-    (lambda: AdamW(params(), lr=-1e-3), r"AdamW: lr must be >= 0"),
-    (lambda: AdamW(params(), weight_decay=-0.01), r"AdamW: weight_decay must be >= 0"),
-    (lambda: AdamW(params(), betas=(0.9, 1.0)), r"AdamW: betas\[1\] must lie in \[0, 1\)"),
-    (lambda: step_decay(5, step_size=0), r"step_decay: step_size must be an int >= 1"),
-    (lambda: step_decay(5, step_size=10, gamma=1.5), r"step_decay: gamma must lie in \(0, 1\]"),
-    (lambda: warmup_cosine(5, warmup_steps=10, total_steps=10), r"warmup_cosine: need ints 0 <= warmup_steps"),
-    (lambda: warmup_cosine(5, 2, 10, start_factor=0.0), r"warmup_cosine: start_factor must lie in \(0, 1\]"),
-    (lambda: warmup_cosine(5, 2, 10, min_factor=2.0), r"warmup_cosine: min_factor must lie in \[0, 1\]"),
-    (lambda: main(["--digits-steps", "10", "--warmup-steps", "10"]), r"--warmup-steps must lie in"),
-])
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: SGD(params(), lr=-0.1), r"SGD: lr must be >= 0, got -0.1"),
+        (
+            lambda: SGD(params(), momentum=1.0),
+            r"SGD: momentum must lie in \[0, 1\), got 1.0",
+        ),
+        (lambda: SGD(params(), momentum=-0.5), r"SGD: momentum must lie in \[0, 1\)"),
+        (
+            lambda: SGD(params(), nesterov=True),
+            r"SGD: nesterov=True needs momentum > 0",
+        ),
+        (lambda: SGD(params(), weight_decay=-1e-4), r"SGD: weight_decay must be >= 0"),
+        (lambda: RMSProp(params(), lr=-1.0), r"RMSProp: lr must be >= 0"),
+        (lambda: RMSProp(params(), eps=0.0), r"RMSProp: eps must be > 0, got 0.0"),
+        (lambda: RMSProp(params(), alpha=1.0), r"RMSProp: alpha must lie in \[0, 1\)"),
+        (
+            lambda: RMSProp(params(), momentum=1.5),
+            r"RMSProp: momentum must lie in \[0, 1\)",
+        ),
+        (
+            lambda: Adam(params(), betas=(1.0, 0.999)),
+            r"Adam: betas\[0\] must lie in \[0, 1\), got 1.0",
+        ),
+        (
+            lambda: Adam(params(), betas=(0.9, -0.1)),
+            r"Adam: betas\[1\] must lie in \[0, 1\)",
+        ),
+        (lambda: Adam(params(), eps=-1e-8), r"Adam: eps must be > 0"),
+        (lambda: AdamW(params(), lr=-1e-3), r"AdamW: lr must be >= 0"),
+        (
+            lambda: AdamW(params(), weight_decay=-0.01),
+            r"AdamW: weight_decay must be >= 0",
+        ),
+        (
+            lambda: AdamW(params(), betas=(0.9, 1.0)),
+            r"AdamW: betas\[1\] must lie in \[0, 1\)",
+        ),
+        (
+            lambda: step_decay(5, step_size=0),
+            r"step_decay: step_size must be an int >= 1",
+        ),
+        (
+            lambda: step_decay(5, step_size=10, gamma=1.5),
+            r"step_decay: gamma must lie in \(0, 1\]",
+        ),
+        (
+            lambda: warmup_cosine(5, warmup_steps=10, total_steps=10),
+            r"warmup_cosine: need ints 0 <= warmup_steps",
+        ),
+        (
+            lambda: warmup_cosine(5, 2, 10, start_factor=0.0),
+            r"warmup_cosine: start_factor must lie in \(0, 1\]",
+        ),
+        (
+            lambda: warmup_cosine(5, 2, 10, min_factor=2.0),
+            r"warmup_cosine: min_factor must lie in \[0, 1\]",
+        ),
+        (
+            lambda: main(["--digits-steps", "10", "--warmup-steps", "10"]),
+            r"--warmup-steps must lie in",
+        ),
+    ],
+)
 def test_bad_arguments_raise_value_error(build, match):
     with pytest.raises(ValueError, match=match):
         build()
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: SGD(params(), lr="0.1"), r"SGD: lr must be a real number, got str"),
-    (lambda: RMSProp(params(), momentum=True), r"RMSProp: momentum must be a real number, got bool"),
-    (lambda: Adam(params(), betas=0.9), r"Adam: betas must be a pair \(beta1, beta2\)"),
-    (lambda: AdamW(params(), betas=(0.9, 0.99, 0.999)), r"AdamW: betas must be a pair"),
-])
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: SGD(params(), lr="0.1"), r"SGD: lr must be a real number, got str"),
+        (
+            lambda: RMSProp(params(), momentum=True),
+            r"RMSProp: momentum must be a real number, got bool",
+        ),
+        (
+            lambda: Adam(params(), betas=0.9),
+            r"Adam: betas must be a pair \(beta1, beta2\)",
+        ),
+        (
+            lambda: AdamW(params(), betas=(0.9, 0.99, 0.999)),
+            r"AdamW: betas must be a pair",
+        ),
+    ],
+)
 def test_bad_argument_types_raise_type_error(build, match):
     with pytest.raises(TypeError, match=match):
         build()
@@ -344,8 +548,20 @@ def test_example_matches_torch_adamw_and_dataflow_is_consistent():
 
 
 def test_demo_runs_and_reports_its_metrics(tmp_path):
-    metrics = main(["--rosenbrock-steps", "300", "--digits-steps", "80", "--warmup-steps", "5",
-                    "--out", str(tmp_path), "--device", "cpu"])
+    metrics = main(
+        [
+            "--rosenbrock-steps",
+            "300",
+            "--digits-steps",
+            "80",
+            "--warmup-steps",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
     assert (tmp_path / "rosenbrock_paths.png").stat().st_size > 0
     assert (tmp_path / "digits_loss.png").stat().st_size > 0
     start_distance = math.hypot(-1.5 - 1.0, 2.0 - 1.0)
@@ -378,20 +594,32 @@ def test_bench_adam_step_ours(benchmark):
 @pytest.mark.benchmark(group="adam step, 1M params")
 def test_bench_adam_step_torch(benchmark):
     benchmark.extra_info["baseline"] = True
-    benchmark(optimizer_on_a_million_parameters(lambda p: torch.optim.Adam(p, lr=1e-3)).step)
+    benchmark(
+        optimizer_on_a_million_parameters(lambda p: torch.optim.Adam(p, lr=1e-3)).step
+    )
 
 
 @pytest.mark.benchmark(group="adam step, 1M params")
 def test_bench_adam_step_torch_fused(benchmark):
-    benchmark(optimizer_on_a_million_parameters(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)).step)
+    benchmark(
+        optimizer_on_a_million_parameters(
+            lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)
+        ).step
+    )
 
 
 @pytest.mark.benchmark(group="sgd momentum step, 1M params")
 def test_bench_sgd_momentum_step_ours(benchmark):
-    benchmark(optimizer_on_a_million_parameters(lambda p: SGD(p, lr=1e-3, momentum=0.9)).step)
+    benchmark(
+        optimizer_on_a_million_parameters(lambda p: SGD(p, lr=1e-3, momentum=0.9)).step
+    )
 
 
 @pytest.mark.benchmark(group="sgd momentum step, 1M params")
 def test_bench_sgd_momentum_step_torch(benchmark):
     benchmark.extra_info["baseline"] = True
-    benchmark(optimizer_on_a_million_parameters(lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9)).step)
+    benchmark(
+        optimizer_on_a_million_parameters(
+            lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9)
+        ).step
+    )

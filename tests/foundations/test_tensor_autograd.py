@@ -27,14 +27,18 @@ TOLERANCE = 1e-9
 
 
 def assert_close(ours, reference):
-    reference = reference.detach().numpy() if isinstance(reference, torch.Tensor) else reference
+    reference = (
+        reference.detach().numpy() if isinstance(reference, torch.Tensor) else reference
+    )
     np.testing.assert_allclose(ours, reference, rtol=TOLERANCE, atol=TOLERANCE)
 
 
 def check_against_torch(function, torch_function, arrays, seed):
     """Run `function` on Tensors and `torch_function` on torch tensors; compare outputs and gradients."""
     ours = [Tensor(array.copy()) for array in arrays]
-    theirs = [torch.tensor(array, dtype=torch.float64, requires_grad=True) for array in arrays]
+    theirs = [
+        torch.tensor(array, dtype=torch.float64, requires_grad=True) for array in arrays
+    ]
     our_out = function(*ours)
     their_out = torch_function(*theirs)
     assert our_out.shape == tuple(their_out.shape)
@@ -47,7 +51,9 @@ def check_against_torch(function, torch_function, arrays, seed):
 
 
 seeds = st.integers(0, 2**32 - 1)
-two_broadcast_shapes = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, max_side=4)
+two_broadcast_shapes = hnp.mutually_broadcastable_shapes(
+    num_shapes=2, min_dims=0, max_dims=4, max_side=4
+)
 
 
 def normal(shape, seed):
@@ -99,7 +105,9 @@ def test_python_scalars_on_either_side_match_torch(ours, theirs):
 @given(shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=4), data=st.data())
 def test_sum_to_shape_inverts_broadcasting(shape, data):
     """A property: summing a broadcast array of ones back counts how many copies each element made."""
-    target = data.draw(hnp.broadcastable_shapes(shape, min_dims=0, max_dims=4, max_side=4))
+    target = data.draw(
+        hnp.broadcastable_shapes(shape, min_dims=0, max_dims=4, max_side=4)
+    )
     broadcast = np.broadcast_shapes(shape, target)
     summed = sum_to_shape(np.ones(broadcast), target)
     assert summed.shape == target
@@ -110,11 +118,19 @@ def test_sum_to_shape_inverts_broadcasting(shape, data):
 
 
 @settings(max_examples=30)
-@given(shapes=hnp.mutually_broadcastable_shapes(signature="(m,k),(k,n)->(m,n)", max_dims=4, max_side=4), seed=seeds)
+@given(
+    shapes=hnp.mutually_broadcastable_shapes(
+        signature="(m,k),(k,n)->(m,n)", max_dims=4, max_side=4
+    ),
+    seed=seeds,
+)
 def test_matmul_with_batch_broadcasting_matches_torch(shapes, seed):
     left_shape, right_shape = shapes.input_shapes
     check_against_torch(
-        lambda a, b: a @ b, torch.matmul, [normal(left_shape, seed), normal(right_shape, seed + 1)], seed
+        lambda a, b: a @ b,
+        torch.matmul,
+        [normal(left_shape, seed), normal(right_shape, seed + 1)],
+        seed,
     )
 
 
@@ -133,7 +149,9 @@ UNARY_OPS = {
 @settings(max_examples=20)
 @given(shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=4), seed=seeds)
 def test_unary_op_matches_torch(name, shape, seed):
-    values = np.abs(away_from_zero(shape, seed)) if name == "log" else normal(shape, seed)
+    values = (
+        np.abs(away_from_zero(shape, seed)) if name == "log" else normal(shape, seed)
+    )
     ours, theirs = UNARY_OPS[name]
     check_against_torch(ours, theirs, [values], seed)
 
@@ -150,7 +168,9 @@ def shape_and_axes(draw):
         st.one_of(
             st.none(),
             st.integers(-ndim, ndim - 1),
-            st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True).map(tuple),
+            st.lists(
+                st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True
+            ).map(tuple),
         )
     )
     return shape, axis
@@ -159,7 +179,9 @@ def shape_and_axes(draw):
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @settings(max_examples=30)
 @given(shape_axis=shape_and_axes(), keepdims=st.booleans(), seed=seeds)
-def test_reduction_with_axis_and_keepdims_matches_torch(reduction, shape_axis, keepdims, seed):
+def test_reduction_with_axis_and_keepdims_matches_torch(
+    reduction, shape_axis, keepdims, seed
+):
     shape, axis = shape_axis
     torch_axis = tuple(range(len(shape))) if axis is None else axis
 
@@ -173,15 +195,36 @@ def test_reduction_with_axis_and_keepdims_matches_torch(reduction, shape_axis, k
 
 
 @settings(max_examples=30)
-@given(shape=hnp.array_shapes(min_dims=1, max_dims=4, max_side=4), seed=seeds, data=st.data())
+@given(
+    shape=hnp.array_shapes(min_dims=1, max_dims=4, max_side=4),
+    seed=seeds,
+    data=st.data(),
+)
 def test_reshape_and_transpose_match_torch(shape, seed, data):
     size = int(np.prod(shape))
-    new_shape = data.draw(st.sampled_from([(size,), (1, size, 1), (-1,), tuple(reversed(shape))]))
+    new_shape = data.draw(
+        st.sampled_from([(size,), (1, size, 1), (-1,), tuple(reversed(shape))])
+    )
     axes = tuple(data.draw(st.permutations(range(len(shape)))))
-    check_against_torch(lambda a: a.reshape(new_shape), lambda a: a.reshape(new_shape), [normal(shape, seed)], seed)
-    check_against_torch(lambda a: a.transpose(axes), lambda a: a.permute(axes), [normal(shape, seed)], seed)
+    check_against_torch(
+        lambda a: a.reshape(new_shape),
+        lambda a: a.reshape(new_shape),
+        [normal(shape, seed)],
+        seed,
+    )
+    check_against_torch(
+        lambda a: a.transpose(axes),
+        lambda a: a.permute(axes),
+        [normal(shape, seed)],
+        seed,
+    )
     reversed_axes = tuple(reversed(range(len(shape))))
-    check_against_torch(lambda a: a.transpose(), lambda a: a.permute(reversed_axes), [normal(shape, seed)], seed)
+    check_against_torch(
+        lambda a: a.transpose(),
+        lambda a: a.permute(reversed_axes),
+        [normal(shape, seed)],
+        seed,
+    )
 
 
 # ---------------------------------------------------------------- softmax, log_softmax, cross_entropy
@@ -212,7 +255,9 @@ def test_cross_entropy_matches_torch(batch, classes, seed):
     targets = np.random.default_rng(seed).integers(0, classes, size=batch)
     check_against_torch(
         lambda logits: cross_entropy(logits, targets),
-        lambda logits: torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets)),
+        lambda logits: torch.nn.functional.cross_entropy(
+            logits, torch.from_numpy(targets)
+        ),
         [3.0 * normal((batch, classes), seed)],
         seed,
     )
@@ -222,10 +267,19 @@ def test_huge_logits_stay_finite_and_match_torch():
     """Scores of order 1e4 overflow a literal exp (e^710 is already inf); the shifted forms must not."""
     logits = 1e4 * normal((4, 7), 0)
     with np.errstate(over="ignore"):
-        assert not np.all(np.isfinite(np.exp(logits)))  # the naive form really would overflow
+        assert not np.all(
+            np.isfinite(np.exp(logits))
+        )  # the naive form really would overflow
     targets = np.array([0, 3, 6, 2])
-    check_against_torch(lambda a: a.log_softmax(axis=1), lambda a: torch.log_softmax(a, dim=1), [logits], 1)
-    check_against_torch(lambda a: a.softmax(axis=1), lambda a: torch.softmax(a, dim=1), [logits], 2)
+    check_against_torch(
+        lambda a: a.log_softmax(axis=1),
+        lambda a: torch.log_softmax(a, dim=1),
+        [logits],
+        1,
+    )
+    check_against_torch(
+        lambda a: a.softmax(axis=1), lambda a: torch.softmax(a, dim=1), [logits], 2
+    )
     check_against_torch(
         lambda a: cross_entropy(a, targets),
         lambda a: torch.nn.functional.cross_entropy(a, torch.from_numpy(targets)),
@@ -247,7 +301,11 @@ def test_composite_expression_with_reuse_matches_torch():
 
     def expression(a, b, bias):
         hidden = (a @ b + bias).tanh()
-        return (hidden * hidden - hidden / (1.0 + hidden.exp())).mean(axis=0).log_softmax(axis=-1)
+        return (
+            (hidden * hidden - hidden / (1.0 + hidden.exp()))
+            .mean(axis=0)
+            .log_softmax(axis=-1)
+        )
 
     arrays = [normal((5, 3), 0), normal((3, 4), 1), normal((4,), 2)]
     check_against_torch(expression, expression, arrays, seed=3)
@@ -259,7 +317,9 @@ def test_leaf_gradients_accumulate_and_interior_ones_do_not():
     loss = hidden.sum()
     loss.backward()
     loss.backward()
-    np.testing.assert_array_equal(a.grad, 4.0 * np.ones(3))  # two passes, 2 each: like torch
+    np.testing.assert_array_equal(
+        a.grad, 4.0 * np.ones(3)
+    )  # two passes, 2 each: like torch
     np.testing.assert_array_equal(hidden.grad, np.ones(3))  # recomputed, not doubled
 
 
@@ -294,7 +354,9 @@ def test_training_steps_match_torch_sgd_with_momentum():
         optimiser.step()
         torch_optimiser.zero_grad()
         torch_logits = reference(torch.from_numpy(x_train[batch]))
-        torch_loss = torch.nn.functional.cross_entropy(torch_logits, torch.from_numpy(y_train[batch]))
+        torch_loss = torch.nn.functional.cross_entropy(
+            torch_logits, torch.from_numpy(y_train[batch])
+        )
         torch_loss.backward()
         torch_optimiser.step()
         assert_close(loss.data, torch_loss)
@@ -303,7 +365,10 @@ def test_training_steps_match_torch_sgd_with_momentum():
         assert_close(ours.bias.data, layer.bias)
 
 
-@pytest.mark.parametrize("init, expected_variance", [("he", lambda i, o: 2 / i), ("glorot", lambda i, o: 2 / (i + o))])
+@pytest.mark.parametrize(
+    "init, expected_variance",
+    [("he", lambda i, o: 2 / i), ("glorot", lambda i, o: 2 / (i + o))],
+)
 def test_initialisation_has_the_promised_variance(init, expected_variance):
     """A property: with 250,000 draws the sample variance is within 2 % of the formula (about 7 standard errors)."""
     layer = Linear(500, 500, init, np.random.default_rng(0))
@@ -322,8 +387,13 @@ def test_example_runs_and_dataflow_is_the_tensor_graph():
     nodes, edges = dataflow(loss)
     labels = dict(nodes)
     assert len(labels) == len(nodes) == 11
-    assert "matmul [8, 32]" in labels.values() and "cross_entropy scalar" in labels.values()
-    assert "hidden.weight [64, 32]" in labels.values() and "x [8, 64]" in labels.values()
+    assert (
+        "matmul [8, 32]" in labels.values()
+        and "cross_entropy scalar" in labels.values()
+    )
+    assert (
+        "hidden.weight [64, 32]" in labels.values() and "x [8, 64]" in labels.values()
+    )
     assert all(source in labels and target in labels for source, target, _ in edges)
     assert ("[8, 10]" in {label for _, _, label in edges}) and len(edges) == 10
 
@@ -346,21 +416,32 @@ def test_bad_input_raises_clear_errors():
         Tensor(np.array(["a", "b"]))
     with pytest.raises(TypeError, match="got str"):
         a + "x"
-    with pytest.raises(ValueError, match=r"add: shapes \(2, 3\) and \(4,\) do not broadcast"):
+    with pytest.raises(
+        ValueError, match=r"add: shapes \(2, 3\) and \(4,\) do not broadcast"
+    ):
         a + b
     with pytest.raises(ValueError, match=r"mul: shapes \(4,\) and \(2, 3\)"):
         b * a
-    with pytest.raises(ValueError, match=r"matmul: left is \(2, 3\) and right is \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"matmul: left is \(2, 3\) and right is \(2, 3\)"
+    ):
         a @ a
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         a @ b
-    with pytest.raises(ValueError, match=r"matmul \(batch axes\): shapes \(2,\) and \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"matmul \(batch axes\): shapes \(2,\) and \(3,\)"
+    ):
         Tensor(np.ones((2, 2, 3))) @ Tensor(np.ones((3, 3, 1)))
-    with pytest.raises(ValueError, match=r"cannot reshape a tensor of shape \(2, 3\) \(6 elements\) into \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot reshape a tensor of shape \(2, 3\) \(6 elements\) into \(4,\)",
+    ):
         a.reshape((4,))
     with pytest.raises(ValueError, match="permutation of 0..1"):
         a.transpose((0, 0))
-    with pytest.raises(ValueError, match="axis 2 is out of range for a tensor with 2 dimensions"):
+    with pytest.raises(
+        ValueError, match="axis 2 is out of range for a tensor with 2 dimensions"
+    ):
         a.sum(axis=2)
     with pytest.raises(ValueError, match="repeats an axis"):
         a.mean(axis=(1, -1))
@@ -376,15 +457,24 @@ def test_bad_input_raises_clear_errors():
 
 def test_cross_entropy_rejects_bad_targets():
     logits = Tensor(np.zeros((3, 5)))
-    with pytest.raises(ValueError, match=r"targets must lie in \[0, 5\), got values from 0 to 5"):
+    with pytest.raises(
+        ValueError, match=r"targets must lie in \[0, 5\), got values from 0 to 5"
+    ):
         cross_entropy(logits, np.array([0, 1, 5]))
-    with pytest.raises(ValueError, match=r"targets must lie in \[0, 5\), got values from -1"):
+    with pytest.raises(
+        ValueError, match=r"targets must lie in \[0, 5\), got values from -1"
+    ):
         cross_entropy(logits, np.array([-1, 1, 2]))
-    with pytest.raises(ValueError, match=r"targets must have shape \(3,\) to match logits \(3, 5\), got \(3, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"targets must have shape \(3,\) to match logits \(3, 5\), got \(3, 1\)",
+    ):
         cross_entropy(logits, np.zeros((3, 1), dtype=np.int64))
     with pytest.raises(TypeError, match="integer class indices"):
         cross_entropy(logits, np.zeros(3))
-    with pytest.raises(ValueError, match=r"logits must be 2-D \[batch, classes\], got shape \(5,\)"):
+    with pytest.raises(
+        ValueError, match=r"logits must be 2-D \[batch, classes\], got shape \(5,\)"
+    ):
         cross_entropy(Tensor(np.zeros(5)), np.zeros(5, dtype=np.int64))
     with pytest.raises(TypeError, match="logits must be a Tensor, got ndarray"):
         cross_entropy(np.zeros((3, 5)), np.zeros(3, dtype=np.int64))
@@ -424,7 +514,10 @@ def training_step_torch():
     x_train, y_train, _, _ = digits()
     model = torch_copy(MLP(64, 64, 10, seed=0))
     optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = torch.from_numpy(x_train[:64]), torch.from_numpy(y_train[:64])  # [64, 64], [64]
+    x, y = (
+        torch.from_numpy(x_train[:64]),
+        torch.from_numpy(y_train[:64]),
+    )  # [64, 64], [64]
 
     def step():
         optimiser.zero_grad()

@@ -47,10 +47,16 @@ def make_project(root: Path, lesson_source: str | None = None) -> Path:
     (root / "annotated" / "__init__.py").write_text("")
     (root / "annotated" / "demo" / "__init__.py").write_text("")
     (root / "annotated" / "curriculum.toml").write_text(CURRICULUM)
-    source = lesson_source if lesson_source is not None else (FIXTURES / "tiny_model.py").read_text()
+    source = (
+        lesson_source
+        if lesson_source is not None
+        else (FIXTURES / "tiny_model.py").read_text()
+    )
     (root / "annotated" / "demo" / "tiny_model.py").write_text(source)
     (root / "tests" / "demo").mkdir(parents=True)
-    (root / "tests" / "demo" / "test_tiny_model.py").write_text('"""Verified against torch.nn.Linear, to the bit."""\n')
+    (root / "tests" / "demo" / "test_tiny_model.py").write_text(
+        '"""Verified against torch.nn.Linear, to the bit."""\n'
+    )
     return root
 
 
@@ -59,14 +65,21 @@ def build(root: Path, site: Path | None = None) -> subprocess.CompletedProcess:
     site = site or root / "site"
     return subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=root, capture_output=True, text=True, env=_env(root),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=_env(root),
     )
 
 
 def _env(root: Path) -> dict:
     import os
 
-    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{REPO}", "NO_MKDOCS_2_WARNING": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{root}{os.pathsep}{REPO}",
+        "NO_MKDOCS_2_WARNING": "1",
+    }
 
 
 @pytest.fixture

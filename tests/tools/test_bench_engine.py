@@ -23,7 +23,8 @@ def thousand_line_lesson() -> str:
     chunks = [head]
     index = 0
     while "".join(chunks).count("\n") < 1000:
-        chunks.append(textwrap.dedent(f'''
+        chunks.append(
+            textwrap.dedent(f'''
             # Step {index} of the long derivation. The gradient of the loss with respect to $w_{{{index}}}$
             # follows from the chain rule, summed over every path:
             #
@@ -36,7 +37,8 @@ def thousand_line_lesson() -> str:
                 shifted = scaled + {index}
                 return shifted
 
-        '''))
+        ''')
+        )
         index += 1
     return "".join(chunks) + "# ## Exercises" + exercises
 
@@ -58,7 +60,9 @@ def test_bench_parse_and_render_1000_line_lesson(benchmark, tmp_path):
 
 
 def copy_of_repo(target: Path) -> Path:
-    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache", ".benchmarks", "site", "out")
+    ignore = shutil.ignore_patterns(
+        "__pycache__", ".hypothesis", ".pytest_cache", ".benchmarks", "site", "out"
+    )
     for name in ("annotated", "kernels", "docs", "tests", "tools", ".cache"):
         if (REPO / name).exists():
             shutil.copytree(REPO / name, target / name, ignore=ignore)
@@ -69,12 +73,24 @@ def copy_of_repo(target: Path) -> Path:
 @pytest.mark.slow
 def test_bench_warm_mkdocs_build_of_the_whole_site(benchmark, tmp_path):
     project = copy_of_repo(tmp_path / "repo")
-    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")]
+    command = [
+        sys.executable,
+        "-m",
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        str(tmp_path / "site"),
+    ]
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(project)}
-    subprocess.run(command, cwd=project, env=env, check=True, capture_output=True)  # warms the caches
+    subprocess.run(
+        command, cwd=project, env=env, check=True, capture_output=True
+    )  # warms the caches
 
     def build():
-        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+        return subprocess.run(
+            command, cwd=project, env=env, capture_output=True, text=True
+        )
 
     result = benchmark.pedantic(build, rounds=3, iterations=1)
     assert result.returncode == 0, result.stderr[-2000:]

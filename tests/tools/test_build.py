@@ -18,23 +18,58 @@ def test_fixture_project_builds_a_lesson_page(project):
     page = (project / "site/lessons/demo/tiny_model/index.html").read_text()
     assert page.count('class="lit-section') >= 5
     assert page.count('class="lit-prose"') == page.count('class="lit-code"')
-    assert page.count("<svg") >= 2 and "lit-diagram-classes" in page and "lit-diagram-dataflow" in page
+    assert (
+        page.count("<svg") >= 2
+        and "lit-diagram-classes" in page
+        and "lit-diagram-dataflow" in page
+    )
     assert "<math" in page and "cdn" not in page.lower()
-    assert "python -m annotated.demo.tiny_model" in page and "about 1 s on 2 CPU cores" in page
+    assert (
+        "python -m annotated.demo.tiny_model" in page
+        and "about 1 s on 2 CPU cores" in page
+    )
     assert "Verified against</dt><dd>torch.nn.Linear, to the bit." in page
     assert 'id="exercises"' in page
-    notebook = json.loads((project / "site/downloads/annotated/demo/tiny_model.ipynb").read_text())
-    assert notebook["nbformat"] == 4 and any(cell["cell_type"] == "markdown" for cell in notebook["cells"])
-    assert (project / "site/downloads/annotated/demo/tiny_model.py").read_text() == (project / LESSON).read_text()
+    notebook = json.loads(
+        (project / "site/downloads/annotated/demo/tiny_model.ipynb").read_text()
+    )
+    assert notebook["nbformat"] == 4 and any(
+        cell["cell_type"] == "markdown" for cell in notebook["cells"]
+    )
+    assert (project / "site/downloads/annotated/demo/tiny_model.py").read_text() == (
+        project / LESSON
+    ).read_text()
     home = (project / "site/index.html").read_text()
-    assert "A planned lesson" in home and "not yet written" in home and "lessons/demo/tiny_model/" in home
+    assert (
+        "A planned lesson" in home
+        and "not yet written" in home
+        and "lessons/demo/tiny_model/" in home
+    )
 
 
 BAD_LESSONS = {
-    "syntax error": (lambda s: s.replace("def example():", "def example(:"), r":\d+: syntax error"),
-    "unclosed $$": (lambda s: s.replace("        # h = \\mathrm{block}(W_e x)\n        # $$", "        # h = \\mathrm{block}(W_e x)"), r":\d+: unclosed \$\$"),
-    "no front matter": (lambda s: re.sub(r'r"""\n---\n.*?---\n', 'r"""\n', s, count=1, flags=re.S), r":1: no front matter"),
-    "example raises": (lambda s: s.replace("    torch.manual_seed(0)\n", "    torch.manual_seed(0)\n    raise RuntimeError('broken example')\n"), r":\d+: example\(\) or dataflow\(\) raised RuntimeError: broken example"),
+    "syntax error": (
+        lambda s: s.replace("def example():", "def example(:"),
+        r":\d+: syntax error",
+    ),
+    "unclosed $$": (
+        lambda s: s.replace(
+            "        # h = \\mathrm{block}(W_e x)\n        # $$",
+            "        # h = \\mathrm{block}(W_e x)",
+        ),
+        r":\d+: unclosed \$\$",
+    ),
+    "no front matter": (
+        lambda s: re.sub(r'r"""\n---\n.*?---\n', 'r"""\n', s, count=1, flags=re.S),
+        r":1: no front matter",
+    ),
+    "example raises": (
+        lambda s: s.replace(
+            "    torch.manual_seed(0)\n",
+            "    torch.manual_seed(0)\n    raise RuntimeError('broken example')\n",
+        ),
+        r":\d+: example\(\) or dataflow\(\) raised RuntimeError: broken example",
+    ),
 }
 
 
@@ -45,24 +80,58 @@ def test_bad_lesson_fails_the_build_with_file_line_and_reason(tmp_path, case):
     project = make_project(tmp_path / "project", lesson_source=source)
     result = build(project)
     assert result.returncode != 0
-    assert re.search(re.escape(LESSON) + message, result.stderr + result.stdout), result.stderr[-2000:]
-    assert not (project / "site/index.html").exists() and not (project / "site/lessons").exists()
-    assert not list((project / ".cache").rglob("*.part")) if (project / ".cache").exists() else True
+    assert re.search(re.escape(LESSON) + message, result.stderr + result.stdout), (
+        result.stderr[-2000:]
+    )
+    assert (
+        not (project / "site/index.html").exists()
+        and not (project / "site/lessons").exists()
+    )
+    assert (
+        not list((project / ".cache").rglob("*.part"))
+        if (project / ".cache").exists()
+        else True
+    )
 
 
 def test_example_error_points_at_the_raising_line(tmp_path):
-    source = (FIXTURES / "tiny_model.py").read_text().replace("    torch.manual_seed(0)\n", "    torch.manual_seed(0)\n    raise RuntimeError('here')\n")
+    source = (
+        (FIXTURES / "tiny_model.py")
+        .read_text()
+        .replace(
+            "    torch.manual_seed(0)\n",
+            "    torch.manual_seed(0)\n    raise RuntimeError('here')\n",
+        )
+    )
     project = make_project(tmp_path / "project", lesson_source=source)
     line = source.splitlines().index("    raise RuntimeError('here')") + 1
     result = build(project)
-    assert f"literate: {LESSON}:{line}: example() or dataflow() raised RuntimeError: here" in result.stderr
+    assert (
+        f"literate: {LESSON}:{line}: example() or dataflow() raised RuntimeError: here"
+        in result.stderr
+    )
 
 
 def test_stale_figures_are_flagged_not_shown_silently(project):
     folder = project / "docs/figures/demo/tiny_model"
     folder.mkdir(parents=True)
-    (folder / "line.png").write_bytes((FIXTURES.parent.parent.parent / "tools/literate/assets/literate.css").read_bytes()[:0] or b"\x89PNG\r\n\x1a\n")
-    (folder / "figures.json").write_text(json.dumps({"source": LESSON, "source_sha256": "0" * 64, "command": "python -m annotated.demo.tiny_model", "files": ["line.png"], "output": "output norm 1.0"}))
+    (folder / "line.png").write_bytes(
+        (
+            FIXTURES.parent.parent.parent / "tools/literate/assets/literate.css"
+        ).read_bytes()[:0]
+        or b"\x89PNG\r\n\x1a\n"
+    )
+    (folder / "figures.json").write_text(
+        json.dumps(
+            {
+                "source": LESSON,
+                "source_sha256": "0" * 64,
+                "command": "python -m annotated.demo.tiny_model",
+                "files": ["line.png"],
+                "output": "output norm 1.0",
+            }
+        )
+    )
     result = build(project)
     assert result.returncode == 0, result.stderr
     page = (project / "site/lessons/demo/tiny_model/index.html").read_text()
@@ -85,7 +154,10 @@ def test_mkdocs_serve_rerenders_a_lesson_when_it_is_saved(project):
         port = probe.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "mkdocs", "serve", "--dev-addr", f"127.0.0.1:{port}"],
-        cwd=project, env=_env(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=project,
+        env=_env(project),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/lessons/demo/tiny_model/"
 
@@ -108,7 +180,9 @@ def test_mkdocs_serve_rerenders_a_lesson_when_it_is_saved(project):
         assert wait_for("quetzalcoatlus"), "mkdocs serve never served the lesson"
         lesson = project / LESSON
         lesson.write_text(lesson.read_text().replace("quetzalcoatlus", "archaeopteryx"))
-        assert wait_for("archaeopteryx"), "the page was not re-rendered after the lesson changed"
+        assert wait_for("archaeopteryx"), (
+            "the page was not re-rendered after the lesson changed"
+        )
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -20,14 +20,17 @@ def write(tmp_path, source, name="lesson.py"):
 
 
 def test_class_diagram_shows_bases_composition_and_methods():
-    dot = diagrams.class_diagram((FIXTURES / "tiny_model.py").read_text(), "tiny_model.py")
+    dot = diagrams.class_diagram(
+        (FIXTURES / "tiny_model.py").read_text(), "tiny_model.py"
+    )
     assert '"nn.Module" -> "TinyModel" [dir=back, arrowtail=empty]' in dot
     assert '"TinyModel" -> "Block" [arrowtail=diamond, dir=back, label="block"]' in dot
     assert "embed: nn.Linear" in dot and "forward()" in dot
 
 
 def test_class_diagram_marks_lists_of_parts():
-    dot = diagrams.class_diagram(textwrap.dedent('''
+    dot = diagrams.class_diagram(
+        textwrap.dedent("""
         class Neuron:
             def __init__(self):
                 self.w = 1.0
@@ -35,12 +38,15 @@ def test_class_diagram_marks_lists_of_parts():
         class Layer:
             def __init__(self, n):
                 self.neurons = [Neuron() for _ in range(n)]
-    '''), "x.py")
+    """),
+        "x.py",
+    )
     assert 'label="neurons *"' in dot
 
 
 def test_class_diagram_reads_parts_from_dicts_and_annotations():
-    dot = diagrams.class_diagram(textwrap.dedent('''
+    dot = diagrams.class_diagram(
+        textwrap.dedent("""
         class Factor:
             pass
 
@@ -49,12 +55,20 @@ def test_class_diagram_reads_parts_from_dicts_and_annotations():
                 self.cpts: dict[str, Factor] = {name: make(name) for name in names}
                 self.by_name = {name: Factor() for name in names}
                 self.cards: dict[str, int] = {}
-    '''), "x.py")
-    assert 'label="cpts *"' in dot and 'label="by_name *"' in dot and "cards: dict[str, int]" in dot
+    """),
+        "x.py",
+    )
+    assert (
+        'label="cpts *"' in dot
+        and 'label="by_name *"' in dot
+        and "cards: dict[str, int]" in dot
+    )
 
 
 def test_module_without_classes_gets_its_call_graph():
-    dot = diagrams.class_diagram("def a(x):\n    return b(x)\n\ndef b(y):\n    return y\n", "x.py")
+    dot = diagrams.class_diagram(
+        "def a(x):\n    return b(x)\n\ndef b(y):\n    return y\n", "x.py"
+    )
     assert dot.startswith("digraph calls") and '"a" -> "b"' in dot
 
 
@@ -72,7 +86,9 @@ def test_fx_dataflow_carries_the_shapes_torch_computes():
 
 
 def test_big_models_collapse_to_their_top_level_blocks(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         import torch
         from torch import nn
 
@@ -87,44 +103,57 @@ def test_big_models_collapse_to_their_top_level_blocks(tmp_path):
 
         def example():
             return Deep(), (torch.ones(2, 4),)
-    """)
+    """,
+    )
     dot = diagrams.dataflow_diagram(path, "fixture_deep")
     assert '"stem"' in dot and '"head"' in dot and "stem_0_0" not in dot
 
 
 def test_declared_dataflow_is_drawn_and_checked(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         def example():
             return (lambda a, b: a * b), (2, 3)
 
         def dataflow(product):
             return [("a", "a"), ("b", "b"), ("p", f"a·b = {product}")], [("a", "p", ""), ("b", "p", "")]
-    """)
+    """,
+    )
     dot = diagrams.dataflow_diagram(path, "fixture_declared")
     assert 'label="a·b = 6"' in dot and '"a" -> "p"' in dot
 
 
 def test_declared_edge_to_an_unknown_node_fails(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         def example():
             return (lambda: 1), ()
 
         def dataflow(out):
             return [("a", "a")], [("a", "ghost", "")]
-    """)
+    """,
+    )
     with pytest.raises(LessonError, match="ghost"):
         diagrams.dataflow_diagram(path, "fixture_ghost")
 
 
 def test_example_that_raises_names_the_lesson_line(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         def build():
             raise RuntimeError("no weights")
 
         def example():
             return build(), ()
-    """)
-    with pytest.raises(LessonError, match=r"lesson\.py:2: example\(\) or dataflow\(\) raised RuntimeError: no weights"):
+    """,
+    )
+    with pytest.raises(
+        LessonError,
+        match=r"lesson\.py:2: example\(\) or dataflow\(\) raised RuntimeError: no weights",
+    ):
         diagrams.dataflow_diagram(path, "fixture_raises")
 
 

@@ -21,8 +21,12 @@ def lesson(project, monkeypatch):
 
 def test_figures_are_stored_with_the_source_hash_and_go_stale(lesson, project):
     stored = figures.regenerate(lesson, project / "docs")
-    assert stored.files == ["line.png"] and stored.fresh and "output norm" in stored.output
-    manifest = json.loads((project / "docs/figures/demo/tiny_model/figures.json").read_text())
+    assert (
+        stored.files == ["line.png"] and stored.fresh and "output norm" in stored.output
+    )
+    manifest = json.loads(
+        (project / "docs/figures/demo/tiny_model/figures.json").read_text()
+    )
     assert manifest["source_sha256"] == lesson.source_sha256()
     lesson.path.write_text(lesson.path.read_text() + "\n# an edit\n")
     assert not figures.read(lesson, project / "docs").fresh
@@ -31,15 +35,24 @@ def test_figures_are_stored_with_the_source_hash_and_go_stale(lesson, project):
 def test_a_failing_demo_keeps_the_old_figures(lesson, project):
     figures.regenerate(lesson, project / "docs")
     before = (project / "docs/figures/demo/tiny_model/figures.json").read_text()
-    lesson.path.write_text(lesson.path.read_text().replace('    print(f"output norm', '    raise SystemExit(3)\n    print(f"output norm'))
+    lesson.path.write_text(
+        lesson.path.read_text().replace(
+            '    print(f"output norm',
+            '    raise SystemExit(3)\n    print(f"output norm',
+        )
+    )
     with pytest.raises(RuntimeError, match="the demo failed"):
         figures.regenerate(lesson, project / "docs")
     assert (project / "docs/figures/demo/tiny_model/figures.json").read_text() == before
-    assert sorted(p.name for p in (project / "docs/figures/demo").iterdir()) == ["tiny_model"]
+    assert sorted(p.name for p in (project / "docs/figures/demo").iterdir()) == [
+        "tiny_model"
+    ]
 
 
 def test_benchmarks_are_stored_with_ratios_to_the_baseline(lesson, project):
-    (project / "tests/demo/test_tiny_model.py").write_text('''"""Verified against a sleep of known length."""
+    (
+        project / "tests/demo/test_tiny_model.py"
+    ).write_text('''"""Verified against a sleep of known length."""
 import time
 
 import pytest
@@ -58,7 +71,9 @@ def test_bench_long(benchmark):
     assert benchmarks.has_benchmarks(lesson)
     stored = benchmarks.measure(lesson, project / "docs")
     by_name = {result.name: result for result in stored.results}
-    assert by_name["test_bench_long"].baseline and by_name["test_bench_long"].ratio is None
+    assert (
+        by_name["test_bench_long"].baseline and by_name["test_bench_long"].ratio is None
+    )
     assert 0.1 < by_name["test_bench_short"].ratio < 0.7
     assert stored.fresh and "cores" in stored.machine
     lesson.path.write_text(lesson.path.read_text() + "\n# an edit\n")

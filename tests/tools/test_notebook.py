@@ -19,10 +19,22 @@ def test_notebook_keeps_all_code_and_prose(lesson):
     parsed = load(lesson.path)
     nb = nbformat.reads(to_ipynb(parsed), as_version=4)
     nbformat.validate(nb)
-    code = [line for cell in nb.cells[2:] if cell.cell_type == "code" for line in cell.source.splitlines()]
-    expected = [line.text for section in parsed.sections for line in section.code if line.text.strip()]
+    code = [
+        line
+        for cell in nb.cells[2:]
+        if cell.cell_type == "code"
+        for line in cell.source.splitlines()
+    ]
+    expected = [
+        line.text
+        for section in parsed.sections
+        for line in section.code
+        if line.text.strip()
+    ]
     remaining = iter(code)
-    assert all(line in remaining for line in expected), "a code line is missing or out of order"
+    assert all(line in remaining for line in expected), (
+        "a code line is missing or out of order"
+    )
     text = "\n".join(cell.source for cell in nb.cells)
     for section in parsed.sections:
         for line in section.prose.splitlines():
@@ -34,7 +46,17 @@ def test_fixture_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     nb = nbformat.reads(to_ipynb(load(FIXTURES / "tiny_model.py")), as_version=4)
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    printed = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    nbclient.NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    printed = "".join(
+        o.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    )
     assert "output norm" in printed
     assert (tmp_path / "out/tiny/line.png").exists()

@@ -20,35 +20,60 @@ def assert_no_loss(source: str, lesson) -> None:
     seen = []
     for section in lesson.sections:
         for line in section.code:
-            assert line.text == lines[line.number - 1], f"code line {line.number} altered"
+            assert line.text == lines[line.number - 1], (
+                f"code line {line.number} altered"
+            )
             seen.append(line.number)
         for line in section.prose_lines:
-            assert line.text == lines[line.number - 1] or not lines[line.number - 1].strip(), f"prose line {line.number} altered"
+            assert (
+                line.text == lines[line.number - 1]
+                or not lines[line.number - 1].strip()
+            ), f"prose line {line.number} altered"
             seen.append(line.number)
-    assert sorted(seen) == list(range(1, len(lines) + 1)), "a line is missing or shown twice"
+    assert sorted(seen) == list(range(1, len(lines) + 1)), (
+        "a line is missing or shown twice"
+    )
     # Nothing said in the prose is dropped: every word of a prose source line reaches the Markdown
     # (or, for front matter, the parsed fields).
     for section in lesson.sections:
-        rendered = section.prose + " " + " ".join(f"{k}: {v}" for k, v in lesson.front_matter.items()) + " --- "
+        rendered = (
+            section.prose
+            + " "
+            + " ".join(f"{k}: {v}" for k, v in lesson.front_matter.items())
+            + " --- "
+        )
         for line in section.prose_lines:
-            for word in line.text.replace('"""', " ").replace("'''", " ").lstrip(" #rR").split():
-                assert word.strip("#") in rendered or word in ('r"""', "r'''"), f"word {word!r} of line {line.number} lost"
+            for word in (
+                line.text.replace('"""', " ").replace("'''", " ").lstrip(" #rR").split()
+            ):
+                assert word.strip("#") in rendered or word in ('r"""', "r'''"), (
+                    f"word {word!r} of line {line.number} lost"
+                )
 
 
 # ---- generated files ---------------------------------------------------------------------------------------
 
-words = st.text(alphabet="abcdefghij $*_`", min_size=1, max_size=12).map(str.strip).filter(bool)
+words = (
+    st.text(alphabet="abcdefghij $*_`", min_size=1, max_size=12)
+    .map(str.strip)
+    .filter(bool)
+)
 sentence = st.lists(words, min_size=1, max_size=6).map(" ".join)
 
 
 @st.composite
 def comment_block(draw, indent=""):
-    return [f"{indent}# {draw(sentence)}" if draw(st.booleans()) else f"{indent}#" for _ in range(draw(st.integers(1, 3)))] + ([f"{indent}# end"])
+    return [
+        f"{indent}# {draw(sentence)}" if draw(st.booleans()) else f"{indent}#"
+        for _ in range(draw(st.integers(1, 3)))
+    ] + ([f"{indent}# end"])
 
 
 @st.composite
 def docstring(draw, indent):
-    style = draw(st.sampled_from(["one", "multi", "closing-on-text", "raw", "single-quotes"]))
+    style = draw(
+        st.sampled_from(["one", "multi", "closing-on-text", "raw", "single-quotes"])
+    )
     text = draw(sentence)
     if style == "one":
         return [f'{indent}"""{text}"""']
@@ -63,7 +88,9 @@ def docstring(draw, indent):
 
 @st.composite
 def statement(draw, indent):
-    kind = draw(st.sampled_from(["assign", "eol", "string-assign", "comment", "blank", "call"]))
+    kind = draw(
+        st.sampled_from(["assign", "eol", "string-assign", "comment", "blank", "call"])
+    )
     if kind == "assign":
         return [f"{indent}x = {draw(st.integers(0, 99))}"]
     if kind == "eol":
@@ -82,16 +109,26 @@ def function(draw, indent="", name="f"):
     decorators = [f"{indent}@staticmethod"] if indent and draw(st.booleans()) else []
     header = [f"{indent}def {name}():"]
     if draw(st.booleans()):
-        return decorators + [f'{indent}def {name}(): "doc on the header line"; return 1']
+        return decorators + [
+            f'{indent}def {name}(): "doc on the header line"; return 1'
+        ]
     doc = draw(docstring(indent + "    ")) if draw(st.booleans()) else []
-    body = [line for _ in range(draw(st.integers(0, 3))) for line in draw(statement(indent + "    "))]
+    body = [
+        line
+        for _ in range(draw(st.integers(0, 3)))
+        for line in draw(statement(indent + "    "))
+    ]
     return decorators + header + doc + body + [f"{indent}    return 0"]
 
 
 @st.composite
 def klass(draw):
     doc = draw(docstring("    ")) if draw(st.booleans()) else []
-    methods = [line for i in range(draw(st.integers(1, 2))) for line in [""] + draw(function("    ", f"m{i}"))]
+    methods = [
+        line
+        for i in range(draw(st.integers(1, 2)))
+        for line in [""] + draw(function("    ", f"m{i}"))
+    ]
     return ["class A:"] + doc + ["    z = 1"] + methods
 
 
@@ -101,7 +138,9 @@ def module(draw):
     if draw(st.booleans()):
         lines += draw(docstring(""))
     for i in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["function", "class", "comment", "statement", "blank"]))
+        kind = draw(
+            st.sampled_from(["function", "class", "comment", "statement", "blank"])
+        )
         if kind == "function":
             lines += draw(function("", f"f{i}"))
         elif kind == "class":
@@ -138,7 +177,10 @@ def split(source):
     source = textwrap.dedent(source).lstrip("\n")
     lesson = parse(source, "edge.py")
     assert_no_loss(source, lesson)
-    return lesson, [(s.prose, [line.number for line in s.code if line.text.strip()]) for s in lesson.sections]
+    return lesson, [
+        (s.prose, [line.number for line in s.code if line.text.strip()])
+        for s in lesson.sections
+    ]
 
 
 def test_one_line_docstring_is_prose_for_its_def():
@@ -170,9 +212,9 @@ def test_string_assignment_is_code_not_prose():
 
 
 def test_docstring_sharing_a_line_with_code_stays_code():
-    _, sections = split('''
+    _, sections = split("""
         def f(): "doc"; return 1
-    ''')
+    """)
     assert sections == [("", [1])]
 
 
@@ -187,7 +229,11 @@ def test_comment_block_above_def_joins_its_docstring():
             # A step inside f.
             return x  # end-of-line comments stay in the code
     ''')
-    assert sections == [("", [1]), ("Why f exists.\n\nWhat f does.", [4, 5]), ("A step inside f.", [8])]
+    assert sections == [
+        ("", [1]),
+        ("Why f exists.\n\nWhat f does.", [4, 5]),
+        ("A step inside f.", [8]),
+    ]
 
 
 def test_method_docstring_starts_a_new_section_at_its_decorator():
@@ -220,7 +266,13 @@ def test_front_matter_is_read_and_kept_out_of_the_intro():
         """
         import math
     ''')
-    assert lesson.front_matter == {"title": "T", "summary": "S", "stage": 1, "topic": "foundations", "time": "1 s"}
+    assert lesson.front_matter == {
+        "title": "T",
+        "summary": "S",
+        "stage": 1,
+        "topic": "foundations",
+        "time": "1 s",
+    }
     assert sections[0] == ("Intro $x$.", [12])
     assert lesson.sections[0].kind == "intro"
 
@@ -234,7 +286,10 @@ def test_exercises_section_is_marked():
         # 1. One.
         # 2. Two.
     """)
-    assert lesson.sections[-1].kind == "exercises" and lesson.sections[-1].id == "exercises"
+    assert (
+        lesson.sections[-1].kind == "exercises"
+        and lesson.sections[-1].id == "exercises"
+    )
 
 
 def test_section_ids_survive_edits_elsewhere():
@@ -274,5 +329,7 @@ def test_missing_front_matter_names_file(tmp_path):
 def test_missing_front_matter_field_names_the_field(tmp_path):
     path = tmp_path / "partial.py"
     path.write_text('r"""\n---\ntitle: T\nstage: 1\n---\n"""\n')
-    with pytest.raises(LessonError, match=r"partial\.py:2: front matter lacks summary, topic, time"):
+    with pytest.raises(
+        LessonError, match=r"partial\.py:2: front matter lacks summary, topic, time"
+    ):
         load(path)

@@ -22,8 +22,13 @@ from tools.literate.curriculum import discover
 REPO = Path(__file__).resolve().parents[2]
 LESSONS = discover(REPO)
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 
 
@@ -33,7 +38,10 @@ def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
@@ -43,11 +51,22 @@ def test_one_page_per_lesson_with_sections_diagrams_math_and_header(site):
     for lesson in LESSONS:
         page = (site / "lessons" / lesson.key / "index.html").read_text()
         assert page.count('class="lit-section') >= 3, lesson.key
-        assert "lit-diagram-classes" in page and "lit-diagram-dataflow" in page and page.count("<svg") >= 2
+        assert (
+            "lit-diagram-classes" in page
+            and "lit-diagram-dataflow" in page
+            and page.count("<svg") >= 2
+        )
         assert "<math" in page, f"{lesson.key} renders no math"
-        for fact in ("Run</dt>", "Verified against</dt>", "Benchmarks</dt>", "Download</dt>"):
+        for fact in (
+            "Run</dt>",
+            "Verified against</dt>",
+            "Benchmarks</dt>",
+            "Download</dt>",
+        ):
             assert fact in page
-        assert "lit-stale" not in page, f"{lesson.key} shows stale or missing figures or benchmarks"
+        assert "lit-stale" not in page, (
+            f"{lesson.key} shows stale or missing figures or benchmarks"
+        )
         for image in re.findall(r'<img src="([^"]+)"', page):
             assert (site / "lessons" / lesson.key / image).resolve().exists(), image
 
@@ -55,8 +74,13 @@ def test_one_page_per_lesson_with_sections_diagrams_math_and_header(site):
 def test_no_page_loads_anything_from_another_host(site):
     for page in site.rglob("*.html"):
         text = page.read_text()
-        for url in re.findall(r'<(?:script|link|img|iframe)[^>]+(?:src|href)="((?:https?:)?//[^"]+)"', text):
-            assert urlparse(url).hostname in ("127.0.0.1", "localhost"), f"{page.relative_to(site)} loads {url}"
+        for url in re.findall(
+            r'<(?:script|link|img|iframe)[^>]+(?:src|href)="((?:https?:)?//[^"]+)"',
+            text,
+        ):
+            assert urlparse(url).hostname in ("127.0.0.1", "localhost"), (
+                f"{page.relative_to(site)} loads {url}"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +89,9 @@ def server(site):
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(site))
+    )
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -75,11 +101,15 @@ def server(site):
 def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.fail("Chromium is not installed: `bash tools/setup.sh test` installs it (Debian package chromium)")
+        pytest.fail(
+            "Chromium is not installed: `bash tools/setup.sh test` installs it (Debian package chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=CHROMIUM_FLAGS
+        )
         yield browser
         browser.close()
 
@@ -92,7 +122,12 @@ class Visit:
         self.page = self.context.new_page()
         self.requests, self.errors = [], []
         self.page.on("request", lambda request: self.requests.append(request.url))
-        self.page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
+        self.page.on(
+            "console",
+            lambda message: (
+                self.errors.append(message.text) if message.type == "error" else None
+            ),
+        )
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         self.page.goto(url, wait_until="networkidle")
 
@@ -104,7 +139,12 @@ class Visit:
                        s.querySelector('.lit-code').getBoundingClientRect().toJSON()])""")
 
     def foreign_requests(self):
-        return [url for url in self.requests if urlparse(url).scheme not in ("data", "blob") and urlparse(url).hostname != "127.0.0.1"]
+        return [
+            url
+            for url in self.requests
+            if urlparse(url).scheme not in ("data", "blob")
+            and urlparse(url).hostname != "127.0.0.1"
+        ]
 
 
 EXEMPLAR = "foundations/autograd"
@@ -158,17 +198,23 @@ def test_math_is_laid_out_and_both_diagrams_are_visible(browser, server):
 
 @pytest.mark.browser
 def test_dark_scheme_is_applied_and_readable(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 1000}, color_scheme="dark"
+    )
     page = context.new_page()
     page.goto(f"{server}/lessons/{EXEMPLAR}/", wait_until="networkidle")
-    assert page.evaluate("document.body.getAttribute('data-md-color-scheme')") == "slate"
+    assert (
+        page.evaluate("document.body.getAttribute('data-md-color-scheme')") == "slate"
+    )
     colours = page.evaluate("""() => {
         const luminance = c => { const [r, g, b] = c.match(/\\d+/g).map(Number); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
         const prose = document.querySelector('.lit-prose p');
         const code = document.querySelector('.lit-code pre');
         return {text: luminance(getComputedStyle(prose).color), page: luminance(getComputedStyle(document.body).backgroundColor),
                 code: luminance(getComputedStyle(code).backgroundColor)}; }""")
-    assert colours["text"] > 150 and colours["page"] < 80 and colours["code"] < 80, colours
+    assert colours["text"] > 150 and colours["page"] < 80 and colours["code"] < 80, (
+        colours
+    )
     context.close()
 
 
@@ -176,9 +222,16 @@ def test_dark_scheme_is_applied_and_readable(browser, server):
 def test_search_finds_a_word_that_only_lesson_prose_has(browser, server):
     word = "Wengert"
     # The word must appear in the exemplar's prose and nowhere else a reader could search.
-    prose = " ".join(section.prose for section in __import__("tools.literate.parse", fromlist=["load"]).load(REPO / f"annotated/{EXEMPLAR}.py").sections)
+    prose = " ".join(
+        section.prose
+        for section in __import__("tools.literate.parse", fromlist=["load"])
+        .load(REPO / f"annotated/{EXEMPLAR}.py")
+        .sections
+    )
     assert word in prose
-    for other in [p for p in (REPO / "docs").rglob("*.md")] + [l.path for l in LESSONS if l.key != EXEMPLAR]:
+    for other in [p for p in (REPO / "docs").rglob("*.md")] + [
+        l.path for l in LESSONS if l.key != EXEMPLAR
+    ]:
         assert word not in other.read_text(), other
     visit = Visit(browser, f"{server}/", 1400)
     page = visit.page
@@ -186,7 +239,10 @@ def test_search_finds_a_word_that_only_lesson_prose_has(browser, server):
     search.click()
     # The search worker builds its index after the page loads; a query typed before that is dropped.
     # Type key by key, as a reader does: the theme searches on key events.
-    page.wait_for_function("!document.querySelector('.md-search-result__meta').textContent.includes('Initializing')", timeout=30000)
+    page.wait_for_function(
+        "!document.querySelector('.md-search-result__meta').textContent.includes('Initializing')",
+        timeout=30000,
+    )
     search.press_sequentially(word, delay=30)
     result = page.locator(".md-search-result__item a").first
     result.wait_for(timeout=15000)
@@ -198,7 +254,9 @@ def test_search_finds_a_word_that_only_lesson_prose_has(browser, server):
 
 @pytest.mark.browser
 def test_every_page_stays_on_127_0_0_1_without_console_errors(browser, server):
-    pages = ["", "tour/", "contributing/", "reference/"] + [f"lessons/{lesson.key}/" for lesson in LESSONS]
+    pages = ["", "tour/", "contributing/", "reference/"] + [
+        f"lessons/{lesson.key}/" for lesson in LESSONS
+    ]
     for path in pages:
         visit = Visit(browser, f"{server}/{path}", 1400)
         assert not visit.foreign_requests(), (path, visit.foreign_requests())

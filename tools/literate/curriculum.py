@@ -46,7 +46,9 @@ class LessonFile:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
-def discover(root: Path, packages: tuple[str, ...] = ("annotated", "kernels")) -> list[LessonFile]:
+def discover(
+    root: Path, packages: tuple[str, ...] = ("annotated", "kernels")
+) -> list[LessonFile]:
     """Every lesson file: `annotated/<area>/<topic>.py` and `kernels/[<area>/]<topic>.py`, sorted."""
     found = []
     for package in packages:
@@ -56,9 +58,14 @@ def discover(root: Path, packages: tuple[str, ...] = ("annotated", "kernels")) -
         for path in sorted(base.rglob("*.py")):
             relative = path.relative_to(root).as_posix()
             depth = len(path.relative_to(base).parts)
-            if path.name.startswith("_") or any(part.startswith((".", "_")) for part in path.relative_to(base).parts[:-1]):
+            if path.name.startswith("_") or any(
+                part.startswith((".", "_"))
+                for part in path.relative_to(base).parts[:-1]
+            ):
                 continue
-            if (package == "annotated" and depth == 2) or (package != "annotated" and depth in (1, 2)):
+            if (package == "annotated" and depth == 2) or (
+                package != "annotated" and depth in (1, 2)
+            ):
                 found.append(LessonFile(root, relative))
     return found
 
@@ -67,7 +74,11 @@ def select(names: list[str], candidates: list[LessonFile]) -> list[LessonFile]:
     """The candidates named by file path (as typed on a command line); ValueError for any that is not one."""
     wanted = {Path(name).resolve(): name for name in names}
     chosen = [lesson for lesson in candidates if lesson.path.resolve() in wanted]
-    unknown = [name for path, name in wanted.items() if path not in {lesson.path.resolve() for lesson in chosen}]
+    unknown = [
+        name
+        for path, name in wanted.items()
+        if path not in {lesson.path.resolve() for lesson in chosen}
+    ]
     if unknown or not names:
         raise ValueError(f"not lessons here: {', '.join(unknown) or '(none named)'}")
     return chosen
@@ -91,7 +102,14 @@ def load_curriculum(path: Path) -> list[dict]:
 
 def planned_lessons(stages: list[dict]) -> list[PlannedLesson]:
     return [
-        PlannedLesson(stage["number"], stage["title"], week["weeks"], week["title"], lesson["module"], lesson["title"])
+        PlannedLesson(
+            stage["number"],
+            stage["title"],
+            week["weeks"],
+            week["title"],
+            lesson["module"],
+            lesson["title"],
+        )
         for stage in stages
         for week in stage["week"]
         for lesson in week["lessons"]
@@ -116,5 +134,7 @@ def project_sources(tree, root: Path) -> dict[str, str]:
     for name in imported_modules(tree):
         path = root / (name.replace(".", "/") + ".py")
         if name.split(".")[0] in ("annotated", "kernels") and path.is_file():
-            found[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[path.relative_to(root).as_posix()] = hashlib.sha256(
+                path.read_bytes()
+            ).hexdigest()
     return dict(sorted(found.items()))

@@ -22,8 +22,12 @@ from pathlib import Path
 
 from tools.literate import LessonError
 
-ENGINE_VERSION = "1"  # bump to invalidate every cached diagram when the drawing code changes
-_COLLAPSE_ABOVE = 40  # fx nodes; a bigger model is drawn with its top-level blocks as single boxes
+ENGINE_VERSION = (
+    "1"  # bump to invalidate every cached diagram when the drawing code changes
+)
+_COLLAPSE_ABOVE = (
+    40  # fx nodes; a bigger model is drawn with its top-level blocks as single boxes
+)
 _MAX_METHODS = 12
 
 _GRAPH_STYLE = (
@@ -34,7 +38,11 @@ _GRAPH_STYLE = (
 
 
 def _quote(text: str) -> str:
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return (
+        '"'
+        + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        + '"'
+    )
 
 
 def _html_label(text: str) -> str:
@@ -61,57 +69,123 @@ def class_diagram(source: str, path: str) -> str:
     external: set[str] = set()
     for node in classes:
         attributes, parts = _class_members(node, names)
-        methods = [f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_key_method(f.name)]
+        methods = [
+            f.name
+            for f in node.body
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and _is_key_method(f.name)
+        ]
         if len(methods) > _MAX_METHODS:
             methods = methods[:_MAX_METHODS] + ["…"]
         rows = [f'<tr><td bgcolor="#dfe6f7"><b>{_html_label(node.name)}</b></td></tr>']
         if attributes:
-            rows.append('<tr><td align="left" balign="left">' + "<br/>".join(_html_label(a) for a in attributes) + "</td></tr>")
+            rows.append(
+                '<tr><td align="left" balign="left">'
+                + "<br/>".join(_html_label(a) for a in attributes)
+                + "</td></tr>"
+            )
         if methods:
-            rows.append('<tr><td align="left" balign="left">' + "<br/>".join(_html_label(m if m == "…" else f"{m}()") for m in methods) + "</td></tr>")
-        table = '<table border="1" cellborder="0" cellspacing="0" cellpadding="4" color="#4a5a8a" bgcolor="#f6f8fd">' + "".join(rows) + "</table>"
+            rows.append(
+                '<tr><td align="left" balign="left">'
+                + "<br/>".join(
+                    _html_label(m if m == "…" else f"{m}()") for m in methods
+                )
+                + "</td></tr>"
+            )
+        table = (
+            '<table border="1" cellborder="0" cellspacing="0" cellpadding="4" color="#4a5a8a" bgcolor="#f6f8fd">'
+            + "".join(rows)
+            + "</table>"
+        )
         lines.append(f"{_quote(node.name)} [label=<{table}>];")
         for base in node.bases:
             base_name = ast.unparse(base)
             if base_name not in names:
                 external.add(base_name)
-            lines.append(f'{_quote(base_name)} -> {_quote(node.name)} [dir=back, arrowtail=empty];')
+            lines.append(
+                f"{_quote(base_name)} -> {_quote(node.name)} [dir=back, arrowtail=empty];"
+            )
         for attribute, (target, many) in parts.items():
             label = f"{attribute} *" if many else attribute
-            lines.append(f'{_quote(node.name)} -> {_quote(target)} [arrowtail=diamond, dir=back, label={_quote(label)}];')
+            lines.append(
+                f"{_quote(node.name)} -> {_quote(target)} [arrowtail=diamond, dir=back, label={_quote(label)}];"
+            )
     for name in sorted(external):
-        lines.append(f'{_quote(name)} [shape=box, style="rounded,dashed", fontcolor="#555555"];')
+        lines.append(
+            f'{_quote(name)} [shape=box, style="rounded,dashed", fontcolor="#555555"];'
+        )
     lines.append("}")
     return "\n".join(lines)
 
 
 def _is_key_method(name: str) -> bool:
-    return not name.startswith("_") or name in ("__init__", "__call__", "forward") or (name.startswith("__") and name.endswith("__") and name not in ("__repr__", "__str__", "__hash__", "__eq__"))
+    return (
+        not name.startswith("_")
+        or name in ("__init__", "__call__", "forward")
+        or (
+            name.startswith("__")
+            and name.endswith("__")
+            and name not in ("__repr__", "__str__", "__hash__", "__eq__")
+        )
+    )
 
 
-def _class_members(node: ast.ClassDef, class_names: set[str]) -> tuple[list[str], dict[str, tuple[str, bool]]]:
+def _class_members(
+    node: ast.ClassDef, class_names: set[str]
+) -> tuple[list[str], dict[str, tuple[str, bool]]]:
     """Attributes as `name: Type` rows, and the ones holding lesson classes as {name: (class, many)}."""
     attributes: list[str] = []
     parts: dict[str, tuple[str, bool]] = {}
     for statement in node.body:
-        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
-            attributes.append(f"{statement.target.id}: {ast.unparse(statement.annotation)}")
-    init = next((f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
+        if isinstance(statement, ast.AnnAssign) and isinstance(
+            statement.target, ast.Name
+        ):
+            attributes.append(
+                f"{statement.target.id}: {ast.unparse(statement.annotation)}"
+            )
+    init = next(
+        (
+            f
+            for f in node.body
+            if isinstance(f, ast.FunctionDef) and f.name == "__init__"
+        ),
+        None,
+    )
     for statement in ast.walk(init) if init else []:
         if not isinstance(statement, (ast.Assign, ast.AnnAssign)):
             continue
-        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        targets = (
+            statement.targets
+            if isinstance(statement, ast.Assign)
+            else [statement.target]
+        )
         for target in targets:
-            if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"):
+            if not (
+                isinstance(target, ast.Attribute)
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "self"
+            ):
                 continue
-            if target.attr.startswith("_") or any(a.split(":")[0] == target.attr for a in attributes):
+            if target.attr.startswith("_") or any(
+                a.split(":")[0] == target.attr for a in attributes
+            ):
                 continue
             built, many = _built_class(statement.value)
-            annotation = statement.annotation if isinstance(statement, ast.AnnAssign) else None
+            annotation = (
+                statement.annotation if isinstance(statement, ast.AnnAssign) else None
+            )
             if annotation is not None and built not in class_names:
                 # `self.cpts: dict[str, Factor] = {...}`: the annotation names the part the value hides.
-                named = [n.id for n in ast.walk(annotation) if isinstance(n, ast.Name) and n.id in class_names]
-                built, many = (named[0], isinstance(annotation, ast.Subscript)) if named else (ast.unparse(annotation), False)
+                named = [
+                    n.id
+                    for n in ast.walk(annotation)
+                    if isinstance(n, ast.Name) and n.id in class_names
+                ]
+                built, many = (
+                    (named[0], isinstance(annotation, ast.Subscript))
+                    if named
+                    else (ast.unparse(annotation), False)
+                )
             if built in class_names:
                 parts[target.attr] = (built, many)
             else:
@@ -134,7 +208,11 @@ def _built_class(value: ast.AST | None) -> tuple[str | None, bool]:
         return _built_class(value.elts[0])[0], True
     if isinstance(value, ast.Call):
         name = ast.unparse(value.func)
-        if name.split(".")[-1] in ("ModuleList", "Sequential", "ModuleDict", "list", "tuple") and value.args:
+        if (
+            name.split(".")[-1]
+            in ("ModuleList", "Sequential", "ModuleDict", "list", "tuple")
+            and value.args
+        ):
             inner, _ = _built_class(value.args[0])
             if inner:
                 return inner, True
@@ -144,12 +222,22 @@ def _built_class(value: ast.AST | None) -> tuple[str | None, bool]:
 
 
 def _call_graph(tree: ast.Module) -> str:
-    functions = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    functions = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
     lines = ["digraph calls {", _GRAPH_STYLE]
     for name, node in functions.items():
         arguments = ", ".join(a.arg for a in node.args.args)
         lines.append(f"{_quote(name)} [label={_quote(f'{name}({arguments})')}];")
-        called = {n.func.id for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in functions}
+        called = {
+            n.func.id
+            for n in ast.walk(node)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Name)
+            and n.func.id in functions
+        }
         for callee in sorted(called - {name}):
             lines.append(f"{_quote(name)} -> {_quote(callee)};")
     lines.append("}")
@@ -169,22 +257,38 @@ def dataflow_diagram(path: str | Path, module_name: str) -> str:
     path = Path(path)
     module = _import_fresh(path, module_name)
     if not callable(getattr(module, "example", None)):
-        raise LessonError(path, 1, "no example(): every lesson declares `def example()` returning (fn, args); see docs/contributing.md")
+        raise LessonError(
+            path,
+            1,
+            "no example(): every lesson declares `def example()` returning (fn, args); see docs/contributing.md",
+        )
     try:
         declared = module.example()
-        if not (isinstance(declared, tuple) and len(declared) == 2 and isinstance(declared[1], tuple)):
-            raise TypeError(f"example() must return (fn, args) with args a tuple, got {type(declared).__name__}")
+        if not (
+            isinstance(declared, tuple)
+            and len(declared) == 2
+            and isinstance(declared[1], tuple)
+        ):
+            raise TypeError(
+                f"example() must return (fn, args) with args a tuple, got {type(declared).__name__}"
+            )
         fn, args = declared
         if _is_torch_module(fn):
             return _fx_dataflow(fn, args)
         if not callable(getattr(module, "dataflow", None)):
-            raise TypeError("example()'s fn is not a torch.nn.Module, so the lesson must define dataflow(output) → (nodes, edges)")
+            raise TypeError(
+                "example()'s fn is not a torch.nn.Module, so the lesson must define dataflow(output) → (nodes, edges)"
+            )
         nodes, edges = module.dataflow(fn(*args))
         return _declared_dataflow(nodes, edges)
     except LessonError:
         raise
     except Exception as error:
-        raise LessonError(path, _line_in(path, error), f"example() or dataflow() raised {type(error).__name__}: {error}") from None
+        raise LessonError(
+            path,
+            _line_in(path, error),
+            f"example() or dataflow() raised {type(error).__name__}: {error}",
+        ) from None
 
 
 def _import_fresh(path: Path, module_name: str):
@@ -200,14 +304,22 @@ def _import_fresh(path: Path, module_name: str):
             sys.modules[module_name] = previous
         else:
             sys.modules.pop(module_name, None)
-        raise LessonError(path, _line_in(path, error), f"importing the lesson raised {type(error).__name__}: {error}") from None
+        raise LessonError(
+            path,
+            _line_in(path, error),
+            f"importing the lesson raised {type(error).__name__}: {error}",
+        ) from None
     return module
 
 
 def _line_in(path: Path, error: BaseException) -> int:
     """The deepest traceback line inside the lesson's own file (1 when the error arose elsewhere)."""
     resolved = str(path.resolve())
-    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if os.path.realpath(frame.filename) == resolved]
+    lines = [
+        frame.lineno
+        for frame in traceback.extract_tb(error.__traceback__)
+        if os.path.realpath(frame.filename) == resolved
+    ]
     return lines[-1] if lines else 1
 
 
@@ -224,7 +336,9 @@ def _fx_dataflow(model, args: tuple) -> str:
         """Keeps each direct child of the model as one box: the collapsed view of a big model."""
 
         def is_leaf_module(self, module, qualified_name):
-            return "." not in qualified_name or super().is_leaf_module(module, qualified_name)
+            return "." not in qualified_name or super().is_leaf_module(
+                module, qualified_name
+            )
 
     graph_module = torch.fx.symbolic_trace(model)
     if len(graph_module.graph.nodes) > _COLLAPSE_ABOVE:
@@ -247,7 +361,9 @@ def _fx_dataflow(model, args: tuple) -> str:
             label = f"{node.op} {node.target}"
         nodes.append((node.name, label))
         for source in node.all_input_nodes:
-            edges.append((source.name, node.name, _shape_label(source.meta.get("tensor_meta"))))
+            edges.append(
+                (source.name, node.name, _shape_label(source.meta.get("tensor_meta")))
+            )
     return _declared_dataflow(nodes, edges)
 
 
@@ -270,11 +386,15 @@ def _declared_dataflow(nodes, edges) -> str:
         lines.append(f"{_quote(node_id)} [label={_quote(label)}];")
     for edge in edges:
         if len(edge) != 3:
-            raise ValueError(f"dataflow edges are (src, dst, label) triples, got {edge!r}")
+            raise ValueError(
+                f"dataflow edges are (src, dst, label) triples, got {edge!r}"
+            )
         source, target, label = edge
         for end in (source, target):
             if str(end) not in known:
-                raise ValueError(f"dataflow edge {edge!r} names node {end!r}, which is not in nodes")
+                raise ValueError(
+                    f"dataflow edge {edge!r} names node {end!r}, which is not in nodes"
+                )
         lines.append(f"{_quote(source)} -> {_quote(target)} [label={_quote(label)}];")
     lines.append("}")
     return "\n".join(lines)
@@ -297,7 +417,9 @@ def cached_text(cache_dir: Path, kind: str, key: str, make) -> str:
         return path.read_text(encoding="utf-8")
     text = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8", suffix=".part") as handle:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, delete=False, encoding="utf-8", suffix=".part"
+    ) as handle:
         handle.write(text)
     os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
@@ -309,10 +431,20 @@ def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
 
     def make():
         if shutil.which("dot") is None:
-            raise LessonError(path, 1, f"cannot draw the {what} diagram: Graphviz's `dot` is not installed (bash tools/setup.sh installs it)")
-        result = subprocess.run(["dot", "-Tsvg"], input=dot_source, capture_output=True, text=True)
+            raise LessonError(
+                path,
+                1,
+                f"cannot draw the {what} diagram: Graphviz's `dot` is not installed (bash tools/setup.sh installs it)",
+            )
+        result = subprocess.run(
+            ["dot", "-Tsvg"], input=dot_source, capture_output=True, text=True
+        )
         if result.returncode != 0:
-            raise LessonError(path, 1, f"Graphviz failed on the {what} diagram: {result.stderr.strip()}")
+            raise LessonError(
+                path,
+                1,
+                f"Graphviz failed on the {what} diagram: {result.stderr.strip()}",
+            )
         svg = result.stdout
         svg = svg[svg.index("<svg") :]
         return re.sub(r"<!--.*?-->\n?", "", svg, flags=re.S)

@@ -62,18 +62,30 @@ def regenerate(lesson: LessonFile, docs_dir: Path, extra: list[str] = ()) -> Fig
     target = docs_dir / folder_for(lesson)
     target.parent.mkdir(parents=True, exist_ok=True)
     source_sha256 = lesson.source_sha256()
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as scratch:
+    with tempfile.TemporaryDirectory(
+        dir=target.parent, prefix=f".{target.name}-"
+    ) as scratch:
         out = Path(scratch) / "out"
         out.mkdir()
         command = [sys.executable, "-m", lesson.module, "--out", str(out), *extra]
         started = time.perf_counter()
-        result = subprocess.run(command, cwd=lesson.root, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+        result = subprocess.run(
+            command,
+            cwd=lesson.root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MPLBACKEND": "Agg"},
+        )
         seconds = time.perf_counter() - started
         if result.returncode != 0:
-            raise RuntimeError(f"{lesson.relative}: the demo failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{lesson.relative}: the demo failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
+            )
         files = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
         if not files:
-            raise RuntimeError(f"{lesson.relative}: the demo saved no PNG figure in --out")
+            raise RuntimeError(
+                f"{lesson.relative}: the demo saved no PNG figure in --out"
+            )
         for stray in [p for p in out.iterdir() if p.suffix != ".png"]:
             shutil.rmtree(stray) if stray.is_dir() else stray.unlink()
         shown = " ".join(["python", "-m", lesson.module, *extra])
@@ -86,7 +98,9 @@ def regenerate(lesson: LessonFile, docs_dir: Path, extra: list[str] = ()) -> Fig
             "seconds": round(seconds, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}",
         }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (out / MANIFEST).write_text(
+            json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
+        )
         # Swap the new folder in whole: a failure above leaves the old figures as they were.
         old = Path(scratch) / "old"
         if target.exists():
@@ -96,16 +110,28 @@ def regenerate(lesson: LessonFile, docs_dir: Path, extra: list[str] = ()) -> Fig
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Regenerate the figures shown on lesson pages.")
-    parser.add_argument("lessons", nargs="*", help="lesson files, e.g. annotated/foundations/autograd.py")
+    parser = argparse.ArgumentParser(
+        description="Regenerate the figures shown on lesson pages."
+    )
+    parser.add_argument(
+        "lessons",
+        nargs="*",
+        help="lesson files, e.g. annotated/foundations/autograd.py",
+    )
     parser.add_argument("--all", action="store_true", help="every lesson")
-    parser.add_argument("--stale", action="store_true", help="only lessons whose figures are missing or stale")
+    parser.add_argument(
+        "--stale",
+        action="store_true",
+        help="only lessons whose figures are missing or stale",
+    )
     parser.add_argument("--root", default=".", help="the project root")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     everything = discover(root)
     try:
-        chosen = everything if args.all or args.stale else select(args.lessons, everything)
+        chosen = (
+            everything if args.all or args.stale else select(args.lessons, everything)
+        )
     except ValueError as error:
         parser.error(f"{error}; name lesson files or pass --all")
     docs_dir = root / "docs"

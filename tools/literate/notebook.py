@@ -33,14 +33,27 @@ def to_ipynb(lesson: Lesson) -> str:
     for group in _statement_groups(lesson):
         first = group[0]
         if first.prose:
-            cells.append("# %% [markdown]\n" + "\n".join(f"# {line}".rstrip() for line in first.prose.splitlines()))
+            cells.append(
+                "# %% [markdown]\n"
+                + "\n".join(f"# {line}".rstrip() for line in first.prose.splitlines())
+            )
         numbers = [line.number for line in first.code]
-        numbers += [line.number for section in group[1:] for line in section.prose_lines + section.code]
-        code = "\n".join(source_lines[number - 1] for number in sorted(numbers)).strip("\n")
+        numbers += [
+            line.number
+            for section in group[1:]
+            for line in section.prose_lines + section.code
+        ]
+        code = "\n".join(source_lines[number - 1] for number in sorted(numbers)).strip(
+            "\n"
+        )
         if code:
             cells.append("# %%\n" + code)
     notebook = jupytext.reads("\n\n".join(cells) + "\n", fmt="py:percent")
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     return jupytext.writes(notebook, fmt="ipynb")
 
 
@@ -79,18 +92,29 @@ def execute(path: Path, root: Path, timeout: int = 600) -> None:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    nbclient.NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(root)}},
+    ).execute()
     nb.metadata["literate"] = {"lessons": imported_lessons(nb, root)}
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".part", encoding="utf-8") as handle:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, delete=False, suffix=".part", encoding="utf-8"
+    ) as handle:
         nbformat.write(nb, handle)
     os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Execute notebooks under docs/ in place and record the lessons they import.")
+    parser = argparse.ArgumentParser(
+        description="Execute notebooks under docs/ in place and record the lessons they import."
+    )
     parser.add_argument("notebooks", nargs="+", help="e.g. docs/tour.ipynb")
-    parser.add_argument("--root", default=".", help="the project root (the notebook runs there)")
+    parser.add_argument(
+        "--root", default=".", help="the project root (the notebook runs there)"
+    )
     args = parser.parse_args(argv)
     for name in args.notebooks:
         print(f"{name}: executing ...", flush=True)

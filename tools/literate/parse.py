@@ -66,7 +66,9 @@ class Lesson:
     sections: list[Section]
     front_matter: dict
     front_matter_line: int  # line of the opening `---`, or 1 when there is none
-    tree: ast.Module = field(repr=False, default=None)  # the module's AST, for readers of imports and classes
+    tree: ast.Module = field(
+        repr=False, default=None
+    )  # the module's AST, for readers of imports and classes
 
 
 def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
@@ -75,7 +77,9 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as error:
-        raise LessonError(path, error.lineno or 1, f"syntax error: {error.msg}") from None
+        raise LessonError(
+            path, error.lineno or 1, f"syntax error: {error.msg}"
+        ) from None
     lines = source.splitlines()
     comment_lines = _full_line_comments(source, path)
     docstrings = _docstrings(tree, lines)
@@ -94,7 +98,11 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
         if number in docstring_at:
             doc = docstring_at[number]
             _start_docstring_section(sections, doc)
-            _add_prose_block(sections[-1], [Line(n, lines[n - 1]) for n in range(doc.first, doc.last + 1)], doc.markdown)
+            _add_prose_block(
+                sections[-1],
+                [Line(n, lines[n - 1]) for n in range(doc.first, doc.last + 1)],
+                doc.markdown,
+            )
             number = doc.last + 1
         elif number in comment_lines:
             block = []
@@ -103,8 +111,12 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
                 number += 1
             if sections[-1].has_code():
                 sections.append(Section())
-            _add_prose_block(sections[-1], block, [_comment_text(line.text) for line in block])
-        elif not lines[number - 1].strip() and _blank_run_joins_prose(number, lines, sections[-1], comment_lines, docstring_at):
+            _add_prose_block(
+                sections[-1], block, [_comment_text(line.text) for line in block]
+            )
+        elif not lines[number - 1].strip() and _blank_run_joins_prose(
+            number, lines, sections[-1], comment_lines, docstring_at
+        ):
             # A blank line between two prose blocks is a paragraph break in the prose, not code.
             sections[-1].prose_lines.append(Line(number, ""))
             sections[-1].markdown.append((number, ""))
@@ -138,14 +150,22 @@ def _load(path: Path, source: str) -> Lesson:
     _check_escapes(source, path)
     if not lesson.front_matter:
         raise LessonError(
-            path, 1, "no front matter: the module docstring must begin with a '---' YAML block "
-            f"holding {', '.join(FRONT_MATTER_FIELDS)}"
+            path,
+            1,
+            "no front matter: the module docstring must begin with a '---' YAML block "
+            f"holding {', '.join(FRONT_MATTER_FIELDS)}",
         )
     missing = [name for name in FRONT_MATTER_FIELDS if name not in lesson.front_matter]
     if missing:
-        raise LessonError(path, lesson.front_matter_line, f"front matter lacks {', '.join(missing)}")
+        raise LessonError(
+            path, lesson.front_matter_line, f"front matter lacks {', '.join(missing)}"
+        )
     if lesson.front_matter["stage"] not in (1, 2, 3):
-        raise LessonError(path, lesson.front_matter_line, f"front matter: stage must be 1, 2 or 3, got {lesson.front_matter['stage']!r}")
+        raise LessonError(
+            path,
+            lesson.front_matter_line,
+            f"front matter: stage must be 1, 2 or 3, got {lesson.front_matter['stage']!r}",
+        )
     return lesson
 
 
@@ -159,7 +179,11 @@ def _check_escapes(source: str, path: Path) -> None:
             compile(source, str(path), "exec", dont_inherit=True)
         except (SyntaxWarning, DeprecationWarning, SyntaxError) as warning:
             line = getattr(warning, "lineno", None) or 1
-            raise LessonError(path, line, f"{warning.msg if hasattr(warning, 'msg') else warning}: write the string as r\"\"\"...\"\"\"") from None
+            raise LessonError(
+                path,
+                line,
+                f'{warning.msg if hasattr(warning, "msg") else warning}: write the string as r"""..."""',
+            ) from None
 
 
 # ---- tokens: which lines are full-line comments -------------------------------------------------------------
@@ -174,11 +198,15 @@ def _full_line_comments(source: str, path: Path) -> set[int]:
             row, col = token.start
             before = token.line[:col]
             # A shebang or an encoding declaration is an instruction to the interpreter, not prose.
-            if before.strip() or (row <= 2 and (token.string.startswith("#!") or "coding" in token.string)):
+            if before.strip() or (
+                row <= 2 and (token.string.startswith("#!") or "coding" in token.string)
+            ):
                 continue
             found.add(row)
     except tokenize.TokenError as error:
-        raise LessonError(path, error.args[1][0], f"tokenize: {error.args[0]}") from None
+        raise LessonError(
+            path, error.args[1][0], f"tokenize: {error.args[0]}"
+        ) from None
     return found
 
 
@@ -207,15 +235,35 @@ def _docstrings(tree: ast.Module, lines: list[str]) -> list[_Docstring]:
 
     def visit(node, qualname: str):
         body = getattr(node, "body", None)
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             string = body[0].value
             first, last = string.lineno, string.end_lineno
             # A docstring is prose only when it has its lines to itself: nothing before its opening quotes
             # and nothing after its closing ones. `def f(): "doc"` stays code.
-            alone = not lines[first - 1][: string.col_offset].strip() and not lines[last - 1][string.end_col_offset :].strip()
+            alone = (
+                not lines[first - 1][: string.col_offset].strip()
+                and not lines[last - 1][string.end_col_offset :].strip()
+            )
             if alone:
-                header = first if isinstance(node, ast.Module) else min([node.lineno] + [d.lineno for d in node.decorator_list])
-                found.append(_Docstring(first, last, header, qualname, _docstring_markdown(lines[first - 1 : last])))
+                header = (
+                    first
+                    if isinstance(node, ast.Module)
+                    else min([node.lineno] + [d.lineno for d in node.decorator_list])
+                )
+                found.append(
+                    _Docstring(
+                        first,
+                        last,
+                        header,
+                        qualname,
+                        _docstring_markdown(lines[first - 1 : last]),
+                    )
+                )
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 visit(child, f"{qualname}.{child.name}" if qualname else child.name)
@@ -230,7 +278,9 @@ def _docstring_markdown(raw: list[str]) -> list[str]:
     opening = _STRING_PREFIX.match(text)
     body = text[opening.end() : len(text) - len(opening.group(1))]
     body_lines = body.split("\n")
-    indents = [len(line) - len(line.lstrip()) for line in body_lines[1:] if line.strip()]
+    indents = [
+        len(line) - len(line.lstrip()) for line in body_lines[1:] if line.strip()
+    ]
     indent = min(indents, default=0)
     return [body_lines[0].strip()] + [line[indent:].rstrip() for line in body_lines[1:]]
 
@@ -270,7 +320,9 @@ def _start_docstring_section(sections: list[Section], doc: _Docstring) -> None:
     sections.append(Section(code=header))
 
 
-def _add_prose_block(section: Section, source_lines: list[Line], markdown: list[str]) -> None:
+def _add_prose_block(
+    section: Section, source_lines: list[Line], markdown: list[str]
+) -> None:
     if section.markdown and section.markdown[-1][1] != "":
         section.markdown.append((None, ""))
     section.prose_lines.extend(source_lines)
@@ -290,32 +342,59 @@ def _blank_run_joins_prose(number, lines, section, comment_lines, docstring_at) 
 _FRONT_MATTER = "---"
 
 
-def _split_front_matter(sections: list[Section], docstrings: list[_Docstring], path: Path) -> tuple[dict, int]:
+def _split_front_matter(
+    sections: list[Section], docstrings: list[_Docstring], path: Path
+) -> tuple[dict, int]:
     module_doc = next((d for d in docstrings if d.qualname == ""), None)
     if module_doc is None or not sections:
         return {}, 1
-    intro = next(s for s in sections if any(line.number == module_doc.first for line in s.prose_lines))
+    intro = next(
+        s
+        for s in sections
+        if any(line.number == module_doc.first for line in s.prose_lines)
+    )
     intro.kind = "intro"
     # The front matter is the YAML between the first two `---` lines of the module docstring.
-    doc_lines = [(n, text) for n, text in intro.markdown if n is not None and module_doc.first <= n <= module_doc.last]
+    doc_lines = [
+        (n, text)
+        for n, text in intro.markdown
+        if n is not None and module_doc.first <= n <= module_doc.last
+    ]
     content = [(n, text) for n, text in doc_lines if text.strip()]
     if not content or content[0][1].strip() != _FRONT_MATTER:
         return {}, 1
     opening = content[0][0]
-    closing = next((n for n, text in doc_lines if n > opening and text.strip() == _FRONT_MATTER), None)
+    closing = next(
+        (n for n, text in doc_lines if n > opening and text.strip() == _FRONT_MATTER),
+        None,
+    )
     if closing is None:
-        raise LessonError(path, opening, "front matter opened with '---' is never closed by a second '---'")
+        raise LessonError(
+            path,
+            opening,
+            "front matter opened with '---' is never closed by a second '---'",
+        )
     yaml_text = "\n".join(text for n, text in doc_lines if opening < n < closing)
     try:
         front_matter = yaml.safe_load(yaml_text) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = opening + 1 + (mark.line if mark else 0)
-        raise LessonError(path, line, f"front matter is not valid YAML: {getattr(error, 'problem', error)}") from None
+        raise LessonError(
+            path,
+            line,
+            f"front matter is not valid YAML: {getattr(error, 'problem', error)}",
+        ) from None
     if not isinstance(front_matter, dict):
-        raise LessonError(path, opening, "front matter must be a YAML mapping of field: value")
+        raise LessonError(
+            path, opening, "front matter must be a YAML mapping of field: value"
+        )
     # The front matter lines stay in the prose column's accounting; the header shows them, not the prose.
-    intro.markdown = [(n, text) for n, text in intro.markdown if n is None or n > closing or n < module_doc.first]
+    intro.markdown = [
+        (n, text)
+        for n, text in intro.markdown
+        if n is None or n > closing or n < module_doc.first
+    ]
     return front_matter, opening
 
 
@@ -324,7 +403,9 @@ def _slug(text: str, words: int = 6) -> str:
     return "-".join(re.findall(r"[a-z0-9]+", text)[:words])
 
 
-def _name_sections(sections: list[Section], scopes, docstrings: list[_Docstring]) -> None:
+def _name_sections(
+    sections: list[Section], scopes, docstrings: list[_Docstring]
+) -> None:
     """Give each section an id that survives edits elsewhere: its definition's name, plus its first words."""
     documented = {d.header: d.qualname for d in docstrings if d.qualname}
     seen: dict[str, int] = {}
@@ -336,12 +417,24 @@ def _name_sections(sections: list[Section], scopes, docstrings: list[_Docstring]
         elif section.prose.startswith("## Exercises"):
             section.kind = "exercises"
             base = "exercises"
-        elif first_code in documented and any(line.number > first_code for line in section.prose_lines):
+        elif first_code in documented and any(
+            line.number > first_code for line in section.prose_lines
+        ):
             base = _slug(documented[first_code].replace(".", " "), 12)
         else:
-            anchor = first_code or (section.prose_lines[0].number if section.prose_lines else 1)
-            enclosing = [qualname for first, last, qualname in scopes if first <= anchor <= last and first != anchor]
+            anchor = first_code or (
+                section.prose_lines[0].number if section.prose_lines else 1
+            )
+            enclosing = [
+                qualname
+                for first, last, qualname in scopes
+                if first <= anchor <= last and first != anchor
+            ]
             words = _slug(section.prose) or "code"
-            base = f"{_slug(enclosing[-1].replace('.', ' '), 12)}--{words}" if enclosing else words
+            base = (
+                f"{_slug(enclosing[-1].replace('.', ' '), 12)}--{words}"
+                if enclosing
+                else words
+            )
         seen[base] = seen.get(base, 0) + 1
         section.id = base if seen[base] == 1 else f"{base}-{seen[base]}"

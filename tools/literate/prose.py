@@ -18,18 +18,38 @@ from latex2mathml.converter import convert as latex_to_mathml
 
 from tools.literate import LessonError
 
-_EXTENSIONS = ["tables", "fenced_code", "admonition", "attr_list", "def_list", "md_in_html", "sane_lists", "codehilite"]
+_EXTENSIONS = [
+    "tables",
+    "fenced_code",
+    "admonition",
+    "attr_list",
+    "def_list",
+    "md_in_html",
+    "sane_lists",
+    "codehilite",
+]
 _EXTENSION_CONFIGS = {"codehilite": {"css_class": "highlight", "guess_lang": False}}
 # latex2mathml lays out `align*` as a table but not its inline twin `aligned`; they mean the same here.
-_ENVIRONMENT_ALIASES = {"aligned": "align*", "gathered": "gather*", "alignedat": "alignat*"}
+_ENVIRONMENT_ALIASES = {
+    "aligned": "align*",
+    "gathered": "gather*",
+    "alignedat": "alignat*",
+}
 
 
 @functools.lru_cache(maxsize=1)
 def _markdown() -> markdown.Markdown:
-    return markdown.Markdown(extensions=_EXTENSIONS, extension_configs=_EXTENSION_CONFIGS)
+    return markdown.Markdown(
+        extensions=_EXTENSIONS, extension_configs=_EXTENSION_CONFIGS
+    )
 
 
-def render(lines: list[tuple[int | None, str]], path: str, page_src: str | None = None, pages: set[str] | None = None) -> str:
+def render(
+    lines: list[tuple[int | None, str]],
+    path: str,
+    page_src: str | None = None,
+    pages: set[str] | None = None,
+) -> str:
     """Render Markdown lines (each tagged with its source line) to HTML with math as MathML.
 
     `page_src` is the page's path in the docs tree (`lessons/foundations/autograd.md`); a link to another
@@ -54,7 +74,9 @@ def render(lines: list[tuple[int | None, str]], path: str, page_src: str | None 
     return body
 
 
-def _extract_math(lines: list[tuple[int | None, str]], path: str) -> tuple[str, list[tuple[str, bool, int]]]:
+def _extract_math(
+    lines: list[tuple[int | None, str]], path: str
+) -> tuple[str, list[tuple[str, bool, int]]]:
     """Replace each formula by a placeholder; return the text and the formulas with their source lines.
 
     Skipped: fenced code blocks, `code spans`, and `\\$` (a literal dollar). Display math `$$…$$` and inline
@@ -98,7 +120,10 @@ def _extract_math(lines: list[tuple[int | None, str]], path: str) -> tuple[str, 
             continue
         # Copy plain text up to the next character that can start math, code or an escape.
         special = _SPECIAL.search(text, position)
-        stop = min(special.start() if special else len(text), fenced[0][0] if fenced else len(text))
+        stop = min(
+            special.start() if special else len(text),
+            fenced[0][0] if fenced else len(text),
+        )
         if stop > position:
             pieces.append(text[position:stop])
             position = stop
@@ -116,8 +141,14 @@ def _extract_math(lines: list[tuple[int | None, str]], path: str) -> tuple[str, 
         elif text.startswith("$$", position):
             close = text.find("$$", position + 2)
             if close < 0:
-                raise LessonError(path, line_at(position), "unclosed $$: display math opened here is never closed")
-            formulas.append((text[position + 2 : close].strip(), True, line_at(position)))
+                raise LessonError(
+                    path,
+                    line_at(position),
+                    "unclosed $$: display math opened here is never closed",
+                )
+            formulas.append(
+                (text[position + 2 : close].strip(), True, line_at(position))
+            )
             # Display math is a block of its own, so it never lands inside a paragraph's <p>.
             pieces.append(f"\n\nLITMATH{len(formulas) - 1}X\n\n")
             position = close + 2
@@ -149,7 +180,12 @@ def _inline_close(text: str, start: int) -> int | None:
             break
         close += 1
     formula = text[start:close]
-    if text[close - 1].isspace() or (close + 1 < len(text) and text[close + 1].isdigit()) or "`" in formula or "\n\n" in formula:
+    if (
+        text[close - 1].isspace()
+        or (close + 1 < len(text) and text[close + 1].isdigit())
+        or "`" in formula
+        or "\n\n" in formula
+    ):
         return None
     return close
 
@@ -157,7 +193,9 @@ def _inline_close(text: str, start: int) -> int | None:
 @functools.lru_cache(maxsize=4096)
 def _convert(latex: str, display: bool) -> str:
     for name, alias in _ENVIRONMENT_ALIASES.items():
-        latex = latex.replace(f"\\begin{{{name}}}", f"\\begin{{{alias}}}").replace(f"\\end{{{name}}}", f"\\end{{{alias}}}")
+        latex = latex.replace(f"\\begin{{{name}}}", f"\\begin{{{alias}}}").replace(
+            f"\\end{{{name}}}", f"\\end{{{alias}}}"
+        )
     return latex_to_mathml(latex, display="block" if display else "inline")
 
 
@@ -168,19 +206,35 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
         if depth < 0:
             break
     if depth != 0:
-        raise LessonError(path, line, f"cannot render math {latex!r}: unbalanced braces")
+        raise LessonError(
+            path, line, f"cannot render math {latex!r}: unbalanced braces"
+        )
     try:
         mathml = _convert(latex, display)
-    except Exception as error:  # latex2mathml raises many types; each is a bad formula in the lesson
-        raise LessonError(path, line, f"cannot render math {latex!r}: {type(error).__name__} {error}".rstrip()) from None
+    except (
+        Exception
+    ) as error:  # latex2mathml raises many types; each is a bad formula in the lesson
+        raise LessonError(
+            path,
+            line,
+            f"cannot render math {latex!r}: {type(error).__name__} {error}".rstrip(),
+        ) from None
     # latex2mathml passes a command it does not know through as text; a reader would see `\foo` on the page.
     unknown = re.search(r"<m[io]>(\\[A-Za-z]+)</m[io]>", mathml)
     if unknown:
-        raise LessonError(path, line, f"cannot render math {latex!r}: unknown command {unknown.group(1)}")
+        raise LessonError(
+            path,
+            line,
+            f"cannot render math {latex!r}: unknown command {unknown.group(1)}",
+        )
     # Keep the source as an annotation: screen readers and copy-paste get the LaTeX back.
-    annotation = f'<annotation encoding="application/x-tex">{html.escape(latex)}</annotation>'
+    annotation = (
+        f'<annotation encoding="application/x-tex">{html.escape(latex)}</annotation>'
+    )
     opening, body = mathml.split(">", 1)
-    return f"{opening}><semantics>{body[: -len('</math>')]}{annotation}</semantics></math>"
+    return (
+        f"{opening}><semantics>{body[: -len('</math>')]}{annotation}</semantics></math>"
+    )
 
 
 _SPECIAL = re.compile(r"[\\`$]")
@@ -190,22 +244,44 @@ _MD_LINK = re.compile(r'href="(?![a-z]+:|/|#)([^"#]+)\.md(#[^"]*)?"')
 _MD_TARGET = re.compile(r"\]\((?![a-z]+:|/|#)([^)\s#]+\.md)(#[^)\s]*)?\)")
 
 
-def _check_links(lines: list[tuple[int | None, str]], path: str, page_src: str, pages: set[str]) -> None:
+def _check_links(
+    lines: list[tuple[int | None, str]], path: str, page_src: str, pages: set[str]
+) -> None:
     for number, line in lines:
         for match in _MD_TARGET.finditer(line):
-            target = posixpath.normpath(posixpath.join(posixpath.dirname(page_src), match.group(1)))
+            target = posixpath.normpath(
+                posixpath.join(posixpath.dirname(page_src), match.group(1))
+            )
             if target not in pages:
-                raise LessonError(path, number or 1, f"link to {match.group(1)}: no page {target} in the site")
+                raise LessonError(
+                    path,
+                    number or 1,
+                    f"link to {match.group(1)}: no page {target} in the site",
+                )
 
 
 def _rewrite_links(body: str, page_src: str) -> str:
     """`href="autograd.md#value-mul"` on page `lessons/foundations/x.md` → `href="../autograd/#value-mul"`."""
 
     def replace(match):
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(page_src), match.group(1)))
-        target_url = "" if target == "index" else (target[: -len("index")] if target.endswith("/index") else target + "/")
-        page_url = posixpath.dirname(page_src) if page_src.endswith("index.md") else page_src[: -len(".md")]
+        target = posixpath.normpath(
+            posixpath.join(posixpath.dirname(page_src), match.group(1))
+        )
+        target_url = (
+            ""
+            if target == "index"
+            else (
+                target[: -len("index")] if target.endswith("/index") else target + "/"
+            )
+        )
+        page_url = (
+            posixpath.dirname(page_src)
+            if page_src.endswith("index.md")
+            else page_src[: -len(".md")]
+        )
         relative = posixpath.relpath(target_url or ".", page_url or ".")
-        return f'href="{relative}/{match.group(2) or ""}"'.replace("/./", "/").replace('"./', '"')
+        return f'href="{relative}/{match.group(2) or ""}"'.replace("/./", "/").replace(
+            '"./', '"'
+        )
 
     return _MD_LINK.sub(replace, body)
