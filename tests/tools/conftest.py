@@ -25,11 +25,14 @@ plugins:
 CURRICULUM = """\
 [[stage]]
 number = 1
+label = "基础"
 title = "Foundations"
+weeks = "1–2"
 summary = "Fixture stage."
 
-  [[stage.week]]
+  [[stage.block]]
   weeks = "1"
+  label = "示例"
   title = "Fixture week"
   lessons = [
     { module = "demo/tiny_model", title = "A tiny model" },
@@ -45,6 +48,8 @@ def make_project(root: Path, lesson_source: str | None = None) -> Path:
     (root / "mkdocs.yml").write_text(MKDOCS_YML)
     (root / "annotated" / "demo").mkdir(parents=True)
     (root / "annotated" / "__init__.py").write_text("")
+    for shared in ("data.py", "figures.py"):  # the modules every lesson may import
+        (root / "annotated" / shared).write_text((REPO / "annotated" / shared).read_text())
     (root / "annotated" / "demo" / "__init__.py").write_text("")
     (root / "annotated" / "curriculum.toml").write_text(CURRICULUM)
     source = (

@@ -7,7 +7,11 @@ import re
 
 import pytest
 
-from conftest import build, make_project, FIXTURES
+import os
+
+from conftest import FIXTURES, REPO, build, make_project
+from tools.literate import figures
+from tools.literate.files import LessonFile
 
 LESSON = "annotated/demo/tiny_model.py"
 
@@ -15,36 +19,39 @@ LESSON = "annotated/demo/tiny_model.py"
 def test_fixture_project_builds_a_lesson_page(project):
     result = build(project)
     assert result.returncode == 0, result.stderr
-    page = (project / "site/lessons/demo/tiny_model/index.html").read_text()
+    site = project / "site"
+    page = (site / "lessons/demo/tiny_model/index.html").read_text()
     assert page.count('class="lit-section') >= 5
     assert page.count('class="lit-prose"') == page.count('class="lit-code"')
-    assert (
-        page.count("<svg") >= 2
-        and "lit-diagram-classes" in page
-        and "lit-diagram-dataflow" in page
-    )
+    assert page.count("<svg") >= 2 and "lit-diagram-classes" in page
+    for kind in ("classes", "dataflow"):
+        assert (site / f"diagrams/demo/tiny_model/{kind}.svg").read_text().startswith("<svg")
     assert "<math" in page and "cdn" not in page.lower()
-    assert (
-        "python -m annotated.demo.tiny_model" in page
-        and "about 1 s on 2 CPU cores" in page
-    )
+    assert "python -m annotated.demo.tiny_model" in page and "declared to take 1 s" in page
     assert "Verified against</dt><dd>torch.nn.Linear, to the bit." in page
-    assert 'id="exercises"' in page
-    notebook = json.loads(
-        (project / "site/downloads/annotated/demo/tiny_model.ipynb").read_text()
-    )
+    assert 'id="exercises"' in page and 'class="lit-intro"' in page
+    # The citation links to its bibliography entry.
+    assert '<a class="lit-cite" href="#ref-he2016residual">He et al., 2016</a>' in page
+    assert '<li id="ref-he2016residual">' in page and "arXiv:1512.03385" in page
+    # Every line number is an anchor.
+    assert 'id="L1"' not in page  # the front matter is not code
+    assert re.search(r'<span class="lit-line" id="L\d+"><a class="lit-ln" href="#L\d+"', page)
+    notebook = json.loads((site / "downloads/demo/tiny_model.ipynb").read_text())
     assert notebook["nbformat"] == 4 and any(
         cell["cell_type"] == "markdown" for cell in notebook["cells"]
     )
-    assert (project / "site/downloads/annotated/demo/tiny_model.py").read_text() == (
-        project / LESSON
-    ).read_text()
-    home = (project / "site/index.html").read_text()
-    assert (
-        "A planned lesson" in home
-        and "not yet written" in home
-        and "lessons/demo/tiny_model/" in home
-    )
+    script = (site / "downloads/demo/tiny_model.py").read_text()
+    assert "_BUNDLED" in script and "'annotated.figures'" in script
+    home = (site / "index.html").read_text()
+    assert "A planned lesson" in home and "planned" in home
+    assert "lessons/demo/tiny_model/" in home
+    # Search: one entry per section of prose, each with its anchor, no raw TeX.
+    index = json.loads((site / "search/search_index.json").read_text())
+    lesson_entries = [d for d in index["docs"] if d["location"].startswith("lessons/demo")]
+    assert len(lesson_entries) >= 4
+    assert sum("#" in d["location"] for d in lesson_entries) == len(lesson_entries) - 1
+    assert any("quetzalcoatlus" in d["text"] for d in lesson_entries)
+    assert not any("\\mathrm" in d["text"] for d in lesson_entries)
 
 
 BAD_LESSONS = {
@@ -112,31 +119,20 @@ def test_example_error_points_at_the_raising_line(tmp_path):
     )
 
 
-def test_stale_figures_are_flagged_not_shown_silently(project):
-    folder = project / "docs/figures/demo/tiny_model"
-    folder.mkdir(parents=True)
-    (folder / "line.png").write_bytes(
-        (
-            FIXTURES.parent.parent.parent / "tools/literate/assets/literate.css"
-        ).read_bytes()[:0]
-        or b"\x89PNG\r\n\x1a\n"
-    )
-    (folder / "figures.json").write_text(
-        json.dumps(
-            {
-                "source": LESSON,
-                "source_sha256": "0" * 64,
-                "command": "python -m annotated.demo.tiny_model",
-                "files": ["line.png"],
-                "output": "output norm 1.0",
-            }
-        )
-    )
-    result = build(project)
-    assert result.returncode == 0, result.stderr
+def test_stale_figures_are_flagged_not_shown_silently(project, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", f"{project}{os.pathsep}{REPO}")
+    figures.regenerate(LessonFile(project, LESSON), project / "docs")
+    fresh = build(project)
+    assert fresh.returncode == 0, fresh.stderr
+    page = (project / "site/lessons/demo/tiny_model/index.html").read_text()
+    assert "lit-stale" not in page and "A straight line, drawn to test the store." in page
+    lesson = project / LESSON
+    lesson.write_text(lesson.read_text() + "\n# an edit\n")
+    stale = build(project)
+    assert stale.returncode == 0, stale.stderr
     page = (project / "site/lessons/demo/tiny_model/index.html").read_text()
     assert "lit-stale" in page and "older version of this lesson" in page
-    assert "output norm 1.0" in page
+    assert "output norm" in page
 
 
 def test_mkdocs_serve_rerenders_a_lesson_when_it_is_saved(project):

@@ -1,6 +1,7 @@
 """Verified against the code they draw: the class diagram against the fixture's AST facts, the fx dataflow's
 edge shapes against running the same model in torch, and failures against the lesson line that raised."""
 
+import ast
 import subprocess
 import textwrap
 from pathlib import Path
@@ -20,17 +21,14 @@ def write(tmp_path, source, name="lesson.py"):
 
 
 def test_class_diagram_shows_bases_composition_and_methods():
-    dot = diagrams.class_diagram(
-        (FIXTURES / "tiny_model.py").read_text(), "tiny_model.py"
-    )
+    dot = diagrams.class_diagram(ast.parse((FIXTURES / "tiny_model.py").read_text()))
     assert '"nn.Module" -> "TinyModel" [dir=back, arrowtail=empty]' in dot
     assert '"TinyModel" -> "Block" [arrowtail=diamond, dir=back, label="block"]' in dot
     assert "embed: nn.Linear" in dot and "forward()" in dot
 
 
 def test_class_diagram_marks_lists_of_parts():
-    dot = diagrams.class_diagram(
-        textwrap.dedent("""
+    dot = diagrams.class_diagram(ast.parse(textwrap.dedent("""
         class Neuron:
             def __init__(self):
                 self.w = 1.0
@@ -39,14 +37,12 @@ def test_class_diagram_marks_lists_of_parts():
             def __init__(self, n):
                 self.neurons = [Neuron() for _ in range(n)]
     """),
-        "x.py",
-    )
+        "x.py"))
     assert 'label="neurons *"' in dot
 
 
 def test_class_diagram_reads_parts_from_dicts_and_annotations():
-    dot = diagrams.class_diagram(
-        textwrap.dedent("""
+    dot = diagrams.class_diagram(ast.parse(textwrap.dedent("""
         class Factor:
             pass
 
@@ -56,8 +52,7 @@ def test_class_diagram_reads_parts_from_dicts_and_annotations():
                 self.by_name = {name: Factor() for name in names}
                 self.cards: dict[str, int] = {}
     """),
-        "x.py",
-    )
+        "x.py"))
     assert (
         'label="cpts *"' in dot
         and 'label="by_name *"' in dot
@@ -66,9 +61,7 @@ def test_class_diagram_reads_parts_from_dicts_and_annotations():
 
 
 def test_module_without_classes_gets_its_call_graph():
-    dot = diagrams.class_diagram(
-        "def a(x):\n    return b(x)\n\ndef b(y):\n    return y\n", "x.py"
-    )
+    dot = diagrams.class_diagram(ast.parse("def a(x):\n    return b(x)\n\ndef b(y):\n    return y\n"))
     assert dot.startswith("digraph calls") and '"a" -> "b"' in dot
 
 

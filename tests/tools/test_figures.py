@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 from tools.literate import benchmarks, figures
-from tools.literate.curriculum import LessonFile
+from tools.literate.files import LessonFile
 
 LESSON = "annotated/demo/tiny_model.py"
 
@@ -21,9 +21,12 @@ def lesson(project, monkeypatch):
 
 def test_figures_are_stored_with_the_source_hash_and_go_stale(lesson, project):
     stored = figures.regenerate(lesson, project / "docs")
-    assert (
-        stored.files == ["line.png"] and stored.fresh and "output norm" in stored.output
-    )
+    assert [f.name for f in stored.files] == ["line.png"] and stored.fresh
+    assert "output norm" in stored.output and stored.seconds > 0
+    line = stored.files[0]
+    assert line.caption == "A straight line, drawn to test the store."
+    assert (line.width, line.height, line.dpi) == (480, 340, 100.0)
+    assert line.font_pt == (9.0, 10.0)
     manifest = json.loads(
         (project / "docs/figures/demo/tiny_model/figures.json").read_text()
     )
@@ -68,7 +71,9 @@ def test_bench_long(benchmark):
     benchmark.extra_info["baseline"] = True
     benchmark(time.sleep, 0.004)
 ''')
-    assert benchmarks.has_benchmarks(lesson)
+    assert benchmarks.has_benchmarks(
+        (project / "tests/demo/test_tiny_model.py").read_text()
+    )
     stored = benchmarks.measure(lesson, project / "docs")
     by_name = {result.name: result for result in stored.results}
     assert (
@@ -76,5 +81,7 @@ def test_bench_long(benchmark):
     )
     assert 0.1 < by_name["test_bench_short"].ratio < 0.7
     assert stored.fresh and "cores" in stored.machine
+    words = benchmarks.comparison(by_name["test_bench_short"], by_name["test_bench_long"])
+    assert words.endswith("faster than long") and "×" in words
     lesson.path.write_text(lesson.path.read_text() + "\n# an edit\n")
     assert not benchmarks.read(lesson, project / "docs").fresh

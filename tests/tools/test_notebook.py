@@ -7,16 +7,16 @@ import nbformat
 import pytest
 
 from conftest import FIXTURES
-from tools.literate.curriculum import discover
+from tools.literate.files import discover
 from tools.literate.notebook import to_ipynb
-from tools.literate.parse import load
+from tools.literate.parse import parse
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("lesson", discover(REPO), ids=lambda lesson: lesson.key)
 def test_notebook_keeps_all_code_and_prose(lesson):
-    parsed = load(lesson.path)
+    parsed = parse(lesson.path.read_text(encoding="utf-8"), lesson.path)
     nb = nbformat.reads(to_ipynb(parsed), as_version=4)
     nbformat.validate(nb)
     code = [
@@ -45,7 +45,7 @@ def test_fixture_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     import nbclient
 
     monkeypatch.chdir(tmp_path)
-    nb = nbformat.reads(to_ipynb(load(FIXTURES / "tiny_model.py")), as_version=4)
+    nb = nbformat.reads(to_ipynb(parse((FIXTURES / "tiny_model.py").read_text(), "tiny_model.py")), as_version=4)
     nbclient.NotebookClient(
         nb,
         timeout=120,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tools.literate import LessonError
-from tools.literate.curriculum import discover
-from tools.literate.parse import load, parse
+from tools.literate.files import discover
+from tools.literate.parse import parse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,7 +167,7 @@ def test_generated_files_lose_no_line(source):
 @pytest.mark.parametrize("lesson", discover(REPO), ids=lambda lesson: lesson.key)
 def test_every_lesson_loses_no_line(lesson):
     source = lesson.path.read_text(encoding="utf-8")
-    assert_no_loss(source, load(lesson.path))
+    assert_no_loss(source, parse(source, lesson.path))
 
 
 # ---- edge cases that line-regex tools get wrong ----------------------------------------------------------
@@ -317,19 +317,3 @@ def test_section_ids_survive_edits_elsewhere():
 def test_syntax_error_names_file_and_line():
     with pytest.raises(LessonError, match=r"broken\.py:2: syntax error"):
         parse("x = 1\ndef f(:\n", "broken.py")
-
-
-def test_missing_front_matter_names_file(tmp_path):
-    path = tmp_path / "plain.py"
-    path.write_text('"""No front matter here."""\n')
-    with pytest.raises(LessonError, match=r"plain\.py:1: no front matter"):
-        load(path)
-
-
-def test_missing_front_matter_field_names_the_field(tmp_path):
-    path = tmp_path / "partial.py"
-    path.write_text('r"""\n---\ntitle: T\nstage: 1\n---\n"""\n')
-    with pytest.raises(
-        LessonError, match=r"partial\.py:2: front matter lacks summary, topic, time"
-    ):
-        load(path)

@@ -5,7 +5,7 @@ import pytest
 from latex2mathml.converter import convert
 
 from tools.literate import LessonError
-from tools.literate.prose import render
+from tools.literate.prose import Links, render
 
 
 def lines(*texts):
@@ -70,13 +70,54 @@ def test_bad_latex_names_the_line(latex):
         render(lines(f"${latex}$"), "lesson.py")
 
 
-def test_links_to_other_lessons_point_at_their_pages():
+PAGES = frozenset(
+    {"index.md", "lessons/foundations/autograd.md", "lessons/foundations/tensor_autograd.md"}
+)
+
+
+@pytest.mark.parametrize(
+    "directory_urls, expected",
+    [(True, 'href="../autograd/#value-mul"'), (False, 'href="autograd.html#value-mul"')],
+)
+def test_links_to_other_lessons_point_at_their_pages(directory_urls, expected):
+    links = Links("lessons/foundations/tensor_autograd.md", PAGES, directory_urls)
+    html = render(lines("See [the scalar engine](autograd.md#value-mul)."), "l.py", links)
+    assert expected in html
+
+
+def test_display_math_inside_a_list_item_keeps_the_list_whole():
     html = render(
-        lines("See [the scalar engine](autograd.md#value-mul)."),
+        lines(
+            "The recipe:",
+            "",
+            "1. Write it.",
+            "2. Differentiate it, summing over every entry:",
+            "   $$",
+            "   \\bar{X} = \\sum_j \\bar{Y}_j",
+            "   $$",
+            "   The deltas collapse the sums.",
+            "3. Read it back.",
+        ),
         "l.py",
-        "lessons/foundations/tensor_autograd.md",
     )
-    assert 'href="../autograd/#value-mul"' in html
+    assert html.count("<ol>") == 1 and html.count("<li>") == 3, html
+    assert 'class="lit-math"' in html and "The deltas collapse" in html
+
+
+def test_citations_link_to_the_bibliography():
+    citations = {"kingma2015adam": "Kingma & Ba, 2015", "wengert1964": "Wengert, 1964"}
+    html = render(lines("Adam [@kingma2015adam; @wengert1964] works."), "l.py", None, citations)
+    assert (
+        '(<a class="lit-cite" href="#ref-kingma2015adam">Kingma &amp; Ba, 2015</a>; '
+        '<a class="lit-cite" href="#ref-wengert1964">Wengert, 1964</a>)'
+    ) in html
+
+
+def test_primes_stay_full_size_and_compound_operators_are_one():
+    html = render(lines("$g'(x)$ and $a += b$ and $f''$"), "l.py")
+    assert "<msup>" not in html, "a prime as a superscript is shrunk twice"
+    assert '<mo lspace="0" rspace="0">&#x02032;</mo>' in html
+    assert "<mo>&#x0002B;&#x0003D;</mo>" in html
 
 
 def test_inline_math_may_wrap_onto_the_next_comment_line_but_not_past_a_paragraph():
@@ -99,19 +140,10 @@ def test_a_link_to_a_missing_page_names_its_line():
         "lessons/foundations/autograd.md",
         "lessons/foundations/tensor_autograd.md",
     }
-    render(
-        lines("See [it](autograd.md)."),
-        "l.py",
-        "lessons/foundations/tensor_autograd.md",
-        pages,
-    )
+    links = Links("lessons/foundations/tensor_autograd.md", frozenset(pages))
+    render(lines("See [it](autograd.md)."), "l.py", links)
     with pytest.raises(
         LessonError,
         match=r"l\.py:11: link to autgrad\.md: no page lessons/foundations/autgrad\.md",
     ):
-        render(
-            lines("Fine.", "See [it](autgrad.md#x)."),
-            "l.py",
-            "lessons/foundations/tensor_autograd.md",
-            pages,
-        )
+        render(lines("Fine.", "See [it](autgrad.md#x)."), "l.py", links)

@@ -95,12 +95,41 @@ class PlannedLesson:
 
 
 def load_curriculum(path: Path) -> list[dict]:
-    """The stages as dicts, straight from the TOML: number, title, summary, week[weeks, title, lessons]."""
+    """The stages as dicts: number, title, summary, week[weeks, title, lessons].
+
+    A file in the plan's layout (`[[stage.block]]`) is read and checked by
+    `learning_path.load`, its blocks returned as the `week` lists; a file in the older
+    layout (`[[stage.week]]`) is returned as it is.
+    """
     with open(path, "rb") as handle:
-        return tomllib.load(handle)["stage"]
+        stages = tomllib.load(handle)["stage"]
+    if all("week" in stage for stage in stages):
+        return stages
+    from tools.literate import learning_path
+
+    return [
+        {
+            "number": stage.number,
+            "title": stage.title,
+            "summary": stage.summary,
+            "week": [
+                {
+                    "weeks": block.weeks,
+                    "title": block.title,
+                    "lessons": [
+                        {"module": lesson.module, "title": lesson.title}
+                        for lesson in block.lessons
+                    ],
+                }
+                for block in stage.blocks
+            ],
+        }
+        for stage in learning_path.load(path).stages
+    ]
 
 
 def planned_lessons(stages: list[dict]) -> list[PlannedLesson]:
+    """Every lesson in the curriculum, written or not, in reading order."""
     return [
         PlannedLesson(
             stage["number"],

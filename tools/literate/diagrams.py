@@ -9,31 +9,28 @@ neither Graphviz nor the example. A diagram that cannot be made raises `LessonEr
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
-from tools.literate import LessonError
+from tools.literate import LessonError, cache
 
-ENGINE_VERSION = (
-    "1"  # bump to invalidate every cached diagram when the drawing code changes
-)
-_COLLAPSE_ABOVE = (
-    40  # fx nodes; a bigger model is drawn with its top-level blocks as single boxes
-)
+# fx nodes: a bigger model is drawn with its top-level blocks as single boxes
+_COLLAPSE_ABOVE = 40
 _MAX_METHODS = 12
 
+# Diagrams are drawn on a light card in both colour schemes, so fixed colours are fine.
 _GRAPH_STYLE = (
-    'graph [bgcolor="transparent", fontname="Helvetica", fontsize=11, rankdir=TB, nodesep=0.3, ranksep=0.35];\n'
-    'node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled", fillcolor="#eef2fb", color="#4a5a8a"];\n'
-    'edge [fontname="Helvetica", fontsize=9, color="#4a5a8a", fontcolor="#333333"];\n'
+    'graph [bgcolor="transparent", fontname="Helvetica", fontsize=12, rankdir=TB,'
+    " nodesep=0.3, ranksep=0.4, forcelabels=true];\n"
+    'node [fontname="Helvetica", fontsize=11, shape=box, style="rounded,filled",'
+    ' fillcolor="#eef2fb", color="#4a5a8a"];\n'
+    'edge [fontname="Helvetica", fontsize=10, color="#4a5a8a", fontcolor="#333333"];\n'
 )
 
 
@@ -52,7 +49,7 @@ def _html_label(text: str) -> str:
 # ---- class diagram, from the AST ---------------------------------------------------------------------------
 
 
-def class_diagram(source: str, path: str) -> str:
+def class_diagram(tree: ast.Module) -> str:
     """The dot source of a lesson's class diagram.
 
     Each class shows its bases (hollow arrows), the attributes built in `__init__` or declared as dataclass
@@ -60,7 +57,6 @@ def class_diagram(source: str, path: str) -> str:
     composition edge (diamond), `*` when it holds many. A lesson without classes gets its functions and the
     calls between them instead.
     """
-    tree = ast.parse(source, filename=path)
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     if not classes:
         return _call_graph(tree)
@@ -118,16 +114,19 @@ def class_diagram(source: str, path: str) -> str:
     return "\n".join(lines)
 
 
+# The dunders that teach: an engine's arithmetic and a container's indexing. Reflected (`__radd__`)
+# and in-place (`__iadd__`) twins, `__init__` and the protocol plumbing (`__repr__`, `__hash__`)
+# would only crowd them out.
+_TEACHING_DUNDERS = {
+    f"__{name}__"
+    for name in (
+        "add sub mul truediv matmul pow neg call getitem setitem len iter"
+    ).split()
+}
+
+
 def _is_key_method(name: str) -> bool:
-    return (
-        not name.startswith("_")
-        or name in ("__init__", "__call__", "forward")
-        or (
-            name.startswith("__")
-            and name.endswith("__")
-            and name not in ("__repr__", "__str__", "__hash__", "__eq__")
-        )
-    )
+    return not name.startswith("_") or name in _TEACHING_DUNDERS
 
 
 def _class_members(
@@ -221,11 +220,19 @@ def _built_class(value: ast.AST | None) -> tuple[str | None, bool]:
     return None, False
 
 
+# The demo's plumbing is on every page; the call graph is about the lesson's own functions.
+_PLUMBING = {"main", "example", "dataflow"}
+
+
 def _call_graph(tree: ast.Module) -> str:
+    """The lesson's public functions and the calls between them (private helpers and the demo's
+    plumbing left out)."""
     functions = {
         node.name: node
         for node in tree.body
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and not node.name.startswith("_")
+        and node.name not in _PLUMBING
     }
     lines = ["digraph calls {", _GRAPH_STYLE]
     for name, node in functions.items():
@@ -364,7 +371,7 @@ def _fx_dataflow(model, args: tuple) -> str:
             edges.append(
                 (source.name, node.name, _shape_label(source.meta.get("tensor_meta")))
             )
-    return _declared_dataflow(nodes, edges)
+    return _declared_dataflow(nodes, edges, name="fx_dataflow")
 
 
 def _shape_label(meta) -> str:
@@ -377,10 +384,10 @@ def _shape_label(meta) -> str:
     return ""
 
 
-def _declared_dataflow(nodes, edges) -> str:
+def _declared_dataflow(nodes, edges, name: str = "dataflow") -> str:
     """Dot source from `(nodes, edges)`: nodes `(id, label)`, edges `(src, dst, label)`."""
     known = set()
-    lines = ["digraph dataflow {", _GRAPH_STYLE]
+    lines = [f"digraph {name} {{", _GRAPH_STYLE]
     for node_id, label in nodes:
         known.add(str(node_id))
         lines.append(f"{_quote(node_id)} [label={_quote(label)}];")
@@ -400,53 +407,60 @@ def _declared_dataflow(nodes, edges) -> str:
     return "\n".join(lines)
 
 
-# ---- dot → svg, cached ---------------------------------------------------------------------------------------
+# ---- dot → svg, cached ---------------------------------------------------------------------
 
 
-def source_hash(*parts: str) -> str:
-    digest = hashlib.sha256(ENGINE_VERSION.encode())
-    for part in parts:
-        digest.update(b"\0" + part.encode("utf-8"))
-    return digest.hexdigest()
-
-
-def cached_text(cache_dir: Path, kind: str, key: str, make) -> str:
-    """Return the cached text for `key`, or make it, store it atomically, and return it."""
-    path = cache_dir / kind / f"{key}.txt"
-    if path.exists():
-        return path.read_text(encoding="utf-8")
-    text = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, delete=False, encoding="utf-8", suffix=".part"
-    ) as handle:
-        handle.write(text)
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
-    return text
+MAX_WIDTH_PT = 600  # a diagram wider than this would shrink its text below 9 px in its column
 
 
 def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
-    """Inline SVG for a dot source, from the cache when this exact source was drawn before."""
+    """Inline SVG for a dot source, laid out to fit its column; cached by the dot source.
 
-    def make():
+    Graphviz draws top to bottom. When that comes out wider than `MAX_WIDTH_PT` (many classes on
+    one base, many independent functions), the same graph is drawn left to right, then with its
+    leaves staggered by `unflatten`, and the narrowest drawing is kept: a diagram is scaled down
+    to its column, so width is what makes text unreadably small.
+    """
+
+    def draw(source: str) -> str:
+        result = subprocess.run(
+            ["dot", "-Tsvg"], input=source, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise LessonError(
+                path, 1, f"Graphviz failed on the {what} diagram: {result.stderr.strip()}"
+            )
+        svg = result.stdout[result.stdout.index("<svg") :]
+        return re.sub(r"<!--.*?-->\n?", "", svg, flags=re.S)
+
+    def make() -> str:
         if shutil.which("dot") is None:
             raise LessonError(
                 path,
                 1,
-                f"cannot draw the {what} diagram: Graphviz's `dot` is not installed (bash tools/setup.sh installs it)",
+                f"cannot draw the {what} diagram: Graphviz's `dot` is not installed "
+                "(bash tools/setup.sh installs it)",
             )
-        result = subprocess.run(
-            ["dot", "-Tsvg"], input=dot_source, capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            raise LessonError(
-                path,
-                1,
-                f"Graphviz failed on the {what} diagram: {result.stderr.strip()}",
-            )
-        svg = result.stdout
-        svg = svg[svg.index("<svg") :]
-        return re.sub(r"<!--.*?-->\n?", "", svg, flags=re.S)
+        drawings = [draw(dot_source)]
+        if svg_width_pt(drawings[0]) > MAX_WIDTH_PT:
+            sideways = dot_source.replace("rankdir=TB", "rankdir=LR", 1)
+            drawings.append(draw(sideways))
+            if shutil.which("unflatten"):
+                staggered = subprocess.run(
+                    ["unflatten", "-l", "3", "-f"],
+                    input=dot_source,
+                    capture_output=True,
+                    text=True,
+                )
+                if staggered.returncode == 0:
+                    drawings.append(draw(staggered.stdout))
+        return min(drawings, key=svg_width_pt)
 
-    return cached_text(cache_dir, "svg", source_hash("svg", dot_source), make)
+    return cache.cached_text(
+        cache_dir, "svg", cache.content_hash("svg", dot_source), make
+    )
+
+
+def svg_width_pt(svg: str) -> float:
+    """The drawing's width in points, from the `<svg width="…pt">` Graphviz writes."""
+    return float(re.search(r'width="([\d.]+)pt"', svg).group(1))

@@ -1,15 +1,18 @@
-"""Figures: run a lesson's demo, keep the PNGs it saves with the hash of the source that made them.
+"""Figures: run a lesson's demo and keep the PNGs it saves, their captions, and the measured time,
+with the hash of the source that made them.
 
     python -m tools.literate.figures annotated/foundations/autograd.py   # one lesson
     python -m tools.literate.figures --all                              # every lesson
+    python -m tools.literate.figures --stale                            # only stale ones
 
-The site build only reads what this wrote; it never trains anything. A figure set whose `source_sha256`
-differs from the lesson's current source is stale: the page says so and `tests/tools/test_lessons.py` fails.
+The site build only reads what this wrote; it never trains anything. Each PNG is drawn by the
+lesson through `annotated/figures.py`, which stores the caption and font sizes inside the file;
+this tool copies them into the manifest `figures.json` beside the PNGs. A manifest whose
+`source_sha256` differs from the lesson's current source is stale: the page says so and a test fails.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -21,45 +24,83 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.literate.curriculum import LessonFile, discover, select
+from PIL import Image
+
+from tools.literate.files import LessonFile, lesson_command
 
 MANIFEST = "figures.json"
 OUTPUT_LINES = 20  # how much of the demo's printed output the page shows
 
 
-@dataclass
+@dataclass(frozen=True)
+class Figure:
+    name: str  # "loss.png"
+    caption: str
+    width: int  # pixels
+    height: int
+    font_pt: tuple[float, ...]  # the sizes `annotated.figures.save` set
+    dpi: float
+
+
+@dataclass(frozen=True)
 class Figures:
     """What a lesson's page shows from its last demo run."""
 
-    files: list[str]  # PNG names, in the folder `folder`
-    folder: str  # relative to docs/: "figures/foundations/autograd"
+    files: tuple[Figure, ...]
     output: str  # the last lines the demo printed
-    fresh: bool  # made from the current source
     command: str
+    seconds: float  # how long the demo took
+    machine: str
+    fresh: bool  # made from the current source
 
 
-def folder_for(lesson: LessonFile) -> str:
-    return f"figures/{lesson.key}"
-
-
-def read(lesson: LessonFile, docs_dir: Path) -> Figures | None:
-    """The stored figures of a lesson, or None when its demo has never been run through this tool."""
-    manifest_path = docs_dir / folder_for(lesson) / MANIFEST
-    if not manifest_path.exists():
-        return None
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+def parse_manifest(text: str, source_sha256: str) -> Figures:
+    """The `Figures` stored in a manifest's JSON text, checked against the current source's hash."""
+    manifest = json.loads(text)
+    if any(not isinstance(entry, dict) for entry in manifest["files"]):
+        # Written by an older engine (names only, no captions): as good as stale.
+        manifest = {**manifest, "files": [], "source_sha256": "", "seconds": 0.0}
+        manifest.setdefault("machine", "")
     return Figures(
-        files=manifest["files"],
-        folder=folder_for(lesson),
+        files=tuple(
+            Figure(**{**entry, "font_pt": tuple(entry["font_pt"])})
+            for entry in manifest["files"]
+        ),
         output=manifest.get("output", ""),
-        fresh=manifest["source_sha256"] == lesson.source_sha256(),
         command=manifest["command"],
+        seconds=manifest["seconds"],
+        machine=manifest["machine"],
+        fresh=manifest["source_sha256"] == source_sha256,
     )
 
 
-def regenerate(lesson: LessonFile, docs_dir: Path, extra: list[str] = ()) -> Figures:
+def read(lesson: LessonFile, docs_dir: Path) -> Figures | None:
+    """The stored figures of a lesson, or None when its demo was never run through this tool."""
+    path = docs_dir / lesson.figures_folder / MANIFEST
+    if not path.exists():
+        return None
+    return parse_manifest(path.read_text(encoding="utf-8"), lesson.source_sha256())
+
+
+def describe(png: Path) -> Figure:
+    """A PNG's size and the caption and font sizes that `annotated.figures.save` stored in it."""
+    with Image.open(png) as image:
+        text = getattr(image, "text", {})
+        dpi = image.info.get("dpi", (72.0, 72.0))[0]
+        width, height = image.size
+    caption = text.get("Description", "").strip()
+    if not caption:
+        raise RuntimeError(
+            f"{png.name} has no caption: save figures with annotated.figures.save(fig, "
+            "path, caption=...)"
+        )
+    sizes = tuple(float(size) for size in text.get("FontSizes", "").split(",") if size)
+    return Figure(png.name, caption, width, height, sizes, round(float(dpi), 1))
+
+
+def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
     """Run the lesson's demo with its default flags and replace its stored figures in one step."""
-    target = docs_dir / folder_for(lesson)
+    target = docs_dir / lesson.figures_folder
     target.parent.mkdir(parents=True, exist_ok=True)
     source_sha256 = lesson.source_sha256()
     with tempfile.TemporaryDirectory(
@@ -67,36 +108,33 @@ def regenerate(lesson: LessonFile, docs_dir: Path, extra: list[str] = ()) -> Fig
     ) as scratch:
         out = Path(scratch) / "out"
         out.mkdir()
-        command = [sys.executable, "-m", lesson.module, "--out", str(out), *extra]
+        command = [sys.executable, "-m", lesson.module, "--out", str(out)]
         started = time.perf_counter()
+        # No display: a lesson that still uses pyplot must not try to open a window.
+        env = {**os.environ, "MPLBACKEND": "Agg"}
         result = subprocess.run(
-            command,
-            cwd=lesson.root,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "MPLBACKEND": "Agg"},
+            command, cwd=lesson.root, capture_output=True, text=True, env=env
         )
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             raise RuntimeError(
-                f"{lesson.relative}: the demo failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
+                f"{lesson.relative}: the demo failed (exit {result.returncode}):\n"
+                f"{result.stderr[-3000:]}"
             )
-        files = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
-        if not files:
-            raise RuntimeError(
-                f"{lesson.relative}: the demo saved no PNG figure in --out"
-            )
+        pngs = sorted(p for p in out.iterdir() if p.suffix == ".png")
+        if not pngs:
+            raise RuntimeError(f"{lesson.relative}: the demo saved no PNG figure in --out")
         for stray in [p for p in out.iterdir() if p.suffix != ".png"]:
             shutil.rmtree(stray) if stray.is_dir() else stray.unlink()
-        shown = " ".join(["python", "-m", lesson.module, *extra])
         manifest = {
             "source": lesson.relative,
             "source_sha256": source_sha256,
-            "command": shown,
-            "files": files,
+            "command": f"python -m {lesson.module}",
+            "files": [describe(png).__dict__ for png in pngs],
             "output": "\n".join(result.stdout.strip().splitlines()[-OUTPUT_LINES:]),
             "seconds": round(seconds, 1),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"{platform.system()}, Python {platform.python_version()}",
         }
         (out / MANIFEST).write_text(
             json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
@@ -109,39 +147,23 @@ def regenerate(lesson: LessonFile, docs_dir: Path, extra: list[str] = ()) -> Fig
     return read(lesson, docs_dir)
 
 
+def _report(lesson: LessonFile, docs_dir: Path) -> None:
+    figures = regenerate(lesson, docs_dir)
+    print(
+        f"  {len(figures.files)} figure(s) in {figures.seconds:.1f} s "
+        f"→ docs/{lesson.figures_folder}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Regenerate the figures shown on lesson pages."
+    return lesson_command(
+        argv,
+        description="Run lesson demos and store the figures their pages show.",
+        action=_report,
+        verb="running its demo",
+        stale=lambda lesson, docs: (stored := read(lesson, docs)) is None
+        or not stored.fresh,
     )
-    parser.add_argument(
-        "lessons",
-        nargs="*",
-        help="lesson files, e.g. annotated/foundations/autograd.py",
-    )
-    parser.add_argument("--all", action="store_true", help="every lesson")
-    parser.add_argument(
-        "--stale",
-        action="store_true",
-        help="only lessons whose figures are missing or stale",
-    )
-    parser.add_argument("--root", default=".", help="the project root")
-    args = parser.parse_args(argv)
-    root = Path(args.root).resolve()
-    everything = discover(root)
-    try:
-        chosen = (
-            everything if args.all or args.stale else select(args.lessons, everything)
-        )
-    except ValueError as error:
-        parser.error(f"{error}; name lesson files or pass --all")
-    docs_dir = root / "docs"
-    for lesson in chosen:
-        if args.stale and (stored := read(lesson, docs_dir)) and stored.fresh:
-            continue
-        print(f"{lesson.relative}: running its demo ...", flush=True)
-        figures = regenerate(lesson, docs_dir)
-        print(f"  {len(figures.files)} figure(s) → docs/{figures.folder}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import jupytext
 
-from tools.literate.curriculum import project_sources
+from tools.literate.files import atomic_write, project_sources
 from tools.literate.parse import Lesson
 
 
-def to_ipynb(lesson: Lesson) -> str:
+def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
     """The lesson as `.ipynb` JSON: a Markdown cell for each section's prose, a code cell for its code.
 
     A cell must hold whole statements, so a section that starts inside a class or function (a method with its
     own docstring, a comment block in a loop) joins the cell of the statement around it, its prose kept
     in place as the comments and docstrings it was written as. The demo runs with its default flags: the
     kernel passes arguments of its own, which the demo's argparse would reject, so a first cell clears them.
+    A `preamble` (the bundled project modules) is the next cell.
     """
     title = lesson.front_matter.get("title", lesson.path.stem)
     source_lines = lesson.source.splitlines()
@@ -30,6 +29,8 @@ def to_ipynb(lesson: Lesson) -> str:
         f"# %% [markdown]\n# # {title}\n#\n# {lesson.front_matter.get('summary', '')}",
         "# %%\nimport sys\n\nsys.argv = sys.argv[:1]  # the demo reads its flags from sys.argv",
     ]
+    if preamble:
+        cells.append("# %%\n" + preamble.strip("\n"))
     for group in _statement_groups(lesson):
         first = group[0]
         if first.prose:
@@ -99,12 +100,7 @@ def execute(path: Path, root: Path, timeout: int = 600) -> None:
         resources={"metadata": {"path": str(root)}},
     ).execute()
     nb.metadata["literate"] = {"lessons": imported_lessons(nb, root)}
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, delete=False, suffix=".part", encoding="utf-8"
-    ) as handle:
-        nbformat.write(nb, handle)
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
+    atomic_write(path, nbformat.writes(nb) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

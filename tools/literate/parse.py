@@ -15,16 +15,12 @@ import ast
 import io
 import re
 import tokenize
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from tools.literate import LessonError
-
-FRONT_MATTER_FIELDS = ("title", "summary", "stage", "topic", "time")
-
 
 @dataclass
 class Line:
@@ -129,61 +125,6 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
     front_matter, front_matter_line = _split_front_matter(sections, docstrings, path)
     _name_sections(sections, scopes, docstrings)
     return Lesson(path, source, sections, front_matter, front_matter_line, tree)
-
-
-# (path, source) → Lesson: `mkdocs serve` reloads every lesson on each rebuild; only a changed one is parsed.
-_LOADED: dict[tuple[str, str], Lesson] = {}
-
-
-def load(path: str | Path) -> Lesson:
-    """Parse a lesson file and check its front matter: `title`, `summary`, `stage`, `topic` and `time`."""
-    path = Path(path)
-    source = path.read_text(encoding="utf-8")
-    key = (str(path), source)
-    if key not in _LOADED:
-        _LOADED[key] = _load(path, source)
-    return _LOADED[key]
-
-
-def _load(path: Path, source: str) -> Lesson:
-    lesson = parse(source, path)
-    _check_escapes(source, path)
-    if not lesson.front_matter:
-        raise LessonError(
-            path,
-            1,
-            "no front matter: the module docstring must begin with a '---' YAML block "
-            f"holding {', '.join(FRONT_MATTER_FIELDS)}",
-        )
-    missing = [name for name in FRONT_MATTER_FIELDS if name not in lesson.front_matter]
-    if missing:
-        raise LessonError(
-            path, lesson.front_matter_line, f"front matter lacks {', '.join(missing)}"
-        )
-    if lesson.front_matter["stage"] not in (1, 2, 3):
-        raise LessonError(
-            path,
-            lesson.front_matter_line,
-            f"front matter: stage must be 1, 2 or 3, got {lesson.front_matter['stage']!r}",
-        )
-    return lesson
-
-
-def _check_escapes(source: str, path: Path) -> None:
-    """A backslash in a plain string is an escape: `"$\\frac{a}{b}$"` holds a form feed, not `\\frac`. Python
-    only warns; a lesson full of math makes it an error, pointing at the line (use `r\"\"\"`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", SyntaxWarning)
-        warnings.simplefilter("error", DeprecationWarning)
-        try:
-            compile(source, str(path), "exec", dont_inherit=True)
-        except (SyntaxWarning, DeprecationWarning, SyntaxError) as warning:
-            line = getattr(warning, "lineno", None) or 1
-            raise LessonError(
-                path,
-                line,
-                f'{warning.msg if hasattr(warning, "msg") else warning}: write the string as r"""..."""',
-            ) from None
 
 
 # ---- tokens: which lines are full-line comments -------------------------------------------------------------

@@ -8,6 +8,7 @@ browser lays out MathML itself.
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 import functools
 import html
 import posixpath
@@ -17,6 +18,7 @@ import markdown
 from latex2mathml.converter import convert as latex_to_mathml
 
 from tools.literate import LessonError
+from tools.literate.files import page_url, relative_url
 
 _EXTENSIONS = [
     "tables",
@@ -44,34 +46,66 @@ def _markdown() -> markdown.Markdown:
     )
 
 
+@dataclass(frozen=True)
+class Links:
+    """What a page needs to resolve links to other pages: where it is, and what exists."""
+
+    page_src: str  # "lessons/foundations/autograd.md"
+    pages: frozenset[str]  # every page's docs path
+    use_directory_urls: bool = True
+
+
 def render(
     lines: list[tuple[int | None, str]],
     path: str,
-    page_src: str | None = None,
-    pages: set[str] | None = None,
+    links: Links | None = None,
+    citations: dict[str, str] | None = None,
 ) -> str:
     """Render Markdown lines (each tagged with its source line) to HTML with math as MathML.
 
-    `page_src` is the page's path in the docs tree (`lessons/foundations/autograd.md`); a link to another
-    lesson's `.md` is rewritten to that lesson's URL relative to it. When `pages` (every page's path) is
-    given, a link to a page that does not exist is an error at its line.
+    With `links`, a link to another page's `.md` is checked (a missing page is an error at its line)
+    and rewritten to that page's URL. With `citations` ({key: "Kingma & Ba, 2015"}), each `[@key]`
+    becomes a link to the page's bibliography entry `#ref-key`.
     """
-    if page_src and pages is not None:
-        _check_links(lines, path, page_src, pages)
+    if links is not None:
+        _check_links(lines, path, links)
     text, formulas = _extract_math(lines, path)
     body = _markdown().reset().convert(text)
     for index, (latex, display, line) in enumerate(formulas):
         mathml = _mathml(latex, display, path, line)
         placeholder = f"LITMATH{index}X"
         if display:
-            block = f'<div class="lit-math">{mathml}</div>'
-            body = body.replace(f"<p>{placeholder}</p>", block)
+            # A block of its own becomes a div; one inside a list item stays in its paragraph.
+            body = body.replace(
+                f"<p>{placeholder}</p>", f'<div class="lit-math">{mathml}</div>'
+            )
+            body = body.replace(placeholder, f'<span class="lit-math">{mathml}</span>')
         else:
             body = body.replace(placeholder, mathml)
     body = body.replace("LITDOLLARX", "$")
-    if page_src:
-        body = _rewrite_links(body, page_src)
+    if citations is not None:
+        body = _link_citations(body, citations)
+    if links is not None:
+        body = _rewrite_links(body, links)
     return body
+
+
+_CITATION = re.compile(r"\[(@[\w:.-]+(?:\s*;\s*@[\w:.-]+)*)\]")
+
+
+def _link_citations(body: str, citations: dict[str, str]) -> str:
+    """`[@kingma2015adam]` → "(Kingma & Ba, 2015)" linked to its entry in the bibliography."""
+
+    def replace(match):
+        keys = [key.strip().lstrip("@") for key in match.group(1).split(";")]
+        cited = [
+            f'<a class="lit-cite" href="#ref-{key}">{html.escape(citations[key])}</a>'
+            for key in keys
+            if key in citations
+        ]
+        return f"({'; '.join(cited)})" if len(cited) == len(keys) else match.group(0)
+
+    return _CITATION.sub(replace, body)
 
 
 def _extract_math(
@@ -149,8 +183,13 @@ def _extract_math(
             formulas.append(
                 (text[position + 2 : close].strip(), True, line_at(position))
             )
-            # Display math is a block of its own, so it never lands inside a paragraph's <p>.
-            pieces.append(f"\n\nLITMATH{len(formulas) - 1}X\n\n")
+            # Display math is a block of its own, so it never lands inside a paragraph's <p>,
+            # unless it is indented under a list item: blank lines there would end the list
+            # (step 4 of a recipe swallowed into a paragraph), so it stays in the item's text.
+            line_start = text.rfind("\n", 0, position) + 1
+            indented = text[line_start:position].isspace()
+            placeholder = f"LITMATH{len(formulas) - 1}X"
+            pieces.append(placeholder if indented else f"\n\n{placeholder}\n\n")
             position = close + 2
         elif char == "$":
             close = _inline_close(text, position)
@@ -227,6 +266,7 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
             line,
             f"cannot render math {latex!r}: unknown command {unknown.group(1)}",
         )
+    mathml = _typeset(mathml)
     # Keep the source as an annotation: screen readers and copy-paste get the LaTeX back.
     annotation = (
         f'<annotation encoding="application/x-tex">{html.escape(latex)}</annotation>'
@@ -237,6 +277,21 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
     )
 
 
+# A prime is already a raised glyph: as a superscript it is raised and shrunk twice, and nearly
+# vanishes. `g'` becomes g followed by the prime at full size.
+_PRIME = re.compile(
+    r"<msup>(<mi>[^<]*</mi>|<mrow>(?:(?!</?mrow>).)*</mrow>)"
+    r"(?:<mi>|<mrow><mi>)(&#x02032;|&#x02033;|′|″)(?:</mi>|</mi></mrow>)</msup>"
+)
+# `+=` arrives as two operators, each with its own spacing ("+ ="): join them into one.
+_COMPOUND = re.compile(r"<mo>(&#x0002B;|&#x02212;|&#x0002A;|/|:|&#x0003A;)</mo><mo>(&#x0003D;|=)</mo>")
+
+
+def _typeset(mathml: str) -> str:
+    mathml = _PRIME.sub(r'<mrow>\1<mo lspace="0" rspace="0">\2</mo></mrow>', mathml)
+    return _COMPOUND.sub(r"<mo>\1\2</mo>", mathml)
+
+
 _SPECIAL = re.compile(r"[\\`$]")
 _MD_LINK = re.compile(r'href="(?![a-z]+:|/|#)([^"#]+)\.md(#[^"]*)?"')
 
@@ -244,15 +299,13 @@ _MD_LINK = re.compile(r'href="(?![a-z]+:|/|#)([^"#]+)\.md(#[^"]*)?"')
 _MD_TARGET = re.compile(r"\]\((?![a-z]+:|/|#)([^)\s#]+\.md)(#[^)\s]*)?\)")
 
 
-def _check_links(
-    lines: list[tuple[int | None, str]], path: str, page_src: str, pages: set[str]
-) -> None:
+def _check_links(lines: list[tuple[int | None, str]], path: str, links: Links) -> None:
     for number, line in lines:
         for match in _MD_TARGET.finditer(line):
             target = posixpath.normpath(
-                posixpath.join(posixpath.dirname(page_src), match.group(1))
+                posixpath.join(posixpath.dirname(links.page_src), match.group(1))
             )
-            if target not in pages:
+            if target not in links.pages:
                 raise LessonError(
                     path,
                     number or 1,
@@ -260,28 +313,16 @@ def _check_links(
                 )
 
 
-def _rewrite_links(body: str, page_src: str) -> str:
-    """`href="autograd.md#value-mul"` on page `lessons/foundations/x.md` → `href="../autograd/#value-mul"`."""
+def _rewrite_links(body: str, links: Links) -> str:
+    """`href="autograd.md#value-mul"` on `lessons/foundations/x.md` → `href="../autograd/#value-mul"`
+    (or `autograd.html#value-mul` without directory URLs)."""
+    here = page_url(links.page_src, links.use_directory_urls)
 
     def replace(match):
         target = posixpath.normpath(
-            posixpath.join(posixpath.dirname(page_src), match.group(1))
+            posixpath.join(posixpath.dirname(links.page_src), match.group(1) + ".md")
         )
-        target_url = (
-            ""
-            if target == "index"
-            else (
-                target[: -len("index")] if target.endswith("/index") else target + "/"
-            )
-        )
-        page_url = (
-            posixpath.dirname(page_src)
-            if page_src.endswith("index.md")
-            else page_src[: -len(".md")]
-        )
-        relative = posixpath.relpath(target_url or ".", page_url or ".")
-        return f'href="{relative}/{match.group(2) or ""}"'.replace("/./", "/").replace(
-            '"./', '"'
-        )
+        url = page_url(target, links.use_directory_urls)
+        return f'href="{relative_url(url, here)}{match.group(2) or ""}"'
 
     return _MD_LINK.sub(replace, body)

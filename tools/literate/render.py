@@ -1,41 +1,54 @@
 """Sections → HTML: the page body of one lesson, prose beside code, under a header of facts.
 
-The code is highlighted once for the whole file (so a string spanning lines is coloured right), then cut
-into lines and handed to the sections that own them, each line keeping its original number.
+The code is highlighted once for the whole file (so a string spanning lines is coloured right),
+then cut into lines and handed to the sections that own them, each line keeping its number as an
+anchor (`#L123`). The number is drawn by CSS from `data-ln`, so it is not part of the code's text:
+the copy button copies exactly the source lines.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 
 from pygments.lexers import PythonLexer
 from pygments.token import STANDARD_TYPES
 
 from tools.literate import prose
-from tools.literate.benchmarks import Benchmarks
+from tools.literate.benchmarks import Benchmarks, comparison
 from tools.literate.figures import Figures
 from tools.literate.parse import Lesson, Section
 
 
-@dataclass
+@dataclass(frozen=True)
+class Neighbour:
+    title: str
+    url: str  # relative to the page
+
+
+@dataclass(frozen=True)
 class PageFacts:
-    """What the header states about a lesson, gathered by the plugin from files beside it."""
+    """What the page states about a lesson beyond its own source, gathered by the pipeline."""
 
     module: str  # annotated.foundations.autograd
+    lesson_path: str  # annotated/foundations/autograd.py: what regeneration commands take
     test_path: str  # tests/foundations/test_autograd.py
     verified: str  # the first sentence of the test's docstring
     root: str  # relative URL from the page to the site root, ending in "/"
-    page_src: str  # lessons/foundations/autograd.md
-    pages: set[str]  # every page of the site, for checking links
-    download_py: str  # site paths of the downloads
-    download_ipynb: str
-    download_test: str
+    links: prose.Links
+    downloads: tuple[str, str, str]  # site paths of the .py, the .ipynb and the test
+    diagram_files: dict  # kind → site path of its SVG file
+    figures_folder: str  # site path of the stored figures
+    previous: Neighbour | None
+    next: Neighbour | None
 
-    @property
-    def lesson_path(self) -> str:
-        """`annotated/foundations/autograd.py`: what the regeneration commands take."""
-        return self.module.replace(".", "/") + ".py"
+
+@dataclass(frozen=True)
+class SearchEntry:
+    anchor: str
+    title: str
+    text: str
 
 
 def highlight_lines(source: str) -> list[str]:
@@ -53,65 +66,109 @@ def highlight_lines(source: str) -> list[str]:
                 lines.append([])
             if piece:
                 escaped = html.escape(piece, quote=False)
-                # Whitespace and plain names take the code block's own colour; leaving them bare keeps pages
-                # (and the search indexer's work) small.
+                # Whitespace and plain names take the code block's own colour; leaving them
+                # bare keeps pages (and the browser's work) small.
+                bare = not css or css in ("w", "n")
                 lines[-1].append(
-                    f'<span class="{css}">{escaped}</span>'
-                    if css and css not in ("w", "n")
-                    else escaped
+                    escaped if bare else f'<span class="{css}">{escaped}</span>'
                 )
     return ["".join(parts) for parts in lines]
+
+
+def citation_labels(references: list[dict]) -> dict[str, str]:
+    """{key: "Kingma & Ba, 2015"}: last names (one, two, or the first "et al.") and the year."""
+    labels = {}
+    for reference in references:
+        names = [str(author).split()[-1] for author in reference["authors"]]
+        if len(names) == 1:
+            who = names[0]
+        elif len(names) == 2:
+            who = f"{names[0]} & {names[1]}"
+        else:
+            who = f"{names[0]} et al."
+        labels[reference["key"]] = f"{who}, {reference['year']}"
+    return labels
 
 
 def render_lesson(
     lesson: Lesson,
     facts: PageFacts,
-    diagrams: dict[str, str],
+    svgs: dict[str, tuple[str, str]],
     figures: Figures | None,
     benchmarks: Benchmarks | None,
     with_benchmarks: bool,
-) -> str:
-    """The whole page body: header, diagrams, the demo's figures and output, then the sections."""
+) -> tuple[str, list[SearchEntry]]:
+    """The whole page body, and one search entry per section of prose."""
     highlighted = highlight_lines(lesson.source)
+    references = lesson.front_matter.get("references") or []
+    citations = citation_labels(references)
+    rendered = [
+        (section, _prose(section, lesson, facts, citations)) for section in lesson.sections
+    ]
+    intro = [html_ for section, html_ in rendered if section.kind == "intro"]
     parts = [
-        _header(lesson, facts, benchmarks, with_benchmarks),
-        _diagrams(diagrams),
+        _header(lesson, facts, figures, benchmarks, with_benchmarks),
+        _contents(lesson.sections),
+        f'<div class="lit-intro">{intro[0]}</div>' if intro else "",
+        _diagrams(svgs, facts),
         _figures(figures, facts),
     ]
-    for section in lesson.sections:
-        parts.append(_section(section, highlighted, lesson, facts))
-    return "\n".join(parts)
+    for section, prose_html in rendered:
+        parts.append(_section(section, prose_html, highlighted))
+    parts.append(_bibliography(references, citations))
+    parts.append(_pager(facts))
+    return "\n".join(parts), _search_entries(rendered, lesson.front_matter["title"])
+
+
+def _prose(section: Section, lesson: Lesson, facts: PageFacts, citations) -> str:
+    if not section.prose:
+        return ""
+    return prose.render(section.markdown, str(lesson.path), facts.links, citations)
+
+
+# ---- header ------------------------------------------------------------------------------
 
 
 def _header(
     lesson: Lesson,
     facts: PageFacts,
+    figures: Figures | None,
     benchmarks: Benchmarks | None,
     with_benchmarks: bool,
 ) -> str:
     meta = lesson.front_matter
     root = facts.root
+    py, ipynb, test = facts.downloads
+    stem = facts.module.rsplit(".", 1)[1]
+    if figures is not None:
+        took = (
+            f"took {figures.seconds:.3g} s on {html.escape(figures.machine)} "
+            f"(declared: {html.escape(str(meta['time']))})"
+        )
+    else:
+        took = f"declared to take {html.escape(str(meta['time']))} on 2 CPU cores"
     rows = [
-        (
-            "Run",
-            f"<code>python -m {facts.module}</code> · about {html.escape(str(meta['time']))} on 2 CPU cores",
-        ),
+        ("Run", f"<code>python -m {facts.module}</code> · {took}"),
         (
             "Verified against",
-            f'{html.escape(facts.verified)} <a class="lit-test-link" href="{root}{facts.download_test}">{html.escape(facts.test_path)}</a>',
+            f"{html.escape(facts.verified)} "
+            f'<a class="lit-test-link" href="{root}{test}">{html.escape(facts.test_path)}</a>',
         ),
         ("Benchmarks", _benchmark_table(benchmarks, with_benchmarks, facts)),
         (
             "Download",
-            f'<a download href="{root}{facts.download_py}">{facts.module.rsplit(".", 1)[1]}.py</a> · '
-            f'<a download href="{root}{facts.download_ipynb}">{facts.module.rsplit(".", 1)[1]}.ipynb</a>',
+            f'<a download href="{root}{py}">{stem}.py</a> · '
+            f'<a download href="{root}{ipynb}">{stem}.ipynb</a> '
+            '<span class="lit-note">(run outside this repository: the project modules '
+            "they import are bundled in)</span>",
         ),
     ]
     facts_html = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
-    summary = prose.render(
-        [(None, str(meta["summary"]))], str(lesson.path), facts.page_src
+    summary = prose.render([(None, str(meta["summary"]))], str(lesson.path), facts.links)
+    return (
+        f'<div class="lit-header"><div class="lit-summary">{summary}</div>'
+        f'<dl class="lit-facts">{facts_html}</dl></div>'
     )
-    return f'<div class="lit-header"><div class="lit-summary">{summary}</div><dl class="lit-facts">{facts_html}</dl></div>'
 
 
 def _benchmark_table(
@@ -119,50 +176,79 @@ def _benchmark_table(
 ) -> str:
     if not with_benchmarks:
         return "none: nothing in this lesson is timed against a library"
+    remeasure = f"python -m tools.literate.benchmarks {facts.lesson_path}"
     if benchmarks is None:
-        return _stale_note(
-            f"not measured yet: run <code>python -m tools.literate.benchmarks {facts.lesson_path}</code>"
-        )
+        return _stale_note(f"not measured yet: run <code>{remeasure}</code>")
     rows = []
     for result in benchmarks.results:
-        ratio = (
-            "baseline"
-            if result.baseline
-            else (f"{result.ratio:.2f}×" if result.ratio is not None else "")
-        )
+        words = comparison(result, benchmarks.baseline_of(result.group))
         rows.append(
-            f"<tr><td>{html.escape(result.group)}</td><td><code>{html.escape(result.name)}</code></td>"
-            f"<td>{_seconds(result.mean_s)}</td><td>{ratio}</td></tr>"
+            f"<tr><td>{html.escape(result.group)}</td>"
+            f"<td>{html.escape(result.label)}</td>"
+            f'<td class="lit-num">{_seconds(result.mean_s)}</td>'
+            f"<td>{html.escape(words)}</td></tr>"
         )
     table = (
-        '<table class="lit-bench"><thead><tr><th>group</th><th>benchmark</th><th>mean</th><th>vs baseline</th></tr></thead>'
-        f'<tbody>{"".join(rows)}</tbody></table><p class="lit-machine">measured on {html.escape(benchmarks.machine)}</p>'
+        '<div class="lit-bench-wrap"><table class="lit-bench"><thead><tr>'
+        "<th>group</th><th>what runs</th><th>mean time</th><th>compared with the baseline</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f'<p class="lit-machine">measured with pytest-benchmark on '
+        f"{html.escape(benchmarks.machine)}</p>"
     )
     if not benchmarks.fresh:
-        table = (
-            _stale_note(
-                "these results were measured on an older version of this lesson"
-            )
-            + table
-        )
+        stale = "these results were measured on an older version of this lesson: run"
+        table = _stale_note(f"{stale} <code>{remeasure}</code>") + table
     return table
 
 
 def _seconds(value: float) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value / 1e-9:.3g} ns"
+            return f"{value / scale:.3g}\u00a0{unit}"
+    return f"{value / 1e-9:.3g}\u00a0ns"
 
 
 def _stale_note(text: str) -> str:
     return f'<span class="lit-stale">⚠ {text}</span>'
 
 
-def _diagrams(diagrams: dict[str, str]) -> str:
+# ---- contents, diagrams, figures -----------------------------------------------------------
+
+_HEADING = re.compile(r"^(#{1,4})\s+(.+?)\s*#*$")
+
+
+def heading_of(section: Section) -> str | None:
+    """The text of the first Markdown heading in a section's prose, if it opens with one."""
+    for _, text in section.markdown:
+        if text.strip():
+            match = _HEADING.match(text.strip())
+            return match.group(2) if match else None
+    return None
+
+
+def _contents(sections: list[Section]) -> str:
+    items = []
+    for section in sections:
+        title = heading_of(section)
+        if title and section.kind != "intro":
+            label = prose.render([(None, title)], "<toc>").removeprefix("<p>")
+            label = label.removesuffix("</p>")
+            items.append(f'<li><a href="#{section.id}">{label}</a></li>')
+    items.append('<li><a href="#references">References</a></li>')
+    return (
+        '<nav class="lit-toc"><details><summary>Sections</summary>'
+        f"<ol>{''.join(items)}</ol></details></nav>"
+    )
+
+
+def _diagrams(svgs: dict[str, tuple[str, str]], facts: PageFacts) -> str:
     figures = "".join(
-        f'<figure class="lit-diagram lit-diagram-{kind}"><div class="lit-svg" data-search-exclude>{svg}</div><figcaption>{caption}</figcaption></figure>'
-        for kind, (caption, svg) in diagrams.items()
+        f'<figure class="lit-diagram lit-diagram-{kind}">'
+        f'<a class="lit-zoom glightbox" href="{facts.root}{facts.diagram_files[kind]}" '
+        f'data-type="image" data-description="{html.escape(caption)}">'
+        f'<div class="lit-svg" data-search-exclude>{svg}</div></a>'
+        f"<figcaption>{caption}</figcaption></figure>"
+        for kind, (caption, svg) in svgs.items()
     )
     return f'<div class="lit-diagrams">{figures}</div>'
 
@@ -170,66 +256,128 @@ def _diagrams(diagrams: dict[str, str]) -> str:
 def _figures(figures: Figures | None, facts: PageFacts) -> str:
     regenerate = f"python -m tools.literate.figures {facts.lesson_path}"
     if figures is None:
-        return f'<div class="lit-results">{_stale_note(f"no figures yet: run <code>{regenerate}</code>")}</div>'
-    note = (
-        ""
-        if figures.fresh
-        else _stale_note(
-            f"these figures were made from an older version of this lesson: run <code>{regenerate}</code>"
+        missing = _stale_note(f"no figures yet: run <code>{regenerate}</code>")
+        return f'<div class="lit-results">{missing}</div>'
+    note = ""
+    if not figures.fresh:
+        note = _stale_note(
+            "these figures were made from an older version of this lesson: run "
+            f"<code>{regenerate}</code>"
         )
-    )
+    folder = f"{facts.root}{facts.figures_folder}"
     images = "".join(
-        f'<figure class="lit-figure"><img src="{facts.root}{figures.folder}/{name}" alt="{_caption(name)}" loading="lazy">'
-        f"<figcaption>{_caption(name)}</figcaption></figure>"
-        for name in figures.files
+        f'<figure class="lit-figure"><img src="{folder}/{figure.name}" '
+        f'alt="{html.escape(figure.caption)}" width="{figure.width}" '
+        f'height="{figure.height}" loading="lazy">'
+        f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>"
+        for figure in figures.files
     )
-    output = (
-        f'<pre class="lit-output"><code>{html.escape(figures.output)}</code></pre>'
-        if figures.output
-        else ""
-    )
+    output = ""
+    if figures.output:
+        output = f'<pre class="lit-output"><code>{html.escape(figures.output)}</code></pre>'
     return (
-        f'<div class="lit-results"><p class="lit-results-title">What <code>{html.escape(figures.command)}</code> prints and draws</p>'
+        '<div class="lit-results"><p class="lit-results-title">What '
+        f"<code>{html.escape(figures.command)}</code> prints and draws</p>"
         f'{note}{output}<div class="lit-figures">{images}</div></div>'
     )
 
 
-def _caption(file_name: str) -> str:
-    words = file_name.rsplit(".", 1)[0].replace("_", " ").replace("-", " ")
-    return html.escape(words[:1].upper() + words[1:])
+# ---- sections ----------------------------------------------------------------------------
 
 
-def _section(
-    section: Section, highlighted: list[str], lesson: Lesson, facts: PageFacts
-) -> str:
-    prose_html = (
-        prose.render(section.markdown, str(lesson.path), facts.page_src, facts.pages)
-        if section.prose
-        else ""
-    )
+def _section(section: Section, prose_html: str, highlighted: list[str]) -> str:
     code = list(section.code)
-    # Blank lines at either end of a block carry nothing to read; the line numbers show they are there.
+    # Blank lines at either end of a block carry nothing to read; the numbers show they exist.
     while code and not code[0].text.strip():
         code.pop(0)
     while code and not code[-1].text.strip():
         code.pop()
-    code_html = "".join(
-        f'<span class="lit-ln">{line.number}</span>{highlighted[line.number - 1]}\n'
+    if section.kind == "intro":
+        prose_html = ""  # shown full width above the diagrams
+        if not code:
+            return ""
+    lines = "".join(
+        f'<span class="lit-line" id="L{line.number}">'
+        f'<a class="lit-ln" href="#L{line.number}" data-ln="{line.number}"></a>'
+        f"{highlighted[line.number - 1]}\n</span>"
         for line in code
     )
     code_block = (
-        f'<div class="highlight"><pre><code>{code_html}</code></pre></div>'
-        if code
-        else ""
+        f'<div class="highlight"><pre><code>{lines}</code></pre></div>' if code else ""
     )
-    where = (
-        f"{section.prose_lines[0].number}–{section.prose_lines[-1].number}"
-        if section.prose_lines
-        else ""
-    )
+    anchor = ""
+    if prose_html:
+        anchor = (
+            f'<a class="lit-anchor" href="#{section.id}" '
+            'title="Link to this section">¶</a>'
+        )
+    kind = "text" if section.kind == "intro" else section.kind
     return (
-        f'<section class="lit-section lit-{section.kind}" id="{section.id}">'
-        f'<div class="lit-prose"><a class="lit-anchor" href="#{section.id}" title="Link to this section">¶</a>'
-        f'{prose_html}<span class="lit-lines" title="source lines of this prose">{where}</span></div>'
+        f'<section class="lit-section lit-{kind}" id="{section.id}">'
+        f'<div class="lit-prose">{anchor}{prose_html}</div>'
         f'<div class="lit-code" data-search-exclude>{code_block}</div></section>'
     )
+
+
+def _bibliography(references: list[dict], citations: dict[str, str]) -> str:
+    items = []
+    for reference in references:
+        authors = ", ".join(str(author) for author in reference["authors"])
+        if reference.get("arxiv"):
+            arxiv = str(reference["arxiv"])
+            link = f'<a href="https://arxiv.org/abs/{html.escape(arxiv)}">arXiv:{html.escape(arxiv)}</a>'
+        else:
+            url = html.escape(str(reference["url"]))
+            link = f'<a href="{url}">{url}</a>'
+        items.append(
+            f'<li id="ref-{html.escape(reference["key"])}">'
+            f"<span class=\"lit-cite-label\">{html.escape(citations[reference['key']])}</span> "
+            f"{html.escape(authors)} ({reference['year']}). "
+            f"<em>{html.escape(str(reference['title']))}</em>. "
+            f"{html.escape(str(reference['venue']))}. {link}</li>"
+        )
+    return (
+        '<section class="lit-references" id="references"><h2>References</h2>'
+        f"<ol>{''.join(items)}</ol></section>"
+    )
+
+
+def _pager(facts: PageFacts) -> str:
+    links = []
+    if facts.previous:
+        links.append(
+            f'<a class="lit-prev" href="{facts.previous.url}">'
+            f"← {html.escape(facts.previous.title)}</a>"
+        )
+    if facts.next:
+        links.append(
+            f'<a class="lit-next" href="{facts.next.url}">'
+            f"{html.escape(facts.next.title)} →</a>"
+        )
+    return f'<nav class="lit-pager">{"".join(links)}</nav>'
+
+
+# ---- search --------------------------------------------------------------------------------
+
+_TAGS = re.compile(r"<[^>]+>")
+_ANNOTATION = re.compile(r"<annotation[^>]*>.*?</annotation>", re.S)
+
+
+def plain_text(fragment: str) -> str:
+    """Readable text of rendered prose: tags dropped, math kept as its symbols without the TeX."""
+    text = _TAGS.sub(" ", _ANNOTATION.sub("", fragment))
+    return re.sub(r"\s+", " ", html.unescape(text)).strip()
+
+
+def _search_entries(rendered, page_title: str) -> list[SearchEntry]:
+    """One entry per section with prose, titled by the heading it falls under."""
+    entries, heading = [], page_title
+    for section, prose_html in rendered:
+        heading = heading_of(section) or heading
+        text = plain_text(prose_html)
+        if not text:
+            continue
+        anchor = "" if section.kind == "intro" else section.id
+        title = page_title if section.kind == "intro" else f"{page_title} · {heading}"
+        entries.append(SearchEntry(anchor, plain_text(title), text))
+    return entries

@@ -1,0 +1,166 @@
+"""Verified against the source it renders: every code line of the page equals its source line after
+highlighting and unescaping (markup in code stays text), each lesson is read and parsed once per
+build, the dataflow diagram follows an edit of `example()` on a warm cache, and the downloads run
+in an empty folder with the project hidden."""
+
+import html
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO
+from tools.literate import downloads, pipeline
+from tools.literate.files import LessonFile, discover
+
+LESSON = "annotated/demo/tiny_model.py"
+
+
+def site(project, pages=()) -> pipeline.Site:
+    return pipeline.Site(
+        cache_dir=project / ".cache",
+        use_directory_urls=True,
+        pages=frozenset({"index.md", "lessons/demo/tiny_model.md", *pages}),
+        neighbours={},
+    )
+
+
+def render(project):
+    record = pipeline.read(LessonFile(project, LESSON), project / "docs")
+    return record, pipeline.render_page(record, site(project))
+
+
+def code_lines(body: str) -> dict[int, str]:
+    """{line number: the text a reader sees} for every code line on the page."""
+    found = {}
+    for number, inner in re.findall(
+        r'<span class="lit-line" id="L(\d+)">(.*?)\n</span>', body, flags=re.S
+    ):
+        found[int(number)] = html.unescape(re.sub(r"<[^>]+>", "", inner))
+    return found
+
+
+def test_every_code_line_on_the_page_is_its_source_line(project):
+    path = project / LESSON
+    path.write_text(
+        path.read_text().replace(
+            "def example():",
+            'MARKUP = "<b>bold</b> & <script>alert(1)</script>"  # <i>text</i>\n\n\n'
+            "def example():",
+        )
+    )
+    record, page = render(project)
+    source = path.read_text().splitlines()
+    shown = code_lines(page.body)
+    code = [line for s in record.lesson.sections for line in s.code if line.text.strip()]
+    assert code and {line.number for line in code} <= set(shown)
+    for number, text in shown.items():
+        assert text == source[number - 1], (number, text)
+    assert "<b>bold</b>" not in page.body and "&lt;b&gt;bold&lt;/b&gt;" in page.body
+    assert "<script>alert" not in page.body
+
+
+def test_the_downloads_bundle_what_they_import_and_run_alone(project, tmp_path):
+    _, page = render(project)
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "tiny_model.py").write_text(page.script)
+    # Hide the project: anything named annotated/tools that is not bundled fails to import.
+    hide = (
+        "import sys, runpy\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('annotated', 'tools'):\n"
+        "            raise ImportError('the project is hidden: ' + name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "sys.argv = ['tiny_model.py', '--out', 'figs']\n"
+        "runpy.run_path('tiny_model.py', run_name='__main__')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", hide], cwd=folder, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "output norm" in result.stdout and (folder / "figs/line.png").exists()
+    # Without the bundle the same run fails: the check above can fail.
+    (folder / "tiny_model.py").write_text((project / LESSON).read_text())
+    result = subprocess.run(
+        [sys.executable, "-c", hide], cwd=folder, capture_output=True, text=True, env=env
+    )
+    assert result.returncode != 0 and "the project is hidden" in result.stderr
+
+
+@pytest.mark.parametrize("lesson", discover(REPO), ids=lambda lesson: lesson.key)
+def test_each_lessons_download_answers_help_outside_the_repository(lesson, tmp_path):
+    record = pipeline.read(lesson, tmp_path / "no-stored-results")
+    script = downloads.script(record.source, record.lesson.tree, record.imports)
+    (tmp_path / "lesson.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    hide = textwrap.dedent(
+        """
+        import sys, runpy
+        class Hide:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('annotated', 'tools'):
+                    raise ImportError('the project is hidden: ' + name)
+        sys.meta_path.insert(0, Hide())
+        sys.argv = ['lesson.py', '--help']
+        runpy.run_path('lesson.py', run_name='__main__')
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", hide], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
+
+
+def test_editing_only_example_redraws_the_dataflow_on_a_warm_cache(project):
+    _, before = render(project)
+    path = project / LESSON
+    path.write_text(path.read_text().replace("torch.randn(4, 3)", "torch.randn(7, 3)"))
+    _, after = render(project)
+    assert "[4, 3]" in before.svgs["dataflow"] and "[7, 3]" in after.svgs["dataflow"]
+
+
+COUNT_READS_AND_PARSES = """
+import pathlib, sys
+from mkdocs.commands.build import build
+from mkdocs.config import load_config
+from tools.literate import downloads, pipeline
+
+reads, parses = [], []
+read_text, parse = pathlib.Path.read_text, pipeline.parse
+
+
+def counting_read(self, *args, **kwargs):
+    if self.name == "tiny_model.py":
+        reads.append(str(self))
+    return read_text(self, *args, **kwargs)
+
+
+def counting_parse(source, path):
+    parses.append(str(path))
+    return parse(source, path)
+
+
+pathlib.Path.read_text = counting_read
+pipeline.parse = counting_parse
+build(load_config("mkdocs.yml"))
+print(len(reads), len(parses))
+"""
+
+
+def test_a_lesson_is_read_and_parsed_once_per_build(project):
+    result = subprocess.run(
+        [sys.executable, "-c", COUNT_READS_AND_PARSES],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{project}{os.pathsep}{REPO}"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["1", "1"], result.stdout

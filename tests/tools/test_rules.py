@@ -1,0 +1,129 @@
+"""Verified against hand-made lessons that break one rule each: `rules.check` reports every broken
+rule of docs/contributing.md with the file and the line to fix, and passes every real lesson."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tools.literate import rules
+from tools.literate.files import LessonFile, discover
+from tools.literate.learning_path import load as load_curriculum
+from tools.literate.parse import parse
+
+REPO = Path(__file__).resolve().parents[2]
+ORDER = [entry.module for entry in load_curriculum(REPO / "annotated/curriculum.toml").lessons()]
+
+GOOD = textwrap.dedent(
+    '''\
+    r"""
+    ---
+    title: T
+    summary: S.
+    time: 2 s
+    references:
+      - key: a2020
+        authors: [Ada Lovelace]
+        title: Notes
+        year: 2020
+        venue: Somewhere
+        url: https://example.org/notes
+    ---
+
+    Intro citing [@a2020].
+    """
+
+    import numpy as np
+
+    x = np.ones(2)
+
+    # ## Exercises
+    #
+    # 1. One.
+    # 2. Two.
+    '''
+)
+TEST = '"""Verified against numpy."""\n'
+
+
+def problems(source: str, test: str | None = TEST, key: str = "foundations/autograd"):
+    file = LessonFile(REPO, f"annotated/{key}.py")
+    return [str(p) for p in rules.check(file, parse(source, file.path), test, ORDER)]
+
+
+def test_a_lesson_that_keeps_every_rule_passes():
+    assert problems(GOOD) == []
+
+
+@pytest.mark.parametrize("lesson", discover(REPO), ids=lambda lesson: lesson.key)
+def test_every_real_lesson_keeps_the_rules(lesson):
+    source = lesson.path.read_text(encoding="utf-8")
+    test = (REPO / lesson.test).read_text(encoding="utf-8")
+    found = rules.check(lesson, parse(source, lesson.path), test, ORDER)
+    assert not found, "\n".join(map(str, found))
+
+
+BROKEN = {
+    "no front matter": (
+        lambda s: s.replace("---\n", "", 2),
+        r"autograd\.py:1: no front matter",
+    ),
+    "missing field": (
+        lambda s: s.replace("time: 2 s\n", ""),
+        r"autograd\.py:2: front matter lacks time",
+    ),
+    "stage kept": (
+        lambda s: s.replace("time: 2 s\n", "time: 2 s\nstage: 1\n"),
+        r"autograd\.py:2: front matter: remove stage",
+    ),
+    "bad time": (
+        lambda s: s.replace("time: 2 s", "time: quick"),
+        r"time is like",
+    ),
+    "reference without link": (
+        lambda s: s.replace("    url: https://example.org/notes\n", ""),
+        r"references\[0\] lacks arxiv or url",
+    ),
+    "unknown citation": (
+        lambda s: s.replace("[@a2020]", "[@b2021]"),
+        r"autograd\.py:15: citation \[@b2021\] is not in the front matter",
+    ),
+    "escape in a plain string": (
+        lambda s: s.replace('x = np.ones(2)', 'x = "\\d"'),
+        r"autograd\.py:\d+: .*write the string as r",
+    ),
+    "imports the engine": (
+        lambda s: s.replace("import numpy as np", "import numpy as np\nimport tools.literate"),
+        r"autograd\.py:19: a lesson never imports the engine",
+    ),
+    "imports a later lesson": (
+        lambda s: s.replace(
+            "import numpy as np", "import numpy as np\nfrom annotated.foundations import convex"
+        ),
+        r"autograd\.py:19: imports annotated/foundations/convex\.py, which is not an earlier",
+    ),
+    "one exercise": (
+        lambda s: s.replace("# 2. Two.\n", ""),
+        r"1 exercises; write 2 to 4",
+    ),
+    "no exercises": (
+        lambda s: s[: s.index("# ## Exercises")],
+        r"must end with a `# ## Exercises`",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
+def test_each_broken_rule_is_reported_with_file_and_line(case):
+    edit, pattern = BROKEN[case]
+    found = problems(edit(GOOD))
+    assert any(__import__("re").search(pattern, p) for p in found), found
+
+
+def test_missing_test_file_and_docstring_are_reported():
+    assert "no test file tests/foundations/test_autograd.py" in problems(GOOD, None)[0]
+    assert "must start with a sentence" in problems(GOOD, "x = 1\n")[0]
+
+
+def test_a_lesson_missing_from_the_curriculum_is_reported():
+    assert "is not in annotated/curriculum.toml" in problems(GOOD, key="foundations/nowhere")[0]

@@ -1,0 +1,216 @@
+"""Where things are: every path and URL the engine derives from a lesson file, the lesson files on
+disk, the project modules a lesson imports, and the one atomic write every store uses.
+
+`LessonFile` is the single owner of names: the module `python -m` runs, the page, its URL, the test,
+the downloads, the stored figures and benchmark results. Nothing else in the engine spells a path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LessonFile:
+    """A lesson on disk and the names the rest of the engine knows it by."""
+
+    root: Path  # the project root
+    relative: str  # "annotated/foundations/autograd.py"
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relative
+
+    @property
+    def module(self) -> str:
+        """`annotated.foundations.autograd`: what `python -m` runs."""
+        return self.relative[: -len(".py")].replace("/", ".")
+
+    @property
+    def key(self) -> str:
+        """`foundations/autograd` (kernels keep their folder: `kernels/softmax`); names pages and
+        stored results, and is the lesson's entry in the curriculum."""
+        stem = self.relative[: -len(".py")]
+        return stem.split("/", 1)[1] if stem.startswith("annotated/") else stem
+
+    @property
+    def area(self) -> str:
+        """`foundations`: the folder the lesson lives in."""
+        return self.key.rpartition("/")[0]
+
+    @property
+    def stem(self) -> str:
+        return self.key.rpartition("/")[2]
+
+    @property
+    def test(self) -> str:
+        """The mirrored test file: `tests/foundations/test_autograd.py`."""
+        return f"tests/{self.area}/test_{self.stem}.py"
+
+    @property
+    def page(self) -> str:
+        """The page's path in the docs tree: `lessons/foundations/autograd.md`."""
+        return f"lessons/{self.key}.md"
+
+    @property
+    def download_py(self) -> str:
+        return f"downloads/{self.key}.py"
+
+    @property
+    def download_ipynb(self) -> str:
+        return f"downloads/{self.key}.ipynb"
+
+    @property
+    def download_test(self) -> str:
+        return f"downloads/{self.test}"
+
+    @property
+    def figures_folder(self) -> str:
+        """Relative to docs/: where the demo's figures and their manifest are stored."""
+        return f"figures/{self.key}"
+
+    @property
+    def benchmarks_record(self) -> str:
+        """Relative to docs/: the stored pytest-benchmark results."""
+        return f"benchmarks/{self.key}.json"
+
+    def source_sha256(self) -> str:
+        """The hash stored results are made from: they go stale when it changes."""
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def diagram(self, kind: str) -> str:
+        """The site path of a diagram's SVG file, opened full size in the lightbox."""
+        return f"diagrams/{self.key}/{kind}.svg"
+
+
+def page_url(src: str, use_directory_urls: bool) -> str:
+    """The URL (relative to the site root) of the page whose docs path is `src`, as mkdocs makes it."""
+    stem = src[: -len(".md")]
+    if not use_directory_urls:
+        return stem + ".html"
+    if stem == "index" or stem.endswith("/index"):
+        return stem[: -len("index")]
+    return stem + "/"
+
+
+def relative_url(target: str, from_url: str) -> str:
+    """A URL relative to the page at `from_url` that reaches `target` (both relative to the site root)."""
+    base = from_url if from_url.endswith("/") else posixpath.dirname(from_url) + "/"
+    relative = posixpath.relpath("/" + target, "/" + base.lstrip("/"))
+    if (target == "" or target.endswith("/")) and not relative.endswith("/"):
+        relative += "/"
+    return relative
+
+
+def discover(
+    root: Path, packages: tuple[str, ...] = ("annotated", "kernels")
+) -> list[LessonFile]:
+    """Every lesson file: `annotated/<area>/<topic>.py` and `kernels/[<area>/]<topic>.py`."""
+    found = []
+    for package in packages:
+        base = root / package
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*.py")):
+            parts = path.relative_to(base).parts
+            if path.name.startswith("_") or any(
+                part.startswith((".", "_")) for part in parts[:-1]
+            ):
+                continue
+            wanted = (2,) if package == "annotated" else (1, 2)
+            if len(parts) in wanted:
+                found.append(LessonFile(root, path.relative_to(root).as_posix()))
+    return found
+
+
+def select(names: list[str], candidates: list[LessonFile]) -> list[LessonFile]:
+    """The candidates named by file path (as typed on a command line); ValueError for others."""
+    wanted = {Path(name).resolve(): name for name in names}
+    chosen = [lesson for lesson in candidates if lesson.path.resolve() in wanted]
+    found = {lesson.path.resolve() for lesson in chosen}
+    unknown = [name for path, name in wanted.items() if path not in found]
+    if unknown or not names:
+        raise ValueError(f"not lessons here: {', '.join(unknown) or '(none named)'}")
+    return chosen
+
+
+def imported_modules(tree: ast.AST) -> list[str]:
+    """Every module an AST imports; `from a.b import c` counts as `a.b` and `a.b.c` (c may be a
+    module)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+    return names
+
+
+def project_imports(tree: ast.AST, root: Path) -> list[str]:
+    """The project files (`annotated/…`, `kernels/…`) that an AST imports, as relative paths."""
+    found = set()
+    for name in imported_modules(tree):
+        path = root / (name.replace(".", "/") + ".py")
+        if name.split(".")[0] in ("annotated", "kernels") and path.is_file():
+            found.add(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def project_sources(tree: ast.AST, root: Path) -> dict[str, str]:
+    """{path: sha256} of the project files that an AST imports."""
+    return {
+        path: hashlib.sha256((root / path).read_bytes()).hexdigest()
+        for path in project_imports(tree, root)
+    }
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, delete=False, suffix=".part", encoding="utf-8"
+    ) as handle:
+        handle.write(text)
+    os.chmod(handle.name, 0o644)
+    os.replace(handle.name, path)
+
+
+def lesson_command(argv, *, description: str, action, verb: str, stale, wanted=None) -> int:
+    """The command line shared by the figures and benchmarks tools: name lessons, or pass `--all`
+    or `--stale`; `action(lesson, docs_dir)` runs on each chosen one.
+
+    `stale(lesson, docs_dir)` says whether a lesson's stored results are missing or out of date;
+    `wanted(lesson)` filters the lessons the tool applies to at all (e.g. those with benchmarks).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "lessons", nargs="*", help="lesson files, e.g. annotated/foundations/autograd.py"
+    )
+    parser.add_argument("--all", action="store_true", help="every lesson")
+    parser.add_argument(
+        "--stale", action="store_true", help="only lessons whose results are missing or stale"
+    )
+    parser.add_argument("--root", default=".", help="the project root")
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    docs_dir = root / "docs"
+    candidates = [lesson for lesson in discover(root) if wanted is None or wanted(lesson)]
+    if args.all or args.stale:
+        chosen = [l for l in candidates if args.all or stale(l, docs_dir)]
+    else:
+        try:
+            chosen = select(args.lessons, candidates)
+        except ValueError as error:
+            parser.error(f"{error}; name lesson files or pass --all")
+    for lesson in chosen:
+        print(f"{lesson.relative}: {verb} ...", flush=True)
+        action(lesson, docs_dir)
+    return 0

@@ -1,0 +1,215 @@
+"""The pipeline, one way: read each lesson once into a `LessonRecord` of everything its page needs,
+check it, and render its page from that record alone.
+
+    files → read() → LessonRecord → rules.check() → render() → Page
+
+A record holds the source, its parse, the test file, the stored figures and benchmark results, and
+the sources of the project modules the lesson imports (its example and its downloads run them).
+Its `fingerprint` hashes all of that once; a page is rendered again only when the fingerprint, or
+what the site around it says (its neighbours, the set of pages), changes. `mkdocs serve` creates
+a new plugin on every rebuild, so both caches live here, at module level, keyed by content.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tools.literate import LessonError, cache, diagrams, downloads, notebook, render, rules
+from tools.literate.benchmarks import Benchmarks, has_benchmarks, parse_record
+from tools.literate.figures import MANIFEST, Figures, parse_manifest
+from tools.literate.files import LessonFile, page_url, project_imports, relative_url
+from tools.literate.parse import Lesson, parse
+from tools.literate.prose import Links
+
+
+@dataclass(frozen=True)
+class LessonRecord:
+    """Everything a lesson's page is made from, read from disk once."""
+
+    file: LessonFile
+    source: str
+    lesson: Lesson = field(repr=False)
+    test_source: str | None
+    figures: Figures | None
+    benchmarks: Benchmarks | None
+    imports: dict[str, str] = field(repr=False)  # "annotated.data" → its source, transitively
+    fingerprint: str
+
+    @property
+    def title(self) -> str:
+        return str(self.lesson.front_matter.get("title", self.file.stem))
+
+
+# content hash → parsed Lesson / rendered Page: survive the plugin object `mkdocs serve` recreates.
+_PARSED: dict[str, Lesson] = {}
+_PAGES: dict[str, "Page"] = {}
+
+
+def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
+    """Read a lesson and everything beside it, and parse it (from memory when unchanged)."""
+    source = file.path.read_text(encoding="utf-8")
+    source_key = cache.content_hash(file.relative, source)
+    if source_key not in _PARSED:
+        _PARSED[source_key] = parse(source, file.path)
+    lesson = _PARSED[source_key]
+    sha256 = hashlib.sha256(source.encode("utf-8")).hexdigest()  # as file.source_sha256()
+    test_path = file.root / file.test
+    test_source = test_path.read_text(encoding="utf-8") if test_path.exists() else None
+    manifest = _text(docs_dir / file.figures_folder / MANIFEST)
+    record = _text(docs_dir / file.benchmarks_record)
+    imports = _imported_sources(lesson.tree, file.root)
+    return LessonRecord(
+        file=file,
+        source=source,
+        lesson=lesson,
+        test_source=test_source,
+        figures=parse_manifest(manifest, sha256) if manifest else None,
+        benchmarks=parse_record(record, sha256) if record else None,
+        imports=imports,
+        fingerprint=cache.content_hash(
+            file.relative,
+            source,
+            test_source or "",
+            manifest or "",
+            record or "",
+            *(f"{name}\n{text}" for name, text in sorted(imports.items())),
+        ),
+    )
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.exists() else None
+
+
+def _imported_sources(tree: ast.Module, root: Path) -> dict[str, str]:
+    """{module name: source} of every project module the lesson imports, and what they import."""
+    found: dict[str, str] = {}
+    pending = project_imports(tree, root)
+    while pending:
+        path = pending.pop()
+        name = path[: -len(".py")].replace("/", ".")
+        if name in found:
+            continue
+        found[name] = (root / path).read_text(encoding="utf-8")
+        pending.extend(project_imports(ast.parse(found[name]), root))
+    return found
+
+
+def check(record: LessonRecord, order: list[str]) -> list[LessonError]:
+    """The lesson rules (`rules.check`) applied to a record."""
+    return rules.check(record.file, record.lesson, record.test_source, order)
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a page needs to know about the site around it."""
+
+    cache_dir: Path
+    use_directory_urls: bool
+    pages: frozenset[str]  # every page's docs path, for checking links
+    neighbours: dict  # lesson key → (previous record or None, next record or None)
+
+
+@dataclass(frozen=True)
+class Page:
+    body: str
+    notebook: str  # the .ipynb download
+    script: str  # the .py download
+    svgs: dict  # kind → svg text, also published as files for the lightbox
+    search: list  # render.SearchEntry per section
+
+
+def render_page(record: LessonRecord, site: Site) -> Page:
+    """The page of a lesson; from memory when neither it nor its place in the site changed."""
+    previous, following = site.neighbours.get(record.file.key, (None, None))
+    key = cache.content_hash(
+        record.fingerprint,
+        str(site.use_directory_urls),
+        *sorted(site.pages),
+        *(f"{r.file.key}:{r.title}" if r else "-" for r in (previous, following)),
+    )
+    if key not in _PAGES:
+        _PAGES[key] = _render(record, site, previous, following)
+    return _PAGES[key]
+
+
+def _render(record, site: Site, previous, following) -> Page:
+    file, lesson = record.file, record.lesson
+    here = page_url(file.page, site.use_directory_urls)
+    root = relative_url("", here)
+
+    def neighbour(other):
+        if other is None:
+            return None
+        url = relative_url(page_url(other.file.page, site.use_directory_urls), here)
+        return render.Neighbour(other.title, url)
+
+    facts = render.PageFacts(
+        module=file.module,
+        lesson_path=file.relative,
+        test_path=file.test,
+        verified=rules.first_sentence(record.test_source or ""),
+        root=root,
+        links=Links(file.page, site.pages, site.use_directory_urls),
+        downloads=(file.download_py, file.download_ipynb, file.download_test),
+        diagram_files={kind: file.diagram(kind) for kind in ("classes", "dataflow")},
+        figures_folder=file.figures_folder,
+        previous=neighbour(previous),
+        next=neighbour(following),
+    )
+    svgs = _diagrams(record, site.cache_dir)
+    body, search = render.render_lesson(
+        lesson,
+        facts,
+        svgs,
+        record.figures,
+        record.benchmarks,
+        has_benchmarks(record.test_source),
+    )
+    preamble = downloads.bundle(record.imports)
+    return Page(
+        body=body,
+        notebook=notebook.to_ipynb(lesson, preamble),
+        script=downloads.script(record.source, lesson.tree, record.imports),
+        svgs={kind: svg for kind, (_, svg) in svgs.items()},
+        search=search,
+    )
+
+
+def _diagrams(record: LessonRecord, cache_dir: Path) -> dict[str, tuple[str, str]]:
+    """{kind: (caption, svg)}: the class diagram (or call graph) and the dataflow."""
+    file = record.file
+    class_dot = diagrams.class_diagram(record.lesson.tree)
+    # The dataflow runs the lesson's example: keyed by its code (an edit of the prose alone
+    # cannot change it) and by everything it imports.
+    code = "\n".join(
+        line.text for s in record.lesson.sections for line in s.code
+    )
+    dataflow_key = cache.content_hash("dataflow", code, *sorted(record.imports.values()))
+    dataflow_dot = cache.cached_text(
+        cache_dir,
+        "dataflow",
+        dataflow_key,
+        lambda: diagrams.dataflow_diagram(file.path, file.module),
+    )
+    if class_dot.startswith("digraph classes"):
+        class_caption = "Classes and what they hold, read from the code"
+    else:
+        class_caption = "The lesson's public functions and the calls between them"
+    if dataflow_dot.startswith("digraph fx_dataflow"):
+        dataflow_caption = "Dataflow of the declared example, traced with torch.fx"
+    else:
+        dataflow_caption = "Dataflow of the declared example, as its dataflow() declares it"
+    return {
+        "classes": (
+            class_caption,
+            diagrams.to_svg(class_dot, cache_dir, str(file.path), "class"),
+        ),
+        "dataflow": (
+            dataflow_caption,
+            diagrams.to_svg(dataflow_dot, cache_dir, str(file.path), "dataflow"),
+        ),
+    }

@@ -1,0 +1,223 @@
+r"""The lesson rules, in one place: what a lesson file must be for the engine to make its page.
+
+The build calls `check` on every lesson and stops on the first problem; the tests call it too and
+list every problem. Each problem is a `LessonError` with the file and line to fix:
+
+- the file compiles without escape warnings (math in a plain string: `"\frac"` holds a form feed);
+- front matter holds `title`, `summary`, `time` and `references`, and nothing that has another
+  home (the stage comes from the curriculum, the area from the folder);
+- every reference names its authors, title, year, venue and an arXiv id or URL; every `[@key]`
+  citation in the prose names one of them;
+- the lesson is in the curriculum, and imports only earlier lessons and the shared modules;
+- the test file exists and its docstring opens with the sentence naming the reference;
+- the file ends with 2–4 exercises.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+
+from tools.literate import LessonError
+from tools.literate.files import LessonFile, imported_modules, project_imports
+from tools.literate.parse import Lesson
+
+FRONT_MATTER_FIELDS = ("title", "summary", "time", "references")
+REFERENCE_FIELDS = ("key", "authors", "title", "year", "venue")
+SHARED_MODULES = ("annotated/data.py", "annotated/figures.py")
+CITATION = re.compile(r"\[(@[\w:.-]+(?:\s*;\s*@[\w:.-]+)*)\]")
+TIME = re.compile(r"\d+(\.\d+)? (s|min)")
+
+
+def seconds(time: str) -> float:
+    """`"15 s"` → 15.0, `"2 min"` → 120.0."""
+    number, unit = str(time).split()
+    return float(number) * (60 if unit == "min" else 1)
+
+
+def citations(text: str) -> list[str]:
+    """The keys cited in a piece of prose: `[@a; @b]` → ["a", "b"]."""
+    return [
+        key.strip().lstrip("@")
+        for match in CITATION.finditer(text)
+        for key in match.group(1).split(";")
+    ]
+
+
+def check(
+    file: LessonFile,
+    lesson: Lesson,
+    test_source: str | None,
+    order: list[str],
+) -> list[LessonError]:
+    """Every rule `lesson` breaks, as `LessonError`s with file:line; empty when it keeps them all.
+
+    `order` is the curriculum's reading order of lesson keys.
+    """
+    problems = _compile(file, lesson.source)
+    problems += _front_matter(file, lesson)
+    problems += _citations(file, lesson)
+    problems += _place(file, lesson, order)
+    problems += _test_file(file, test_source)
+    problems += _exercises(file, lesson)
+    return problems
+
+
+def first_sentence(test_source: str) -> str:
+    """The first sentence of a test module's docstring: what the lesson is verified against."""
+    docstring = ast.get_docstring(ast.parse(test_source)) or ""
+    paragraph = docstring.strip().split("\n\n")[0].replace("\n", " ")
+    end = paragraph.find(". ")
+    sentence = paragraph if end < 0 else paragraph[: end + 1]
+    # The page's label already says "Verified against"; the sentence often opens with it too.
+    return re.sub(r"^verified against\s+", "", sentence, flags=re.IGNORECASE)
+
+
+def _compile(file: LessonFile, source: str) -> list[LessonError]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SyntaxWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            compile(source, str(file.path), "exec", dont_inherit=True)
+        except (SyntaxWarning, DeprecationWarning, SyntaxError) as warning:
+            line = getattr(warning, "lineno", None) or 1
+            reason = getattr(warning, "msg", None) or str(warning)
+            return [LessonError(file.path, line, f'{reason}: write the string as r"""..."""')]
+    return []
+
+
+def _front_matter(file: LessonFile, lesson: Lesson) -> list[LessonError]:
+    meta, line = lesson.front_matter, lesson.front_matter_line
+    if not meta:
+        return [
+            LessonError(
+                file.path,
+                1,
+                "no front matter: the module docstring must begin with a '---' YAML block "
+                f"holding {', '.join(FRONT_MATTER_FIELDS)}",
+            )
+        ]
+    problems = []
+    missing = [name for name in FRONT_MATTER_FIELDS if name not in meta]
+    if missing:
+        problems.append(LessonError(file.path, line, f"front matter lacks {', '.join(missing)}"))
+    moved = [name for name in ("stage", "topic") if name in meta]
+    if moved:
+        problems.append(
+            LessonError(
+                file.path,
+                line,
+                f"front matter: remove {', '.join(moved)}: the stage comes from "
+                "annotated/curriculum.toml and the area from the lesson's folder",
+            )
+        )
+    if "time" in meta and not TIME.fullmatch(str(meta["time"])):
+        problems.append(
+            LessonError(file.path, line, f"front matter: time is like '20 s' or '2 min', got {meta['time']!r}")
+        )
+    references = meta.get("references")
+    if "references" in meta and (not isinstance(references, list) or not references):
+        problems.append(
+            LessonError(file.path, line, "front matter: references must be a non-empty list")
+        )
+        return problems
+    keys = set()
+    for index, reference in enumerate(references or []):
+        where = f"front matter: references[{index}]"
+        if not isinstance(reference, dict):
+            problems.append(LessonError(file.path, line, f"{where} must be a mapping"))
+            continue
+        lacking = [name for name in REFERENCE_FIELDS if not reference.get(name)]
+        if not (reference.get("arxiv") or reference.get("url")):
+            lacking.append("arxiv or url")
+        if lacking:
+            problems.append(
+                LessonError(file.path, line, f"{where} lacks {', '.join(lacking)}")
+            )
+        if not isinstance(reference.get("authors", []), list):
+            problems.append(LessonError(file.path, line, f"{where}: authors must be a list"))
+        if reference.get("key") in keys:
+            problems.append(
+                LessonError(file.path, line, f"{where}: key {reference['key']!r} is used twice")
+            )
+        keys.add(reference.get("key"))
+    return problems
+
+
+def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
+    keys = {ref.get("key") for ref in lesson.front_matter.get("references") or [] if isinstance(ref, dict)}
+    problems = []
+    for section in lesson.sections:
+        for number, text in section.markdown:
+            for key in citations(text):
+                if key not in keys:
+                    problems.append(
+                        LessonError(
+                            file.path,
+                            number or 1,
+                            f"citation [@{key}] is not in the front matter's references",
+                        )
+                    )
+    return problems
+
+
+def _place(file: LessonFile, lesson: Lesson, order: list[str]) -> list[LessonError]:
+    if file.key not in order:
+        return [
+            LessonError(
+                file.path, 1, f"{file.key} is not in annotated/curriculum.toml: add it to its week"
+            )
+        ]
+    problems = []
+    for node in ast.walk(lesson.tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for name in imported_modules(node):
+                if name.split(".")[0] == "tools":
+                    problems.append(
+                        LessonError(file.path, node.lineno, f"a lesson never imports the engine ({name})")
+                    )
+            for path in project_imports(node, file.root):
+                key = LessonFile(file.root, path).key
+                earlier = key in order and order.index(key) < order.index(file.key)
+                if path not in SHARED_MODULES and not earlier:
+                    problems.append(
+                        LessonError(
+                            file.path,
+                            node.lineno,
+                            f"imports {path}, which is not an earlier lesson in the curriculum",
+                        )
+                    )
+    return problems
+
+
+def _test_file(file: LessonFile, test_source: str | None) -> list[LessonError]:
+    if test_source is None:
+        return [
+            LessonError(
+                file.path,
+                1,
+                f"no test file {file.test}: every lesson is verified against a reference there",
+            )
+        ]
+    if not first_sentence(test_source).strip():
+        return [
+            LessonError(
+                file.root / file.test,
+                1,
+                "the test module's docstring must start with a sentence naming the reference "
+                "it checks against",
+            )
+        ]
+    return []
+
+
+def _exercises(file: LessonFile, lesson: Lesson) -> list[LessonError]:
+    last = lesson.sections[-1] if lesson.sections else None
+    if last is None or last.kind != "exercises":
+        return [LessonError(file.path, len(lesson.source.splitlines()), "the file must end with a `# ## Exercises` comment block")]
+    items = re.findall(r"^\d+\. ", last.prose, flags=re.M)
+    if not 2 <= len(items) <= 4:
+        line = last.prose_lines[0].number
+        return [LessonError(file.path, line, f"{len(items)} exercises; write 2 to 4")]
+    return []
