@@ -1,20 +1,26 @@
-r"""The figure helper every lesson draws with: one size per panel, one DPI, one set of font sizes.
+r"""The figure helper every lesson draws with: one size per panel, one DPI, one set of
+font sizes.
 
-A figure on a lesson page is shown at its own pixel width (scaled down only when the column is
-narrower), so the text a reader sees is `points × DPI / 72` pixels. With `DPI = 100`, 9 pt body text
-is 12.5 px and 10 pt titles are 13.9 px: inside the 10–14 px the site promises at 1400 px. Every panel
-is `PANEL` inches, so a three-panel figure is three times as wide as a one-panel one, and its text is
-the same size.
+A figure on a lesson page is shown at its own pixel width (scaled down only when the
+column is narrower), so the text a reader sees is `points × DPI / 72` pixels. With
+`DPI = 100`, 9 pt body text is 12.5 px and 10 pt titles are 13.9 px: inside the 10–14 px
+the site promises at 1400 px. Every panel is `PANEL` inches, so a three-panel figure is
+three times as wide as a one-panel one, and its text is the same size.
 
     fig, (left, right) = figure(panels=2)
     left.plot(steps, loss)
     left.set_xlabel("step $k$")  # mathtext, not raw TeX
-    save(fig, out / "loss.png", caption="Training loss of the MLP on two moons, per step.")
+    save(
+        fig,
+        out / "loss.png",
+        caption="Training loss of the MLP on two moons, per step.",
+    )
 
-`save` sets every text of the figure to the fixed sizes, so a lesson cannot drift from them, and stores
-the caption inside the PNG (a `Description` text chunk) where the site's figure store reads it.
-Nothing here touches pyplot: the figure is a plain `matplotlib.figure.Figure` drawn by Agg, so it
-works in a script, a notebook or the site build without choosing a backend.
+`save` sets every text of the figure to the fixed sizes, so a lesson cannot drift from
+them, and stores the caption inside the PNG (a `Description` text chunk) where the
+site's figure store reads it. Nothing here touches pyplot: the figure is a plain
+`matplotlib.figure.Figure` drawn by Agg, so it works in a script, a notebook or the site
+build without choosing a backend.
 """
 
 from pathlib import Path
@@ -30,10 +36,12 @@ TITLE_PT = 10.0  # axes titles and the figure's suptitle
 
 
 def figure(panels: int = 1, *, rows: int = 1, **subplot_kw) -> tuple[Figure, object]:
-    """A figure of `panels` axes laid out in `rows` rows, each panel `PANEL` inches at `DPI`.
+    """A figure of `panels` axes laid out in `rows` rows, each panel `PANEL` inches at
+    `DPI`.
 
-    Returns `(fig, axes)` like `plt.subplots`: one `Axes` for one panel, else an array of them.
-    Extra keywords go to `Figure.subplots` (`sharex`, `gridspec_kw`, `subplot_kw`, ...).
+    Returns `(fig, axes)` like `plt.subplots`: one `Axes` for one panel, else an array
+    of them. Extra keywords go to `Figure.subplots` (`sharex`, `gridspec_kw`,
+    `subplot_kw`, ...).
     """
     if not isinstance(panels, int) or panels < 1:
         raise ValueError(f"panels must be a positive int, got {panels!r}")
@@ -55,7 +63,8 @@ def figure(panels: int = 1, *, rows: int = 1, **subplot_kw) -> tuple[Figure, obj
 
 
 def save(fig: Figure, path: str | Path, *, caption: str) -> Path:
-    """Fix every text's size, then write `fig` to the PNG `path` with `caption` stored inside it."""
+    """Fix every text's size, then write `fig` to the PNG `path` with `caption` stored
+    inside it."""
     if not isinstance(caption, str) or len(caption.split()) < 3:
         raise ValueError(
             f"caption must be a sentence saying what the figure shows, got {caption!r}"
@@ -63,7 +72,8 @@ def save(fig: Figure, path: str | Path, *, caption: str) -> Path:
     path = Path(path)
     if path.suffix != ".png":
         raise ValueError(f"path must end in .png, got {path.name!r}")
-    # Titles are the Text objects matplotlib keeps for them: the suptitle and each axes' three.
+    # Titles are the Text objects matplotlib keeps for them: the suptitle and each axes'
+    # three.
     titles = {id(fig._suptitle)} if fig._suptitle is not None else set()
     for axes in fig.axes:
         titles.update(id(t) for t in (axes.title, axes._left_title, axes._right_title))

@@ -1,16 +1,19 @@
-"""Settings shared by every test: Triton's CPU interpreter, quiet plotting, hypothesis budgets, and
-benchmarks that run once as plain tests unless `--benchmark-only` asks for measurements."""
+"""Settings shared by every test: Triton's CPU interpreter, quiet plotting, hypothesis
+budgets, and benchmarks that run once as plain tests unless `--benchmark-only` asks for
+measurements."""
 
 import os
 
-# Triton reads this when a kernel is decorated, so it must be set before any test module imports one.
+# Triton reads this when a kernel is decorated, so it must be set before any test module
+# imports one.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-# CI runs the whole suite on 2 cores: fewer, deadline-free examples there; more on a developer's machine.
+# CI runs the whole suite on 2 cores: fewer, deadline-free examples there; more on a
+# developer's machine.
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -24,6 +27,7 @@ settings.load_profile(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    # A plain `pytest` runs each benchmark body once, as a test; `pytest --benchmark-only` measures.
+    # A plain `pytest` runs each benchmark body once, as a test;
+    # `pytest --benchmark-only` measures.
     if not config.getoption("benchmark_only", default=False):
         config.option.benchmark_disable = True

@@ -1,5 +1,6 @@
-"""Verified against scikit-learn: `digits` returns sklearn's bundled digits, split without loss or overlap;
-`two_moons` is checked by its geometry (two labelled half circles of the requested size and noise)."""
+"""Verified against scikit-learn: `digits` returns sklearn's bundled digits, split
+without loss or overlap; `two_moons` is checked by its geometry (two labelled half
+circles of the requested size and noise)."""
 
 import numpy as np
 import pytest

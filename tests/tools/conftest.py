@@ -1,4 +1,5 @@
-"""A miniature project for the engine's tests: its own mkdocs.yml, curriculum, one fixture lesson and its test."""
+"""A miniature project for the engine's tests: its own mkdocs.yml, curriculum, one
+fixture lesson and its test."""
 
 import subprocess
 import sys
@@ -42,14 +43,17 @@ summary = "Fixture stage."
 
 
 def make_project(root: Path, lesson_source: str | None = None) -> Path:
-    """Lay out a project with the tiny fixture lesson (or `lesson_source` in its place) under `root`."""
+    """Lay out a project with the tiny fixture lesson (or `lesson_source` in its place)
+    under `root`."""
     (root / "docs").mkdir(parents=True)
     (root / "docs" / "index.md").write_text("# Fixture\n\n<!-- learning-path -->\n")
     (root / "mkdocs.yml").write_text(MKDOCS_YML)
     (root / "annotated" / "demo").mkdir(parents=True)
     (root / "annotated" / "__init__.py").write_text("")
     for shared in ("data.py", "figures.py"):  # the modules every lesson may import
-        (root / "annotated" / shared).write_text((REPO / "annotated" / shared).read_text())
+        (root / "annotated" / shared).write_text(
+            (REPO / "annotated" / shared).read_text()
+        )
     (root / "annotated" / "demo" / "__init__.py").write_text("")
     (root / "annotated" / "curriculum.toml").write_text(CURRICULUM)
     source = (
@@ -66,7 +70,8 @@ def make_project(root: Path, lesson_source: str | None = None) -> Path:
 
 
 def build(root: Path, site: Path | None = None) -> subprocess.CompletedProcess:
-    """`mkdocs build --strict` in `root`, with the repository importable (for `tools`)."""
+    """`mkdocs build --strict` in `root`, with the repository importable (for
+    `tools`)."""
     site = site or root / "site"
     return subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],

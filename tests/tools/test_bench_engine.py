@@ -1,6 +1,8 @@
-"""Speed of the engine, measured with pytest-benchmark (run `pytest --benchmark-only tests/tools`): parsing and
-rendering a 1,000-line lesson with warm diagrams, a warm `mkdocs build --strict` of the whole site, and the
-rebuild `mkdocs serve` does after one lesson is saved. In the default run each body runs once, as a test."""
+"""Speed of the engine, measured with pytest-benchmark (run
+`pytest --benchmark-only tests/tools`): parsing and rendering a 1,000-line lesson with
+warm diagrams, a warm `mkdocs build --strict` of the whole site, and the rebuild
+`mkdocs serve` does after one lesson is saved. In the default run each body runs once,
+as a test."""
 
 import os
 import shutil
@@ -17,7 +19,8 @@ from tools.literate.files import LessonFile
 
 
 def thousand_line_lesson() -> str:
-    """The tiny fixture lesson grown to 1,000 lines with prose, math, docstrings and code in lesson proportions."""
+    """The tiny fixture lesson grown to 1,000 lines with prose, math, docstrings and
+    code in lesson proportions."""
     source = (FIXTURES / "tiny_model.py").read_text()
     head, exercises = source.split("# ## Exercises")
     chunks = [head]
@@ -25,11 +28,14 @@ def thousand_line_lesson() -> str:
     while "".join(chunks).count("\n") < 1000:
         chunks.append(
             textwrap.dedent(f'''
-            # Step {index} of the long derivation. The gradient of the loss with respect to $w_{{{index}}}$
+            # Step {index} of the long derivation. The gradient of the loss with \
+respect to $w_{{{index}}}$
             # follows from the chain rule, summed over every path:
             #
             # $$
-            # \\frac{{\\partial L}}{{\\partial w_{{{index}}}}} = \\sum_j \\frac{{\\partial L}}{{\\partial y_j}} \\frac{{\\partial y_j}}{{\\partial w_{{{index}}}}}
+            # \\frac{{\\partial L}}{{\\partial w_{{{index}}}}} = \
+\\sum_j \\frac{{\\partial L}}{{\\partial y_j}} \
+\\frac{{\\partial y_j}}{{\\partial w_{{{index}}}}}
             # $$
             def step_{index}(x, weight=0.5):
                 """Scale `x` by $w$ and add a bias `[batch, width]`."""
@@ -54,11 +60,13 @@ def test_bench_parse_and_render_1000_line_lesson(benchmark, tmp_path):
         pages=frozenset({"index.md", lesson.page}),
         neighbours={},
     )
-    pipeline.render_page(pipeline.read(lesson, project / "docs"), site)  # warms diagrams
+    # Warms the diagrams.
+    pipeline.render_page(pipeline.read(lesson, project / "docs"), site)
     edits = iter(range(10**6))
 
     def edit_prose():
-        # A new word of prose: the page must be parsed and rendered again, the diagrams not.
+        # A new word of prose: the page must be parsed and rendered again, the diagrams
+        # not.
         lesson.path.write_text(original + f"\n# Edit {next(edits)}.\n")
         return (), {}
 
@@ -108,7 +116,8 @@ def test_bench_warm_mkdocs_build_of_the_whole_site(benchmark, tmp_path):
 
 @pytest.mark.slow
 def test_bench_serve_rebuild_after_saving_one_lesson(benchmark, tmp_path):
-    """What `mkdocs serve` does when a lesson is saved: reload the config, rebuild in the same process."""
+    """What `mkdocs serve` does when a lesson is saved: reload the config, rebuild in
+    the same process."""
     from mkdocs.commands.build import build
     from mkdocs.config import load_config
 

@@ -1,6 +1,7 @@
-"""Verified end to end on a miniature project: `mkdocs build --strict` makes a side-by-side page with both
-diagrams, MathML and the header facts; each kind of bad lesson fails the build with `file:line` and the reason
-and leaves no page written; stale figures are flagged on the page."""
+"""Verified end to end on a miniature project: `mkdocs build --strict` makes a
+side-by-side page with both diagrams, MathML and the header facts; each kind of bad
+lesson fails the build with `file:line` and the reason and leaves no page written; stale
+figures are flagged on the page."""
 
 import json
 import re
@@ -25,9 +26,15 @@ def test_fixture_project_builds_a_lesson_page(project):
     assert page.count('class="lit-prose"') == page.count('class="lit-code"')
     assert page.count("<svg") >= 2 and "lit-diagram-classes" in page
     for kind in ("classes", "dataflow"):
-        assert (site / f"diagrams/demo/tiny_model/{kind}.svg").read_text().startswith("<svg")
+        assert (
+            (site / f"diagrams/demo/tiny_model/{kind}.svg")
+            .read_text()
+            .startswith("<svg")
+        )
     assert "<math" in page and "cdn" not in page.lower()
-    assert "python -m annotated.demo.tiny_model" in page and "declared to take 1 s" in page
+    assert (
+        "python -m annotated.demo.tiny_model" in page and "declared to take 1 s" in page
+    )
     assert "Verified against</dt><dd>torch.nn.Linear, to the bit." in page
     assert 'id="exercises"' in page and 'class="lit-intro"' in page
     # The citation links to its bibliography entry.
@@ -35,7 +42,9 @@ def test_fixture_project_builds_a_lesson_page(project):
     assert '<li id="ref-he2016residual">' in page and "arXiv:1512.03385" in page
     # Every line number is an anchor.
     assert 'id="L1"' not in page  # the front matter is not code
-    assert re.search(r'<span class="lit-line" id="L\d+"><a class="lit-ln" href="#L\d+"', page)
+    assert re.search(
+        r'<span class="lit-line" id="L\d+"><a class="lit-ln" href="#L\d+"', page
+    )
     notebook = json.loads((site / "downloads/demo/tiny_model.ipynb").read_text())
     assert notebook["nbformat"] == 4 and any(
         cell["cell_type"] == "markdown" for cell in notebook["cells"]
@@ -47,7 +56,9 @@ def test_fixture_project_builds_a_lesson_page(project):
     assert "lessons/demo/tiny_model/" in home
     # Search: one entry per section of prose, each with its anchor, no raw TeX.
     index = json.loads((site / "search/search_index.json").read_text())
-    lesson_entries = [d for d in index["docs"] if d["location"].startswith("lessons/demo")]
+    lesson_entries = [
+        d for d in index["docs"] if d["location"].startswith("lessons/demo")
+    ]
     assert len(lesson_entries) >= 4
     assert sum("#" in d["location"] for d in lesson_entries) == len(lesson_entries) - 1
     assert any("quetzalcoatlus" in d["text"] for d in lesson_entries)
@@ -125,7 +136,9 @@ def test_stale_figures_are_flagged_not_shown_silently(project, monkeypatch):
     fresh = build(project)
     assert fresh.returncode == 0, fresh.stderr
     page = (project / "site/lessons/demo/tiny_model/index.html").read_text()
-    assert "lit-stale" not in page and "A straight line, drawn to test the store." in page
+    assert (
+        "lit-stale" not in page and "A straight line, drawn to test the store." in page
+    )
     lesson = project / LESSON
     lesson.write_text(lesson.read_text() + "\n# an edit\n")
     stale = build(project)
@@ -136,7 +149,8 @@ def test_stale_figures_are_flagged_not_shown_silently(project, monkeypatch):
 
 
 def test_mkdocs_serve_rerenders_a_lesson_when_it_is_saved(project):
-    """`mkdocs serve` watches annotated/: saving a lesson changes its served page without a restart."""
+    """`mkdocs serve` watches annotated/: saving a lesson changes its served page
+    without a restart."""
     import socket
     import subprocess
     import sys

@@ -1,5 +1,6 @@
-"""Verified against the code they draw: the class diagram against the fixture's AST facts, the fx dataflow's
-edge shapes against running the same model in torch, and failures against the lesson line that raised."""
+"""Verified against the code they draw: the class diagram against the fixture's AST
+facts, the fx dataflow's edge shapes against running the same model in torch, and
+failures against the lesson line that raised."""
 
 import ast
 import subprocess
@@ -28,7 +29,9 @@ def test_class_diagram_shows_bases_composition_and_methods():
 
 
 def test_class_diagram_marks_lists_of_parts():
-    dot = diagrams.class_diagram(ast.parse(textwrap.dedent("""
+    dot = diagrams.class_diagram(
+        ast.parse(
+            textwrap.dedent("""
         class Neuron:
             def __init__(self):
                 self.w = 1.0
@@ -37,12 +40,16 @@ def test_class_diagram_marks_lists_of_parts():
             def __init__(self, n):
                 self.neurons = [Neuron() for _ in range(n)]
     """),
-        "x.py"))
+            "x.py",
+        )
+    )
     assert 'label="neurons *"' in dot
 
 
 def test_class_diagram_reads_parts_from_dicts_and_annotations():
-    dot = diagrams.class_diagram(ast.parse(textwrap.dedent("""
+    dot = diagrams.class_diagram(
+        ast.parse(
+            textwrap.dedent("""
         class Factor:
             pass
 
@@ -52,7 +59,9 @@ def test_class_diagram_reads_parts_from_dicts_and_annotations():
                 self.by_name = {name: Factor() for name in names}
                 self.cards: dict[str, int] = {}
     """),
-        "x.py"))
+            "x.py",
+        )
+    )
     assert (
         'label="cpts *"' in dot
         and 'label="by_name *"' in dot
@@ -61,7 +70,9 @@ def test_class_diagram_reads_parts_from_dicts_and_annotations():
 
 
 def test_module_without_classes_gets_its_call_graph():
-    dot = diagrams.class_diagram(ast.parse("def a(x):\n    return b(x)\n\ndef b(y):\n    return y\n"))
+    dot = diagrams.class_diagram(
+        ast.parse("def a(x):\n    return b(x)\n\ndef b(y):\n    return y\n")
+    )
     assert dot.startswith("digraph calls") and '"a" -> "b"' in dot
 
 
@@ -88,7 +99,8 @@ def test_big_models_collapse_to_their_top_level_blocks(tmp_path):
         class Deep(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.stem = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(30)])
+                self.stem = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.ReLU()) \
+for _ in range(30)])
                 self.head = nn.Linear(4, 1)
 
             def forward(self, x):
@@ -110,7 +122,8 @@ def test_declared_dataflow_is_drawn_and_checked(tmp_path):
             return (lambda a, b: a * b), (2, 3)
 
         def dataflow(product):
-            return [("a", "a"), ("b", "b"), ("p", f"a·b = {product}")], [("a", "p", ""), ("b", "p", "")]
+            return [("a", "a"), ("b", "b"), ("p", f"a·b = {product}")], \
+[("a", "p", ""), ("b", "p", "")]
     """,
     )
     dot = diagrams.dataflow_diagram(path, "fixture_declared")
@@ -145,7 +158,10 @@ def test_example_that_raises_names_the_lesson_line(tmp_path):
     )
     with pytest.raises(
         LessonError,
-        match=r"lesson\.py:2: example\(\) or dataflow\(\) raised RuntimeError: no weights",
+        match=(
+            r"lesson\.py:2: example\(\) or dataflow\(\) raised "
+            r"RuntimeError: no weights"
+        ),
     ):
         diagrams.dataflow_diagram(path, "fixture_raises")
 

@@ -1,6 +1,7 @@
-"""Verified on the fixture project: the figures tool stores a demo's PNGs with the source hash that made them
-and keeps the old set when a demo fails; the benchmarks tool stores pytest-benchmark's results with ratios
-to the group's baseline; both notice when the lesson changes."""
+"""Verified on the fixture project: the figures tool stores a demo's PNGs with the
+source hash that made them and keeps the old set when a demo fails; the benchmarks tool
+stores pytest-benchmark's results with ratios to the group's baseline; both notice when
+the lesson changes."""
 
 import json
 
@@ -81,7 +82,9 @@ def test_bench_long(benchmark):
     )
     assert 0.1 < by_name["test_bench_short"].ratio < 0.7
     assert stored.fresh and "cores" in stored.machine
-    words = benchmarks.comparison(by_name["test_bench_short"], by_name["test_bench_long"])
+    words = benchmarks.comparison(
+        by_name["test_bench_short"], by_name["test_bench_long"]
+    )
     assert words.endswith("faster than long") and "×" in words
     lesson.path.write_text(lesson.path.read_text() + "\n# an edit\n")
     assert not benchmarks.read(lesson, project / "docs").fresh

@@ -1,7 +1,7 @@
-"""Verified for every lesson against what its page promises: the declared example runs and draws,
-and the stored figures and benchmark results were made from the current source, with captions,
-text of 10–14 px on the page, and a measured run time within 2× of the declared one. (The format's
-rules themselves are checked in test_rules.py.)"""
+"""Verified for every lesson against what its page promises: the declared example runs
+and draws, and the stored figures and benchmark results were made from the current
+source, with captions, text of 10–14 px on the page, and a measured run time within 2×
+of the declared one. (The format's rules themselves are checked in test_rules.py.)"""
 
 from pathlib import Path
 
@@ -36,12 +36,16 @@ def test_figures_are_fresh_captioned_and_readable(lesson):
     stored = RECORDS[lesson.key].figures
     regenerate = f"python -m tools.literate.figures {lesson.relative}"
     assert stored is not None, f"no figures: run `{regenerate}`"
-    assert stored.fresh, f"figures were made from an older {lesson.relative}: run `{regenerate}`"
+    assert stored.fresh, (
+        f"figures were made from an older {lesson.relative}: run `{regenerate}`"
+    )
     for figure in stored.files:
         path = DOCS / lesson.figures_folder / figure.name
         assert path.stat().st_size > 1000, f"{figure.name} is missing or empty"
         stem = Path(figure.name).stem.replace("_", " ")
-        assert figure.caption.lower() != stem.lower() and len(figure.caption.split()) >= 5
+        assert (
+            figure.caption.lower() != stem.lower() and len(figure.caption.split()) >= 5
+        )
         scale = min(1.0, FIGURE_COLUMN_PX / figure.width)
         shown = [pt * figure.dpi / 72 * scale for pt in figure.font_pt]
         assert shown and all(10 <= px <= 14 for px in shown), (figure.name, shown)
@@ -58,7 +62,9 @@ def test_declared_time_is_within_2x_of_the_measured_one(lesson):
     )
 
 
-WITH_BENCHMARKS = [lesson for lesson in LESSONS if has_benchmarks(RECORDS[lesson.key].test_source)]
+WITH_BENCHMARKS = [
+    lesson for lesson in LESSONS if has_benchmarks(RECORDS[lesson.key].test_source)
+]
 
 
 @pytest.mark.parametrize("lesson", WITH_BENCHMARKS, ids=lambda lesson: lesson.key)
@@ -66,7 +72,9 @@ def test_benchmark_results_are_present_and_fresh(lesson):
     stored = RECORDS[lesson.key].benchmarks
     remeasure = f"python -m tools.literate.benchmarks {lesson.relative}"
     assert stored is not None, f"no benchmark results: run `{remeasure}`"
-    assert stored.fresh, f"benchmarks were measured on an older {lesson.relative}: run `{remeasure}`"
+    assert stored.fresh, (
+        f"benchmarks were measured on an older {lesson.relative}: run `{remeasure}`"
+    )
     assert stored.results and stored.machine
     for result in stored.results:
         assert result.baseline or stored.baseline_of(result.group), (

@@ -1,5 +1,6 @@
-"""Verified by round trip: a lesson's `.ipynb` (made with jupytext) holds every code line in order and every
-section's prose, and the fixture lesson's notebook runs top to bottom in a Jupyter kernel, demo included."""
+"""Verified by round trip: a lesson's `.ipynb` (made with jupytext) holds every code
+line in order and every section's prose, and the fixture lesson's notebook runs top to
+bottom in a Jupyter kernel, demo included."""
 
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def test_fixture_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     import nbclient
 
     monkeypatch.chdir(tmp_path)
-    nb = nbformat.reads(to_ipynb(parse((FIXTURES / "tiny_model.py").read_text(), "tiny_model.py")), as_version=4)
+    nb = nbformat.reads(
+        to_ipynb(parse((FIXTURES / "tiny_model.py").read_text(), "tiny_model.py")),
+        as_version=4,
+    )
     nbclient.NotebookClient(
         nb,
         timeout=120,

@@ -1,7 +1,7 @@
-"""Verified against the source it renders: every code line of the page equals its source line after
-highlighting and unescaping (markup in code stays text), each lesson is read and parsed once per
-build, the dataflow diagram follows an edit of `example()` on a warm cache, and the downloads run
-in an empty folder with the project hidden."""
+"""Verified against the source it renders: every code line of the page equals its source
+line after highlighting and unescaping (markup in code stays text), each lesson is read
+and parsed once per build, the dataflow diagram follows an edit of `example()` on a warm
+cache, and the downloads run in an empty folder with the project hidden."""
 
 import html
 import os
@@ -55,7 +55,9 @@ def test_every_code_line_on_the_page_is_its_source_line(project):
     record, page = render(project)
     source = path.read_text().splitlines()
     shown = code_lines(page.body)
-    code = [line for s in record.lesson.sections for line in s.code if line.text.strip()]
+    code = [
+        line for s in record.lesson.sections for line in s.code if line.text.strip()
+    ]
     assert code and {line.number for line in code} <= set(shown)
     for number, text in shown.items():
         assert text == source[number - 1], (number, text)
@@ -68,7 +70,8 @@ def test_the_downloads_bundle_what_they_import_and_run_alone(project, tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
     (folder / "tiny_model.py").write_text(page.script)
-    # Hide the project: anything named annotated/tools that is not bundled fails to import.
+    # Hide the project: anything named annotated/tools that is not bundled fails to
+    # import.
     hide = (
         "import sys, runpy\n"
         "class Hide:\n"
@@ -81,14 +84,22 @@ def test_the_downloads_bundle_what_they_import_and_run_alone(project, tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", hide], cwd=folder, capture_output=True, text=True, env=env
+        [sys.executable, "-c", hide],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "output norm" in result.stdout and (folder / "figs/line.png").exists()
     # Without the bundle the same run fails: the check above can fail.
     (folder / "tiny_model.py").write_text((project / LESSON).read_text())
     result = subprocess.run(
-        [sys.executable, "-c", hide], cwd=folder, capture_output=True, text=True, env=env
+        [sys.executable, "-c", hide],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode != 0 and "the project is hidden" in result.stderr
 
@@ -112,7 +123,11 @@ def test_each_lessons_download_answers_help_outside_the_repository(lesson, tmp_p
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", hide], cwd=tmp_path, capture_output=True, text=True, env=env
+        [sys.executable, "-c", hide],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout

@@ -1,5 +1,6 @@
-"""Verified by properties of the output: math becomes MathML (checked against latex2mathml's own rendering
-of the same formula), text around it is untouched, and bad math fails with the lesson's file and line."""
+"""Verified by properties of the output: math becomes MathML (checked against
+latex2mathml's own rendering of the same formula), text around it is untouched, and bad
+math fails with the lesson's file and line."""
 
 import pytest
 from latex2mathml.converter import convert
@@ -71,17 +72,26 @@ def test_bad_latex_names_the_line(latex):
 
 
 PAGES = frozenset(
-    {"index.md", "lessons/foundations/autograd.md", "lessons/foundations/tensor_autograd.md"}
+    {
+        "index.md",
+        "lessons/foundations/autograd.md",
+        "lessons/foundations/tensor_autograd.md",
+    }
 )
 
 
 @pytest.mark.parametrize(
     "directory_urls, expected",
-    [(True, 'href="../autograd/#value-mul"'), (False, 'href="autograd.html#value-mul"')],
+    [
+        (True, 'href="../autograd/#value-mul"'),
+        (False, 'href="autograd.html#value-mul"'),
+    ],
 )
 def test_links_to_other_lessons_point_at_their_pages(directory_urls, expected):
     links = Links("lessons/foundations/tensor_autograd.md", PAGES, directory_urls)
-    html = render(lines("See [the scalar engine](autograd.md#value-mul)."), "l.py", links)
+    html = render(
+        lines("See [the scalar engine](autograd.md#value-mul)."), "l.py", links
+    )
     assert expected in html
 
 
@@ -106,7 +116,9 @@ def test_display_math_inside_a_list_item_keeps_the_list_whole():
 
 def test_citations_link_to_the_bibliography():
     citations = {"kingma2015adam": "Kingma & Ba, 2015", "wengert1964": "Wengert, 1964"}
-    html = render(lines("Adam [@kingma2015adam; @wengert1964] works."), "l.py", None, citations)
+    html = render(
+        lines("Adam [@kingma2015adam; @wengert1964] works."), "l.py", None, citations
+    )
     assert (
         '(<a class="lit-cite" href="#ref-kingma2015adam">Kingma &amp; Ba, 2015</a>; '
         '<a class="lit-cite" href="#ref-wengert1964">Wengert, 1964</a>)'

@@ -1,5 +1,6 @@
-"""Verified against hand-made lessons that break one rule each: `rules.check` reports every broken
-rule of docs/contributing.md with the file and the line to fix, and passes every real lesson."""
+"""Verified against hand-made lessons that break one rule each: `rules.check` reports
+every broken rule of docs/contributing.md with the file and the line to fix, and passes
+every real lesson."""
 
 import textwrap
 from pathlib import Path
@@ -12,7 +13,10 @@ from tools.literate.learning_path import load as load_curriculum
 from tools.literate.parse import parse
 
 REPO = Path(__file__).resolve().parents[2]
-ORDER = [entry.module for entry in load_curriculum(REPO / "annotated/curriculum.toml").lessons()]
+ORDER = [
+    entry.module
+    for entry in load_curriculum(REPO / "annotated/curriculum.toml").lessons()
+]
 
 GOOD = textwrap.dedent(
     '''\
@@ -89,18 +93,24 @@ BROKEN = {
         r"autograd\.py:15: citation \[@b2021\] is not in the front matter",
     ),
     "escape in a plain string": (
-        lambda s: s.replace('x = np.ones(2)', 'x = "\\d"'),
+        lambda s: s.replace("x = np.ones(2)", 'x = "\\d"'),
         r"autograd\.py:\d+: .*write the string as r",
     ),
     "imports the engine": (
-        lambda s: s.replace("import numpy as np", "import numpy as np\nimport tools.literate"),
+        lambda s: s.replace(
+            "import numpy as np", "import numpy as np\nimport tools.literate"
+        ),
         r"autograd\.py:19: a lesson never imports the engine",
     ),
     "imports a later lesson": (
         lambda s: s.replace(
-            "import numpy as np", "import numpy as np\nfrom annotated.foundations import convex"
+            "import numpy as np",
+            "import numpy as np\nfrom annotated.foundations import convex",
         ),
-        r"autograd\.py:19: imports annotated/foundations/convex\.py, which is not an earlier",
+        (
+            r"autograd\.py:19: imports annotated/foundations/convex\.py, "
+            r"which is not an earlier"
+        ),
     ),
     "one exercise": (
         lambda s: s.replace("# 2. Two.\n", ""),
@@ -126,4 +136,7 @@ def test_missing_test_file_and_docstring_are_reported():
 
 
 def test_a_lesson_missing_from_the_curriculum_is_reported():
-    assert "is not in annotated/curriculum.toml" in problems(GOOD, key="foundations/nowhere")[0]
+    assert (
+        "is not in annotated/curriculum.toml"
+        in problems(GOOD, key="foundations/nowhere")[0]
+    )

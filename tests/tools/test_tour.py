@@ -1,5 +1,6 @@
-"""Verified by its stored execution: the tour notebook under docs/ has every code cell run without error, and
-was run against the current source of every lesson it imports (the site shows these outputs, never reruns)."""
+"""Verified by its stored execution: the tour notebook under docs/ has every code cell
+run without error, and was run against the current source of every lesson it imports
+(the site shows these outputs, never reruns)."""
 
 from pathlib import Path
 
@@ -37,5 +38,6 @@ def test_outputs_were_made_from_the_current_lessons(tour):
         >= 2
     )
     assert stored == current, (
-        "a lesson changed since the tour ran: python -m tools.literate.notebook docs/tour.ipynb"
+        "a lesson changed since the tour ran: "
+        "python -m tools.literate.notebook docs/tour.ipynb"
     )

@@ -1,8 +1,9 @@
 """The literate engine: annotated Python lessons in, side-by-side pages out.
 
-Data flows one way: `parse` (source → `Lesson` of `Section`s) → `prose` and `render` (sections → HTML),
-with `diagrams`, `figures`, `benchmarks` and `notebook` hanging off the parsed lesson, and `plugin` wiring it
-all into mkdocs. No module reaches back upstream.
+Data flows one way: `parse` (source → `Lesson` of `Section`s) → `prose` and `render`
+(sections → HTML), with `diagrams`, `figures`, `benchmarks` and `notebook` hanging off
+the parsed lesson, and `plugin` wiring it all into mkdocs. No module reaches back
+upstream.
 """
 
 

@@ -1,13 +1,13 @@
-"""Benchmarks: measure a lesson's `test_bench_*` pairs with pytest-benchmark and keep the results,
-with the machine and the hash of the lesson source, for its page.
+"""Benchmarks: measure a lesson's `test_bench_*` pairs with pytest-benchmark and keep
+the results, with the machine and the hash of the lesson source, for its page.
 
     python -m tools.literate.benchmarks annotated/foundations/matrix.py
     python -m tools.literate.benchmarks --all
 
-Within a benchmark group, the entry marked `benchmark.extra_info["baseline"] = True` (the
-library's) is the yardstick: the page states every other entry as "N× faster/slower than" it.
-An entry may name what it measures with `benchmark.extra_info["label"]`; the baseline's label is
-what the page compares against ("numpy.linalg.solve").
+Within a benchmark group, the entry marked `benchmark.extra_info["baseline"] = True`
+(the library's) is the yardstick: the page states every other entry as "N× faster/slower
+than" it. An entry may name what it measures with `benchmark.extra_info["label"]`; the
+baseline's label is what the page compares against ("numpy.linalg.solve").
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class Result:
     stddev_s: float
     rounds: int
     baseline: bool
-    ratio: float | None  # mean / the group's baseline mean; None for the baseline itself
+    # mean / the group's baseline mean; None for the baseline itself
+    ratio: float | None
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ def parse_record(text: str, source_sha256: str) -> Benchmarks:
     results = tuple(
         Result(**{"label": entry["name"], **entry}) for entry in record["results"]
     )
-    return Benchmarks(results, record["machine"], record["source_sha256"] == source_sha256)
+    return Benchmarks(
+        results, record["machine"], record["source_sha256"] == source_sha256
+    )
 
 
 def read(lesson: LessonFile, docs_dir: Path) -> Benchmarks | None:
@@ -80,7 +83,9 @@ def measure(lesson: LessonFile, docs_dir: Path) -> Benchmarks:
             sys.executable, "-m", "pytest", lesson.test, "--benchmark-only",
             f"--benchmark-json={raw}", "-q", "-p", "no:cacheprovider",
         ]  # fmt: skip
-        result = subprocess.run(command, cwd=lesson.root, capture_output=True, text=True)
+        result = subprocess.run(
+            command, cwd=lesson.root, capture_output=True, text=True
+        )
         if result.returncode != 0 or not raw.exists():
             raise RuntimeError(
                 f"{lesson.test}: the benchmarks failed (exit {result.returncode}):\n"
@@ -110,21 +115,30 @@ def measure(lesson: LessonFile, docs_dir: Path) -> Benchmarks:
             )
         )
     info = data["machine_info"]
-    cpu = info.get("cpu", {}).get("brand_raw") or info.get("processor") or info.get("machine")
+    cpu = (
+        info.get("cpu", {}).get("brand_raw")
+        or info.get("processor")
+        or info.get("machine")
+    )
     system = info.get("system", platform.system())
-    machine = f"{cpu}, {os.cpu_count()} cores, {system}, Python {info.get('python_version')}"
+    machine = (
+        f"{cpu}, {os.cpu_count()} cores, {system}, Python {info.get('python_version')}"
+    )
     record = {
         "source": lesson.relative,
         "source_sha256": source_sha256,
         "machine": machine,
         "results": [r.__dict__ for r in results],
     }
-    atomic_write(docs_dir / lesson.benchmarks_record, json.dumps(record, indent=2) + "\n")
+    atomic_write(
+        docs_dir / lesson.benchmarks_record, json.dumps(record, indent=2) + "\n"
+    )
     return read(lesson, docs_dir)
 
 
 def comparison(result: Result, baseline: Result | None) -> str:
-    """The ratio in words: "386× slower than numpy.linalg.solve", "1.7× faster than torch"."""
+    """The ratio in words: "386× slower than numpy.linalg.solve", "1.7× faster than
+    torch"."""
     if result.baseline:
         return "the baseline"
     if baseline is None or result.ratio is None:
@@ -138,7 +152,10 @@ def _report(lesson: LessonFile, docs_dir: Path) -> None:
     stored = measure(lesson, docs_dir)
     for entry in stored.results:
         words = comparison(entry, stored.baseline_of(entry.group))
-        print(f"  {entry.group:32s} {entry.label:32s} {entry.mean_s * 1e3:9.3f} ms  {words}")
+        print(
+            f"  {entry.group:32s} {entry.label:32s} "
+            f"{entry.mean_s * 1e3:9.3f} ms  {words}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Measure lesson benchmarks and store them for the site.",
         action=_report,
         verb="measuring",
-        stale=lambda lesson, docs: (stored := read(lesson, docs)) is None
-        or not stored.fresh,
+        stale=lambda lesson, docs: (
+            (stored := read(lesson, docs)) is None or not stored.fresh
+        ),
         wanted=lambda lesson: has_benchmarks(
             (lesson.root / lesson.test).read_text(encoding="utf-8")
             if (lesson.root / lesson.test).exists()

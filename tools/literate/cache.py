@@ -1,5 +1,6 @@
-"""Content-keyed caches: a hash of everything an output depends on, and an on-disk text store
-under the cache folder (`.cache/literate`), so a warm build runs neither Graphviz nor an example."""
+"""Content-keyed caches: a hash of everything an output depends on, and an on-disk text
+store under the cache folder (`.cache/literate`), so a warm build runs neither Graphviz
+nor an example."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from tools.literate.files import atomic_write
 
-ENGINE_VERSION = "2"  # bump to invalidate every cached output when the drawing code changes
+# Bump to invalidate every cached output when the drawing code changes.
+ENGINE_VERSION = "2"
 
 
 def content_hash(*parts: str) -> str:
@@ -20,7 +22,8 @@ def content_hash(*parts: str) -> str:
 
 
 def cached_text(cache_dir: Path, kind: str, key: str, make) -> str:
-    """Return the text stored for `key`, or make it, store it atomically, and return it."""
+    """Return the text stored for `key`, or make it, store it atomically, and return
+    it."""
     path = cache_dir / kind / f"{key}.txt"
     if path.exists():
         return path.read_text(encoding="utf-8")

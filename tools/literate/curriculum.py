@@ -28,7 +28,8 @@ class LessonFile:
 
     @property
     def key(self) -> str:
-        """`foundations/autograd` (kernels keep their folder: `kernels/softmax`); names pages, figures, results."""
+        """`foundations/autograd` (kernels keep their folder: `kernels/softmax`); names
+        pages, figures, results."""
         stem = self.relative[: -len(".py")]
         return stem.split("/", 1)[1] if stem.startswith("annotated/") else stem
 
@@ -49,7 +50,8 @@ class LessonFile:
 def discover(
     root: Path, packages: tuple[str, ...] = ("annotated", "kernels")
 ) -> list[LessonFile]:
-    """Every lesson file: `annotated/<area>/<topic>.py` and `kernels/[<area>/]<topic>.py`, sorted."""
+    """Every lesson file: `annotated/<area>/<topic>.py` and
+    `kernels/[<area>/]<topic>.py`, sorted."""
     found = []
     for package in packages:
         base = root / package
@@ -71,7 +73,8 @@ def discover(
 
 
 def select(names: list[str], candidates: list[LessonFile]) -> list[LessonFile]:
-    """The candidates named by file path (as typed on a command line); ValueError for any that is not one."""
+    """The candidates named by file path (as typed on a command line); ValueError for
+    any that is not one."""
     wanted = {Path(name).resolve(): name for name in names}
     chosen = [lesson for lesson in candidates if lesson.path.resolve() in wanted]
     unknown = [
@@ -146,7 +149,8 @@ def planned_lessons(stages: list[dict]) -> list[PlannedLesson]:
 
 
 def imported_modules(tree) -> list[str]:
-    """Every module an AST imports, `from a.b import c` counted as both `a.b` and `a.b.c` (c may be a module)."""
+    """Every module an AST imports, `from a.b import c` counted as both `a.b` and
+    `a.b.c` (c may be a module)."""
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -158,7 +162,8 @@ def imported_modules(tree) -> list[str]:
 
 
 def project_sources(tree, root: Path) -> dict[str, str]:
-    """{path: sha256} of the project files (`annotated/…`, `kernels/…`) that an AST imports."""
+    """{path: sha256} of the project files (`annotated/…`, `kernels/…`) that an AST
+    imports."""
     found = {}
     for name in imported_modules(tree):
         path = root / (name.replace(".", "/") + ".py")

@@ -1,9 +1,10 @@
-"""Diagrams drawn from the code: a class diagram read from the AST, and a dataflow diagram from running the
-lesson's declared example.
+"""Diagrams drawn from the code: a class diagram read from the AST, and a dataflow
+diagram from running the lesson's declared example.
 
-Both become Graphviz `dot` sources, then inline SVG. SVGs are cached under the cache folder by the hash of
-their dot source, and a dataflow's dot source by the hash of the lesson's source, so a warm build runs
-neither Graphviz nor the example. A diagram that cannot be made raises `LessonError`; it is never dropped.
+Both become Graphviz `dot` sources, then inline SVG. SVGs are cached under the cache
+folder by the hash of their dot source, and a dataflow's dot source by the hash of the
+lesson's source, so a warm build runs neither Graphviz nor the example. A diagram that
+cannot be made raises `LessonError`; it is never dropped.
 """
 
 from __future__ import annotations
@@ -46,16 +47,17 @@ def _html_label(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-# ---- class diagram, from the AST ---------------------------------------------------------------------------
+# ---- class diagram, from the AST -----------------------------------------------------
 
 
 def class_diagram(tree: ast.Module) -> str:
     """The dot source of a lesson's class diagram.
 
-    Each class shows its bases (hollow arrows), the attributes built in `__init__` or declared as dataclass
-    fields, and its public methods. An attribute built from another class of the lesson is drawn as a
-    composition edge (diamond), `*` when it holds many. A lesson without classes gets its functions and the
-    calls between them instead.
+    Each class shows its bases (hollow arrows), the attributes built in `__init__` or
+    declared as dataclass fields, and its public methods. An attribute built from
+    another class of the lesson is drawn as a composition edge (diamond), `*` when it
+    holds many. A lesson without classes gets its functions and the calls between them
+    instead.
     """
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     if not classes:
@@ -89,9 +91,8 @@ def class_diagram(tree: ast.Module) -> str:
                 + "</td></tr>"
             )
         table = (
-            '<table border="1" cellborder="0" cellspacing="0" cellpadding="4" color="#4a5a8a" bgcolor="#f6f8fd">'
-            + "".join(rows)
-            + "</table>"
+            '<table border="1" cellborder="0" cellspacing="0" cellpadding="4" '
+            'color="#4a5a8a" bgcolor="#f6f8fd">' + "".join(rows) + "</table>"
         )
         lines.append(f"{_quote(node.name)} [label=<{table}>];")
         for base in node.bases:
@@ -99,12 +100,14 @@ def class_diagram(tree: ast.Module) -> str:
             if base_name not in names:
                 external.add(base_name)
             lines.append(
-                f"{_quote(base_name)} -> {_quote(node.name)} [dir=back, arrowtail=empty];"
+                f"{_quote(base_name)} -> {_quote(node.name)} "
+                "[dir=back, arrowtail=empty];"
             )
         for attribute, (target, many) in parts.items():
             label = f"{attribute} *" if many else attribute
             lines.append(
-                f"{_quote(node.name)} -> {_quote(target)} [arrowtail=diamond, dir=back, label={_quote(label)}];"
+                f"{_quote(node.name)} -> {_quote(target)} "
+                f"[arrowtail=diamond, dir=back, label={_quote(label)}];"
             )
     for name in sorted(external):
         lines.append(
@@ -114,9 +117,9 @@ def class_diagram(tree: ast.Module) -> str:
     return "\n".join(lines)
 
 
-# The dunders that teach: an engine's arithmetic and a container's indexing. Reflected (`__radd__`)
-# and in-place (`__iadd__`) twins, `__init__` and the protocol plumbing (`__repr__`, `__hash__`)
-# would only crowd them out.
+# The dunders that teach: an engine's arithmetic and a container's indexing. Reflected
+# (`__radd__`) and in-place (`__iadd__`) twins, `__init__` and the protocol plumbing
+# (`__repr__`, `__hash__`) would only crowd them out.
 _TEACHING_DUNDERS = {
     f"__{name}__"
     for name in (
@@ -132,7 +135,8 @@ def _is_key_method(name: str) -> bool:
 def _class_members(
     node: ast.ClassDef, class_names: set[str]
 ) -> tuple[list[str], dict[str, tuple[str, bool]]]:
-    """Attributes as `name: Type` rows, and the ones holding lesson classes as {name: (class, many)}."""
+    """Attributes as `name: Type` rows, and the ones holding lesson classes as {name:
+    (class, many)}."""
     attributes: list[str] = []
     parts: dict[str, tuple[str, bool]] = {}
     for statement in node.body:
@@ -174,7 +178,8 @@ def _class_members(
                 statement.annotation if isinstance(statement, ast.AnnAssign) else None
             )
             if annotation is not None and built not in class_names:
-                # `self.cpts: dict[str, Factor] = {...}`: the annotation names the part the value hides.
+                # `self.cpts: dict[str, Factor] = {...}`: the annotation names the part
+                # the value hides.
                 named = [
                     n.id
                     for n in ast.walk(annotation)
@@ -193,8 +198,8 @@ def _class_members(
 
 
 def _built_class(value: ast.AST | None) -> tuple[str | None, bool]:
-    """`Neuron(...)` → ("Neuron", False); `[Neuron(...) for ...]`, `{k: Neuron(...) for ...}` or
-    `nn.ModuleList([...])` → ("Neuron", True)."""
+    """`Neuron(...)` → ("Neuron", False); `[Neuron(...) for ...]`,
+    `{k: Neuron(...) for ...}` or `nn.ModuleList([...])` → ("Neuron", True)."""
     if value is None:
         return None, False
     if isinstance(value, (ast.ListComp, ast.GeneratorExp, ast.SetComp)):
@@ -220,13 +225,14 @@ def _built_class(value: ast.AST | None) -> tuple[str | None, bool]:
     return None, False
 
 
-# The demo's plumbing is on every page; the call graph is about the lesson's own functions.
+# The demo's plumbing is on every page; the call graph is about the lesson's own
+# functions.
 _PLUMBING = {"main", "example", "dataflow"}
 
 
 def _call_graph(tree: ast.Module) -> str:
-    """The lesson's public functions and the calls between them (private helpers and the demo's
-    plumbing left out)."""
+    """The lesson's public functions and the calls between them (private helpers and the
+    demo's plumbing left out)."""
     functions = {
         node.name: node
         for node in tree.body
@@ -251,15 +257,17 @@ def _call_graph(tree: ast.Module) -> str:
     return "\n".join(lines)
 
 
-# ---- dataflow diagram, from running the example -------------------------------------------------------------
+# ---- dataflow diagram, from running the example --------------------------------------
 
 
 def dataflow_diagram(path: str | Path, module_name: str) -> str:
-    """The dot source of the lesson's dataflow: an fx trace of its example model, or its declared graph.
+    """The dot source of the lesson's dataflow: an fx trace of its example model, or its
+    declared graph.
 
-    Imports the lesson fresh, calls `example()` → `(fn, args)`, and either traces `fn` with `torch.fx` (when it
-    is an `nn.Module`), or passes `fn(*args)` to the lesson's `dataflow(output)`. Any exception becomes a
-    `LessonError` pointing at the lesson line that raised.
+    Imports the lesson fresh, calls `example()` → `(fn, args)`, and either traces `fn`
+    with `torch.fx` (when it is an `nn.Module`), or passes `fn(*args)` to the lesson's
+    `dataflow(output)`. Any exception becomes a `LessonError` pointing at the lesson
+    line that raised.
     """
     path = Path(path)
     module = _import_fresh(path, module_name)
@@ -267,7 +275,8 @@ def dataflow_diagram(path: str | Path, module_name: str) -> str:
         raise LessonError(
             path,
             1,
-            "no example(): every lesson declares `def example()` returning (fn, args); see docs/contributing.md",
+            "no example(): every lesson declares `def example()` returning "
+            "(fn, args); see docs/contributing.md",
         )
     try:
         declared = module.example()
@@ -277,14 +286,16 @@ def dataflow_diagram(path: str | Path, module_name: str) -> str:
             and isinstance(declared[1], tuple)
         ):
             raise TypeError(
-                f"example() must return (fn, args) with args a tuple, got {type(declared).__name__}"
+                "example() must return (fn, args) with args a tuple, "
+                f"got {type(declared).__name__}"
             )
         fn, args = declared
         if _is_torch_module(fn):
             return _fx_dataflow(fn, args)
         if not callable(getattr(module, "dataflow", None)):
             raise TypeError(
-                "example()'s fn is not a torch.nn.Module, so the lesson must define dataflow(output) → (nodes, edges)"
+                "example()'s fn is not a torch.nn.Module, so the lesson must define "
+                "dataflow(output) → (nodes, edges)"
             )
         nodes, edges = module.dataflow(fn(*args))
         return _declared_dataflow(nodes, edges)
@@ -299,7 +310,8 @@ def dataflow_diagram(path: str | Path, module_name: str) -> str:
 
 
 def _import_fresh(path: Path, module_name: str):
-    """Execute the lesson's current source as `module_name`, replacing any older copy in `sys.modules`."""
+    """Execute the lesson's current source as `module_name`, replacing any older copy in
+    `sys.modules`."""
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     previous = sys.modules.get(module_name)
@@ -320,7 +332,8 @@ def _import_fresh(path: Path, module_name: str):
 
 
 def _line_in(path: Path, error: BaseException) -> int:
-    """The deepest traceback line inside the lesson's own file (1 when the error arose elsewhere)."""
+    """The deepest traceback line inside the lesson's own file (1 when the error arose
+    elsewhere)."""
     resolved = str(path.resolve())
     lines = [
         frame.lineno
@@ -340,7 +353,8 @@ def _fx_dataflow(model, args: tuple) -> str:
     from torch.fx.passes.shape_prop import ShapeProp
 
     class TopLevelTracer(torch.fx.Tracer):
-        """Keeps each direct child of the model as one box: the collapsed view of a big model."""
+        """Keeps each direct child of the model as one box: the collapsed view of a big
+        model."""
 
         def is_leaf_module(self, module, qualified_name):
             return "." not in qualified_name or super().is_leaf_module(
@@ -385,7 +399,8 @@ def _shape_label(meta) -> str:
 
 
 def _declared_dataflow(nodes, edges, name: str = "dataflow") -> str:
-    """Dot source from `(nodes, edges)`: nodes `(id, label)`, edges `(src, dst, label)`."""
+    """Dot source from `(nodes, edges)`: nodes `(id, label)`, edges
+    `(src, dst, label)`."""
     known = set()
     lines = [f"digraph {name} {{", _GRAPH_STYLE]
     for node_id, label in nodes:
@@ -407,19 +422,22 @@ def _declared_dataflow(nodes, edges, name: str = "dataflow") -> str:
     return "\n".join(lines)
 
 
-# ---- dot → svg, cached ---------------------------------------------------------------------
+# ---- dot → svg, cached ---------------------------------------------------------------
 
 
-MAX_WIDTH_PT = 600  # a diagram wider than this would shrink its text below 9 px in its column
+# A diagram wider than this would shrink its text below 9 px in its column.
+MAX_WIDTH_PT = 600
 
 
 def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
-    """Inline SVG for a dot source, laid out to fit its column; cached by the dot source.
+    """Inline SVG for a dot source, laid out to fit its column; cached by the dot
+    source.
 
-    Graphviz draws top to bottom. When that comes out wider than `MAX_WIDTH_PT` (many classes on
-    one base, many independent functions), the same graph is drawn left to right, then with its
-    leaves staggered by `unflatten`, and the narrowest drawing is kept: a diagram is scaled down
-    to its column, so width is what makes text unreadably small.
+    Graphviz draws top to bottom. When that comes out wider than `MAX_WIDTH_PT` (many
+    classes on one base, many independent functions), the same graph is drawn left to
+    right, then with its leaves staggered by `unflatten`, and the narrowest drawing is
+    kept: a diagram is scaled down to its column, so width is what makes text unreadably
+    small.
     """
 
     def draw(source: str) -> str:
@@ -428,7 +446,9 @@ def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
         )
         if result.returncode != 0:
             raise LessonError(
-                path, 1, f"Graphviz failed on the {what} diagram: {result.stderr.strip()}"
+                path,
+                1,
+                f"Graphviz failed on the {what} diagram: {result.stderr.strip()}",
             )
         svg = result.stdout[result.stdout.index("<svg") :]
         return re.sub(r"<!--.*?-->\n?", "", svg, flags=re.S)

@@ -1,14 +1,15 @@
-"""Figures: run a lesson's demo and keep the PNGs it saves, their captions, and the measured time,
-with the hash of the source that made them.
+"""Figures: run a lesson's demo and keep the PNGs it saves, their captions, and the
+measured time, with the hash of the source that made them.
 
-    python -m tools.literate.figures annotated/foundations/autograd.py   # one lesson
-    python -m tools.literate.figures --all                              # every lesson
-    python -m tools.literate.figures --stale                            # only stale ones
+    python -m tools.literate.figures annotated/foundations/autograd.py  # one lesson
+    python -m tools.literate.figures --all  # every lesson
+    python -m tools.literate.figures --stale  # only stale ones
 
-The site build only reads what this wrote; it never trains anything. Each PNG is drawn by the
-lesson through `annotated/figures.py`, which stores the caption and font sizes inside the file;
-this tool copies them into the manifest `figures.json` beside the PNGs. A manifest whose
-`source_sha256` differs from the lesson's current source is stale: the page says so and a test fails.
+The site build only reads what this wrote; it never trains anything. Each PNG is drawn
+by the lesson through `annotated/figures.py`, which stores the caption and font sizes
+inside the file; this tool copies them into the manifest `figures.json` beside the PNGs.
+A manifest whose `source_sha256` differs from the lesson's current source is stale: the
+page says so and a test fails.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Figures:
 
 
 def parse_manifest(text: str, source_sha256: str) -> Figures:
-    """The `Figures` stored in a manifest's JSON text, checked against the current source's hash."""
+    """The `Figures` stored in a manifest's JSON text, checked against the current
+    source's hash."""
     manifest = json.loads(text)
     if any(not isinstance(entry, dict) for entry in manifest["files"]):
         # Written by an older engine (names only, no captions): as good as stale.
@@ -75,7 +77,8 @@ def parse_manifest(text: str, source_sha256: str) -> Figures:
 
 
 def read(lesson: LessonFile, docs_dir: Path) -> Figures | None:
-    """The stored figures of a lesson, or None when its demo was never run through this tool."""
+    """The stored figures of a lesson, or None when its demo was never run through this
+    tool."""
     path = docs_dir / lesson.figures_folder / MANIFEST
     if not path.exists():
         return None
@@ -83,7 +86,8 @@ def read(lesson: LessonFile, docs_dir: Path) -> Figures | None:
 
 
 def describe(png: Path) -> Figure:
-    """A PNG's size and the caption and font sizes that `annotated.figures.save` stored in it."""
+    """A PNG's size and the caption and font sizes that `annotated.figures.save` stored
+    in it."""
     with Image.open(png) as image:
         text = getattr(image, "text", {})
         dpi = image.info.get("dpi", (72.0, 72.0))[0]
@@ -99,7 +103,8 @@ def describe(png: Path) -> Figure:
 
 
 def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
-    """Run the lesson's demo with its default flags and replace its stored figures in one step."""
+    """Run the lesson's demo with its default flags and replace its stored figures in
+    one step."""
     target = docs_dir / lesson.figures_folder
     target.parent.mkdir(parents=True, exist_ok=True)
     source_sha256 = lesson.source_sha256()
@@ -123,7 +128,9 @@ def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
             )
         pngs = sorted(p for p in out.iterdir() if p.suffix == ".png")
         if not pngs:
-            raise RuntimeError(f"{lesson.relative}: the demo saved no PNG figure in --out")
+            raise RuntimeError(
+                f"{lesson.relative}: the demo saved no PNG figure in --out"
+            )
         for stray in [p for p in out.iterdir() if p.suffix != ".png"]:
             shutil.rmtree(stray) if stray.is_dir() else stray.unlink()
         manifest = {
@@ -139,7 +146,8 @@ def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
         (out / MANIFEST).write_text(
             json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
         )
-        # Swap the new folder in whole: a failure above leaves the old figures as they were.
+        # Swap the new folder in whole: a failure above leaves the old figures as they
+        # were.
         old = Path(scratch) / "old"
         if target.exists():
             os.replace(target, old)
@@ -161,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Run lesson demos and store the figures their pages show.",
         action=_report,
         verb="running its demo",
-        stale=lambda lesson, docs: (stored := read(lesson, docs)) is None
-        or not stored.fresh,
+        stale=lambda lesson, docs: (
+            (stored := read(lesson, docs)) is None or not stored.fresh
+        ),
     )
 
 

@@ -1,8 +1,10 @@
-"""Where things are: every path and URL the engine derives from a lesson file, the lesson files on
-disk, the project modules a lesson imports, and the one atomic write every store uses.
+"""Where things are: every path and URL the engine derives from a lesson file, the
+lesson files on disk, the project modules a lesson imports, and the one atomic write
+every store uses.
 
-`LessonFile` is the single owner of names: the module `python -m` runs, the page, its URL, the test,
-the downloads, the stored figures and benchmark results. Nothing else in the engine spells a path.
+`LessonFile` is the single owner of names: the module `python -m` runs, the page, its
+URL, the test, the downloads, the stored figures and benchmark results. Nothing else in
+the engine spells a path.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ class LessonFile:
 
     @property
     def key(self) -> str:
-        """`foundations/autograd` (kernels keep their folder: `kernels/softmax`); names pages and
-        stored results, and is the lesson's entry in the curriculum."""
+        """`foundations/autograd` (kernels keep their folder: `kernels/softmax`); names
+        pages and stored results, and is the lesson's entry in the curriculum."""
         stem = self.relative[: -len(".py")]
         return stem.split("/", 1)[1] if stem.startswith("annotated/") else stem
 
@@ -91,8 +93,9 @@ class LessonFile:
 
 
 def page_url(src: str, use_directory_urls: bool) -> str:
-    """The URL (relative to the site root) of the page whose docs path is `src`, as mkdocs makes it."""
-    stem = src[: -len(".md")]
+    """The URL (relative to the site root) of the page whose docs path is `src`, as
+    mkdocs makes it."""
+    stem = posixpath.splitext(src)[0]
     if not use_directory_urls:
         return stem + ".html"
     if stem == "index" or stem.endswith("/index"):
@@ -101,7 +104,8 @@ def page_url(src: str, use_directory_urls: bool) -> str:
 
 
 def relative_url(target: str, from_url: str) -> str:
-    """A URL relative to the page at `from_url` that reaches `target` (both relative to the site root)."""
+    """A URL relative to the page at `from_url` that reaches `target` (both relative to
+    the site root)."""
     base = from_url if from_url.endswith("/") else posixpath.dirname(from_url) + "/"
     relative = posixpath.relpath("/" + target, "/" + base.lstrip("/"))
     if (target == "" or target.endswith("/")) and not relative.endswith("/"):
@@ -112,7 +116,8 @@ def relative_url(target: str, from_url: str) -> str:
 def discover(
     root: Path, packages: tuple[str, ...] = ("annotated", "kernels")
 ) -> list[LessonFile]:
-    """Every lesson file: `annotated/<area>/<topic>.py` and `kernels/[<area>/]<topic>.py`."""
+    """Every lesson file: `annotated/<area>/<topic>.py` and
+    `kernels/[<area>/]<topic>.py`."""
     found = []
     for package in packages:
         base = root / package
@@ -131,7 +136,8 @@ def discover(
 
 
 def select(names: list[str], candidates: list[LessonFile]) -> list[LessonFile]:
-    """The candidates named by file path (as typed on a command line); ValueError for others."""
+    """The candidates named by file path (as typed on a command line); ValueError for
+    others."""
     wanted = {Path(name).resolve(): name for name in names}
     chosen = [lesson for lesson in candidates if lesson.path.resolve() in wanted]
     found = {lesson.path.resolve() for lesson in chosen}
@@ -142,8 +148,8 @@ def select(names: list[str], candidates: list[LessonFile]) -> list[LessonFile]:
 
 
 def imported_modules(tree: ast.AST) -> list[str]:
-    """Every module an AST imports; `from a.b import c` counts as `a.b` and `a.b.c` (c may be a
-    module)."""
+    """Every module an AST imports; `from a.b import c` counts as `a.b` and `a.b.c` (c
+    may be a module)."""
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -155,7 +161,8 @@ def imported_modules(tree: ast.AST) -> list[str]:
 
 
 def project_imports(tree: ast.AST, root: Path) -> list[str]:
-    """The project files (`annotated/…`, `kernels/…`) that an AST imports, as relative paths."""
+    """The project files (`annotated/…`, `kernels/…`) that an AST imports, as relative
+    paths."""
     found = set()
     for name in imported_modules(tree):
         path = root / (name.replace(".", "/") + ".py")
@@ -173,7 +180,8 @@ def project_sources(tree: ast.AST, root: Path) -> dict[str, str]:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never half of it."""
+    """Write `text` to `path` so that a reader sees the old file or the new one, never
+    half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(
         "w", dir=path.parent, delete=False, suffix=".part", encoding="utf-8"
@@ -183,28 +191,39 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(handle.name, path)
 
 
-def lesson_command(argv, *, description: str, action, verb: str, stale, wanted=None) -> int:
-    """The command line shared by the figures and benchmarks tools: name lessons, or pass `--all`
-    or `--stale`; `action(lesson, docs_dir)` runs on each chosen one.
+def lesson_command(
+    argv, *, description: str, action, verb: str, stale, wanted=None
+) -> int:
+    """The command line shared by the figures and benchmarks tools: name lessons, or
+    pass `--all` or `--stale`; `action(lesson, docs_dir)` runs on each chosen one.
 
-    `stale(lesson, docs_dir)` says whether a lesson's stored results are missing or out of date;
-    `wanted(lesson)` filters the lessons the tool applies to at all (e.g. those with benchmarks).
+    `stale(lesson, docs_dir)` says whether a lesson's stored results are missing or out
+    of date; `wanted(lesson)` filters the lessons the tool applies to at all (e.g. those
+    with benchmarks).
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
-        "lessons", nargs="*", help="lesson files, e.g. annotated/foundations/autograd.py"
+        "lessons",
+        nargs="*",
+        help="lesson files, e.g. annotated/foundations/autograd.py",
     )
     parser.add_argument("--all", action="store_true", help="every lesson")
     parser.add_argument(
-        "--stale", action="store_true", help="only lessons whose results are missing or stale"
+        "--stale",
+        action="store_true",
+        help="only lessons whose results are missing or stale",
     )
     parser.add_argument("--root", default=".", help="the project root")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     docs_dir = root / "docs"
-    candidates = [lesson for lesson in discover(root) if wanted is None or wanted(lesson)]
+    candidates = [
+        lesson for lesson in discover(root) if wanted is None or wanted(lesson)
+    ]
     if args.all or args.stale:
-        chosen = [l for l in candidates if args.all or stale(l, docs_dir)]
+        chosen = [
+            lesson for lesson in candidates if args.all or stale(lesson, docs_dir)
+        ]
     else:
         try:
             chosen = select(args.lessons, candidates)

@@ -1,5 +1,6 @@
-"""Notebooks: a lesson's downloadable `.ipynb` (a Markdown cell per section's prose, a code cell per its code,
-via jupytext), and the executed notebooks under `docs/`, which the site shows with stored outputs."""
+"""Notebooks: a lesson's downloadable `.ipynb` (a Markdown cell per section's prose, a
+code cell per its code, via jupytext), and the executed notebooks under `docs/`, which
+the site shows with stored outputs."""
 
 from __future__ import annotations
 
@@ -15,19 +16,22 @@ from tools.literate.parse import Lesson
 
 
 def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
-    """The lesson as `.ipynb` JSON: a Markdown cell for each section's prose, a code cell for its code.
+    """The lesson as `.ipynb` JSON: a Markdown cell for each section's prose, a code
+    cell for its code.
 
-    A cell must hold whole statements, so a section that starts inside a class or function (a method with its
-    own docstring, a comment block in a loop) joins the cell of the statement around it, its prose kept
-    in place as the comments and docstrings it was written as. The demo runs with its default flags: the
-    kernel passes arguments of its own, which the demo's argparse would reject, so a first cell clears them.
-    A `preamble` (the bundled project modules) is the next cell.
+    A cell must hold whole statements, so a section that starts inside a class or
+    function (a method with its own docstring, a comment block in a loop) joins the cell
+    of the statement around it, its prose kept in place as the comments and docstrings
+    it was written as. The demo runs with its default flags: the kernel passes arguments
+    of its own, which the demo's argparse would reject, so a first cell clears them. A
+    `preamble` (the bundled project modules) is the next cell.
     """
     title = lesson.front_matter.get("title", lesson.path.stem)
     source_lines = lesson.source.splitlines()
     cells = [
         f"# %% [markdown]\n# # {title}\n#\n# {lesson.front_matter.get('summary', '')}",
-        "# %%\nimport sys\n\nsys.argv = sys.argv[:1]  # the demo reads its flags from sys.argv",
+        "# %%\nimport sys\n\n"
+        "sys.argv = sys.argv[:1]  # the demo reads its flags from sys.argv",
     ]
     if preamble:
         cells.append("# %%\n" + preamble.strip("\n"))
@@ -59,7 +63,8 @@ def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
 
 
 def _statement_groups(lesson: Lesson) -> list[list]:
-    """Sections grouped so that each group starts at a top-level statement (code at column 0)."""
+    """Sections grouped so that each group starts at a top-level statement (code at
+    column 0)."""
     groups: list[list] = []
     for section in lesson.sections:
         code = [line.text for line in section.code if line.text.strip()]
@@ -71,15 +76,16 @@ def _statement_groups(lesson: Lesson) -> list[list]:
     return groups
 
 
-# ---- executed notebooks under docs/ -------------------------------------------------------------------------
+# ---- executed notebooks under docs/ --------------------------------------------------
 #
-# The site shows notebooks with their stored outputs and never runs them. `python -m tools.literate.notebook
-# docs/tour.ipynb` executes one in place and records the hash of each lesson its cells import, so a test can
-# tell when a lesson changed under it.
+# The site shows notebooks with their stored outputs and never runs them. `python -m
+# tools.literate.notebook docs/tour.ipynb` executes one in place and records the hash of
+# each lesson its cells import, so a test can tell when a lesson changed under it.
 
 
 def imported_lessons(nb, root: Path) -> dict[str, str]:
-    """{lesson path: sha256} for every `annotated.*` / `kernels.*` module the notebook's code imports."""
+    """{lesson path: sha256} for every `annotated.*` / `kernels.*` module the notebook's
+    code imports."""
     found = {}
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -88,7 +94,8 @@ def imported_lessons(nb, root: Path) -> dict[str, str]:
 
 
 def execute(path: Path, root: Path, timeout: int = 600) -> None:
-    """Run every cell of the notebook at `path` and write it back with its outputs, atomically."""
+    """Run every cell of the notebook at `path` and write it back with its outputs,
+    atomically."""
     import nbclient
     import nbformat
 
@@ -105,7 +112,9 @@ def execute(path: Path, root: Path, timeout: int = 600) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Execute notebooks under docs/ in place and record the lessons they import."
+        description=(
+            "Execute notebooks under docs/ in place and record the lessons they import."
+        )
     )
     parser.add_argument("notebooks", nargs="+", help="e.g. docs/tour.ipynb")
     parser.add_argument(

@@ -1,12 +1,15 @@
-"""Source → sections: split a lesson into prose (comment runs and docstrings) and the code they explain.
+"""Source → sections: split a lesson into prose (comment runs and docstrings) and the
+code they explain.
 
-The split is read from `tokenize` (which lines are full-line comments, where strings start and stop) and
-`ast` (which strings are docstrings, which definition encloses a line). No line regexes: a one-line
-docstring, closing quotes on a text line, or `s = \"\"\"...\"\"\"` each come out right because the tokenizer,
-not a pattern, says where a string is.
+The split is read from `tokenize` (which lines are full-line comments, where strings
+start and stop) and `ast` (which strings are docstrings, which definition encloses a
+line). No line regexes: a one-line docstring, closing quotes on a text line, or
+`s = \"\"\"...\"\"\"` each come out right because the tokenizer, not a pattern, says
+where a string is.
 
-Every source line lands in exactly one column: `Section.prose_lines` or `Section.code`. That is the no-loss
-invariant, and `tests/tools/test_parse.py` checks it over generated files and every real lesson.
+Every source line lands in exactly one column: `Section.prose_lines` or `Section.code`.
+That is the no-loss invariant, and `tests/tools/test_parse.py` checks it over generated
+files and every real lesson.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import yaml
 
 from tools.literate import LessonError
 
+
 @dataclass
 class Line:
     """One source line: its 1-based number and its text without the newline."""
@@ -34,9 +38,9 @@ class Line:
 class Section:
     """Prose beside the code it explains.
 
-    `markdown` holds the prose as Markdown lines, each tagged with the source line it came from (`None` for a
-    paragraph break the engine inserted between two joined blocks). `prose_lines` and `code` hold the
-    original source lines of each column.
+    `markdown` holds the prose as Markdown lines, each tagged with the source line it
+    came from (`None` for a paragraph break the engine inserted between two joined
+    blocks). `prose_lines` and `code` hold the original source lines of each column.
     """
 
     id: str = ""
@@ -55,7 +59,8 @@ class Section:
 
 @dataclass
 class Lesson:
-    """A parsed file: its sections in source order and its front matter (empty when it has none)."""
+    """A parsed file: its sections in source order and its front matter (empty when it
+    has none)."""
 
     path: Path
     source: str
@@ -68,7 +73,8 @@ class Lesson:
 
 
 def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
-    """Split `source` into sections. Raises `LessonError` (with `file:line`) for a file Python cannot parse."""
+    """Split `source` into sections. Raises `LessonError` (with `file:line`) for a file
+    Python cannot parse."""
     path = Path(path)
     try:
         tree = ast.parse(source, filename=str(path))
@@ -81,8 +87,9 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
     docstrings = _docstrings(tree, lines)
     scopes = _scopes(tree)
 
-    # Classify each line: prose from a comment, prose from a docstring, or code. A docstring also remembers
-    # the first line of its definition's header, so the header can travel with it (see below).
+    # Classify each line: prose from a comment, prose from a docstring, or code. A
+    # docstring also remembers the first line of its definition's header, so the header
+    # can travel with it (see below).
     docstring_at: dict[int, _Docstring] = {}
     for doc in docstrings:
         for number in range(doc.first, doc.last + 1):
@@ -113,7 +120,8 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
         elif not lines[number - 1].strip() and _blank_run_joins_prose(
             number, lines, sections[-1], comment_lines, docstring_at
         ):
-            # A blank line between two prose blocks is a paragraph break in the prose, not code.
+            # A blank line between two prose blocks is a paragraph break in the prose,
+            # not code.
             sections[-1].prose_lines.append(Line(number, ""))
             sections[-1].markdown.append((number, ""))
             number += 1
@@ -127,7 +135,7 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
     return Lesson(path, source, sections, front_matter, front_matter_line, tree)
 
 
-# ---- tokens: which lines are full-line comments -------------------------------------------------------------
+# ---- tokens: which lines are full-line comments --------------------------------------
 
 
 def _full_line_comments(source: str, path: Path) -> set[int]:
@@ -138,7 +146,8 @@ def _full_line_comments(source: str, path: Path) -> set[int]:
                 continue
             row, col = token.start
             before = token.line[:col]
-            # A shebang or an encoding declaration is an instruction to the interpreter, not prose.
+            # A shebang or an encoding declaration is an instruction to the interpreter,
+            # not prose.
             if before.strip() or (
                 row <= 2 and (token.string.startswith("#!") or "coding" in token.string)
             ):
@@ -156,14 +165,16 @@ def _comment_text(text: str) -> str:
     return text[1:] if text.startswith(" ") else text
 
 
-# ---- ast: which strings are docstrings, which definition encloses a line ---------------------------------
+# ---- ast: which strings are docstrings, which definition encloses a line -------------
 
 
 @dataclass
 class _Docstring:
     first: int  # first and last source line of the string
     last: int
-    header: int  # first line of the definition (its first decorator), or the string's line for a module
+    # First line of the definition (its first decorator), or the string's line for
+    # a module.
+    header: int
     qualname: str  # "" for the module docstring
     markdown: list[str]
 
@@ -184,8 +195,9 @@ def _docstrings(tree: ast.Module, lines: list[str]) -> list[_Docstring]:
         ):
             string = body[0].value
             first, last = string.lineno, string.end_lineno
-            # A docstring is prose only when it has its lines to itself: nothing before its opening quotes
-            # and nothing after its closing ones. `def f(): "doc"` stays code.
+            # A docstring is prose only when it has its lines to itself: nothing before
+            # its opening quotes and nothing after its closing ones. `def f(): "doc"`
+            # stays code.
             alone = (
                 not lines[first - 1][: string.col_offset].strip()
                 and not lines[last - 1][string.end_col_offset :].strip()
@@ -214,7 +226,8 @@ def _docstrings(tree: ast.Module, lines: list[str]) -> list[_Docstring]:
 
 
 def _docstring_markdown(raw: list[str]) -> list[str]:
-    """One Markdown line per source line: quotes and prefix removed, body dedented like `inspect.cleandoc`."""
+    """One Markdown line per source line: quotes and prefix removed, body dedented like
+    `inspect.cleandoc`."""
     text = "\n".join(raw).strip()
     opening = _STRING_PREFIX.match(text)
     body = text[opening.end() : len(text) - len(opening.group(1))]
@@ -242,15 +255,17 @@ def _scopes(tree: ast.Module) -> list[tuple[int, int, str]]:
     return found
 
 
-# ---- sections ----------------------------------------------------------------------------------------------
+# ---- sections ------------------------------------------------------------------------
 
 
 def _start_docstring_section(sections: list[Section], doc: _Docstring) -> None:
-    """Give a docstring its own section, unless the current one holds only its definition's header.
+    """Give a docstring its own section, unless the current one holds only its
+    definition's header.
 
-    A comment block right above `def f():` and f's docstring explain the same thing, so they join. Otherwise
-    the header lines (decorators, `def ...:`) move from the end of the previous section into the new one, so
-    that a definition's code starts beside its docstring.
+    A comment block right above `def f():` and f's docstring explain the same thing, so
+    they join. Otherwise the header lines (decorators, `def ...:`) move from the end of
+    the previous section into the new one, so that a definition's code starts beside its
+    docstring.
     """
     current = sections[-1]
     code_lines = [line for line in current.code if line.text.strip()]
@@ -271,7 +286,8 @@ def _add_prose_block(
 
 
 def _blank_run_joins_prose(number, lines, section, comment_lines, docstring_at) -> bool:
-    """True for a blank line inside a run of blank lines that sits between two prose blocks."""
+    """True for a blank line inside a run of blank lines that sits between two prose
+    blocks."""
     if not section.prose_lines or section.code:
         return False
     following = number
@@ -295,7 +311,8 @@ def _split_front_matter(
         if any(line.number == module_doc.first for line in s.prose_lines)
     )
     intro.kind = "intro"
-    # The front matter is the YAML between the first two `---` lines of the module docstring.
+    # The front matter is the YAML between the first two `---` lines of the module
+    # docstring.
     doc_lines = [
         (n, text)
         for n, text in intro.markdown
@@ -330,7 +347,8 @@ def _split_front_matter(
         raise LessonError(
             path, opening, "front matter must be a YAML mapping of field: value"
         )
-    # The front matter lines stay in the prose column's accounting; the header shows them, not the prose.
+    # The front matter lines stay in the prose column's accounting; the header shows
+    # them, not the prose.
     intro.markdown = [
         (n, text)
         for n, text in intro.markdown
@@ -347,7 +365,8 @@ def _slug(text: str, words: int = 6) -> str:
 def _name_sections(
     sections: list[Section], scopes, docstrings: list[_Docstring]
 ) -> None:
-    """Give each section an id that survives edits elsewhere: its definition's name, plus its first words."""
+    """Give each section an id that survives edits elsewhere: its definition's name,
+    plus its first words."""
     documented = {d.header: d.qualname for d in docstrings if d.qualname}
     seen: dict[str, int] = {}
     for section in sections:

@@ -1,13 +1,14 @@
-"""The pipeline, one way: read each lesson once into a `LessonRecord` of everything its page needs,
-check it, and render its page from that record alone.
+"""The pipeline, one way: read each lesson once into a `LessonRecord` of everything its
+page needs, check it, and render its page from that record alone.
 
     files → read() → LessonRecord → rules.check() → render() → Page
 
-A record holds the source, its parse, the test file, the stored figures and benchmark results, and
-the sources of the project modules the lesson imports (its example and its downloads run them).
-Its `fingerprint` hashes all of that once; a page is rendered again only when the fingerprint, or
-what the site around it says (its neighbours, the set of pages), changes. `mkdocs serve` creates
-a new plugin on every rebuild, so both caches live here, at module level, keyed by content.
+A record holds the source, its parse, the test file, the stored figures and benchmark
+results, and the sources of the project modules the lesson imports (its example and its
+downloads run them). Its `fingerprint` hashes all of that once; a page is rendered again
+only when the fingerprint, or what the site around it says (its neighbours, the set of
+pages), changes. `mkdocs serve` creates a new plugin on every rebuild, so both caches
+live here, at module level, keyed by content.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.literate import LessonError, cache, diagrams, downloads, notebook, render, rules
+from tools.literate import (
+    LessonError,
+    cache,
+    diagrams,
+    downloads,
+    notebook,
+    render,
+    rules,
+)
 from tools.literate.benchmarks import Benchmarks, has_benchmarks, parse_record
 from tools.literate.figures import MANIFEST, Figures, parse_manifest
 from tools.literate.files import LessonFile, page_url, project_imports, relative_url
@@ -35,7 +44,8 @@ class LessonRecord:
     test_source: str | None
     figures: Figures | None
     benchmarks: Benchmarks | None
-    imports: dict[str, str] = field(repr=False)  # "annotated.data" → its source, transitively
+    # "annotated.data" → its source, transitively
+    imports: dict[str, str] = field(repr=False)
     fingerprint: str
 
     @property
@@ -43,19 +53,22 @@ class LessonRecord:
         return str(self.lesson.front_matter.get("title", self.file.stem))
 
 
-# content hash → parsed Lesson / rendered Page: survive the plugin object `mkdocs serve` recreates.
+# content hash → parsed Lesson / rendered Page: survive the plugin object `mkdocs serve`
+# recreates.
 _PARSED: dict[str, Lesson] = {}
 _PAGES: dict[str, "Page"] = {}
 
 
 def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
-    """Read a lesson and everything beside it, and parse it (from memory when unchanged)."""
+    """Read a lesson and everything beside it, and parse it (from memory when
+    unchanged)."""
     source = file.path.read_text(encoding="utf-8")
     source_key = cache.content_hash(file.relative, source)
     if source_key not in _PARSED:
         _PARSED[source_key] = parse(source, file.path)
     lesson = _PARSED[source_key]
-    sha256 = hashlib.sha256(source.encode("utf-8")).hexdigest()  # as file.source_sha256()
+    # As file.source_sha256().
+    sha256 = hashlib.sha256(source.encode("utf-8")).hexdigest()
     test_path = file.root / file.test
     test_source = test_path.read_text(encoding="utf-8") if test_path.exists() else None
     manifest = _text(docs_dir / file.figures_folder / MANIFEST)
@@ -85,7 +98,8 @@ def _text(path: Path) -> str | None:
 
 
 def _imported_sources(tree: ast.Module, root: Path) -> dict[str, str]:
-    """{module name: source} of every project module the lesson imports, and what they import."""
+    """{module name: source} of every project module the lesson imports, and what they
+    import."""
     found: dict[str, str] = {}
     pending = project_imports(tree, root)
     while pending:
@@ -123,7 +137,8 @@ class Page:
 
 
 def render_page(record: LessonRecord, site: Site) -> Page:
-    """The page of a lesson; from memory when neither it nor its place in the site changed."""
+    """The page of a lesson; from memory when neither it nor its place in the site
+    changed."""
     previous, following = site.neighbours.get(record.file.key, (None, None))
     key = cache.content_hash(
         record.fingerprint,
@@ -183,12 +198,12 @@ def _diagrams(record: LessonRecord, cache_dir: Path) -> dict[str, tuple[str, str
     """{kind: (caption, svg)}: the class diagram (or call graph) and the dataflow."""
     file = record.file
     class_dot = diagrams.class_diagram(record.lesson.tree)
-    # The dataflow runs the lesson's example: keyed by its code (an edit of the prose alone
-    # cannot change it) and by everything it imports.
-    code = "\n".join(
-        line.text for s in record.lesson.sections for line in s.code
+    # The dataflow runs the lesson's example: keyed by its code (an edit of the prose
+    # alone cannot change it) and by everything it imports.
+    code = "\n".join(line.text for s in record.lesson.sections for line in s.code)
+    dataflow_key = cache.content_hash(
+        "dataflow", code, *sorted(record.imports.values())
     )
-    dataflow_key = cache.content_hash("dataflow", code, *sorted(record.imports.values()))
     dataflow_dot = cache.cached_text(
         cache_dir,
         "dataflow",
@@ -202,7 +217,9 @@ def _diagrams(record: LessonRecord, cache_dir: Path) -> dict[str, tuple[str, str
     if dataflow_dot.startswith("digraph fx_dataflow"):
         dataflow_caption = "Dataflow of the declared example, traced with torch.fx"
     else:
-        dataflow_caption = "Dataflow of the declared example, as its dataflow() declares it"
+        dataflow_caption = (
+            "Dataflow of the declared example, as its dataflow() declares it"
+        )
     return {
         "classes": (
             class_caption,

@@ -1,10 +1,12 @@
 """The mkdocs plugin: mkdocs events translated into pipeline calls, and nothing else.
 
-- `on_config`: read every lesson once (`pipeline.read`), put the lessons in the nav in curriculum
-  order (stage → weeks → lesson), and register the engine's stylesheet and script.
-- `on_files`: check and render every lesson (`pipeline.check`, `pipeline.render_page`), and add its
-  page, downloads and diagram files. All the work that can fail happens here, before mkdocs writes
-  a single page, so a broken lesson leaves no half-built site.
+- `on_config`: read every lesson once (`pipeline.read`), put the lessons in the nav in
+  curriculum order (stage → weeks → lesson), and register the engine's stylesheet and
+  script.
+- `on_files`: check and render every lesson (`pipeline.check`, `pipeline.render_page`),
+  and add its page, downloads and diagram files. All the work that can fail happens
+  here, before mkdocs writes a single page, so a broken lesson leaves no half-built
+  site.
 - `on_page_markdown`: fill the learning-path placeholders of the hand-written pages.
 - `on_page_content`: put each lesson's rendered body into its page.
 - `on_post_build`: add one search entry per lesson section to the search index.
@@ -24,6 +26,7 @@ from mkdocs.structure.files import File, Files
 
 from tools.literate import LessonError, learning_path, pipeline
 from tools.literate.files import discover, page_url
+from tools.literate.prose import Links, rewrite_links
 
 _BODY_PLACEHOLDER = "LITERATE-PAGE-BODY"
 ASSETS = Path(__file__).parent / "assets"
@@ -58,7 +61,10 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         except LessonError as error:
             raise PluginError(f"literate: {self._where(error)}") from None
         config.nav = self._nav(config.nav or [])
-        for name, urls in (("literate.css", config.extra_css), ("literate.js", config.extra_javascript)):
+        for name, urls in (
+            ("literate.css", config.extra_css),
+            ("literate.js", config.extra_javascript),
+        ):
             if (ASSETS / name).exists() and f"{ASSET_URL}/{name}" not in urls:
                 urls.append(f"{ASSET_URL}/{name}")
         return config
@@ -66,12 +72,14 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
     def _where(self, error: LessonError) -> str:
         path = Path(error.path)
         if path.is_absolute() and path.is_relative_to(self.root):
-            return f"{path.relative_to(self.root).as_posix()}:{error.line}: {error.reason}"
+            return (
+                f"{path.relative_to(self.root).as_posix()}:{error.line}: {error.reason}"
+            )
         return str(error)
 
     def _nav(self, nav: list) -> list:
-        """The configured nav up to its "Learning path" (or Home), then Stage → weeks → written
-        lessons, then the rest of the configured nav."""
+        """The configured nav up to its "Learning path" (or Home), then Stage → weeks →
+        written lessons, then the rest of the configured nav."""
         written = {record.file.key: record for record in self.records}
         stages: dict[str, dict[str, list]] = {}
         for entry in self.curriculum.lessons():
@@ -87,7 +95,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             {stage: [{block: pages} for block, pages in blocks.items()]}
             for stage, blocks in stages.items()
         ]
-        titles = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in nav]
+        titles = [
+            next(iter(entry)) if isinstance(entry, dict) else entry for entry in nav
+        ]
         at = titles.index("Learning path") + 1 if "Learning path" in titles else 1
         return nav[:at] + lessons + nav[at:]
 
@@ -110,6 +120,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             pages=frozenset(pages),
             neighbours=neighbours,
         )
+        self.site = site
         self.pages = {}
         for record in self.records:
             try:
@@ -121,19 +132,25 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 raise PluginError(f"literate: {self._where(error)}") from None
             self.pages[record.file.page] = page
             file = record.file
-            # The lesson's page: the engine's body goes in at on_page_content. Material's search
-            # skips it (its HTML is large and one entry per page); on_post_build indexes sections.
+            # The lesson's page: the engine's body goes in at on_page_content.
+            # Material's search skips it (its HTML is large and one entry per page);
+            # on_post_build indexes sections.
             title = json.dumps(record.title, ensure_ascii=False)
             markdown = (
-                f"---\ntitle: {title}\nhide:\n  - toc\nsearch:\n  exclude: true\n---\n\n"
+                f"---\ntitle: {title}\nhide:\n  - toc\n"
+                "search:\n  exclude: true\n---\n\n"
                 f"# {record.title}\n\n{_BODY_PLACEHOLDER}\n"
             )
             files.append(File.generated(config, file.page, content=markdown))
             files.append(File.generated(config, file.download_py, content=page.script))
-            files.append(File.generated(config, file.download_ipynb, content=page.notebook))
+            files.append(
+                File.generated(config, file.download_ipynb, content=page.notebook)
+            )
             if record.test_source is not None:
                 files.append(
-                    File.generated(config, file.download_test, content=record.test_source)
+                    File.generated(
+                        config, file.download_test, content=record.test_source
+                    )
                 )
             for kind, svg in page.svgs.items():
                 files.append(File.generated(config, file.diagram(kind), content=svg))
@@ -150,7 +167,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             for record in self.records
         }
         try:
-            return learning_path.render(markdown, self.curriculum, written, page.file.src_uri)
+            return learning_path.render(
+                markdown, self.curriculum, written, page.file.src_uri
+            )
         except ValueError as error:
             raise PluginError(f"literate: {page.file.src_uri}: {error}") from None
 
@@ -159,6 +178,13 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
     def on_page_content(self, html: str, page, config, files):
         rendered = self.pages.get(page.file.src_uri)
         if rendered is None:
+            if page.file.src_uri.endswith(".ipynb"):
+                # A notebook's Markdown links to lessons by file, as lessons do; mkdocs
+                # leaves them alone in notebook HTML, so they are resolved here.
+                links = Links(
+                    page.file.src_uri, self.site.pages, config.use_directory_urls
+                )
+                return rewrite_links(html, links)
             return html
         body = f'<div class="lit-page">{rendered.body}</div>'
         return html.replace(f"<p>{_BODY_PLACEHOLDER}</p>", body)
@@ -181,7 +207,8 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 for entry in rendered.search
             )
         index_path.write_text(
-            json.dumps(index, separators=(",", ":"), ensure_ascii=False), encoding="utf-8"
+            json.dumps(index, separators=(",", ":"), ensure_ascii=False),
+            encoding="utf-8",
         )
 
     def on_serve(self, server, config, builder):

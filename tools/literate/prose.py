@@ -1,8 +1,9 @@
-"""Prose → HTML: Markdown with `$…$` and `$$…$$` math, the math turned into MathML at build time.
+"""Prose → HTML: Markdown with `$…$` and `$$…$$` math, the math turned into MathML at
+build time.
 
-Math is cut out *before* Markdown sees it (so `a_i * b_j` is not read as emphasis), converted with
-latex2mathml, and put back afterwards. The page then needs no script and no font from anywhere: the
-browser lays out MathML itself.
+Math is cut out *before* Markdown sees it (so `a_i * b_j` is not read as emphasis),
+converted with latex2mathml, and put back afterwards. The page then needs no script and
+no font from anywhere: the browser lays out MathML itself.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ _EXTENSIONS = [
     "codehilite",
 ]
 _EXTENSION_CONFIGS = {"codehilite": {"css_class": "highlight", "guess_lang": False}}
-# latex2mathml lays out `align*` as a table but not its inline twin `aligned`; they mean the same here.
+# latex2mathml lays out `align*` as a table but not its inline twin `aligned`; they mean
+# the same here.
 _ENVIRONMENT_ALIASES = {
     "aligned": "align*",
     "gathered": "gather*",
@@ -48,7 +50,8 @@ def _markdown() -> markdown.Markdown:
 
 @dataclass(frozen=True)
 class Links:
-    """What a page needs to resolve links to other pages: where it is, and what exists."""
+    """What a page needs to resolve links to other pages: where it is, and what
+    exists."""
 
     page_src: str  # "lessons/foundations/autograd.md"
     pages: frozenset[str]  # every page's docs path
@@ -61,11 +64,12 @@ def render(
     links: Links | None = None,
     citations: dict[str, str] | None = None,
 ) -> str:
-    """Render Markdown lines (each tagged with its source line) to HTML with math as MathML.
+    """Render Markdown lines (each tagged with its source line) to HTML with math as
+    MathML.
 
-    With `links`, a link to another page's `.md` is checked (a missing page is an error at its line)
-    and rewritten to that page's URL. With `citations` ({key: "Kingma & Ba, 2015"}), each `[@key]`
-    becomes a link to the page's bibliography entry `#ref-key`.
+    With `links`, a link to another page's `.md` is checked (a missing page is an error
+    at its line) and rewritten to that page's URL. With `citations` ({key: "Kingma & Ba,
+    2015"}), each `[@key]` becomes a link to the page's bibliography entry `#ref-key`.
     """
     if links is not None:
         _check_links(lines, path, links)
@@ -75,7 +79,8 @@ def render(
         mathml = _mathml(latex, display, path, line)
         placeholder = f"LITMATH{index}X"
         if display:
-            # A block of its own becomes a div; one inside a list item stays in its paragraph.
+            # A block of its own becomes a div; one inside a list item stays in its
+            # paragraph.
             body = body.replace(
                 f"<p>{placeholder}</p>", f'<div class="lit-math">{mathml}</div>'
             )
@@ -86,7 +91,7 @@ def render(
     if citations is not None:
         body = _link_citations(body, citations)
     if links is not None:
-        body = _rewrite_links(body, links)
+        body = rewrite_links(body, links)
     return body
 
 
@@ -94,7 +99,8 @@ _CITATION = re.compile(r"\[(@[\w:.-]+(?:\s*;\s*@[\w:.-]+)*)\]")
 
 
 def _link_citations(body: str, citations: dict[str, str]) -> str:
-    """`[@kingma2015adam]` → "(Kingma & Ba, 2015)" linked to its entry in the bibliography."""
+    """`[@kingma2015adam]` → "(Kingma & Ba, 2015)" linked to its entry in the
+    bibliography."""
 
     def replace(match):
         keys = [key.strip().lstrip("@") for key in match.group(1).split(";")]
@@ -111,13 +117,15 @@ def _link_citations(body: str, citations: dict[str, str]) -> str:
 def _extract_math(
     lines: list[tuple[int | None, str]], path: str
 ) -> tuple[str, list[tuple[str, bool, int]]]:
-    """Replace each formula by a placeholder; return the text and the formulas with their source lines.
+    """Replace each formula by a placeholder; return the text and the formulas with
+    their source lines.
 
-    Skipped: fenced code blocks, `code spans`, and `\\$` (a literal dollar). Display math `$$…$$` and inline
-    math `$…$` may both run over several lines, but not past the end of a paragraph. An unclosed `$$` is an
-    error at the line where it opened. Inline `$…$` follows Pandoc's rule: the opening `$` is followed by a
-    non-space, the closing one preceded by a non-space and not followed by a digit, and no formula holds a
-    `$` of its own, so "costs $5 or $10" stays text.
+    Skipped: fenced code blocks, `code spans`, and `\\$` (a literal dollar). Display
+    math `$$…$$` and inline math `$…$` may both run over several lines, but not past the
+    end of a paragraph. An unclosed `$$` is an error at the line where it opened. Inline
+    `$…$` follows Pandoc's rule: the opening `$` is followed by a non-space, the closing
+    one preceded by a non-space and not followed by a digit, and no formula holds a `$`
+    of its own, so "costs $5 or $10" stays text.
     """
     text = "\n".join(line for _, line in lines)
     starts, numbers, offset, last = [], [], 0, 1
@@ -152,7 +160,8 @@ def _extract_math(
             pieces.append(text[start:end])
             position = end
             continue
-        # Copy plain text up to the next character that can start math, code or an escape.
+        # Copy plain text up to the next character that can start math, code or an
+        # escape.
         special = _SPECIAL.search(text, position)
         stop = min(
             special.start() if special else len(text),
@@ -183,9 +192,10 @@ def _extract_math(
             formulas.append(
                 (text[position + 2 : close].strip(), True, line_at(position))
             )
-            # Display math is a block of its own, so it never lands inside a paragraph's <p>,
-            # unless it is indented under a list item: blank lines there would end the list
-            # (step 4 of a recipe swallowed into a paragraph), so it stays in the item's text.
+            # Display math is a block of its own, so it never lands inside a paragraph's
+            # <p>, unless it is indented under a list item: blank lines there would end
+            # the list (step 4 of a recipe swallowed into a paragraph), so it stays in
+            # the item's text.
             line_start = text.rfind("\n", 0, position) + 1
             indented = text[line_start:position].isspace()
             placeholder = f"LITMATH{len(formulas) - 1}X"
@@ -207,7 +217,8 @@ def _extract_math(
 
 
 def _inline_close(text: str, start: int) -> int | None:
-    """The index of the `$` closing an inline formula opened at `start`, or None when it is a plain dollar."""
+    """The index of the `$` closing an inline formula opened at `start`, or None when it
+    is a plain dollar."""
     if start + 1 >= len(text) or text[start + 1].isspace():
         return None
     close = start + 1
@@ -258,7 +269,8 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
             line,
             f"cannot render math {latex!r}: {type(error).__name__} {error}".rstrip(),
         ) from None
-    # latex2mathml passes a command it does not know through as text; a reader would see `\foo` on the page.
+    # latex2mathml passes a command it does not know through as text; a reader would see
+    # `\foo` on the page.
     unknown = re.search(r"<m[io]>(\\[A-Za-z]+)</m[io]>", mathml)
     if unknown:
         raise LessonError(
@@ -267,7 +279,8 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
             f"cannot render math {latex!r}: unknown command {unknown.group(1)}",
         )
     mathml = _typeset(mathml)
-    # Keep the source as an annotation: screen readers and copy-paste get the LaTeX back.
+    # Keep the source as an annotation: screen readers and copy-paste get the LaTeX
+    # back.
     annotation = (
         f'<annotation encoding="application/x-tex">{html.escape(latex)}</annotation>'
     )
@@ -277,14 +290,16 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
     )
 
 
-# A prime is already a raised glyph: as a superscript it is raised and shrunk twice, and nearly
-# vanishes. `g'` becomes g followed by the prime at full size.
+# A prime is already a raised glyph: as a superscript it is raised and shrunk twice, and
+# nearly vanishes. `g'` becomes g followed by the prime at full size.
 _PRIME = re.compile(
     r"<msup>(<mi>[^<]*</mi>|<mrow>(?:(?!</?mrow>).)*</mrow>)"
     r"(?:<mi>|<mrow><mi>)(&#x02032;|&#x02033;|′|″)(?:</mi>|</mi></mrow>)</msup>"
 )
 # `+=` arrives as two operators, each with its own spacing ("+ ="): join them into one.
-_COMPOUND = re.compile(r"<mo>(&#x0002B;|&#x02212;|&#x0002A;|/|:|&#x0003A;)</mo><mo>(&#x0003D;|=)</mo>")
+_COMPOUND = re.compile(
+    r"<mo>(&#x0002B;|&#x02212;|&#x0002A;|/|:|&#x0003A;)</mo><mo>(&#x0003D;|=)</mo>"
+)
 
 
 def _typeset(mathml: str) -> str:
@@ -313,9 +328,10 @@ def _check_links(lines: list[tuple[int | None, str]], path: str, links: Links) -
                 )
 
 
-def _rewrite_links(body: str, links: Links) -> str:
-    """`href="autograd.md#value-mul"` on `lessons/foundations/x.md` → `href="../autograd/#value-mul"`
-    (or `autograd.html#value-mul` without directory URLs)."""
+def rewrite_links(body: str, links: Links) -> str:
+    """`href="autograd.md#value-mul"` on `lessons/foundations/x.md` →
+    `href="../autograd/#value-mul"` (or `autograd.html#value-mul` without directory
+    URLs)."""
     here = page_url(links.page_src, links.use_directory_urls)
 
     def replace(match):

@@ -1,9 +1,10 @@
-"""Sections → HTML: the page body of one lesson, prose beside code, under a header of facts.
+"""Sections → HTML: the page body of one lesson, prose beside code, under a header of
+facts.
 
-The code is highlighted once for the whole file (so a string spanning lines is coloured right),
-then cut into lines and handed to the sections that own them, each line keeping its number as an
-anchor (`#L123`). The number is drawn by CSS from `data-ln`, so it is not part of the code's text:
-the copy button copies exactly the source lines.
+The code is highlighted once for the whole file (so a string spanning lines is coloured
+right), then cut into lines and handed to the sections that own them, each line keeping
+its number as an anchor (`#L123`). The number is drawn by CSS from `data-ln`, so it is
+not part of the code's text: the copy button copies exactly the source lines.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class PageFacts:
-    """What the page states about a lesson beyond its own source, gathered by the pipeline."""
+    """What the page states about a lesson beyond its own source, gathered by the
+    pipeline."""
 
     module: str  # annotated.foundations.autograd
-    lesson_path: str  # annotated/foundations/autograd.py: what regeneration commands take
+    # annotated/foundations/autograd.py: what regeneration commands take
+    lesson_path: str
     test_path: str  # tests/foundations/test_autograd.py
     verified: str  # the first sentence of the test's docstring
     root: str  # relative URL from the page to the site root, ending in "/"
@@ -52,7 +55,8 @@ class SearchEntry:
 
 
 def highlight_lines(source: str) -> list[str]:
-    """The HTML of each source line, highlighted with Pygments' CSS classes (`k`, `n`, `s2`, …)."""
+    """The HTML of each source line, highlighted with Pygments' CSS classes (`k`, `n`,
+    `s2`, …)."""
     lines: list[list[str]] = [[]]
     for token_type, value in PythonLexer(stripnl=False, ensurenl=False).get_tokens(
         source
@@ -66,8 +70,8 @@ def highlight_lines(source: str) -> list[str]:
                 lines.append([])
             if piece:
                 escaped = html.escape(piece, quote=False)
-                # Whitespace and plain names take the code block's own colour; leaving them
-                # bare keeps pages (and the browser's work) small.
+                # Whitespace and plain names take the code block's own colour; leaving
+                # them bare keeps pages (and the browser's work) small.
                 bare = not css or css in ("w", "n")
                 lines[-1].append(
                     escaped if bare else f'<span class="{css}">{escaped}</span>'
@@ -76,7 +80,8 @@ def highlight_lines(source: str) -> list[str]:
 
 
 def citation_labels(references: list[dict]) -> dict[str, str]:
-    """{key: "Kingma & Ba, 2015"}: last names (one, two, or the first "et al.") and the year."""
+    """{key: "Kingma & Ba, 2015"}: last names (one, two, or the first "et al.") and the
+    year."""
     labels = {}
     for reference in references:
         names = [str(author).split()[-1] for author in reference["authors"]]
@@ -103,7 +108,8 @@ def render_lesson(
     references = lesson.front_matter.get("references") or []
     citations = citation_labels(references)
     rendered = [
-        (section, _prose(section, lesson, facts, citations)) for section in lesson.sections
+        (section, _prose(section, lesson, facts, citations))
+        for section in lesson.sections
     ]
     intro = [html_ for section, html_ in rendered if section.kind == "intro"]
     parts = [
@@ -126,7 +132,7 @@ def _prose(section: Section, lesson: Lesson, facts: PageFacts, citations) -> str
     return prose.render(section.markdown, str(lesson.path), facts.links, citations)
 
 
-# ---- header ------------------------------------------------------------------------------
+# ---- header --------------------------------------------------------------------------
 
 
 def _header(
@@ -152,7 +158,8 @@ def _header(
         (
             "Verified against",
             f"{html.escape(facts.verified)} "
-            f'<a class="lit-test-link" href="{root}{test}">{html.escape(facts.test_path)}</a>',
+            f'<a class="lit-test-link" href="{root}{test}">'
+            f"{html.escape(facts.test_path)}</a>",
         ),
         ("Benchmarks", _benchmark_table(benchmarks, with_benchmarks, facts)),
         (
@@ -164,7 +171,9 @@ def _header(
         ),
     ]
     facts_html = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
-    summary = prose.render([(None, str(meta["summary"]))], str(lesson.path), facts.links)
+    summary = prose.render(
+        [(None, str(meta["summary"]))], str(lesson.path), facts.links
+    )
     return (
         f'<div class="lit-header"><div class="lit-summary">{summary}</div>'
         f'<dl class="lit-facts">{facts_html}</dl></div>'
@@ -190,7 +199,8 @@ def _benchmark_table(
         )
     table = (
         '<div class="lit-bench-wrap"><table class="lit-bench"><thead><tr>'
-        "<th>group</th><th>what runs</th><th>mean time</th><th>compared with the baseline</th>"
+        "<th>group</th><th>what runs</th><th>mean time</th>"
+        "<th>compared with the baseline</th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
         f'<p class="lit-machine">measured with pytest-benchmark on '
         f"{html.escape(benchmarks.machine)}</p>"
@@ -212,13 +222,14 @@ def _stale_note(text: str) -> str:
     return f'<span class="lit-stale">⚠ {text}</span>'
 
 
-# ---- contents, diagrams, figures -----------------------------------------------------------
+# ---- contents, diagrams, figures -----------------------------------------------------
 
 _HEADING = re.compile(r"^(#{1,4})\s+(.+?)\s*#*$")
 
 
 def heading_of(section: Section) -> str | None:
-    """The text of the first Markdown heading in a section's prose, if it opens with one."""
+    """The text of the first Markdown heading in a section's prose, if it opens with
+    one."""
     for _, text in section.markdown:
         if text.strip():
             match = _HEADING.match(text.strip())
@@ -274,7 +285,9 @@ def _figures(figures: Figures | None, facts: PageFacts) -> str:
     )
     output = ""
     if figures.output:
-        output = f'<pre class="lit-output"><code>{html.escape(figures.output)}</code></pre>'
+        output = (
+            f'<pre class="lit-output"><code>{html.escape(figures.output)}</code></pre>'
+        )
     return (
         '<div class="lit-results"><p class="lit-results-title">What '
         f"<code>{html.escape(figures.command)}</code> prints and draws</p>"
@@ -282,12 +295,13 @@ def _figures(figures: Figures | None, facts: PageFacts) -> str:
     )
 
 
-# ---- sections ----------------------------------------------------------------------------
+# ---- sections ------------------------------------------------------------------------
 
 
 def _section(section: Section, prose_html: str, highlighted: list[str]) -> str:
     code = list(section.code)
-    # Blank lines at either end of a block carry nothing to read; the numbers show they exist.
+    # Blank lines at either end of a block carry nothing to read; the numbers show they
+    # exist.
     while code and not code[0].text.strip():
         code.pop(0)
     while code and not code[-1].text.strip():
@@ -331,7 +345,8 @@ def _bibliography(references: list[dict], citations: dict[str, str]) -> str:
             link = f'<a href="{url}">{url}</a>'
         items.append(
             f'<li id="ref-{html.escape(reference["key"])}">'
-            f"<span class=\"lit-cite-label\">{html.escape(citations[reference['key']])}</span> "
+            '<span class="lit-cite-label">'
+            f"{html.escape(citations[reference['key']])}</span> "
             f"{html.escape(authors)} ({reference['year']}). "
             f"<em>{html.escape(str(reference['title']))}</em>. "
             f"{html.escape(str(reference['venue']))}. {link}</li>"
@@ -357,14 +372,15 @@ def _pager(facts: PageFacts) -> str:
     return f'<nav class="lit-pager">{"".join(links)}</nav>'
 
 
-# ---- search --------------------------------------------------------------------------------
+# ---- search --------------------------------------------------------------------------
 
 _TAGS = re.compile(r"<[^>]+>")
 _ANNOTATION = re.compile(r"<annotation[^>]*>.*?</annotation>", re.S)
 
 
 def plain_text(fragment: str) -> str:
-    """Readable text of rendered prose: tags dropped, math kept as its symbols without the TeX."""
+    """Readable text of rendered prose: tags dropped, math kept as its symbols without
+    the TeX."""
     text = _TAGS.sub(" ", _ANNOTATION.sub("", fragment))
     return re.sub(r"\s+", " ", html.unescape(text)).strip()
 

@@ -1,14 +1,18 @@
-r"""The lesson rules, in one place: what a lesson file must be for the engine to make its page.
+r"""The lesson rules, in one place: what a lesson file must be for the engine to make
+its page.
 
-The build calls `check` on every lesson and stops on the first problem; the tests call it too and
-list every problem. Each problem is a `LessonError` with the file and line to fix:
+The build calls `check` on every lesson and stops on the first problem; the tests call
+it too and list every problem. Each problem is a `LessonError` with the file and line to
+fix:
 
-- the file compiles without escape warnings (math in a plain string: `"\frac"` holds a form feed);
-- front matter holds `title`, `summary`, `time` and `references`, and nothing that has another
-  home (the stage comes from the curriculum, the area from the folder);
-- every reference names its authors, title, year, venue and an arXiv id or URL; every `[@key]`
-  citation in the prose names one of them;
-- the lesson is in the curriculum, and imports only earlier lessons and the shared modules;
+- the file compiles without escape warnings (math in a plain string: `"\frac"` holds a
+  form feed);
+- front matter holds `title`, `summary`, `time` and `references`, and nothing that has
+  another home (the stage comes from the curriculum, the area from the folder);
+- every reference names its authors, title, year, venue and an arXiv id or URL; every
+  `[@key]` citation in the prose names one of them;
+- the lesson is in the curriculum, and imports only earlier lessons and the shared
+  modules;
 - the test file exists and its docstring opens with the sentence naming the reference;
 - the file ends with 2–4 exercises.
 """
@@ -51,7 +55,8 @@ def check(
     test_source: str | None,
     order: list[str],
 ) -> list[LessonError]:
-    """Every rule `lesson` breaks, as `LessonError`s with file:line; empty when it keeps them all.
+    """Every rule `lesson` breaks, as `LessonError`s with file:line; empty when it keeps
+    them all.
 
     `order` is the curriculum's reading order of lesson keys.
     """
@@ -65,12 +70,14 @@ def check(
 
 
 def first_sentence(test_source: str) -> str:
-    """The first sentence of a test module's docstring: what the lesson is verified against."""
+    """The first sentence of a test module's docstring: what the lesson is verified
+    against."""
     docstring = ast.get_docstring(ast.parse(test_source)) or ""
     paragraph = docstring.strip().split("\n\n")[0].replace("\n", " ")
     end = paragraph.find(". ")
     sentence = paragraph if end < 0 else paragraph[: end + 1]
-    # The page's label already says "Verified against"; the sentence often opens with it too.
+    # The page's label already says "Verified against"; the sentence often opens with it
+    # too.
     return re.sub(r"^verified against\s+", "", sentence, flags=re.IGNORECASE)
 
 
@@ -83,7 +90,11 @@ def _compile(file: LessonFile, source: str) -> list[LessonError]:
         except (SyntaxWarning, DeprecationWarning, SyntaxError) as warning:
             line = getattr(warning, "lineno", None) or 1
             reason = getattr(warning, "msg", None) or str(warning)
-            return [LessonError(file.path, line, f'{reason}: write the string as r"""..."""')]
+            return [
+                LessonError(
+                    file.path, line, f'{reason}: write the string as r"""..."""'
+                )
+            ]
     return []
 
 
@@ -94,14 +105,17 @@ def _front_matter(file: LessonFile, lesson: Lesson) -> list[LessonError]:
             LessonError(
                 file.path,
                 1,
-                "no front matter: the module docstring must begin with a '---' YAML block "
+                "no front matter: the module docstring must begin with a '---' "
+                "YAML block "
                 f"holding {', '.join(FRONT_MATTER_FIELDS)}",
             )
         ]
     problems = []
     missing = [name for name in FRONT_MATTER_FIELDS if name not in meta]
     if missing:
-        problems.append(LessonError(file.path, line, f"front matter lacks {', '.join(missing)}"))
+        problems.append(
+            LessonError(file.path, line, f"front matter lacks {', '.join(missing)}")
+        )
     moved = [name for name in ("stage", "topic") if name in meta]
     if moved:
         problems.append(
@@ -114,12 +128,18 @@ def _front_matter(file: LessonFile, lesson: Lesson) -> list[LessonError]:
         )
     if "time" in meta and not TIME.fullmatch(str(meta["time"])):
         problems.append(
-            LessonError(file.path, line, f"front matter: time is like '20 s' or '2 min', got {meta['time']!r}")
+            LessonError(
+                file.path,
+                line,
+                f"front matter: time is like '20 s' or '2 min', got {meta['time']!r}",
+            )
         )
     references = meta.get("references")
     if "references" in meta and (not isinstance(references, list) or not references):
         problems.append(
-            LessonError(file.path, line, "front matter: references must be a non-empty list")
+            LessonError(
+                file.path, line, "front matter: references must be a non-empty list"
+            )
         )
         return problems
     keys = set()
@@ -136,17 +156,25 @@ def _front_matter(file: LessonFile, lesson: Lesson) -> list[LessonError]:
                 LessonError(file.path, line, f"{where} lacks {', '.join(lacking)}")
             )
         if not isinstance(reference.get("authors", []), list):
-            problems.append(LessonError(file.path, line, f"{where}: authors must be a list"))
+            problems.append(
+                LessonError(file.path, line, f"{where}: authors must be a list")
+            )
         if reference.get("key") in keys:
             problems.append(
-                LessonError(file.path, line, f"{where}: key {reference['key']!r} is used twice")
+                LessonError(
+                    file.path, line, f"{where}: key {reference['key']!r} is used twice"
+                )
             )
         keys.add(reference.get("key"))
     return problems
 
 
 def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
-    keys = {ref.get("key") for ref in lesson.front_matter.get("references") or [] if isinstance(ref, dict)}
+    keys = {
+        ref.get("key")
+        for ref in lesson.front_matter.get("references") or []
+        if isinstance(ref, dict)
+    }
     problems = []
     for section in lesson.sections:
         for number, text in section.markdown:
@@ -156,7 +184,8 @@ def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
                         LessonError(
                             file.path,
                             number or 1,
-                            f"citation [@{key}] is not in the front matter's references",
+                            f"citation [@{key}] is not in "
+                            "the front matter's references",
                         )
                     )
     return problems
@@ -166,7 +195,9 @@ def _place(file: LessonFile, lesson: Lesson, order: list[str]) -> list[LessonErr
     if file.key not in order:
         return [
             LessonError(
-                file.path, 1, f"{file.key} is not in annotated/curriculum.toml: add it to its week"
+                file.path,
+                1,
+                f"{file.key} is not in annotated/curriculum.toml: add it to its week",
             )
         ]
     problems = []
@@ -175,7 +206,11 @@ def _place(file: LessonFile, lesson: Lesson, order: list[str]) -> list[LessonErr
             for name in imported_modules(node):
                 if name.split(".")[0] == "tools":
                     problems.append(
-                        LessonError(file.path, node.lineno, f"a lesson never imports the engine ({name})")
+                        LessonError(
+                            file.path,
+                            node.lineno,
+                            f"a lesson never imports the engine ({name})",
+                        )
                     )
             for path in project_imports(node, file.root):
                 key = LessonFile(file.root, path).key
@@ -185,7 +220,8 @@ def _place(file: LessonFile, lesson: Lesson, order: list[str]) -> list[LessonErr
                         LessonError(
                             file.path,
                             node.lineno,
-                            f"imports {path}, which is not an earlier lesson in the curriculum",
+                            f"imports {path}, which is not an earlier lesson "
+                            "in the curriculum",
                         )
                     )
     return problems
@@ -197,7 +233,8 @@ def _test_file(file: LessonFile, test_source: str | None) -> list[LessonError]:
             LessonError(
                 file.path,
                 1,
-                f"no test file {file.test}: every lesson is verified against a reference there",
+                f"no test file {file.test}: every lesson is verified "
+                "against a reference there",
             )
         ]
     if not first_sentence(test_source).strip():
@@ -205,8 +242,8 @@ def _test_file(file: LessonFile, test_source: str | None) -> list[LessonError]:
             LessonError(
                 file.root / file.test,
                 1,
-                "the test module's docstring must start with a sentence naming the reference "
-                "it checks against",
+                "the test module's docstring must start with a sentence naming "
+                "the reference it checks against",
             )
         ]
     return []
@@ -215,7 +252,13 @@ def _test_file(file: LessonFile, test_source: str | None) -> list[LessonError]:
 def _exercises(file: LessonFile, lesson: Lesson) -> list[LessonError]:
     last = lesson.sections[-1] if lesson.sections else None
     if last is None or last.kind != "exercises":
-        return [LessonError(file.path, len(lesson.source.splitlines()), "the file must end with a `# ## Exercises` comment block")]
+        return [
+            LessonError(
+                file.path,
+                len(lesson.source.splitlines()),
+                "the file must end with a `# ## Exercises` comment block",
+            )
+        ]
     items = re.findall(r"^\d+\. ", last.prose, flags=re.M)
     if not 2 <= len(items) <= 4:
         line = last.prose_lines[0].number
