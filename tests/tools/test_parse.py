@@ -35,8 +35,9 @@ def assert_no_loss(source: str, lesson) -> None:
     assert sorted(seen) == list(range(1, len(lines) + 1)), (
         "a line is missing or shown twice"
     )
-    # Nothing said in the prose is dropped: every word of a prose source line reaches the
-    # Markdown; the front matter's lines, which the header shows, parse to its fields.
+    # Nothing said in the prose is dropped: every word of a prose source line reaches
+    # the Markdown; the front matter's lines, which the header shows, parse to its
+    # fields.
     front = set()
     if lesson.front_matter:
         opening = lesson.front_matter_line
