@@ -10,16 +10,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+from mkdocs.utils.yaml import yaml_load
 
 from tools.literate import learning_path
 from tools.literate.learning_path import KINDS, WrittenLesson
 from tools.literate.parse import parse
 
-try:  # the engine's file helpers are moving from curriculum.py to files.py
-    from tools.literate.files import discover
-except ImportError:  # pragma: no cover
-    from tools.literate.curriculum import discover
+from tools.literate.files import discover
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -227,17 +224,6 @@ def test_competencies_all_name_tests():
             assert item.covered_by and item.tests, item.label
 
 
-def test_old_interface_reads_the_same_reading_order():
-    old = pytest.importorskip("tools.literate.curriculum")
-    if not hasattr(old, "planned_lessons"):
-        pytest.skip("the old interface is gone")
-    planned = old.planned_lessons(old.load_curriculum(TOML))
-    ours = CURRICULUM.lessons()
-    assert [(p.stage, p.module, p.title, p.weeks) for p in planned] == [
-        (e.stage, e.module, e.title, e.weeks) for e in ours
-    ]
-
-
 # ---- rendering -----------------------------------------------------------------------
 
 
@@ -306,7 +292,8 @@ def test_a_link_to_a_missing_section_raises():
 
 
 def test_pages_are_in_the_nav_after_home():
-    nav = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]
+    with open(REPO / "mkdocs.yml", encoding="utf-8") as handle:
+        nav = yaml_load(handle)["nav"]  # mkdocs' own loader: it knows !ENV
     assert nav[0] == {"Home": "index.md"}
     assert nav[1] == {
         "Learning path": [

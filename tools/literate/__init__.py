@@ -1,9 +1,10 @@
 """The literate engine: annotated Python lessons in, side-by-side pages out.
 
-Data flows one way: `parse` (source → `Lesson` of `Section`s) → `prose` and `render`
-(sections → HTML), with `diagrams`, `figures`, `benchmarks` and `notebook` hanging off
-the parsed lesson, and `plugin` wiring it all into mkdocs. No module reaches back
-upstream.
+Data flows one way: `files` (where everything is) → `pipeline.read` (each lesson read
+once into a record: source, `parse`d sections, test, stored `figures` and `benchmarks`)
+→ `rules.check` → `pipeline.render_page` (`prose` and `render` to HTML, with `diagrams`,
+`downloads` and `notebook`) → `plugin`, which only translates mkdocs events. No module
+reaches back upstream.
 """
 
 
