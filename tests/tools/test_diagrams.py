@@ -183,3 +183,41 @@ def test_svg_is_cached_by_dot_source(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", no_graphviz)
     assert diagrams.to_svg(dot, tmp_path, "x.py", "test") == first
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_wide_graphs_are_redrawn_narrow_enough_to_read(tmp_path):
+    source = "def helper(x):\n    return x\n\n" + "".join(
+        f"def step_{i}(x):\n    return helper(x)\n\n" for i in range(15)
+    )
+    dot = diagrams.class_diagram(ast.parse(source))
+    top_down = subprocess.run(
+        ["dot", "-Tsvg"], input=dot, capture_output=True, text=True
+    ).stdout
+    svg = diagrams.to_svg(dot, tmp_path, "x.py", "class")
+    assert diagrams.svg_width_pt(top_down) > diagrams.MAX_WIDTH_PT
+    assert diagrams.svg_width_pt(svg) <= diagrams.MAX_WIDTH_PT
+
+
+def test_class_diagram_shows_the_methods_that_teach():
+    source = textwrap.dedent("""
+        class Value:
+            def __init__(self, data):
+                self.data = data
+            def __add__(self, other): ...
+            def __radd__(self, other): ...
+            def __iadd__(self, other): ...
+            def __repr__(self): ...
+            def _helper(self): ...
+            def backward(self): ...
+        """)
+    dot = diagrams.class_diagram(ast.parse(source))
+    assert "__add__()" in dot and "backward()" in dot
+    for hidden in ("__radd__", "__iadd__", "__repr__", "__init__()", "_helper"):
+        assert hidden not in dot, hidden
+
+
+def test_private_helpers_and_demo_plumbing_stay_out_of_the_call_graph():
+    source = "def main():\n    return run()\n\ndef run():\n    return _inner()\n\n"
+    source += "def _inner():\n    return 1\n\ndef example():\n    return run, ()\n"
+    dot = diagrams.class_diagram(ast.parse(source))
+    assert '"run"' in dot and "_inner" not in dot and '"main"' not in dot

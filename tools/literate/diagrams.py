@@ -242,8 +242,8 @@ def _call_graph(tree: ast.Module) -> str:
     }
     lines = ["digraph calls {", _GRAPH_STYLE]
     for name, node in functions.items():
-        arguments = ", ".join(a.arg for a in node.args.args)
-        lines.append(f"{_quote(name)} [label={_quote(f'{name}({arguments})')}];")
+        # Names only: argument lists made the boxes, and the drawing, too wide.
+        lines.append(f"{_quote(name)} [label={_quote(f'{name}()')}];")
         called = {
             n.func.id
             for n in ast.walk(node)
@@ -467,7 +467,7 @@ def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
             drawings.append(draw(sideways))
             if shutil.which("unflatten"):
                 staggered = subprocess.run(
-                    ["unflatten", "-l", "3", "-f"],
+                    ["unflatten", "-l", "4", "-f", "-c", "4"],
                     input=dot_source,
                     capture_output=True,
                     text=True,
