@@ -1,9 +1,12 @@
-"""Verified against torch.autograd in float64, forward values and gradients to 1e-9 relative, on random shapes.
+"""Verified against torch.autograd in float64, forward values and gradients to 1e-9
+relative, on random shapes.
 
-Shapes come from hypothesis, and the attention head is tested with and without the causal mask. Also checked:
-the cross-entropy gradient equals (softmax - one-hot) / batch computed independently with scipy, layer norm's
-input gradient sums to zero over features, a masked head ignores the future, the finite-difference checker
-catches a wrong backward pass, and the bad-input errors name their argument.
+Shapes come from hypothesis, and the attention head is tested with and without the
+causal mask. Also checked: the cross-entropy gradient equals (softmax - one-hot) / batch
+computed independently with scipy, layer norm's input gradient sums to zero over
+features, a masked head ignores the future, the finite-difference checker catches wrong
+backward passes (a missing term, an ignored upstream gradient, a missing or misshapen
+gradient), no function changes its inputs, and the bad-input errors name their argument.
 """
 
 import numpy as np
@@ -40,7 +43,10 @@ seeds = st.integers(min_value=0, max_value=2**32 - 1)
 
 
 def assert_close(ours, reference):
-    """Max absolute difference within 1e-9 of the reference's largest entry (plus 1e-15 for all-zero ones)."""
+    """Max absolute difference within 1e-9 of the reference's largest entry.
+
+    Plus 1e-15, for references that are all zero.
+    """
     reference = (
         reference.detach().numpy()
         if isinstance(reference, torch.Tensor)
@@ -109,7 +115,8 @@ def test_cross_entropy_gradient_is_p_minus_y_over_batch():
     assert_close(grad_logits, expected)
     # Each row of p - y sums to 1 - 1 = 0: the logits' common offset gets no gradient.
     assert np.abs(grad_logits.sum(axis=1)).max() < 1e-15
-    # The unfused route, through dL/dp = -1/(N p) at the label and the softmax Jacobian, agrees.
+    # The unfused route, through dL/dp = -1/(N p) at the label and the softmax Jacobian,
+    # agrees.
     probs = scipy_softmax(logits, axis=1)
     grad_probs = -np.eye(5)[labels] / (7 * probs)
     assert_close(softmax_backward(grad_probs, probs), expected)
@@ -166,8 +173,9 @@ def test_layer_norm_matches_torch(batch, features, eps, seed):
     assert_close(output, torch_output)
     for ours, reference in zip(grads, (torch_x, torch_gamma, torch_beta)):
         assert_close(ours, reference.grad)
-    # Adding a constant to a row changes nothing, so the input gradient has no component along the ones vector
-    # (zero up to rounding in the terms that cancel, which are of size |upstream * gamma| / sigma).
+    # Adding a constant to a row changes nothing, so the input gradient has no component
+    # along the ones vector (zero up to rounding in the terms that cancel, which are of
+    # size |upstream * gamma| / sigma).
     _, sigma, _ = cache
     assert np.abs(grads[0].sum(axis=1)).max() <= 1e-13 * (
         np.abs(upstream * gamma).sum() / sigma.min()
@@ -216,7 +224,8 @@ def test_causal_head_ignores_the_future():
     changed[4:] = rng.standard_normal((2, 4))
     changed_output, _ = attention_head_forward(changed, *weights, causal=True)
     np.testing.assert_array_equal(changed_output[:4], output[:4])
-    # Only the last position's output flows back: no earlier token's gradient can reach a later token.
+    # Only the last position's output flows back: no earlier token's gradient can reach
+    # a later token.
     upstream = np.zeros_like(output)
     upstream[2] = 1.0
     grad_x = attention_head_backward(upstream, cache)[0]
@@ -265,6 +274,117 @@ def test_gradient_check_passes_correct_and_flags_wrong_backward():
         return grad_x, grad_weight, grad_output[0]
 
     assert gradient_check(linear_forward, missing_bias_sum, inputs, rng) > 0.1
+
+
+def linear_inputs(rng):
+    return [
+        rng.standard_normal((4, 3)),
+        rng.standard_normal((2, 3)),
+        rng.standard_normal(2),
+    ]
+
+
+def test_gradient_check_flags_a_backward_pass_that_ignores_its_upstream_gradient():
+    # A common bug: the backward pass returns the gradient of sum(Y), as if the upstream
+    # gradient were all ones. The checker's random upstream gradient exposes it.
+    rng = np.random.default_rng(4)
+    inputs = linear_inputs(rng)
+
+    def ignores_upstream(grad_output, cache):
+        return linear_backward(np.ones_like(grad_output), cache)
+
+    assert gradient_check(linear_forward, linear_backward, inputs, rng) < 1e-7
+    assert gradient_check(linear_forward, ignores_upstream, inputs, rng) > 0.1
+    # The same for a scalar loss: a backward pass that assumes the upstream is 1.
+    logits, labels = rng.standard_normal((5, 3)), rng.integers(0, 3, size=5)
+
+    def forward(z):
+        return softmax_cross_entropy_forward(z, labels)
+
+    def correct(grad_loss, cache):
+        return (softmax_cross_entropy_backward(grad_loss, cache),)
+
+    def assumes_one(grad_loss, cache):
+        return (softmax_cross_entropy_backward(1.0, cache),)
+
+    assert gradient_check(forward, correct, [logits.copy()], rng) < 1e-7
+    assert gradient_check(forward, assumes_one, [logits.copy()], rng) > 0.01
+
+
+def test_gradient_check_rejects_missing_and_misshapen_gradients():
+    rng = np.random.default_rng(5)
+    inputs = linear_inputs(rng)
+
+    def drops_bias(grad_output, cache):
+        return linear_backward(grad_output, cache)[:2]
+
+    def bias_as_row(grad_output, cache):
+        grad_x, grad_weight, grad_bias = linear_backward(grad_output, cache)
+        return grad_x, grad_weight, grad_bias[None, :]  # [1, d_out] would broadcast
+
+    with pytest.raises(ValueError, match="returned 2 gradients for 3 inputs"):
+        gradient_check(linear_forward, drops_bias, inputs, rng)
+    with pytest.raises(ValueError, match=r"analytic has shape \(1, 2\) but numeric"):
+        gradient_check(linear_forward, bias_as_row, inputs, rng)
+
+
+def test_gradient_check_leaves_its_inputs_unchanged_even_when_forward_raises():
+    rng = np.random.default_rng(6)
+    inputs = linear_inputs(rng)
+    kept = [array.copy() for array in inputs]
+    gradient_check(linear_forward, linear_backward, inputs, rng)
+    for array, original in zip(inputs, kept):
+        np.testing.assert_array_equal(array, original)
+    x = np.linspace(-1.0, 1.0, 5)
+    calls = []
+
+    def fails_on_second_call():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return float(np.sum(x**2))
+
+    with pytest.raises(RuntimeError, match="boom"):
+        numerical_gradient(fails_on_second_call, x)
+    np.testing.assert_array_equal(x, np.linspace(-1.0, 1.0, 5))
+    with pytest.raises(TypeError, match="array must be a numpy array of floats"):
+        numerical_gradient(lambda: 0.0, np.arange(3))
+
+
+def test_forward_and_backward_passes_leave_their_inputs_unchanged():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 5, 4))
+    weights = [rng.standard_normal((4, 3)) for _ in range(3)]
+    upstream = rng.standard_normal((2, 5, 3))
+    arrays = [x, *weights, upstream]
+    kept = [array.copy() for array in arrays]
+    _, cache = attention_head_forward(x, *weights, causal=True)
+    attention_head_backward(upstream, cache)
+    rows = x.reshape(10, 4)
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    norm_upstream = rng.standard_normal((10, 4))
+    _, norm_cache = layer_norm_forward(rows, gamma, beta)
+    layer_norm_backward(norm_upstream, norm_cache)
+    logits, labels = rng.standard_normal((10, 3)), rng.integers(0, 3, size=10)
+    logits_kept = logits.copy()
+    _, loss_cache = softmax_cross_entropy_forward(logits, labels)
+    softmax_cross_entropy_backward(1.0, loss_cache)
+    for array, original in zip(arrays, kept):
+        np.testing.assert_array_equal(array, original)
+    np.testing.assert_array_equal(logits, logits_kept)
+
+
+def test_flagged_token_task_keeps_its_promise_in_every_sequence():
+    x, labels, flagged = flagged_token_task(500, 7, 5, np.random.default_rng(8))
+    assert x.shape == (500, 7, 6) and labels.shape == flagged.shape == (500,)
+    tokens = x[:, :, :5]  # [n, seq, vocab]: one-hot token identity
+    np.testing.assert_array_equal(tokens.sum(axis=2), 1.0)
+    np.testing.assert_array_equal(x[:, :, 5].sum(axis=1), 1.0)  # exactly one flag each
+    np.testing.assert_array_equal(x[:, :, 5].argmax(axis=1), flagged)
+    np.testing.assert_array_equal(
+        tokens[np.arange(500), flagged].argmax(axis=1), labels
+    )
+    assert set(np.unique(labels)) == set(range(5))  # every class occurs
 
 
 ones = np.ones
@@ -322,7 +442,7 @@ attention_cache = attention_head_forward(
         ),
         (
             lambda: layer_norm_forward(ones((2, 3)), ones(3), ones(3), eps=0.0),
-            "eps must be > 0",
+            "eps must be a finite number > 0",
         ),
         (
             lambda: attention_head_forward(
@@ -360,6 +480,16 @@ def test_shape_errors_name_the_argument(call, match):
 
 
 def test_type_errors():
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        attention_head_forward(
+            np.ones((2, 2)), np.ones((2, 1)), np.ones((2, 1)), np.ones((2, 1)), "no"
+        )
+    with pytest.raises(TypeError, match="scores must be a numpy array"):
+        softmax([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="probs must be a numpy array"):
+        softmax_backward(np.ones(2), [0.5, 0.5])
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        flagged_token_task(0, 4, 3, np.random.default_rng(0))
     with pytest.raises(TypeError, match="labels must be integers"):
         softmax_cross_entropy_forward(np.ones((2, 3)), np.array([0.0, 1.0]))
     with pytest.raises(TypeError, match="x must be a numpy array"):
@@ -407,6 +537,12 @@ def test_demo_checks_gradients_and_learns(tmp_path):
     assert metrics["accuracy"] > 0.9  # chance is 1/8
     assert (tmp_path / "gradient_check.png").stat().st_size > 0
     assert (tmp_path / "attention.png").stat().st_size > 0
+
+
+def test_demo_rejects_bad_flags(tmp_path):
+    for flags in (["--vocab", "1"], ["--batch", "0"], ["--steps", "-1"]):
+        with pytest.raises(SystemExit):
+            main([*flags, "--out", str(tmp_path)])
 
 
 def layer_norm_inputs():

@@ -1,4 +1,12 @@
-"""Verified against scipy.optimize.minimize for the logistic-regression optimum (to 1e-7, with gradient norm below 1e-8, float64) and, where the theory is the reference, against the convergence bounds themselves: every iterate under its bound to a relative 1e-9."""
+"""Verified against scipy.optimize.minimize for the logistic-regression optimum (to
+1e-7, with gradient norm below 1e-8, float64) and, where the theory is the reference,
+against the convergence bounds themselves: every iterate under its bound to a relative
+1e-9.
+
+Also checked: every eigenvalue of the generated quadratics, a Newton loss that falls at
+every step (and reaches the optimum where rounding hides the last decrease), the data
+generator's logistic model, and that no method changes its inputs.
+"""
 
 import math
 
@@ -26,14 +34,15 @@ from annotated.foundations.convex import (
     spd_spectrum,
 )
 
-# Iterates are checked while the bound is above this fraction of the start: below it float64 round-off,
-# amplified by the double roots of the accelerated recurrences, is larger than the bound's own margin.
+# Iterates are checked while the bound is above this fraction of the start: below it
+# float64 round-off, amplified by the double roots of the accelerated recurrences, is
+# larger than the bound's own margin.
 CHECK_DOWN_TO = 1e-10
 SLACK = 1 + 1e-9
 
 
 def reference_loss(w, features, labels, lam):
-    """The regularised logistic loss written independently of the lesson (fine for moderate margins)."""
+    """The regularised logistic loss, written independently (for moderate margins)."""
     margins = labels * (features @ w)
     return np.mean(np.log1p(np.exp(-margins))) + 0.5 * lam * w @ w
 
@@ -51,7 +60,7 @@ def problem(kappa, dim=30, seed=0):
 
 
 def steps_until(rate_bound, floor=CHECK_DOWN_TO, limit=200_000):
-    """Smallest k with rate_bound(k) below floor: how long a run must be for the bound to be checked fully."""
+    """Smallest k with rate_bound(k) below floor: a run long enough to check it."""
     k = 1
     while rate_bound(k) > floor and k < limit:
         k = math.ceil(k * 1.1) + 1
@@ -59,7 +68,7 @@ def steps_until(rate_bound, floor=CHECK_DOWN_TO, limit=200_000):
 
 
 def assert_below(measured, bound):
-    """Every measured value under SLACK times the bound, wherever the bound is above CHECK_DOWN_TO."""
+    """Every value under SLACK times the bound, wherever that is >= CHECK_DOWN_TO."""
     checked = bound >= CHECK_DOWN_TO
     assert checked.sum() > 5
     worst = np.max(measured[checked] / bound[checked])
@@ -79,6 +88,10 @@ def test_random_spd_has_the_requested_spectrum_numpy_eigvalsh(dim, kappa, seed):
         eigenvalues[-1], rel=1e-12
     )
     assert mu == pytest.approx(1.0, rel=1e-8) and L == pytest.approx(kappa, rel=1e-8)
+    # Every eigenvalue, not only the ends: geometrically spaced, kappa^(i / (d - 1)).
+    np.testing.assert_allclose(
+        eigenvalues, kappa ** (np.arange(dim) / (dim - 1)), rtol=1e-9
+    )
 
 
 def test_gradient_descent_matches_matrix_power_closed_form():
@@ -112,10 +125,12 @@ def test_gradient_descent_every_iterate_below_bound_and_bound_is_tight(kappa):
     k = np.arange(steps + 1)
     distances = np.linalg.norm(history, axis=1)
     suboptimality = convex.quadratic_values(A, history)
-    # ||x_k - x*|| <= (1 - 1/kappa)^k ||x_0 - x*||  and  f(x_k) - f* <= (1 - 1/kappa)^k (f(x_0) - f*).
+    # ||x_k - x*|| <= (1 - 1/kappa)^k ||x_0 - x*||  and
+    # f(x_k) - f* <= (1 - 1/kappa)^k (f(x_0) - f*).
     assert_below(distances, (1 - 1 / kappa) ** k * distances[0])
     assert_below(suboptimality, (1 - 1 / kappa) ** k * suboptimality[0])
-    # Tight: the slowest eigen-coordinate contracts by exactly 1 - 1/kappa, so the measured rate is close.
+    # Tight: the slowest eigen-coordinate contracts by exactly 1 - 1/kappa, so the
+    # measured rate is close.
     contraction = measured_contraction(distances, 1e-8)
     assert 1 - 1.1 / kappa <= contraction <= 1 - 1 / kappa + 1e-12
 
@@ -134,8 +149,12 @@ def test_gradient_descent_best_step_rate(kappa):
 def test_heavy_ball_every_iterate_below_bound(kappa):
     A, mu, L, x0 = problem(kappa)
     rho = (math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)
-    # ||x_k - x*|| <= (1 + (1 + rho) k) rho^k ||x_0 - x*||, rho = (sqrt(kappa) - 1) / (sqrt(kappa) + 1).
-    bound = lambda k: (1 + (1 + rho) * k) * rho**k
+
+    # ||x_k - x*|| <= (1 + (1 + rho) k) rho^k ||x_0 - x*||,
+    # rho = (sqrt(kappa) - 1) / (sqrt(kappa) + 1).
+    def bound(k):
+        return (1 + (1 + rho) * k) * rho**k
+
     steps = steps_until(bound)
     step, momentum = polyak_parameters(mu, L)
     assert momentum == pytest.approx(rho**2, rel=1e-12)
@@ -157,9 +176,10 @@ def test_nesterov_every_iterate_below_bound(kappa):
 
 
 def test_nesterov_three_sequence_form_and_its_potential_contract_by_one_minus_tau():
-    # The proof sketch in the lesson: with tau = 1/sqrt(kappa), y = (x + tau z)/(1 + tau), x+ = y - grad/L,
-    # z+ = (1 - tau) z + tau y - (tau/mu) grad reproduces the momentum form, and
-    # Phi = f(x) - f* + mu/2 ||z - x*||^2 shrinks by at least 1 - tau per step.
+    # The proof sketch in the lesson: with tau = 1/sqrt(kappa), y = (x + tau z)/(1 +
+    # tau), x+ = y - grad/L, z+ = (1 - tau) z + tau y - (tau/mu) grad reproduces the
+    # momentum form, and Phi = f(x) - f* + mu/2 ||z - x*||^2 shrinks by at least 1 - tau
+    # per step.
     A, mu, L, x0 = problem(300.0, dim=10, seed=1)
     tau = math.sqrt(mu / L)
     momentum_form = nesterov(A, x0, *nesterov_parameters(mu, L), 150)
@@ -183,7 +203,9 @@ def test_all_bounds_hold_on_random_quadratics(kappa, dim, seed):
     A, mu, L, x0 = problem(kappa, dim, seed)
     kappa = L / mu  # the exact condition number of the matrix as built
     norm0 = np.linalg.norm(x0)
-    k = lambda steps: np.arange(steps + 1)
+
+    def k(steps):
+        return np.arange(steps + 1)
 
     steps = steps_until(lambda j: (1 - 1 / kappa) ** j)
     distances = np.linalg.norm(gradient_descent(A, x0, 1 / L, steps), axis=1)
@@ -219,7 +241,8 @@ def test_acceleration_needs_order_sqrt_kappa_iterations_instead_of_kappa():
             iterations[name].append(
                 iterations_to(np.linalg.norm(history, axis=1), 1e-6)
             )
-    # Slope of log(iterations to 1e-6) against log(kappa): 1 for gradient descent, 1/2 with acceleration.
+    # Slope of log(iterations to 1e-6) against log(kappa): 1 for gradient descent, 1/2
+    # with acceleration.
     slopes = {
         name: np.polyfit(np.log(kappas), np.log(counts), 1)[0]
         for name, counts in iterations.items()
@@ -239,7 +262,7 @@ def logistic():
     return features, labels, 0.1
 
 
-def test_logistic_loss_gradient_hessian_match_independent_formula_and_finite_differences(
+def test_logistic_loss_gradient_hessian_match_independent_formula_and_differences(
     logistic,
 ):
     features, labels, lam = logistic
@@ -280,7 +303,7 @@ def test_logistic_loss_gradient_hessian_match_independent_formula_and_finite_dif
 
 def test_newton_optimum_matches_scipy_minimize(logistic):
     features, labels, lam = logistic
-    ours = newton_logistic(features, labels, lam)
+    ours = newton_logistic(features, labels, lam)[-1]
     reference = scipy.optimize.minimize(
         reference_loss,
         np.zeros(5),
@@ -292,6 +315,98 @@ def test_newton_optimum_matches_scipy_minimize(logistic):
     assert np.linalg.norm(reference_gradient(reference.x, features, labels, lam)) < 1e-8
     assert np.linalg.norm(reference_gradient(ours, features, labels, lam)) < 1e-8
     np.testing.assert_allclose(ours, reference.x, atol=1e-7)
+
+
+def scipy_optimum(features, labels, lam):
+    reference = scipy.optimize.minimize(
+        reference_loss,
+        np.zeros(features.shape[1]),
+        args=(features, labels, lam),
+        jac=reference_gradient,
+        hess=lambda w, *args: logistic_hessian(w, *args),
+        method="trust-exact",
+        options={"gtol": 1e-11},
+    )
+    return reference.x
+
+
+def test_newton_reaches_the_optimum_where_rounding_hides_the_last_decrease():
+    # Features of size ~10: near the optimum a full Newton step lowers F by ~1e-19,
+    # far below F's rounding (~1e-16), and a strict "F must fall" line search stalls
+    # with the gradient near 4e-10.
+    features, labels = logistic_data(200, 5, seed=0)
+    features = 10 * features
+    history = newton_logistic(features, labels, 0.1)
+    ours = history[-1]
+    assert np.linalg.norm(logistic_gradient(ours, features, labels, 0.1)) <= 1e-12
+    # scipy stops with a gradient near 1e-9; with mu >= 0.1 its w is within 1e-8 of w*.
+    reference = scipy_optimum(features, labels, 0.1)
+    assert np.linalg.norm(reference_gradient(reference, features, labels, 0.1)) < 1e-8
+    np.testing.assert_allclose(ours, reference, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale, seed", [(1.0, 3), (10.0, 0), (30.0, 5)])
+def test_newton_loss_falls_at_every_step(scale, seed):
+    features, labels = logistic_data(300, 4, seed=seed)
+    features = scale * features
+    history = newton_logistic(features, labels, 0.1)
+    losses = np.array([logistic_loss(w, features, labels, 0.1) for w in history])
+    steps = np.diff(losses)
+    # Every step lowers F, except where the decrease is below F's own rounding.
+    noise = 64 * np.finfo(np.float64).eps * np.abs(losses[:-1])
+    assert np.all(steps <= noise), steps
+    # While the decrease is visible, it is at least a quarter of the Newton decrement
+    # (the line search's sufficient-decrease rule), and gradients fall quadratically.
+    norms = [
+        np.linalg.norm(logistic_gradient(w, features, labels, 0.1)) for w in history
+    ]
+    assert all(later < earlier for earlier, later in zip(norms, norms[1:]))
+    assert steps[0] < -0.01 and len(history) <= 12
+
+
+def test_logistic_data_follows_its_logistic_model():
+    samples, dim, seed = 40_000, 3, 7
+    features, labels = logistic_data(samples, dim, seed)
+    # The documented draw: features, then the true weights, from one generator.
+    rng = np.random.default_rng(seed)
+    np.testing.assert_array_equal(features, rng.normal(size=(samples, dim)))
+    true_weights = rng.normal(size=dim)
+    probability = 1 / (1 + np.exp(-features @ true_weights))  # P(y = 1 | a)
+    assert set(np.unique(labels)) == {-1.0, 1.0}
+    # Calibration in ten bins of the true probability: the fraction of +1 labels in each
+    # bin matches the bin's mean probability within 4 standard errors.
+    bins = np.minimum((probability * 10).astype(int), 9)
+    for b in range(10):
+        inside = bins == b
+        p = probability[inside].mean()
+        standard_error = np.sqrt(p * (1 - p) / inside.sum())
+        assert abs((labels[inside] == 1).mean() - p) <= 4 * standard_error + 1e-12
+
+
+def test_methods_leave_their_inputs_unchanged(logistic):
+    A, mu, L, x0 = problem(30.0, dim=6)
+    A_copy, x0_copy = A.copy(), x0.copy()
+    gradient_descent(A, x0, 1 / L, 10)
+    heavy_ball(A, x0, *polyak_parameters(mu, L), 10)
+    nesterov(A, x0, *nesterov_parameters(mu, L), 10)
+    np.testing.assert_array_equal(A, A_copy)
+    np.testing.assert_array_equal(x0, x0_copy)
+    features, labels, lam = logistic
+    kept = features.copy(), labels.copy()
+    step_sizes = np.full(20, 0.1)
+    newton_logistic(features, labels, lam)
+    sgd_logistic(features, labels, lam, step_sizes)
+    np.testing.assert_array_equal(features, kept[0])
+    np.testing.assert_array_equal(labels, kept[1])
+    np.testing.assert_array_equal(step_sizes, np.full(20, 0.1))
+
+
+def test_numpy_integers_are_accepted_as_sizes():
+    A = random_spd(np.int64(4), np.float64(10.0), seed=np.int64(1))
+    assert A.shape == (4, 4)
+    features, labels = logistic_data(np.int32(50), np.int64(2))
+    assert features.shape == (50, 2)
+    assert gradient_descent(A, np.ones(4), 0.01, np.int64(3)).shape == (4, 4)
 
 
 def test_sgd_on_one_example_is_gradient_descent(logistic):
@@ -313,9 +428,12 @@ def test_sgd_on_one_example_is_gradient_descent(logistic):
 
 @pytest.fixture(scope="module")
 def sgd_runs(logistic):
-    """Mean over 8 seeds of ||w_k - w*||^2 for steps 0.2, 0.1 and a / (b + k) with a = 1/lam, b = a / 0.2."""
+    """Mean over 8 seeds of ||w_k - w*||^2 for steps 0.2, 0.1 and a / (b + k).
+
+    The decaying step has a = 1/lam and b = a / 0.2.
+    """
     features, labels, lam = logistic
-    optimum = newton_logistic(features, labels, lam)
+    optimum = newton_logistic(features, labels, lam)[-1]
     steps, a = 6000, 1 / lam
     schedules = {
         "step": np.full(steps, 0.2),
@@ -346,21 +464,24 @@ def test_constant_step_sgd_stalls_at_a_floor_that_halves_with_the_step(sgd_runs)
     third_quarter = slice(steps // 2, 3 * steps // 4)
     fourth_quarter = slice(3 * steps // 4, steps + 1)
     for name in ("step", "half_step"):
-        # Stalled: the last two quarters sit at the same level instead of falling like 1/k.
+        # Stalled: the last two quarters sit at the same level instead of falling like
+        # 1/k.
         level_ratio = (
             sgd_runs[name][fourth_quarter].mean() / sgd_runs[name][third_quarter].mean()
         )
         assert 0.75 < level_ratio < 1.33, (name, level_ratio)
     floor = sgd_runs["step"][steps // 2 :].mean()
     half_floor = sgd_runs["half_step"][steps // 2 :].mean()
-    # Theory: the floor on E||w - w*||^2 is proportional to the step, so halving the step halves it.
+    # Theory: the floor on E||w - w*||^2 is proportional to the step, so halving the
+    # step halves it.
     assert 0.3 < half_floor / floor < 0.7, half_floor / floor
 
 
 def test_decaying_step_sgd_keeps_decreasing_below_the_floor(sgd_runs):
     values = sgd_runs["decaying"]
     steps = values.size - 1
-    # Theory: E||w_k - w*||^2 <= nu / (b + k); from the second quarter to the last it should fall ~2.5x.
+    # Theory: E||w_k - w*||^2 <= nu / (b + k); from the second quarter to the last it
+    # should fall ~2.5x.
     second_quarter = values[steps // 4 : steps // 2].mean()
     last_quarter = values[3 * steps // 4 :].mean()
     assert last_quarter < 0.7 * second_quarter, (second_quarter, last_quarter)
@@ -384,21 +505,21 @@ def test_bad_input_raises_clear_errors(logistic):
     for bad_step in (0.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match=r"step must be a positive finite number"):
             heavy_ball(A, x0, bad_step, 0.5, 5)
-    with pytest.raises(ValueError, match=r"steps must be a non-negative int"):
+    with pytest.raises(ValueError, match=r"steps must be an int >= 0"):
         nesterov(A, x0, 0.1, 0.5, -1)
     with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\)"):
         nesterov(A, x0, 0.1, 1.0, 5)
     with pytest.raises(ValueError, match=r"need 0 < mu <= L"):
         polyak_parameters(2.0, 1.0)
-    with pytest.raises(ValueError, match=r"kappa must be >= 1"):
+    with pytest.raises(ValueError, match=r"kappa must be a finite number >= 1"):
         random_spd(3, 0.5)
     with pytest.raises(ValueError, match=r"labels must be -1 or \+1"):
         newton_logistic(features, (labels + 1) / 2, lam)
     with pytest.raises(ValueError, match=r"labels must have shape \(1000,\)"):
         newton_logistic(features, labels[:10], lam)
-    with pytest.raises(ValueError, match=r"features must be a 2-D array"):
+    with pytest.raises(ValueError, match=r"features must be a 2-D numpy array"):
         sgd_logistic(features[:, 0], labels, lam, np.full(3, 0.1))
-    with pytest.raises(ValueError, match=r"lam must be > 0"):
+    with pytest.raises(ValueError, match=r"lam must be a finite number > 0"):
         sgd_logistic(features, labels, 0.0, np.full(3, 0.1))
     with pytest.raises(
         ValueError, match=r"step_sizes must be a 1-D array \[steps\] of positive"
@@ -406,6 +527,28 @@ def test_bad_input_raises_clear_errors(logistic):
         sgd_logistic(features, labels, lam, np.array([0.1, -0.1]))
     with pytest.raises(ValueError, match=r"never reached tol"):
         iterations_to(np.array([1.0, 0.9, 0.8]), 1e-3)
+    with pytest.raises(ValueError, match=r"a rate needs at least 2"):
+        measured_contraction(np.array([1.0, 1e-9]), 1e-3)
+    with pytest.raises(ValueError, match=r"kappa must be a finite number >= 1"):
+        random_spd(3, float("inf"))
+    with pytest.raises(TypeError, match=r"dim must be an int, got float"):
+        random_spd(3.0, 10.0)
+    with pytest.raises(TypeError, match=r"steps must be an int, got float"):
+        gradient_descent(A, x0, 0.1, 5.0)
+    with pytest.raises(ValueError, match=r"features must be finite"):
+        newton_logistic(np.full((3, 2), np.nan), np.ones(3), lam)
+    with pytest.raises(ValueError, match=r"lam must be a finite number > 0"):
+        newton_logistic(features, labels, float("nan"))
+    with pytest.raises(ValueError, match=r"tol must be a number > 0"):
+        newton_logistic(features, labels, lam, tol=0.0)
+    with pytest.raises(ValueError, match=r"max_steps must be an int >= 1"):
+        newton_logistic(features, labels, lam, max_steps=0)
+    with pytest.raises(RuntimeError, match=r"did not reach"):
+        newton_logistic(features, labels, lam, max_steps=2)
+    with pytest.raises(TypeError, match=r"A must be an array of numbers"):
+        spd_spectrum([["a", "b"], ["c", "d"]])
+    with pytest.raises(ValueError, match=r"output must be the history"):
+        convex.dataflow(np.ones(3))
 
 
 # ---- the example and the demo ----
@@ -443,9 +586,21 @@ def test_demo_runs_with_small_flags(tmp_path):
     assert metrics["nesterov_iterations_kappa40"] < metrics["gd_iterations_kappa40"] / 3
     assert 0.25 < metrics["sgd_floor_ratio"] < 0.8
     assert metrics["sgd_decaying_final"] < metrics["sgd_floor_half_step"]
+    assert metrics["newton_steps"] <= 10
 
 
-# ---- benchmarks: Newton's method against scipy's BFGS, same problem and starting point ----
+def test_demo_rejects_bad_flags(tmp_path):
+    for flags in (
+        ["--kappas", "1"],
+        ["--kappas", "10,x"],
+        ["--dim", "1"],
+        ["--lam", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            convex.main([*flags, "--out", str(tmp_path)])
+
+
+# ---- benchmarks: Newton's method against scipy's BFGS, same problem and start ----
 
 
 @pytest.mark.benchmark(group="logistic regression optimum, n=1000, d=5")

@@ -1,14 +1,20 @@
-"""Verified against brute-force enumeration (every assignment of random Bayesian networks, every state path of
-random HMMs) to 1e-12, and with the samplers within 4 standard errors (5 for Gibbs, across chains) of the exact marginals."""
+"""Verified against brute-force enumeration (every assignment of random Bayesian
+networks, every state path of random HMMs) to 1e-12, with the samplers within 4 standard
+errors (5 for Gibbs, across chains) of the exact marginals.
+
+Also checked: a 3,000-variable chain listed children-first (no recursion limit), the
+elimination order's largest factor where fill-in matters, the samplers' full joint (not
+only the marginals), and that no function changes its inputs.
+"""
 
 import itertools
-import shutil
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import logsumexp
 
+from annotated.foundations import graphical_models
 from annotated.foundations.graphical_models import (
     BayesianNetwork,
     Factor,
@@ -21,20 +27,21 @@ from annotated.foundations.graphical_models import (
     min_degree_order,
     sample_categorical,
     sprinkler_network,
+    topological_order,
 )
 
 seeds = st.integers(0, 2**32 - 1)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # References: a random network, and the full joint summed assignment by assignment.
 
 
 def random_network(seed: int, concentration: float = 1.0):
-    """A random DAG of 3–6 variables with 2–3 states, at most 3 parents each, and Dirichlet CPTs.
+    """A random DAG of 3–6 variables with 2–3 states, at most 3 parents, Dirichlet CPTs.
 
-    Returns the network and the raw `(cards, parents, cpts)` it was built from, listed in shuffled order so
-    that the network has to find a topological order itself.
+    Returns the network and the raw `(cards, parents, cpts)` it was built from, listed
+    in shuffled order so that the network has to find a topological order itself.
     """
     rng = np.random.default_rng(seed)
     names = [f"x{i}" for i in range(int(rng.integers(3, 7)))]
@@ -70,7 +77,7 @@ def joint_probability(assignment, parents, cpts) -> float:
 
 
 def brute_force_posterior(cards, parents, cpts, query, evidence) -> np.ndarray:
-    """p(query | evidence) by summing the joint over every assignment consistent with the evidence."""
+    """p(query | evidence): the joint summed over every assignment agreeing with it."""
     names = list(cards)
     table = np.zeros([cards[q] for q in query])
     for values in itertools.product(*(range(cards[v]) for v in names)):
@@ -95,7 +102,7 @@ def random_query(network: BayesianNetwork, rng: np.random.Generator):
     return query, evidence
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Factor operations against explicit loops and numpy.
 
 
@@ -144,7 +151,7 @@ def test_factor_sum_out_reduce_normalize_transpose_match_numpy():
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Variable elimination against enumeration of the full joint.
 
 
@@ -184,10 +191,115 @@ def test_parents_come_before_children(seed):
 def test_min_degree_eliminates_leaves_of_a_star_before_its_hub():
     scopes = [("hub",)] + [(f"leaf{i}", "hub") for i in range(5)]
     order = min_degree_order(scopes, ["hub"] + [f"leaf{i}" for i in range(5)])
-    # Each leaf has one neighbour and the hub five; the hub goes only once a single leaf is left beside it.
+    # Each leaf has one neighbour and the hub five; the hub goes only once a single leaf
+    # is left beside it.
     assert order.index("hub") >= 4 and sorted(order) == sorted(
         ["hub"] + [f"leaf{i}" for i in range(5)]
     )
+
+
+def largest_clique(scopes, order):
+    """Eliminate `order` from the graph of `scopes` with fill-in; the most variables any
+    step multiplies together (the eliminated one and its neighbours)."""
+    neighbours = {}
+    for scope in scopes:
+        for v in scope:
+            neighbours.setdefault(v, set()).update(u for u in scope if u != v)
+    largest = 0
+    for v in order:
+        joined = neighbours.pop(v)
+        largest = max(largest, len(joined) + 1)
+        for u in joined:
+            neighbours[u] |= joined - {u}
+            neighbours[u].discard(v)
+    return largest
+
+
+def test_min_degree_order_reaches_the_treewidth_of_a_grid_where_fill_in_matters():
+    # A 3 x 4 grid of pairwise factors has treewidth 3: no order can avoid a step over
+    # 4 variables. Min-degree reaches that only because it counts the fill-in edges;
+    # without them it misjudges the degrees after the corners go and builds a table
+    # over 5. Eliminating the middle row first is far worse: by the time its last
+    # variable goes, the fill-in has joined all of rows 0 and 2 to it, 9 variables.
+    rows, cols = 3, 4
+    names = [[f"x{i}{j}" for j in range(cols)] for i in range(rows)]
+    scopes = [
+        (names[i][j], names[i][j + 1]) for i in range(rows) for j in range(cols - 1)
+    ]
+    scopes += [
+        (names[i][j], names[i + 1][j]) for i in range(rows - 1) for j in range(cols)
+    ]
+    variables = [v for row in names for v in row]
+    order = min_degree_order(scopes, variables)
+    assert sorted(order) == sorted(variables)
+    assert largest_clique(scopes, order) == 4
+    middle_first = names[1] + names[0] + names[2]
+    assert largest_clique(scopes, middle_first) == 9
+
+
+def star_network(leaves: int = 8):
+    """A binary hub with `leaves` binary children."""
+    rng = np.random.default_rng(0)
+    names = [f"leaf{i}" for i in range(leaves)]
+    cards = {"hub": 2, **{name: 2 for name in names}}
+    parents = {name: ("hub",) for name in names}
+    cpts = {"hub": np.array([0.3, 0.7])}
+    cpts.update({name: rng.dirichlet(np.ones(2), size=2) for name in names})
+    return BayesianNetwork(cards, parents, cpts)
+
+
+def test_variable_elimination_default_order_keeps_factors_small(monkeypatch):
+    # Record the size of every table that is summed out. With the hub eliminated first,
+    # one table spans the hub and all eight leaves (2^9 entries); min-degree removes the
+    # other leaves first and never builds a table over more than two variables.
+    network = star_network()
+    sizes = []
+    summed_out = Factor.sum_out
+
+    def recording_sum_out(self, variables):
+        sizes.append(self.table.size)
+        return summed_out(self, variables)
+
+    monkeypatch.setattr(graphical_models.Factor, "sum_out", recording_sum_out)
+    default = network.variable_elimination(("leaf0",))
+    assert max(sizes) == 4
+    sizes.clear()
+    hub_first = network.variable_elimination(
+        ("leaf0",), order=["hub"] + [f"leaf{i}" for i in range(1, 8)]
+    )
+    assert max(sizes) == 2**9
+    np.testing.assert_allclose(default.table, hub_first.table, rtol=0, atol=1e-12)
+
+
+def chain_cpts(names, rng):
+    return {
+        name: rng.dirichlet(np.ones(2), size=(2,) if i > 0 else ())
+        for i, name in enumerate(names)
+    }
+
+
+def test_a_3000_variable_chain_listed_children_first_needs_no_recursion():
+    n = 3000
+    names = [f"x{i}" for i in range(n)]
+    cpts = chain_cpts(names, np.random.default_rng(0))
+    listed = list(reversed(names))  # every child before its parent
+    network = BayesianNetwork(
+        {name: 2 for name in listed},
+        {names[i]: (names[i - 1],) for i in range(n - 1, 0, -1)},
+        {name: cpts[name] for name in listed},
+    )
+    assert network.variables == names
+    # The marginal of the last variable, given the first, by pushing the first
+    # variable's point mass through every transition table.
+    expected = np.array([0.0, 1.0])
+    for name in names[1:]:
+        expected = expected @ cpts[name]
+    posterior = network.variable_elimination((names[-1],), {names[0]: 1})
+    np.testing.assert_allclose(posterior.table, expected, rtol=1e-12)
+    # A cycle through all of them is still found, and named, without recursion.
+    cyclic = {names[i]: (names[i - 1],) for i in range(n)}  # x0's parent is x2999
+    with pytest.raises(ValueError, match="cycle through"):
+        topological_order(cyclic)
 
 
 def test_sprinkler_explains_away_and_example_dataflow():
@@ -213,7 +325,7 @@ def test_sprinkler_explains_away_and_example_dataflow():
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Samplers against the exact marginals, within a few of their standard errors.
 
 
@@ -243,6 +355,23 @@ def test_ancestral_sampling_matches_exact_marginals(seed):
             estimate,
             exact,
         )
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_ancestral_samples_follow_the_full_joint_not_only_the_marginals(seed):
+    # Marginals alone would pass a sampler that drew every variable independently from
+    # its marginal; the joint table of all variables catches a wrong parent lookup.
+    network, (cards, parents, cpts) = random_network(seed)
+    names = list(cards)
+    samples, _ = network.sample(40_000, np.random.default_rng(seed))
+    counts = np.zeros([cards[v] for v in names])
+    np.add.at(counts, tuple(samples[v] for v in names), 1.0)
+    frequency = counts / 40_000
+    exact = np.zeros_like(frequency)
+    for values in itertools.product(*(range(cards[v]) for v in names)):
+        exact[values] = joint_probability(dict(zip(names, values)), parents, cpts)
+    standard_error = np.sqrt(exact * (1 - exact) / 40_000)
+    assert np.all(np.abs(frequency - exact) <= 4.5 * standard_error + 1e-4)
 
 
 @pytest.mark.parametrize("seed", [4, 5, 6])
@@ -297,8 +426,9 @@ def test_markov_blanket_conditional_matches_joint_ratio(seed):
 
 @pytest.mark.parametrize("seed", [7, 8, 9])
 def test_gibbs_matches_exact_posteriors_across_chains(seed):
-    # Each chain's estimate is correlated within the chain but independent of the other chains, so the spread
-    # of the 20 chain estimates gives a standard error that already accounts for autocorrelation.
+    # Each chain's estimate is correlated within the chain but independent of the other
+    # chains, so the spread of the 20 chain estimates gives a standard error that
+    # already accounts for autocorrelation.
     network, _ = random_network(seed, concentration=2.0)
     evidence = {network.variables[-1]: 1}
     n_chains = 20
@@ -333,7 +463,7 @@ def test_gibbs_matches_exact_posteriors_across_chains(seed):
         assert np.all(np.abs(estimate - exact) < 0.02)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Hidden Markov models against the sum and the max over every state path.
 
 
@@ -379,14 +509,18 @@ def test_forward_backward_and_viterbi_match_path_enumeration(seed, n_steps):
     )
     np.testing.assert_allclose(posteriors, expected_posteriors, rtol=0, atol=1e-12)
     path, best_log_probability = hmm.viterbi(observations)
-    np.testing.assert_array_equal(path, paths[probabilities.argmax()])
+    # Two paths can tie exactly; any of them is a correct answer, so compare the
+    # probability of the returned path with the best one, not the paths themselves.
+    returned = probabilities[np.flatnonzero((paths == path).all(axis=1))[0]]
+    assert returned == pytest.approx(probabilities.max(), rel=1e-12)
     assert best_log_probability == pytest.approx(np.log(probabilities.max()), abs=1e-12)
 
 
 def test_scaled_forward_survives_where_unscaled_underflows():
     hmm = casino_hmm()
     _, rolls = hmm.sample(1000, np.random.default_rng(0))
-    # The unscaled forward message is a probability of t rolls: it hits float64's floor long before t = 1000.
+    # The unscaled forward message is a probability of t rolls: it hits float64's floor
+    # long before t = 1000.
     alpha = hmm.initial * hmm.emission[:, rolls[0]]
     for roll in rolls[1:]:
         alpha = (alpha @ hmm.transition) * hmm.emission[:, roll]
@@ -404,6 +538,25 @@ def test_scaled_forward_survives_where_unscaled_underflows():
     assert np.isfinite(best) and best <= log_likelihood
 
 
+def test_viterbi_returns_a_best_path_when_every_path_ties():
+    # Identical rows everywhere: all 2^6 paths have the same probability 2^-6 p(x).
+    hmm = HiddenMarkovModel(
+        [0.5, 0.5], [[0.5, 0.5], [0.5, 0.5]], [[0.2, 0.8], [0.2, 0.8]]
+    )
+    rolls = np.array([0, 1, 1, 0, 1, 0])
+    path, best = hmm.viterbi(rolls)
+    assert path.shape == (6,) and set(path) <= {0, 1}
+    assert best == pytest.approx(np.log(0.5**6 * 0.2**3 * 0.8**3), rel=1e-12)
+
+
+def test_hmm_sample_starts_from_the_initial_distribution():
+    hmm = HiddenMarkovModel([0.3, 0.7], np.eye(2), [[1.0, 0.0], [0.0, 1.0]])
+    rng = np.random.default_rng(2)
+    first = np.array([hmm.sample(1, rng)[0][0] for _ in range(4000)])
+    standard_error = np.sqrt(0.3 * 0.7 / 4000)
+    assert abs((first == 0).mean() - 0.3) <= 4 * standard_error
+
+
 def test_hmm_sample_follows_transition_and_emission_tables():
     hmm = casino_hmm()
     states, rolls = hmm.sample(20_000, np.random.default_rng(1))
@@ -418,7 +571,7 @@ def test_hmm_sample_follows_transition_and_emission_tables():
             assert np.all(np.abs(frequency - table[k]) <= 4 * standard_error)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Bad input.
 
 
@@ -491,6 +644,20 @@ def test_network_rejects_bad_queries():
         network.gibbs(
             {"WetGrass": 1}, n_sweeps=0, n_chains=2, rng=np.random.default_rng(0)
         )
+    with pytest.raises(TypeError, match="n_chains must be an int, got float"):
+        network.gibbs({"WetGrass": 1}, 10, 2.0, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="n_samples must be an int, got bool"):
+        network.sample(True, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="burn_in must be an int >= 0"):
+        network.gibbs({"WetGrass": 1}, 10, 2, np.random.default_rng(0), burn_in=-1)
+    with pytest.raises(TypeError, match=r"cards\['A'\] must be an int"):
+        BayesianNetwork({"A": 2.0}, {}, {"A": [0.5, 0.5]})
+    with pytest.raises(TypeError, match=r"cpts\['A'\] must be an array of numbers"):
+        BayesianNetwork({"A": 2}, {}, {"A": ["a", "b"]})
+    with pytest.raises(ValueError, match="hidden: variables must be distinct"):
+        min_degree_order([("a", "b")], ["a", "a"])
+    with pytest.raises(TypeError, match="posterior must be a Factor"):
+        dataflow({"Rain": [0.5, 0.5]})
     with pytest.raises(
         ValueError, match="state: needs an array of values for every variable"
     ):
@@ -518,6 +685,8 @@ def test_hmm_rejects_bad_input():
         hmm.forward_backward([0, 6, 1])
     with pytest.raises(TypeError, match="non-empty 1-D int array"):
         hmm.viterbi([0.5, 1.0])
+    with pytest.raises(ValueError, match="n_steps must be an int >= 1"):
+        hmm.sample(0, np.random.default_rng(0))
     impossible = HiddenMarkovModel([1.0, 0.0], np.eye(2), [[1.0, 0.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match="probability zero"):
         impossible.forward_backward([0, 1])
@@ -525,7 +694,56 @@ def test_hmm_rejects_bad_input():
         impossible.viterbi([0, 1])
 
 
-# ---------------------------------------------------------------------------------------------------------------
+def test_inputs_are_left_unchanged_and_tables_are_copied():
+    cards = {"A": 2, "B": 3}
+    cpts = {
+        "A": np.array([0.4, 0.6]),
+        "B": np.array([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]]),
+    }
+    originals = {v: table.copy() for v, table in cpts.items()}
+    network = BayesianNetwork(cards, {"B": ("A",)}, cpts)
+    before = network.variable_elimination(("A",), {"B": 2}).table
+    evidence = {"B": np.int64(2)}
+    network.variable_elimination(("A",), evidence)
+    network.sample(50, np.random.default_rng(0), evidence)
+    network.gibbs(evidence, 5, 2, np.random.default_rng(0))
+    assert evidence == {"B": 2}
+    for v in cpts:
+        np.testing.assert_array_equal(cpts[v], originals[v])
+    cpts["B"][1] = [1.0, 0.0, 0.0]  # the caller edits their array afterwards
+    np.testing.assert_array_equal(
+        network.variable_elimination(("A",), {"B": 2}).table, before
+    )
+    factor = Factor(("a", "b"), (2, 2), np.array([[1.0, 2.0], [3.0, 4.0]]))
+    kept = factor.table.copy()
+    factor.product(factor.sum_out(["a"]))
+    factor.reduce({"a": 1}).normalize()
+    factor.transpose(("b", "a"))
+    np.testing.assert_array_equal(factor.table, kept)
+    initial = np.array([0.5, 0.5])
+    hmm = HiddenMarkovModel(initial, np.eye(2), [[0.5, 0.5], [0.5, 0.5]])
+    initial[0] = 1.0
+    np.testing.assert_array_equal(hmm.initial, [0.5, 0.5])
+
+
+def test_numpy_integers_are_counts_and_states():
+    network = sprinkler_network()
+    posterior = network.variable_elimination(("Rain",), {"WetGrass": np.int64(1)})
+    np.testing.assert_allclose(
+        posterior.table,
+        network.variable_elimination(("Rain",), {"WetGrass": 1}).table,
+        rtol=0,
+        atol=0,
+    )
+    samples, _ = network.sample(np.int64(10), np.random.default_rng(0))
+    assert samples["Rain"].shape == (10,)
+    states, _ = casino_hmm().sample(np.int32(7), np.random.default_rng(0))
+    assert states.shape == (7,)
+    tiny = BayesianNetwork({"A": np.int64(2)}, {}, {"A": [0.5, 0.5]})
+    assert tiny.cards == {"A": 2}
+
+
+# --------------------------------------------------------------------------------------
 # The demo, with small flags.
 
 
@@ -552,14 +770,13 @@ def test_demo_runs_and_estimates_close_to_exact(tmp_path):
         metrics["hmm_log_likelihood"]
     )
     assert metrics["viterbi_accuracy"] > 0.6 and metrics["posterior_accuracy"] > 0.6
-    for name in ["posteriors.png", "hmm_posterior.png", "network.dot"] + (
-        ["network.png"] if shutil.which("dot") else []
-    ):
-        assert (tmp_path / name).stat().st_size > 0
+    for name in ["posteriors.png", "hmm_posterior.png"]:
+        assert (tmp_path / name).stat().st_size > 10_000
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Benchmark: variable elimination against enumeration of the joint on a 12-variable binary chain.
+# --------------------------------------------------------------------------------------
+# Benchmark: variable elimination against enumeration of the joint on a 12-variable
+# binary chain.
 
 
 def chain_network(length: int = 12):

@@ -1,6 +1,11 @@
-"""Verified against numpy.linalg and scipy.linalg.lu in float64: products, solves, inverses and determinants of
-well-conditioned random matrices to a relative 1e-9, and Hilbert solves within the backward-error bound
-n·ρ·κ(H)·ε rather than a fixed tolerance."""
+"""Verified against numpy.linalg and scipy.linalg.lu in float64: products, solves,
+inverses and determinants of well-conditioned random matrices to a relative 1e-9, and
+Hilbert solves within the backward-error bound n·ρ·κ(H)·ε rather than a fixed tolerance.
+
+Also checked: every entry of the Hilbert matrices against scipy.linalg.hilbert and their
+condition numbers against the numbers in the prose, NumPy arrays and integers as input,
+and that no operation changes its operands.
+"""
 
 import random
 
@@ -40,7 +45,7 @@ RTOL = 1e-9
 
 @st.composite
 def matrices(draw, n_rows=None, n_cols=None, max_side=6, bound=100.0):
-    """A Matrix with entries in [-bound, bound]; a side left as None is drawn from 1..max_side."""
+    """A Matrix with entries in [-bound, bound]; unset sides come from 1..max_side."""
     n_rows = n_rows or draw(st.integers(1, max_side))
     n_cols = n_cols or draw(st.integers(1, max_side))
     entries = st.floats(-bound, bound, allow_nan=False, allow_infinity=False)
@@ -57,9 +62,12 @@ def matrices(draw, n_rows=None, n_cols=None, max_side=6, bound=100.0):
 
 @st.composite
 def well_conditioned(draw, max_side=6):
-    """A square matrix with entries in [-1, 1] plus n + 1 on the diagonal: each diagonal entry is at least n and
-    the rest of its row sums to at most n - 1, so the matrix is strictly diagonally dominant, hence nonsingular
-    with an infinity-norm condition number of at most 2n + 1: a fair target for a 1e-9 comparison."""
+    """A square matrix with entries in [-1, 1] plus n + 1 on the diagonal.
+
+    Each diagonal entry is at least n and the rest of its row sums to at most n - 1, so
+    the matrix is strictly diagonally dominant, hence nonsingular with an infinity-norm
+    condition number of at most 2n + 1: a fair target for a 1e-9 comparison.
+    """
     n = draw(st.integers(1, max_side))
     base = draw(matrices(n_rows=n, n_cols=n, bound=1.0))
     return base + (n + 1) * identity(n)
@@ -69,7 +77,7 @@ def as_array(m: Matrix) -> np.ndarray:
     return np.array(m.tolist(), dtype=np.float64)
 
 
-# --- the container ------------------------------------------------------------------------------------------
+# --- the container --------------------------------------------------------------------
 
 
 def test_construction_shape_indexing_and_repr_round_trip():
@@ -133,7 +141,7 @@ def test_bad_index_raises_clear_errors():
         m[0]
 
 
-# --- elementwise arithmetic --------------------------------------------------------------------------------
+# --- elementwise arithmetic -----------------------------------------------------------
 
 
 @given(data=st.data())
@@ -141,7 +149,8 @@ def test_bad_index_raises_clear_errors():
     over="ignore"
 )  # dividing by a subnormal overflows to inf in both libraries; only numpy warns
 def test_elementwise_ops_match_numpy_exactly(data):
-    # Each entry is one IEEE operation in both libraries, so the results must agree bit for bit.
+    # Each entry is one IEEE operation in both libraries, so the results must agree bit
+    # for bit.
     a = data.draw(matrices())
     b = data.draw(matrices(n_rows=a.shape[0], n_cols=a.shape[1]))
     scalar = data.draw(st.floats(-10, 10, allow_nan=False).filter(lambda x: x != 0.0))
@@ -169,7 +178,7 @@ def test_elementwise_shape_mismatch_names_both_shapes():
         a + "1"
 
 
-# --- products and transpose --------------------------------------------------------------------------------
+# --- products and transpose -----------------------------------------------------------
 
 
 @given(data=st.data())
@@ -178,7 +187,8 @@ def test_matmul_both_orders_match_numpy(data):
     b = data.draw(matrices(n_rows=a.shape[1]))
     x, y = as_array(a), as_array(b)
     reference = x @ y
-    # Rounding error of a dot product is bounded by a multiple of sum_k |a_ik| |b_kj|, so that is the scale.
+    # Rounding error of a dot product is bounded by a multiple of sum_k |a_ik| |b_kj|,
+    # so that is the scale.
     scale = (np.abs(x) @ np.abs(y)).max()
     for ours in (matmul_ijk(a, b), matmul_ikj(a, b), a @ b):
         assert ours.shape == reference.shape
@@ -200,7 +210,7 @@ def test_matmul_shape_mismatch_names_both_shapes():
     for product in (matmul_ijk, matmul_ikj, lambda left, right: left @ right):
         with pytest.raises(
             ValueError,
-            match="left is 2×3 but right is 2×3; left's columns must equal right's rows",
+            match="left is 2×3 but right is 2×3; left's columns must equal right's",
         ):
             product(a, a)
     with pytest.raises(TypeError, match="matmul_ikj: right must be a Matrix"):
@@ -213,7 +223,7 @@ def test_transpose_matches_numpy(a):
     assert transpose(transpose(a)) == a
 
 
-# --- LU, solve, inverse, det --------------------------------------------------------------------------------
+# --- LU, solve, inverse, det ----------------------------------------------------------
 
 
 @given(st.integers(1, 6).flatmap(lambda n: matrices(n_rows=n, n_cols=n, bound=10.0)))
@@ -236,7 +246,7 @@ def test_lu_reconstructs_pa_with_bounded_multipliers(a):
     )
 
 
-@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("n", [1, 3, 8, 40])
 def test_lu_matches_scipy(n):
     rng = random.Random(n)
     a = random_matrix(n, n, rng)
@@ -317,8 +327,9 @@ def test_partial_pivoting_rescues_a_tiny_pivot():
 
 @pytest.mark.parametrize("n", [6, 7, 8, 9, 10])
 def test_hilbert_error_within_condition_bound(n):
-    # Backward stability gives ||x_hat - x|| / ||x|| <~ n * rho * kappa * eps, with rho the growth factor.
-    # A fixed 1e-9 would be wrong here: at n = 10, kappa * eps is about 8e-3.
+    # Backward stability gives ||x_hat - x|| / ||x|| <~ n * rho * kappa * eps, with rho
+    # the growth factor. A fixed 1e-9 would be wrong here: at n = 10, kappa * eps is
+    # about 8e-3.
     h = hilbert(n)
     x_true = np.ones((n, 1))
     b = Matrix((as_array(h) @ x_true).tolist())
@@ -333,6 +344,72 @@ def test_hilbert_error_within_condition_bound(n):
     numpy_solution = np.linalg.solve(as_array(h), as_array(b))
     assert relative_error(ours, Matrix(numpy_solution.tolist())) <= 2 * bound
     assert condition_number(h) == pytest.approx(kappa, rel=n * kappa * EPS)
+
+
+def test_hilbert_matrices_match_scipy_entry_by_entry_and_the_prose_numbers():
+    for n in range(1, 13):
+        np.testing.assert_array_equal(as_array(hilbert(n)), scipy.linalg.hilbert(n))
+    kappa = {n: np.linalg.cond(scipy.linalg.hilbert(n), np.inf) for n in range(2, 13)}
+    # The prose: 27 at n = 2, 3.5e13 at n = 10, 4e16 at n = 12, about 30-fold a step.
+    assert kappa[2] == pytest.approx(27.0, rel=1e-12)
+    assert kappa[10] == pytest.approx(3.5e13, rel=0.02)
+    assert kappa[12] == pytest.approx(4e16, rel=0.1)
+    steps = np.array([kappa[n + 1] / kappa[n] for n in range(2, 12)])
+    assert 25 < np.exp(np.log(steps).mean()) < 40
+    assert condition_number(hilbert(2)) == pytest.approx(27.0, rel=1e-12)
+
+
+def test_random_matrix_entries_are_uniform_on_minus_one_to_one():
+    m = as_array(random_matrix(200, 50, random.Random(3)))
+    assert m.shape == (200, 50)
+    assert m.min() >= -1.0 and m.max() <= 1.0
+    # Uniform on [-1, 1]: mean 0 and variance 1/3, over all 10,000 entries.
+    assert abs(m.mean()) < 4 * np.sqrt(1 / 3 / m.size)
+    assert m.var() == pytest.approx(1 / 3, rel=0.05)
+    np.testing.assert_array_equal(m, as_array(random_matrix(200, 50, random.Random(3))))
+
+
+def test_numpy_arrays_and_integers_are_accepted():
+    array = np.array([[1.0, 2.0], [3.0, 4.5]])
+    m = Matrix(array)
+    assert m == Matrix([[1.0, 2.0], [3.0, 4.5]])
+    assert all(type(value) is float for row in m.rows for value in row)
+    assert m[np.int64(1), np.int32(1)] == 4.5
+    assert zeros(np.int64(2), 3).shape == (2, 3)
+    assert identity(np.int64(3)) == identity(3)
+    assert hilbert(np.int32(4)) == hilbert(4)
+    assert Matrix([[np.float32(0.5), np.int64(2)]]) == Matrix([[0.5, 2.0]])
+    with pytest.raises(TypeError, match="rows must be a list of lists"):
+        Matrix(np.array([1.0, 2.0]))  # 1-D: a list of numbers, not of rows
+    with pytest.raises(TypeError, match="must be a real number, got bool True"):
+        Matrix(np.array([[True, False]], dtype=object))
+
+
+def test_operations_leave_their_operands_unchanged():
+    rng = random.Random(4)
+    a = random_matrix(5, 5, rng) + 5 * identity(5)
+    b = random_matrix(5, 2, rng)
+    kept_a, kept_b = a.tolist(), b.tolist()
+    for operation in (
+        lambda: lu(a),
+        lambda: solve(a, b),
+        lambda: inverse(a),
+        lambda: det(a),
+        lambda: transpose(a),
+        lambda: matmul_ijk(a, b),
+        lambda: a @ b,
+        lambda: a + 1.0,
+        lambda: 2.0 / a,
+        lambda: condition_number(a),
+        lambda: forward_substitution(lu(a)[1], b),
+        lambda: back_substitution(lu(a)[2], b),
+    ):
+        operation()
+        assert a.tolist() == kept_a and b.tolist() == kept_b
+    rows = [[1.0, 2.0], [3.0, 4.0]]
+    m = Matrix(rows)
+    m.tolist()[0][0] = 99.0  # tolist hands out a copy
+    assert m[0, 0] == 1.0
 
 
 def test_hilbert_13_is_singular_to_working_precision():
@@ -384,9 +461,15 @@ def test_solver_bad_shapes_raise_clear_errors():
         permutation_sign([0, 0, 1])
     with pytest.raises(ValueError, match="exact must have a nonzero entry"):
         relative_error(zeros(2, 1), zeros(2, 1))
+    with pytest.raises(ValueError, match="approximate is 2×1 but exact is 3×1"):
+        relative_error(zeros(2, 1), Matrix([[1.0], [2.0], [3.0]]))
+    with pytest.raises(ValueError, match="lu: a must hold finite numbers"):
+        lu(Matrix([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="rtol and atol must be numbers >= 0"):
+        identity(2).allclose(identity(2), rtol=-1.0)
 
 
-# --- the demo ------------------------------------------------------------------------------------------------
+# --- the demo -------------------------------------------------------------------------
 
 
 def test_demo_runs_and_error_stays_below_cond_eps(tmp_path):
@@ -417,7 +500,7 @@ def test_demo_rejects_bad_flags(tmp_path):
         main(["--sizes", "0", "--out", str(tmp_path)])
 
 
-# --- benchmarks ------------------------------------------------------------------------------------------------
+# --- benchmarks -----------------------------------------------------------------------
 
 _RNG = random.Random(0)
 _LEFT_128, _RIGHT_128 = random_matrix(128, 128, _RNG), random_matrix(128, 128, _RNG)
