@@ -555,6 +555,7 @@ def layer_norm_inputs():
 
 @pytest.mark.benchmark(group="layernorm backward, 256 x 512 float64")
 def test_bench_layer_norm_backward_ours(benchmark):
+    benchmark.extra_info["label"] = "our NumPy layer-norm backward"
     x, gamma, beta, upstream = layer_norm_inputs()
     _, cache = layer_norm_forward(x, gamma, beta)
     benchmark(layer_norm_backward, upstream, cache)
@@ -562,6 +563,7 @@ def test_bench_layer_norm_backward_ours(benchmark):
 
 @pytest.mark.benchmark(group="layernorm backward, 256 x 512 float64")
 def test_bench_layer_norm_backward_torch(benchmark):
+    benchmark.extra_info["label"] = "torch.autograd through F.layer_norm"
     benchmark.extra_info["baseline"] = True
     x, gamma, beta, upstream = layer_norm_inputs()
     inputs = [leaf(x), leaf(gamma), leaf(beta)]

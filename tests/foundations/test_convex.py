@@ -605,12 +605,14 @@ def test_demo_rejects_bad_flags(tmp_path):
 
 @pytest.mark.benchmark(group="logistic regression optimum, n=1000, d=5")
 def test_bench_optimum_newton_ours(benchmark, logistic):
+    benchmark.extra_info["label"] = "our Newton's method"
     features, labels, lam = logistic
     benchmark(newton_logistic, features, labels, lam, 1e-9)
 
 
 @pytest.mark.benchmark(group="logistic regression optimum, n=1000, d=5")
 def test_bench_optimum_scipy_bfgs(benchmark, logistic):
+    benchmark.extra_info["label"] = "scipy.optimize.minimize (BFGS)"
     features, labels, lam = logistic
     benchmark.extra_info["baseline"] = True
     benchmark(

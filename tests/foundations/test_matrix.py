@@ -510,22 +510,26 @@ _RHS_64 = random_matrix(64, 1, _RNG)
 
 @pytest.mark.benchmark(group="matmul n=128")
 def test_bench_matmul_ijk(benchmark):
+    benchmark.extra_info["label"] = "matmul, i-j-k loop order"
     benchmark.extra_info["baseline"] = True
     benchmark(matmul_ijk, _LEFT_128, _RIGHT_128)
 
 
 @pytest.mark.benchmark(group="matmul n=128")
 def test_bench_matmul_ikj(benchmark):
+    benchmark.extra_info["label"] = "matmul, i-k-j loop order"
     benchmark(matmul_ikj, _LEFT_128, _RIGHT_128)
 
 
 @pytest.mark.benchmark(group="solve n=64")
 def test_bench_solve_ours(benchmark):
+    benchmark.extra_info["label"] = "our LU solve (pure Python)"
     benchmark(solve, _SYSTEM_64, _RHS_64)
 
 
 @pytest.mark.benchmark(group="solve n=64")
 def test_bench_solve_numpy(benchmark):
+    benchmark.extra_info["label"] = "numpy.linalg.solve"
     benchmark.extra_info["baseline"] = True
     a, b = as_array(_SYSTEM_64), as_array(_RHS_64)
     benchmark(np.linalg.solve, a, b)
