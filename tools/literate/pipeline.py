@@ -57,6 +57,7 @@ class LessonRecord:
 # recreates.
 _PARSED: dict[str, Lesson] = {}
 _PAGES: dict[str, "Page"] = {}
+_CHECKED: dict[str, list[LessonError]] = {}
 
 
 def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
@@ -113,8 +114,14 @@ def _imported_sources(tree: ast.Module, root: Path) -> dict[str, str]:
 
 
 def check(record: LessonRecord, order: list[str]) -> list[LessonError]:
-    """The lesson rules (`rules.check`) applied to a record."""
-    return rules.check(record.file, record.lesson, record.test_source, order)
+    """The lesson rules (`rules.check`) applied to a record; from memory when neither
+    the record nor the curriculum's order changed (compiling the lesson is the cost)."""
+    key = cache.content_hash(record.fingerprint, *order)
+    if key not in _CHECKED:
+        _CHECKED[key] = rules.check(
+            record.file, record.lesson, record.test_source, order
+        )
+    return _CHECKED[key]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jinja2
 from mkdocs.config import config_options as c
 from mkdocs.config.base import Config
 from mkdocs.exceptions import PluginError
@@ -100,6 +101,26 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         ]
         at = titles.index("Learning path") + 1 if "Learning path" in titles else 1
         return nav[:at] + lessons + nav[at:]
+
+    # `mkdocs serve` makes new template environments on every save: mkdocstrings for the
+    # API page, then the theme's. Compiling their templates again was a third of a
+    # rebuild, so the compiled templates are kept on disk. mkdocstrings renders while
+    # pages are read, before on_env, so its environment gets the cache here.
+    def on_pre_build(self, config):
+        self.templates = jinja2.FileSystemBytecodeCache(str(self._jinja_cache()))
+        mkdocstrings = config.plugins.get("mkdocstrings")
+        if mkdocstrings is not None:
+            handler = mkdocstrings.handlers.get_handler("python")
+            handler.env.bytecode_cache = self.templates
+
+    def on_env(self, env, config, files):
+        env.bytecode_cache = self.templates
+        return env
+
+    def _jinja_cache(self) -> Path:
+        folder = self.root / self.config.cache_dir / "jinja"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def on_files(self, files: Files, config):
         for asset in sorted(p for p in ASSETS.rglob("*") if p.is_file()):
