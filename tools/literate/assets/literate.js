@@ -1,0 +1,121 @@
+/* Lesson pages: the little that CSS cannot do alone.
+
+   - Sticky code: where a section's prose is much taller than its code, and the code fits the window, the
+     code column stays in view while the prose scrolls by (class `lit-sticky`, styled in literate.css).
+   - Readable diagrams: a diagram that its column would shrink until its text is under 9 px is drawn at
+     the width that keeps its text at 9 px, and its box scrolls; a click still opens it full size.
+   - Paths in the header wrap after a `/` or `.`, never inside a name.
+   - A link to one line (`#L123`) shows that line mid-window.
+
+   Runs once per page load and again whenever Material swaps the page in (`document$`), and re-measures on
+   resize. Nothing here loads anything. */
+(function () {
+  "use strict";
+
+  var MIN_TEXT_PX = 9;
+  var TALLER = 1.25; // prose this many times taller than its code makes the code sticky
+
+  function headerHeight() {
+    var header = document.querySelector(".md-header");
+    return header ? header.getBoundingClientRect().height : 48;
+  }
+
+  function markSticky(page) {
+    var room = window.innerHeight - headerHeight() - 16;
+    page.querySelectorAll(".lit-section").forEach(function (section) {
+      var prose = section.querySelector(":scope > .lit-prose");
+      var code = section.querySelector(":scope > .lit-code");
+      if (!prose || !code) return;
+      var codeHeight = code.getBoundingClientRect().height;
+      var proseHeight = prose.getBoundingClientRect().height;
+      var sticky = codeHeight > 0 && codeHeight <= room && proseHeight > TALLER * codeHeight;
+      section.classList.toggle("lit-sticky", sticky);
+    });
+  }
+
+  /* The smallest on-screen size of a diagram's text, in CSS pixels. */
+  function smallestText(svg) {
+    var smallest = Infinity;
+    svg.querySelectorAll("text").forEach(function (text) {
+      var matrix = text.getScreenCTM();
+      var size = parseFloat(getComputedStyle(text).fontSize);
+      if (!matrix || !size) return;
+      var scale = Math.sqrt(matrix.a * matrix.a + matrix.b * matrix.b);
+      smallest = Math.min(smallest, size * scale);
+    });
+    return smallest;
+  }
+
+  function readableDiagrams(page) {
+    page.querySelectorAll(".lit-svg > svg").forEach(function (svg) {
+      svg.style.width = "";
+      svg.style.maxWidth = "";
+      var shown = svg.getBoundingClientRect().width;
+      var smallest = smallestText(svg);
+      if (!shown || !isFinite(smallest) || smallest >= MIN_TEXT_PX) return;
+      svg.style.maxWidth = "none";
+      svg.style.width = Math.ceil((shown * MIN_TEXT_PX) / smallest) + "px";
+    });
+  }
+
+  /* Paths and module names in the header (`tests/foundations/test_autograd.py`,
+     `annotated.foundations.autograd`) may wrap after a `/` or a `.` on a phone, never inside a
+     name: CSS offers no such break, so mark each with <wbr>. */
+  function breakablePaths(page) {
+    page.querySelectorAll(".lit-facts a, .lit-facts code").forEach(function (element) {
+      if (element.hasAttribute("data-lit-wbr") || element.closest(".lit-bench-wrap")) return;
+      element.setAttribute("data-lit-wbr", "");
+      var walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+      var nodes = [];
+      for (var node = walker.nextNode(); node; node = walker.nextNode()) nodes.push(node);
+      nodes.forEach(function (text) {
+        var parts = text.data.split(/(?<=[\/.])(?=[^\/.\s])/);
+        if (parts.length < 2) return;
+        var pieces = document.createDocumentFragment();
+        parts.forEach(function (part, index) {
+          if (index) pieces.appendChild(document.createElement("wbr"));
+          pieces.appendChild(document.createTextNode(part));
+        });
+        text.parentNode.replaceChild(pieces, text);
+      });
+    });
+  }
+
+  /* A link to one line (`#L123`) shows that line in the middle of the window, with the code
+     before it in view (an inline box takes no scroll-margin). */
+  function centreTargetLine() {
+    var id = decodeURIComponent(location.hash.slice(1));
+    if (!/^L\d+$/.test(id)) return;
+    var line = document.getElementById(id);
+    if (line) line.scrollIntoView({ block: "center" });
+  }
+
+  function layout() {
+    var page = document.querySelector(".lit-page");
+    if (!page) return;
+    breakablePaths(page);
+    readableDiagrams(page);
+    markSticky(page);
+  }
+
+  var pending = 0;
+  function relayout() {
+    cancelAnimationFrame(pending);
+    pending = requestAnimationFrame(layout);
+  }
+
+  window.addEventListener("resize", relayout);
+  window.addEventListener("hashchange", centreTargetLine);
+  window.addEventListener("load", function () {
+    requestAnimationFrame(centreTargetLine);
+  });
+  if (typeof window.document$ !== "undefined" && window.document$.subscribe) {
+    window.document$.subscribe(relayout);
+  } else if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", relayout);
+  } else {
+    relayout();
+  }
+  // Web fonts change the height of prose and math once they arrive.
+  if (document.fonts && document.fonts.ready) document.fonts.ready.then(relayout);
+})();
