@@ -1,7 +1,11 @@
-"""Verified against torch.autograd in float64 (forward values and gradients to 1e-9) on random broadcast shapes, and against torch.optim.SGD for a full training step.
+"""Verified against torch.autograd in float64 (forward values and gradients to 1e-9) on
+random broadcast shapes, and against torch.optim.SGD for a full training step.
 
-Each operation is run on hypothesis-drawn shapes and values, once in our engine and once in torch, with the
-same random upstream gradient fed to both backward passes; outputs and every input's gradient must agree.
+Each operation is run on hypothesis-drawn shapes and values, once in our engine and once
+in torch, with the same random upstream gradient fed to both backward passes; outputs
+and every input's gradient must agree. The comparison is shown to catch a planted wrong
+backward rule. Deep graphs (a chain of 10,000 operations) and NumPy operands on either
+side of an operator are checked against torch too.
 """
 
 import numpy as np
@@ -26,6 +30,16 @@ from annotated.foundations.tensor_autograd import (
 TOLERANCE = 1e-9
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tensors here are tiny, so torch's second thread only adds a handoff to every
+    operation; on a busy 2-core machine those handoffs cost far more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_close(ours, reference):
     reference = (
         reference.detach().numpy() if isinstance(reference, torch.Tensor) else reference
@@ -34,7 +48,8 @@ def assert_close(ours, reference):
 
 
 def check_against_torch(function, torch_function, arrays, seed):
-    """Run `function` on Tensors and `torch_function` on torch tensors; compare outputs and gradients."""
+    """Run `function` on Tensors and `torch_function` on torch tensors; compare "
+    "outputs and gradients."""
     ours = [Tensor(array.copy()) for array in arrays]
     theirs = [
         torch.tensor(array, dtype=torch.float64, requires_grad=True) for array in arrays
@@ -66,7 +81,8 @@ def away_from_zero(shape, seed):
     return rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
 
 
-# ---------------------------------------------------------------- elementwise binary ops with broadcasting
+# ---------------------------------------------------------------- elementwise binary
+# ops with broadcasting
 
 BINARY_OPS = {
     "add": lambda a, b: a + b,
@@ -104,7 +120,8 @@ def test_python_scalars_on_either_side_match_torch(ours, theirs):
 @settings(max_examples=30)
 @given(shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=4), data=st.data())
 def test_sum_to_shape_inverts_broadcasting(shape, data):
-    """A property: summing a broadcast array of ones back counts how many copies each element made."""
+    """A property: summing a broadcast array of ones back counts how many copies each "
+    "element made."""
     target = data.draw(
         hnp.broadcastable_shapes(shape, min_dims=0, max_dims=4, max_side=4)
     )
@@ -114,7 +131,8 @@ def test_sum_to_shape_inverts_broadcasting(shape, data):
     np.testing.assert_array_equal(summed, np.prod(broadcast) / max(np.prod(target), 1))
 
 
-# ---------------------------------------------------------------- matmul, 2-D and batched
+# ---------------------------------------------------------------- matmul, 2-D and
+# batched
 
 
 @settings(max_examples=30)
@@ -156,12 +174,14 @@ def test_unary_op_matches_torch(name, shape, seed):
     check_against_torch(ours, theirs, [values], seed)
 
 
-# ---------------------------------------------------------------- reductions, reshape, transpose
+# ---------------------------------------------------------------- reductions, reshape,
+# transpose
 
 
 @st.composite
 def shape_and_axes(draw):
-    """A shape and a reduction `axis`: None, one (possibly negative) int, or a tuple of distinct axes."""
+    """A shape and a reduction `axis`: None, one (possibly negative) int, or a tuple "
+    "of distinct axes."""
     shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, max_side=4))
     ndim = len(shape)
     axis = draw(
@@ -227,7 +247,8 @@ def test_reshape_and_transpose_match_torch(shape, seed, data):
     )
 
 
-# ---------------------------------------------------------------- softmax, log_softmax, cross_entropy
+# ---------------------------------------------------------------- softmax, log_softmax,
+# cross_entropy
 
 
 @st.composite
@@ -264,7 +285,8 @@ def test_cross_entropy_matches_torch(batch, classes, seed):
 
 
 def test_huge_logits_stay_finite_and_match_torch():
-    """Scores of order 1e4 overflow a literal exp (e^710 is already inf); the shifted forms must not."""
+    """Scores of order 1e4 overflow a literal exp (e^710 is already inf); the shifted "
+    "forms must not."""
     logits = 1e4 * normal((4, 7), 0)
     with np.errstate(over="ignore"):
         assert not np.all(
@@ -289,11 +311,13 @@ def test_huge_logits_stay_finite_and_match_torch():
     log_probabilities = Tensor(logits).log_softmax(axis=1)
     log_probabilities.backward(np.ones((4, 7)))
     assert np.all(np.isfinite(log_probabilities.data))
-    # Very negative scores: -inf would appear in log(softmax(z)) but not in the log-softmax.
+    # Very negative scores: -inf would appear in log(softmax(z)) but not in the
+    # log-softmax.
     assert np.min(log_probabilities.data) < -1000
 
 
-# ---------------------------------------------------------------- graphs: fan-out, accumulation
+# ---------------------------------------------------------------- graphs: fan-out,
+# accumulation
 
 
 def test_composite_expression_with_reuse_matches_torch():
@@ -311,6 +335,18 @@ def test_composite_expression_with_reuse_matches_torch():
     check_against_torch(expression, expression, arrays, seed=3)
 
 
+def test_backward_on_a_bare_leaf_accumulates_like_torch():
+    upstream = normal((2, 3), 1)
+    x = Tensor(normal((2, 3), 0))
+    x.backward(upstream)
+    x.backward(upstream)
+    reference = torch.tensor(normal((2, 3), 0), requires_grad=True)
+    reference.backward(torch.from_numpy(upstream))
+    reference.backward(torch.from_numpy(upstream))
+    assert_close(x.grad, reference.grad)
+    assert_close(x.grad, 2 * upstream)
+
+
 def test_leaf_gradients_accumulate_and_interior_ones_do_not():
     a = Tensor(normal((3,), 0))
     hidden = a * 2.0
@@ -323,11 +359,98 @@ def test_leaf_gradients_accumulate_and_interior_ones_do_not():
     np.testing.assert_array_equal(hidden.grad, np.ones(3))  # recomputed, not doubled
 
 
-# ---------------------------------------------------------------- the MLP, its initialisation and SGD
+def test_a_chain_of_10000_operations_matches_torch():
+    """Ten times Python's recursion limit deep: the order must be built without
+    recursion."""
+    start = normal((3,), 0)
+    x = Tensor(start.copy())
+    y = x
+    for _ in range(10_000):
+        y = (y * 1.0001).tanh()
+    y.sum().backward()
+    reference_x = torch.tensor(start, requires_grad=True)
+    reference_y = reference_x
+    for _ in range(10_000):
+        reference_y = (reference_y * 1.0001).tanh()
+    reference_y.sum().backward()
+    assert_close(y.data, reference_y)
+    assert_close(x.grad, reference_x.grad)
+    assert np.all(x.grad != 0)
+    assert len(y.topological_order()) == 1 + 3 * 10_000  # x, then (1.0001, mul, tanh)
+
+
+# ---------------------------------------------------------------- NumPy operands
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        lambda x, array: array * 2 + x,
+        lambda x, array: array - x,
+        lambda x, array: array * x,
+        lambda x, array: array / x,
+        lambda x, array: array.reshape(1, 3) @ x.reshape((3, 1)),
+        lambda x, array: np.float64(2.0) * x - np.float32(0.5),
+        lambda x, array: x * array + x / array - x.reshape((1, 3)) @ array[:, None],
+    ],
+    ids=[
+        "array*2 + x",
+        "array - x",
+        "array * x",
+        "array / x",
+        "array @ x",
+        "scalars",
+        "x on the left",
+    ],
+)
+def test_numpy_operands_on_either_side_stay_in_the_graph(expression):
+    array = away_from_zero((3,), 0)
+    start = away_from_zero((3,), 1)
+    x = Tensor(start.copy())
+    out = expression(x, array)
+    assert isinstance(out, Tensor), type(out)
+    reference_x = torch.tensor(start, requires_grad=True)
+    reference_out = expression(reference_x, torch.from_numpy(array))
+    assert_close(out.data, reference_out)
+    out.sum().backward()
+    reference_out.sum().backward()
+    assert_close(x.grad, reference_x.grad)
+
+
+def test_numpy_functions_refuse_a_tensor():
+    with pytest.raises(TypeError, match="does not support ufuncs"):
+        np.exp(Tensor(np.ones(3)))
+
+
+# ---------------------------------------------------------------- the checker itself
+
+
+def wrong_tanh(self):
+    """tanh with a planted fault in its backward rule: 1 - y instead of 1 - y^2."""
+    out = Tensor(np.tanh(self.data), (self,), "tanh")
+
+    def _backward():
+        self.grad += out.grad * (1.0 - out.data)
+
+    out._backward = _backward
+    return out
+
+
+def test_the_torch_comparison_flags_a_wrong_backward_rule(monkeypatch):
+    values = [normal((2, 3), 0)]
+    check_against_torch(lambda a: a.tanh(), torch.tanh, values, seed=1)
+    monkeypatch.setattr(Tensor, "tanh", wrong_tanh)
+    with pytest.raises(AssertionError):
+        check_against_torch(lambda a: a.tanh(), torch.tanh, values, seed=1)
+
+
+# ---------------------------------------------------------------- the MLP, its
+# initialisation and SGD
 
 
 def torch_copy(model: MLP) -> torch.nn.Sequential:
-    """The same network in torch: nn.Linear stores weight [fan_out, fan_in], our transpose."""
+    """The same network in torch: nn.Linear stores weight [fan_out, fan_in], our "
+    "transpose."""
     reference = torch.nn.Sequential(
         torch.nn.Linear(model.hidden.weight.shape[0], model.hidden.weight.shape[1]),
         torch.nn.ReLU(),
@@ -370,14 +493,16 @@ def test_training_steps_match_torch_sgd_with_momentum():
     [("he", lambda i, o: 2 / i), ("glorot", lambda i, o: 2 / (i + o))],
 )
 def test_initialisation_has_the_promised_variance(init, expected_variance):
-    """A property: with 250,000 draws the sample variance is within 2 % of the formula (about 7 standard errors)."""
+    """A property: with 250,000 draws the sample variance is within 2 % of the formula "
+    "(about 7 standard errors)."""
     layer = Linear(500, 500, init, np.random.default_rng(0))
     assert abs(layer.weight.data.var() / expected_variance(500, 500) - 1) < 0.02
     assert abs(layer.weight.data.mean()) < 0.01 * np.sqrt(expected_variance(500, 500))
     np.testing.assert_array_equal(layer.bias.data, 0.0)
 
 
-# ---------------------------------------------------------------- example, dataflow, demo
+# ---------------------------------------------------------------- example, dataflow,
+# demo
 
 
 def test_example_runs_and_dataflow_is_the_tensor_graph():
@@ -480,19 +605,74 @@ def test_cross_entropy_rejects_bad_targets():
         cross_entropy(np.zeros((3, 5)), np.zeros(3, dtype=np.int64))
 
 
-def test_layer_and_optimiser_reject_bad_settings():
-    rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="init must be 'he' or 'glorot', got 'xavier'"):
-        Linear(3, 2, "xavier", rng)
-    with pytest.raises(ValueError, match="fan_in and fan_out must be >= 1"):
-        Linear(0, 2, "he", rng)
-    with pytest.raises(ValueError, match="lr must be > 0"):
-        SGD([], lr=0.0)
-    with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\)"):
-        SGD([], lr=0.1, momentum=1.0)
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (
+            lambda: Linear(3, 2, "xavier", np.random.default_rng(0)),
+            ValueError,
+            "init must be 'he' or 'glorot', got 'xavier'",
+        ),
+        (
+            lambda: Linear(0, 2, "he", np.random.default_rng(0)),
+            ValueError,
+            "fan_in and fan_out must be ints >= 1, got 0 and 2",
+        ),
+        (
+            lambda: Linear(3, 2.5, "he", np.random.default_rng(0)),
+            ValueError,
+            "fan_in and fan_out must be ints >= 1, got 3 and 2.5",
+        ),
+        (
+            lambda: MLP(64, True, 10),
+            ValueError,
+            "d_in, d_hidden and d_out must be ints >= 1, got 64, True and 10",
+        ),
+        (lambda: SGD([], lr=0.0), ValueError, "lr must be > 0 and finite, got 0.0"),
+        (lambda: SGD([], lr=np.inf), ValueError, "lr must be > 0 and finite, got inf"),
+        (lambda: SGD([], lr="0.1"), TypeError, "lr must be a real number, got str"),
+        (
+            lambda: SGD([], lr=0.1, momentum=1.0),
+            ValueError,
+            r"momentum must lie in \[0, 1\), got 1.0",
+        ),
+        (
+            lambda: SGD([], lr=0.1, momentum=True),
+            TypeError,
+            "momentum must be a real number, got bool",
+        ),
+        (
+            lambda: SGD([np.zeros(3)], lr=0.1),
+            TypeError,
+            "parameters must be Tensors",
+        ),
+        (
+            lambda: Tensor(np.ones(2)).exp().backward(np.array(["a", "b"])),
+            TypeError,
+            "gradient must hold real numbers",
+        ),
+    ],
+)
+def test_layer_optimiser_and_backward_reject_bad_settings(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
 
 
-# ---------------------------------------------------------------- benchmarks: one training step, batch 64
+def test_sgd_step_leaves_the_gradients_untouched():
+    model = MLP(4, 3, 2, seed=0)
+    optimiser = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = Tensor(normal((5, 4), 0))
+    for _ in range(2):  # the second step also reads the momentum buffer
+        optimiser.zero_grad()
+        cross_entropy(model(x), np.array([0, 1, 1, 0, 1])).backward()
+        before = [parameter.grad.copy() for parameter in model.parameters()]
+        optimiser.step()
+        for parameter, grad in zip(model.parameters(), before):
+            np.testing.assert_array_equal(parameter.grad, grad)
+
+
+# ---------------------------------------------------------------- benchmarks: one
+# training step, batch 64
 
 
 def training_step_ours():
@@ -530,10 +710,12 @@ def training_step_torch():
 
 @pytest.mark.benchmark(group="mlp step, batch 64")
 def test_bench_mlp_step_ours(benchmark):
+    benchmark.extra_info["label"] = "our NumPy Tensor engine"
     benchmark(training_step_ours())
 
 
 @pytest.mark.benchmark(group="mlp step, batch 64")
 def test_bench_mlp_step_torch(benchmark):
+    benchmark.extra_info["label"] = "torch (nn.Linear, autograd, optim.SGD)"
     benchmark.extra_info["baseline"] = True
     benchmark(training_step_torch())
