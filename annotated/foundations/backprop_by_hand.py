@@ -4,7 +4,7 @@ title: Backpropagation by hand
 summary: >-
   The backward passes of a linear layer, softmax cross-entropy, layer norm and an
   attention head, derived in index notation and typed into NumPy.
-time: 3 s
+time: 2 s
 references:
   - key: parr2018matrix
     authors: [Terence Parr, Jeremy Howard]

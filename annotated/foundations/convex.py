@@ -4,7 +4,7 @@ title: Convex optimisation, measured
 summary: >-
   Gradient descent, heavy-ball, Nesterov and SGD on strongly convex problems, each run
   against the convergence bound it is proved to obey.
-time: 10 s
+time: 6 s
 references:
   - key: nesterov2004introductory
     authors: [Yurii Nesterov]

@@ -5,7 +5,7 @@ summary: >-
   Factors, Bayesian networks, exact inference by variable elimination, ancestral,
   likelihood-weighted and Gibbs sampling, and hidden Markov models, all checked against
   brute-force enumeration.
-time: 3 s
+time: 2 s
 references:
   - key: koller2009probabilistic
     authors: [Daphne Koller, Nir Friedman]

@@ -123,6 +123,7 @@ def measure(lesson: LessonFile, docs_dir: Path) -> Benchmarks:
     system = info.get("system", platform.system())
     machine = (
         f"{cpu}, {os.cpu_count()} cores, {system}, Python {info.get('python_version')}"
+        f"; {blas()}"
     )
     record = {
         "source": lesson.relative,
@@ -143,9 +144,26 @@ def comparison(result: Result, baseline: Result | None) -> str:
         return "the baseline"
     if baseline is None or result.ratio is None:
         return ""
-    if result.ratio >= 1:
+    if result.ratio >= 1.05:
         return f"{result.ratio:.3g}× slower than {baseline.label}"
-    return f"{1 / result.ratio:.3g}× faster than {baseline.label}"
+    if result.ratio <= 1 / 1.05:
+        return f"{1 / result.ratio:.3g}× faster than {baseline.label}"
+    return f"as fast as {baseline.label} (within 5 %)"
+
+
+def blas() -> str:
+    """Which BLAS kernel numpy runs here: OPENBLAS_CORETYPE can pick a slow one, and a
+    benchmark against numpy must say which it measured."""
+    import numpy  # loads the BLAS library that threadpoolctl reports on
+    from threadpoolctl import threadpool_info
+
+    found = [
+        f"{i['internal_api']} {i['version']} ({i.get('architecture') or 'unknown'} "
+        f"kernel, {i['num_threads']} threads)"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
+    return f"numpy {numpy.__version__} on " + (", ".join(found) or "no BLAS found")
 
 
 def _report(lesson: LessonFile, docs_dir: Path) -> None:
