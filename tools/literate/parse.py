@@ -18,6 +18,7 @@ import ast
 import io
 import re
 import tokenize
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +78,11 @@ def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
     Python cannot parse."""
     path = Path(path)
     try:
-        tree = ast.parse(source, filename=str(path))
+        # A bad escape in a plain string warns here; rules.check reports its line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tree = ast.parse(source, filename=str(path))
     except SyntaxError as error:
         raise LessonError(
             path, error.lineno or 1, f"syntax error: {error.msg}"
