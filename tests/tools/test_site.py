@@ -1035,7 +1035,15 @@ def test_search_finds_a_word_that_only_lesson_prose_has(browser, server, site):
     search.press_sequentially(word, delay=30)
     result = page.locator(".md-search-result__item a").first
     result.wait_for(timeout=15000)
-    assert f"lessons/{EXEMPLAR}" in result.get_attribute("href")
+    # The hit lands on the section that holds the word, not the top of a long page,
+    # and its snippet is readable text, not TeX.
+    assert f"lessons/{EXEMPLAR}/" in result.get_attribute("href")
+    hits = page.locator(
+        f'.md-search-result__item a[href*="lessons/{EXEMPLAR}/"][href*="#"]'
+    )
+    assert hits.count() >= 1, "no hit points at a section of the page"
+    snippet = hits.first.inner_text()
+    assert word in snippet.lower() and "\\" not in snippet, snippet
     assert not visit.foreign_requests(), visit.foreign_requests()
     assert not visit.errors, visit.errors
     visit.context.close()
