@@ -179,3 +179,41 @@ def test_a_lesson_is_read_and_parsed_once_per_build(project):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-2:] == ["1", "1"], result.stdout
+
+
+def test_the_notebook_download_runs_in_a_kernel_with_the_project_hidden(
+    project, tmp_path
+):
+    import nbclient
+    import nbformat
+
+    _, page = render(project)
+    notebook = nbformat.reads(page.notebook, as_version=4)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(HIDE_PROJECT))
+    nbclient.NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    printed = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert "output norm" in printed and (tmp_path / "out/tiny/line.png").exists()
+
+
+HIDE_PROJECT = """\
+import sys
+
+
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("annotated", "tools"):
+            raise ImportError("the project is hidden: " + name)
+
+
+sys.meta_path.insert(0, Hide())
+"""
