@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -65,70 +65,46 @@ def test_every_code_line_on_the_page_is_its_source_line(project):
     assert "<script>alert" not in page.body
 
 
-def test_the_downloads_bundle_what_they_import_and_run_alone(project, tmp_path):
-    _, page = render(project)
-    folder = tmp_path / "empty"
-    folder.mkdir()
-    (folder / "tiny_model.py").write_text(page.script)
-    # Hide the project: anything named annotated/tools that is not bundled fails to
-    # import.
-    hide = (
-        "import sys, runpy\n"
-        "class Hide:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('annotated', 'tools'):\n"
-        "            raise ImportError('the project is hidden: ' + name)\n"
-        "sys.meta_path.insert(0, Hide())\n"
-        "sys.argv = ['tiny_model.py', '--out', 'figs']\n"
-        "runpy.run_path('tiny_model.py', run_name='__main__')\n"
+def run_hidden(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run a downloaded file in its folder with the project hidden: any `annotated` or
+    `tools` module that the download does not bundle fails to import."""
+    code = (
+        HIDE_PROJECT
+        + "import runpy\n"
+        + f"sys.argv = [{script.name!r}, *{list(args)!r}]\n"
+        + f"runpy.run_path({script.name!r}, run_name='__main__')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", hide],
-        cwd=folder,
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=script.parent,
         capture_output=True,
         text=True,
         env=env,
     )
+
+
+def test_the_downloads_bundle_what_they_import_and_run_alone(project, tmp_path):
+    _, page = render(project)
+    script = tmp_path / "tiny_model.py"
+    script.write_text(page.script)
+    result = run_hidden(script, "--out", "figs")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "output norm" in result.stdout and (folder / "figs/line.png").exists()
+    assert "output norm" in result.stdout and (tmp_path / "figs/line.png").exists()
     # Without the bundle the same run fails: the check above can fail.
-    (folder / "tiny_model.py").write_text((project / LESSON).read_text())
-    result = subprocess.run(
-        [sys.executable, "-c", hide],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    script.write_text((project / LESSON).read_text())
+    result = run_hidden(script, "--out", "figs")
     assert result.returncode != 0 and "the project is hidden" in result.stderr
 
 
 @pytest.mark.parametrize("lesson", discover(REPO), ids=lambda lesson: lesson.key)
 def test_each_lessons_download_answers_help_outside_the_repository(lesson, tmp_path):
     record = pipeline.read(lesson, tmp_path / "no-stored-results")
-    script = downloads.script(record.source, record.lesson.tree, record.imports)
-    (tmp_path / "lesson.py").write_text(script)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    hide = textwrap.dedent(
-        """
-        import sys, runpy
-        class Hide:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('annotated', 'tools'):
-                    raise ImportError('the project is hidden: ' + name)
-        sys.meta_path.insert(0, Hide())
-        sys.argv = ['lesson.py', '--help']
-        runpy.run_path('lesson.py', run_name='__main__')
-        """
+    script = tmp_path / "lesson.py"
+    script.write_text(
+        downloads.script(record.source, record.lesson.tree, record.imports)
     )
-    result = subprocess.run(
-        [sys.executable, "-c", hide],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    result = run_hidden(script, "--help")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
 
