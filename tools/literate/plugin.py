@@ -3,7 +3,8 @@
 - `on_config`: read every lesson once (`pipeline.read`), put the lessons in the nav in
   curriculum order (stage → weeks → lesson), and register the engine's stylesheet and
   script.
-- `on_pre_build`, `on_env`: keep compiled templates on disk, so `mkdocs serve` saves are fast.
+- `on_pre_build`, `on_env`: keep compiled templates on disk, so that `mkdocs serve`
+  rebuilds quickly after a save.
 - `on_files`: check and render every lesson (`pipeline.check`, `pipeline.render_page`),
   and add its page, downloads and diagram files. All the work that can fail happens
   here, before mkdocs writes a single page, so a broken lesson leaves no half-built
