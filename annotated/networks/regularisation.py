@@ -144,7 +144,7 @@ from annotated.figures import figure, save
 # \theta$, it divides the decay term too, so a weight with large gradients is barely
 # decayed. Loshchilov and Hutter proposed keeping the shrink outside the adaptive step,
 # *decoupled* weight decay [@loshchilov2019decoupled]: that is AdamW. The chapter on
-# [optimizers](../foundations/optimizers.md#adamw-decoupled-weight-decay) writes both
+# [optimizers](../foundations/optimizers.md#adamw) writes both
 # optimizers; here the two kinds of decay are written as things done *to* any
 # optimizer, so that the test can run each beside torch's: the penalty as a term of the
 # loss, the shrink as an in-place update before `optimizer.step()`.

@@ -159,3 +159,20 @@ def test_a_link_to_a_missing_page_names_its_line():
         match=r"l\.py:11: link to autgrad\.md: no page lessons/foundations/autgrad\.md",
     ):
         render(lines("Fine.", "See [it](autgrad.md#x)."), "l.py", links)
+
+
+def test_a_link_to_a_missing_section_names_its_line():
+    links = Links(
+        "lessons/foundations/tensor_autograd.md",
+        PAGES,
+        sections={"lessons/foundations/autograd.md": frozenset({"value", "value-mul"})},
+    )
+    render(
+        lines("See [mul](autograd.md#value-mul), [a line](autograd.md#L12)."),
+        "l.py",
+        links,
+    )
+    with pytest.raises(
+        LessonError, match=r"l\.py:11: link to autograd\.md#value-add: .* no section"
+    ):
+        render(lines("Fine.", "See [add](autograd.md#value-add)."), "l.py", links)

@@ -132,6 +132,8 @@ class Site:
     use_directory_urls: bool
     pages: frozenset[str]  # every page's docs path, for checking links
     neighbours: dict  # lesson key → (previous record or None, next record or None)
+    # lesson page → its section ids, for checking links to sections
+    sections: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,10 @@ def render_page(record: LessonRecord, site: Site) -> Page:
         record.fingerprint,
         str(site.use_directory_urls),
         *sorted(site.pages),
+        *(
+            f"{page}#{' '.join(sorted(ids))}"
+            for page, ids in sorted(site.sections.items())
+        ),
         *(f"{r.file.key}:{r.title}" if r else "-" for r in (previous, following)),
     )
     if key not in _PAGES:
@@ -175,7 +181,7 @@ def _render(record, site: Site, previous, following) -> Page:
         test_path=file.test,
         verified=rules.first_sentence(record.test_source or ""),
         root=root,
-        links=Links(file.page, site.pages, site.use_directory_urls),
+        links=Links(file.page, site.pages, site.use_directory_urls, site.sections),
         downloads=(file.download_py, file.download_ipynb, file.download_test),
         diagram_files={kind: file.diagram(kind) for kind in ("classes", "dataflow")},
         figures_folder=file.figures_folder,

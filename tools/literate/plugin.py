@@ -142,6 +142,10 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             use_directory_urls=config.use_directory_urls,
             pages=frozenset(pages),
             neighbours=neighbours,
+            sections={
+                record.file.page: frozenset(s.id for s in record.lesson.sections)
+                for record in self.records
+            },
         )
         self.site = site
         self.pages = {}

@@ -9,7 +9,8 @@ no font from anywhere: the browser lays out MathML itself.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 import functools
 import html
 import posixpath
@@ -56,6 +57,8 @@ class Links:
     page_src: str  # "lessons/foundations/autograd.md"
     pages: frozenset[str]  # every page's docs path
     use_directory_urls: bool = True
+    # lesson page → its section ids: a link to `lesson.md#id` must name one of them
+    sections: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def render(
@@ -314,6 +317,10 @@ _MD_LINK = re.compile(r'href="(?![a-z]+:|/|#)([^"#]+)\.md(#[^"]*)?"')
 _MD_TARGET = re.compile(r"\]\((?![a-z]+:|/|#)([^)\s#]+\.md)(#[^)\s]*)?\)")
 
 
+# Anchors every lesson page has besides its sections: lines and the bibliography.
+_LESSON_ANCHOR = re.compile(r"L\d+|references|ref-[\w:.-]+")
+
+
 def _check_links(lines: list[tuple[int | None, str]], path: str, links: Links) -> None:
     for number, line in lines:
         for match in _MD_TARGET.finditer(line):
@@ -326,6 +333,16 @@ def _check_links(lines: list[tuple[int | None, str]], path: str, links: Links) -
                     number or 1,
                     f"link to {match.group(1)}: no page {target} in the site",
                 )
+            anchor = (match.group(2) or "#")[1:]
+            known = links.sections.get(target)
+            if anchor and known is not None and not _LESSON_ANCHOR.fullmatch(anchor):
+                if anchor not in known:
+                    raise LessonError(
+                        path,
+                        number or 1,
+                        f"link to {match.group(1)}#{anchor}: {target} has no section "
+                        f"{anchor!r}",
+                    )
 
 
 def rewrite_links(body: str, links: Links) -> str:
