@@ -39,6 +39,7 @@ def test_figures_are_fresh_captioned_and_readable(lesson):
     assert stored.fresh, (
         f"figures were made from an older {lesson.relative}: run `{regenerate}`"
     )
+    assert str(DOCS) not in stored.output, "the page shows the tool's scratch folder"
     for figure in stored.files:
         path = DOCS / lesson.figures_folder / figure.name
         assert path.stat().st_size > 1000, f"{figure.name} is missing or empty"

@@ -130,6 +130,13 @@ def test_primes_stay_full_size_and_compound_operators_are_one():
     assert "<msup>" not in html, "a prime as a superscript is shrunk twice"
     assert '<mo lspace="0" rspace="0">&#x02032;</mo>' in html
     assert "<mo>&#x0002B;&#x0003D;</mo>" in html
+    named = render(lines("$\\operatorname{relu}'(x)$ and $\\mathrm{relu}'(x)$"), "l.py")
+    assert "<msup>" not in named
+
+
+def test_absolute_value_bars_sit_close():
+    html = render(lines("$\\tanh|x|$"), "l.py")
+    assert html.count('lspace="0.05em" rspace="0.05em">&#x0007C;') == 2
 
 
 def test_inline_math_may_wrap_onto_the_next_comment_line_but_not_past_a_paragraph():

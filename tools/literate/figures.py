@@ -138,7 +138,12 @@ def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
             "source_sha256": source_sha256,
             "command": f"python -m {lesson.module}",
             "files": [describe(png).__dict__ for png in pngs],
-            "output": "\n".join(result.stdout.strip().splitlines()[-OUTPUT_LINES:]),
+            # The demo ran with a scratch --out; a reader runs it with the default.
+            "output": "\n".join(
+                result.stdout.replace(str(out), f"out/{lesson.stem}")
+                .strip()
+                .splitlines()[-OUTPUT_LINES:]
+            ),
             "seconds": round(seconds, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"{platform.system()}, Python {platform.python_version()}",

@@ -296,7 +296,7 @@ def _mathml(latex: str, display: bool, path: str, line: int) -> str:
 # A prime is already a raised glyph: as a superscript it is raised and shrunk twice, and
 # nearly vanishes. `g'` becomes g followed by the prime at full size.
 _PRIME = re.compile(
-    r"<msup>(<mi>[^<]*</mi>|<mrow>(?:(?!</?mrow>).)*</mrow>)"
+    r"<msup>(<m[io][^>]*>[^<]*</m[io]>|<mrow>(?:(?!</?mrow>).)*</mrow>)"
     r"(?:<mi>|<mrow><mi>)(&#x02032;|&#x02033;|′|″)(?:</mi>|</mi></mrow>)</msup>"
 )
 # `+=` arrives as two operators, each with its own spacing ("+ ="): join them into one.
@@ -305,8 +305,15 @@ _COMPOUND = re.compile(
 )
 
 
+# `|x|` arrives as two bars in the middle of a row, which the browser spaces like a
+# relation ("tanh | x |"); an absolute value or a norm wants its bars close.
+_BAR = '<mo stretchy="false">&#x0007C;</mo>'
+_CLOSE_BAR = '<mo stretchy="false" lspace="0.05em" rspace="0.05em">&#x0007C;</mo>'
+
+
 def _typeset(mathml: str) -> str:
     mathml = _PRIME.sub(r'<mrow>\1<mo lspace="0" rspace="0">\2</mo></mrow>', mathml)
+    mathml = mathml.replace(_BAR, _CLOSE_BAR)
     return _COMPOUND.sub(r"<mo>\1\2</mo>", mathml)
 
 
