@@ -83,3 +83,19 @@ def save(fig: Figure, path: str | Path, *, caption: str) -> Path:
     metadata = {"Description": caption, "FontSizes": f"{BODY_PT},{TITLE_PT}"}
     fig.savefig(path, dpi=DPI, metadata=metadata)
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "out/figures")
+    fig, axes = figure(panels=3)
+    for index, axis in enumerate(axes):
+        axis.plot([0, 1, 2], [0, index + 1, 0])
+        axis.set_title(f"panel {index + 1}")
+        axis.set_xlabel("step $k$")
+    saved = save(
+        fig, out / "sample.png", caption="Three sample panels at the fixed size."
+    )
+    width, height = fig.get_size_inches() * DPI
+    print(f"{saved}: {width:.0f} × {height:.0f} px, text {BODY_PT * DPI / 72:.1f} px")
