@@ -193,3 +193,13 @@ class Hide:
 
 sys.meta_path.insert(0, Hide())
 """
+
+
+def test_long_names_in_the_header_break_only_after_punctuation():
+    from tools.literate.render import breakable
+
+    text = breakable("against torch.fake_quantize_per_tensor_affine & <b>, in short")
+    assert text.startswith("against torch.<wbr>fake_<wbr>quantize_<wbr>per_<wbr>")
+    assert (
+        "&amp; &lt;b&gt;, in short" in text
+    )  # short words and markup stay as they were

@@ -342,7 +342,7 @@ MEASURE = r"""async full => {  // full: also the code's text and every line's an
   const intro = document.querySelector('.lit-intro');
   const firstSection = document.querySelector('.lit-section');
   out.intro = intro && {box: box(intro),
-                        hasCode: !!intro.querySelector('.lit-code, pre'),
+                        hasCode: !!intro.querySelector('.lit-code'),
                         firstSection: firstSection && box(firstSection)};
   const litPage = document.querySelector('.lit-page');
   out.pageBox = litPage && box(litPage);

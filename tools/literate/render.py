@@ -157,7 +157,7 @@ def _header(
         ("Run", f"<code>python -m {facts.module}</code> · {took}"),
         (
             "Verified against",
-            f"{html.escape(facts.verified)} "
+            f"{breakable(facts.verified)} "
             f'<a class="lit-test-link" href="{root}{test}">'
             f"{html.escape(facts.test_path)}</a>",
         ),
@@ -177,6 +177,18 @@ def _header(
     return (
         f'<div class="lit-header"><div class="lit-summary">{summary}</div>'
         f'<dl class="lit-facts">{facts_html}</dl></div>'
+    )
+
+
+_LONG_TOKEN = re.compile(r"\S{20,}")
+
+
+def breakable(text: str) -> str:
+    """Escaped text whose long tokens (`torch.fake_quantize_per_tensor_affine`) may
+    wrap after a `.`, `_`, `/` or `,` on a phone, never inside a word of the name."""
+    return _LONG_TOKEN.sub(
+        lambda match: re.sub(r"([._/,])(?=\w)", r"\1<wbr>", match.group(0)),
+        html.escape(text),
     )
 
 
