@@ -1,0 +1,253 @@
+"""Verified against torch.nn.functional in float64 (forward and input/weight gradients
+to 1e-10) and against torchvision's published parameter counts (exact) and GFLOPs
+(within 2 %).
+
+Each block is recomputed from its own weights with `F.conv2d`, `F.batch_norm` and
+`F.relu`, in training and in eval mode. FLOPs are counted on the meta device, so the
+ImageNet networks cost no arithmetic here.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from annotated.cnn.resnet import (
+    PUBLISHED,
+    BasicBlock,
+    Bottleneck,
+    DigitsNet,
+    count_multiply_adds,
+    count_parameters,
+    example,
+    main,
+    resnet,
+    resnet18,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def bn(x, module, training):
+    return F.batch_norm(
+        x,
+        module.running_mean.clone(),
+        module.running_var.clone(),
+        module.weight,
+        module.bias,
+        training=training,
+        eps=module.eps,
+    )
+
+
+def reference_basic(block, x, training):
+    out = F.relu(
+        bn(
+            F.conv2d(x, block.conv1.weight, None, block.conv1.stride, 1),
+            block.bn1,
+            training,
+        )
+    )
+    out = bn(F.conv2d(out, block.conv2.weight, None, 1, 1), block.bn2, training)
+    shortcut = x
+    if block.downsample is not None:
+        conv, norm = block.downsample
+        shortcut = bn(F.conv2d(x, conv.weight, None, conv.stride), norm, training)
+    return F.relu(out + shortcut)
+
+
+def reference_bottleneck(block, x, training):
+    out = F.relu(bn(F.conv2d(x, block.conv1.weight), block.bn1, training))
+    out = F.relu(
+        bn(
+            F.conv2d(out, block.conv2.weight, None, block.conv2.stride, 1),
+            block.bn2,
+            training,
+        )
+    )
+    out = bn(F.conv2d(out, block.conv3.weight), block.bn3, training)
+    shortcut = x
+    if block.downsample is not None:
+        conv, norm = block.downsample
+        shortcut = bn(F.conv2d(x, conv.weight, None, conv.stride), norm, training)
+    return F.relu(out + shortcut)
+
+
+def randomise_bn(block):
+    for module in block.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.5, 0.5)
+            torch.nn.init.uniform_(module.running_mean, -0.2, 0.2)
+            torch.nn.init.uniform_(module.running_var, 0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    "cls, reference, in_ch, ch, stride",
+    [
+        (BasicBlock, reference_basic, 8, 8, 1),
+        (BasicBlock, reference_basic, 8, 16, 2),
+        (Bottleneck, reference_bottleneck, 16, 4, 1),
+        (Bottleneck, reference_bottleneck, 8, 4, 2),
+    ],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_block_matches_functional(cls, reference, in_ch, ch, stride, training):
+    torch.manual_seed(0)
+    block = cls(in_ch, ch, stride).double()
+    randomise_bn(block)
+    block.train(training)
+    x = torch.randn(3, in_ch, 7, 9, dtype=torch.float64, requires_grad=True)
+    ours = block(x)
+    theirs = reference(block, x, training)
+    assert ours.shape == (
+        3,
+        ch * cls.expansion,
+        (7 - 1) // stride + 1,
+        (9 - 1) // stride + 1,
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    weights = [block.conv1.weight, block.bn1.weight]
+    g = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, [x, *weights], g)
+    theirs_grads = torch.autograd.grad(theirs, [x, *weights], g)
+    for a, b in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_plain_block_has_no_shortcut():
+    torch.manual_seed(0)
+    block = BasicBlock(4, 4, residual=False).double().eval()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    out = F.relu(
+        bn(
+            F.conv2d(
+                F.relu(
+                    bn(F.conv2d(x, block.conv1.weight, padding=1), block.bn1, False)
+                ),
+                block.conv2.weight,
+                padding=1,
+            ),
+            block.bn2,
+            False,
+        )
+    )
+    torch.testing.assert_close(block(x), out, rtol=1e-12, atol=1e-12)
+    assert block.downsample is None
+
+
+def test_zero_init_residual_makes_blocks_identity():
+    torch.manual_seed(0)
+    model = resnet(18, num_classes=10, zero_init_residual=True).double().eval()
+    x = torch.rand(2, 64, 8, 8, dtype=torch.float64)  # non-negative, so relu(x) == x
+    torch.testing.assert_close(model.layer1(x), x, rtol=0, atol=0)
+    deep = resnet(101, num_classes=10, zero_init_residual=True).eval()
+    z = torch.rand(1, 256, 4, 4)
+    torch.testing.assert_close(deep.layer1[1:](z), z, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_parameter_counts_are_torchvisions(depth):
+    with torch.device("meta"):
+        model = resnet(depth)
+    assert count_parameters(model) == PUBLISHED[depth][0]
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_flops_within_two_percent_of_published(depth):
+    with torch.device("meta"):
+        model = resnet(depth)
+        macs = count_multiply_adds(model)
+    assert abs(macs / PUBLISHED[depth][1] - 1) < 0.02
+
+
+def test_state_dict_uses_torchvision_names():
+    keys = set(resnet18().state_dict())
+    for key in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.weight",
+        "layer4.1.bn2.bias",
+        "fc.bias",
+    ]:
+        assert key in keys
+    assert "layer1.0.downsample.0.weight" not in keys
+
+
+def test_state_dict_round_trip():
+    model, (x,) = example()
+    copy = resnet18(num_classes=10, in_channels=1).eval()
+    copy.load_state_dict(model.state_dict())
+    torch.testing.assert_close(copy(x), model(x), rtol=0, atol=0)
+
+
+def test_odd_resolution_and_batch_of_one():
+    model, _ = example()
+    out = model(torch.randn(1, 1, 37, 53))
+    assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+def test_bad_input():
+    model, _ = example()
+    with pytest.raises(ValueError, match=r"x must be \[batch, 1, height, width\]"):
+        model(torch.randn(1, 32, 32))
+    with pytest.raises(ValueError, match=r"x must be \[batch, 1"):
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        model([[1.0]])
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.zeros(1, 1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="depth must be one of"):
+        resnet(20)
+    with pytest.raises(ValueError, match="blocks must be a positive int"):
+        DigitsNet(0, True)
+
+
+def test_demo_shows_degradation(tmp_path):
+    metrics = main(
+        [
+            "--skip-counts",
+            "--blocks",
+            "1",
+            "4",
+            "--steps",
+            "100",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert metrics["plain_26_loss"] > 2 * metrics["plain_8_loss"]
+    assert metrics["residual_26_loss"] < metrics["plain_26_loss"] / 2
+    assert (tmp_path / "degradation.png").exists()
+
+
+def bench_input():
+    torch.manual_seed(0)
+    x = torch.randn(8, 64, 28, 28)
+    ours = BasicBlock(64, 64).eval()
+    return ours, x
+
+
+@pytest.mark.benchmark(group="basic block forward, 8x64x28x28")
+def test_bench_block_ours(benchmark):
+    benchmark.extra_info["label"] = "our BasicBlock"
+    block, x = bench_input()
+    with torch.no_grad():
+        benchmark(block, x)
+
+
+@pytest.mark.benchmark(group="basic block forward, 8x64x28x28")
+def test_bench_block_functional(benchmark):
+    benchmark.extra_info["label"] = "torch.nn.functional composition"
+    benchmark.extra_info["baseline"] = True
+    block, x = bench_input()
+    with torch.no_grad():
+        benchmark(reference_basic, block, x, False)
