@@ -5,7 +5,17 @@ Nothing here downloads. `two_moons` draws points from a formula; `digits` reads 
 handwritten digits that ship inside scikit-learn. Each returns plain NumPy arrays so
 that a lesson decides for itself whether to wrap them in `Value`s, its own tensors or
 `torch.Tensor`s.
+
+`cached_weights` keeps what one lesson trains for a later one (a feature extractor, a
+diffusion model) as a safetensors file in the user's cache folder, named after the
+source file that trained it, so that a changed lesson trains again.
 """
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +65,56 @@ def digits(
     n_test = int(round(len(x) * test_fraction))
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
+
+
+def cache_folder() -> Path:
+    """`$ANNOTATED_DL_CACHE`, else `$XDG_CACHE_HOME/annotated-dl`, else
+    `~/.cache/annotated-dl`: the folder `cached_weights` writes to."""
+    if os.environ.get("ANNOTATED_DL_CACHE"):
+        return Path(os.environ["ANNOTATED_DL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "annotated-dl"
+
+
+def cached_weights(name: str, source: str | Path, train: Callable[[], dict]) -> dict:
+    """The tensors `train()` returns, trained once and then read back.
+
+    The file is `<cache_folder()>/<name>-<first 12 hex digits of the SHA-256 of
+    source>.safetensors`, where `source` is the lesson file that trains them (pass
+    `__file__`): editing that lesson changes the name, so stale weights are never read.
+    `train` returns a `{name: torch.Tensor}` dict (a `state_dict()`); the file is
+    written to a temporary name and renamed, so an interrupted run leaves nothing
+    half-written behind.
+    """
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"name must be letters, digits, '-' or '_', got {name!r}")
+    source = Path(source)
+    if not source.is_file():
+        raise ValueError(f"source must be the file that trains the weights: {source}")
+    from safetensors.torch import load_file, save_file
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    path = cache_folder() / f"{name}-{digest}.safetensors"
+    if path.is_file():
+        return load_file(path)
+    tensors = train()
+    if not isinstance(tensors, dict) or not tensors:
+        raise TypeError(
+            f"train must return a non-empty dict of tensors, got {tensors!r}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    os.close(handle)
+    try:
+        # safetensors refuses tensors that share memory or are not contiguous.
+        save_file(
+            {k: v.detach().contiguous().clone() for k, v in tensors.items()}, temporary
+        )
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return load_file(path)
 
 
 if __name__ == "__main__":

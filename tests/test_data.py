@@ -1,12 +1,13 @@
 """Verified against scikit-learn: `digits` returns sklearn's bundled digits, split
 without loss or overlap; `two_moons` is checked by its geometry (two labelled half
-circles of the requested size and noise)."""
+circles of the requested size and noise); `cached_weights` by
+what it writes and when it trains again."""
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from annotated.data import digits, two_moons
+from annotated.data import cached_weights, digits, two_moons
 
 
 def test_two_moons_shapes_labels_and_geometry():
@@ -54,3 +55,45 @@ def test_digits_is_sklearns_data_split_without_overlap():
 def test_bad_arguments_name_themselves(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_cached_weights_trains_once_per_source_version(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("ANNOTATED_DL_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "lesson.py"
+    source.write_text("version = 1\n")
+    calls = []
+
+    def train():
+        calls.append(1)
+        weight = torch.arange(6.0).reshape(2, 3)
+        return {
+            "weight": weight.t(),
+            "bias": torch.zeros(3),
+        }  # non-contiguous on purpose
+
+    first = cached_weights("extractor", source, train)
+    again = cached_weights("extractor", source, train)
+    assert len(calls) == 1
+    assert torch.equal(first["weight"], torch.arange(6.0).reshape(2, 3).t())
+    assert torch.equal(again["weight"], first["weight"])
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".safetensors"]
+
+    source.write_text("version = 2\n")  # an edited lesson trains again
+    cached_weights("extractor", source, train)
+    assert len(calls) == 2
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_cached_weights_writes_nothing_when_training_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANNOTATED_DL_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "lesson.py"
+    source.write_text("x = 1\n")
+    with pytest.raises(TypeError, match="train must return"):
+        cached_weights("model", source, lambda: [])
+    with pytest.raises(ValueError, match="name must be"):
+        cached_weights("../escape", source, dict)
+    with pytest.raises(ValueError, match="source must be"):
+        cached_weights("model", tmp_path / "missing.py", dict)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
