@@ -2,7 +2,8 @@ r"""The shared data module: every data set a lesson trains on, made in code or l
 from an installed package.
 
 Nothing here downloads. `two_moons` draws points from a formula; `digits` reads the 8×8
-handwritten digits that ship inside scikit-learn. Each returns plain NumPy arrays so
+handwritten digits that ship inside scikit-learn, and `digit_images` enlarges them into
+images for the generative lessons. Each returns plain NumPy arrays so
 that a lesson decides for itself whether to wrap them in `Value`s, its own tensors or
 `torch.Tensor`s.
 
@@ -67,6 +68,32 @@ def digits(
     return x[train], y[train], x[test], y[test]
 
 
+def digit_images(
+    size: int = 16, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The same digits as images for the generative lessons: `x_train [n_train, 1,
+    size, size]` float32 in [0, 1], `y_train [n_train]`, and the test pair.
+
+    The 8×8 originals are enlarged by linear interpolation (`scipy.ndimage.zoom`,
+    order 1), so a 16×16 image is smooth rather than blocky, and clipped back to
+    [0, 1]; the split is `digits`' split.
+    """
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"size must be an int >= 8, got {size!r}")
+    from scipy.ndimage import zoom
+
+    x_train, y_train, x_test, y_test = digits(test_fraction, seed)
+
+    def enlarge(x: np.ndarray) -> np.ndarray:
+        images = x.reshape(-1, 8, 8)
+        images = zoom(
+            images, (1, size / 8, size / 8), order=1, grid_mode=True, mode="nearest"
+        )
+        return np.clip(images, 0.0, 1.0).astype(np.float32)[:, None]
+
+    return enlarge(x_train), y_train, enlarge(x_test), y_test
+
+
 def cache_folder() -> Path:
     """`$ANNOTATED_DL_CACHE`, else `$XDG_CACHE_HOME/annotated-dl`, else
     `~/.cache/annotated-dl`: the folder `cached_weights` writes to."""
@@ -122,3 +149,5 @@ if __name__ == "__main__":
     print(f"two_moons: x {x.shape}, y {y.shape}, classes {np.bincount(y)}")
     x_train, y_train, x_test, y_test = digits()
     print(f"digits: train {x_train.shape}, test {x_test.shape}")
+    images, _, _, _ = digit_images()
+    print(f"digit_images: train {images.shape}, range {images.min()}..{images.max()}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from annotated.data import cached_weights, digits, two_moons
+from annotated.data import cached_weights, digit_images, digits, two_moons
 
 
 def test_two_moons_shapes_labels_and_geometry():
@@ -97,3 +97,17 @@ def test_cached_weights_writes_nothing_when_training_fails(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="source must be"):
         cached_weights("model", tmp_path / "missing.py", dict)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_digit_images_enlarge_the_same_split():
+    x_train, y_train, x_test, y_test = digits()
+    images, labels, test_images, test_labels = digit_images(16)
+    assert images.shape == (len(x_train), 1, 16, 16) and images.dtype == np.float32
+    assert test_images.shape == (len(x_test), 1, 16, 16)
+    assert np.array_equal(labels, y_train) and np.array_equal(test_labels, y_test)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    # Averaging each 2×2 block gives back the 8×8 original, up to interpolation blur.
+    pooled = images[:, 0].reshape(-1, 8, 2, 8, 2).mean(axis=(2, 4))
+    assert np.abs(pooled - x_train.reshape(-1, 8, 8)).mean() < 0.08
+    with pytest.raises(ValueError, match="size must be"):
+        digit_images(4)
