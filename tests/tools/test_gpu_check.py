@@ -24,7 +24,7 @@ def test_a_demo_that_raises_is_reported_with_its_last_lines(tmp_path, monkeypatc
         )
     )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    result = gpu_check.run_demo("broken_demo", tmp_path, limit_s=60)
+    result = gpu_check.run_demo("broken_demo", limit_s=60)
     assert result["status"] == "failed"
     assert "no kernel image" in result["tail"][-1]
 
@@ -32,6 +32,6 @@ def test_a_demo_that_raises_is_reported_with_its_last_lines(tmp_path, monkeypatc
 def test_a_demo_that_returns_its_metrics_is_ok(tmp_path, monkeypatch):
     (tmp_path / "fine_demo.py").write_text("def main(argv):\n    return {'acc': 0.5}\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    result = gpu_check.run_demo("fine_demo", tmp_path, limit_s=60)
+    result = gpu_check.run_demo("fine_demo", limit_s=60)
     assert result["status"] == "ok"
     assert result["result"] == {"acc": 0.5}
