@@ -578,7 +578,8 @@ def saved_activation_bytes(
         with torch.autocast(
             x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
         ):
-            F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long)).sum()
+            labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            F.cross_entropy(model(x), labels).sum()
     return sum(saved)
 
 
