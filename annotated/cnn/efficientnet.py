@@ -286,8 +286,8 @@ class MBConv(nn.Module):
 #
 # B0 is seven stages of MBConv blocks between a 3 × 3 stride-2 stem (32 channels) and a
 # 1 × 1 head (1,280 channels), then global average pooling, dropout and a linear
-# classifier [@tan2019efficientnet, Table 1]. Five of the stages halve the resolution,
-# so a 224 × 224 image leaves the last stage at 7 × 7.
+# classifier (Table 1 of [@tan2019efficientnet]). Five of the stages halve the
+# resolution, so a 224 × 224 image leaves the last stage at 7 × 7.
 #
 # Scaling by width $w$ and depth $d$ turns each row into a bigger one:
 #

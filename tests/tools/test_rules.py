@@ -92,6 +92,10 @@ BROKEN = {
         lambda s: s.replace("[@a2020]", "[@b2021]"),
         r"autograd\.py:15: citation \[@b2021\] is not in the front matter",
     ),
+    "citation with a locator": (
+        lambda s: s.replace("[@a2020]", "[@a2020, p. 4]"),
+        r"autograd\.py:15: citation \[@a2020, p\. 4\] is not rendered",
+    ),
     "escape in a plain string": (
         lambda s: s.replace("x = np.ones(2)", 'x = "\\d"'),
         r"autograd\.py:\d+: .*write the string as r",

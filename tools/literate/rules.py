@@ -31,6 +31,9 @@ FRONT_MATTER_FIELDS = ("title", "summary", "time", "references")
 REFERENCE_FIELDS = ("key", "authors", "title", "year", "venue")
 SHARED_MODULES = ("annotated/data.py", "annotated/figures.py")
 CITATION = re.compile(r"\[(@[\w:.-]+(?:\s*;\s*@[\w:.-]+)*)\]")
+# Anything that opens like a citation: a `[@...]` that CITATION does not match (a
+# locator, `[@key, p. 4]`) would reach the page as literal text.
+CITATION_LIKE = re.compile(r"\[@[^\]\n]*\]")
 TIME = re.compile(r"\d+(\.\d+)? (s|min)")
 
 
@@ -178,6 +181,16 @@ def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
     problems = []
     for section in lesson.sections:
         for number, text in section.markdown:
+            for match in CITATION_LIKE.finditer(text):
+                if not CITATION.fullmatch(match.group(0)):
+                    problems.append(
+                        LessonError(
+                            file.path,
+                            number or 1,
+                            f"citation {match.group(0)} is not rendered: write "
+                            "[@key] or [@a; @b], with any locator outside",
+                        )
+                    )
             for key in citations(text):
                 if key not in keys:
                     problems.append(
