@@ -5,8 +5,11 @@ measurements."""
 import os
 
 # Triton reads this when a kernel is decorated, so it must be set before any test module
-# imports one.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# imports one: its interpreter on a CPU, the compiler where a GPU can run the kernels.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
