@@ -183,3 +183,17 @@ def test_a_link_to_a_missing_section_names_its_line():
         LessonError, match=r"l\.py:11: link to autograd\.md#value-add: .* no section"
     ):
         render(lines("Fine.", "See [add](autograd.md#value-add)."), "l.py", links)
+
+
+def test_arg_max_renders_as_one_operator_not_an_unknown_command():
+    html = render(
+        lines("Greedy: $\\arg\\max_y p(y)$; $\\arg\\min_x f$; $\\arg z$."), "l.py"
+    )
+    assert html.count("arg&#x02009;max") == 1 and html.count("arg&#x02009;min") == 1
+    assert 'mathvariant="normal">a</mi><mi mathvariant="normal">r' in html  # bare arg
+    assert "\\arg<" not in html
+
+
+def test_a_command_that_merely_starts_like_arg_still_fails_with_its_line():
+    with pytest.raises(LessonError, match=r"l\.py:10: .*unknown command \\argument"):
+        render(lines("$\\argument$"), "l.py")

@@ -40,6 +40,11 @@ _ENVIRONMENT_ALIASES = {
     "gathered": "gather*",
     "alignedat": "alignat*",
 }
+# LaTeX's `\arg` is the one standard function name latex2mathml does not know. Papers
+# write `\arg\max`, which becomes its `\argmax` (limits below in display math); a bare
+# `\arg` becomes an upright operator.
+_ARG_MAX = re.compile(r"\\arg\s*\\(max|min)(?![A-Za-z])")
+_ARG = re.compile(r"\\arg(?![A-Za-z])")
 
 
 @functools.lru_cache(maxsize=1)
@@ -249,6 +254,8 @@ def _convert(latex: str, display: bool) -> str:
         latex = latex.replace(f"\\begin{{{name}}}", f"\\begin{{{alias}}}").replace(
             f"\\end{{{name}}}", f"\\end{{{alias}}}"
         )
+    latex = _ARG_MAX.sub(r"\\arg\1", latex)
+    latex = _ARG.sub(r"\\mathop{\\mathrm{arg}}", latex)
     return latex_to_mathml(latex, display="block" if display else "inline")
 
 
