@@ -60,10 +60,12 @@ Measured on an H200 at batch 8192 with 1024 hidden units, the fused forward kern
 takes 97 µs against eager PyTorch's 536, and moves 3.8 TB/s: 79 % of the datasheet's
 4.8 TB/s, 90 % of what a plain copy reaches. ATen's fused kernel takes 126 µs, because
 it always writes the gates for a backward pass. A whole training step of the tail,
-forward and backward, takes 431 µs against eager's 1,022, but ATen does it in 282: the
-Python `autograd.Function` and its two Triton launches cost about 0.3 ms more per step
-than ATen's C++ path, plain to see at batch 64, where the kernels have almost nothing
-to do.
+forward and backward, took 282 µs in a run that had the GPU to itself, the same as
+ATen's fused kernel (3.8 TB/s, 79 % of peak), and 431 µs in another; eager takes
+1,022. At batch 64, where the kernels have almost nothing to do, ours takes 485 µs
+against ATen's 198: the Python `autograd.Function` and its two Triton launches cost
+about 0.3 ms of CPU time per step, which a large batch hides behind the GPU's work
+only when nothing else competes for the CPU.
 """
 
 import argparse
@@ -833,11 +835,15 @@ class FusedLSTMCell(nn.LSTMCell):
 # | forward, fused Triton | 8.4 | 97 (3,791 GB/s, 79 %) |
 # | forward, eager PyTorch | 62 | 536 (3,133 GB/s, 65 %) |
 # | forward, ATen fused CUDA | 6.2 | 126 (4,003 GB/s, 83 %) |
-# | forward+backward, fused Triton | 485 | 431 (2,489 GB/s, 52 %) |
+# | forward+backward, fused Triton | 485 | 431 (2,489 GB/s, 52 %)¹ |
 # | forward+backward, eager PyTorch | 691 | 1,022 (3,350 GB/s, 70 %) |
 # | forward+backward, ATen fused CUDA | 198 | 282 (3,812 GB/s, 79 %) |
 # | cell step with products, fused_lstm_cell | 134 | 2,872 |
 # | cell step, nn.LSTMCell | 57 | 2,900 |
+#
+# ¹ A second run of `gpu_report()`, alone on the GPU (through `tools/gpu_check.sh`),
+# gave 282 µs here (3,807 GB/s, 79 %), level with ATen's 282, and 97 µs for the
+# forward.
 #
 # The large forward is where the roofline says it should be: ours moves 11 numbers per
 # unit at 90 % of the copy's bandwidth, eager moves 50 at a similar rate and takes 5.5
