@@ -42,7 +42,7 @@ print("RESULT " + json.dumps(result, default=float))
 def lesson_modules() -> list[str]:
     """Every lesson module whose demo takes `--device`, in file order."""
     found = []
-    for path in sorted([*ROOT.glob("annotated/*/*.py"), *ROOT.glob("kernels/*.py")]):
+    for path in sorted(ROOT.glob("annotated/*/*.py")):
         if path.name == "__init__.py":
             continue
         if '"--device"' in path.read_text(encoding="utf-8"):
@@ -109,10 +109,10 @@ def gpu_tests(out: Path) -> dict:
 def kernel_reports() -> dict:
     """Each kernel lesson's `gpu_report()`, with the default sizes it declares."""
     reports = {}
-    for path in sorted(ROOT.glob("kernels/*.py")):
+    for path in sorted(ROOT.glob("annotated/kernels/*.py")):
         if path.name == "__init__.py":
             continue
-        name = f"kernels.{path.stem}"
+        name = f"annotated.kernels.{path.stem}"
         module = importlib.import_module(name)
         if not hasattr(module, "gpu_report"):
             continue

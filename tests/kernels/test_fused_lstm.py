@@ -22,7 +22,7 @@ from torch import nn
 pytest.importorskip("triton")
 
 from annotated.sequence.lstm import lstm_cell  # noqa: E402
-from kernels.fused_lstm import (  # noqa: E402
+from annotated.kernels.fused_lstm import (  # noqa: E402
     FusedLSTMCell,
     dataflow,
     example,

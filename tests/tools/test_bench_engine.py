@@ -81,7 +81,7 @@ def copy_of_repo(target: Path) -> Path:
     ignore = shutil.ignore_patterns(
         "__pycache__", ".hypothesis", ".pytest_cache", ".benchmarks", "site", "out"
     )
-    for name in ("annotated", "kernels", "docs", "tests", "tools", ".cache"):
+    for name in ("annotated", "docs", "tests", "tools", ".cache"):
         if (REPO / name).exists():
             shutil.copytree(REPO / name, target / name, ignore=ignore)
     shutil.copy(REPO / "mkdocs.yml", target / "mkdocs.yml")

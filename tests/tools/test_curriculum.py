@@ -201,11 +201,7 @@ def test_the_path_opens_with_a_written_lesson_that_imports_no_other():
         "annotated.data",
         "annotated.figures",
     )  # not lessons: every lesson may use them
-    lessons = [
-        n
-        for n in imports
-        if n.startswith(("annotated.", "kernels")) and n not in shared
-    ]
+    lessons = [n for n in imports if n.startswith("annotated.") and n not in shared]
     assert not lessons
 
 

@@ -22,7 +22,7 @@ FIGURE_COLUMN_PX = 1200
 
 
 def test_there_are_lessons():
-    assert LESSONS, "discover() found no lesson under annotated/ or kernels/"
+    assert LESSONS, "discover() found no lesson under annotated/"
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=ids)

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PATHS = [
     name
-    for name in ("tools", "annotated", "kernels", "tests")
+    for name in ("tools", "annotated", "tests")
     if (REPO / name).is_dir()
 ]
 

@@ -37,10 +37,9 @@ class LessonFile:
 
     @property
     def key(self) -> str:
-        """`foundations/autograd` (kernels keep their folder: `kernels/softmax`); names
-        pages and stored results, and is the lesson's entry in the curriculum."""
-        stem = self.relative[: -len(".py")]
-        return stem.split("/", 1)[1] if stem.startswith("annotated/") else stem
+        """`foundations/autograd`, `kernels/fused_lstm`: names pages and stored
+        results, and is the lesson's entry in the curriculum."""
+        return self.relative[: -len(".py")].split("/", 1)[1]
 
     @property
     def area(self) -> str:
@@ -114,10 +113,11 @@ def relative_url(target: str, from_url: str) -> str:
 
 
 def discover(
-    root: Path, packages: tuple[str, ...] = ("annotated", "kernels")
+    root: Path, packages: tuple[str, ...] = ("annotated",)
 ) -> list[LessonFile]:
-    """Every lesson file: `annotated/<area>/<topic>.py` and
-    `kernels/[<area>/]<topic>.py`."""
+    """Every lesson file: `annotated/<area>/<topic>.py`, the kernels' among them
+    (`annotated/kernels/`: a top-level `kernels` package would shadow the Hub's, which
+    transformers imports)."""
     found = []
     for package in packages:
         base = root / package
@@ -129,8 +129,7 @@ def discover(
                 part.startswith((".", "_")) for part in parts[:-1]
             ):
                 continue
-            wanted = (2,) if package == "annotated" else (1, 2)
-            if len(parts) in wanted:
+            if len(parts) == 2:
                 found.append(LessonFile(root, path.relative_to(root).as_posix()))
     return found
 
@@ -161,12 +160,12 @@ def imported_modules(tree: ast.AST) -> list[str]:
 
 
 def project_imports(tree: ast.AST, root: Path) -> list[str]:
-    """The project files (`annotated/…`, `kernels/…`) that an AST imports, as relative
+    """The project files (`annotated/…`) that an AST imports, as relative
     paths."""
     found = set()
     for name in imported_modules(tree):
         path = root / (name.replace(".", "/") + ".py")
-        if name.split(".")[0] in ("annotated", "kernels") and path.is_file():
+        if name.split(".")[0] == "annotated" and path.is_file():
             found.add(path.relative_to(root).as_posix())
     return sorted(found)
 

@@ -37,13 +37,13 @@ ASSET_URL = "assets/literate"
 
 
 class LiteratePluginConfig(Config):
-    packages = c.ListOfItems(c.Type(str), default=["annotated", "kernels"])
+    packages = c.ListOfItems(c.Type(str), default=["annotated"])
     curriculum = c.Type(str, default="annotated/curriculum.toml")
     cache_dir = c.Type(str, default=".cache/literate")
 
 
 class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
-    """Renders `annotated/**.py` and `kernels/**.py` as side-by-side pages."""
+    """Renders `annotated/<area>/<topic>.py` as side-by-side pages."""
 
     def __init__(self):
         self.pages: dict[str, pipeline.Page] = {}  # lesson page src → rendered page
