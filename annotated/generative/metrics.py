@@ -6,7 +6,7 @@ summary: >-
   against scipy's sqrtm and an exact SVD, the Inception Score on any classifier's
   probabilities, a digits CNN as the feature extractor later lessons score with, and
   FID's small-sample bias measured.
-time: 30 s
+time: 15 s
 references:
   - key: heusel2017gans
     authors:
@@ -75,7 +75,7 @@ pictures through a trained classifier and compare what comes out:
 "Inception" is the ImageNet classifier both papers used. Its weights cannot be
 downloaded here, and they would be the wrong judge of 16×16 digits anyway, so this
 lesson trains its own judge: a small CNN on scikit-learn's digits, cached on disk for
-the [DCGAN](dcgan.md) and diffusion lessons to score with. The numbers it gives are
+the DCGAN and diffusion lessons to score with. The numbers it gives are
 FIDs and ISs *on digit features*: comparable with each other, not with published
 ImageNet values.
 

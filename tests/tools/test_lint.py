@@ -10,11 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PATHS = [
-    name
-    for name in ("tools", "annotated", "tests")
-    if (REPO / name).is_dir()
-]
+PATHS = [name for name in ("tools", "annotated", "tests") if (REPO / name).is_dir()]
 
 
 @pytest.mark.parametrize(
