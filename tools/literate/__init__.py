@@ -7,6 +7,17 @@ once into a record: source, `parse`d sections, test, stored `figures` and `bench
 reaches back upstream.
 """
 
+import os
+
+# The engine imports lessons and runs their `example()` in its own process. A kernel
+# lesson's example runs in Triton's interpreter where no GPU can run it, and Triton
+# reads this setting once, when it is first imported (often by another lesson's
+# import of torch's compiler), so it is settled here, before any lesson is imported.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
+
 
 class LessonError(Exception):
     """A lesson the engine cannot turn into a page, reported as `file:line: reason`."""
