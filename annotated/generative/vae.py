@@ -362,14 +362,14 @@ def elbo(
 #
 # $$
 # \begin{aligned}
-# \mathcal L_K(x) &= \mathbb E\Big[\log \frac1K \sum_{k=1}^K w_k\Big],
-#   \quad z_k \sim q_\phi(z\mid x), \
+# \mathcal L_K(x) &= \mathbb E\Big[\log \frac1K \sum_{k=1}^K w_k\Big], \\
 # \mathcal L_1 &= \mathcal L \le \mathcal L_K \le \mathcal L_{K+1}
 #   \le \log p_\theta(x).
 # \end{aligned}
 # $$
 #
-# Each inequality is Jensen's, and $\mathcal L_K \to \log p_\theta(x)$ as
+# with $z_1, \dots, z_K$ drawn from $q_\phi(z\mid x)$. Each inequality is Jensen's,
+# and $\mathcal L_K \to \log p_\theta(x)$ as
 # $K \to \infty$; if $q$ were the true posterior every $w_k$ would equal $p_\theta(x)$
 # and the bound would be exact for any $K$. That makes it the standard way to report a
 # VAE's likelihood: train with the ELBO, evaluate with a large $K$. The average is taken
