@@ -331,7 +331,7 @@ def test_constant_init_keeps_every_hidden_unit_identical_after_training():
     first, second = model[0].weight.detach(), model[2].weight.detach()
     assert first.dtype == torch.float64
     assert (first - first[0]).abs().max() < 1e-10 * first.abs().max()  # equal rows
-    assert (second - second[:, :1]).abs().max() < 1e-12 * second.abs().max()
+    assert (second - second[:, :1]).abs().max() < 1e-10 * second.abs().max()
     assert first[0].std() > 0.01  # the rows did train, together
     assert distinct_units(first) == 1
     model, kaiming_accuracy = train_digits("kaiming", data, 16, 60, 0, "cpu")
