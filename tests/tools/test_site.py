@@ -1012,7 +1012,7 @@ def test_other_pages_stay_on_127_0_0_1_without_console_errors(browser, server, s
 
 @pytest.mark.browser
 def test_search_finds_a_word_that_only_lesson_prose_has(browser, server, site):
-    word = "elementary"
+    word = "subtraction"
     # The word is in the exemplar's prose and nowhere else a reader could search.
     assert word in lesson_html(site, EXEMPLAR)
     exemplar = next(lesson for lesson in LESSONS if lesson.key == EXEMPLAR)
