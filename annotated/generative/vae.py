@@ -145,7 +145,7 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 #
 # $$
 # \begin{aligned}
-# \mathrm{KL}(q\,\|\,p) = \tfrac12 \Big[&\log\sigma_p^2 - \log\sigma_q^2 \
+# \mathrm{KL}(q\,\|\,p) = \tfrac12 \Big[&\log\sigma_p^2 - \log\sigma_q^2 \\
 #   &+ \frac{\sigma_q^2 + (\mu_q - \mu_p)^2}{\sigma_p^2} - 1\Big],
 # \end{aligned}
 # $$
