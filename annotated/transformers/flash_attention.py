@@ -81,7 +81,6 @@ really live in SRAM, is the later lesson *FlashAttention as a Triton kernel*.
 
 import argparse
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +91,7 @@ from tqdm import tqdm
 
 from annotated.cnn.memory import peak_memory
 from annotated.figures import figure, save
+from annotated.transformers.sparse_attention import saved_bytes, time_step
 
 # ## Attention the plain way
 #
@@ -563,7 +563,8 @@ def flash_attention(
 # hook on every tensor a backward node stores, ours and PyTorch's alike. Summing the
 # bytes of the distinct storages (a view of $K$ is $K$) gives what a forward pass keeps
 # alive until backward: $3Nd + N^2$ numbers per head for plain attention, $4Nd + N$
-# for ours. This is exact and independent of the allocator.
+# for ours. This is exact and independent of the allocator; `saved_bytes` and the
+# timer `time_step` are [the sparse-attention lesson's](sparse_attention.md).
 #
 # **Peak of a training step.** The backward pass allocates too: plain attention's
 # $dP$ and $dS$ are $N \times N$ again, ours are tiles. On a CPU the profiler records
@@ -574,21 +575,6 @@ def flash_attention(
 # every method allocates. At $N \le B_r$ one tile is the whole matrix, and ours is
 # even a little larger than plain attention, by the buffers of its loops ($\tilde O$,
 # $D$, the gradients in the accumulation type); from a few tiles on, it is smaller.
-
-
-def saved_bytes(forward: Callable[[], object]) -> int:
-    """Bytes of the distinct storages autograd saves for backward while `forward()`
-    runs."""
-    storages = {}
-
-    def pack(tensor: Tensor) -> Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        forward()
-    return sum(storages.values())
 
 
 def peak_bytes(step: Callable[[], object], device: torch.device) -> int:
@@ -668,20 +654,6 @@ def dataflow(output: tuple[Tensor, Tensor]):
 # kernels. What survives in Python is the memory, and that is what the left panels
 # show: on the GPU, at $N = 16384$ with 8 heads, plain attention's step peaks at 32 GiB
 # and ours at 37 MiB.
-
-
-def time_step(step: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Best wall time of `repeats` runs of `step()`, in seconds."""
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
