@@ -34,3 +34,14 @@ def pytest_configure(config):
     # `pytest --benchmark-only` measures.
     if not config.getoption("benchmark_only", default=False):
         config.option.benchmark_disable = True
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A demo run by a test may set torch's thread count for its process (`--threads`);
+    put it back, so that later tests run with the count they would have had alone."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
