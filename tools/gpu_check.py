@@ -13,10 +13,14 @@ matrix product), then runs
 - every lesson's demo with `--device cuda` and its default flags, each in its own
   process with a time limit, several at once, recording what `main` returned.
 
-It uses the packages the machine already has: nothing is installed."""
+It uses the packages the machine already has: nothing is installed. Back on the
+development machine, `python -m tools.literate.gpu_results gpu_check.json` stores each
+kernel lesson's report under docs/gpu/, where its page shows it."""
 
 import argparse
 import concurrent.futures
+import datetime
+import hashlib
 import importlib
 import json
 import os
@@ -106,13 +110,25 @@ def gpu_tests(out: Path) -> dict:
     return {"files": files, "returncode": done.returncode, "summary": summary}
 
 
+def kernel_modules() -> dict[str, Path]:
+    """{module: the lesson file it reports for}: every Triton lesson in
+    annotated/kernels/, and every CUDA C lesson's driver in annotated/kernels/cuda/."""
+    found = {}
+    for path in sorted(ROOT.glob("annotated/kernels/*.py")):
+        if path.name != "__init__.py":
+            found[f"annotated.kernels.{path.stem}"] = path
+    for path in sorted(ROOT.glob("annotated/kernels/cuda/*.py")):
+        if path.name != "__init__.py":
+            found[f"annotated.kernels.cuda.{path.stem}"] = path.parents[1] / (
+                path.stem + ".cu"
+            )
+    return found
+
+
 def kernel_reports() -> dict:
     """Each kernel lesson's `gpu_report()`, with the default sizes it declares."""
     reports = {}
-    for path in sorted(ROOT.glob("annotated/kernels/*.py")):
-        if path.name == "__init__.py":
-            continue
-        name = f"annotated.kernels.{path.stem}"
+    for name in kernel_modules():
         module = importlib.import_module(name)
         if not hasattr(module, "gpu_report"):
             continue
@@ -121,6 +137,16 @@ def kernel_reports() -> dict:
         except Exception as error:  # one kernel's failure must not hide the others
             reports[name] = {"error": f"{type(error).__name__}: {error}"}
     return reports
+
+
+def sources() -> dict[str, str]:
+    """{lesson file: sha256} of the kernel lessons, so a stored report can tell the
+    page whether it was measured on the current source."""
+    return {
+        path.relative_to(ROOT).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in kernel_modules().values()
+        if path.exists()
+    }
 
 
 def run_demo(module: str, limit_s: float) -> dict:
@@ -154,7 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    report = {"ceilings": ceilings()}
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "sources": sources(),
+        "ceilings": ceilings(),
+    }
     print(json.dumps(report["ceilings"]), flush=True)
     report["gpu_tests"] = gpu_tests(out)
     print("gpu tests:", report["gpu_tests"].get("summary"), flush=True)

@@ -196,3 +196,88 @@ def test_mkdocs_serve_rerenders_a_lesson_when_it_is_saved(project):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# ---- a CUDA C lesson -----------------------------------------------------------------
+
+CUDA_LESSON = "annotated/demo/vector_add.cu"
+
+
+def cuda_project(root, source=None):
+    """The fixture project with the CUDA C fixture lesson beside the Python one."""
+    project = make_project(root)
+    source = source if source is not None else (FIXTURES / "vector_add.cu").read_text()
+    (project / CUDA_LESSON).write_text(source)
+    curriculum = project / "annotated/curriculum.toml"
+    curriculum.write_text(
+        curriculum.read_text().replace(
+            '{ module = "demo/not_written"',
+            '{ module = "demo/vector_add.cu", title = "Adding vectors in CUDA C" },\n'
+            '    { module = "demo/not_written"',
+        )
+    )
+    (project / "tests/demo/test_vector_add_cu.py").write_text(
+        '"""Verified against torch.add on a GPU, exactly."""\n'
+    )
+    return project
+
+
+def test_a_cuda_c_lesson_renders_as_a_page_with_its_kernels_and_memory(tmp_path):
+    project = cuda_project(tmp_path / "project")
+    result = build(project)
+    assert result.returncode == 0, result.stderr[-2000:]
+    site = project / "site"
+    page = (site / "lessons/demo/vector_add.cu/index.html").read_text()
+    assert page.count('class="lit-section') >= 3 and "<math" in page
+    assert 'id="exercises"' in page and 'class="lit-intro"' in page
+    # Highlighted as CUDA C: `__global__` is a keyword, not a plain name.
+    assert re.search(r'<span class="k[a-z]*">__global__</span>', page)
+    # The `//` run is prose; a `//` line inside a later /* block stays code.
+    assert "this is prose, not a block" in page
+    assert "// even with a line like this in it" in page
+    assert "python -m annotated.demo.cuda.vector_add --device cuda" in page
+    classes = (site / "diagrams/demo/vector_add.cu/classes.svg").read_text()
+    dataflow = (site / "diagrams/demo/vector_add.cu/dataflow.svg").read_text()
+    assert "launch_add()" in classes and "&lt;&lt;&lt;" in classes
+    assert "registers" in dataflow and "add: c[i]" in dataflow
+    download = (site / "downloads/demo/vector_add.cu").read_text()
+    assert download == (project / CUDA_LESSON).read_text()
+    assert not (site / "downloads/demo/vector_add.cu.ipynb").exists()
+    # A lesson outside kernels/ makes no claim about a GPU.
+    assert "On a GPU</dt>" not in page
+
+
+BAD_CUDA_LESSONS = {
+    "no opening block": (
+        lambda s: s.replace("/*\n---", "// ---", 1),
+        r":1: a CUDA C lesson opens with a /\* \.\.\. \*/ block",
+    ),
+    "opening block never closed": (
+        lambda s: s[: s.index("*/\n")],
+        r":1: the opening /\* block is never closed",
+    ),
+    "a later block never closed": (
+        lambda s: s.replace("    */\n    if (i < n)", "    if (i < n)", 1),
+        r":29: this /\* comment is never closed",
+    ),
+    "no declared memory": (
+        lambda s: re.sub(r"memory:\n(  - .*\n)+", "", s),
+        r":2: front matter: a CUDA C lesson declares `memory`",
+    ),
+    "no exercises": (
+        lambda s: s[: s.index("// ## Exercises")],
+        r":\d+: the file must end with a `// ## Exercises` comment block",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CUDA_LESSONS, ids=list(BAD_CUDA_LESSONS))
+def test_bad_cuda_lesson_fails_the_build_with_file_line_and_reason(tmp_path, case):
+    edit, message = BAD_CUDA_LESSONS[case]
+    source = edit((FIXTURES / "vector_add.cu").read_text())
+    project = cuda_project(tmp_path / "project", source)
+    result = build(project)
+    assert result.returncode != 0
+    found = re.search(re.escape(CUDA_LESSON) + message, result.stderr + result.stdout)
+    assert found, result.stderr[-2000:]
+    assert not (project / "site/lessons").exists()

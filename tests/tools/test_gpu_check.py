@@ -35,3 +35,56 @@ def test_a_demo_that_returns_its_metrics_is_ok(tmp_path, monkeypatch):
     result = gpu_check.run_demo("fine_demo", limit_s=60)
     assert result["status"] == "ok"
     assert result["result"] == {"acc": 0.5}
+
+
+def test_every_kernel_lesson_reports_for_its_own_source():
+    modules = gpu_check.kernel_modules()
+    assert modules["annotated.kernels.fused_lstm"].name == "fused_lstm.py"
+    # A CUDA C lesson reports through its driver, for the .cu file.
+    for module, path in modules.items():
+        if ".cuda." in module:
+            assert path.suffix == ".cu" and path.exists(), module
+    assert set(gpu_check.sources()) == {
+        path.relative_to(gpu_check.ROOT).as_posix() for path in modules.values()
+    }
+
+
+def test_stored_results_reach_the_page_with_fractions_as_percentages(tmp_path):
+    from tools.literate import gpu_results, render
+    from tools.literate.files import LessonFile
+
+    root = tmp_path / "project"
+    (root / "annotated/kernels").mkdir(parents=True)
+    lesson = root / "annotated/kernels/copy.py"
+    lesson.write_text("x = 1\n")
+    copy_lesson = LessonFile(root, "annotated/kernels/copy.py")
+    check = {
+        "date": "2026-12-04",
+        "ceilings": {"device": "NVIDIA H200", "torch": "2.11"},
+        "sources": {"annotated/kernels/copy.py": copy_lesson.source_sha256()},
+        "kernels": {
+            "annotated.kernels.copy": {
+                "size": 1024,
+                "ours GB/s": 4000.5,
+                "ours of copy": 0.95,
+            },
+            "annotated.kernels.gone": {"size": 1},
+        },
+    }
+    written = gpu_results.store(check, root)
+    assert [p.relative_to(root).as_posix() for p in written] == [
+        "docs/gpu/kernels/copy.json"
+    ]
+    record = gpu_results.parse_gpu_record(
+        written[0].read_text(), copy_lesson.source_sha256()
+    )
+    assert record.fresh and record.device == "NVIDIA H200"
+    table = render._gpu_table(record)
+    assert "95.0%" in table and "4000" in table and "1,024" in table
+    assert "lit-pending" not in table
+    lesson.write_text("x = 2\n")  # edited since: the numbers are for an older version
+    stale = gpu_results.parse_gpu_record(
+        written[0].read_text(), copy_lesson.source_sha256()
+    )
+    assert "older version" in render._gpu_table(stale)
+    assert "not measured on a GPU yet" in render._gpu_table(None)

@@ -9,7 +9,11 @@ import pytest
 
 from tools.literate import pipeline, rules
 from tools.literate.benchmarks import has_benchmarks
-from tools.literate.diagrams import dataflow_diagram
+from tools.literate.diagrams import (
+    cuda_kernel_diagram,
+    dataflow_diagram,
+    memory_diagram,
+)
 from tools.literate.files import discover
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,6 +21,10 @@ DOCS = REPO / "docs"
 LESSONS = discover(REPO)
 RECORDS = {lesson.key: pipeline.read(lesson, DOCS) for lesson in LESSONS}
 ids = [lesson.key for lesson in LESSONS]
+# A CUDA C lesson has no demo on a CPU: its numbers come from the prepared GPU check.
+PYTHON = [lesson for lesson in LESSONS if lesson.language == "python"]
+CUDA = [lesson for lesson in LESSONS if lesson.language == "cuda"]
+python_ids = [lesson.key for lesson in PYTHON]
 # The figures column at 1400 px is at least this wide; a wider PNG is scaled down to it.
 FIGURE_COLUMN_PX = 1200
 
@@ -25,13 +33,22 @@ def test_there_are_lessons():
     assert LESSONS, "discover() found no lesson under annotated/"
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=ids)
+@pytest.mark.parametrize("lesson", PYTHON, ids=python_ids)
 def test_declared_example_runs_and_draws(lesson):
     dot = dataflow_diagram(lesson.path, lesson.module)
     assert dot.count("->") >= 1, "the dataflow diagram has no edge"
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=ids)
+@pytest.mark.parametrize("lesson", CUDA, ids=[lesson.key for lesson in CUDA])
+def test_cuda_lesson_draws_its_launches_and_declared_memory_moves(lesson):
+    record = RECORDS[lesson.key]
+    kernels = cuda_kernel_diagram(record.source)
+    assert kernels.count("->") >= 1, "no kernel is launched with <<<...>>>"
+    moves = memory_diagram(record.lesson.front_matter, lesson.path, 1)
+    assert moves.count("->") >= 2, "declare at least the load and the store"
+
+
+@pytest.mark.parametrize("lesson", PYTHON, ids=python_ids)
 def test_figures_are_fresh_captioned_and_readable(lesson):
     stored = RECORDS[lesson.key].figures
     regenerate = f"python -m tools.literate.figures {lesson.relative}"
@@ -52,7 +69,7 @@ def test_figures_are_fresh_captioned_and_readable(lesson):
         assert shown and all(10 <= px <= 14 for px in shown), (figure.name, shown)
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=ids)
+@pytest.mark.parametrize("lesson", PYTHON, ids=python_ids)
 def test_declared_time_is_within_2x_of_the_measured_one(lesson):
     record = RECORDS[lesson.key]
     declared = rules.seconds(record.lesson.front_matter["time"])

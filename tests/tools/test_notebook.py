@@ -15,7 +15,11 @@ from tools.literate.parse import parse
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("lesson", discover(REPO), ids=lambda lesson: lesson.key)
+@pytest.mark.parametrize(
+    "lesson",
+    [lesson for lesson in discover(REPO) if lesson.language == "python"],
+    ids=lambda lesson: lesson.key,
+)
 def test_notebook_keeps_all_code_and_prose(lesson):
     parsed = parse(lesson.path.read_text(encoding="utf-8"), lesson.path)
     nb = nbformat.reads(to_ipynb(parsed), as_version=4)

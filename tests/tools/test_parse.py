@@ -53,9 +53,11 @@ def assert_no_loss(source: str, lesson) -> None:
         for line in section.prose_lines:
             if line.number in front:
                 continue
-            for word in (
-                line.text.replace('"""', " ").replace("'''", " ").lstrip(" #rR").split()
-            ):
+            if lesson.language == "cuda":
+                text = line.text.replace("/*", " ").replace("*/", " ").lstrip(" /")
+            else:
+                text = line.text.replace('"""', " ").replace("'''", " ").lstrip(" #rR")
+            for word in text.split():
                 assert word.strip("#") in section.prose or word in ('r"""', "r'''"), (
                     f"word {word!r} of line {line.number} lost"
                 )
@@ -169,6 +171,62 @@ def module(draw):
 def test_generated_files_lose_no_line(source):
     ast.parse(source)  # the generator only makes valid Python
     assert_no_loss(source, parse(source, "generated.py"))
+
+
+# ---- generated CUDA C files ----------------------------------------------------------
+
+CUDA_INTRO = """/*
+---
+title: Generated
+summary: A generated CUDA C file.
+---
+
+The introduction.
+*/
+"""
+
+
+@st.composite
+def cuda_chunk(draw):
+    """One piece of a CUDA C file: prose, code, a block comment (code, even holding
+    `//` lines), a string holding comment markers, or blank lines."""
+    kind = draw(
+        st.sampled_from(["prose", "heading", "code", "block", "string", "blank"])
+    )
+    indent = draw(st.sampled_from(["", "    "]))
+    if kind == "prose":
+        return [f"{indent}// {draw(sentence)}" for _ in range(draw(st.integers(1, 3)))]
+    if kind == "heading":
+        return [f"// ## {draw(sentence)}", "//", f"// {draw(sentence)}"]
+    if kind == "code":
+        tail = draw(st.sampled_from(["", "  // [n] floats", "  /* inline */"]))
+        return [f"{indent}int x = {draw(st.integers(0, 99))};{tail}"]
+    if kind == "block":
+        inner = [f"// {draw(sentence)}", draw(sentence), "  * star line"]
+        return [f"{indent}/* {draw(sentence)}", *draw(st.permutations(inner)), "*/"]
+    if kind == "string":
+        return [f'{indent}const char* s = "// not /* a comment";']
+    return [""] * draw(st.integers(1, 2))
+
+
+@given(st.lists(cuda_chunk(), max_size=12))
+@settings(max_examples=150)
+def test_generated_cuda_files_lose_no_line(chunks):
+    source = CUDA_INTRO + "\n".join(line for chunk in chunks for line in chunk) + "\n"
+    lesson = parse(source, "generated.cu")
+    assert lesson.language == "cuda" and lesson.front_matter["title"] == "Generated"
+    assert_no_loss(source, lesson)
+    # A `//` line is prose exactly when it is not inside a block comment.
+    lines = source.splitlines()
+    prose = {line.number for s in lesson.sections for line in s.prose_lines}
+    inside = False
+    for number, text in enumerate(lines, 1):
+        if number > CUDA_INTRO.count("\n") and text.lstrip().startswith("//"):
+            assert (number in prose) != inside, f"line {number}: {text!r}"
+        if text.lstrip().startswith("/*") and "*/" not in text:
+            inside = number > 1
+        elif "*/" in text and not text.lstrip().startswith("//"):
+            inside = False
 
 
 # ---- every real lesson ---------------------------------------------------------------

@@ -394,7 +394,8 @@ MEASURE = r"""async full => {  // full: also the code's text and every line's an
   const walker = facts && document.createTreeWalker(facts, NodeFilter.SHOW_TEXT);
   for (let node; walker && (node = walker.nextNode());) {
     const parent = node.parentElement;
-    if (!parent.closest('dd') || parent.closest('.lit-bench-wrap, .lit-stale'))
+    const exempt = '.lit-bench-wrap, .lit-stale, .lit-pending';
+    if (!parent.closest('dd') || parent.closest(exempt))
       continue;
     // A word may wrap after a hyphen, a dash, a `/` or a `.`, never inside a name.
     for (const m of node.textContent.matchAll(/[^\s\-\u2010-\u2014\/.]+[\/.]?/g)) {

@@ -484,3 +484,102 @@ def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
 def svg_width_pt(svg: str) -> float:
     """The drawing's width in points, from the `<svg width="…pt">` Graphviz writes."""
     return float(re.search(r'width="([\d.]+)pt"', svg).group(1))
+
+
+# ---- CUDA C: kernels and their launches, and the declared memory hierarchy -----------
+
+_CUDA_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_KERNEL = re.compile(
+    r"__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)\s*\(([^)]*)\)"
+)
+_LAUNCH = re.compile(r"\b(\w+)\s*(<[^<>;]*>)?\s*<<<(.*?)>>>", re.S)
+_HOST_FUNCTION = re.compile(
+    r"^(?:extern\s+\"C\"\s+)?(?:static\s+)?(?:inline\s+)?[\w:<>]+[\s*&]+(\w+)\s*\(",
+    re.M,
+)
+MEMORY_LEVELS = ("global", "L2", "shared", "registers")
+
+
+def cuda_kernel_diagram(source: str) -> str:
+    """The dot source of a CUDA C lesson's class diagram: each `__global__` kernel with
+    its parameters, and each host function that launches it, the edge labelled with the
+    launch configuration `<<<grid, block, shared bytes>>>`."""
+    code = _CUDA_COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), source)
+    lines = ["digraph kernels {", _GRAPH_STYLE]
+    kernels = []
+    for match in _KERNEL.finditer(code):
+        name = match.group(1)
+        params = [" ".join(p.split()) for p in match.group(2).split(",") if p.strip()]
+        rows = "".join(
+            f'<tr><td align="left">{_html_label(p)}</td></tr>' for p in params
+        )
+        label = (
+            '<<table border="0" cellborder="0" cellspacing="0">'
+            f"<tr><td><b>__global__ {_html_label(name)}</b></td></tr>{rows}</table>>"
+        )
+        lines.append(f"{_quote(name)} [label={label}];")
+        kernels.append(name)
+    hosts = [(m.start(), m.group(1)) for m in _HOST_FUNCTION.finditer(code)]
+    for launch in _LAUNCH.finditer(code):
+        kernel = launch.group(1)
+        if kernel not in kernels:
+            continue
+        host = [name for start, name in hosts if start < launch.start()]
+        caller = host[-1] if host else "host"
+        config = ", ".join(" ".join(p.split()) for p in launch.group(3).split(","))
+        template = " ".join((launch.group(2) or "").split())
+        lines.append(
+            f"{_quote('host:' + caller)} [label={_quote(caller + '()')}, "
+            'fillcolor="#f6f1e7"];'
+        )
+        lines.append(
+            f"{_quote('host:' + caller)} -> {_quote(kernel)} "
+            f"[label={_quote(template + '<<<' + config + '>>>')}];"
+        )
+    if not kernels:
+        return ""
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def memory_diagram(front_matter: dict, path: str | Path, line: int) -> str:
+    """The dot source of a CUDA C lesson's dataflow: the memory levels its kernels move
+    data through, as the front matter's `memory` list declares them
+    (`{kernel, from, to, data}` each; levels global, L2, shared, registers)."""
+    moves = front_matter.get("memory")
+    if not isinstance(moves, list) or not moves:
+        raise LessonError(
+            path,
+            line,
+            "front matter: a CUDA C lesson declares `memory`, a list of "
+            "{kernel, from, to, data} moves between global, L2, shared and registers",
+        )
+    lines = ["digraph memory {", _GRAPH_STYLE, "rankdir=LR;"]
+    used = []
+    for index, move in enumerate(moves):
+        where = f"front matter: memory[{index}]"
+        if not isinstance(move, dict) or not all(
+            move.get(k) for k in ("kernel", "from", "to", "data")
+        ):
+            raise LessonError(path, line, f"{where} needs kernel, from, to and data")
+        for level in (move["from"], move["to"]):
+            if level not in MEMORY_LEVELS:
+                raise LessonError(
+                    path,
+                    line,
+                    f"{where}: {level!r} is not one of {', '.join(MEMORY_LEVELS)}",
+                )
+            if level not in used:
+                used.append(level)
+    for level in sorted(used, key=MEMORY_LEVELS.index):
+        lines.append(
+            f"{_quote(level)} [label={_quote(level)}, shape=cylinder, "
+            'fillcolor="#f6f1e7"];'
+        )
+    for move in moves:
+        label = f"{move['kernel']}: {move['data']}"
+        lines.append(
+            f"{_quote(move['from'])} -> {_quote(move['to'])} [label={_quote(label)}];"
+        )
+    lines.append("}")
+    return "\n".join(lines)

@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         stale=lambda lesson, docs: (
             (stored := read(lesson, docs)) is None or not stored.fresh
         ),
+        # A CUDA C lesson's demo needs a GPU: its numbers come from the GPU check.
+        wanted=lambda lesson: lesson.language == "python",
     )
 
 

@@ -21,7 +21,13 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class LessonFile:
-    """A lesson on disk and the names the rest of the engine knows it by."""
+    """A lesson on disk and the names the rest of the engine knows it by.
+
+    Two languages: a Python lesson (`annotated/<area>/<topic>.py`) and a CUDA C lesson
+    (`annotated/kernels/<topic>.cu`). A CUDA C lesson keeps its suffix in its key
+    (`kernels/softmax.cu`, beside the Triton `kernels/softmax`), and runs through its
+    Python driver, `annotated/kernels/cuda/<topic>.py`.
+    """
 
     root: Path  # the project root
     relative: str  # "annotated/foundations/autograd.py"
@@ -31,15 +37,25 @@ class LessonFile:
         return self.root / self.relative
 
     @property
+    def language(self) -> str:
+        """ "python" or "cuda"."""
+        return "cuda" if self.relative.endswith(".cu") else "python"
+
+    @property
     def module(self) -> str:
-        """`annotated.foundations.autograd`: what `python -m` runs."""
+        """`annotated.foundations.autograd`: what `python -m` runs. A CUDA C lesson's
+        is its driver's: `annotated.kernels.cuda.softmax`."""
+        if self.language == "cuda":
+            folder, _, name = self.relative[: -len(".cu")].rpartition("/")
+            return f"{folder}/cuda/{name}".replace("/", ".")
         return self.relative[: -len(".py")].replace("/", ".")
 
     @property
     def key(self) -> str:
-        """`foundations/autograd`, `kernels/fused_lstm`: names pages and stored
-        results, and is the lesson's entry in the curriculum."""
-        return self.relative[: -len(".py")].split("/", 1)[1]
+        """`foundations/autograd`, `kernels/fused_lstm`, `kernels/softmax.cu`: names
+        pages and stored results, and is the lesson's entry in the curriculum."""
+        name = self.relative.removesuffix(".py")
+        return name.split("/", 1)[1]
 
     @property
     def area(self) -> str:
@@ -48,12 +64,14 @@ class LessonFile:
 
     @property
     def stem(self) -> str:
+        """`autograd`, `softmax.cu`."""
         return self.key.rpartition("/")[2]
 
     @property
     def test(self) -> str:
-        """The mirrored test file: `tests/foundations/test_autograd.py`."""
-        return f"tests/{self.area}/test_{self.stem}.py"
+        """The mirrored test file: `tests/foundations/test_autograd.py`;
+        `tests/kernels/test_softmax_cu.py` for `kernels/softmax.cu`."""
+        return f"tests/{self.area}/test_{self.stem.replace('.', '_')}.py"
 
     @property
     def page(self) -> str:
@@ -62,10 +80,16 @@ class LessonFile:
 
     @property
     def download_py(self) -> str:
+        """The source download: the lesson as a script (`.py`), or the `.cu` file."""
+        if self.language == "cuda":
+            return f"downloads/{self.key}"
         return f"downloads/{self.key}.py"
 
     @property
-    def download_ipynb(self) -> str:
+    def download_ipynb(self) -> str | None:
+        """The notebook download; a CUDA C lesson has none."""
+        if self.language == "cuda":
+            return None
         return f"downloads/{self.key}.ipynb"
 
     @property
@@ -81,6 +105,12 @@ class LessonFile:
     def benchmarks_record(self) -> str:
         """Relative to docs/: the stored pytest-benchmark results."""
         return f"benchmarks/{self.key}.json"
+
+    @property
+    def gpu_record(self) -> str:
+        """Relative to docs/: the numbers the prepared GPU check measured
+        (`tools/gpu_check.sh`, stored by `python -m tools.literate.gpu_results`)."""
+        return f"gpu/{self.key}.json"
 
     def source_sha256(self) -> str:
         """The hash stored results are made from: they go stale when it changes."""
@@ -115,15 +145,16 @@ def relative_url(target: str, from_url: str) -> str:
 def discover(
     root: Path, packages: tuple[str, ...] = ("annotated",)
 ) -> list[LessonFile]:
-    """Every lesson file: `annotated/<area>/<topic>.py`, the kernels' among them
-    (`annotated/kernels/`: a top-level `kernels` package would shadow the Hub's, which
-    transformers imports)."""
+    """Every lesson file: `annotated/<area>/<topic>.py` and `.cu`, the kernels' among
+    them (`annotated/kernels/`: a top-level `kernels` package would
+    shadow the Hub's, which transformers imports)."""
     found = []
     for package in packages:
         base = root / package
         if not base.is_dir():
             continue
-        for path in sorted(base.rglob("*.py")):
+        paths = sorted([*base.rglob("*.py"), *base.rglob("*.cu")])
+        for path in paths:
             parts = path.relative_to(base).parts
             if path.name.startswith("_") or any(
                 part.startswith((".", "_")) for part in parts[:-1]

@@ -10,6 +10,10 @@ where a string is.
 Every source line lands in exactly one column: `Section.prose_lines` or `Section.code`.
 That is the no-loss invariant, and `tests/tools/test_parse.py` checks it over generated
 files and every real lesson.
+
+A CUDA C lesson (`.cu`) is split by a small scanner instead (`_parse_cuda`): its first
+`/* ... */` block holds the front matter and the introduction, a run of full-line `//`
+comments is prose for the code that follows, and everything else is code.
 """
 
 from __future__ import annotations
@@ -70,13 +74,16 @@ class Lesson:
     front_matter_line: int  # line of the opening `---`, or 1 when there is none
     tree: ast.Module = field(
         repr=False, default=None
-    )  # the module's AST, for readers of imports and classes
+    )  # the module's AST, for readers of imports and classes (empty for CUDA C)
+    language: str = "python"  # or "cuda"
 
 
 def parse(source: str, path: str | Path = "<lesson>") -> Lesson:
     """Split `source` into sections. Raises `LessonError` (with `file:line`) for a file
-    Python cannot parse."""
+    Python cannot parse. A `.cu` path is read as CUDA C."""
     path = Path(path)
+    if path.suffix == ".cu":
+        return _parse_cuda(source, path)
     try:
         # A bad escape in a plain string warns here; rules.check reports its line.
         with warnings.catch_warnings():
@@ -403,3 +410,181 @@ def _name_sections(
             )
         seen[base] = seen.get(base, 0) + 1
         section.id = base if seen[base] == 1 else f"{base}-{seen[base]}"
+
+
+# ---- CUDA C --------------------------------------------------------------------------
+
+
+def _parse_cuda(source: str, path: Path) -> Lesson:
+    """Sections of a `.cu` lesson. The file opens (after blank lines) with a `/* ... */`
+    block: front matter and introduction. After it, a run of full-line `//` comments is
+    prose, `// ## Heading` starts a section, and every other line is code; a `//` line
+    inside a later `/* ... */` block stays code, as does a trailing `// ...` after code.
+    """
+    lines = source.splitlines()
+    first = next((n for n, text in enumerate(lines, 1) if text.strip()), None)
+    if first is None or not lines[first - 1].lstrip().startswith("/*"):
+        raise LessonError(
+            path,
+            first or 1,
+            "a CUDA C lesson opens with a /* ... */ block holding its front matter "
+            "and introduction",
+        )
+    last = next(
+        (
+            n
+            for n in range(first, len(lines) + 1)
+            if "*/" in _after_opening(lines, n, first)
+        ),
+        None,
+    )
+    if last is None:
+        raise LessonError(path, first, "the opening /* block is never closed by */")
+    if lines[last - 1].split("*/", 1)[1].strip():
+        raise LessonError(
+            path, last, "code after the opening block's */: start it on the next line"
+        )
+    intro_markdown = [text for text in lines[first - 1 : last]]
+    intro_markdown[0] = intro_markdown[0].lstrip()[2:]
+    intro_markdown[-1] = intro_markdown[-1].rsplit("*/", 1)[0]
+    intro = Section(kind="intro")
+    intro.code = [Line(n, lines[n - 1]) for n in range(1, first)]
+    intro.prose_lines = [Line(n, lines[n - 1]) for n in range(first, last + 1)]
+    intro.markdown = [
+        (n, text.rstrip()) for n, text in zip(range(first, last + 1), intro_markdown)
+    ]
+    sections = [intro]
+
+    prose_at = _cuda_prose_lines(lines, last + 1, path)
+    number = last + 1
+    while number <= len(lines):
+        text = lines[number - 1]
+        if number in prose_at:
+            block = []
+            while number <= len(lines) and number in prose_at:
+                block.append(Line(number, lines[number - 1]))
+                number += 1
+            if sections[-1].has_code() or sections[-1].kind == "intro":
+                sections.append(Section())
+            _add_prose_block(
+                sections[-1], block, [_cuda_comment_text(line.text) for line in block]
+            )
+        elif (
+            not text.strip()
+            and sections[-1].kind != "intro"
+            and sections[-1].prose_lines
+            and not sections[-1].code
+            and _next_nonblank(lines, number) in prose_at
+        ):
+            sections[-1].prose_lines.append(Line(number, ""))
+            sections[-1].markdown.append((number, ""))
+            number += 1
+        else:
+            sections[-1].code.append(Line(number, text))
+            number += 1
+    sections = [s for s in sections if s.prose_lines or s.code]
+
+    front_matter, front_matter_line = _cuda_front_matter(intro, path)
+    _name_sections(sections, [], [])
+    return Lesson(
+        path,
+        source,
+        sections,
+        front_matter,
+        front_matter_line,
+        ast.Module(body=[], type_ignores=[]),
+        language="cuda",
+    )
+
+
+def _after_opening(lines: list[str], number: int, first: int) -> str:
+    """The text of line `number` that can close the opening block (on its first line,
+    what follows the `/*`)."""
+    text = lines[number - 1]
+    return text.lstrip()[2:] if number == first else text
+
+
+def _next_nonblank(lines: list[str], number: int) -> int:
+    while number <= len(lines) and not lines[number - 1].strip():
+        number += 1
+    return number
+
+
+def _cuda_prose_lines(lines: list[str], start: int, path: Path) -> set[int]:
+    """The full-line `//` comments from line `start` on, outside `/* */` blocks and
+    string literals."""
+    found = set()
+    in_block = None  # the line a /* block opened on
+    for number in range(start, len(lines) + 1):
+        text = lines[number - 1]
+        if in_block is None and text.lstrip().startswith("//"):
+            found.add(number)
+            continue
+        at, quote = 0, None
+        while at < len(text):
+            pair = text[at : at + 2]
+            if in_block is not None:
+                if pair == "*/":
+                    in_block, at = None, at + 2
+                    continue
+            elif quote:
+                if text[at] == "\\":
+                    at += 1
+                elif text[at] == quote:
+                    quote = None
+            elif text[at] in "\"'":
+                quote = text[at]
+            elif pair == "//":
+                break
+            elif pair == "/*":
+                in_block, at = number, at + 2
+                continue
+            at += 1
+    if in_block is not None:
+        raise LessonError(path, in_block, "this /* comment is never closed by */")
+    return found
+
+
+def _cuda_comment_text(text: str) -> str:
+    text = text.strip()[2:]
+    return text[1:] if text.startswith(" ") else text
+
+
+def _cuda_front_matter(intro: Section, path: Path) -> tuple[dict, int]:
+    """The YAML between the opening block's first two `---` lines, taken out of the
+    introduction's prose."""
+    content = [(n, text) for n, text in intro.markdown if text.strip()]
+    if not content or content[0][1].strip() != _FRONT_MATTER:
+        return {}, 1
+    opening = content[0][0]
+    closing = next(
+        (
+            n
+            for n, text in intro.markdown
+            if n > opening and text.strip() == _FRONT_MATTER
+        ),
+        None,
+    )
+    if closing is None:
+        raise LessonError(
+            path,
+            opening,
+            "front matter opened with '---' is never closed by a second '---'",
+        )
+    yaml_text = "\n".join(text for n, text in intro.markdown if opening < n < closing)
+    try:
+        front_matter = yaml.safe_load(yaml_text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = opening + 1 + (mark.line if mark else 0)
+        raise LessonError(
+            path,
+            line,
+            f"front matter is not valid YAML: {getattr(error, 'problem', error)}",
+        ) from None
+    if not isinstance(front_matter, dict):
+        raise LessonError(
+            path, opening, "front matter must be a YAML mapping of field: value"
+        )
+    intro.markdown = [(n, text) for n, text in intro.markdown if n > closing]
+    return front_matter, opening

@@ -29,6 +29,7 @@ from tools.literate import (
 )
 from tools.literate.benchmarks import Benchmarks, has_benchmarks, parse_record
 from tools.literate.figures import MANIFEST, Figures, parse_manifest
+from tools.literate.gpu_results import GpuRecord, parse_gpu_record
 from tools.literate.files import LessonFile, page_url, project_imports, relative_url
 from tools.literate.parse import Lesson, parse
 from tools.literate.prose import Links
@@ -44,6 +45,7 @@ class LessonRecord:
     test_source: str | None
     figures: Figures | None
     benchmarks: Benchmarks | None
+    gpu: GpuRecord | None  # what the prepared GPU check measured, for kernel lessons
     # "annotated.data" → its source, transitively
     imports: dict[str, str] = field(repr=False)
     fingerprint: str
@@ -74,6 +76,7 @@ def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
     test_source = test_path.read_text(encoding="utf-8") if test_path.exists() else None
     manifest = _text(docs_dir / file.figures_folder / MANIFEST)
     record = _text(docs_dir / file.benchmarks_record)
+    gpu = _text(docs_dir / file.gpu_record)
     imports = _imported_sources(lesson.tree, file.root)
     return LessonRecord(
         file=file,
@@ -82,6 +85,7 @@ def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
         test_source=test_source,
         figures=parse_manifest(manifest, sha256) if manifest else None,
         benchmarks=parse_record(record, sha256) if record else None,
+        gpu=parse_gpu_record(gpu, sha256) if gpu else None,
         imports=imports,
         fingerprint=cache.content_hash(
             file.relative,
@@ -89,6 +93,7 @@ def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
             test_source or "",
             manifest or "",
             record or "",
+            gpu or "",
             *(f"{name}\n{text}" for name, text in sorted(imports.items())),
         ),
     )
@@ -187,6 +192,8 @@ def _render(record, site: Site, previous, following) -> Page:
         figures_folder=file.figures_folder,
         previous=neighbour(previous),
         next=neighbour(following),
+        language=lesson.language,
+        on_gpu=file.area == "kernels",
     )
     svgs = _diagrams(record, site.cache_dir)
     body, search = render.render_lesson(
@@ -196,7 +203,17 @@ def _render(record, site: Site, previous, following) -> Page:
         record.figures,
         record.benchmarks,
         has_benchmarks(record.test_source),
+        record.gpu,
     )
+    if lesson.language == "cuda":
+        # The .cu file itself is the download; a notebook cannot run CUDA C.
+        return Page(
+            body=body,
+            notebook="",
+            script=record.source,
+            svgs={kind: svg for kind, (_, svg) in svgs.items()},
+            search=search,
+        )
     preamble = downloads.bundle(record.imports)
     return Page(
         body=body,
@@ -210,6 +227,8 @@ def _render(record, site: Site, previous, following) -> Page:
 def _diagrams(record: LessonRecord, cache_dir: Path) -> dict[str, tuple[str, str]]:
     """{kind: (caption, svg)}: the class diagram (or call graph) and the dataflow."""
     file = record.file
+    if record.lesson.language == "cuda":
+        return _cuda_diagrams(record, cache_dir)
     class_dot = diagrams.class_diagram(record.lesson.tree)
     # The dataflow runs the lesson's example: keyed by its code (an edit of the prose
     # alone cannot change it) and by everything it imports.
@@ -241,5 +260,31 @@ def _diagrams(record: LessonRecord, cache_dir: Path) -> dict[str, tuple[str, str
         "dataflow": (
             dataflow_caption,
             diagrams.to_svg(dataflow_dot, cache_dir, str(file.path), "dataflow"),
+        ),
+    }
+
+
+def _cuda_diagrams(record: LessonRecord, cache_dir: Path) -> dict[str, tuple[str, str]]:
+    """A CUDA C lesson's diagrams: its kernels with their launches, read from the
+    source, and the memory levels its front matter declares the data moves through."""
+    file, lesson = record.file, record.lesson
+    kernels = diagrams.cuda_kernel_diagram(lesson.source)
+    if not kernels:
+        raise LessonError(
+            file.path, 1, "no __global__ kernel found: a CUDA C lesson defines one"
+        )
+    memory = diagrams.memory_diagram(
+        lesson.front_matter, file.path, lesson.front_matter_line
+    )
+    return {
+        "classes": (
+            "The kernels, their parameters, and the launches that run them, "
+            "read from the code",
+            diagrams.to_svg(kernels, cache_dir, str(file.path), "class"),
+        ),
+        "dataflow": (
+            "The memory levels each kernel moves data through, as the lesson "
+            "declares them",
+            diagrams.to_svg(memory, cache_dir, str(file.path), "dataflow"),
         ),
     }

@@ -170,9 +170,10 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             )
             files.append(File.generated(config, file.page, content=markdown))
             files.append(File.generated(config, file.download_py, content=page.script))
-            files.append(
-                File.generated(config, file.download_ipynb, content=page.notebook)
-            )
+            if file.download_ipynb is not None:
+                files.append(
+                    File.generated(config, file.download_ipynb, content=page.notebook)
+                )
             if record.test_source is not None:
                 files.append(
                     File.generated(

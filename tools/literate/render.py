@@ -13,12 +13,13 @@ import html
 import re
 from dataclasses import dataclass
 
-from pygments.lexers import PythonLexer
+from pygments.lexers import CudaLexer, PythonLexer
 from pygments.token import STANDARD_TYPES
 
 from tools.literate import prose
 from tools.literate.benchmarks import Benchmarks, comparison
 from tools.literate.figures import Figures
+from tools.literate.gpu_results import GpuRecord
 from tools.literate.parse import Lesson, Section
 
 
@@ -40,11 +41,16 @@ class PageFacts:
     verified: str  # the first sentence of the test's docstring
     root: str  # relative URL from the page to the site root, ending in "/"
     links: prose.Links
-    downloads: tuple[str, str, str]  # site paths of the .py, the .ipynb and the test
+    # site paths of the source (.py or .cu), the .ipynb (None for CUDA C) and the test
+    downloads: tuple[str, str | None, str]
     diagram_files: dict  # kind → site path of its SVG file
     figures_folder: str  # site path of the stored figures
     previous: Neighbour | None
     next: Neighbour | None
+    language: str = "python"  # or "cuda"
+    # Measured on a GPU by the prepared check: a kernel lesson's page says so, or that
+    # it has not been yet.
+    on_gpu: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,12 @@ class SearchEntry:
     text: str
 
 
-def highlight_lines(source: str) -> list[str]:
+def highlight_lines(source: str, language: str = "python") -> list[str]:
     """The HTML of each source line, highlighted with Pygments' CSS classes (`k`, `n`,
     `s2`, …)."""
+    lexer = CudaLexer if language == "cuda" else PythonLexer
     lines: list[list[str]] = [[]]
-    for token_type, value in PythonLexer(stripnl=False, ensurenl=False).get_tokens(
-        source
-    ):
+    for token_type, value in lexer(stripnl=False, ensurenl=False).get_tokens(source):
         css = STANDARD_TYPES.get(token_type)
         while css is None:
             token_type = token_type.parent
@@ -102,9 +107,10 @@ def render_lesson(
     figures: Figures | None,
     benchmarks: Benchmarks | None,
     with_benchmarks: bool,
+    gpu: GpuRecord | None = None,
 ) -> tuple[str, list[SearchEntry]]:
     """The whole page body, and one search entry per section of prose."""
-    highlighted = highlight_lines(lesson.source)
+    highlighted = highlight_lines(lesson.source, lesson.language)
     references = lesson.front_matter.get("references") or []
     citations = citation_labels(references)
     rendered = [
@@ -113,7 +119,7 @@ def render_lesson(
     ]
     intro = [html_ for section, html_ in rendered if section.kind == "intro"]
     parts = [
-        _header(lesson, facts, figures, benchmarks, with_benchmarks),
+        _header(lesson, facts, figures, benchmarks, with_benchmarks, gpu),
         _contents(lesson.sections),
         f'<div class="lit-intro">{intro[0]}</div>' if intro else "",
         _diagrams(svgs, facts),
@@ -141,20 +147,40 @@ def _header(
     figures: Figures | None,
     benchmarks: Benchmarks | None,
     with_benchmarks: bool,
+    gpu: GpuRecord | None,
 ) -> str:
     meta = lesson.front_matter
     root = facts.root
     py, ipynb, test = facts.downloads
     stem = facts.module.rsplit(".", 1)[1]
-    if figures is not None:
-        took = (
-            f"took {figures.seconds:.3g} s on {html.escape(figures.machine)} "
-            f"(declared: {html.escape(str(meta['time']))})"
+    if facts.language == "cuda":
+        run = (
+            f"<code>python -m {facts.module} --device cuda</code> · needs a CUDA GPU "
+            "(it compiles the file with nvcc and loads it); the test suite compiles it "
+            "with <code>nvcc -arch=sm_90</code> on any machine"
+        )
+        download = (
+            f'<a download href="{root}{py}">{stem}.cu</a> '
+            '<span class="lit-note">(plain CUDA C; its Python driver is '
+            f"<code>{facts.module.replace('.', '/')}.py</code>)</span>"
         )
     else:
-        took = f"declared to take {html.escape(str(meta['time']))} on 2 CPU cores"
+        if figures is not None:
+            took = (
+                f"took {figures.seconds:.3g} s on {html.escape(figures.machine)} "
+                f"(declared: {html.escape(str(meta['time']))})"
+            )
+        else:
+            took = f"declared to take {html.escape(str(meta['time']))} on 2 CPU cores"
+        run = f"<code>python -m {facts.module}</code> · {took}"
+        download = (
+            f'<a download href="{root}{py}">{stem}.py</a> · '
+            f'<a download href="{root}{ipynb}">{stem}.ipynb</a> '
+            '<span class="lit-note">(run outside this repository: the project modules '
+            "they import are bundled in)</span>"
+        )
     rows = [
-        ("Run", f"<code>python -m {facts.module}</code> · {took}"),
+        ("Run", run),
         (
             "Verified against",
             f"{breakable(facts.verified)} "
@@ -162,14 +188,10 @@ def _header(
             f"{html.escape(facts.test_path)}</a>",
         ),
         ("Benchmarks", _benchmark_table(benchmarks, with_benchmarks, facts)),
-        (
-            "Download",
-            f'<a download href="{root}{py}">{stem}.py</a> · '
-            f'<a download href="{root}{ipynb}">{stem}.ipynb</a> '
-            '<span class="lit-note">(run outside this repository: the project modules '
-            "they import are bundled in)</span>",
-        ),
     ]
+    if facts.on_gpu:
+        rows.append(("On a GPU", _gpu_table(gpu)))
+    rows.append(("Download", download))
     facts_html = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
     summary = prose.render(
         [(None, str(meta["summary"]))], str(lesson.path), facts.links
@@ -178,6 +200,55 @@ def _header(
         f'<div class="lit-header"><div class="lit-summary">{summary}</div>'
         f'<dl class="lit-facts">{facts_html}</dl></div>'
     )
+
+
+def _gpu_value(name: str, value) -> str:
+    """A reported number as a reader wants it: a fraction of a ceiling as a percentage,
+    others to four significant digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return html.escape(str(value))
+    if (" of " in f" {name} " or name.endswith("fraction")) and 0 <= value <= 2:
+        return f"{value:.1%}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}"
+
+
+def _gpu_table(gpu: GpuRecord | None) -> str:
+    measure = (
+        "<code>bash tools/gpu_check.sh</code> on a machine with a CUDA GPU, then "
+        "<code>python -m tools.literate.gpu_results gpu_check.json</code>"
+    )
+    if gpu is None:
+        return _pending_note(f"not measured on a GPU yet: run {measure}")
+    if gpu.error:
+        return _pending_note(
+            f"the GPU check failed on {html.escape(gpu.device)}: "
+            f"{html.escape(gpu.error)}"
+        )
+    rows = "".join(
+        f"<tr><td>{breakable(str(name))}</td>"
+        f'<td class="lit-num">{_gpu_value(str(name), value)}</td></tr>'
+        for name, value in gpu.report.items()
+    )
+    table = (
+        '<div class="lit-bench-wrap"><table class="lit-bench"><thead><tr>'
+        "<th>measured</th><th>value</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table></div>"
+        f'<p class="lit-machine">measured by the prepared GPU check on '
+        f"{html.escape(gpu.device)}, {html.escape(gpu.date)} "
+        f"(torch {html.escape(gpu.torch)})</p>"
+    )
+    if not gpu.fresh:
+        stale = "measured on an older version of this lesson: run"
+        table = _pending_note(f"{stale} {measure}") + table
+    return table
+
+
+def _pending_note(text: str) -> str:
+    """What only a machine with a GPU can bring up to date: a note, not a fault of the
+    build (the CI machines have no GPU)."""
+    return f'<span class="lit-pending">{text}</span>'
 
 
 _LONG_TOKEN = re.compile(r"\S{20,}")

@@ -5,8 +5,8 @@ The build calls `check` on every lesson and stops on the first problem; the test
 it too and list every problem. Each problem is a `LessonError` with the file and line to
 fix:
 
-- the file compiles without escape warnings (math in a plain string: `"\frac"` holds a
-  form feed);
+- a Python lesson compiles without escape warnings (math in a plain string: `"\frac"`
+  holds a form feed);
 - front matter holds `title`, `summary`, `time` and `references`, and nothing that has
   another home (the stage comes from the curriculum, the area from the folder);
 - every reference names its authors, title, year, venue and an arXiv id or URL; every
@@ -63,7 +63,8 @@ def check(
 
     `order` is the curriculum's reading order of lesson keys.
     """
-    problems = _compile(file, lesson.source)
+    # A CUDA C lesson is compiled by nvcc in its test file (`compile_only`).
+    problems = _compile(file, lesson.source) if lesson.language == "python" else []
     problems += _front_matter(file, lesson)
     problems += _citations(file, lesson)
     problems += _place(file, lesson, order)
@@ -265,11 +266,12 @@ def _test_file(file: LessonFile, test_source: str | None) -> list[LessonError]:
 def _exercises(file: LessonFile, lesson: Lesson) -> list[LessonError]:
     last = lesson.sections[-1] if lesson.sections else None
     if last is None or last.kind != "exercises":
+        marker = "// ## Exercises" if lesson.language == "cuda" else "# ## Exercises"
         return [
             LessonError(
                 file.path,
                 len(lesson.source.splitlines()),
-                "the file must end with a `# ## Exercises` comment block",
+                f"the file must end with a `{marker}` comment block",
             )
         ]
     items = re.findall(r"^\d+\. ", last.prose, flags=re.M)
