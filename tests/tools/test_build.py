@@ -239,7 +239,7 @@ def test_a_cuda_c_lesson_renders_as_a_page_with_its_kernels_and_memory(tmp_path)
     classes = (site / "diagrams/demo/vector_add.cu/classes.svg").read_text()
     dataflow = (site / "diagrams/demo/vector_add.cu/dataflow.svg").read_text()
     assert "launch_add()" in classes and "&lt;&lt;&lt;" in classes
-    assert "registers" in dataflow and "add: c[i]" in dataflow
+    assert "registers" in dataflow and "c[i]" in dataflow and ">add<" in dataflow
     download = (site / "downloads/demo/vector_add.cu").read_text()
     assert download == (project / CUDA_LESSON).read_text()
     assert not (site / "downloads/demo/vector_add.cu.ipynb").exists()

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -489,9 +490,8 @@ def svg_width_pt(svg: str) -> float:
 # ---- CUDA C: kernels and their launches, and the declared memory hierarchy -----------
 
 _CUDA_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
-_KERNEL = re.compile(
-    r"__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)\s*\(([^)]*)\)"
-)
+_BOUNDS = r"(?:__launch_bounds__\s*\([^)]*\)\s*)?"
+_KERNEL = re.compile(rf"__global__\s+{_BOUNDS}void\s+{_BOUNDS}(\w+)\s*\(([^)]*)\)")
 _LAUNCH = re.compile(r"\b(\w+)\s*(<[^<>;]*>)?\s*<<<(.*?)>>>", re.S)
 _HOST_FUNCTION = re.compile(
     r"^(?:extern\s+\"C\"\s+)?(?:static\s+)?(?:inline\s+)?[\w:<>]+[\s*&]+(\w+)\s*\(",
@@ -554,8 +554,7 @@ def memory_diagram(front_matter: dict, path: str | Path, line: int) -> str:
             "front matter: a CUDA C lesson declares `memory`, a list of "
             "{kernel, from, to, data} moves between global, L2, shared and registers",
         )
-    lines = ["digraph memory {", _GRAPH_STYLE, "rankdir=LR;"]
-    used = []
+    kernels: dict[str, list[dict]] = {}
     for index, move in enumerate(moves):
         where = f"front matter: memory[{index}]"
         if not isinstance(move, dict) or not all(
@@ -569,17 +568,38 @@ def memory_diagram(front_matter: dict, path: str | Path, line: int) -> str:
                     line,
                     f"{where}: {level!r} is not one of {', '.join(MEMORY_LEVELS)}",
                 )
-            if level not in used:
-                used.append(level)
-    for level in sorted(used, key=MEMORY_LEVELS.index):
+        kernels.setdefault(str(move["kernel"]), []).append(move)
+    # One row per kernel, read left to right: the levels it loads through, then the
+    # level its results are stored back to, drawn a second time so the row stays a
+    # chain instead of folding back on itself.
+    lines = ["digraph memory {", _GRAPH_STYLE, "rankdir=LR;"]
+    # Graphviz stacks the rows bottom-up: listed last to first, they read in order.
+    for number, (kernel, steps) in reversed(list(enumerate(kernels.items()))):
+        lines.append(f"subgraph cluster_{number} {{")
         lines.append(
-            f"{_quote(level)} [label={_quote(level)}, shape=cylinder, "
-            'fillcolor="#f6f1e7"];'
+            f'label={_quote(kernel)}; labeljust="l"; style="rounded"; '
+            'color="#b8c0d8"; fontsize=11;'
         )
-    for move in moves:
-        label = f"{move['kernel']}: {move['data']}"
-        lines.append(
-            f"{_quote(move['from'])} -> {_quote(move['to'])} [label={_quote(label)}];"
-        )
+        placed: list[str] = []
+        for move in steps:
+            source = f"{number}:{move['from']}"
+            target = f"{number}:{move['to']}"
+            if target in placed and MEMORY_LEVELS.index(
+                move["to"]
+            ) < MEMORY_LEVELS.index(move["from"]):
+                target += ":out"  # a store back to a level the row started from
+            for name in (source, target):
+                if name not in placed:
+                    placed.append(name)
+                    level = name.split(":")[1]
+                    lines.append(
+                        f"{_quote(name)} [label={_quote(level)}, shape=cylinder, "
+                        'fillcolor="#f6f1e7"];'
+                    )
+            label = textwrap.fill(str(move["data"]), 30)
+            lines.append(
+                f"{_quote(source)} -> {_quote(target)} [label={_quote(label)}];"
+            )
+        lines.append("}")
     lines.append("}")
     return "\n".join(lines)
