@@ -75,9 +75,9 @@ pictures through a trained classifier and compare what comes out:
 "Inception" is the ImageNet classifier both papers used. Its weights cannot be
 downloaded here, and they would be the wrong judge of 16×16 digits anyway, so this
 lesson trains its own judge: a small CNN on scikit-learn's digits, cached on disk for
-the DCGAN and diffusion lessons to score with. The numbers it gives are
-FIDs and ISs *on digit features*: comparable with each other, not with published
-ImageNet values.
+the [DCGAN](dcgan.md) and [diffusion](ddpm.md) lessons to score with. The numbers it
+gives are FIDs and ISs *on digit features*: comparable with each other, not with
+published ImageNet values.
 
 The Fréchet distance hides a matrix square root, the step where implementations go
 wrong: the standard code takes `scipy.linalg.sqrtm` of a non-symmetric product and
