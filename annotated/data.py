@@ -5,7 +5,8 @@ Nothing here downloads. `two_moons` draws points from a formula; `digits` reads 
 handwritten digits that ship inside scikit-learn, and `digit_images` enlarges them into
 images for the generative lessons. Each returns plain NumPy arrays so
 that a lesson decides for itself whether to wrap them in `Value`s, its own tensors or
-`torch.Tensor`s.
+`torch.Tensor`s. The language-model lessons read `python_docs`: the reference text that
+ships with every Python interpreter.
 
 `cached_weights` keeps what one lesson trains for a later one (a feature extractor, a
 diffusion model) as a safetensors file in the user's cache folder, named after the
@@ -92,6 +93,36 @@ def digit_images(
         return np.clip(images, 0.0, 1.0).astype(np.float32)[:, None]
 
     return enlarge(x_train), y_train, enlarge(x_test), y_test
+
+
+def python_docs(validation_fraction: float = 0.1) -> tuple[str, str]:
+    """Python's own documentation as a text corpus for the language-model lessons:
+    `(train, validation)` strings.
+
+    The text is the `pydoc_data.topics` module that ships with CPython, the pages
+    `help("assert")` or `help("FORMATTING")` print: about 80 topics of the language
+    reference, some 465 kB of English prose with code. The topics are joined in sorted
+    order, two blank lines apart; the topics after the first `1 - validation_fraction`
+    of the characters are the validation text, so no topic is in both.
+    """
+    if not 0 < validation_fraction < 1:
+        raise ValueError(
+            f"validation_fraction must be in (0, 1), got {validation_fraction!r}"
+        )
+    from pydoc_data.topics import topics
+
+    pages = [topics[name].strip() for name in sorted(topics)]
+    total = sum(len(page) for page in pages)
+    first_validation, seen = len(pages) - 1, 0
+    for index, page in enumerate(pages):
+        if seen >= total * (1 - validation_fraction):
+            first_validation = index
+            break
+        seen += len(page)
+    return (
+        "\n\n\n".join(pages[:first_validation]),
+        "\n\n\n".join(pages[first_validation:]),
+    )
 
 
 def cache_folder() -> Path:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from annotated import data
 from annotated.data import cached_weights, digit_images, digits, two_moons
 
 
@@ -111,3 +112,19 @@ def test_digit_images_enlarge_the_same_split():
     assert np.abs(pooled - x_train.reshape(-1, 8, 8)).mean() < 0.08
     with pytest.raises(ValueError, match="size must be"):
         digit_images(4)
+
+
+def test_python_docs_is_the_pydoc_topics_split_at_a_topic_boundary():
+    from pydoc_data.topics import topics
+
+    train, validation = data.python_docs()
+    assert 400_000 < len(train) and 20_000 < len(validation) < 100_000
+    # Every topic lands whole on one side, none on both.
+    pages = [topics[name].strip() for name in sorted(topics)]
+    assert sum(page in train for page in pages) + sum(
+        page in validation for page in pages
+    ) == len(pages)
+    assert train.startswith(pages[0]) and validation.endswith(pages[-1])
+    assert data.python_docs() == (train, validation)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        data.python_docs(1.0)
