@@ -286,7 +286,7 @@ def sram_bytes(
 # `[batch, heads, seq, d]`, so head `h`'s rows start at `h * seq * d`.
 #
 # The inner loop, `forward_tiles`, is the online softmax of [the algorithm
-# lesson](../transformers/flash_attention.md#the-online-softmax) on one tile at a time:
+# lesson](../transformers/flash_attention.md#flash-forward) on one tile at a time:
 #
 # $$
 # \begin{aligned}
@@ -455,7 +455,7 @@ def attention_forward_kernel(
 
 # ## The backward pass
 #
-# From [the algorithm lesson](../transformers/flash_attention.md#the-backward-pass),
+# From [the algorithm lesson](../transformers/flash_attention.md#flash-backward),
 # with $P_{ij} = e^{S_{ij} - L_i}$ recomputed from the saved $L$:
 #
 # $$
