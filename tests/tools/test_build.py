@@ -281,3 +281,10 @@ def test_bad_cuda_lesson_fails_the_build_with_file_line_and_reason(tmp_path, cas
     found = re.search(re.escape(CUDA_LESSON) + message, result.stderr + result.stdout)
     assert found, result.stderr[-2000:]
     assert not (project / "site/lessons").exists()
+
+
+def test_a_cuda_c_lesson_page_asks_for_no_cpu_figures(tmp_path):
+    project = cuda_project(tmp_path / "project")
+    assert build(project).returncode == 0
+    page = (project / "site/lessons/demo/vector_add.cu/index.html").read_text()
+    assert "no figures yet" not in page and "lit-stale" not in page

@@ -348,6 +348,9 @@ def _diagrams(svgs: dict[str, tuple[str, str]], facts: PageFacts) -> str:
 
 
 def _figures(figures: Figures | None, facts: PageFacts) -> str:
+    if facts.language == "cuda":
+        # Its demo needs a GPU; what it measures is the header's "On a GPU" table.
+        return ""
     regenerate = f"python -m tools.literate.figures {facts.lesson_path}"
     if figures is None:
         missing = _stale_note(f"no figures yet: run <code>{regenerate}</code>")
