@@ -14,7 +14,7 @@ import re
 import pytest
 import torch
 
-import annotated.kernels.cuda.reduction as reduction_driver
+import annotated.kernels.cuda as cuda_loader
 from annotated.kernels.cuda import build, compile_only, launcher
 from annotated.kernels.cuda.reduction import (
     ARGTYPES,
@@ -87,9 +87,9 @@ def test_built_library_exports_every_launcher():
 
 def test_demo_on_a_cpu_compiles_and_says_it_needs_a_gpu(monkeypatch, capsys):
     compiled = []
-    monkeypatch.setattr(reduction_driver, "nvcc_path", lambda: "nvcc")
+    monkeypatch.setattr(cuda_loader, "nvcc_path", lambda: "nvcc")
     monkeypatch.setattr(
-        reduction_driver, "compile_only", lambda *args: compiled.append(args)
+        cuda_loader, "compile_only", lambda *args: compiled.append(args)
     )
     result = main(["--device", "cpu"])
     assert result == {"compiled": 1.0, "needs a GPU": 1.0}

@@ -16,7 +16,7 @@ import re
 import pytest
 import torch
 
-import annotated.kernels.cuda.sgemm as sgemm_driver
+import annotated.kernels.cuda as cuda_loader
 from annotated.kernels.cuda import build, check_error, compile_only, launcher
 from annotated.kernels.cuda.sgemm import (
     ARGTYPES,
@@ -118,9 +118,9 @@ def test_loader_rejects_what_is_not_a_cu_file(tmp_path):
 
 def test_demo_on_a_cpu_compiles_and_says_it_needs_a_gpu(monkeypatch, capsys):
     compiled = []
-    monkeypatch.setattr(sgemm_driver, "nvcc_path", lambda: "nvcc")
+    monkeypatch.setattr(cuda_loader, "nvcc_path", lambda: "nvcc")
     monkeypatch.setattr(
-        sgemm_driver, "compile_only", lambda *args: compiled.append(args)
+        cuda_loader, "compile_only", lambda *args: compiled.append(args)
     )
     result = main(["--device", "cpu"])
     assert result == {"compiled": 1.0, "needs a GPU": 1.0}
@@ -132,7 +132,7 @@ def test_demo_without_nvcc_says_so(monkeypatch, capsys):
     def missing():
         raise FileNotFoundError("nvcc, the CUDA compiler, was not found")
 
-    monkeypatch.setattr(sgemm_driver, "nvcc_path", missing)
+    monkeypatch.setattr(cuda_loader, "nvcc_path", missing)
     assert main(["--device", "cpu"]) == {"compiled": 0.0, "needs a GPU": 1.0}
     assert "not compiled: nvcc" in capsys.readouterr().out
 

@@ -15,7 +15,7 @@ import re
 import pytest
 import torch
 
-import annotated.kernels.cuda.softmax as softmax_driver
+import annotated.kernels.cuda as cuda_loader
 from annotated.kernels.cuda import build, compile_only, launcher
 from annotated.kernels.cuda.softmax import (
     ARGTYPES,
@@ -88,9 +88,9 @@ def test_built_library_exports_both_launchers_and_refuses_long_rows_for_a_warp()
 
 def test_demo_on_a_cpu_compiles_and_says_it_needs_a_gpu(monkeypatch, capsys):
     compiled = []
-    monkeypatch.setattr(softmax_driver, "nvcc_path", lambda: "nvcc")
+    monkeypatch.setattr(cuda_loader, "nvcc_path", lambda: "nvcc")
     monkeypatch.setattr(
-        softmax_driver, "compile_only", lambda *args: compiled.append(args)
+        cuda_loader, "compile_only", lambda *args: compiled.append(args)
     )
     result = main(["--device", "cpu"])
     assert result == {"compiled": 1.0, "needs a GPU": 1.0}

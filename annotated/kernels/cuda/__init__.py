@@ -140,3 +140,29 @@ def check_error(library: ctypes.CDLL, code: int, what: str) -> None:
         raise RuntimeError(
             f"{what}: CUDA error {code}: {describe(code).decode(errors='replace')}"
         )
+
+
+def compile_without_gpu(source: str | Path) -> dict[str, float]:
+    """A driver's demo on a machine without a GPU: compile the lesson for sm_90 when
+    nvcc is there, and say that running its kernels needs a GPU."""
+    source = check_source(source)
+    try:
+        nvcc_path()
+    except FileNotFoundError as error:
+        print(f"not compiled: {error}")
+        return {"compiled": 0.0, "needs a GPU": 1.0}
+    compile_only(source, "sm_90")
+    print(f"{source.name} compiles for sm_90; running its kernels needs a CUDA GPU")
+    return {"compiled": 1.0, "needs a GPU": 1.0}
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a 1 GiB device-to-device copy, bytes read plus bytes written: the
+    ceiling a memory-bound kernel is measured against."""
+    import torch
+    from triton.testing import do_bench
+
+    source = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    ms = do_bench(lambda: target.copy_(source), return_mode="median")
+    return 2 * source.numel() / ms / 1e6

@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.kernels.cuda import check_error, compile_only, launcher, load, nvcc_path
+from annotated.kernels.cuda import (
+    check_error,
+    compile_without_gpu,
+    copy_bandwidth,
+    launcher,
+    load,
+)
 
 SOURCE = Path(__file__).resolve().parents[1] / "reduction.cu"
 # Every launcher is `int launch(const float *input, float *output, float *workspace,
@@ -87,16 +93,6 @@ def reduce_sum(x: Tensor, kernel: str = "shuffle") -> Tensor:
         code = launch(x.data_ptr(), output.data_ptr(), workspace.data_ptr(), n, stream)
     check_error(library, code, f"reduce_sum kernel {kernel!r}")
     return output
-
-
-def copy_bandwidth() -> float:
-    """GB/s of a 1 GiB device-to-device copy, bytes read plus bytes written."""
-    from triton.testing import do_bench
-
-    source = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    target = torch.empty_like(source)
-    ms = do_bench(lambda: target.copy_(source), return_mode="median")
-    return 2 * source.numel() / ms / 1e6
 
 
 def gpu_report(n: int = 2**27, kernels: tuple[str, ...] = tuple(KERNELS)) -> dict:
@@ -170,14 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     if not args.device.startswith("cuda"):
-        try:
-            nvcc_path()
-        except FileNotFoundError as error:
-            print(f"not compiled: {error}")
-            return {"compiled": 0.0, "needs a GPU": 1.0}
-        compile_only(SOURCE, "sm_90")
-        print(f"{SOURCE.name} compiles for sm_90; running its kernels needs a CUDA GPU")
-        return {"compiled": 1.0, "needs a GPU": 1.0}
+        return compile_without_gpu(SOURCE)
     errors = check_kernels(args.device, tuple(args.check_sizes))
     for kernel, error in errors.items():
         print(f"{kernel:>22}: max error / sum|x| vs float64 {error:.2e}")

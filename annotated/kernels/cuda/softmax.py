@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.kernels.cuda import check_error, compile_only, launcher, load, nvcc_path
+from annotated.kernels.cuda import (
+    check_error,
+    compile_without_gpu,
+    copy_bandwidth,
+    launcher,
+    load,
+)
 
 SOURCE = Path(__file__).resolve().parents[1] / "softmax.cu"
 KERNELS = {
@@ -89,16 +95,6 @@ def softmax(x: Tensor, kernel: str = "auto") -> Tensor:
         code = launch(x.data_ptr(), output.data_ptr(), *x.shape, stream)
     check_error(library, code, f"softmax kernel {kernel!r}")
     return output
-
-
-def copy_bandwidth() -> float:
-    """GB/s of a 1 GiB device-to-device copy, bytes read plus bytes written."""
-    from triton.testing import do_bench
-
-    source = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    target = torch.empty_like(source)
-    ms = do_bench(lambda: target.copy_(source), return_mode="median")
-    return 2 * source.numel() / ms / 1e6
 
 
 def gpu_report(
@@ -177,14 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     if not args.device.startswith("cuda"):
-        try:
-            nvcc_path()
-        except FileNotFoundError as error:
-            print(f"not compiled: {error}")
-            return {"compiled": 0.0, "needs a GPU": 1.0}
-        compile_only(SOURCE, "sm_90")
-        print(f"{SOURCE.name} compiles for sm_90; running its kernels needs a CUDA GPU")
-        return {"compiled": 1.0, "needs a GPU": 1.0}
+        return compile_without_gpu(SOURCE)
     shapes = [(1, 1), (3, 31), (7, 33), (5, 1000), (2, 1025), (3, 5000), (1, 70001)]
     errors = check_kernels(args.device, shapes)
     for kernel, error in errors.items():
