@@ -93,7 +93,7 @@ from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
 from annotated.figures import figure, save
-from annotated.kernels.fused_lstm import ByteCounter
+from annotated.kernels.softmax import ByteCounter
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
 # run the same kernel in its *interpreter*, which executes each program with NumPy on

@@ -6,7 +6,7 @@ summary: >-
   Triton kernel forward and one backward, wrapped in an autograd Function: bytes counted
   against eager PyTorch, checked against the LSTM lesson's cell and nn.LSTMCell, and
   timed against ATen's fused CUDA kernel and cuDNN on a GPU.
-time: 40 s
+time: 25 s
 references:
   - key: hochreiter1997long
     authors: [Sepp Hochreiter, Jürgen Schmidhuber]
@@ -76,11 +76,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from tqdm import tqdm
 
 from annotated.figures import figure, save
+from annotated.kernels.softmax import ByteCounter
 from annotated.sequence.lstm import lstm_cell
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -172,28 +171,8 @@ def lstm_pointwise(
 # memory when no operand is still in the cache from the kernel before: true once the
 # tensors outgrow the L2 cache (60 MB on an H200; at batch 8192 and 1024 hidden units
 # one gate tensor is 128 MB), flattering to eager PyTorch below that. Run on the
-# `meta` device, tensors have shapes and no data, and nothing is computed at all.
-
-
-class ByteCounter(TorchDispatchMode):
-    """Counts the kernels ATen launches and the bytes they read and write."""
-
-    def __init__(self):
-        super().__init__()
-        self.kernels = 0
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            tensors = [
-                leaf
-                for leaf in tree_leaves((args, kwargs, out))
-                if isinstance(leaf, Tensor)
-            ]
-            self.kernels += 1
-            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-        return out
+# `meta` device, tensors have shapes and no data, and nothing is computed at all. The
+# counter is the [softmax chapter's](softmax.md) `ByteCounter`, imported.
 
 
 def unfused_traffic(

@@ -69,11 +69,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from tqdm import tqdm
 
 from annotated.figures import figure, save
+from annotated.kernels.softmax import ByteCounter
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
 # run the same kernel in its *interpreter*, which executes each program with NumPy on
@@ -163,34 +162,12 @@ def layer_norm_eager(
 # Eager PyTorch moves much more. Every operator is a kernel that reads its inputs from
 # memory and writes its output back: `x - mean` reads $x$ and writes a tensor as large,
 # `centred * centred` reads it twice and writes again, and so on. The
-# `TorchDispatchMode` below sees every ATen call and adds up the tensors each one
-# reads and writes (views launch nothing and are skipped); run on the `meta` device,
-# nothing is computed. These ten lines restate the counter of the
-# [fused LSTM lesson](fused_lstm.md), so that this chapter reads alone. The count is
-# the memory traffic when no operand is still cached from the kernel before: true for
-# tensors larger than the L2 cache (50 MB on an H200; `[4096, 8192]` in float16 is
+# [softmax chapter's](softmax.md) `ByteCounter`, imported here, sees every ATen call
+# and adds up the tensors each one reads and writes (views launch nothing and are
+# skipped); run on the `meta` device, nothing is computed. The count is the memory
+# traffic when no operand is still cached from the kernel before: true for tensors
+# larger than the L2 cache (50 MB on an H200; `[4096, 8192]` in float16 is
 # 64 MB), flattering to eager PyTorch below that.
-
-
-class ByteCounter(TorchDispatchMode):
-    """Counts the kernels ATen launches and the bytes they read and write."""
-
-    def __init__(self):
-        super().__init__()
-        self.kernels = 0
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            tensors = [
-                leaf
-                for leaf in tree_leaves((args, kwargs, out))
-                if isinstance(leaf, Tensor)
-            ]
-            self.kernels += 1
-            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-        return out
 
 
 def counted_traffic(

@@ -150,8 +150,8 @@ def softmax_backward_reference(y: Tensor, grad_y: Tensor) -> Tensor:
 # tensors have shapes and no data, so a $4096 \times 4096$ count computes nothing.
 # The count is the traffic to memory when no operand is still in the cache from the
 # kernel before: true once the matrix outgrows the L2 cache (60 MB on an H200; a
-# $4096 \times 4096$ float32 matrix is 64 MiB). The same ten lines count the
-# [fused LSTM's](fused_lstm.md) traffic.
+# $4096 \times 4096$ float32 matrix is 64 MiB). The later kernel chapters (layer norm,
+# the [fused LSTM](fused_lstm.md), FlashAttention) import this counter.
 
 
 class ByteCounter(TorchDispatchMode):
