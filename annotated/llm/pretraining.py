@@ -115,7 +115,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from annotated.data import cache_folder, python_docs
+from annotated.data import cache_folder, cached_weights, python_docs
 from annotated.figures import figure, save
 from annotated.llm.bpe import Tokenizer
 from annotated.llm.bpe import train as train_tokenizer
@@ -731,6 +731,43 @@ def run_cost(
         "tokens": tokens,
         "gpu_hours": flops_per_token * tokens / (mfu * peak_flops) / 3600,
     }
+
+
+# ## The model the next chapters start from
+#
+# [LoRA](lora.md), the [GGML formats](ggml_quant.md) and [GPTQ](gptq.md) all begin
+# from a pretrained model. `small_gpt` is the demo's run with its defaults (4 layers,
+# 128 wide, 700 steps in bf16), trained the first time it is called and read back
+# from the cache folder after that, through `annotated.data.cached_weights`; the file's
+# name carries a hash of this lesson, so editing the lesson retrains it.
+
+
+def small_gpt(device: str = "cpu") -> tuple[GPT2, Tokenizer, list[str], list[str]]:
+    """The demo's pretrained GPT in eval mode, its tokenizer, and the training and
+    validation pages it was trained and scored on."""
+    train_pages, validation_pages = corpus_pages()
+    tokenizer = build_tokenizer(train_pages, 512)
+    settings = TrainSettings(bf16=True)
+    config = GPT2Config(
+        vocab_size=tokenizer.vocabulary_size,
+        n_positions=settings.block,
+        n_embd=128,
+        n_layer=4,
+        n_head=4,
+        dropout=0.0,
+    )
+
+    def train() -> dict[str, Tensor]:
+        torch.manual_seed(settings.seed)
+        model = GPT2(config)
+        optimizer = make_optimizer(model, settings)
+        generator = torch.Generator().manual_seed(settings.seed)
+        pretrain(model, optimizer, pack(train_pages, tokenizer), settings, generator)
+        return model.state_dict()
+
+    model = GPT2(config)
+    model.load_state_dict(cached_weights("pretraining-small-gpt", __file__, train))
+    return model.to(device).eval(), tokenizer, train_pages, validation_pages
 
 
 # ## The example
