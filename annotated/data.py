@@ -6,7 +6,11 @@ handwritten digits that ship inside scikit-learn, and `digit_images` enlarges th
 images for the generative lessons. Each returns plain NumPy arrays so
 that a lesson decides for itself whether to wrap them in `Value`s, its own tensors or
 `torch.Tensor`s. The language-model lessons read `python_docs`: the reference text that
-ships with every Python interpreter.
+ships with every Python interpreter. The vision lessons draw theirs: `shapes` renders
+one or two coloured circles, squares and triangles with a caption that says exactly
+what is where ("a small red circle above a large blue square"), `digit_captions` names
+the digits, and `moving_digits` slides a digit across the frames of a clip in one of
+eight directions.
 
 `cached_weights` keeps what one lesson trains for a later one (a feature extractor, a
 diffusion model) as a safetensors file in the user's cache folder, named after the
@@ -18,6 +22,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -123,6 +128,177 @@ def python_docs(validation_fraction: float = 0.1) -> tuple[str, str]:
         "\n\n\n".join(pages[:first_validation]),
         "\n\n\n".join(pages[first_validation:]),
     )
+
+
+# The vision lessons draw their images. `shapes` renders scenes of one or two coloured
+# shapes with a caption that describes them exactly, so a model can be trained to
+# match images with text and tested on combinations it never saw; `moving_digits`
+# slides a handwritten digit across a clip, so only the order of the frames tells the
+# direction.
+
+SHAPE_NAMES = ("circle", "square", "triangle")
+COLOURS = {
+    "red": (0.90, 0.12, 0.10),
+    "green": (0.10, 0.75, 0.20),
+    "blue": (0.15, 0.35, 0.95),
+    "yellow": (0.95, 0.85, 0.10),
+    "purple": (0.62, 0.20, 0.82),
+}
+SIZE_NAMES = ("small", "large")
+RELATIONS = ("above", "below", "left of", "right of")
+DIRECTIONS = (
+    "right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right"
+)  # fmt: skip
+DIGIT_NAMES = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"
+)  # fmt: skip
+
+
+class ShapesData(NamedTuple):
+    """What `shapes` returns."""
+
+    images: np.ndarray  # [count, 3, size, size] float32 in [0, 1]
+    captions: list[str]
+    attributes: np.ndarray  # [count, objects, 3] int64: size, colour, shape indices
+    relations: np.ndarray  # [count] int64 index into RELATIONS, -1 for one object
+
+
+def _shape_mask(
+    shape: str, centre: tuple[float, float], radius: float, grid: np.ndarray
+) -> np.ndarray:
+    """Coverage in [0, 1] of each pixel of `grid [2, h, w]` (y, x at 4× resolution,
+    averaged back) by a shape of half-width `radius` at `centre`."""
+    y, x = grid[0] - centre[0], grid[1] - centre[1]
+    if shape == "circle":
+        inside = x**2 + y**2 <= radius**2
+    elif shape == "square":
+        inside = (np.abs(x) <= radius * 0.85) & (np.abs(y) <= radius * 0.85)
+    else:  # an upward triangle: apex at the top, base at the bottom
+        inside = (y <= radius * 0.8) & (2 * np.abs(x) <= (y + radius) * 1.15)
+        inside &= y >= -radius
+    h, w = inside.shape
+    return inside.reshape(h // 4, 4, w // 4, 4).mean(axis=(1, 3))
+
+
+def shapes(count: int, size: int = 32, objects: int = 1, seed: int = 0) -> ShapesData:
+    """`count` images of `objects` (1 or 2) coloured shapes on black, with captions.
+
+    One object: "a small red circle" anywhere in the image. Two objects: "a small red
+    circle above a large blue square"; the first object is placed in the half of the
+    image the relation names and the second in the other half. Sizes, colours, shapes
+    and relations are drawn uniformly; pixels are anti-aliased by rendering at four
+    times the resolution and averaging.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an int >= 1, got {count!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise ValueError(f"size must be an int >= 16, got {size!r}")
+    if objects not in (1, 2):
+        raise ValueError(f"objects must be 1 or 2, got {objects!r}")
+    rng = np.random.default_rng(seed)
+    fine = (np.mgrid[0 : 4 * size, 0 : 4 * size] + 0.5) / 4  # [2, 4s, 4s] pixels
+    colours = np.array(list(COLOURS.values()), dtype=np.float32)  # [5, 3]
+    images = np.zeros((count, 3, size, size), dtype=np.float32)
+    attributes = np.stack(
+        [
+            rng.integers(0, len(SIZE_NAMES), (count, objects)),
+            rng.integers(0, len(COLOURS), (count, objects)),
+            rng.integers(0, len(SHAPE_NAMES), (count, objects)),
+        ],
+        axis=-1,
+    )  # [count, objects, 3]
+    relations = (
+        rng.integers(0, len(RELATIONS), count) if objects == 2 else np.full(count, -1)
+    )
+    captions = []
+    for i in range(count):
+        radii = [size * (0.14 if a[0] == 0 else 0.22) for a in attributes[i]]
+        if objects == 1:
+            lows, highs = [(radii[0], radii[0])], [(size - radii[0], size - radii[0])]
+        else:
+            # the first object in the named half, the second in the other half
+            half = size / 2
+            first = {
+                0: ((0, 0), (half, size)),  # above: top half
+                1: ((half, 0), (size, size)),  # below: bottom half
+                2: ((0, 0), (size, half)),  # left of: left half
+                3: ((0, half), (size, size)),  # right of: right half
+            }[int(relations[i])]
+            second = {
+                0: ((half, 0), (size, size)),
+                1: ((0, 0), (half, size)),
+                2: ((0, half), (size, size)),
+                3: ((0, 0), (size, half)),
+            }[int(relations[i])]
+            lows = [
+                (first[0][0] + radii[0], first[0][1] + radii[0]),
+                (second[0][0] + radii[1], second[0][1] + radii[1]),
+            ]
+            highs = [
+                (first[1][0] - radii[0], first[1][1] - radii[0]),
+                (second[1][0] - radii[1], second[1][1] - radii[1]),
+            ]
+        words = []
+        for j, (size_index, colour, shape) in enumerate(attributes[i]):
+            centre = tuple(rng.uniform(lows[j], np.maximum(highs[j], lows[j])))
+            mask = _shape_mask(SHAPE_NAMES[shape], centre, radii[j], fine)
+            images[i] = images[i] * (1 - mask) + colours[colour][:, None, None] * mask
+            words.append(
+                f"a {SIZE_NAMES[size_index]} {list(COLOURS)[colour]} "
+                f"{SHAPE_NAMES[shape]}"
+            )
+        caption = words[0]
+        if objects == 2:
+            caption += f" {RELATIONS[int(relations[i])]} {words[1]}"
+        captions.append(caption)
+    return ShapesData(images, captions, attributes.astype(np.int64), relations)
+
+
+def digit_captions(labels: np.ndarray) -> list[str]:
+    """Captions for digit labels: "a handwritten seven"."""
+    return [f"a handwritten {DIGIT_NAMES[int(label)]}" for label in labels]
+
+
+def moving_digits(
+    count: int, frames: int = 8, size: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clips of one 12×12 handwritten digit moving 2 pixels a frame in a straight line.
+
+    Returns `clips [count, frames, 1, size, size]` float32 in [0, 1], `directions
+    [count]` (indices into `DIRECTIONS`; diagonals move 2 pixels along each axis) and
+    `digits [count]` (the digit's class). The start is drawn so that the digit stays
+    whole inside every frame; a single frame says nothing about the direction.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an int >= 1, got {count!r}")
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+        raise ValueError(f"frames must be an int >= 2, got {frames!r}")
+    travel = 2 * (frames - 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 12 + travel:
+        raise ValueError(
+            f"size must be an int >= {12 + travel} for {frames} frames, got {size!r}"
+        )
+    rng = np.random.default_rng(seed)
+    x_train, y_train, x_test, y_test = digit_images(size=12)
+    pool = np.concatenate([x_train, x_test])[:, 0]  # [1797, 12, 12]
+    labels = np.concatenate([y_train, y_test])
+    steps = [(0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1)]
+    clips = np.zeros((count, frames, 1, size, size), dtype=np.float32)
+    directions = rng.integers(0, len(DIRECTIONS), count)
+    chosen = rng.integers(0, len(pool), count)
+    for i in range(count):
+        dy, dx = steps[int(directions[i])]
+        # the start range keeps the whole path inside the frame
+        y0 = rng.integers(
+            travel if dy < 0 else 0, size - 12 - (travel if dy > 0 else 0) + 1
+        )
+        x0 = rng.integers(
+            travel if dx < 0 else 0, size - 12 - (travel if dx > 0 else 0) + 1
+        )
+        for t in range(frames):
+            y, x = y0 + 2 * dy * t, x0 + 2 * dx * t
+            clips[i, t, 0, y : y + 12, x : x + 12] = pool[chosen[i]]
+    return clips, directions.astype(np.int64), labels[chosen]
 
 
 def cache_folder() -> Path:

@@ -128,3 +128,69 @@ def test_python_docs_is_the_pydoc_topics_split_at_a_topic_boundary():
     assert data.python_docs() == (train, validation)
     with pytest.raises(ValueError, match="validation_fraction"):
         data.python_docs(1.0)
+
+
+def test_shapes_captions_describe_the_pixels():
+    from annotated.data import COLOURS, RELATIONS, SHAPE_NAMES, SIZE_NAMES, shapes
+
+    data = shapes(60, objects=2, seed=3)
+    assert data.images.shape == (60, 3, 32, 32) and data.images.dtype == np.float32
+    assert 0 <= data.images.min() and data.images.max() <= 1
+    colours = np.array(list(COLOURS.values()))
+    for image, caption, objects, relation in zip(*data):
+        first, second = objects
+        words = [
+            f"a {SIZE_NAMES[s]} {list(COLOURS)[c]} {SHAPE_NAMES[k]}"
+            for s, c, k in objects
+        ]
+        assert caption == f"{words[0]} {RELATIONS[relation]} {words[1]}"
+        # each object's colour covers pixels on its side of the relation
+        centres = []
+        for _, colour, _ in objects:
+            close = np.abs(image.transpose(1, 2, 0) - colours[colour]).sum(-1) < 0.05
+            assert close.sum() >= 9, caption
+            centres.append(np.argwhere(close).mean(axis=0))  # (y, x)
+        if first[1] == second[1]:
+            continue  # same colour: the pixels cannot be told apart
+        (y1, x1), (y2, x2) = centres
+        assert {
+            "above": y1 < y2,
+            "below": y1 > y2,
+            "left of": x1 < x2,
+            "right of": x1 > x2,
+        }[RELATIONS[relation]], caption
+    again = shapes(60, objects=2, seed=3)
+    assert np.array_equal(again.images, data.images) and again.captions == data.captions
+    single = shapes(10, objects=1, seed=0)
+    assert (single.relations == -1).all() and single.attributes.shape == (10, 1, 3)
+
+
+def test_moving_digits_move_the_way_the_label_says():
+    from annotated.data import DIRECTIONS, moving_digits
+
+    clips, directions, labels = moving_digits(40, frames=6, size=24, seed=2)
+    assert clips.shape == (40, 6, 1, 24, 24) and labels.max() <= 9
+    expected = {"right": (0, 2), "down": (2, 0), "up-left": (-2, -2), "left": (0, -2)}
+    for clip, direction in zip(clips, directions):
+        mass = clip[:, 0].sum(axis=(1, 2))
+        assert np.allclose(mass, mass[0], rtol=1e-5)  # the digit stays whole
+        ys, xs = np.mgrid[0:24, 0:24]
+        centre = np.array(
+            [[(f * ys).sum() / f.sum(), (f * xs).sum() / f.sum()] for f in clip[:, 0]]
+        )
+        step = np.diff(centre, axis=0)  # [frames - 1, 2]
+        assert np.allclose(step, step[0], atol=1e-4)
+        name = DIRECTIONS[direction]
+        if name in expected:
+            assert np.allclose(step[0], expected[name], atol=1e-4)
+
+
+def test_vision_data_rejects_bad_arguments():
+    from annotated.data import moving_digits, shapes
+
+    with pytest.raises(ValueError, match="objects must be 1 or 2"):
+        shapes(4, objects=3)
+    with pytest.raises(ValueError, match="count must be an int >= 1"):
+        shapes(0)
+    with pytest.raises(ValueError, match="size must be an int >= 26 for 8 frames"):
+        moving_digits(4, frames=8, size=20)
