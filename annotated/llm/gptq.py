@@ -89,7 +89,7 @@ from annotated.llm.pretraining import evaluate, pack, sample_windows, small_gpt
 #
 # GPTQ's reference code quantises each output row with an *asymmetric min–max* grid:
 # the affine map of the [quantisation
-# chapter](../systems/quantization.md#scale-and-zero-point), with unsigned integers
+# chapter](../systems/quantization.md#qparams), with unsigned integers
 # $q \in [0, 2^b - 1]$ instead of signed ones,
 #
 # $$

@@ -84,7 +84,7 @@ from annotated.serving.rag import (
 # A `BaseRetriever` subclass writes one method, `_get_relevant_documents(query, *,
 # run_manager)`, and returns LangChain `Document`s: the text in `page_content`, the
 # rest in `metadata`. Ours hands the question to the hybrid ranking of
-# [rag](rag.md#the-retriever-holds-the-chunks-the) and puts each section's link in
+# [rag](rag.md#retriever) and puts each section's link in
 # the metadata, so the chain can cite it. `BaseRetriever` is a pydantic model: the
 # fields are declared on the class, and `arbitrary_types_allowed` lets one of them
 # hold our own `Retriever`.
@@ -148,7 +148,7 @@ class MiniLMEmbeddings(Embeddings):
 #
 # An `LLM` subclass writes `_call(prompt, stop)` returning the completion, and may
 # write `_stream` yielding it in pieces; it names itself in `_llm_type`. Ours writes
-# `_stream`, the sampling loop of [the GPT-2 chapter](../llm/gpt2.md#generation) one
+# `_stream`, the sampling loop of [the GPT-2 chapter](../llm/gpt2.md#generate) one
 # token at a time, and `_call` joins what `_stream` yields, so `invoke` and `stream`
 # give the same text for the same seed.
 #

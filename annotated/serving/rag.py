@@ -304,7 +304,7 @@ def load_corpus(modules: list[str] | None = None) -> list[Chunk]:
 # A sentence encoder maps a text to one unit vector so that texts that mean the same
 # land close together; all-MiniLM-L6-v2 was trained on a billion sentence pairs to do
 # that [@reimers2019sbert]. The encoder is our own BERT of
-# [the Transformer lesson](../transformers/transformer.md#the-same-blocks-as-bert)
+# [the Transformer lesson](../transformers/transformer.md#bertembeddings)
 # with the installed weights, mean-pooled and normalised as sentence-transformers
 # does. It reads at most 256 tokens and was fine-tuned on texts of 128, while a
 # section runs to a thousand words; so each section is embedded as *passages* of 100
