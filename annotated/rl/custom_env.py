@@ -5,7 +5,7 @@ summary: >-
   A key-and-door grid world written to the gymnasium.Env API (spaces, seeded procedural
   layouts, terminated versus truncated, rgb_array rendering, registration), passing
   gymnasium's checker and solved by the PPO of the previous lesson.
-time: 25 s
+time: 12 s
 references:
   - key: towers2024gymnasium
     authors: [Mark Towers, Ariel Kwiatkowski, Jordan Terry, John U. Balis, Gianluca De

@@ -5,7 +5,7 @@ summary: >-
   A probabilistic ensemble of MLPs learns CartPole's dynamics from a few hundred steps;
   planning in it with the cross-entropy method, and Dyna-style Q-learning in its
   imagination, balance the pole with a small fraction of the experience PPO needs.
-time: 90 s
+time: 50 s
 references:
   - key: chua2018deep
     authors: [Kurtland Chua, Roberto Calandra, Rowan McAllister, Sergey Levine]

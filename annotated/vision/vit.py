@@ -6,7 +6,7 @@ summary: >-
   convolution and as unfold-and-multiply, a class token, learned positions resized to a
   new resolution, and the pre-LN Transformer encoder, equal to Hugging Face's ViTModel
   with copied weights and trained on coloured shapes.
-time: 60 s
+time: 25 s
 references:
   - key: dosovitskiy2021image
     authors:
