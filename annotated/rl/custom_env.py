@@ -357,7 +357,7 @@ class KeyDoorEnv(gym.Env):
 # `gym.make(ENV_ID)` builds it with its wrappers (the time limit, the order enforcer
 # that refuses `step` before `reset`, and the passive checker that warns when an
 # observation leaves its space) and so does `gym.make_vec`, which is how
-# `make_envs` in [PPO](ppo.md#the-environments) builds its vector of copies. The
+# `make_envs` in [PPO](ppo.md#make-envs) builds its vector of copies. The
 # `-v0` is the version: an environment whose dynamics change gets a new number, so
 # results reported on `-v0` stay comparable.
 #
