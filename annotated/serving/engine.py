@@ -46,7 +46,9 @@ decode many sequences in the same forward pass, because one pass over the weight
 costs about the same for one sequence as for sixteen. The obvious way, *static*
 batching, collects a batch, runs it until its longest answer is done, and only then
 takes the next one. Answers differ in length by orders of magnitude, so most of the
-batch sits finished, or waits in the queue, while one long answer runs on.
+batch sits finished, or waits in the queue, while one long answer runs on: a batch of
+answers of lengths $L_1, \dots, L_B$ runs $\max_i L_i$ steps and fills only
+$\sum_i L_i$ of its $B \max_i L_i$ slots with useful work.
 
 Orca's answer is *iteration-level scheduling* [@yu2022orca], now called continuous
 batching: the scheduler decides again at every step. A sequence that finishes leaves
