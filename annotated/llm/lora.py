@@ -98,6 +98,7 @@ from annotated.llm.pretraining import (
     TrainSettings,
     evaluate,
     make_optimizer,
+    pack,
     sample_windows,
     small_gpt,
     train_step,
@@ -378,8 +379,8 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
 # docstrings, long identifiers; the base model's loss on it is over a nat higher
 # than on the documentation.
 #
-# The text is tokenized with the pretraining tokenizer (an adapter cannot change the
-# vocabulary: the embeddings are frozen).
+# The text is tokenized with the pretraining tokenizer and packed by the pretraining
+# chapter's `pack` (an adapter cannot change the vocabulary: the embeddings are frozen).
 
 TRAIN_MODULES = (
     "bisect", "calendar", "colorsys", "copy", "fnmatch", "fractions", "glob",
@@ -553,16 +554,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
 
     base, tokenizer, _, validation_pages = small_gpt(args.device)
-    end = tokenizer.special_tokens["<|endoftext|>"]
-
-    def pack_texts(texts: list[str]) -> Tensor:
-        ids = [i for text in texts for i in tokenizer.encode_ordinary(text) + [end]]
-        return torch.tensor(ids, dtype=torch.long)
-
-    code = pack_texts(module_source(TRAIN_MODULES))
+    code = pack(module_source(TRAIN_MODULES), tokenizer)
     validation = {
-        "code": pack_texts(module_source(VALIDATION_MODULES)),
-        "docs": pack_texts(validation_pages),
+        "code": pack(module_source(VALIDATION_MODULES), tokenizer),
+        "docs": pack(validation_pages, tokenizer),
     }
     settings = TrainSettings(
         steps=args.steps,
