@@ -337,6 +337,11 @@ BAD = {
     ),
     "weeks with a hyphen": ('weeks = "3–4"', 'weeks = "3-4"', "must look like"),
     "weeks past the stage": ('weeks = "5–8"', 'weeks = "5–9"', "past its 4–8 weeks"),
+    "competency lesson without a test": (
+        ', "rl/distributed_rollouts"]\n\n',  # the tests line: a blank line follows
+        "]\n\n",
+        "rl/distributed_rollouts builds this competency but none of its tests",
+    ),
     "bad section id": (
         '"foundations/convex#sgd-logistic"',
         '"foundations/convex#SGD"',

@@ -202,6 +202,31 @@ class Curriculum:
                 yield from group.items
 
 
+def demonstrations(curriculum: Curriculum, results=None) -> dict[str, tuple]:
+    """{lesson: ((competency text, its label, test names, outcome), ...)}: for each
+    lesson the checklist links to, the competencies it builds and the tests of its own
+    that demonstrate them, with how they fared in the stored run (`results`, or None:
+    then every outcome is None). A test name is a function, or the file's name when
+    the item names the whole file."""
+    found: dict[str, list] = {}
+    for group in curriculum.competencies:
+        for item in group.items:
+            for module in dict.fromkeys(ref.module for ref in item.covered_by):
+                refs = [ref for ref in item.tests if ref.module == module]
+                names = tuple(ref.name or posixpath.basename(ref.file) for ref in refs)
+                outcomes = [results.status(ref) if results else None for ref in refs]
+                if None in outcomes:
+                    outcome = None
+                elif "failed" in outcomes:
+                    outcome = "failed"
+                else:
+                    outcome = "passed" if "passed" in outcomes else "skipped"
+                found.setdefault(module, []).append(
+                    (item.text, item.label, names, outcome)
+                )
+    return {module: tuple(rows) for module, rows in found.items()}
+
+
 # ---- reading and checking -----------------------------------------------------------
 
 
@@ -272,6 +297,18 @@ class _Reader:
                         f"{item.where} {item.label!r}",
                         f"{ref} names a lesson that is not in the curriculum",
                     )
+        # A lesson page names the test that shows each competency it builds, so every
+        # lesson of a competency needs one of its tests among the item's.
+        for group in curriculum.competencies:
+            for item in group.items:
+                tested = {ref.module for ref in item.tests}
+                for ref in item.covered_by:
+                    if ref.module not in tested:
+                        self.fail(
+                            f"{item.where} {item.label!r}",
+                            f"{ref.module} builds this competency but none of its "
+                            "tests is in the item's tests",
+                        )
         return curriculum
 
     def stage(self, value, index: int) -> Stage:
@@ -427,11 +464,13 @@ def render(
     curriculum: Curriculum,
     written: Mapping[str, WrittenLesson],
     page_src: str,
+    results=None,
 ) -> str:
     """Fill the placeholders in a docs page's Markdown. `written` maps module keys to
     the written lessons; `page_src` is the page's path in the docs tree ("index.md"),
-    which links are made relative to. Headings nest under the last one above the
-    placeholder.
+    which links are made relative to; `results` is the stored run of the checklist's
+    tests (`tools.literate.test_results.TestResults`), or None. Headings nest under the
+    last one above the placeholder.
 
     Raises ValueError for a link to a section that a written lesson does not have."""
     placeholders = {
@@ -444,7 +483,7 @@ def render(
     if not present:
         return markdown
     check(curriculum, written)
-    links = _Links(curriculum, written, posixpath.dirname(page_src))
+    links = _Links(curriculum, written, posixpath.dirname(page_src), results)
     for placeholder in present:
         level = _heading_level(markdown[: markdown.index(placeholder)]) + 1
         text = placeholders[placeholder](curriculum, links, min(level, 5))
@@ -485,8 +524,9 @@ def check(curriculum: Curriculum, written: Mapping[str, WrittenLesson]) -> None:
 
 
 class _Links:
-    def __init__(self, curriculum, written, here: str):
+    def __init__(self, curriculum, written, here: str, results=None):
         self.curriculum, self.written, self.here = curriculum, written, here or "."
+        self.results = results
 
     def url(self, target: str) -> str:
         return posixpath.relpath(target, self.here)
@@ -511,7 +551,10 @@ class _Links:
         name = f"`{ref.name}`" if ref.name else f"`{posixpath.basename(ref.file)}`"
         if ref.module not in self.written:
             return f"{name} {_PLANNED}"
-        return f"[{name}]({self.url('downloads/' + ref.file)})"
+        link = f"[{name}]({self.url('downloads/' + ref.file)})"
+        if self.results is None:
+            return link
+        return f"{link} {_STATUS[self.results.status(ref)]}"
 
     def coverage(self, item: Item) -> str:
         """The lessons covering `item`, a lesson's sections together; or "planned"."""
@@ -523,6 +566,15 @@ class _Links:
             if ref.section:
                 sections[ref.module].append(ref.section)
         return "; ".join(self.refs(module, names) for module, names in sections.items())
+
+
+# How a test fared in the stored run, as the checklist shows it.
+_STATUS = {
+    "passed": '<span class="lit-pass">✓ passed</span>',
+    "failed": '<span class="lit-fail">✗ failed</span>',
+    "skipped": '<span class="lit-skip">skipped</span>',
+    None: '<span class="lit-skip">not in the stored run</span>',
+}
 
 
 def _escape(text: str) -> str:
@@ -596,6 +648,38 @@ def _groups(groups, links: _Links, level: int, numbered: bool) -> str:
 
 def _competencies(curriculum: Curriculum, links: _Links, level: int) -> str:
     out, h = [], "#" * level
+    results = links.results
+    if results is None:
+        out += [
+            "*No stored run of these tests yet: `python -m "
+            "tools.literate.test_results` runs them and records the outcome here.*",
+            "",
+        ]
+    else:
+        refs = [
+            (item, ref)
+            for group in curriculum.competencies
+            for item in group.items
+            for ref in item.tests
+            if ref.module in links.written
+        ]
+        shown = {
+            item.text
+            for item, _ in refs
+            if all(
+                results.status(ref) == "passed"
+                for ref in item.tests
+                if ref.module in links.written
+            )
+        }
+        items = {item.text for item, _ in refs}
+        out += [
+            f"*The stored run of {results.date} on {results.machine} (commit "
+            f"`{results.commit}`): {len(shown)} of {len(items)} competencies with "
+            "written tests have every one of them passing. `python -m "
+            "tools.literate.test_results` runs them again.*",
+            "",
+        ]
     for group in curriculum.competencies:
         out += [f"{h} {group.title} {_zh(group.label)}", ""]
         if group.text:

@@ -14,6 +14,7 @@ live here, at module level, keyed by content.
 from __future__ import annotations
 
 import ast
+import html
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,9 @@ class Site:
     neighbours: dict  # lesson key → (previous record or None, next record or None)
     # lesson page → its section ids, for checking links to sections
     sections: dict = field(default_factory=dict)
+    # lesson key → the competencies it demonstrates (learning_path.demonstrations)
+    demonstrates: dict = field(default_factory=dict)
+    results_date: str | None = None  # the stored test run's date, if there is one
 
 
 @dataclass(frozen=True)
@@ -163,10 +167,47 @@ def render_page(record: LessonRecord, site: Site) -> Page:
             for page, ids in sorted(site.sections.items())
         ),
         *(f"{r.file.key}:{r.title}" if r else "-" for r in (previous, following)),
+        repr(site.demonstrates.get(record.file.key)),
+        str(site.results_date),
     )
     if key not in _PAGES:
         _PAGES[key] = _render(record, site, previous, following)
     return _PAGES[key]
+
+
+_OUTCOME = {
+    "passed": '<span class="lit-pass">✓ passed</span>',
+    "failed": '<span class="lit-fail">✗ failed</span>',
+    "skipped": '<span class="lit-skip">skipped</span>',
+}
+
+
+def _demonstrates(site: Site, key: str, root: str) -> str:
+    """The header's "Demonstrates" entry: each competency of the plan's checklist this
+    lesson builds, the tests of its own that show it, and how they fared in the stored
+    run; "" for a lesson the checklist does not name."""
+    rows = site.demonstrates.get(key)
+    if not rows:
+        return ""
+    checklist = root + (
+        "competencies/" if site.use_directory_urls else "competencies.html"
+    )
+    entries = []
+    for text, label, names, outcome in rows:
+        tests = ", ".join(f"<code>{html.escape(name)}</code>" for name in names)
+        if outcome is None:
+            fared = "not in the stored run" if site.results_date else "not run yet"
+        else:
+            fared = f"{_OUTCOME[outcome]} in the run of {site.results_date}"
+        entries.append(
+            f'<em>{html.escape(text)}</em> <span lang="zh-Hans">{html.escape(label)}'
+            f"</span>: shown by {tests} ({fared})"
+        )
+    return (
+        "<br>".join(entries)
+        + f' <span class="lit-note">(the <a href="{checklist}">competency '
+        "checklist</a>)</span>"
+    )
 
 
 def _render(record, site: Site, previous, following) -> Page:
@@ -194,6 +235,7 @@ def _render(record, site: Site, previous, following) -> Page:
         next=neighbour(following),
         language=lesson.language,
         on_gpu=file.area == "kernels",
+        demonstrates=_demonstrates(site, file.key, root),
     )
     svgs = _diagrams(record, site.cache_dir)
     body, search = render.render_lesson(

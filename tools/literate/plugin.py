@@ -27,7 +27,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
 
-from tools.literate import LessonError, learning_path, pipeline
+from tools.literate import LessonError, learning_path, pipeline, test_results
 from tools.literate.files import discover, page_url
 from tools.literate.prose import Links, rewrite_links
 
@@ -55,6 +55,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             self.curriculum = learning_path.load(self.root / self.config.curriculum)
         except ValueError as error:
             raise PluginError(f"literate: {self.config.curriculum}: {error}") from None
+        self.results = test_results.load(self.root)
         self.order = [entry.module for entry in self.curriculum.lessons()]
         rank = {key: index for index, key in enumerate(self.order)}
         found = discover(self.root, tuple(self.config.packages))
@@ -146,6 +147,8 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 record.file.page: frozenset(s.id for s in record.lesson.sections)
                 for record in self.records
             },
+            demonstrates=learning_path.demonstrations(self.curriculum, self.results),
+            results_date=self.results.date if self.results else None,
         )
         self.site = site
         self.pages = {}
@@ -196,7 +199,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         }
         try:
             return learning_path.render(
-                markdown, self.curriculum, written, page.file.src_uri
+                markdown, self.curriculum, written, page.file.src_uri, self.results
             )
         except ValueError as error:
             raise PluginError(f"literate: {page.file.src_uri}: {error}") from None

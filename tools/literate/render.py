@@ -51,6 +51,8 @@ class PageFacts:
     # Measured on a GPU by the prepared check: a kernel lesson's page says so, or that
     # it has not been yet.
     on_gpu: bool = False
+    # The competencies of the plan's checklist this lesson demonstrates, as HTML.
+    demonstrates: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ def _header(
         ),
         ("Benchmarks", _benchmark_table(benchmarks, with_benchmarks, facts)),
     ]
+    if facts.demonstrates:
+        rows.insert(2, ("Demonstrates", facts.demonstrates))
     if facts.on_gpu:
         rows.append(("On a GPU", _gpu_table(gpu)))
     rows.append(("Download", download))
