@@ -308,6 +308,7 @@ def test_pages_are_in_the_nav_after_home():
             {"Method": "method.md"},
             {"Weekly schedule": "schedule.md"},
             {"Competencies": "competencies.md"},
+            {"Compare implementations": "compare.md"},
         ]
     }
 

@@ -27,7 +27,13 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
 
-from tools.literate import LessonError, learning_path, pipeline, test_results
+from tools.literate import (
+    LessonError,
+    compare,
+    learning_path,
+    pipeline,
+    test_results,
+)
 from tools.literate.files import discover, page_url
 from tools.literate.prose import Links, rewrite_links
 
@@ -56,6 +62,10 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         except ValueError as error:
             raise PluginError(f"literate: {self.config.curriculum}: {error}") from None
         self.results = test_results.load(self.root)
+        try:
+            self.comparisons = compare.load(self.root / "annotated/compare.toml")
+        except ValueError as error:
+            raise PluginError(f"literate: {error}") from None
         self.order = [entry.module for entry in self.curriculum.lessons()]
         rank = {key: index for index, key in enumerate(self.order)}
         found = discover(self.root, tuple(self.config.packages))
@@ -198,6 +208,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             for record in self.records
         }
         try:
+            markdown = compare.render(
+                markdown, self.comparisons, written, self.root, page.file.src_uri
+            )
             return learning_path.render(
                 markdown, self.curriculum, written, page.file.src_uri, self.results
             )
