@@ -32,6 +32,7 @@ from tools.literate import (
     compare,
     learning_path,
     pipeline,
+    reading,
     test_results,
 )
 from tools.literate.files import discover, page_url
@@ -210,6 +211,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         try:
             markdown = compare.render(
                 markdown, self.comparisons, written, self.root, page.file.src_uri
+            )
+            markdown = reading.render(
+                markdown, self.root / self.config.cache_dir, page.file.src_uri
             )
             return learning_path.render(
                 markdown, self.curriculum, written, page.file.src_uri, self.results
