@@ -5,6 +5,9 @@ summary: >-
   LeNet-5 in its 1998 layout on the lesson's own im2col convolution and pooling, matched
   against an nn.Conv2d twin and plain Python loops, and trained on 32×32 digits.
 time: 15 s
+expected:
+  metric: accuracy
+  short: ["--epochs", "2", "--batch-size", "64"]
 references:
   - key: lecun1998gradient
     authors: [Yann LeCun, Léon Bottou, Yoshua Bengio, Patrick Haffner]

@@ -5,6 +5,9 @@ summary: >-
   A reverse-mode engine whose nodes are NumPy arrays, with broadcasting, reductions and
   a stable softmax, trained on digits and checked against torch.autograd.
 time: 3 s
+expected:
+  metric: test_accuracy
+  short: ["--epochs", "15"]
 references:
   - key: baydin2018automatic
     authors:

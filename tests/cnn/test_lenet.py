@@ -18,6 +18,7 @@ from annotated.cnn.lenet import (
     lenet_loops,
     main,
 )
+from tools.literate.figures import short_band
 
 torch.set_num_threads(1)
 
@@ -120,8 +121,11 @@ def test_example_runs():
 
 
 def test_demo_learns_and_agrees(tmp_path):
-    metrics = main(["--epochs", "2", "--batch-size", "64", "--out", str(tmp_path)])
+    # The short run's accuracy over the stored seeds is its expected band.
+    metric, args, low, high = short_band("annotated/cnn/lenet.py")
+    metrics = main([*args, "--out", str(tmp_path)])
     assert metrics["accuracy"] > 0.7
+    assert low <= metrics[metric] <= high
     assert metrics["logit_gap"] < 1e-5 and metrics["loop_gap"] < 1e-5
     assert (tmp_path / "filters.png").exists() and (tmp_path / "confusion.png").exists()
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import REPO
-from tools.literate import benchmarks, figures
+from tools.literate import benchmarks, figures, render
 from tools.literate.files import LessonFile
 
 LESSON = "annotated/demo/tiny_model.py"
@@ -51,6 +51,41 @@ def test_a_failing_demo_keeps_the_old_figures(lesson, project):
     assert sorted(p.name for p in (project / "docs/figures/demo").iterdir()) == [
         "tiny_model"
     ]
+
+
+def test_expected_metric_is_stored_over_seeds_with_the_short_runs_band(lesson, project):
+    source = lesson.path.read_text()
+    source = source.replace(
+        "time: 1 s\n",
+        'time: 1 s\nexpected:\n  metric: score\n  short: ["--scale", "2"]\n',
+    )
+    source = source.replace(
+        "    args = parser.parse_args(argv)\n",
+        '    parser.add_argument("--seed", type=int, default=0, help="seed")\n'
+        '    parser.add_argument("--scale", type=float, default=1.0, help="scale")\n'
+        "    args = parser.parse_args(argv)\n",
+    ).replace("    return {}\n", '    return {"score": args.scale * (1 + args.seed)}\n')
+    lesson.path.write_text(source)
+    stored = figures.regenerate(lesson, project / "docs")
+    expected = stored.expected
+    assert expected["metric"] == "score" and expected["seeds"] == [0, 1, 2]
+    assert expected["values"] == [1.0, 2.0, 3.0] and len(expected["seconds"]) == 3
+    assert expected["short"] == {"args": ["--scale", "2"], "values": [2.0, 4.0, 6.0]}
+    assert stored.band() == (1.0, 3.0)
+    # The test's band: the short run's values widened by half their range.
+    assert figures.short_band(LESSON, project) == ("score", ["--scale", "2"], 0.0, 8.0)
+    row = render._expected_row(stored)
+    assert row[0][0] == "Expected result"
+    assert "<code>score</code> 1–3 over 3 seeds" in row[0][1] and "2–6" in row[0][1]
+
+
+def test_an_expected_metric_main_does_not_return_is_named(lesson, project):
+    source = lesson.path.read_text().replace(
+        "time: 1 s\n", "time: 1 s\nexpected:\n  metric: accuracy\n"
+    )
+    lesson.path.write_text(source)
+    with pytest.raises(RuntimeError, match="expected.metric 'accuracy' is not in"):
+        figures.regenerate(lesson, project / "docs")
 
 
 def test_benchmarks_are_stored_with_ratios_to_the_baseline(lesson, project):

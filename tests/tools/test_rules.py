@@ -84,6 +84,20 @@ BROKEN = {
         lambda s: s.replace("time: 2 s", "time: quick"),
         r"time is like",
     ),
+    "expected without a metric": (
+        lambda s: s.replace("time: 2 s\n", "time: 2 s\nexpected: accuracy\n"),
+        r"front matter: expected must map metric to a name",
+    ),
+    "expected over one seed": (
+        lambda s: s.replace(
+            "time: 2 s\n", "time: 2 s\nexpected:\n  metric: accuracy\n  seeds: 1\n"
+        ),
+        r"expected\.seeds must be an int >= 2",
+    ),
+    "expected without a --seed flag": (
+        lambda s: s.replace("time: 2 s\n", "time: 2 s\nexpected:\n  metric: loss\n"),
+        r"expected: the demo needs a --seed flag",
+    ),
     "reference without link": (
         lambda s: s.replace("    url: https://example.org/notes\n", ""),
         r"references\[0\] lacks arxiv or url",

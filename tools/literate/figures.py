@@ -28,6 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from tools.literate.files import LessonFile, lesson_command
+from tools.literate.parse import parse
 
 MANIFEST = "figures.json"
 OUTPUT_LINES = 20  # how much of the demo's printed output the page shows
@@ -53,6 +54,15 @@ class Figures:
     seconds: float  # how long the demo took
     machine: str
     fresh: bool  # made from the current source
+    # The metric over several seeds, when the lesson declares `expected:`: {"metric",
+    # "seeds", "values", "seconds", and "short": {"args", "values"} for its short run}.
+    expected: dict | None = None
+
+    def band(self) -> tuple[float, float] | None:
+        """The lowest and highest value of the expected metric over the seeds."""
+        if not self.expected:
+            return None
+        return min(self.expected["values"]), max(self.expected["values"])
 
 
 def parse_manifest(text: str, source_sha256: str) -> Figures:
@@ -73,6 +83,7 @@ def parse_manifest(text: str, source_sha256: str) -> Figures:
         seconds=manifest["seconds"],
         machine=manifest["machine"],
         fresh=manifest["source_sha256"] == source_sha256,
+        expected=manifest.get("expected"),
     )
 
 
@@ -102,6 +113,108 @@ def describe(png: Path) -> Figure:
     return Figure(png.name, caption, width, height, sizes, round(float(dpi), 1))
 
 
+# Runs a lesson's `main(args)` and writes the numbers of the dict it returns to a JSON
+# file: what the demo prints is what `python -m` prints, and the metric comes back too.
+_RUNNER = """
+import importlib, json, sys
+module, result, *args = sys.argv[1:]
+metrics = importlib.import_module(module).main(args) or {}
+numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+with open(result, "w") as handle:
+    json.dump(numbers, handle)
+"""
+
+
+def run_demo(
+    lesson: LessonFile, args: list[str], folder: Path
+) -> tuple[dict, str, float]:
+    """(the metrics `main(args)` returned, what it printed, seconds) of one run."""
+    result = folder / "metrics.json"
+    command = [sys.executable, "-c", _RUNNER, lesson.module, str(result), *args]
+    started = time.perf_counter()
+    # No display: a lesson that still uses pyplot must not try to open a window.
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        command, cwd=lesson.root, capture_output=True, text=True, env=env
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{lesson.relative}: the demo failed (exit {done.returncode}) with "
+            f"{' '.join(args)}:\n{done.stderr[-3000:]}"
+        )
+    metrics = json.loads(result.read_text(encoding="utf-8"))
+    result.unlink()
+    return metrics, done.stdout, seconds
+
+
+def expected_runs(lesson: LessonFile, first: dict, first_seconds: float, scratch: Path):
+    """The `expected:` record: the declared metric of the default run and of the
+    seeds after it, and of the short run (`short:` flags) for every seed."""
+    declared = parse(lesson.path.read_text(encoding="utf-8"), lesson.path).front_matter
+    expected = declared.get("expected")
+    if expected is None:
+        return None
+    metric, seeds = expected["metric"], int(expected.get("seeds", 3))
+    if metric not in first:
+        raise RuntimeError(
+            f"{lesson.relative}: expected.metric {metric!r} is not in what main() "
+            f"returns: {sorted(first)}"
+        )
+    values, seconds = [first[metric]], [round(first_seconds, 1)]
+    for seed in range(1, seeds):
+        folder = scratch / f"seed{seed}"
+        folder.mkdir()
+        metrics, _, took = run_demo(
+            lesson, ["--seed", str(seed), "--out", str(folder)], folder
+        )
+        values.append(metrics[metric])
+        seconds.append(round(took, 1))
+    record = {
+        "metric": metric,
+        "seeds": list(range(seeds)),
+        "values": values,
+        "seconds": seconds,
+    }
+    short = expected.get("short")
+    if short is not None:
+        short_values = []
+        for seed in range(seeds):
+            folder = scratch / f"short{seed}"
+            folder.mkdir()
+            args = [*map(str, short), "--seed", str(seed), "--out", str(folder)]
+            metrics, _, _ = run_demo(lesson, args, folder)
+            short_values.append(metrics[metric])
+        record["short"] = {"args": [str(a) for a in short], "values": short_values}
+    return record
+
+
+def short_band(
+    relative: str, root: Path | None = None
+) -> tuple[str, list[str], float, float]:
+    """(metric, the short run's flags, low, high) for a lesson's test: the band its
+    short run fell in over the stored seeds, widened by half its width (and at least 1
+    % of its top) for a machine whose arithmetic differs in the last bits. `relative`
+    is the lesson's path from the project root (`root`, this project's by default),
+    "annotated/cnn/lenet.py"."""
+    lesson = LessonFile(root or Path(__file__).resolve().parents[2], relative)
+    stored = read(lesson, lesson.root / "docs")
+    if stored is None or not stored.expected or "short" not in stored.expected:
+        raise LookupError(
+            f"{lesson.relative}: no stored short-run band; declare expected.short and "
+            f"run python -m tools.literate.figures {lesson.relative}"
+        )
+    values = stored.expected["short"]["values"]
+    low, high = min(values), max(values)
+    margin = max(0.5 * (high - low), 0.01 * abs(high))
+    return (
+        stored.expected["metric"],
+        stored.expected["short"]["args"],
+        low - margin,
+        high + margin,
+    )
+
+
 def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
     """Run the lesson's demo with its default flags and replace its stored figures in
     one step."""
@@ -113,19 +226,8 @@ def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
     ) as scratch:
         out = Path(scratch) / "out"
         out.mkdir()
-        command = [sys.executable, "-m", lesson.module, "--out", str(out)]
-        started = time.perf_counter()
-        # No display: a lesson that still uses pyplot must not try to open a window.
-        env = {**os.environ, "MPLBACKEND": "Agg"}
-        result = subprocess.run(
-            command, cwd=lesson.root, capture_output=True, text=True, env=env
-        )
-        seconds = time.perf_counter() - started
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{lesson.relative}: the demo failed (exit {result.returncode}):\n"
-                f"{result.stderr[-3000:]}"
-            )
+        metrics, stdout, seconds = run_demo(lesson, ["--out", str(out)], Path(scratch))
+        expected = expected_runs(lesson, metrics, seconds, Path(scratch))
         pngs = sorted(p for p in out.iterdir() if p.suffix == ".png")
         if not pngs:
             raise RuntimeError(
@@ -140,7 +242,7 @@ def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
             "files": [describe(png).__dict__ for png in pngs],
             # The demo ran with a scratch --out; a reader runs it with the default.
             "output": "\n".join(
-                result.stdout.replace(str(out), f"out/{lesson.stem}")
+                stdout.replace(str(out), f"out/{lesson.stem}")
                 .strip()
                 .splitlines()[-OUTPUT_LINES:]
             ),
@@ -148,6 +250,8 @@ def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"{platform.system()}, Python {platform.python_version()}",
         }
+        if expected is not None:
+            manifest["expected"] = expected
         (out / MANIFEST).write_text(
             json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
         )

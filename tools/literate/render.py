@@ -183,6 +183,7 @@ def _header(
         )
     rows = [
         ("Run", run),
+        *_expected_row(figures),
         (
             "Verified against",
             f"{breakable(facts.verified)} "
@@ -204,6 +205,32 @@ def _header(
         f'<div class="lit-header"><div class="lit-summary">{summary}</div>'
         f'<dl class="lit-facts">{facts_html}</dl></div>'
     )
+
+
+def _expected_row(figures: Figures | None) -> list[tuple[str, str]]:
+    """ "Expected result": the declared metric's range over the stored seeds, so a
+    reader knows whether their run is normal; none when the lesson declares none."""
+    band = figures.band() if figures is not None else None
+    if band is None:
+        return []
+    expected = figures.expected
+    low, high = band
+    values = f"{low:.4g}" if f"{low:.4g}" == f"{high:.4g}" else f"{low:.4g}–{high:.4g}"
+    seconds = sum(expected["seconds"]) / len(expected["seconds"])
+    text = (
+        f"<code>{html.escape(expected['metric'])}</code> {values} over "
+        f"{len(expected['values'])} seeds, {seconds:.3g} s a run on "
+        f"{html.escape(figures.machine)}"
+    )
+    if "short" in expected:
+        short = expected["short"]
+        flags = html.escape(" ".join(short["args"]))
+        low, high = min(short["values"]), max(short["values"])
+        text += (
+            f'<br><span class="lit-note">the short run the test makes '
+            f"(<code>{flags}</code>): {low:.4g}–{high:.4g}</span>"
+        )
+    return [("Expected result", text)]
 
 
 def _gpu_value(name: str, value) -> str:

@@ -102,6 +102,38 @@ def _compile(file: LessonFile, source: str) -> list[LessonError]:
     return []
 
 
+def _expected(file: LessonFile, lesson: Lesson) -> list[LessonError]:
+    """`expected: {metric, seeds, short}`: the metric the figures tool records over
+    several seeds (with `--seed`), and the short run's flags the test repeats."""
+    expected, line = lesson.front_matter["expected"], lesson.front_matter_line
+    where = "front matter: expected"
+    if not isinstance(expected, dict) or not isinstance(expected.get("metric"), str):
+        return [LessonError(file.path, line, f"{where} must map metric to a name")]
+    problems = []
+    unknown = sorted(set(expected) - {"metric", "seeds", "short"})
+    if unknown:
+        problems.append(
+            LessonError(file.path, line, f"{where}: unknown keys {', '.join(unknown)}")
+        )
+    seeds = expected.get("seeds", 3)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
+        problems.append(
+            LessonError(file.path, line, f"{where}.seeds must be an int >= 2")
+        )
+    short = expected.get("short", [])
+    if not isinstance(short, list) or not all(isinstance(a, str) for a in short):
+        problems.append(
+            LessonError(file.path, line, f"{where}.short must be a list of flags")
+        )
+    if '"--seed"' not in lesson.source:
+        problems.append(
+            LessonError(
+                file.path, line, f"{where}: the demo needs a --seed flag to vary"
+            )
+        )
+    return problems
+
+
 def _front_matter(file: LessonFile, lesson: Lesson) -> list[LessonError]:
     meta, line = lesson.front_matter, lesson.front_matter_line
     if not meta:
@@ -138,6 +170,8 @@ def _front_matter(file: LessonFile, lesson: Lesson) -> list[LessonError]:
                 f"front matter: time is like '20 s' or '2 min', got {meta['time']!r}",
             )
         )
+    if "expected" in meta:
+        problems += _expected(file, lesson)
     references = meta.get("references")
     if "references" in meta and (not isinstance(references, list) or not references):
         problems.append(
