@@ -5,6 +5,9 @@ summary: >-
   A scalar autograd engine, checked against torch.autograd to 1e-9, faster than
   micrograd, and used to train a small neural network.
 time: 6 s
+expected:
+  metric: accuracy
+  short: ["--steps", "60"]
 references:
   - key: wengert1964simple
     authors: [R. E. Wengert]

@@ -6,6 +6,9 @@ summary: >-
   gymnasium 1.x's next-step autoreset handled by hand, solving CartPole-v1 (mean return
   475 over 20 episodes) on 2 CPU cores, timed in seconds and steps per second.
 time: 25 s
+expected:
+  metric: mean_return
+  short: ["--total-steps", "2048"]
 references:
   - key: schulman2017proximal
     authors: [John Schulman, Filip Wolski, Prafulla Dhariwal, Alec Radford, Oleg Klimov]

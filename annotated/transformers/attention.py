@@ -7,6 +7,9 @@ summary: >-
   F.scaled_dot_product_attention and nn.MultiheadAttention and trained on a dictionary
   look-up.
 time: 10 s
+expected:
+  metric: accuracy
+  short: ["--steps", "150"]
 references:
   - key: vaswani2017attention
     authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, et al.]
