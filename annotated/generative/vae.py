@@ -7,6 +7,9 @@ summary: >-
   and the importance-weighted bound, shown exact on a linear-Gaussian model and
   reported on 16×16 digits.
 time: 10 s
+expected:
+  metric: elbo
+  short: ["--epochs", "3", "--iwae-samples", "20", "--hidden", "64"]
 references:
   - key: kingma2014auto
     authors: [Diederik P. Kingma, Max Welling]

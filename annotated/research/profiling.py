@@ -7,7 +7,7 @@ summary: >-
   roofline, then trace a GPT training step with torch.profiler: the operator table, a
   Perfetto trace, a TensorBoard trace on a schedule, and the memory of the step by
   category against the formulas of the memory chapter.
-time: 20 s
+time: 10 s
 references:
   - key: williams2009roofline
     authors: [Samuel Williams, Andrew Waterman, David Patterson]

@@ -6,6 +6,9 @@ summary: >-
   layouts, terminated versus truncated, rgb_array rendering, registration), passing
   gymnasium's checker and solved by the PPO of the previous lesson.
 time: 12 s
+expected:
+  metric: success_rate
+  short: ["--total-steps", "10240", "--episodes", "40"]
 references:
   - key: towers2024gymnasium
     authors: [Mark Towers, Ariel Kwiatkowski, Jordan Terry, John U. Balis, Gianluca De

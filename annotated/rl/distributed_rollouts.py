@@ -5,7 +5,7 @@ summary: >-
   Actors in their own Ray processes collect CartPole rollouts with slightly stale
   copies of the policy while one learner trains on whichever batch arrives first,
   corrected for the lag with IMPALA's V-trace.
-time: 40 s
+time: 30 s
 references:
   - key: espeholt2018impala
     authors: [Lasse Espeholt, Hubert Soyer, Remi Munos, Karen Simonyan, Volodymyr Mnih,

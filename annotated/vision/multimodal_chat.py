@@ -8,7 +8,7 @@ summary: >-
   alignment on captions, then visual instruction tuning on question-answer pairs), a
   loss on the answer tokens only, greedy chat, and exact-match accuracy per question
   type against a blind baseline.
-time: 90 s
+time: 50 s
 references:
   - key: liu2023visual
     authors: [Haotian Liu, Chunyuan Li, Qingyang Wu, Yong Jae Lee]

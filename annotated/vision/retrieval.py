@@ -7,7 +7,7 @@ summary: >-
   index written to disk and read back, an inverted-file index that trades recall for
   speed, and Recall@1, @5, @10 in both directions with relevance defined for captions
   that many pictures share.
-time: 15 s
+time: 5 s
 references:
   - key: radford2021learning
     authors: [Alec Radford, Jong Wook Kim, Chris Hallacy, Aditya Ramesh, et al.]
@@ -90,6 +90,7 @@ from tqdm import tqdm
 
 from annotated.data import shapes
 from annotated.figures import figure, save
+from annotated.serving import rag
 from annotated.vision.clip import CLIP, WordTokenizer, small_clip
 
 # ## Search is a matrix product
@@ -243,11 +244,9 @@ class ExactIndex:
 # misses.
 
 
-class FaissIndex:
-    """A faiss index behind the same `search` as `ExactIndex`."""
-
-    def __init__(self, index: faiss.Index):
-        self.index = index
+class FaissIndex(rag.FaissIndex):
+    """The [RAG chapter](../serving/rag.md)'s faiss index (its `save` and `load`),
+    built here from tensors, with an inverted file, and searched with tensors."""
 
     @classmethod
     def flat(cls, vectors) -> "FaissIndex":
@@ -278,18 +277,6 @@ class FaissIndex:
 
     def __len__(self) -> int:
         return self.index.ntotal
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(path))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FaissIndex":
-        if not Path(path).is_file():
-            raise ValueError(f"FaissIndex.load: no index file at {path}")
-        return cls(faiss.read_index(str(path)))
 
     def search(self, queries, k: int) -> tuple[Tensor, Tensor]:
         """The `k` best gallery rows of each query, `[Q, k]` each; id -1 where an

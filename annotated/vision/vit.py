@@ -7,6 +7,9 @@ summary: >-
   new resolution, and the pre-LN Transformer encoder, equal to Hugging Face's ViTModel
   with copied weights and trained on coloured shapes.
 time: 25 s
+expected:
+  metric: accuracy
+  short: ["--train", "2000", "--test", "300", "--epochs", "3", "--batch-size", "64"]
 references:
   - key: dosovitskiy2021image
     authors:
