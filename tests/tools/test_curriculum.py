@@ -266,7 +266,13 @@ def test_planned_lessons_are_marked_and_never_linked(page):
     planned = {e.title for e in CURRICULUM.lessons() if e.module not in WRITTEN}
     for title in re.findall(r"\[([^\]]*)\]\(", text):
         assert title.split(" § ")[0].replace("\\", "") not in planned, title
-    assert 'class="lit-planned">planned</span>' in text
+    named = {
+        entry.title
+        for entry in CURRICULUM.lessons()
+        if entry.title in text or entry.module in text
+    }
+    if named & planned:  # a page naming a planned lesson marks it
+        assert 'class="lit-planned">planned</span>' in text
 
 
 def test_the_learning_path_opens_with_the_first_lesson_and_the_home_page_agrees():

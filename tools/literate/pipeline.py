@@ -194,7 +194,9 @@ def _demonstrates(site: Site, key: str, root: str) -> str:
     )
     entries = []
     for text, label, names, outcome in rows:
-        tests = ", ".join(f"<code>{html.escape(name)}</code>" for name in names)
+        tests = ", ".join(
+            f'<code class="lit-long">{html.escape(name)}</code>' for name in names
+        )
         if outcome is None:
             fared = "not in the stored run" if site.results_date else "not run yet"
         else:

@@ -63,8 +63,11 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         except ValueError as error:
             raise PluginError(f"literate: {self.config.curriculum}: {error}") from None
         self.results = test_results.load(self.root)
+        comparisons = self.root / "annotated/compare.toml"
         try:
-            self.comparisons = compare.load(self.root / "annotated/compare.toml")
+            self.comparisons = (
+                compare.load(comparisons) if comparisons.is_file() else ()
+            )
         except ValueError as error:
             raise PluginError(f"literate: {error}") from None
         self.order = [entry.module for entry in self.curriculum.lessons()]

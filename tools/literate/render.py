@@ -193,7 +193,7 @@ def _header(
         ("Benchmarks", _benchmark_table(benchmarks, with_benchmarks, facts)),
     ]
     if facts.demonstrates:
-        rows.insert(2, ("Demonstrates", facts.demonstrates))
+        rows.insert(len(rows) - 1, ("Demonstrates", facts.demonstrates))
     if facts.on_gpu:
         rows.append(("On a GPU", _gpu_table(gpu)))
     rows.append(("Download", download))
