@@ -554,7 +554,7 @@ class _Links:
         link = f"[{name}]({self.url('downloads/' + ref.file)})"
         if self.results is None:
             return link
-        return f"{link} {_STATUS[self.results.status(ref)]}"
+        return f"{link} {STATUS[self.results.status(ref)]}"
 
     def coverage(self, item: Item) -> str:
         """The lessons covering `item`, a lesson's sections together; or "planned"."""
@@ -569,7 +569,7 @@ class _Links:
 
 
 # How a test fared in the stored run, as the checklist shows it.
-_STATUS = {
+STATUS = {
     "passed": '<span class="lit-pass">✓ passed</span>',
     "failed": '<span class="lit-fail">✗ failed</span>',
     "skipped": '<span class="lit-skip">skipped</span>',

@@ -24,6 +24,7 @@ from tools.literate import (
     cache,
     diagrams,
     downloads,
+    learning_path,
     notebook,
     render,
     rules,
@@ -175,13 +176,6 @@ def render_page(record: LessonRecord, site: Site) -> Page:
     return _PAGES[key]
 
 
-_OUTCOME = {
-    "passed": '<span class="lit-pass">✓ passed</span>',
-    "failed": '<span class="lit-fail">✗ failed</span>',
-    "skipped": '<span class="lit-skip">skipped</span>',
-}
-
-
 def _demonstrates(site: Site, key: str, root: str) -> str:
     """The header's "Demonstrates" entry: each competency of the plan's checklist this
     lesson builds, the tests of its own that show it, and how they fared in the stored
@@ -200,7 +194,7 @@ def _demonstrates(site: Site, key: str, root: str) -> str:
         if outcome is None:
             fared = "not in the stored run" if site.results_date else "not run yet"
         else:
-            fared = f"{_OUTCOME[outcome]} in the run of {site.results_date}"
+            fared = f"{learning_path.STATUS[outcome]} in the run of {site.results_date}"
         entries.append(
             f'<em>{html.escape(text)}</em> <span lang="zh-Hans">{html.escape(label)}'
             f"</span>: shown by {tests} ({fared})"
