@@ -20,7 +20,6 @@ kernel lesson's report under docs/gpu/, where its page shows it."""
 import argparse
 import concurrent.futures
 import datetime
-import hashlib
 import importlib
 import json
 import os
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tools.literate.files import results_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,7 @@ def sources() -> dict[str, str]:
     """{lesson file: sha256} of the kernel lessons, so a stored report can tell the
     page whether it was measured on the current source."""
     return {
-        path.relative_to(ROOT).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        path.relative_to(ROOT).as_posix(): results_sha256(path.read_text("utf-8"))
         for path in kernel_modules().values()
         if path.exists()
     }

@@ -79,6 +79,22 @@ def test_expected_metric_is_stored_over_seeds_with_the_short_runs_band(lesson, p
     assert "<code>score</code> 1–3 over 3 seeds" in row[0][1] and "2–6" in row[0][1]
 
 
+def test_front_matter_edits_keep_results_fresh_but_a_new_expected_does_not(
+    lesson, project
+):
+    figures.regenerate(lesson, project / "docs")
+    source = lesson.path.read_text()
+    # A new title or time changes no output: the stored figures stay fresh.
+    lesson.path.write_text(source.replace("time: 1 s\n", "time: 2 s\n", 1))
+    assert figures.read(lesson, project / "docs").fresh
+    # A newly declared expected result has no stored record yet: stale.
+    lesson.path.write_text(
+        source.replace("time: 1 s\n", "time: 1 s\nexpected:\n  metric: score\n", 1)
+    )
+    assert not figures.read(lesson, project / "docs").fresh
+    assert "time: 1 s\n" in source
+
+
 def test_an_expected_metric_main_does_not_return_is_named(lesson, project):
     source = lesson.path.read_text().replace(
         "time: 1 s\n", "time: 1 s\nexpected:\n  metric: accuracy\n"

@@ -65,9 +65,25 @@ class Figures:
         return min(self.expected["values"]), max(self.expected["values"])
 
 
-def parse_manifest(text: str, source_sha256: str) -> Figures:
+def expected_matches(stored: dict | None, declared: dict | None) -> bool:
+    """Whether a stored `expected` record was made from the lesson's declared one: the
+    same metric, number of seeds and short-run flags."""
+    if declared is None or stored is None:
+        return declared is None and stored is None
+    short = declared.get("short")
+    return (
+        stored["metric"] == declared["metric"]
+        and len(stored["seeds"]) == int(declared.get("seeds", 3))
+        and (short is None) == ("short" not in stored)
+        and (short is None or stored["short"]["args"] == [str(a) for a in short])
+    )
+
+
+def parse_manifest(
+    text: str, source_sha256: str, declared_expected: dict | None = None
+) -> Figures:
     """The `Figures` stored in a manifest's JSON text, checked against the current
-    source's hash."""
+    source's hash and the lesson's declared `expected:` front matter."""
     manifest = json.loads(text)
     if any(not isinstance(entry, dict) for entry in manifest["files"]):
         # Written by an older engine (names only, no captions): as good as stale.
@@ -82,7 +98,8 @@ def parse_manifest(text: str, source_sha256: str) -> Figures:
         command=manifest["command"],
         seconds=manifest["seconds"],
         machine=manifest["machine"],
-        fresh=manifest["source_sha256"] == source_sha256,
+        fresh=manifest["source_sha256"] == source_sha256
+        and expected_matches(manifest.get("expected"), declared_expected),
         expected=manifest.get("expected"),
     )
 
@@ -93,7 +110,12 @@ def read(lesson: LessonFile, docs_dir: Path) -> Figures | None:
     path = docs_dir / lesson.figures_folder / MANIFEST
     if not path.exists():
         return None
-    return parse_manifest(path.read_text(encoding="utf-8"), lesson.source_sha256())
+    declared = parse(lesson.path.read_text(encoding="utf-8"), lesson.path).front_matter
+    return parse_manifest(
+        path.read_text(encoding="utf-8"),
+        lesson.source_sha256(),
+        declared.get("expected"),
+    )
 
 
 def describe(png: Path) -> Figure:

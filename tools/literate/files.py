@@ -14,6 +14,7 @@ import ast
 import hashlib
 import os
 import posixpath
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,11 +115,24 @@ class LessonFile:
 
     def source_sha256(self) -> str:
         """The hash stored results are made from: they go stale when it changes."""
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return results_sha256(self.path.read_text(encoding="utf-8"))
 
     def diagram(self, kind: str) -> str:
         """The site path of a diagram's SVG file, opened full size in the lightbox."""
         return f"diagrams/{self.key}/{kind}.svg"
+
+
+# A lesson's front matter: the first block between two `---` lines.
+FRONT_MATTER = re.compile(r"^---[ \t]*\n.*?^---[ \t]*\n", re.MULTILINE | re.DOTALL)
+
+
+def results_sha256(source: str) -> str:
+    """The hash of what a lesson's stored results (figures, benchmarks, GPU numbers)
+    depend on: its source without the front matter. The front matter describes the
+    lesson (its title, time, references, expected result and exercises) and changes no
+    output, so editing it leaves the stored results fresh; the figures tool checks the
+    declared expected result against its stored one separately."""
+    return hashlib.sha256(FRONT_MATTER.sub("", source, count=1).encode()).hexdigest()
 
 
 def page_url(src: str, use_directory_urls: bool) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import html
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,13 @@ from tools.literate import (
 from tools.literate.benchmarks import Benchmarks, has_benchmarks, parse_record
 from tools.literate.figures import MANIFEST, Figures, parse_manifest
 from tools.literate.gpu_results import GpuRecord, parse_gpu_record
-from tools.literate.files import LessonFile, page_url, project_imports, relative_url
+from tools.literate.files import (
+    LessonFile,
+    page_url,
+    project_imports,
+    relative_url,
+    results_sha256,
+)
 from tools.literate.parse import Lesson, parse
 from tools.literate.prose import Links
 
@@ -72,8 +77,7 @@ def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
     if source_key not in _PARSED:
         _PARSED[source_key] = parse(source, file.path)
     lesson = _PARSED[source_key]
-    # As file.source_sha256().
-    sha256 = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    sha256 = results_sha256(source)  # as file.source_sha256()
     test_path = file.root / file.test
     test_source = test_path.read_text(encoding="utf-8") if test_path.exists() else None
     manifest = _text(docs_dir / file.figures_folder / MANIFEST)
@@ -85,7 +89,11 @@ def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
         source=source,
         lesson=lesson,
         test_source=test_source,
-        figures=parse_manifest(manifest, sha256) if manifest else None,
+        figures=(
+            parse_manifest(manifest, sha256, lesson.front_matter.get("expected"))
+            if manifest
+            else None
+        ),
         benchmarks=parse_record(record, sha256) if record else None,
         gpu=parse_gpu_record(gpu, sha256) if gpu else None,
         imports=imports,
