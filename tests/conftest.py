@@ -3,6 +3,7 @@ budgets, and benchmarks that run once as plain tests unless `--benchmark-only` a
 measurements."""
 
 import os
+from pathlib import Path
 
 # Triton reads this when a kernel is decorated, so it must be set before any test module
 # imports one: its interpreter on a CPU, the compiler where a GPU can run the kernels.
@@ -28,12 +29,38 @@ settings.load_profile(
 )
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("worksheet", "exercise mode: grade a lesson's worksheet")
+    group.addoption(
+        "--lesson",
+        help="run only this lesson's tests: annotated/<area>/<topic>.py",
+    )
+    group.addoption(
+        "--worksheet",
+        help="a file the tests import in place of --lesson's module: your solution",
+    )
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     # A plain `pytest` runs each benchmark body once, as a test;
     # `pytest --benchmark-only` measures.
     if not config.getoption("benchmark_only", default=False):
         config.option.benchmark_disable = True
+    lesson, worksheet = config.getoption("lesson"), config.getoption("worksheet")
+    if worksheet and not lesson:
+        raise pytest.UsageError("--worksheet needs --lesson: the lesson it replaces")
+    if lesson:
+        from tools.literate.files import LessonFile
+        from tools.literate.worksheet import install
+
+        root = Path(__file__).resolve().parents[1]
+        file = LessonFile(root, Path(lesson).as_posix())
+        if not file.path.is_file() or file.language != "python":
+            raise pytest.UsageError(f"--lesson: no Python lesson at {lesson}")
+        config.args[:] = [str(root / file.test)]
+        if worksheet:
+            install(file.module, Path(worksheet).resolve())
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,18 @@ references:
     year: 2002
     venue: SIAM
     url: https://doi.org/10.1137/1.9780898718027
+worksheet:
+  - region: matmul_ijk
+    hint: >-
+      Build the result row by row; each entry is the sum over k of left[i, k] *
+      right[k, j], accumulated in a plain float.
+    tests: [test_matmul_both_orders_match_numpy, test_loop_orders_are_bitwise_identical]
+  - region: lu
+    hint: >-
+      For each column pick the row with the largest absolute entry at or below the
+      diagonal, swap it up, record the swap in the permutation, and eliminate below
+      it, storing each multiplier in L.
+    tests: [test_lu_reconstructs_pa_with_bounded_multipliers, test_lu_matches_scipy]
 ---
 
 Every layer of a neural network is a matrix product, and much of numerical analysis is

@@ -82,8 +82,14 @@ def test_expected_metric_is_stored_over_seeds_with_the_short_runs_band(lesson, p
 def test_front_matter_edits_keep_results_fresh_but_a_new_expected_does_not(
     lesson, project
 ):
-    figures.regenerate(lesson, project / "docs")
-    source = lesson.path.read_text()
+    source = lesson.path.read_text().replace(
+        "    args = parser.parse_args(argv)\n",
+        '    parser.add_argument("--seed", type=int, default=0, help="seed")\n'
+        "    args = parser.parse_args(argv)\n",
+    ).replace("    return {}\n", '    return {"score": 1.0 + args.seed}\n')
+    assert "time: 1 s\n" in source and '"score"' in source
+    lesson.path.write_text(source)
+    before = figures.regenerate(lesson, project / "docs")
     # A new title or time changes no output: the stored figures stay fresh.
     lesson.path.write_text(source.replace("time: 1 s\n", "time: 2 s\n", 1))
     assert figures.read(lesson, project / "docs").fresh
@@ -92,7 +98,10 @@ def test_front_matter_edits_keep_results_fresh_but_a_new_expected_does_not(
         source.replace("time: 1 s\n", "time: 1 s\nexpected:\n  metric: score\n", 1)
     )
     assert not figures.read(lesson, project / "docs").fresh
-    assert "time: 1 s\n" in source
+    # --expected-only runs the seeds and keeps the figures and the demo's time.
+    after = figures.add_expected(lesson, project / "docs")
+    assert after.fresh and after.files == before.files
+    assert after.seconds == before.seconds and after.band() == (1.0, 3.0)
 
 
 def test_an_expected_metric_main_does_not_return_is_named(lesson, project):

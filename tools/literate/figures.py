@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tools.literate.files import LessonFile, lesson_command
+from tools.literate.files import LessonFile, atomic_write, lesson_command
 from tools.literate.parse import parse
 
 MANIFEST = "figures.json"
@@ -286,6 +286,33 @@ def regenerate(lesson: LessonFile, docs_dir: Path) -> Figures:
     return read(lesson, docs_dir)
 
 
+def add_expected(lesson: LessonFile, docs_dir: Path) -> Figures:
+    """Store the `expected:` record beside figures that are fresh for the current
+    code, keeping the figures and the demo's measured time: the seeds run, the PNGs
+    are not replaced. For a lesson whose expected result was declared after its figures
+    were made (the front matter is not part of the hash)."""
+    target = docs_dir / lesson.figures_folder
+    manifest = json.loads((target / MANIFEST).read_text(encoding="utf-8"))
+    if manifest["source_sha256"] != lesson.source_sha256():
+        raise RuntimeError(
+            f"{lesson.relative}: its figures are stale; regenerate them whole"
+        )
+    with tempfile.TemporaryDirectory(
+        dir=target.parent, prefix=f".{target.name}-"
+    ) as scratch:
+        out = Path(scratch) / "out"
+        out.mkdir()
+        metrics, _, seconds = run_demo(lesson, ["--out", str(out)], Path(scratch))
+        manifest["expected"] = expected_runs(lesson, metrics, seconds, Path(scratch))
+    atomic_write(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return read(lesson, docs_dir)
+
+
+def _report_expected(lesson: LessonFile, docs_dir: Path) -> None:
+    band = add_expected(lesson, docs_dir).band()
+    print(f"  expected {band[0]:.4g}–{band[1]:.4g} → docs/{lesson.figures_folder}")
+
+
 def _report(lesson: LessonFile, docs_dir: Path) -> None:
     figures = regenerate(lesson, docs_dir)
     print(
@@ -295,10 +322,16 @@ def _report(lesson: LessonFile, docs_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --expected-only: add the expected record to fresh figures (see add_expected).
+    expected_only = "--expected-only" in argv
+    if expected_only:
+        argv.remove("--expected-only")
     return lesson_command(
         argv,
-        description="Run lesson demos and store the figures their pages show.",
-        action=_report,
+        description="Run lesson demos and store the figures their pages show "
+        "(--expected-only: only run the seeds of a newly declared expected result).",
+        action=_report_expected if expected_only else _report,
         verb="running its demo",
         stale=lambda lesson, docs: (
             (stored := read(lesson, docs)) is None or not stored.fresh

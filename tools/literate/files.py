@@ -94,6 +94,12 @@ class LessonFile:
         return f"downloads/{self.key}.ipynb"
 
     @property
+    def download_worksheet(self) -> str:
+        """The exercise-mode worksheet (`tools.literate.worksheet`): the lesson with its
+        marked regions blanked."""
+        return f"downloads/{self.key}_worksheet.py"
+
+    @property
     def download_test(self) -> str:
         return f"downloads/{self.test}"
 

@@ -27,6 +27,7 @@ from tools.literate import (
     notebook,
     render,
     rules,
+    worksheet,
 )
 from tools.literate.benchmarks import Benchmarks, has_benchmarks, parse_record
 from tools.literate.figures import MANIFEST, Figures, parse_manifest
@@ -161,6 +162,7 @@ class Page:
     script: str  # the .py download
     svgs: dict  # kind → svg text, also published as files for the lightbox
     search: list  # render.SearchEntry per section
+    worksheet: str | None = None  # the exercise-mode download, when regions are marked
 
 
 def render_page(record: LessonRecord, site: Site) -> Page:
@@ -225,6 +227,11 @@ def _render(record, site: Site, previous, following) -> Page:
         url = relative_url(page_url(other.file.page, site.use_directory_urls), here)
         return render.Neighbour(other.title, url)
 
+    regions = (
+        worksheet.regions(file, lesson.front_matter)
+        if lesson.language == "python"
+        else []
+    )
     facts = render.PageFacts(
         module=file.module,
         lesson_path=file.relative,
@@ -240,6 +247,8 @@ def _render(record, site: Site, previous, following) -> Page:
         language=lesson.language,
         on_gpu=file.area == "kernels",
         demonstrates=_demonstrates(site, file.key, root),
+        worksheet=file.download_worksheet if regions else None,
+        regions=tuple(regions),
     )
     svgs = _diagrams(record, site.cache_dir)
     body, search = render.render_lesson(
@@ -267,6 +276,7 @@ def _render(record, site: Site, previous, following) -> Page:
         script=downloads.script(record.source, lesson.tree, record.imports),
         svgs={kind: svg for kind, (_, svg) in svgs.items()},
         search=search,
+        worksheet=worksheet.blank(file, record.source, regions) if regions else None,
     )
 
 

@@ -191,6 +191,12 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 files.append(
                     File.generated(config, file.download_ipynb, content=page.notebook)
                 )
+            if page.worksheet is not None:
+                files.append(
+                    File.generated(
+                        config, file.download_worksheet, content=page.worksheet
+                    )
+                )
             if record.test_source is not None:
                 files.append(
                     File.generated(

@@ -53,6 +53,10 @@ class PageFacts:
     on_gpu: bool = False
     # The competencies of the plan's checklist this lesson demonstrates, as HTML.
     demonstrates: str = ""
+    # The worksheet's site path and its regions (`tools.literate.worksheet.Region`);
+    # none when the lesson marks no regions.
+    worksheet: str | None = None
+    regions: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ def render_lesson(
         _figures(figures, facts),
     ]
     for section, prose_html in rendered:
+        if section.kind == "exercises":
+            prose_html += _worksheet(facts)
         parts.append(_section(section, prose_html, highlighted))
     parts.append(_bibliography(references, citations))
     parts.append(_pager(facts))
@@ -181,6 +187,12 @@ def _header(
             '<span class="lit-note">(run outside this repository: the project modules '
             "they import are bundled in)</span>"
         )
+        if facts.worksheet:
+            download += (
+                f' · <a download href="{root}{facts.worksheet}">{stem}_worksheet.py</a>'
+                ' <span class="lit-note">(exercise mode: see '
+                '<a href="#exercises">Exercises</a>)</span>'
+            )
     rows = [
         ("Run", run),
         *_expected_row(figures),
@@ -216,10 +228,9 @@ def _expected_row(figures: Figures | None) -> list[tuple[str, str]]:
     expected = figures.expected
     low, high = band
     values = f"{low:.4g}" if f"{low:.4g}" == f"{high:.4g}" else f"{low:.4g}–{high:.4g}"
-    seconds = sum(expected["seconds"]) / len(expected["seconds"])
     text = (
         f"<code>{html.escape(expected['metric'])}</code> {values} over "
-        f"{len(expected['values'])} seeds, {seconds:.3g} s a run on "
+        f"{len(expected['values'])} seeds, {figures.seconds:.3g} s a run on "
         f"{html.escape(figures.machine)}"
     )
     if "short" in expected:
@@ -413,6 +424,33 @@ def _figures(figures: Figures | None, facts: PageFacts) -> str:
 
 
 # ---- sections ------------------------------------------------------------------------
+
+
+def _worksheet(facts: PageFacts) -> str:
+    """Below the exercises: the worksheet, which regions it blanks, and the tests that
+    grade each one."""
+    if not facts.worksheet:
+        return ""
+    stem = facts.module.rsplit(".", 1)[1]
+    rows = "".join(
+        f"<tr><td><code>{html.escape(region.name)}</code></td>"
+        f"<td>{html.escape(region.hint)}</td>"
+        f"<td>{'<br>'.join(f'<code>{html.escape(t)}</code>' for t in region.tests)}"
+        "</td></tr>"
+        for region in facts.regions
+    )
+    return (
+        '<div class="lit-worksheet"><h3>Worksheet</h3>'
+        f'<p>Write the lesson\'s core yourself: <a download href="{facts.root}'
+        f'{facts.worksheet}">{stem}_worksheet.py</a> is this file with the bodies '
+        "below replaced by <code>raise NotImplementedError</code> and a hint. Fill "
+        "them in, then let the lesson's own tests grade your file from a clone of "
+        "the repository:</p>"
+        f"<pre><code>pytest --lesson {html.escape(facts.lesson_path)} "
+        f"--worksheet {stem}_worksheet.py</code></pre>"
+        '<div class="lit-bench-wrap"><table><thead><tr><th>Region</th><th>Hint</th>'
+        f"<th>Graded by</th></tr></thead><tbody>{rows}</tbody></table></div></div>"
+    )
 
 
 def _section(section: Section, prose_html: str, highlighted: list[str]) -> str:

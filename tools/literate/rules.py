@@ -23,7 +23,7 @@ import ast
 import re
 import warnings
 
-from tools.literate import LessonError
+from tools.literate import LessonError, worksheet
 from tools.literate.files import LessonFile, imported_modules, project_imports
 from tools.literate.parse import Lesson
 
@@ -70,6 +70,8 @@ def check(
     problems += _place(file, lesson, order)
     problems += _test_file(file, test_source)
     problems += _exercises(file, lesson)
+    if "worksheet" in lesson.front_matter:
+        problems += worksheet.check(file, lesson.source, lesson.front_matter, test_source)
     return problems
 
 

@@ -1,0 +1,99 @@
+"""Verified by grading: a lesson passes the tests its worksheet names, the worksheet
+fails every one of them, and the worksheet filled back in passes them again; the blanking
+itself is checked against the fixture lesson's source line by line."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from tools.literate import LessonError
+from tools.literate.files import LessonFile, discover
+from tools.literate.parse import parse
+from tools.literate.worksheet import MARK, Region, blank, check, fill, regions, verify
+
+FIXTURE = (Path(__file__).parent / "fixtures/tiny_model.py").read_text()
+FILE = LessonFile(REPO, "annotated/demo/tiny_model.py")
+FORWARD = Region("TinyModel.forward", "Chain the three layers.", ("test_forward",))
+EXAMPLE = Region("example", "Seed, then build the model and a batch.", ("test_ex",))
+
+
+def test_blank_replaces_each_body_and_keeps_signatures_and_docstrings():
+    worksheet = blank(FILE, FIXTURE, [FORWARD, EXAMPLE])
+    tree = ast.parse(worksheet)
+    functions = {
+        node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+    }
+    for name in ("forward", "example"):
+        body = functions[name].body
+        assert isinstance(body[-1], ast.Raise) and len(body) <= 2  # docstring, raise
+    assert '"""The declared example: a batch of four inputs."""' in worksheet
+    assert "return self.head(self.block(self.embed(x)))" not in worksheet
+    # The comment above forward's first statement goes with the body.
+    assert "h = \\mathrm{block}(W_e x)" not in worksheet
+    assert f"        {MARK}Chain the three layers." in worksheet
+    assert "raise NotImplementedError('write TinyModel.forward')" in worksheet
+    # Everything outside the regions is unchanged: Block's forward is still there.
+    assert "return x + torch.relu(self.linear(x))" in worksheet
+    assert max(len(line) for line in worksheet.splitlines()) <= 88
+
+
+def test_filling_the_worksheet_back_in_gives_the_lesson_exactly():
+    wanted = [EXAMPLE, FORWARD]
+    assert fill(FILE, blank(FILE, FIXTURE, wanted), FIXTURE, wanted) == FIXTURE
+
+
+def test_bad_regions_are_named():
+    with pytest.raises(LessonError, match="'TinyModel.backward' is not a function"):
+        blank(FILE, FIXTURE, [Region("TinyModel.backward", "h", ("test_a",))])
+    nested = Region("TinyModel", "h", ("test_a",))
+    with pytest.raises(LessonError, match="not a function or method"):
+        blank(FILE, FIXTURE, [nested])
+    with pytest.raises(LessonError, match="declares no worksheet"):
+        blank(FILE, FIXTURE, [])
+    docstring_only = FIXTURE + '\n\ndef later():\n    """Only a docstring."""\n'
+    with pytest.raises(LessonError, match="no body below its docstring"):
+        blank(FILE, docstring_only, [Region("later", "h", ("test_a",))])
+    with pytest.raises(LessonError, match=r"worksheet\[0\].tests must be"):
+        regions(FILE, {"worksheet": [{"region": "f", "hint": "h", "tests": "test_a"}]})
+    with pytest.raises(LessonError, match="exactly region, hint and tests"):
+        regions(FILE, {"worksheet": [{"region": "f", "hint": "h"}]})
+
+
+def test_check_names_tests_the_test_file_does_not_define():
+    front_matter = {
+        "worksheet": [{"region": "example", "hint": "h", "tests": ["test_gone"]}]
+    }
+    problems = check(FILE, FIXTURE, front_matter, "def test_here():\n    pass\n")
+    assert len(problems) == 1 and "defines no test_gone" in problems[0].reason
+
+
+def test_every_python_lesson_marks_sound_regions():
+    unmarked, problems = [], []
+    for file in discover(REPO):
+        if file.language != "python":
+            continue  # CUDA C: its tests only compile it on a machine without a GPU
+        source = file.path.read_text(encoding="utf-8")
+        front_matter = parse(source, file.path).front_matter
+        if not front_matter.get("worksheet"):
+            unmarked.append(file.relative)
+            continue
+        test_source = (REPO / file.test).read_text(encoding="utf-8")
+        problems += check(file, source, front_matter, test_source)
+    assert not unmarked, f"lessons with no worksheet regions: {unmarked}"
+    assert not problems, "\n".join(str(problem) for problem in problems)
+
+
+@pytest.mark.slow
+def test_the_lessons_tests_grade_its_worksheet():
+    outcome = verify(LessonFile(REPO, "annotated/foundations/matrix.py"))
+    tests = {
+        "test_matmul_both_orders_match_numpy",
+        "test_loop_orders_are_bitwise_identical",
+        "test_lu_reconstructs_pa_with_bounded_multipliers",
+        "test_lu_matches_scipy",
+    }
+    assert outcome["original"] == dict.fromkeys(tests, True)
+    assert outcome["worksheet"] == dict.fromkeys(tests, False)
+    assert outcome["filled"] == dict.fromkeys(tests, True)
