@@ -82,11 +82,15 @@ def test_expected_metric_is_stored_over_seeds_with_the_short_runs_band(lesson, p
 def test_front_matter_edits_keep_results_fresh_but_a_new_expected_does_not(
     lesson, project
 ):
-    source = lesson.path.read_text().replace(
-        "    args = parser.parse_args(argv)\n",
-        '    parser.add_argument("--seed", type=int, default=0, help="seed")\n'
-        "    args = parser.parse_args(argv)\n",
-    ).replace("    return {}\n", '    return {"score": 1.0 + args.seed}\n')
+    source = (
+        lesson.path.read_text()
+        .replace(
+            "    args = parser.parse_args(argv)\n",
+            '    parser.add_argument("--seed", type=int, default=0, help="seed")\n'
+            "    args = parser.parse_args(argv)\n",
+        )
+        .replace("    return {}\n", '    return {"score": 1.0 + args.seed}\n')
+    )
     assert "time: 1 s\n" in source and '"score"' in source
     lesson.path.write_text(source)
     before = figures.regenerate(lesson, project / "docs")

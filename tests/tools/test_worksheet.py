@@ -1,6 +1,6 @@
 """Verified by grading: a lesson passes the tests its worksheet names, the worksheet
-fails every one of them, and the worksheet filled back in passes them again; the blanking
-itself is checked against the fixture lesson's source line by line."""
+fails every one of them, and the worksheet filled back in passes them again; the
+blanking itself is checked against the fixture lesson's source line by line."""
 
 import ast
 from pathlib import Path

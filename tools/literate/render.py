@@ -441,7 +441,7 @@ def _worksheet(facts: PageFacts) -> str:
     )
     return (
         '<div class="lit-worksheet"><h3>Worksheet</h3>'
-        f'<p>Write the lesson\'s core yourself: <a download href="{facts.root}'
+        f"<p>Write the lesson's core yourself: <a download href=\"{facts.root}"
         f'{facts.worksheet}">{stem}_worksheet.py</a> is this file with the bodies '
         "below replaced by <code>raise NotImplementedError</code> and a hint. Fill "
         "them in, then let the lesson's own tests grade your file from a clone of "

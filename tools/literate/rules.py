@@ -71,7 +71,9 @@ def check(
     problems += _test_file(file, test_source)
     problems += _exercises(file, lesson)
     if "worksheet" in lesson.front_matter:
-        problems += worksheet.check(file, lesson.source, lesson.front_matter, test_source)
+        problems += worksheet.check(
+            file, lesson.source, lesson.front_matter, test_source
+        )
     return problems
 
 
