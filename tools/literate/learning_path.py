@@ -459,12 +459,28 @@ def _span(weeks: str) -> tuple[int, int]:
 # ---- rendering ----------------------------------------------------------------------
 
 
+# The fixed words of the generated learning path in the editions that translate them;
+# the plan's own words are already Chinese (each item's `label`).
+LABELS = {
+    "zh": {
+        "Lessons, in reading order:": "课程（按阅读顺序）：",
+        "    - Tests: ": "    - 测试：",
+        "    - Lessons: ": "    - 课程：",
+        "✓ passed": "✓ 通过",
+        "✗ failed": "✗ 失败",
+        ">skipped<": ">跳过<",
+        "not in the stored run": "不在已存储的运行结果中",
+    }
+}
+
+
 def render(
     markdown: str,
     curriculum: Curriculum,
     written: Mapping[str, WrittenLesson],
     page_src: str,
     results=None,
+    language: str = "en",
 ) -> str:
     """Fill the placeholders in a docs page's Markdown. `written` maps module keys to
     the written lessons; `page_src` is the page's path in the docs tree ("index.md"),
@@ -487,6 +503,8 @@ def render(
     for placeholder in present:
         level = _heading_level(markdown[: markdown.index(placeholder)]) + 1
         text = placeholders[placeholder](curriculum, links, min(level, 5))
+        for english, translated in LABELS.get(language, {}).items():
+            text = text.replace(english, translated)
         markdown = markdown.replace(placeholder, text)
     return markdown
 

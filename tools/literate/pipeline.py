@@ -25,6 +25,7 @@ from tools.literate import (
     downloads,
     learning_path,
     notebook,
+    i18n,
     render,
     rules,
     worksheet,
@@ -153,6 +154,12 @@ class Site:
     # lesson key → the competencies it demonstrates (learning_path.demonstrations)
     demonstrates: dict = field(default_factory=dict)
     results_date: str | None = None  # the stored test run's date, if there is one
+    # The edition: "en", or a translation's language, whose pages live under
+    # `prefix` ("zh/") and show `translations[lesson key]` ({unit id: text}) in place of
+    # the English prose.
+    language: str = "en"
+    prefix: str = ""
+    translations: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,12 @@ def render_page(record: LessonRecord, site: Site) -> Page:
         *(f"{r.file.key}:{r.title}" if r else "-" for r in (previous, following)),
         repr(site.demonstrates.get(record.file.key)),
         str(site.results_date),
+        site.language,
+        repr(sorted(site.translations.get(record.file.key, {}).items())),
+        *(
+            repr(sorted(site.translations.get(r.file.key, {}).items())) if r else "-"
+            for r in (previous, following)
+        ),
     )
     if key not in _PAGES:
         _PAGES[key] = _render(record, site, previous, following)
@@ -216,16 +229,25 @@ def _demonstrates(site: Site, key: str, root: str) -> str:
     )
 
 
+def title(record: LessonRecord, site: Site) -> str:
+    """A lesson's title in the site's edition."""
+    return site.translations.get(record.file.key, {}).get("title", record.title)
+
+
 def _render(record, site: Site, previous, following) -> Page:
     file, lesson = record.file, record.lesson
     here = page_url(file.page, site.use_directory_urls)
-    root = relative_url("", here)
+    # Downloads, figures and diagrams are the English edition's, at the site's root.
+    root = relative_url("", site.prefix + here)
+    texts = site.translations.get(file.key, {})
+    if texts:
+        lesson = i18n.translate_lesson(lesson, texts)
 
     def neighbour(other):
         if other is None:
             return None
         url = relative_url(page_url(other.file.page, site.use_directory_urls), here)
-        return render.Neighbour(other.title, url)
+        return render.Neighbour(title(other, site), url)
 
     regions = (
         worksheet.regions(file, lesson.front_matter)
@@ -260,6 +282,7 @@ def _render(record, site: Site, previous, following) -> Page:
         has_benchmarks(record.test_source),
         record.gpu,
     )
+    body = render.localise(body, site.language)
     if lesson.language == "cuda":
         # The .cu file itself is the download; a notebook cannot run CUDA C.
         return Page(

@@ -30,6 +30,7 @@ from mkdocs.structure.files import File, Files
 from tools.literate import (
     LessonError,
     compare,
+    i18n,
     learning_path,
     pipeline,
     reading,
@@ -54,10 +55,30 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
 
     def __init__(self):
         self.pages: dict[str, pipeline.Page] = {}  # lesson page src → rendered page
+        # With the i18n plugin mkdocs builds once per edition, calling on_config again
+        # on the same config: the nav as configured, before lessons were added to it,
+        # and each edition's search entries, written together after the last build.
+        self.configured_nav = None
+        self.search: dict[str, list[dict]] = {}
 
     def on_config(self, config):
         self.root = Path(config.config_file_path).resolve().parent
         self.docs_dir = Path(config.docs_dir)
+        # The edition this build makes: the i18n plugin's language ("en" before it has
+        # configured itself, which it does after every other plugin).
+        editions = config.plugins.get("i18n")
+        self.editions = editions
+        self.language = (
+            (editions.current_language or editions.default_language)
+            if editions is not None
+            else "en"
+        )
+        self.prefix = "" if self.language == "en" else f"{self.language}/"
+        # The printable book (print-site) is the English edition's: the plugin fixes
+        # its output path before the i18n plugin moves a translated edition's.
+        printable = config.plugins.get("print-site")
+        if printable is not None:
+            printable.config["enabled"] = self.language == "en"
         try:
             self.curriculum = learning_path.load(self.root / self.config.curriculum)
         except ValueError as error:
@@ -78,7 +99,18 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             self.records = [pipeline.read(file, self.docs_dir) for file in found]
         except LessonError as error:
             raise PluginError(f"literate: {self._where(error)}") from None
-        config.nav = self._nav(config.nav or [])
+        self.translations = {}
+        if self.language != "en":
+            self.translations = {
+                record.file.key: i18n.translated(
+                    i18n.lesson_units(record.lesson),
+                    i18n.read(self.root / i18n.lesson_path(self.language, record.file)),
+                )
+                for record in self.records
+            }
+        if self.configured_nav is None:
+            self.configured_nav = list(config.nav or [])
+        config.nav = self._nav(self.configured_nav)
         for name, urls in (
             ("literate.css", config.extra_css),
             ("literate.js", config.extra_javascript),
@@ -106,8 +138,17 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 continue
             stage = f"Stage {entry.stage} · {self.curriculum.stage_title(entry.stage)}"
             block = f"Weeks {entry.weeks} · {entry.block}"
+            if self.language == "zh":
+                stage = (
+                    f"第 {entry.stage} 阶段 · "
+                    f"{self.curriculum.stage(entry.stage).label}"
+                )
+                block = f"第 {entry.weeks} 周 · {self._block_label(entry)}"
+            title = self.translations.get(record.file.key, {}).get(
+                "title", record.title
+            )
             stages.setdefault(stage, {}).setdefault(block, []).append(
-                {record.title: record.file.page}
+                {title: record.file.page}
             )
         lessons = [
             {stage: [{block: pages} for block, pages in blocks.items()]}
@@ -118,6 +159,13 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         ]
         at = titles.index("Learning path") + 1 if "Learning path" in titles else 1
         return nav[:at] + lessons + nav[at:]
+
+    def _block_label(self, entry) -> str:
+        """The plan's Chinese name of the block a lesson belongs to."""
+        for block in self.curriculum.stage(entry.stage).blocks:
+            if block.weeks == entry.weeks and block.title == entry.block:
+                return block.label
+        return entry.block
 
     # `mkdocs serve` makes new template environments on every save: mkdocstrings for the
     # API page, then the theme's. Compiling their templates again was a third of a
@@ -139,6 +187,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    # After the i18n plugin has chosen each language's files (it re-reads every file it
+    # sees from disk, and these are generated).
+    @event_priority(-110)
     def on_files(self, files: Files, config):
         for asset in sorted(p for p in ASSETS.rglob("*") if p.is_file()):
             url = f"{ASSET_URL}/{asset.relative_to(ASSETS).as_posix()}"
@@ -163,6 +214,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             },
             demonstrates=learning_path.demonstrations(self.curriculum, self.results),
             results_date=self.results.date if self.results else None,
+            language=self.language,
+            prefix=self.prefix,
+            translations=self.translations,
         )
         self.site = site
         self.pages = {}
@@ -179,13 +233,18 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             # The lesson's page: the engine's body goes in at on_page_content.
             # Material's search skips it (its HTML is large and one entry per page);
             # on_post_build indexes sections.
-            title = json.dumps(record.title, ensure_ascii=False)
+            heading = pipeline.title(record, site)
+            title = json.dumps(heading, ensure_ascii=False)
             markdown = (
                 f"---\ntitle: {title}\nhide:\n  - toc\n"
                 "search:\n  exclude: true\n---\n\n"
-                f"# {record.title}\n\n{_BODY_PLACEHOLDER}\n"
+                f"# {heading}\n\n{_BODY_PLACEHOLDER}\n"
             )
-            files.append(File.generated(config, file.page, content=markdown))
+            # A translated edition's page goes under its prefix; the downloads and
+            # diagrams it links to are the same files, at the site's root.
+            lesson_page = File.generated(config, file.page, content=markdown)
+            lesson_page.dest_uri = self.prefix + lesson_page.dest_uri
+            files.append(lesson_page)
             files.append(File.generated(config, file.download_py, content=page.script))
             if file.download_ipynb is not None:
                 files.append(
@@ -205,14 +264,38 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 )
             for kind, svg in page.svgs.items():
                 files.append(File.generated(config, file.diagram(kind), content=svg))
+        # This edition's search entries, one per lesson section: kept until the last
+        # edition is built (on_post_build), since building the next one resets the rest.
+        self.search[self.language] = [
+            {
+                "location": f"{url}#{entry.anchor}" if entry.anchor else url,
+                "title": i18n.segment(entry.title),
+                "text": i18n.segment(entry.text),
+            }
+            for src, rendered in self.pages.items()
+            for url in [self.prefix + page_url(src, config.use_directory_urls)]
+            for entry in rendered.search
+        ]
         return files
 
     def on_page_markdown(self, markdown: str, page, config, files):
+        src = page.file.src_uri
+        if self.language != "en" and src not in self.pages:
+            # A hand-written page: its translated units in place of the English.
+            markdown = i18n.translate_page(
+                markdown,
+                i18n.translated(
+                    i18n.page_units(markdown),
+                    i18n.read(self.root / i18n.page_path(self.language, src)),
+                ),
+            )
         written = {
             record.file.key: learning_path.WrittenLesson(
                 page=record.file.page,
-                title=record.title,
-                summary=str(record.lesson.front_matter.get("summary", "")),
+                title=pipeline.title(record, self.site),
+                summary=self.translations.get(record.file.key, {}).get(
+                    "summary", str(record.lesson.front_matter.get("summary", ""))
+                ),
                 sections=frozenset(section.id for section in record.lesson.sections),
             )
             for record in self.records
@@ -225,7 +308,12 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 markdown, self.root / self.config.cache_dir, page.file.src_uri
             )
             return learning_path.render(
-                markdown, self.curriculum, written, page.file.src_uri, self.results
+                markdown,
+                self.curriculum,
+                written,
+                page.file.src_uri,
+                self.results,
+                self.language,
             )
         except ValueError as error:
             raise PluginError(f"literate: {page.file.src_uri}: {error}") from None
@@ -246,23 +334,18 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         body = f'<div class="lit-page">{rendered.body}</div>'
         return html.replace(f"<p>{_BODY_PLACEHOLDER}</p>", body)
 
-    # After the search plugin has written its index.
-    @event_priority(-100)
+    # After the search plugin has written its index, and after the i18n plugin has
+    # built the other editions and merged their indexes into it.
+    @event_priority(-110)
     def on_post_build(self, config):
+        if self.editions is not None and self.editions.building:
+            return  # an edition built inside the English build: its entries wait
         index_path = Path(config.site_dir) / "search" / "search_index.json"
         if not index_path.exists():
             return
         index = json.loads(index_path.read_text(encoding="utf-8"))
-        for src, rendered in self.pages.items():
-            url = page_url(src, config.use_directory_urls)
-            index["docs"].extend(
-                {
-                    "location": f"{url}#{entry.anchor}" if entry.anchor else url,
-                    "title": entry.title,
-                    "text": entry.text,
-                }
-                for entry in rendered.search
-            )
+        for entries in self.search.values():
+            index["docs"].extend(entries)
         index_path.write_text(
             json.dumps(index, separators=(",", ":"), ensure_ascii=False),
             encoding="utf-8",

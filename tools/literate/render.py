@@ -423,6 +423,37 @@ def _figures(figures: Figures | None, facts: PageFacts) -> str:
     )
 
 
+# ---- editions ------------------------------------------------------------------------
+
+# The engine's own words on a lesson page, in the editions that translate them; the
+# lesson's prose comes from its translation (`tools.literate.i18n`).
+LABELS = {
+    "zh": {
+        "<dt>Run</dt>": "<dt>运行</dt>",
+        "<dt>Expected result</dt>": "<dt>预期结果</dt>",
+        "<dt>Verified against</dt>": "<dt>验证基准</dt>",
+        "<dt>Demonstrates</dt>": "<dt>体现能力</dt>",
+        "<dt>Benchmarks</dt>": "<dt>基准测试</dt>",
+        "<dt>On a GPU</dt>": "<dt>GPU 上</dt>",
+        "<dt>Download</dt>": "<dt>下载</dt>",
+        "<summary>Sections</summary>": "<summary>本节目录</summary>",
+        '<a href="#references">References</a>': '<a href="#references">参考文献</a>',
+        "<h2>References</h2>": "<h2>参考文献</h2>",
+        "<h3>Worksheet</h3>": "<h3>练习模式</h3>",
+        "<th>Region</th><th>Hint</th><th>Graded by</th>": (
+            "<th>待实现的函数</th><th>提示</th><th>评分测试</th>"
+        ),
+    }
+}
+
+
+def localise(body: str, language: str) -> str:
+    """A rendered page body with the engine's labels in `language`."""
+    for english, translated in LABELS.get(language, {}).items():
+        body = body.replace(english, translated)
+    return body
+
+
 # ---- sections ------------------------------------------------------------------------
 
 

@@ -1,0 +1,302 @@
+"""Translations of the site's prose, kept beside the English and checked for staleness.
+
+The Chinese edition (`/zh/`, built by the `i18n` plugin as a second pass) shows the same
+pages with their prose translated. Code, math and figures are the English edition's;
+only prose changes. A translation is stored per unit of prose, keyed by the unit's id
+and a hash of the English it was made from:
+
+    translations/zh/lessons/foundations/matrix.md   a lesson: its title, summary and
+                                                    each section of prose, by its id
+    translations/zh/pages/index.md                  a hand-written page, by heading
+
+Each file is Markdown with one marker line per unit:
+
+    <!-- unit: intro · source: 3f2a9c0b1d4e -->
+    每一层神经网络都是一次矩阵乘法……
+
+When the English of a unit changes its hash changes, and the unit is *stale*: the page
+shows the English until the translation is brought up to date. `python -m
+tools.literate.i18n check` lists stale and missing units (the test suite runs it);
+`python -m tools.literate.i18n skeleton FILE` writes a file to translate, with every
+unit's English in place and its hash filled in.
+
+Terms follow the Chinese edition of *Dive into Deep Learning* (d2l.ai/zh): 张量,
+自动微分, 反向传播, 梯度下降, 损失函数, 注意力机制, 卷积神经网络...
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.literate.files import LessonFile, atomic_write, discover
+from tools.literate.parse import Lesson, parse
+
+LANGUAGES = ("zh",)
+FOLDER = "translations"
+MARKER = re.compile(
+    r"^<!-- unit: (?P<id>[\w.-]+) · source: (?P<hash>[0-9a-f]{12}) -->$"
+)
+CJK = re.compile(r"[\u4e00-\u9fff]")
+HAN = re.compile(r"[\u4e00-\u9fff]+")
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+
+# What the Chinese edition must cover: the home page, the learning path, the competency
+# checklist, and every lesson of stage 1 (`required` reads stage 1 from the curriculum).
+REQUIRED_PAGES = ("index.md", "plan.md", "method.md", "schedule.md", "competencies.md")
+
+
+def source_hash(english: str) -> str:
+    """The hash a translation records of the English it translates."""
+    return hashlib.sha256(english.strip().encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of prose to translate: its id and its English Markdown."""
+
+    id: str
+    english: str
+
+
+@dataclass(frozen=True)
+class Status:
+    path: str  # the translation file, from the project root
+    unit: str
+    state: str  # "missing" or "stale"
+    hint: str = ""  # for a stale unit, the hash of its English now
+
+
+# ---- units: what a lesson or a page is made of ---------------------------------------
+
+
+def lesson_units(lesson: Lesson) -> list[Unit]:
+    """A lesson's title, summary and every section that has prose, in page order."""
+    meta = lesson.front_matter
+    units = [
+        Unit("title", str(meta.get("title", ""))),
+        Unit("summary", str(meta.get("summary", ""))),
+    ]
+    units += [Unit(s.id, s.prose) for s in lesson.sections if s.prose.strip()]
+    return [unit for unit in units if unit.english.strip()]
+
+
+def page_units(markdown: str) -> list[Unit]:
+    """A hand-written page split at its headings (outside code fences): "top" before
+    the first one, then one unit per heading, named by its words."""
+    units: list[tuple[str, list[str]]] = [("top", [])]
+    seen: dict[str, int] = {}
+    fence = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fence = not fence
+        heading = None if fence else HEADING.match(line)
+        if heading:
+            base = "-".join(re.findall(r"[a-z0-9]+", heading.group(2).lower())[:6])
+            base = base or "section"
+            seen[base] = seen.get(base, 0) + 1
+            units.append((base if seen[base] == 1 else f"{base}-{seen[base]}", []))
+        units[-1][1].append(line)
+    return [
+        Unit(i, "\n".join(lines).strip("\n"))
+        for i, lines in units
+        if "".join(lines).strip()
+    ]
+
+
+# ---- the stored files ----------------------------------------------------------------
+
+
+def lesson_path(language: str, file: LessonFile) -> str:
+    return f"{FOLDER}/{language}/lessons/{file.key}.md"
+
+
+def page_path(language: str, src: str) -> str:
+    return f"{FOLDER}/{language}/pages/{src}"
+
+
+def read(path: Path) -> dict[str, tuple[str, str]]:
+    """{unit id: (source hash, translated Markdown)} of a translation file; empty when
+    there is none."""
+    if not path.is_file():
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    current, lines = None, []
+    for line in [*path.read_text(encoding="utf-8").splitlines(), None]:
+        marker = MARKER.match(line) if line is not None else None
+        if line is None or marker:
+            if current is not None:
+                found[current[0]] = (current[1], "\n".join(lines).strip("\n"))
+            if marker:
+                current, lines = (marker["id"], marker["hash"]), []
+            continue
+        if current is not None:
+            lines.append(line)
+    return found
+
+
+def write(path: Path, units: list[Unit], stored: dict[str, tuple[str, str]]) -> None:
+    """A translation file for `units`: each unit's stored (hash, text) where there is
+    one, kept stale if it is; its English and current hash where there is none."""
+    blocks = []
+    for unit in units:
+        hash_, text = stored.get(unit.id, (source_hash(unit.english), unit.english))
+        blocks.append(f"<!-- unit: {unit.id} · source: {hash_} -->\n\n{text.strip()}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, "\n".join(blocks))
+
+
+def translated(units: list[Unit], stored: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """{unit id: translation} for the units whose translation is up to date."""
+    return {
+        unit.id: stored[unit.id][1]
+        for unit in units
+        if unit.id in stored
+        and stored[unit.id][0] == source_hash(unit.english)
+        and CJK.search(stored[unit.id][1])
+    }
+
+
+def statuses(units: list[Unit], stored: dict, path: str) -> list[Status]:
+    """The units of one file that are missing (absent, or still English) or stale."""
+    found = []
+    for unit in units:
+        if unit.id not in stored or not CJK.search(stored[unit.id][1]):
+            found.append(Status(path, unit.id, "missing"))
+        elif stored[unit.id][0] != source_hash(unit.english):
+            now = source_hash(unit.english)
+            found.append(Status(path, unit.id, "stale", f" (English now: {now})"))
+    return found
+
+
+# ---- what the edition covers ---------------------------------------------------------
+
+
+def required(root: Path, curriculum) -> tuple[list[str], list[LessonFile]]:
+    """The hand-written pages and the lessons the Chinese edition must translate."""
+    stage_one = {entry.module for entry in curriculum.lessons() if entry.stage == 1}
+    lessons = [f for f in discover(root) if f.key in stage_one]
+    pages = [src for src in REQUIRED_PAGES if (root / "docs" / src).is_file()]
+    return pages, lessons
+
+
+def check(root: Path, language: str, curriculum) -> list[Status]:
+    """Every missing or stale unit: of the required pages and lessons, and of any
+    other file already translated."""
+    pages, lessons = required(root, curriculum)
+    docs = root / "docs"
+    page_names = set(pages) | {
+        p.relative_to(root / page_path(language, "")).as_posix()
+        for p in (root / page_path(language, "")).rglob("*.md")
+    }
+    lesson_keys = {f.key for f in lessons}
+    all_lessons = {f.key: f for f in discover(root)}
+    for stored in (root / FOLDER / language / "lessons").rglob("*.md"):
+        key = stored.relative_to(root / FOLDER / language / "lessons").as_posix()[:-3]
+        lesson_keys.add(key)
+    found = []
+    for src in sorted(page_names):
+        path = page_path(language, src)
+        if not (docs / src).is_file():
+            found.append(Status(path, "*", "orphaned: no docs/" + src))
+            continue
+        units = page_units((docs / src).read_text(encoding="utf-8"))
+        found += statuses(units, read(root / path), path)
+    for key in sorted(lesson_keys):
+        file = all_lessons.get(key)
+        path = f"{FOLDER}/{language}/lessons/{key}.md"
+        if file is None:
+            found.append(Status(path, "*", "orphaned: no such lesson"))
+            continue
+        lesson = parse(file.path.read_text(encoding="utf-8"), file.path)
+        found += statuses(lesson_units(lesson), read(root / path), path)
+    return found
+
+
+# ---- applying a translation ----------------------------------------------------------
+
+
+def segment(text: str) -> str:
+    """Text for the search index with its Chinese split into words, as Material's search
+    plugin splits a page's: jieba's words between zero-width spaces, which the site's
+    search separator breaks at."""
+    import jieba
+
+    return HAN.sub(
+        lambda run: "\u200b" + "\u200b".join(jieba.cut(run.group(0))) + "\u200b", text
+    ).strip("\u200b")
+
+
+def translate_lesson(lesson: Lesson, texts: dict[str, str]) -> Lesson:
+    """The lesson with the prose of each translated unit replaced; code, line numbers
+    and everything untranslated stay as they are."""
+    from dataclasses import replace
+
+    sections = [
+        replace(s, markdown=[(None, line) for line in texts[s.id].splitlines()])
+        if s.id in texts
+        else s
+        for s in lesson.sections
+    ]
+    meta = dict(lesson.front_matter)
+    for field in ("title", "summary"):
+        if field in texts:
+            meta[field] = texts[field]
+    return replace(lesson, sections=sections, front_matter=meta)
+
+
+def translate_page(markdown: str, texts: dict[str, str]) -> str:
+    """A hand-written page with each translated unit put in place of its English."""
+    return (
+        "\n\n".join(texts.get(unit.id, unit.english) for unit in page_units(markdown))
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tools.literate import learning_path
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_parser = commands.add_parser("check", help="list missing and stale units")
+    check_parser.add_argument("--language", default="zh", choices=LANGUAGES)
+    skeleton = commands.add_parser(
+        "skeleton",
+        help="write a file to translate (its units in English, hashes filled in); "
+        "units already translated and up to date are kept",
+    )
+    skeleton.add_argument("files", nargs="+", help="annotated/... or docs/*.md")
+    skeleton.add_argument("--language", default="zh", choices=LANGUAGES)
+    args = parser.parse_args(argv)
+    root = Path(__file__).resolve().parents[2]
+    if args.command == "check":
+        curriculum = learning_path.load(root / "annotated/curriculum.toml")
+        found = check(root, args.language, curriculum)
+        for status in found:
+            print(f"{status.state:8} {status.path} · {status.unit}{status.hint}")
+        print(f"{len(found)} unit(s) missing or stale")
+        return 1 if found else 0
+    for name in args.files:
+        path = Path(name)
+        if path.parts[0] == "docs":
+            src = path.relative_to("docs").as_posix()
+            units = page_units((root / path).read_text(encoding="utf-8"))
+            target = root / page_path(args.language, src)
+        else:
+            file = LessonFile(root, path.as_posix())
+            lesson = parse(file.path.read_text(encoding="utf-8"), file.path)
+            units = lesson_units(lesson)
+            target = root / lesson_path(args.language, file)
+        stored = read(target)
+        write(target, units, stored)
+        kept = sum(unit.id in stored for unit in units)
+        print(f"{target.relative_to(root)}: {len(units)} units, {kept} kept")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
