@@ -31,6 +31,23 @@ references:
     year: 1998
     venue: Proceedings of the IEEE 86(11)
     url: https://doi.org/10.1109/5.726791
+worksheet:
+  - region: conv2d_direct
+    hint: >-
+      Check the arguments, pad x, split the channels into [N, g, C/g, Hp, Wp] and the
+      weight into [g, O/g, C/g, kH, kW]; then loop over the kernel taps (i, j), slice
+      the strided, dilated window of shape [N, g, C/g, Ho, Wo] for that tap, contract
+      it with the tap's weights over C/g, and add it up; reshape to [N, O, Ho, Wo] and
+      add the bias.
+    tests: [test_conv2d_matches_torch, test_conv2d_unusual_shapes]
+  - region: Im2colConv2d.backward
+    hint: >-
+      Per group, with grad_y as [N, g, O/g, L]: the weight gradient is grad_y times
+      cols transposed, summed over the batch; the cols gradient is the weight matrix
+      transposed times grad_y; col2im sums it back into the padded image, which you
+      crop to x's size; the bias gradient sums grad_out over N, H and W. Return None
+      for the four options.
+    tests: [test_conv2d_matches_torch, test_conv2d_unusual_shapes]
 ---
 
 A convolutional layer slides a small stack of filters over an image and takes a dot

@@ -6,6 +6,9 @@ summary: >-
   in ONNX Runtime at each graph optimisation level and as dynamic int8, and compare
   latency with eager PyTorch.
 time: 10 s
+expected:
+  metric: accuracy eager
+  short: ["--epochs", "3", "--width", "8", "--repeats", "3", "--device", "cpu"]
 references:
   - key: ioffe2015batch
     authors: [Sergey Ioffe, Christian Szegedy]
@@ -43,6 +46,22 @@ references:
     year: 2024
     venue: NVIDIA documentation
     url: https://docs.nvidia.com/deeplearning/tensorrt/
+worksheet:
+  - region: fold_conv_bn
+    hint: >-
+      Check the pair; compute the per-channel scale gamma / sqrt(running_var + eps);
+      build a new Conv2d with the same geometry and a bias, whose weight is the old
+      filter times its channel's scale and whose bias is (old bias, or zero, minus
+      running_mean) times the scale plus beta; return it in eval mode.
+    tests:
+      - test_fold_matches_torch_fusion_and_eager_float64
+      - test_fold_with_extreme_statistics
+  - region: fold_model
+    hint: >-
+      Walk the Sequential's layers; where a Conv2d is directly followed by a
+      BatchNorm2d, append their fold and skip both, else keep the layer; return a new
+      Sequential in eval mode.
+    tests: [test_fold_model_removes_every_bn_and_keeps_the_function]
 ---
 
 A trained network is a fixed function. Training needed autograd, mutable batch

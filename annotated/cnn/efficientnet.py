@@ -5,6 +5,9 @@ summary: >-
   MBConv blocks with squeeze-and-excitation and stochastic depth, and B0–B7 built from
   one base configuration by scaling depth, width and resolution together.
 time: 45 s
+expected:
+  metric: accuracy
+  short: ["--steps", "150", "--largest", "b0", "--device", "cpu"]
 references:
   - key: tan2019efficientnet
     authors: [Mingxing Tan, Quoc V. Le]
@@ -47,6 +50,27 @@ references:
     year: 2019
     venue: GitHub, tensorflow/tpu
     url: https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet
+worksheet:
+  - region: SqueezeExcitation.forward
+    hint: >-
+      Average x over height and width to [B, C, 1, 1], pass it through fc1, SiLU, fc2
+      and a sigmoid to get one gate in (0, 1) per example and channel, and multiply x
+      by it.
+    tests:
+      - test_squeeze_excitation_gates_channels
+      - test_mbconv_matches_functional_reference
+  - region: stochastic_depth
+    hint: >-
+      Check p; in eval mode or with p = 0 return x itself. Otherwise draw one Bernoulli
+      mask value per example (shape [B, 1, ..., 1]) that keeps it with probability
+      1 - p, and return x times the mask divided by 1 - p.
+    tests: [test_stochastic_depth_contract]
+  - region: MBConv.forward
+    hint: >-
+      Run the block (expand, depthwise, squeeze-excite, project); when the block keeps
+      stride 1 and its width, add the input back to the output passed through
+      stochastic depth with the block's drop probability.
+    tests: [test_mbconv_matches_functional_reference]
 ---
 
 A convolutional network can be made bigger in three ways: more layers (depth), more

@@ -21,6 +21,23 @@ references:
     year: 2006
     venue: Tenth International Workshop on Frontiers in Handwriting Recognition
     url: https://inria.hal.science/inria-00112631
+worksheet:
+  - region: conv2d
+    hint: >-
+      Check the input, pad x on all four sides, cut every k×k patch with unfold on the
+      height and then the width axis ([N, C, H', W', k, k]), contract the patches with
+      the weight over channels and kernel taps with einsum, and add the bias per output
+      channel.
+    tests:
+      - test_conv2d_matches_torch_forward_and_gradients
+      - test_our_layers_match_the_nn_conv2d_twin_with_copied_weights
+  - region: LeNet5.forward
+    hint: >-
+      C1, tanh, S2; C3, tanh, S4; C5, tanh, flatten to [N, 120]; F6, tanh; then the
+      output layer, with no tanh, gives the logits [N, 10].
+    tests:
+      - test_our_layers_match_the_nn_conv2d_twin_with_copied_weights
+      - test_plain_loops_match_the_tensor_model
 ---
 
 LeNet-5 [@lecun1998gradient] is the network that made convolution the default for

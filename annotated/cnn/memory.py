@@ -27,6 +27,28 @@ references:
     year: 2019
     venue: arXiv preprint
     arxiv: "1905.12322"
+worksheet:
+  - region: Checkpoint.backward
+    hint: >-
+      Take the saved input, detach it and make it require grad; rerun the segment on
+      it with grad enabled, backpropagate grad_output through that fresh graph, and
+      return None for run and the input's gradient for x.
+    tests: [test_checkpoint_function_is_a_vjp, test_checkpointed_gradients_equal_plain]
+  - region: forward_checkpointed
+    hint: >-
+      Check the arguments and impl; cut the blocks into `segments` nearly equal runs
+      (np.linspace rounded), run the stem, then each segment as a Sequential: through
+      Checkpoint.apply (or torch's non-reentrant checkpoint) except the last, which runs
+      normally; pool over H and W and apply the head.
+    tests:
+      - test_checkpointed_gradients_equal_plain
+      - test_saved_bytes_match_prediction
+  - region: accumulate_gradients
+    hint: >-
+      Check the arguments and zero the gradients; for each micro-batch, take the SUM
+      of its cross-entropy divided by the full batch size, call backward (the .grad
+      add up), and add the loss's value to the total you return.
+    tests: [test_accumulation_equals_large_batch]
 ---
 
 Backpropagation needs, for every layer, something the forward pass computed: a

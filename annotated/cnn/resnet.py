@@ -6,6 +6,10 @@ summary: >-
   published parameter counts and FLOPs, and the degradation problem that residual
   connections remove, reproduced on digits.
 time: 45 s
+expected:
+  metric: residual_26_loss
+  short:
+    ["--skip-counts", "--blocks", "1", "4", "--steps", "100", "--device", "cpu"]
 references:
   - key: he2016deep
     authors: [Kaiming He, Xiangyu Zhang, Shaoqing Ren, Jian Sun]
@@ -33,6 +37,19 @@ references:
     year: 2017
     venue: arXiv preprint
     arxiv: "1706.02677"
+worksheet:
+  - region: BasicBlock.forward
+    hint: >-
+      conv1, bn1, relu; conv2, bn2. A plain block (residual False) returns the relu of
+      that; a residual block adds the shortcut (x itself, or downsample(x) when the
+      block changes stride or width) before the final relu.
+    tests: [test_block_matches_functional, test_plain_block_has_no_shortcut]
+  - region: Bottleneck.forward
+    hint: >-
+      Three convolutions, each followed by its batch norm: 1×1 to squeeze, 3×3 (which
+      carries the stride), 1×1 to expand by four; relu after the first two. Add the
+      shortcut (x or downsample(x)) unless the block is plain, then a last relu.
+    tests: [test_block_matches_functional]
 ---
 
 Stacking more layers should never hurt a network's *training* error: the deeper net

@@ -45,6 +45,23 @@ references:
     year: 2020
     venue: GitHub repository
     url: https://github.com/karpathy/micrograd
+worksheet:
+  - region: Value.topological_order
+    hint: >-
+      Depth-first search without recursion: keep a stack of (node, iterator over its
+      children), push the first unvisited child, and append a node to the order only
+      once all its children are in; the output itself comes last.
+    tests: [test_topological_order_lists_every_node_after_its_children]
+  - region: Value.backward
+    hint: >-
+      Take the topological order, reset the gradient of every node that has children
+      to 0, add the seed 1 to this node's gradient, then call each node's _backward
+      with its gradient, from the output back to the leaves.
+    tests:
+      - test_value_used_twice_accumulates_gradients
+      - test_backward_order_example_from_the_lesson
+      - test_backward_twice_doubles_leaf_gradients_like_torch
+      - test_backward_on_a_bare_leaf_accumulates_like_torch
 ---
 
 Training a neural network means moving every parameter a little against the gradient of

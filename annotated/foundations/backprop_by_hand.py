@@ -5,6 +5,9 @@ summary: >-
   The backward passes of a linear layer, softmax cross-entropy, layer norm and an
   attention head, derived in index notation and typed into NumPy.
 time: 2 s
+expected:
+  metric: accuracy
+  short: ["--steps", "60"]
 references:
   - key: parr2018matrix
     authors: [Terence Parr, Jeremy Howard]
@@ -37,6 +40,27 @@ references:
     year: 2017
     venue: NeurIPS 2017
     arxiv: "1706.03762"
+worksheet:
+  - region: linear_backward
+    hint: >-
+      With Y = X W^T + b: the input gradient is grad_output @ W, the weight gradient
+      grad_output^T @ X, and the bias gradient sums grad_output over the batch (a copy
+      forward is a sum backward). Check grad_output's shape first.
+    tests: [test_linear_matches_torch]
+  - region: layer_norm_backward
+    hint: >-
+      From the cache (x_hat, sigma, gamma): grad_gamma sums grad_output * x_hat over
+      the batch and grad_beta sums grad_output; with G = grad_output * gamma, the input
+      gradient is G minus its row mean minus x_hat times the row mean of G * x_hat, all
+      divided by sigma.
+    tests: [test_layer_norm_matches_torch]
+  - region: attention_head_backward
+    hint: >-
+      Walk the forward backwards: grad V = A^T grad_O and grad A = grad_O V^T; push
+      grad A through softmax_backward to get grad S; grad Q = grad S K / sqrt(d) and
+      grad K = grad S^T Q / sqrt(d); each weight's gradient is X^T times its
+      projection's gradient over all batch rows, and grad X sums the three grad_P W^T.
+    tests: [test_attention_head_matches_torch]
 ---
 
 An autograd engine applies the chain rule one scalar ([the scalar engine](autograd.md))

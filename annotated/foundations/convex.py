@@ -38,6 +38,31 @@ references:
     year: 2004
     venue: Cambridge University Press
     url: https://web.stanford.edu/~boyd/cvxbook/
+worksheet:
+  - region: heavy_ball
+    hint: >-
+      After checking the run and the momentum, record x_0, keep the previous iterate
+      (starting equal to x_0), and each step set x <- x - step * A x + momentum * (x -
+      previous) while the old x becomes previous; return all steps + 1 iterates.
+    tests: [test_heavy_ball_every_iterate_below_bound]
+  - region: nesterov
+    hint: >-
+      Like heavy ball, but the momentum step comes first: form the look-ahead y = x +
+      momentum * (x - previous), remember x as previous, and take the gradient step
+      from y, x <- y - step * A y; return all steps + 1 iterates.
+    tests:
+      - test_nesterov_every_iterate_below_bound
+      - test_nesterov_three_sequence_form_and_its_potential_contract_by_one_minus_tau
+  - region: newton_logistic
+    hint: >-
+      From w = 0, repeat until the gradient norm is at most tol: solve the Hessian
+      system for the direction d, halve the step t until F(w - t d) <= F(w) - t
+      Delta / 4 (Delta = gradient . d), but take the full step when Delta / 2 is below
+      F's rounding (64 eps |F|); return every iterate, and raise after max_steps.
+    tests:
+      - test_newton_optimum_matches_scipy_minimize
+      - test_newton_reaches_the_optimum_where_rounding_hides_the_last_decrease
+      - test_newton_loss_falls_at_every_step
 ---
 
 Optimisation theory makes promises of a precise shape: *after $k$ steps the error is at

@@ -35,6 +35,30 @@ references:
     year: 1998
     venue: Cambridge University Press
     url: https://doi.org/10.1017/CBO9780511790492
+worksheet:
+  - region: Factor.product
+    hint: >-
+      After checking that shared variables have the same number of states, the result
+      ranges over this factor's variables followed by the other's new ones; give each
+      variable one einsum index, so shared axes multiply entrywise and the rest
+      broadcast into an outer product.
+    tests: [test_factor_product_matches_entrywise_loop]
+  - region: BayesianNetwork.variable_elimination
+    hint: >-
+      Reduce every CPT by the evidence; the hidden variables are those neither queried
+      nor observed, taken in the given order (checked) or min_degree_order's; for each,
+      multiply the factors that mention it and sum it out; finally multiply what is
+      left, normalise, and put the axes in the query's order.
+    tests: [test_variable_elimination_matches_enumeration_on_random_networks]
+  - region: HiddenMarkovModel.forward_backward
+    hint: >-
+      Forward: predicted starts at the initial distribution; at each step multiply by
+      the emission likelihood, divide by its sum c_t (refuse a zero), and propagate
+      through the transition. Backward from all ones: beta_t = transition @
+      (likelihood_{t+1} * beta_{t+1}) / c_{t+1}. Return alpha * beta and sum(log c_t).
+    tests:
+      - test_forward_backward_and_viterbi_match_path_enumeration
+      - test_scaled_forward_survives_where_unscaled_underflows
 ---
 
 A joint distribution over $n$ discrete variables with $k$ states each is a table of

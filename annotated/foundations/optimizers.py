@@ -5,6 +5,10 @@ summary: >-
   The update rules of torch.optim written from their equations, with step decay and
   warm-up cosine schedules, matched step for step against PyTorch.
 time: 8 s
+expected:
+  metric: "AdamW test accuracy"
+  short: ["--rosenbrock-steps", "300", "--digits-steps", "80", "--warmup-steps", "5",
+    "--device", "cpu"]
 references:
   - key: polyak1964some
     authors: [Boris T. Polyak]
@@ -78,6 +82,28 @@ references:
     year: 1960
     venue: The Computer Journal 3(3)
     url: https://doi.org/10.1093/comjnl/3.3.175
+worksheet:
+  - region: SGD.step
+    hint: >-
+      For every parameter with a gradient (through real_view): add the L2 term with
+      l2_gradient; with momentum, start the buffer as a copy of the first gradient and
+      then keep buffer = momentum * buffer + grad, stepping along the buffer (or along
+      grad + momentum * buffer for Nesterov); finally weight -= lr * step.
+    tests: [test_sgd_matches_torch_sgd, test_parameters_without_gradient_are_left_alone]
+  - region: adam_update
+    hint: >-
+      On the first call create step 0 and zero moments (and the AMSGrad maximum); then
+      count the step, update m = beta1 m + (1 - beta1) g and v = beta2 v + (1 - beta2)
+      g^2 in place (AMSGrad keeps the running maximum of v), and move the parameter by
+      -lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+    tests:
+      - test_adam_matches_torch_adam
+      - test_adam_first_step_moves_every_coordinate_by_lr
+  - region: AdamW.apply_weight_decay
+    hint: >-
+      Shrink the weight in place by the factor 1 - lr * weight_decay and hand the raw
+      gradient on to the Adam step.
+    tests: [test_adamw_matches_torch_adamw]
 ---
 
 [Backpropagation](backprop_by_hand.md) gives the gradient $g = \nabla_\theta L$; an

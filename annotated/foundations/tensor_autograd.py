@@ -47,6 +47,31 @@ references:
     year: 1964
     venue: USSR Computational Mathematics and Mathematical Physics 4(5)
     url: https://doi.org/10.1016/0041-5553(64)90137-5
+worksheet:
+  - region: sum_to_shape
+    hint: >-
+      First sum over the leading axes broadcasting added (the gradient's extra
+      dimensions), then, keeping the axis, over every axis where the input had size 1
+      but the gradient does not.
+    tests:
+      - test_sum_to_shape_inverts_broadcasting
+      - test_binary_op_with_broadcasting_matches_torch
+  - region: Tensor.__matmul__
+    hint: >-
+      Check both operands are at least 2-D, the inner sizes agree and the batch axes
+      broadcast; the output is self.data @ other.data, and its backward adds
+      out.grad @ B^T to A's gradient and A^T @ out.grad to B's (transposing only the
+      last two axes), each summed down to its operand's shape.
+    tests: [test_matmul_with_batch_broadcasting_matches_torch]
+  - region: Tensor.backward
+    hint: >-
+      Seed with ones for a one-element output (else check the given gradient's shape
+      and dtype), zero the gradient of every non-leaf in the topological order, add
+      the seed to this tensor's gradient, and call each tensor's _backward in reverse
+      order.
+    tests:
+      - test_composite_expression_with_reuse_matches_torch
+      - test_leaf_gradients_accumulate_and_interior_ones_do_not
 ---
 
 [The scalar engine](autograd.md) differentiates one number at a time. That is the

@@ -6,6 +6,19 @@ summary: >-
   digits; the non-saturating loss against the minimax one, the N(0, 0.02) init, sample
   grids over training, and the FID the lesson's own judge gives them.
 time: 20 s
+expected:
+  metric: fid
+  short:
+    - "--steps"
+    - "300"
+    - "--width"
+    - "16"
+    - "--batch-size"
+    - "32"
+    - "--samples"
+    - "400"
+    - "--judge-epochs"
+    - "5"
 references:
   - key: goodfellow2014generative
     authors:
@@ -50,6 +63,30 @@ references:
     year: 2017
     venue: NeurIPS 2017
     arxiv: "1706.08500"
+worksheet:
+  - region: discriminator_loss
+    hint: >-
+      Binary cross-entropy written on the logits with softplus: the mean of
+      softplus(-l) over the real logits (label 1) plus the mean of softplus(l) over
+      the fakes (label 0).
+    tests:
+      - test_discriminator_loss_matches_bce_with_logits
+      - test_losses_stay_finite_at_extreme_logits
+  - region: generator_loss
+    hint: >-
+      Non-saturating: the mean of softplus(-l) on the fakes' logits (the fakes
+      labelled real); minimax: minus the mean of softplus(l). Any other kind is a
+      ValueError naming the choices.
+    tests:
+      - test_generator_losses_match_bce_with_logits
+      - test_minimax_gradient_vanishes_where_the_generator_is_losing
+  - region: DCGAN.step
+    hint: >-
+      Draw z and make the fakes. Discriminator first: real and detached fakes in two
+      separate passes, its loss, zero_grad, backward, step. Then the generator: the
+      same fakes, attached, through the updated discriminator, its loss, zero_grad,
+      backward, step. Return both losses as floats.
+    tests: [test_step_matches_a_hand_written_round_and_detaches_the_fakes]
 ---
 
 A generative adversarial network [@goodfellow2014generative] learns to draw samples

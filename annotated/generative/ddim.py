@@ -38,6 +38,30 @@ references:
     year: 2024
     venue: WACV 2024
     arxiv: "2305.08891"
+worksheet:
+  - region: ddim_sigma
+    hint: >-
+      Check the pair of steps and that eta lies in [0, 1]; with a = ᾱ_t and a' =
+      ᾱ_{t_prev}, return eta × sqrt((1 - a') / (1 - a) × (1 - a / a')).
+    tests: [test_eta_one_over_all_steps_is_ddpm, test_step_matches_diffusers]
+  - region: ddim_step
+    hint: >-
+      Get sigma and check eps and the noise (needed where sigma > 0). Predict x̂0 =
+      (x_t - sqrt(1 - a) eps) / sqrt(a); when clipping, clamp it to [-1, 1] and
+      recompute eps as the noise the clipped x̂0 implies. Then x_prev = sqrt(a') x̂0 +
+      sqrt(1 - a' - sigma²) eps, plus sigma × noise when sigma > 0. Return (x_prev,
+      x̂0).
+    tests:
+      - test_step_matches_diffusers
+      - test_eta_one_over_all_steps_is_ddpm
+      - test_deterministic_step_is_euler_and_reversible
+  - region: ddim_sample
+    hint: >-
+      Check x_T and lay out the indices with `timesteps`; pair each with the next
+      (the last with -1); at each pair ask the model for eps at (x, t), draw noise from
+      the generator only where sigma > 0 (after the network call), and take one
+      ddim_step.
+    tests: [test_sampling_chain_matches_diffusers]
 ---
 
 A [DDPM](ddpm.md) draws an image by running its network once per diffusion step:

@@ -6,6 +6,18 @@ summary: >-
   checked against diffusers' DDPMScheduler, a small U-Net trained to predict the
   noise, and ancestral sampling of 16×16 digits.
 time: 40 s
+expected:
+  metric: last_loss
+  short:
+    - "--steps"
+    - "12"
+    - "--batch-size"
+    - "16"
+    - "--timesteps"
+    - "20"
+    - "--samples"
+    - "6"
+    - "--no-fid"
 references:
   - key: sohl2015deep
     authors: [Jascha Sohl-Dickstein, Eric Weiss, Niru Maheswaranathan, Surya Ganguli]
@@ -45,6 +57,27 @@ references:
     year: 2017
     venue: NeurIPS 2017
     arxiv: "1706.03762"
+worksheet:
+  - region: Schedule.q_sample
+    hint: >-
+      Check the noise's shape and that t holds one valid integer step per image; look
+      up ᾱ_t for each image, shape it [batch, 1, 1, 1] in x0's dtype and device, and
+      return sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) noise.
+    tests: [test_q_sample_matches_diffusers_add_noise]
+  - region: Schedule.step
+    hint: >-
+      Check t, eps and the noise (needed for t > 0). Estimate the clean image x̂0 =
+      (x_t - sqrt(1 - ᾱ_t) eps) / sqrt(ᾱ_t), clipped to [-1, 1] when asked; the
+      posterior mean is sqrt(ᾱ_{t-1}) β_t / (1 - ᾱ_t) x̂0 + sqrt(α_t) (1 - ᾱ_{t-1}) /
+      (1 - ᾱ_t) x_t; add sqrt(β̃_t) noise except at t = 0. Return (x_{t-1}, x̂0).
+    tests: [test_step_matches_diffusers, test_sampling_chain_matches_diffusers]
+  - region: diffusion_loss
+    hint: >-
+      Check the images; draw one random step per image and fresh Gaussian noise (both
+      from the generator, on the CPU, then moved to x0's device), noise x0 to x_t in
+      closed form, and return the mean squared error between the model's prediction
+      at (x_t, t) and the noise.
+    tests: [test_unet_shapes_and_gradients]
 ---
 
 A diffusion model learns to undo a process that destroys data slowly

@@ -7,6 +7,9 @@ summary: >-
   checked against PyTorch; then a plain GAN that collapses onto one mode of a ring of
   eight Gaussians against a stabilised one that covers all eight.
 time: 25 s
+expected:
+  metric: stabilised_quality
+  short: ["--steps", "300", "--every", "50"]
 references:
   - key: goodfellow2014generative
     authors:
@@ -106,6 +109,34 @@ references:
     year: 2017
     venue: NeurIPS 2017
     arxiv: "1705.07761"
+worksheet:
+  - region: power_iteration
+    hint: >-
+      Without recording gradients, repeat `rounds` times: u becomes W v normalised,
+      then v becomes W^T u normalised (F.normalize with eps), written into the given
+      tensors in place.
+    tests:
+      - test_sigma_estimate_converges_to_svdvals
+      - test_spectral_norm_matches_torch_step_by_step
+  - region: SpectralNorm.forward
+    hint: >-
+      Flatten the weight to [out, -1]; in training mode run `rounds` rounds of power
+      iteration on the stored u and v; then divide the weight by u^T W v computed with
+      clones of u and v, so autograd treats them as constants and a second forward
+      pass cannot overwrite what the first saved.
+    tests:
+      - test_spectral_norm_matches_torch_step_by_step
+      - test_gradient_through_w_over_sigma_matches_the_closed_form
+  - region: gradient_penalty
+    hint: >-
+      Check the shapes; draw one uniform epsilon per sample, interpolate between the
+      detached real and fake points, make the interpolates require grad, score them,
+      and take the gradient of the summed scores with respect to them with
+      create_graph=True (so the penalty can be differentiated again); return the mean
+      of (per-sample gradient norm - 1) squared.
+    tests:
+      - test_gradient_penalty_matches_torch_func_value_and_weight_gradient
+      - test_gradient_penalty_of_a_linear_critic_is_exact
 ---
 
 The [DCGAN lesson](dcgan.md) trains a generator $G$ and a discriminator $D$ in

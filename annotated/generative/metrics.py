@@ -57,6 +57,28 @@ references:
     year: 2020
     venue: GitHub repository, version 0.3.0
     url: https://github.com/mseitzer/pytorch-fid
+worksheet:
+  - region: frechet_distance
+    hint: >-
+      Check both Gaussians and that their dimensions match. Take the symmetric square
+      root of sigma1 from its floored eigen-decomposition, form the symmetric middle
+      matrix sqrt(sigma1) sigma2 sqrt(sigma1) (symmetrised), and sum the square roots
+      of its floored eigenvalues: that is the trace term. Return the squared mean
+      difference plus tr(sigma1) + tr(sigma2) - 2 × that trace, clamped at 0.
+    tests:
+      - test_frechet_distance_matches_scipy_sqrtm
+      - test_diagonal_covariances_match_the_closed_form
+      - test_one_dimensional_gaussians
+  - region: inception_score_from_probabilities
+    hint: >-
+      Check the rows and splits; cut the rows into `splits` consecutive folds; in each
+      fold the marginal p(y) is the mean row, the KL of each row from it is the sum of
+      p log p - p log p(y) (xlogy makes 0 log 0 = 0), and the fold's score is exp of
+      the mean KL. Return the mean and standard deviation of the fold scores.
+    tests:
+      - test_uniform_predictions_score_one
+      - test_confident_balanced_predictions_score_the_number_of_classes
+      - test_inception_score_matches_scipy_entropy
 ---
 
 A generative model is judged by the pictures it draws, and there are too many of them

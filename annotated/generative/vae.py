@@ -60,6 +60,31 @@ references:
     year: 2021
     venue: ICML 2021
     arxiv: "2006.13202"
+worksheet:
+  - region: reparameterise
+    hint: >-
+      Draw standard normal noise shaped like mu (the only randomness, with no
+      parameter in it) and return mu plus the standard deviation exp(logvar / 2) times
+      that noise.
+    tests: [test_reparameterised_gradient_matches_the_analytic_one]
+  - region: gaussian_kl
+    hint: >-
+      Check the two tensors; turn mu_p and logvar_p into tensors like mu_q; per
+      dimension the KL is half of (variance ratio exp(logvar_q - logvar_p) + (mu_q -
+      mu_p)² exp(-logvar_p) - 1 - (logvar_q - logvar_p)), all in log-variances so
+      nothing underflows; sum over the last axis.
+    tests:
+      - test_kl_matches_torch_distributions_forward_and_gradients
+      - test_kl_to_the_prior_at_extreme_log_variances
+  - region: iwae_bound
+    hint: >-
+      Check samples; encode once, expand mu and logvar to K copies and draw K codes
+      per image; decode them; the log weight of each is log p(x|z) + log p(z) - log
+      q(z|x), with both Gaussians' log densities at the samples; return the logsumexp
+      over the K samples minus log K.
+    tests:
+      - test_iwae_is_exact_when_the_encoder_is_the_true_posterior
+      - test_elbo_below_iwae_k_increasing_below_exact_log_px
 ---
 
 A variational autoencoder [@kingma2014auto; @rezende2014stochastic] is a generative

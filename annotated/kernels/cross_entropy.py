@@ -48,6 +48,27 @@ references:
     year: 2024
     venue: arXiv preprint (ICLR 2025)
     arxiv: "2411.09009"
+worksheet:
+  - region: cross_entropy_forward_kernel
+    hint: >-
+      One program per row (index widened to 64 bits): walk the row in chunks of
+      BLOCK columns (past vocab read -inf), keeping a running maximum and the sum of
+      exp(z - maximum), rescaled by exp(old - new) whenever the maximum grows, and,
+      if HAS_SMOOTHING, the plain sum of the logits. lse = maximum + log(sum); the
+      loss is lse minus the target's logit (mixed with the mean logit when
+      smoothing). Store lse, and the loss, or 0 for an ignored row.
+    tests:
+      - test_no_grad_runs_the_forward_kernel_alone
+      - test_label_smoothing_matches_torch_in_float64
+      - test_extreme_logits_stay_finite_and_exact
+  - region: cross_entropy_backward_kernel
+    hint: >-
+      One program per row: load its target, saved lse and row scale, then walk the
+      row in chunks, storing (exp(z - lse) - smoothing / vocab, less another
+      1 - smoothing at the target's column) times the scale, in the gradient's dtype.
+    tests:
+      - test_gradient_is_softmax_minus_one_hot_scaled_by_the_incoming_gradient
+      - test_passes_gradcheck
 ---
 
 A language model ends in a matrix product that turns each token's hidden state into one

@@ -50,6 +50,29 @@ references:
     year: 2009
     venue: Communications of the ACM 52(4)
     url: https://doi.org/10.1145/1498765.1498785
+worksheet:
+  - region: forward_tiles
+    hint: >-
+      For each block of BLOCK_N keys from start to stop: load K transposed and V
+      (masked past n_k if MASKED), score q @ k_t * qk_scale (base 2), set invisible
+      scores to -inf if MASKED (past n_k, and after the query if CAUSAL), take the new
+      running maximum, exponentiate with exp2 against it, rescale row_sum and acc by
+      exp2(old maximum - new maximum), then add the row sums of the probabilities and
+      probs @ v. Return acc, row_max and row_sum.
+    tests:
+      - test_log_sum_exp_matches_torch_logsumexp
+      - test_scores_in_the_thousands_stay_finite_and_as_exact_as_sdpa
+      - test_matches_sdpa_and_eager_attention
+  - region: backward_key_tiles
+    hint: >-
+      For each block of BLOCK_M queries: load Q, dO, L and D (masked past n_q if
+      MASKED), form the transposed scores k @ q^T * qk_scale, mask them as the
+      forward does, recompute P^T = exp2(S^T - L * log2(e)), add P^T @ dO into
+      grad_v, take dP^T = v @ dO^T and dS^T = P^T * (dP^T - D), and add dS^T @ q
+      into grad_k. Return grad_k and grad_v.
+    tests:
+      - test_cross_attention_with_unequal_lengths_and_a_given_scale
+      - test_the_larger_head_dimensions
 ---
 
 [The FlashAttention algorithm](../transformers/flash_attention.md) derived exact

@@ -34,6 +34,26 @@ references:
     year: 2009
     venue: Communications of the ACM 52(4)
     url: https://doi.org/10.1145/1498765.1498785
+worksheet:
+  - region: lstm_forward_kernel
+    hint: >-
+      Each lane owns one (row, unit) element: its gate i sits at row * 4 * hidden +
+      unit, and f, g, o follow hidden, 2 * hidden and 3 * hidden further on. Add the
+      two gate tensors (and both biases if HAS_BIAS) in ACC, apply sigmoid, sigmoid,
+      tanh (as 2 * sigmoid(2z) - 1) and sigmoid, form c_new = f * c + i * g and
+      h_new = o * tanh(c_new), store both, and store i, f, g, o in the workspace if
+      SAVE_GATES.
+    tests:
+      - test_the_workspace_holds_the_activated_gates
+      - test_pointwise_matches_eager_in_float64
+  - region: lstm_backward_kernel
+    hint: >-
+      Load the saved i, f, g, o, c and tanh(c_new); gather the gradient reaching c_new
+      from grad_c_new (if HAS_GRAD_C) and from grad_h_new * o * (1 - tanh^2) (if
+      HAS_GRAD_H); chain it through each activation (sigmoid' = s(1 - s), tanh' =
+      1 - t^2) into the four gate gradients, with o's coming from grad_h_new *
+      tanh(c_new), and store them and grad_c = (gradient at c_new) * f.
+    tests: [test_a_gradient_through_one_output_only, test_pointwise_passes_gradcheck]
 ---
 
 One step of an LSTM [@hochreiter1997long] is two matrix products and a tail of

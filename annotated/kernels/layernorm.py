@@ -35,6 +35,25 @@ references:
     year: 2021
     venue: Triton documentation
     url: https://triton-lang.org/main/getting-started/tutorials/05-layer-norm.html
+worksheet:
+  - region: layer_norm_forward_kernel
+    hint: >-
+      One program per row: load the row (masked lanes 0) in ACC, take its mean, centre
+      it with the masked lanes forced back to 0, take the variance of the centred row
+      (two passes, not E[x^2] - E[x]^2) and rstd = 1 / sqrt(variance + eps); store
+      x_hat * weight + bias (each only if present) and the row's mean and rstd.
+    tests:
+      - test_saved_statistics_match_atens_native_layer_norm
+      - test_a_large_mean_does_not_cancel_the_variance
+      - test_matches_torch_layer_norm_in_float64
+  - region: layer_norm_backward_kernel
+    hint: >-
+      One program per group of rows_per_group rows: for each row rebuild x_hat from
+      the saved mean and rstd, let g = grad_y * weight, take c1 = mean(g * x_hat) and
+      c2 = mean(g), and store grad_x = rstd * (g - x_hat * c1 - c2); keep the group's
+      sums of grad_y * x_hat and grad_y in two registers and, if PARTIALS, store them
+      as the group's row of the partial buffer.
+    tests: [test_the_backward_kernels_directly, test_passes_gradcheck]
 ---
 
 Layer norm [@ba2016layer] standardises every row of a `[rows, features]` activation

@@ -36,6 +36,26 @@ references:
     year: 2018
     venue: ICLR 2018
     arxiv: "1710.03740"
+worksheet:
+  - region: tile_coordinates
+    hint: >-
+      Programs come in groups of group_m * n_tiles; within a group, number the tiles
+      down each column of the group's rows before moving right. The last group may
+      have fewer than group_m rows, so divide by the rows it really has.
+    tests:
+      - test_grouped_order_visits_every_tile_once
+      - test_group_of_one_row_is_row_major_and_groups_go_down_columns
+  - region: matmul_kernel
+    hint: >-
+      Find this program's output tile in grouped order (tile_coordinates' arithmetic),
+      build BLOCK_M x BLOCK_K and BLOCK_K x BLOCK_N blocks of pointers from the
+      strides, and walk K in steps of BLOCK_K, loading both tiles with the lanes past
+      K masked to 0 and adding tl.dot(a, b) into a float32 accumulator; store it,
+      rounded to c's dtype, under a mask that keeps rows < M and columns < N.
+    tests:
+      - test_float32_matches_torch_matmul_and_the_float64_product
+      - test_strided_operands_are_read_where_they_lie
+      - test_float16_accumulates_in_float32_over_a_long_k
 ---
 
 A product $C = AB$ of an $M \times K$ and a $K \times N$ matrix does $2MNK$

@@ -35,6 +35,21 @@ references:
     year: 2024
     venue: Triton documentation
     url: https://triton-lang.org/main/getting-started/tutorials/02-fused-softmax.html
+worksheet:
+  - region: softmax_forward_kernel
+    hint: >-
+      One program per row: load the row's BLOCK lanes (masked lanes read -inf) in ACC
+      precision, subtract the row's maximum, exponentiate, divide by the sum of the
+      exponentials, and store the result in y's dtype under the same mask.
+    tests:
+      - test_masked_lanes_touch_nothing_past_a_row
+      - test_matches_torch_softmax_in_float64
+      - test_scores_of_1e4_do_not_overflow
+  - region: softmax_backward_kernel
+    hint: >-
+      One program per row: load y and grad_y (masked lanes read 0) in ACC precision,
+      reduce their dot product to a scalar, and store y * (grad_y - dot) as grad_x.
+    tests: [test_backward_kernel_alone_matches_the_formula, test_passes_gradcheck]
 ---
 
 Softmax turns each row of a matrix of scores into probabilities, and it sits in every

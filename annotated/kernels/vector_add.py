@@ -28,6 +28,16 @@ references:
     year: 2024
     venue: Triton documentation
     url: https://triton-lang.org/main/getting-started/tutorials/01-vector-add.html
+worksheet:
+  - region: add_kernel
+    hint: >-
+      Each program takes the block of BLOCK offsets that starts at its program id
+      times BLOCK, masks off the lanes past n_elements, loads x and y at those offsets,
+      and stores their sum at the same offsets of out, under the same mask.
+    tests:
+      - test_masked_lanes_touch_nothing_past_the_end
+      - test_add_matches_torch_add_bit_for_bit
+      - test_int32_wraps_around_like_torch
 ---
 
 `z = x + y` is the smallest kernel there is, and the right one to learn a GPU

@@ -25,6 +25,30 @@ references:
     year: 2019
     venue: OpenAI technical report
     url: https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf
+worksheet:
+  - region: bpe_merges
+    hint: >-
+      Count every adjacent pair once, weighted by its word's frequency, and index
+      which words hold each pair; keep a heap of (-count, left, right). Pop the best
+      entry, skipping it if its count no longer matches (stale); make the new token
+      with new_token; for each word holding the pair, subtract its old pairs, merge it
+      with merge_word, add its new pairs and fix the index; push the changed pairs'
+      new counts (dropping pairs that reached 0), and yield the Merge. Stop when the
+      heap is empty.
+    tests:
+      - test_incremental_counts_equal_a_full_recount_on_the_corpus
+      - test_incremental_counts_equal_a_full_recount_on_random_text
+      - test_words_are_weighted_by_their_frequency
+  - region: merge_chunk
+    hint: >-
+      Return the chunk's own rank if it is a token. Otherwise start from its single
+      bytes and the rank of each adjacent pair's concatenation (NO_MERGE if absent);
+      repeatedly merge the lowest-ranked pair, leftmost on a tie, and recompute only
+      its two neighbours' ranks, until no pair is in the vocabulary. Return the parts'
+      ranks.
+    tests:
+      - test_merge_chunk_takes_lowest_rank_leftmost_first
+      - test_textbook_example_gives_wikipedias_three_merges
 ---
 
 A language model reads integers, not text. The tokenizer decides which integers: one per

@@ -37,6 +37,34 @@ references:
     year: 2023
     venue: ICML 2023
     arxiv: "2212.09720"
+worksheet:
+  - region: quantize_q8_0
+    hint: >-
+      Per block of 32: d is the largest magnitude over 127; q is each weight times
+      inverse_scale(d), rounded halves away from zero (round_half_away), as int8. The
+      block's bytes are d as fp16 (fp16_bytes) followed by the 32 q reinterpreted as
+      uint8.
+    tests:
+      - test_halves_round_away_from_zero_in_q8_0_and_up_in_q4_0
+      - test_extreme_blocks_match_gguf
+  - region: quantize_q4_0
+    hint: >-
+      Per block: take the weight of largest magnitude with its sign (the first on a
+      tie) and set d = that / -8; q = trunc(x * inverse_scale(d) + 8.5) clamped to
+      [0, 15], in float32 in exactly that order. The bytes are d as fp16 and then
+      pack_nibbles(q).
+    tests:
+      - test_q4_0_layout_by_hand
+      - test_random_weights_match_gguf_bit_for_bit
+  - region: quantize_q5_0
+    hint: >-
+      Q4_0 with 32 levels: d = signed maximum / -16 and q = trunc(x * id + 16.5)
+      clamped to [0, 31]. The fifth bits (q >> 4) of the 32 weights form one 32-bit
+      integer qh, bit i for weight i, stored as 4 little-endian bytes between the
+      fp16 d and the nibbles of q's low four bits.
+    tests:
+      - test_q5_0_fifth_bits_by_hand
+      - test_scales_from_tiny_to_large_match_gguf
 ---
 
 [llama.cpp](https://github.com/ggml-org/llama.cpp) runs language models on laptops and

@@ -8,6 +8,10 @@ summary: >-
   logits and gradients matched to GPT2LMHeadModel, and sampling with temperature, top-k
   and top-p.
 time: 20 s
+expected:
+  metric: validation_loss
+  short: ["--steps", "30", "--batch", "8", "--length", "32", "--width", "32",
+    "--new-tokens", "8"]
 references:
   - key: radford2019language
     authors: [Alec Radford, Jeffrey Wu, Rewon Child, David Luan, Dario Amodei,
@@ -47,6 +51,34 @@ references:
     year: 2020
     venue: ICLR 2020
     arxiv: "1904.09751"
+worksheet:
+  - region: CausalSelfAttention.forward
+    hint: >-
+      One c_attn projection gives q, k and v side by side: split it in three along
+      the width, view each as [batch, heads, seq, d_head], run
+      F.scaled_dot_product_attention causally (with dropout only in training), merge
+      the heads back to [batch, seq, width], and apply c_proj and the residual
+      dropout.
+    tests:
+      - test_logits_and_gradients_match_hf
+      - test_a_full_context_matches_hf
+  - region: lm_loss
+    hint: >-
+      Check that labels are integer ids shaped like the logits' [batch, seq]; score
+      the logits of positions 0 .. s-2, promoted to at least float32, against the
+      labels of positions 1 .. s-1 with a mean cross-entropy that ignores -100.
+    tests: [test_loss_and_its_gradients_match_hf]
+  - region: generate
+    hint: >-
+      Check the arguments; then, max_new_tokens times, run the model on the last
+      n_positions tokens and take the last position's logits: argmax if temperature
+      is 0, else divide by the temperature, apply top_k_filter and top_p_filter if
+      given, and draw from the softmax with torch.multinomial and the generator.
+      Append the token and return the whole sequence.
+    tests:
+      - test_greedy_generation_matches_hf_generate
+      - test_temperature_zero_top_k_one_and_a_cold_temperature_are_greedy
+      - test_sampling_with_a_generator_is_reproducible
 ---
 
 GPT-2 [@radford2019language] is the decoder half of the Transformer

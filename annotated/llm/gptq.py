@@ -37,6 +37,37 @@ references:
     year: 2020
     venue: ICML 2020
     arxiv: "2004.10568"
+worksheet:
+  - region: grid
+    hint: >-
+      Over the last axis, widen [min, max] to contain 0 (an all-zero row gets
+      [-1, 1]); the scale spreads that range over 2^bits - 1 steps, and the zero
+      point is round(-min / scale).
+    tests:
+      - test_grid_matches_hand_computed_values
+      - test_rtn_rounds_each_weight_to_the_nearest_level
+  - region: inverse_hessian_factor
+    hint: >-
+      Add damp times the mean of H's diagonal to a copy's diagonal; factor it with
+      Cholesky (raise a ValueError if it is not positive definite), invert from the
+      factor with torch.cholesky_inverse, and return the upper Cholesky factor of that
+      inverse.
+    tests:
+      - test_damp_adds_a_fraction_of_the_mean_diagonal
+      - test_enormous_dampening_is_round_to_nearest
+  - region: gptq
+    hint: >-
+      Check the arguments and get U from inverse_hessian_factor. Walk the columns in
+      blocks: at each group's first column fit the group's grid to the weights as
+      updated so far (including the pending updates of columns past the block);
+      quantise the column, divide its error by U[q, q], subtract error times
+      U[q, q:end] from the rest of the block, and add error^2 / 2 to the row's
+      predicted error. After the block, apply its errors to every later column at
+      once through U[block, rest].
+    tests:
+      - test_matches_obq_with_explicit_inverses
+      - test_matches_obq_with_groups_for_any_block_size
+      - test_predicted_error_is_the_measured_output_error
 ---
 
 The [quantisation chapter](../systems/quantization.md) rounded every weight to the

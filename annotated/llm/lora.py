@@ -42,6 +42,30 @@ references:
     year: 2024
     venue: TMLR 2024
     arxiv: "2405.09673"
+worksheet:
+  - region: LoRALinear.forward
+    hint: >-
+      The frozen base layer's output, and, unless the adapter is merged, plus the
+      low-rank path: dropout on x, down through lora_A to rank r, up through lora_B,
+      times scaling (alpha / rank).
+    tests:
+      - test_outputs_and_gradients_equal_peft
+      - test_odd_shapes_and_leading_dimensions
+  - region: LoRALinear.merge
+    hint: >-
+      Refuse to merge twice; otherwise add delta() (B @ A times scaling) into the
+      base weight in place and mark the adapter merged, so that forward skips the
+      low-rank path.
+    tests: [test_merge_equals_unmerged_and_unmerge_restores]
+  - region: add_lora
+    hint: >-
+      Refuse a bare string or an empty tuple, a model that already has adapters, and
+      any target that ends no nn.Linear's name (say which). Freeze the whole model,
+      then replace each chosen linear layer, found through its parent module, by a
+      LoRALinear around it: only the adapters' A and B stay trainable.
+    tests:
+      - test_trainable_count_equals_peft
+      - test_starts_as_the_base_model_and_only_adapters_learn
 ---
 
 Fine-tuning a pretrained model on new text updates every weight, and AdamW keeps two

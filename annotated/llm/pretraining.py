@@ -8,6 +8,11 @@ summary: >-
   logs, and the same script on two processes with DDP; then what 124M, 350M and 774M
   parameters cost in memory, FLOPs and GPU-hours.
 time: 60 s
+expected:
+  metric: validation_loss
+  short: ["--steps", "6", "--micro-batch", "4", "--block", "16", "--layers", "1",
+    "--width", "16", "--heads", "2", "--merges", "64", "--warmup", "2",
+    "--eval-every", "3", "--lr", "3e-2", "--accumulation", "2"]
 references:
   - key: radford2019language
     authors: [Alec Radford, Jeffrey Wu, Rewon Child, David Luan, Dario Amodei,
@@ -61,6 +66,34 @@ references:
     year: 2022
     venue: JMLR 24
     arxiv: "2204.02311"
+worksheet:
+  - region: parameter_groups
+    hint: >-
+      Refuse a negative weight_decay; sort the trainable parameters by name into
+      those with two or more dimensions (matrices and embeddings, decayed) and the
+      rest (biases, LayerNorm gains and shifts, not decayed), and return the two
+      groups as dicts of params, names and weight_decay (0 for the second).
+    tests:
+      - test_groups_decay_exactly_the_matrices_and_embeddings
+      - test_one_step_equals_the_decoupled_update_written_out
+  - region: learning_rate
+    hint: >-
+      During warm-up (step < warmup) rise linearly from 0 to max_lr; afterwards
+      follow half a cosine from max_lr down to min_lr over the remaining steps,
+      holding min_lr past the last one.
+    tests:
+      - test_schedule_equals_transformers_cosine_with_warmup
+      - test_schedule_after_warmup_equals_cosine_annealing_with_eta_min
+  - region: accumulate_gradients
+    hint: >-
+      For each micro-batch: run the model on all but the last token of each window
+      (under bfloat16 autocast if bf16), score it with next_token_loss against the
+      windows shifted by one, divide by the number of micro-batches, and call
+      backward; under DistributedDataParallel skip the gradient sync (no_sync) for
+      all but the last. Return the sum of the detached scaled losses.
+    tests:
+      - test_k_micro_batches_give_the_gradient_of_one_batch
+      - test_bf16_autocast_is_close_to_float32
 ---
 
 The [GPT-2 chapter](gpt2.md) wrote the model; this one writes what turns it into a

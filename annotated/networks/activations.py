@@ -6,6 +6,9 @@ summary: >-
   derivative written out and checked against torch in float64; then the same digits
   network trained with each, counting the units that die.
 time: 15 s
+expected:
+  metric: "accuracy/ordinary/relu"
+  short: ["--epochs", "2", "--activations", "relu,leaky_relu,elu", "--device", "cpu"]
 references:
   - key: lecun1998efficient
     authors: [Yann LeCun, Léon Bottou, Genevieve B. Orr, Klaus-Robert Müller]
@@ -84,6 +87,28 @@ references:
     year: 2020
     venue: Communications in Computational Physics 28(5)
     arxiv: "1903.06733"
+worksheet:
+  - region: sigmoid_derivative
+    hint: >-
+      Write sigma'(x) = sigma(x) sigma(-x) through t = exp(-|x|), which never
+      overflows: t / (1 + t)^2 keeps its digits in both tails, where sigma (1 - sigma)
+      rounds to 0.
+    tests:
+      - test_sigmoid_derivative_keeps_its_digits_in_both_tails
+      - test_derivatives_match_torch_autograd
+  - region: gelu
+    hint: >-
+      x times the normal CDF, with the CDF written as 0.5 * erfc(-x / sqrt 2) so that
+      the small left tail is computed directly instead of as 1 + erf, which cancels.
+    tests:
+      - test_gelu_left_tail_is_accurate_where_erf_cancels
+      - test_gelu_dips_to_minus_0_17_near_minus_0_75
+  - region: softmax_jvp
+    hint: >-
+      Check the arguments (x and dim as softmax does, v a floating tensor of x's
+      shape); with s = softmax(x, dim), the Jacobian-vector product is s * (v - <s, v>),
+      the inner product summed along dim and kept as an axis.
+    tests: [test_softmax_jvp_matches_torch_func_jvp_and_autograd]
 ---
 
 Without a nonlinearity between them, a stack of linear layers is one linear layer:

@@ -6,6 +6,10 @@ summary: >-
   written from their variance arguments, matched against torch.nn.init, and sent
   through 20-layer tanh and ReLU networks.
 time: 10 s
+expected:
+  metric: "kaiming test accuracy"
+  short: ["--width", "128", "--batch", "128", "--steps", "40", "--hidden", "16",
+    "--device", "cpu"]
 references:
   - key: lecun1998efficient
     authors: [Yann LeCun, Léon Bottou, Genevieve B. Orr, Klaus-Robert Müller]
@@ -41,6 +45,33 @@ references:
     year: 2007
     venue: Notices of the AMS 54(5)
     arxiv: math-ph/0609050
+worksheet:
+  - region: fans
+    hint: >-
+      Check the weight, then multiply the sizes of the kernel axes (everything after
+      the first two; 1 for a linear layer) into a receptive field: fan_in is
+      shape[1] times it and fan_out is shape[0] times it.
+    tests:
+      - test_fans_match_torch_calculate_fan_in_and_fan_out
+      - test_conv_weight_uses_the_receptive_field_in_its_fans
+  - region: kaiming_std
+    hint: >-
+      Take the fans, refuse a mode other than fan_in or fan_out, and return the gain of
+      the nonlinearity (with a as its parameter) divided by the square root of the
+      chosen fan.
+    tests:
+      - test_moments_of_a_million_draws_are_within_sampling_error
+      - test_saved_and_restored_generator_state_repeats_the_fill
+  - region: orthogonal_
+    hint: >-
+      View the weight as rows x cols (cols the product of the rest), fill a Gaussian of
+      that shape from the generator, transpose it if wide, take its QR, multiply each
+      column of Q by the sign of R's diagonal, transpose back if needed, copy it into
+      the tensor and scale by the gain.
+    tests:
+      - test_orthogonal_is_orthogonal_times_gain
+      - test_orthogonal_is_uniform_over_the_group
+      - test_fill_equals_torch_nn_init_bit_for_bit
 ---
 
 Training starts from weights someone chose. Two things about that choice matter before

@@ -6,6 +6,9 @@ summary: >-
   cross-entropy and SGD with momentum, in nothing but `math`, `random` and lists,
   trained to over 95 % on the digits and checked against torch in float64.
 time: 15 s
+expected:
+  metric: test_accuracy
+  short: ["--epochs", "2", "--train-size", "500"]
 references:
   - key: rumelhart1986learning
     authors: [David E. Rumelhart, Geoffrey E. Hinton, Ronald J. Williams]
@@ -45,6 +48,30 @@ references:
     year: 2016
     venue: MIT Press
     url: https://www.deeplearningbook.org/
+worksheet:
+  - region: dense_backward
+    hint: >-
+      With G = grad_out: the weight gradient is G^T X, the bias gradient the column
+      sums of G, and the input gradient G W, skipped (None) when need_input_grad is
+      false; build them from transpose and matmul_transposed.
+    tests: [test_dense_backward_input_gradient_matches_torch]
+  - region: softmax_cross_entropy
+    hint: >-
+      Per row: subtract the row's maximum before exponentiating, add log(sum) + max -
+      logit of the label to the total, and make the gradient row the probabilities
+      divided by B, with 1 / B taken off at the label; return the mean loss and the
+      gradient.
+    tests: [test_softmax_cross_entropy_is_stable_at_extreme_logits]
+  - region: MLP.backward
+    hint: >-
+      Loop over the layers from the last to the first: dense_backward with the input
+      that forward kept gives the layer's weight and bias gradients and the gradient of
+      its input (not needed for layer 0), which then passes back through the
+      activation's derivative, computed from that input (the previous layer's output).
+    tests:
+      - test_loss_logits_and_gradients_match_torch
+      - test_a_deep_network_needs_no_recursion_and_matches_torch
+      - test_gradients_match_central_finite_differences
 ---
 
 The [scalar engine](../foundations/autograd.md) trains a network by recording every

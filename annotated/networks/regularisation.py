@@ -6,6 +6,9 @@ summary: >-
   shifted digits, each written from tensor operations, matched against torch in float64,
   and set against the train/test gap of a network trained on 200 digits.
 time: 20 s
+expected:
+  metric: "dropout test accuracy"
+  short: ["--epochs", "40", "--techniques", "none", "dropout", "shifts"]
 references:
   - key: krogh1991simple
     authors: [Anders Krogh, John A. Hertz]
@@ -69,6 +72,35 @@ references:
     year: 2003
     venue: ICDAR 2003
     url: https://doi.org/10.1109/ICDAR.2003.1227801
+worksheet:
+  - region: Dropout.forward
+    hint: >-
+      In evaluation mode, or at p = 0, return x unchanged; in training keep each unit
+      independently with probability 1 - p (a uniform draw of x's shape compared with
+      p) and divide the kept ones by 1 - p, so the expected output equals x.
+    tests:
+      - test_dropout_scales_kept_units_and_drops_at_rate_p_like_f_dropout
+      - test_dropout_gradient_is_the_scaled_mask
+      - test_dropout_is_the_identity_in_eval_mode_and_at_p_zero
+  - region: BatchNorm.forward
+    hint: >-
+      Check the input (two values per channel in training); in training take the mean
+      and biased variance over every axis but 1, and update the running mean and the
+      running unbiased variance (times n / (n - 1)) with momentum, without gradient,
+      counting the batch; in evaluation use the running ones; then normalise with eps
+      inside the square root and apply the per-channel scale and shift.
+    tests:
+      - test_batch_norm_matches_torch_in_training_and_eval_over_several_steps
+      - test_batch_norm_running_variance_is_unbiased_and_momentum_weighted
+  - region: smoothed_cross_entropy
+    hint: >-
+      Check smoothing and the shapes; take log-probabilities as logits minus their
+      logsumexp over the classes, mix the one-hot target with the uniform distribution,
+      q = (1 - smoothing) one_hot + smoothing / K, and return the batch mean of
+      -sum_k q_k log p_k.
+    tests:
+      - test_label_smoothing_matches_f_cross_entropy
+      - test_label_smoothing_minimum_puts_the_stated_probability_on_the_target
 ---
 
 A network with a few thousand weights can memorise two hundred handwritten digits:

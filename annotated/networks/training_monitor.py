@@ -6,6 +6,9 @@ summary: >-
   dead ReLUs and throughput, logged to TensorBoard through hooks, and the filter-
   normalised loss landscape of Li et al. around a trained digits network.
 time: 15 s
+expected:
+  metric: test_accuracy
+  short: ["--steps", "100", "--grid", "5", "--slice-points", "5", "--device", "cpu"]
 references:
   - key: li2018visualizing
     authors: [Hao Li, Zheng Xu, Gavin Taylor, Christoph Studer, Tom Goldstein]
@@ -37,6 +40,35 @@ references:
     year: 2020
     venue: Communications in Computational Physics 28(5)
     arxiv: "1903.06733"
+worksheet:
+  - region: TrainingMonitor._after_step
+    hint: >-
+      For every parameter whose weights _before_step saved, the update ratio is the
+      norm of (weights now minus weights before) divided by the norm of the weights
+      before; stack the ratios, move them to the CPU in one tolist() and store them by
+      name in update_ratios.
+    tests: [test_tracked_norms_ratios_and_activations_match_direct_torch]
+  - region: filter_normalise
+    hint: >-
+      Check the direction against the parameters; a parameter of at most one dimension
+      (a bias) gets a zero direction; otherwise rescale each filter (each row of the
+      tensor flattened from axis 1) to the norm of the same filter of the weight,
+      adding 1e-10 to the direction filter's norm.
+    tests:
+      - test_each_direction_filter_has_the_norm_of_its_weight_filter
+      - test_filter_normalise_of_a_zero_weight_filter_gives_a_zero_filter
+      - test_random_direction_is_seeded_and_normalised_for_the_model
+  - region: loss_landscape
+    hint: >-
+      Check the directions, coordinates [points, directions] and the data; stack each
+      parameter's directions, make the loss a function of the weights with
+      functional_call, and vmap it; in eval mode and without gradient, build each chunk
+      of k points as param + tensordot(chunk, directions) and evaluate them in one
+      call; restore the model's mode and return the concatenated losses.
+    tests:
+      - test_landscape_centre_equals_the_models_loss
+      - test_batched_landscape_matches_hand_perturbed_models
+      - test_landscape_leaves_the_model_and_its_mode_unchanged
 ---
 
 A loss curve tells you *that* a run is going wrong, rarely *why*. A flat loss can mean

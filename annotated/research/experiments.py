@@ -6,6 +6,9 @@ summary: >-
   store (parameters, per-epoch metrics, figures, the model), then the best model
   registered under a name and an alias and loaded back by it.
 time: 20 s
+expected:
+  metric: best_test_accuracy
+  short: ["--lrs", "0.1", "--widths", "16", "32", "--epochs", "2"]
 references:
   - key: zaharia2018accelerating
     authors: [Matei Zaharia, Andrew Chen, Aaron Davidson, Ali Ghodsi, et al.]
@@ -31,6 +34,28 @@ references:
     year: 2025
     venue: MLflow 3 documentation
     url: https://mlflow.org/docs/latest/ml/model-registry/
+worksheet:
+  - region: train_run
+    hint: >-
+      Inside the active child run, log the parameters, seed and build the MLP and
+      SGD with momentum 0.9; each epoch train, evaluate, log the three metrics in one
+      log_metrics call at step = epoch and keep them; log the learning-curve figure,
+      then log the CPU model with its signature and return a RunResult.
+    tests:
+      - test_metric_histories_read_back_exactly
+      - test_parameters_and_parent_links_round_trip
+  - region: best_run
+    hint: >-
+      search_runs in the experiment, filtered on tags.mlflow.parentRunId, ordered
+      by test accuracy descending then test loss ascending, one result; refuse an
+      empty answer.
+    tests: [test_best_run_is_the_highest_final_accuracy_then_lowest_loss]
+  - region: register
+    hint: >-
+      Check the name and alias; find the run's one logged model with
+      search_logged_models (source_run_id), register its URI under the name, and
+      point the alias at the new version.
+    tests: [test_registered_model_loads_by_alias_with_identical_outputs]
 ---
 
 A week into a project the question is no longer "does it train?" but "which of the

@@ -35,6 +35,25 @@ references:
     year: 2022
     venue: arXiv preprint (MLSys 2023)
     arxiv: "2205.05198"
+worksheet:
+  - region: op
+    hint: >-
+      Call fn once on the args to get its output, and count the bytes as every
+      input read once plus the output written once.
+    tests: [test_bytes_model_reads_inputs_and_writes_output_once]
+  - region: bound
+    hint: >-
+      Check the peak and the intensity; below the ridge point (peak FLOP/s over
+      bandwidth) an operation is memory-bound, at or above it compute-bound.
+    tests: [test_roofline_classifies_add_as_memory_and_matmul_as_compute_bound]
+  - region: roofline
+    hint: >-
+      For each op time a call, divide its FLOPs by the seconds, classify it with
+      bound, and measure the fraction of its roof it reaches (bytes per second over
+      the bandwidth if memory-bound, achieved over peak FLOP/s if not); the roof is
+      min(peak FLOP/s, intensity * bandwidth). One dict per op, with FlopCounter's
+      count beside the hand formula.
+    tests: [test_roofline_rows_are_consistent]
 ---
 
 "Make it faster" starts with two numbers and a question. The numbers are the machine's:

@@ -46,6 +46,31 @@ references:
     year: 2019
     venue: OpenAI technical report
     url: https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf
+worksheet:
+  - region: fourier_energy
+    hint: >-
+      After the checks, take the real FFT of the embedding along its rows (in
+      float64), sum the squared magnitudes over the columns, double every frequency
+      but 0 (k and p - k together), and divide by the total.
+    tests:
+      - test_fourier_energy_matches_an_explicit_cosine_sine_projection
+      - test_a_single_frequency_embedding_has_all_its_energy_there
+  - region: GrokfastEMA.__call__
+    hint: >-
+      For the parameters that have a gradient: the first call sets each average to
+      a copy of the gradient, later ones update it to alpha mu + (1 - alpha) g; then
+      add lamb * average to each gradient in place.
+    tests:
+      - test_grokfast_matches_an_iir_filter_from_scipy_signal_lfilter
+      - test_grokfast_with_zero_gain_leaves_gradients_alone
+  - region: t_interval
+    hint: >-
+      After the checks, the mean plus and minus the Student t quantile at (1 +
+      level) / 2 with n - 1 degrees of freedom, times the sample standard deviation
+      (ddof 1) over sqrt(n).
+    tests:
+      - test_t_interval_matches_scipy_stats_t_interval
+      - test_speedup_interval_matches_scipy_paired_t_test_on_logs
 ---
 
 **The question.** Power et al. trained a small transformer on the table of a binary

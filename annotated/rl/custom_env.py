@@ -39,6 +39,31 @@ references:
     year: 2018
     venue: ICML 2018
     arxiv: "1712.00378"
+worksheet:
+  - region: egocentric_view
+    hint: >-
+      Pad the n x n grid with n - 1 cells of wall on every side, cut the (2n - 1)
+      square window whose centre is the agent, one-hot it against VIEW_TYPES, and
+      append the has-key flag, all as float32.
+    tests: [test_observation_is_egocentric_and_in_its_space]
+  - region: KeyDoorEnv.step
+    hint: >-
+      Refuse an action outside the action space; look at the target cell: a locked
+      door opens if the agent holds the key, walls and locked doors block, a key is
+      picked up (its cell emptied); the episode terminates on the goal with reward 1
+      minus the step penalty, every other step costs the penalty.
+    tests:
+      - test_walking_into_a_wall_does_nothing_but_cost_a_step
+      - test_locked_door_blocks_without_the_key_and_opens_with_it
+      - test_reaching_the_goal_terminates_with_the_right_return
+  - region: shortest_solution
+    hint: >-
+      Breadth-first search over (row, column, has_key) states, remembering each
+      state's parent and action; a move into a wall, or into a locked door without
+      the key, is not allowed, and stepping on the key sets has_key. At the goal,
+      follow the parents back and reverse the actions; None if the goal is never
+      reached.
+    tests: [test_every_generated_layout_is_solvable_and_the_oracle_replays]
 ---
 
 An agent learns from whatever the environment tells it, so writing an environment is

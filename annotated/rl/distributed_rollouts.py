@@ -37,6 +37,28 @@ references:
     year: 2017
     venue: arXiv preprint
     arxiv: "1707.06347"
+worksheet:
+  - region: vtrace
+    hint: >-
+      After the checks, rho = exp(log_rhos) clamped at rho_bar and c at c_bar;
+      delta_t = rho_t (r_t + gamma (1 - terminated_t) V_{t+1} - V_t); walk backwards
+      with correction_t = delta_t + gamma (1 - done_t) c_t correction_{t+1}, and
+      v_t = V_t + correction_t. The advantage is rho_t (r_t + gamma (1 -
+      terminated_t) v_{t+1} - V_t), with v_{t+1} = V_{t+1} at the last row or where
+      an episode ended.
+    tests:
+      - test_vtrace_matches_the_direct_sum_of_eq_1
+      - test_vtrace_matches_eq_1_on_random_inputs
+      - test_c_bar_limits_the_trace_and_rho_bar_the_fixed_point
+      - test_episode_boundaries_stop_the_trace
+  - region: impala_loss
+    hint: >-
+      Run the agent on every observation; take log pi of the actions, log_rhos =
+      log pi (detached) minus the behaviour log-probs, and V-trace on the detached
+      values; over the valid steps, the policy loss is -mean(log pi * advantage), the
+      value loss half the mean squared error to v_s, and the entropy's mean is
+      subtracted with ent_coef; return the loss and its statistics.
+    tests: [test_learner_loss_is_on_policy_actor_critic_at_lag_zero]
 ---
 
 In [PPO](ppo.md) one process takes turns: it plays the game for a while, stops, learns

@@ -27,6 +27,21 @@ references:
     year: 2011
     venue: AISTATS 2011
     arxiv: "1011.0686"
+worksheet:
+  - region: Collector.collect
+    hint: >-
+      Check steps and beta; for each step record the current observation and the
+      expert's label for it, let the expert drive with probability beta (always
+      without a learner) and the learner otherwise, step the environment and reset
+      it when an episode ends.
+    tests: [test_collect_follows_the_mixture]
+  - region: dagger
+    hint: >-
+      For rounds i = 1 ... iterations: beta = beta_decay^(i - 1); collect
+      labels_per_iteration labelled states with the current learner (none in round
+      1), add them to the aggregate, fit a fresh policy on all of it, and record a
+      Round.
+    tests: [test_aggregation_bookkeeping_is_exact]
 ---
 
 When an expert can show what to do, the simplest way to learn a policy is to copy it:

@@ -42,6 +42,34 @@ references:
     year: 2016
     venue: ICLR
     arxiv: "1506.02438"
+worksheet:
+  - region: CoverLandmarks.step
+    hint: >-
+      Check that the episode is running and that there is one valid action per live
+      agent; move every agent at once, clipped to the grid; advance the clock; the
+      team reward, the same for every agent, is minus the mean over landmarks of the
+      nearest agent's Manhattan distance over (size - 1); truncate everyone at
+      max_cycles (and empty agents), and report the covered count in the infos.
+    tests:
+      - test_moves_walls_and_team_reward_on_a_hand_set_grid
+      - test_both_agents_on_one_landmark_leave_the_other_on_the_bill
+      - test_episode_truncates_every_agent_at_max_cycles
+  - region: ActorCritic.forward
+    hint: >-
+      Append a one-hot agent id to each agent's input; the actor reads its own
+      observation and id; the critic reads the global state (copied for every
+      agent) when centralised, else the agent's observation, plus the id. Return
+      logits [B, n, actions] and values [B, n].
+    tests:
+      - test_centralised_critic_reads_the_state_and_the_actor_does_not
+      - test_agent_id_lets_the_shared_actor_act_differently
+  - region: ppo_loss
+    hint: >-
+      From a Categorical over the logits take the log-probabilities of the actions
+      and the ratio to the old ones; normalise the advantages (mean 0, std 1);
+      loss = -mean(min(ratio A, clip(ratio) A)) + value_coef MSE(V, R) -
+      entropy_coef mean entropy; return it with the three parts as floats.
+    tests: [test_ppo_loss_matches_a_direct_computation_with_gradients]
 ---
 
 Several agents act at once, each seeing only part of the world, and the team is paid

@@ -53,6 +53,29 @@ references:
     year: 2016
     venue: ICML 2016
     arxiv: "1602.01783"
+worksheet:
+  - region: gae
+    hint: >-
+      Check the shapes; walk backwards in time with delta_t = r_t + gamma (1 -
+      terminated_t) V_{t+1} - V_t and A_t = delta_t + gamma lambda (1 - done_t)
+      A_{t+1}, where done is terminated or truncated: a truncation still
+      bootstraps from V_{t+1} but stops the sum.
+    tests:
+      - test_gae_matches_explicit_sum_with_both_flags
+      - test_gae_bootstraps_on_truncation_but_not_on_termination
+      - test_gae_on_a_long_episode_is_the_monte_carlo_return_at_lambda_one
+  - region: clipped_policy_loss
+    hint: >-
+      The negated mean of the smaller of ratio * A and clamp(ratio, 1 - clip,
+      1 + clip) * A.
+    tests:
+      - test_clipped_policy_loss_matches_piecewise_definition_at_the_boundaries
+      - test_clipped_policy_loss_gradient_is_zero_only_past_the_clip
+  - region: clipped_value_loss
+    hint: >-
+      Half the mean of the larger of (V - R)^2 and (V_old + clamp(V - V_old, -clip,
+      clip) - R)^2.
+    tests: [test_clipped_value_loss_matches_definition_and_gradient]
 ---
 
 A policy-gradient method learns a policy $\pi_\theta(a \mid s)$ by nudging up the

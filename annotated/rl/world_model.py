@@ -6,6 +6,12 @@ summary: >-
   planning in it with the cross-entropy method, and Dyna-style Q-learning in its
   imagination, balance the pole with a small fraction of the experience PPO needs.
 time: 50 s
+expected:
+  metric: model_mse
+  short:
+    ["--rounds", "1", "--random-steps", "150", "--epochs", "10", "--horizon", "10",
+     "--population", "30", "--elites", "6", "--cem-iterations", "2",
+     "--max-steps", "60", "--dyna-updates", "100", "--ppo-steps", "512"]
 references:
   - key: chua2018deep
     authors: [Kurtland Chua, Roberto Calandra, Rowan McAllister, Sergey Levine]
@@ -53,6 +59,25 @@ references:
     year: 2017
     venue: NeurIPS 2017
     arxiv: "1612.01474"
+worksheet:
+  - region: Ensemble.forward
+    hint: >-
+      Run the inputs through the hidden EnsembleLinear layers with SiLU, split the
+      last layer's output into mean and log-variance, and bound the log-variance
+      softly: max - softplus(max - v), then min + softplus(v - min).
+    tests:
+      - test_batched_forward_matches_loop_with_gradients
+      - test_members_are_independent
+  - region: gaussian_nll
+    hint: >-
+      The mean over elements of half of (target - mean)^2 exp(-logvar) + logvar.
+    tests: [test_gaussian_nll_matches_torch_with_gradients]
+  - region: cem
+    hint: >-
+      Check elites, iterations and the shapes; each iteration draw a population of
+      mean + std * noise from the generator, score it, keep the top elites by score
+      and refit mean and std to them; return the final mean and std.
+    tests: [test_cem_finds_the_optimum_of_a_quadratic]
 ---
 
 [PPO](ppo.md) learns to balance CartPole from tens of thousands of steps, because all it

@@ -32,6 +32,28 @@ references:
     year: 2017
     venue: NeurIPS 2017
     arxiv: "1706.03762"
+worksheet:
+  - region: masked_softmax
+    hint: >-
+      Fill the scores at the padded positions (mask False) with minus infinity, then
+      take the softmax over the last axis: exp(-inf) is exactly 0.
+    tests: [test_masked_softmax_matches_softmax_over_the_real_positions]
+  - region: Attention.score
+    hint: >-
+      Additive: add the projected query W s ([B, 1, d_a]) to every precomputed key,
+      take tanh and apply the energy layer v, dropping its last axis. Dot and general:
+      multiply the keys [B, S, D] by the query as a column, giving [B, S].
+    tests:
+      - test_additive_equals_the_formula_position_by_position
+      - test_dot_weights_are_the_softmax_of_plain_dot_products
+  - region: Attention.forward
+    hint: >-
+      Check the inputs; the weights are the masked softmax of the scores of the query
+      against the keys ([B, S]); the context is their weighted sum of the values, a
+      [B, 1, S] by [B, S, D] product squeezed to [B, D]. Return both.
+    tests:
+      - test_dot_and_general_equal_scaled_dot_product_attention
+      - test_weights_sum_to_one_and_are_exactly_zero_on_padding
 ---
 
 The [encoder–decoder of the previous lesson](seq2seq.md) passes one vector from the

@@ -6,6 +6,19 @@ summary: >-
   into drop-in twins of nn.LSTM and nn.GRU (layers, directions, projections, packed
   sequences), and trained on the adding problem that a vanilla RNN cannot learn.
 time: 45 s
+expected:
+  metric: mse/lstm
+  short:
+    - "--steps"
+    - "40"
+    - "--length"
+    - "10"
+    - "--test-size"
+    - "100"
+    - "--models"
+    - "lstm,gru,rnn"
+    - "--device"
+    - "cpu"
 references:
   - key: hochreiter1997long
     authors: [Sepp Hochreiter, Jürgen Schmidhuber]
@@ -60,6 +73,24 @@ references:
     year: 2015
     venue: ICML 2015
     url: https://proceedings.mlr.press/v37/jozefowicz15.html
+worksheet:
+  - region: lstm_cell
+    hint: >-
+      Check the shapes; compute all four gate pre-activations at once as x W_ih^T + h
+      W_hh^T plus the biases that are given, split them into i, f, g, o; the new cell
+      is sigmoid(f) c + sigmoid(i) tanh(g), the new h is sigmoid(o) tanh(c_new).
+    tests:
+      - test_lstm_cell_matches_nn_lstmcell_values_and_all_gradients
+      - test_lstm_cell_with_a_projected_state_is_one_step_of_nn_lstm_with_proj_size
+  - region: gru_cell
+    hint: >-
+      Check the shapes; project x and h separately (each with its own bias) and split
+      each into r, z, n parts; r and z are sigmoids of the summed parts, n =
+      tanh(n_x + r * n_h) with the reset inside, on W_hn h + b_hn; return (1 - z) n +
+      z h.
+    tests:
+      - test_gru_cell_matches_nn_grucell_values_and_all_gradients
+      - test_gru_reset_gate_multiplies_b_hn_as_in_pytorch
 ---
 
 A recurrent network reads a sequence one step at a time and carries what it has seen

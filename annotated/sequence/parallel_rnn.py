@@ -7,6 +7,25 @@ summary: >-
   padding, batches bucketed by length, and a log-depth parallel scan for linear
   recurrences, each checked against the plain computation and measured.
 time: 25 s
+expected:
+  metric: loss_k8
+  short:
+    - "--stream-length"
+    - "800"
+    - "--delay"
+    - "3"
+    - "--truncations"
+    - "3,8"
+    - "--sequences"
+    - "128"
+    - "--batch-size"
+    - "32"
+    - "--pool-batches"
+    - "2"
+    - "--max-steps"
+    - "32"
+    - "--device"
+    - "cpu"
 references:
   - key: williams1990efficient
     authors: [Ronald J. Williams, Jing Peng]
@@ -65,6 +84,32 @@ references:
     year: 2024
     venue: arXiv preprint
     arxiv: "2410.01201"
+worksheet:
+  - region: truncated_bptt
+    hint: >-
+      Check chunk and the shapes; walk the stream in chunks of `chunk` steps: run the
+      model on the chunk from the carried state, take the mean cross-entropy over the
+      chunk's targets, backpropagate (zeroing and stepping the optimizer when there is
+      one), then detach the state before the next chunk; collect each chunk's loss.
+    tests:
+      - test_one_chunk_is_full_bptt
+      - test_truncated_gradient_equals_chunks_started_from_the_long_pass_state
+  - region: run_packed
+    hint: >-
+      For each entry of batch_sizes (the sequences still alive, a prefix of the sorted
+      batch), first set aside the bottom rows of h and c for sequences that just ended,
+      then step the cell on the next `alive` rows of packed.data. Concatenate the
+      pieces set aside, in reverse, to get the final states, undo the sort with
+      unsorted_indices, and wrap the outputs in a PackedSequence with the input's
+      bookkeeping.
+    tests: [test_run_packed_matches_nn_lstm_forward_and_gradients]
+  - region: linear_scan
+    hint: >-
+      Hillis–Steele: with offset 1, 2, 4, ... below the length, compose each element
+      with the one `offset` earlier: new B = later A * earlier B + later B, then new A
+      = later A * earlier A, keeping the first `offset` elements as they are (build new
+      tensors, no in-place writes). B is the state from h0 = 0; with an h0 add A h0.
+    tests: [test_scan_equals_the_loop_forward_and_gradients, test_scan_gradcheck]
 ---
 
 A recurrent network reads a sequence one step at a time: $h_t = f(h_{t-1}, x_t)$. That

@@ -6,6 +6,9 @@ summary: >-
   over the steps, matched against nn.RNN (stacked, bidirectional, packed batches) and
   trained to continue sine waves whose frequency it must work out from their past.
 time: 15 s
+expected:
+  metric: test_mse
+  short: ["--steps", "150", "--seq-len", "30"]
 references:
   - key: elman1990finding
     authors: [Jeffrey L. Elman]
@@ -49,6 +52,25 @@ references:
     year: 1997
     venue: Neural Computation 9(8)
     url: https://doi.org/10.1162/neco.1997.9.8.1735
+worksheet:
+  - region: rnn_forward
+    hint: >-
+      Project every input at once, x W_ih^T + b_ih + b_hh ([seq, batch, hidden]); then
+      loop over the steps: h = f(projected input_t + h W_hh^T), keeping the old h where
+      the mask is False; stack the states to [seq, batch, hidden].
+    tests:
+      - test_matches_torch_nn_rnn_forward_and_gradients
+      - test_hand_bptt_equals_autograd_through_the_loop
+  - region: rnn_backward
+    hint: >-
+      Read f'(a_t) from the saved states; walk t from the last step down with a carry
+      (zero at first): h̄_t = ȳ_t + carry, ā_t = h̄_t f'(a_t), carry = ā_t W_hh (a
+      masked step has ā_t = 0 and passes h̄_t on unchanged). Then every weight
+      gradient is one product over all seq·batch rows of ā; the last carry is h0's
+      gradient.
+    tests:
+      - test_gradcheck_of_the_hand_written_backward_with_and_without_a_mask
+      - test_per_step_total_gradient_equals_autograd
 ---
 
 A feed-forward network maps one input to one output. A *recurrent* network reads a

@@ -6,6 +6,27 @@ summary: >-
   reversal from it, trained with teacher forcing and decoded greedily and with beam
   search; exact-match accuracy falls with the input's length, and the one vector is why.
 time: 1 min
+expected:
+  metric: accuracy
+  short:
+    - "--steps"
+    - "150"
+    - "--lr"
+    - "0.01"
+    - "--batch-size"
+    - "32"
+    - "--min-length"
+    - "3"
+    - "--max-length"
+    - "9"
+    - "--test-per-length"
+    - "20"
+    - "--hidden-size"
+    - "32"
+    - "--beam-size"
+    - "2"
+    - "--device"
+    - "cpu"
 references:
   - key: sutskever2014sequence
     authors: [Ilya Sutskever, Oriol Vinyals, Quoc V. Le]
@@ -63,6 +84,26 @@ references:
     year: 2016
     venue: arXiv preprint
     arxiv: "1609.08144"
+worksheet:
+  - region: greedy_decode
+    hint: >-
+      Check max_length, encode with model.start and feed <bos> to the whole batch;
+      each step take the log-softmax, forbid <pad> and <bos>, pick the argmax token and
+      add its log-probability to the score of rows that have not yet written <eos>;
+      stop when every row has ended, then cut each row's tokens at its <eos>.
+    tests: [test_beam_of_width_one_is_greedy]
+  - region: beam_search
+    hint: >-
+      Run B·K hypotheses as one decoder batch, only beam 0 alive (score 0, the rest
+      -inf) at first. Each step add every token's log-probability to its hypothesis's
+      score, take the best 2K of the K·V extensions per row: an <eos> among the top K
+      finishes a hypothesis, the others refill the beam up to K; reorder the states
+      and histories by beam. A row stops with K finished; at the end keep the
+      unfinished too and return the best by score over the length penalty.
+    tests:
+      - test_beam_scores_equal_teacher_forced_log_probs
+      - test_wide_beam_finds_the_exhaustive_optimum
+      - test_padded_batch_decodes_like_each_string_alone
 ---
 
 A translation model reads a sentence of one length and writes a sentence of another.

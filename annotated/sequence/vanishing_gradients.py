@@ -6,6 +6,9 @@ summary: >-
   and fitted: exponential decay at the predicted rate, Pascanu's Jacobian products
   rebuilt by hand, and gradient clipping rescuing a run that diverges without it.
 time: 10 s
+expected:
+  metric: clipped_final_loss
+  short: ["--length", "60", "--batch", "8", "--hidden", "16", "--steps", "40"]
 references:
   - key: bengio1994learning
     authors: [Yoshua Bengio, Patrice Simard, Paolo Frasconi]
@@ -68,6 +71,31 @@ references:
     year: 2018
     venue: ICML 2018
     arxiv: "1806.05394"
+worksheet:
+  - region: rnn_jacobians
+    hint: >-
+      Check the shapes; the derivative of tanh at each unit is 1 - h_k², read from the
+      saved states; J_k = diag(1 - h_k²) W_hh scales row i of W_hh by unit i's slope,
+      for every step and sequence at once ([T, batch, H, H]) by broadcasting.
+    tests:
+      - test_one_step_jacobian_matches_autograd_functional
+      - test_explicit_jacobian_products_equal_autograd
+  - region: backward_through_jacobians
+    hint: >-
+      Start from the gradient at h_T; walk the Jacobians from J_T down to J_2,
+      multiplying the gradient by each one's transpose (per sequence: J^T g), and
+      stack the T gradients in order of distance.
+    tests: [test_explicit_jacobian_products_equal_autograd]
+  - region: clip_grad_norm
+    hint: >-
+      Accept one tensor or an iterable; check max_norm and norm_type; take the norm of
+      each existing .grad, then the norm of those norms as the total; refuse a
+      non-finite total when asked; multiply every gradient in place by
+      min(1, max_norm / (total + 1e-6)) and return the total.
+    tests:
+      - test_clip_matches_torch
+      - test_clip_rescales_to_max_norm_keeping_direction
+      - test_clip_edge_cases_like_torch
 ---
 
 Backpropagation through time multiplies. The gradient that reaches the hidden state

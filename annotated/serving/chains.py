@@ -21,6 +21,23 @@ references:
     year: 2022
     venue: GitHub repository
     url: https://github.com/langchain-ai/langchain
+worksheet:
+  - region: GPTLLM._stream
+    hint: >-
+      Encode the prompt and keep its last n_positions tokens; for max_new_tokens
+      steps divide the last logits by the temperature, keep the top k, draw one token
+      with the seeded generator and append it; decode its bytes incrementally, cut
+      the text at the first stop string (and return), and yield each non-empty piece
+      through report.
+    tests:
+      - test_llm_is_our_sampling_loop_and_streams_what_it_invokes
+      - test_llm_fires_a_callback_per_piece_and_honours_stop
+  - region: build_chain
+    hint: >-
+      A dict whose "context" is the retriever piped into format_documents and whose
+      "question" is a RunnablePassthrough, piped into PROMPT, the LLM and a
+      StrOutputParser.
+    tests: [test_chain_composes_and_agrees_across_invoke_stream_batch_async]
 ---
 
 [The previous chapter](rag.md) built a retriever, an encoder and an answer step as

@@ -39,6 +39,23 @@ references:
     year: 2020
     venue: ICLR 2020
     arxiv: "1904.09751"
+worksheet:
+  - region: Engine.step
+    hint: >-
+      Preempt the newest running sequence while the running ones cannot each get one
+      more token; admit waiting requests in order while their admission cost fits in
+      what is left; run one paged_forward over every running sequence's last token
+      and every admitted prompt's uncached rest; then sample, hash full blocks, and
+      finish or keep each request, emitting its token.
+    tests:
+      - test_concurrent_requests_equal_sequential_generation
+      - test_preemption_under_a_tiny_pool_equals_sequential_generation
+  - region: Engine.prefix_hits
+    hint: >-
+      Walk the prompt's full blocks (leaving at least its last token out), chaining
+      block_digest(parent, block tokens); keep each digest the allocator has cached
+      and stop at the first miss.
+    tests: [test_prefix_cache_reads_shared_blocks_and_keeps_outputs]
 ---
 
 A server that generates text for many users at once has one lever for throughput:

@@ -32,6 +32,25 @@ references:
     year: 2019
     venue: OpenAI technical report
     url: https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf
+worksheet:
+  - region: PagedKVCache.reserve
+    hint: >-
+      Refuse with OutOfBlocks if blocks_needed exceeds the free count; if the last
+      block is partly filled and shared, copy it to a fresh block (copy-on-write);
+      append blocks until the table holds length + new tokens; return each new
+      token's slot, table[t // block_size] * block_size + t % block_size.
+    tests:
+      - test_cache_holds_the_keys_and_values_of_a_full_pass
+      - test_fork_and_copy_on_write_keep_the_parent_intact
+  - region: paged_attention
+    hint: >-
+      Gather each sequence's blocks through its table and flatten them into [batch,
+      S, heads, d] keys and values; a slot t is visible to the query at position p
+      when t <= p and t < the context length; run scaled_dot_product_attention with
+      heads second and that mask, and transpose back.
+    tests:
+      - test_paged_attention_equals_contiguous_cache_attention
+      - test_prefill_then_decode_matches_full_forward_at_every_step
 ---
 
 The [KV-cache chapter](../transformers/kv_cache.md) kept each sequence's keys and

@@ -42,6 +42,30 @@ references:
     year: 2019
     venue: EMNLP
     arxiv: "1908.10084"
+worksheet:
+  - region: BM25.scores
+    hint: >-
+      Start from zeros over the documents; for each query term found in the
+      postings add idf[term] * f (k1 + 1) / (f + k1 B(D)) to the documents holding
+      it, with f their term frequencies and B(D) the stored length_norm.
+    tests:
+      - test_bm25_equals_rank_bm25_on_random_corpora
+      - test_bm25_prefers_rare_terms_and_short_documents
+  - region: reciprocal_rank_fusion
+    hint: >-
+      Add 1 / (k + rank) to each id's score for every ranking it appears in, ranks
+      counted from 1; sort by score descending, ties by id.
+    tests: [test_reciprocal_rank_fusion_by_hand]
+  - region: HNSW.search_layer
+    hint: >-
+      Best-first search: a min-heap of candidates and a max-heap (negated distances)
+      of the ef nearest found; pop the nearest candidate, stop when it is farther than
+      the worst found, else measure its unvisited neighbours on this layer and push
+      those nearer than the worst (or while fewer than ef are found), trimming to ef;
+      return the found list sorted nearest first.
+    tests:
+      - test_hnsw_recall_against_exact_with_fewer_distances
+      - test_hnsw_recall_grows_with_ef_and_is_exact_on_tiny_sets
 ---
 
 A language model knows what its weights absorbed in training and nothing else: ask the

@@ -47,6 +47,31 @@ references:
     year: 2020
     venue: blog post
     url: http://blog.ezyang.com/2020/09/lets-talk-about-the-pytorch-dispatcher/
+worksheet:
+  - region: walk_graph
+    hint: >-
+      Check the output was recorded, then walk from its grad_fn with an explicit stack
+      instead of recursion: for each node's next_functions skip the None entries,
+      record every edge (node, next_node), and push a next node only the first time it
+      is seen, listing nodes in the order first reached.
+    tests:
+      - test_walker_finds_the_nodes_the_engine_evaluates
+      - test_walker_on_a_hand_built_graph_and_a_shared_node
+      - test_walker_has_no_recursion_limit
+  - region: SavedTensorLog.pack
+    hint: >-
+      Log (shape, dtype, storage key) of every tensor saved; unless its storage belongs
+      to a parameter, record the tensor's own bytes (numel times element size) under
+      its storage key, keeping the largest seen, and return the tensor unchanged.
+    tests:
+      - test_saved_bytes_match_the_formula
+      - test_saved_bytes_count_a_view_not_its_whole_storage
+  - region: GradientRecorder._forward_hook
+    hint: >-
+      Return a forward hook that registers a tensor hook on the layer's output; the
+      tensor hook stores the gradient it receives in self.gradients under the layer's
+      name.
+    tests: [test_gradient_recorder_matches_autograd_grad_in_float64]
 ---
 
 [The scalar engine](../foundations/autograd.md) kept, for every value, the values it

@@ -34,6 +34,27 @@ references:
     year: 2009
     venue: Communications of the ACM 52(4)
     url: https://doi.org/10.1145/1498765.1498785
+worksheet:
+  - region: backward
+    hint: >-
+      Take x and bias back from ctx.saved_tensors and hand the upstream gradient with
+      them to the C++ backward operator, torch.ops.annotated_cpp.bias_gelu_backward,
+      which returns the gradients of x and of bias.
+    tests:
+      - test_forward_and_gradients_match_composition_float64
+      - test_gradcheck
+  - region: bias_gelu_fake
+    hint: >-
+      A fake computes nothing: return an uninitialised tensor with x's shape, dtype and
+      device, which is what the kernel's output looks like.
+    tests:
+      - test_fake_tensor_gives_shape_without_running_the_kernel
+      - test_opcheck_schema_fake_and_autograd_registrations
+  - region: bias_gelu_backward_fake
+    hint: >-
+      Return two uninitialised tensors shaped like the kernel's outputs: one like x for
+      its gradient and one like bias for the bias's gradient.
+    tests: [test_fake_tensor_gives_shape_without_running_the_kernel]
 ---
 
 Every layer of a transformer's MLP ends in the same two steps: add a bias, apply GELU

@@ -6,6 +6,9 @@ summary: >-
   log-sum-exp, the focal loss and a straight-through sign), each wrapped as an
   nn.Module, checked with gradcheck and gradgradcheck, and trained on digits.
 time: 10 s
+expected:
+  metric: "accuracy/binary, straight-through"
+  short: ["--epochs", "3", "--device", "cpu"]
 references:
   - key: paszke2019pytorch
     authors: [Adam Paszke, Sam Gross, Francisco Massa, Adam Lerer, et al.]
@@ -52,6 +55,34 @@ references:
     year: 2016
     venue: NeurIPS 2016
     arxiv: "1602.02830"
+worksheet:
+  - region: MishFunction.backward
+    hint: >-
+      Recompute from the saved x alone: with gate = tanh(softplus(x)), the derivative
+      is gate + x * sigmoid(x) * (1 - gate^2); return grad_output times it, written in
+      differentiable torch operations so that gradgradcheck can go through it.
+    tests:
+      - test_mish_matches_torch_on_a_grid_and_in_the_tails
+      - test_mish_passes_gradcheck_and_gradgradcheck
+  - region: LogSumExpFunction.backward
+    hint: >-
+      The gradient is the softmax, exp(x - out), from the saved input and output; when
+      keepdim was false, first unsqueeze grad_output and out along dim so that they
+      broadcast; dim and keepdim get no gradient (None, None).
+    tests:
+      - test_logsumexp_matches_torch
+      - test_logsumexp_passes_gradcheck_and_gradgradcheck
+      - test_logsumexp_masked_scores_get_exactly_zero_gradient
+  - region: SigmoidFocalLossFunction.backward
+    hint: >-
+      With s = 2 targets - 1, log p_t = logsigmoid(s * logits) and alpha_t as in the
+      forward, the elementwise gradient is s * alpha_t * sigmoid(-s * logits)^gamma *
+      (gamma p_t log p_t + p_t - 1); divide grad_output by the number of elements for
+      the mean, and return None for the other four inputs.
+    tests:
+      - test_focal_loss_matches_torchvisions_formula
+      - test_focal_loss_passes_gradcheck_and_gradgradcheck
+      - test_focal_loss_gradient_is_finite_and_right_at_extreme_logits
 ---
 
 Autograd differentiates any composition of PyTorch's operations [@paszke2019pytorch].

@@ -36,6 +36,30 @@ references:
     year: 2017
     venue: arXiv preprint
     arxiv: "1706.02677"
+worksheet:
+  - region: assign_buckets
+    hint: >-
+      Walk the sizes in order, adding each index to the current bucket; open a new
+      bucket first when the current one is non-empty and the tensor would take it past
+      bucket_bytes (so a tensor larger than the cap sits alone).
+    tests:
+      - test_assign_buckets_and_partition_by_hand
+      - test_buckets_fill_in_reverse_order_under_the_cap
+  - region: DataParallel._gradient_ready
+    hint: >-
+      On the first hook of a backward pass queue _finish on the autograd engine
+      (once); count the parameter off in its bucket, then launch every bucket that is
+      complete, strictly in index order starting from next_bucket.
+    tests: [test_wrapper_leaves_the_plain_gradients]
+  - region: DataParallel._finish
+    hint: >-
+      If a bucket was never launched, reset and raise a RuntimeError naming the
+      parameters that got no gradient; otherwise wait for each in-flight all-reduce,
+      split its flat buffer back into the bucket's parameters and copy each piece into
+      that parameter's grad; reset for the next backward.
+    tests:
+      - test_wrapper_leaves_the_plain_gradients
+      - test_unused_parameter_raises_naming_it
 ---
 
 *Data parallelism* trains one model on $W$ processes ("ranks") at once. Every rank holds

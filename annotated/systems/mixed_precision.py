@@ -5,6 +5,9 @@ summary: >-
   bfloat16 autocast on the CPU, float16's underflow on real gradients, fp32 master
   weights, and a dynamic loss scaler that makes GradScaler's every decision.
 time: 12 s
+expected:
+  metric: "float16 + scaler accuracy"
+  short: ["--steps", "150", "--growth-interval", "10", "--lr", "0.03"]
 references:
   - key: micikevicius2018mixed
     authors:
@@ -60,6 +63,31 @@ references:
     year: 1991
     venue: ACM Computing Surveys 23(1)
     url: https://doi.org/10.1145/103162.103163
+worksheet:
+  - region: LossScaler.unscale_
+    hint: >-
+      Refuse a second call before update(); multiply every existing gradient of the
+      optimizer's parameters in place, without autograd, by 1 / S rounded to float32,
+      note whether any entry is inf or nan, store that verdict in found_inf and return
+      it.
+    tests:
+      - test_scaler_makes_gradscalers_decisions_step_for_step
+      - test_scaler_refuses_to_unscale_twice_or_update_too_early
+  - region: LossScaler.step
+    hint: >-
+      Unscale first unless unscale_ already ran this step; if an inf or nan was found
+      skip the optimizer step and return False, otherwise step and return True.
+    tests: [test_skipped_step_leaves_weights_and_adam_state_untouched]
+  - region: LossScaler.update
+    hint: >-
+      Refuse to run before a step; after an overflow multiply the scale by
+      backoff_factor and reset the count of good steps; otherwise count the step and,
+      after growth_interval of them, multiply by growth_factor unless that overflows
+      float32, and reset the count; scales stay float32; clear found_inf.
+    tests:
+      - test_scale_sequence_for_the_default_factors_is_the_one_the_rules_give
+      - test_scale_stops_growing_at_the_float32_limit_like_gradscaler
+      - test_state_dict_round_trip_and_gradscaler_state_resume_the_sequence
 ---
 
 A float32 number takes four bytes. Half that, two bytes, halves the memory every

@@ -6,6 +6,9 @@ summary: >-
   calibrated and trained with a straight-through estimator, checked against
   torch.ao.quantization's observers and torch._int_mm, and run in ONNX Runtime.
 time: 10 s
+expected:
+  metric: accuracy_qat
+  short: ["--epochs", "4", "--qat-epochs", "1"]
 references:
   - key: jacob2018quantization
     authors:
@@ -51,6 +54,30 @@ references:
     year: 2021
     venue: arXiv preprint
     arxiv: "2106.08295"
+worksheet:
+  - region: qparams
+    hint: >-
+      In float32, widen the range to include 0 (min clamped to <= 0, max to >= 0).
+      Symmetric: scale = max(-min, max) / ((qmax - qmin) / 2) and zero point 0;
+      asymmetric: scale = (max - min) / (qmax - qmin) and zero point qmin -
+      round(min / scale) as int32, clamped to [qmin, qmax]; floor every scale at
+      float32's eps.
+    tests: [test_qparams_match_torch_observers_bitwise]
+  - region: quantize
+    hint: >-
+      Broadcast a per-channel scale and zero point along axis 0 (_broadcast), multiply
+      x by the reciprocal 1 / scale (not a division), round half to even, add the zero
+      point, clamp to [qmin, qmax] and return int8.
+    tests:
+      - test_quantize_and_dequantize_match_torch_bitwise
+      - test_quantize_clamps_outside_the_range
+  - region: Int8Linear.forward
+    hint: >-
+      Quantise the input with the calibrated input scale and zero point, multiply by
+      the transposed int8 weights in int32 with int_matmul, subtract input_zero times
+      each output's weight row sum, then convert to float, multiply by input_scale *
+      weight_scale (per output) and add the bias.
+    tests: [test_int8_linear_matches_fbgemm_quantized_linear]
 ---
 
 A trained network stores every weight as a 32-bit float, yet it rarely needs more than a

@@ -40,6 +40,30 @@ references:
     year: 2014
     venue: Journal of Machine Learning Research 15
     url: https://jmlr.org/papers/v15/srivastava14a.html
+worksheet:
+  - region: scaled_dot_product_attention
+    hint: >-
+      Check the inputs, score query @ key^T times the scale (1 / sqrt(E) by default),
+      set disallowed scores to -inf (the top-left lower triangle if is_causal, False
+      entries of a boolean mask) or add a float mask, softmax over the keys with rows
+      that allow no key giving all-zero weights instead of NaN, apply dropout to the
+      weights in training, and return (weights @ value, weights).
+    tests:
+      - test_sdpa_matches_torch_for_every_mask_kind
+      - test_sdpa_weights_are_the_softmax_of_the_masked_scores
+      - test_fully_masked_rows_give_zero_output_and_zero_gradient
+  - region: MultiHeadAttention.forward
+    hint: >-
+      Check the inputs and go batch-first; project query, key and value and split
+      each into heads [batch, heads, seq, head_dim]; merge attn_mask and
+      key_padding_mask into one additive mask; run scaled_dot_product_attention (with
+      dropout only in training), concatenate the heads back to [batch, L, embed_dim],
+      apply out_proj, and return the output with the weights (averaged over heads if
+      asked, None if not needed).
+    tests:
+      - test_mha_matches_torch
+      - test_mha_with_other_key_and_value_widths_matches_torch
+      - test_mha_is_causal_applies_the_mask_itself
 ---
 
 Attention is a dictionary look-up made differentiable. A *query* is compared with every

@@ -40,6 +40,28 @@ references:
     year: 2023
     venue: arXiv preprint (ICLR 2024)
     arxiv: "2307.08691"
+worksheet:
+  - region: flash_forward
+    hint: >-
+      Work in float32 or wider. For each block of block_q queries keep a running
+      maximum m, a running sum l and an unnormalised output; for each block of
+      block_k keys (skipping those block_kind calls skipped, masking the diagonal
+      ones via tile_scores) take the new maximum, exponentiate the scores against
+      it, rescale l and the output by exp(old m - new m), and add the row sums and
+      probs @ v. Write output / l and the log-sum-exp m + log l.
+    tests:
+      - test_logsumexp_equals_pytorchs_own_flash_kernel
+      - test_different_query_and_key_lengths_and_a_custom_scale
+      - test_huge_scores_stay_finite_and_exact
+  - region: flash_backward
+    hint: >-
+      First D = rowsum(dO * O) - dL. Then, key blocks outside and query blocks
+      inside (skipping skipped tiles), recompute the scores and P = exp(S - L),
+      add P^T dO to dV, form dP = dO V^T and dS = P * (dP - D), and add
+      scale * dS K to dQ and scale * dS^T Q to dK. Return them in the inputs' dtypes.
+    tests:
+      - test_matches_sdpa_and_logsumexp_in_float64
+      - test_gradcheck_and_gradgradcheck_on_a_tiny_case
 ---
 
 Attention [@vaswani2017attention] (built in [scaled dot-product

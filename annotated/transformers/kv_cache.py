@@ -60,6 +60,38 @@ references:
     year: 2023
     venue: SOSP 2023
     arxiv: "2309.06180"
+worksheet:
+  - region: GroupedQueryAttention.forward
+    hint: >-
+      Project x to queries [batch, kv_heads, group * T, d_head] (each group's query
+      heads folded into the rows of its key-value head) and to keys and values
+      [batch, kv_heads, T, d_head]; with a cache, write them at slot start and attend
+      over what write returns. Repeat the mask once per head of the group along the
+      query rows, run scaled_dot_product_attention, unfold the heads back to
+      [batch, T, d_model] and apply the output projection.
+    tests:
+      - test_attention_layer_matches_torch_sdpa_with_enable_gqa
+      - test_gqa_equals_mha_with_each_kv_head_repeated
+  - region: decoder_mask
+    hint: >-
+      Queries sit at slots start .. start + length - 1 and keys at 0 .. start +
+      length - 1; a key is allowed when its slot is <= the query's (bottom-right
+      triangle), and the positions are the query slots. With left_pad, also block
+      each row's keys below its padding, return the mask as [batch, 1, T, S], and
+      shift the positions down by the padding (clamped at 0).
+    tests:
+      - test_mask_is_torchs_bottom_right_causal_mask
+      - test_mask_blocks_left_padding_and_shifts_positions
+  - region: generate
+    hint: >-
+      Check new_tokens and the length, and allocate a cache of prompt + new_tokens -
+      1 slots if asked. Each step: without a cache run the whole text so far; with
+      one, feed the prompt at step 0 (prefill) and afterwards only the last chosen
+      token at its slot. Take the argmax of the last position's logits, append it,
+      and record the logits and the step's seconds.
+    tests:
+      - test_cached_generation_equals_recomputation_in_float64
+      - test_left_padded_batch_equals_each_prompt_alone
 ---
 
 A language model writes one token at a time. To choose token $t+1$ it runs over the

@@ -77,6 +77,36 @@ references:
     year: 2024
     venue: ICML 2024
     arxiv: "2312.06635"
+worksheet:
+  - region: kernel_attention
+    hint: >-
+      Without a mask, associate the other way: S = phi_k^T value [m, d_v] and
+      z = the sum of phi_k over positions, then normalise phi_q @ S by phi_q @ z.
+      With one, walk the sequence in chunks of chunk_size: each chunk's numerator is
+      q_c @ S (every earlier chunk) plus the lower-triangular (q_c @ k_c^T) @ v_c (its
+      own), its denominator q_c @ z plus that triangle's row sums; normalise, then add
+      the chunk's k_c^T v_c to S and its keys to z.
+    tests:
+      - test_non_causal_keys_may_outnumber_queries
+      - test_causal_output_ignores_the_future
+      - test_every_form_matches_sdpa_with_the_log_kernel
+  - region: kernel_attention_recurrent
+    hint: >-
+      Check the inputs, start from the given state (S [..., m, d_v], z [..., m]) or
+      zeros, and step through the positions: add the outer product phi(k_i) v_i^T to
+      S and phi(k_i) to z, then output (phi(q_i)^T S) normalised by phi(q_i) . z.
+      Return the stacked outputs and the final (S, z).
+    tests:
+      - test_state_carried_and_reloaded_equals_one_pass
+      - test_the_state_is_the_parallel_scan_of_the_linear_recurrence
+  - region: favor_log_features
+    hint: >-
+      Check that projection is [m, d] with x's width and dtype; the log-feature of
+      x for direction omega_i is omega_i . x - |x|^2 / 2 - ln(m) / 2: one matrix
+      product with the projection's transpose and two subtractions.
+    tests:
+      - test_favor_kernel_estimate_is_unbiased
+      - test_performer_forms_agree_and_match_the_explicit_estimate
 ---
 
 [Softmax attention](attention.md) [@vaswani2017attention] compares every query with

@@ -59,6 +59,34 @@ references:
     year: 2015
     venue: ICLR 2015
     arxiv: "1412.6980"
+worksheet:
+  - region: model_state_bytes
+    hint: >-
+      With n parameters of e bytes each: parameters and gradients are e * n each;
+      Adam keeps two float32 moments (8 n) and a 4-byte step counter per parameter
+      tensor, plus a float32 master copy (4 n) in mixed precision.
+    tests: [test_model_states_are_16_bytes_per_parameter_exactly]
+  - region: activation_bytes
+    hint: >-
+      Add up the prose's table with e bytes per value and 1-byte dropout masks (only
+      if dropout > 0): per layer, the s*b*h-sized tensors (16 e, plus 2 masks), the
+      a*s*s*b-sized scores and weights (e, plus a mask and the dropped copy), and the
+      two LayerNorms' statistics (4 e s b). Selective recomputation drops the scores'
+      share, full keeps only the layer's input (e s b h). Return the embedding's, one
+      layer's and the head's bytes.
+    tests:
+      - test_float32_constants_are_66_and_9
+      - test_gpt2_small_layer_in_mixed_precision
+      - test_saved_bytes_equal_the_formula_per_part
+  - region: training_flops
+    hint: >-
+      Per token: 6 FLOPs for every weight in a matrix product (72 L h^2 + 6 V h) plus
+      12 L s h for the two attention products; recomputation adds another forward of
+      the attention products (4 L s h, selective) or of every layer (24 L h^2 +
+      4 L s h, full). Multiply by batch * seq tokens.
+    tests:
+      - test_counted_flops_equal_the_formula
+      - test_flops_of_recomputation_and_the_6n_rule
 ---
 
 Before a training run starts, two questions decide whether it can run at all: does one

@@ -83,6 +83,32 @@ references:
     year: 2023
     venue: NeurIPS 2023
     arxiv: "2305.19466"
+worksheet:
+  - region: sinusoidal_encoding
+    hint: >-
+      Refuse an odd or too small dim; the frequencies are base^(-2i / dim) for
+      i = 0 .. dim/2 - 1, the angles each position times each frequency [L, dim/2],
+      and the table interleaves their sines (even columns) and cosines (odd columns).
+    tests:
+      - test_sinusoidal_matches_the_formula_in_float64
+      - test_sinusoidal_shift_is_one_rotation_for_every_position
+  - region: apply_rope
+    hint: >-
+      Check the inputs; the angle of pair j at position p is p * theta_j
+      (rope_frequencies). Rotate each pair (a, b) to (a cos - b sin, a sin + b cos):
+      the pairs are adjacent coordinates (0, 1), (2, 3)... when interleaved, and the
+      two halves of the last axis (j, j + d/2) otherwise.
+    tests:
+      - test_rope_matches_the_complex_number_form
+      - test_rope_half_split_matches_hugging_face_llama
+      - test_rope_score_depends_only_on_the_distance
+  - region: alibi_bias
+    hint: >-
+      The distance |i - j| between every pair of positions [L, L], times minus each
+      head's slope: [heads, L, L] in the slopes' dtype.
+    tests:
+      - test_alibi_bias_values
+      - test_alibi_attention_matches_torch_sdpa_with_the_same_mask
 ---
 
 Attention has no idea where anything is. A query scores each key by a dot product of

@@ -31,6 +31,28 @@ references:
     year: 2020
     venue: NeurIPS 2020
     arxiv: "2007.14062"
+worksheet:
+  - region: sliding_window_attention
+    hint: >-
+      Cut q into blocks of b = min(window, N) queries and give each block its band of
+      key and value blocks (the one before, its own, and the one after unless causal)
+      with to_blocks and band_of_blocks; score each block against its band, allow the
+      pairs that sliding_window_rule and inside keep (band_positions gives the
+      positions), take joint_softmax, sum the band's values, and flatten the blocks
+      back to [..., N, d_v].
+    tests:
+      - test_sliding_window_matches_sdpa_with_its_mask
+      - test_a_long_sequence
+  - region: strided_attention
+    hint: >-
+      Two disjoint parts in blocks of stride: a band (own and neighbouring blocks)
+      that owns the offsets |i - j| < stride, and a column in which query I*stride + p
+      scores the key at offset p of every other block (an einsum with p as a batch
+      axis). Mask each with strided_rule and inside, take one joint_softmax over
+      both, and add the band's and the column's weighted values.
+    tests:
+      - test_strided_matches_sdpa_with_its_mask
+      - test_huge_scores_stay_finite
 ---
 
 [Attention](attention.md) [@vaswani2017attention] compares every query with every

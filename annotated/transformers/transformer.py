@@ -90,6 +90,34 @@ references:
     year: 2018
     venue: Workshop for NLP Open Source Software (NLP-OSS)
     url: https://aclanthology.org/W18-2509/
+worksheet:
+  - region: EncoderLayer.forward
+    hint: >-
+      Two residual sub-layers, self-attention then feed-forward. Pre-LN (norm_first)
+      adds each sub-layer applied to the normalised input: x + sublayer(norm(x));
+      post-LN normalises after the sum: norm(x + sublayer(x)). Use norm1 around
+      self_attention (with the padding mask) and norm2 around feed_forward.
+    tests:
+      - test_gelu_and_no_final_norm_match_torch
+      - test_matches_nn_transformer_values_and_gradients
+  - region: DecoderLayer.forward
+    hint: >-
+      Three residual sub-layers in order: causal self_attention (padding_mask, norm1),
+      cross_attention onto memory (memory_padding_mask, norm2) and feed_forward
+      (norm3), each as x + sublayer(norm(x)) when norm_first and as
+      norm(x + sublayer(x)) otherwise.
+    tests:
+      - test_matches_nn_transformer_values_and_gradients
+      - test_dropout_draws_as_pytorch_draws
+  - region: label_smoothed_loss
+    hint: >-
+      Take log_softmax over the vocabulary; each position's loss is (1 - smoothing)
+      times -log p of its target plus smoothing times the mean of -log p over all
+      words; average it over the positions whose target is not ignore_index. Check
+      the shapes and that 0 <= smoothing < 1 first.
+    tests:
+      - test_label_smoothing_matches_f_cross_entropy
+      - test_label_smoothing_is_smallest_at_the_smoothed_target
 ---
 
 The Transformer translates without recurrence [@vaswani2017attention]. Its encoder

@@ -8,6 +8,9 @@ summary: >-
   Hugging Face's CLIPModel with copied weights, and zero-shot classification of
   colour-shape pairs never seen in training.
 time: 20 s
+expected:
+  metric: held_out_accuracy
+  short: ["--train", "1500", "--test", "400", "--epochs", "6"]
 references:
   - key: radford2021learning
     authors: [Alec Radford, Jong Wook Kim, Chris Hallacy, Aditya Ramesh, et al.]
@@ -41,6 +44,23 @@ references:
     year: 2016
     venue: arXiv preprint
     arxiv: "1606.08415"
+worksheet:
+  - region: TextEncoder.forward
+    hint: >-
+      Add the token and position embeddings, run the causal layers and the final
+      LayerNorm, and return each text's state at its first end-of-text token
+      (the argmax of input_ids == eos_token_id): [batch, width].
+    tests:
+      - test_embeddings_and_logits_match_hf_clip_model
+      - test_padding_after_eot_changes_nothing_and_first_eot_is_read
+  - region: clip_loss
+    hint: >-
+      Refuse logits that are not square; the targets are 0..N-1 (the diagonal);
+      average the cross-entropy over the rows (image to text) and over the columns
+      (text to image, the transpose).
+    tests:
+      - test_loss_equals_cross_entropy_written_out
+      - test_loss_and_every_gradient_match_hf_clip_model
 ---
 
 A classifier trained on ImageNet knows a thousand names, fixed before training began.

@@ -35,6 +35,29 @@ references:
     year: 2017
     venue: CVPR 2017
     arxiv: "1612.00837"
+worksheet:
+  - region: MultimodalGPT.embed
+    hint: >-
+      Check the context; take CLIP's image_tokens without the class token, project
+      them with the projector to the GPT's width, embed the text with wte, and
+      concatenate: image tokens first, [batch, N + T, d].
+    tests:
+      - test_image_tokens_are_clip_patches_projected
+      - test_forward_and_gradients_match_hf_inputs_embeds
+  - region: answer_loss
+    hint: >-
+      Refuse labels whose length plus the image tokens differs from the logits';
+      pad the labels on the left with image_tokens columns of -100 and hand them to
+      lm_loss, which shifts them by one and ignores -100.
+    tests: [test_answer_loss_is_cross_entropy_over_answer_positions]
+  - region: answer
+    hint: >-
+      Encode each question in TEMPLATE and right-pad the prompts with end-of-text
+      into one id tensor with room for the answers; each step run the model on the
+      ids so far, take the argmax at each row's last position, write it after that
+      row's prompt (end-of-text once a row is done), and stop when every row has
+      ended; decode each reply up to its end-of-text.
+    tests: [test_batched_greedy_answers_equal_one_by_one_and_hf_generate]
 ---
 
 A language model reads token embeddings: vectors in a space of $d$ dimensions, one

@@ -47,6 +47,31 @@ references:
     year: 2018
     venue: IEEE Transactions on Pattern Analysis and Machine Intelligence
     arxiv: "1603.09320"
+worksheet:
+  - region: ExactIndex.search
+    hint: >-
+      Check the queries and k and move them to the gallery's dtype; for each block
+      of queries keep a running top k: concatenate it with the block's inner
+      products against each gallery block (and their ids), take topk again and
+      gather the ids; concatenate the blocks, with an empty [0, k] answer for no
+      queries.
+    tests:
+      - test_exact_search_equals_numpy_argsort_in_float64
+      - test_exact_search_equals_faiss_index_flat_ip_in_float32
+      - test_ties_give_equal_scores_and_ids_from_the_tied_set
+  - region: recall_at_k
+    hint: >-
+      Check k and the row count; look up the labels of the first k ids of each row
+      (clamping -1 to a valid index) and count a row as a hit when one of them
+      equals the query's label at an id that is not -1; return the mean.
+    tests:
+      - test_recall_at_k_equals_a_loop_written_out
+      - test_minus_one_is_a_miss_even_where_the_last_label_matches
+  - region: chance_recall
+    hint: >-
+      A random ranking misses a query with n relevant entries with probability
+      C(size - n, k) / C(size, k); return one minus the mean of those misses.
+    tests: [test_chance_recall_equals_enumeration_of_every_ranking]
 ---
 
 [CLIP](clip.md) puts a picture and its caption on the same point of a sphere. That is

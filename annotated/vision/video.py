@@ -6,6 +6,11 @@ summary: >-
   attention under two masks, 7.6× fewer scores at TimeSformer's size, and on clips of
   moving digits it tells which way a digit moves where a space-only model cannot.
 time: 40 s
+expected:
+  metric: accuracy
+  short:
+    ["--train", "768", "--test", "256", "--epochs", "2", "--batch-size", "16",
+     "--models", "divided"]
 references:
   - key: bertasius2021space
     authors: [Gedas Bertasius, Heng Wang, Lorenzo Torresani]
@@ -31,6 +36,29 @@ references:
     year: 2021
     venue: ICLR 2021
     arxiv: "2010.11929"
+worksheet:
+  - region: temporal_attention
+    hint: >-
+      Swap the frame and patch axes so that each patch position is a sequence of T
+      frames, [batch, N, T, D], run the attention over it, and swap back.
+    tests:
+      - test_temporal_attention_equals_joint_attention_with_same_position_mask
+      - test_temporal_attention_matches_mha_on_rearranged_sequences
+  - region: spatial_attention
+    hint: >-
+      Copy the class token into every frame in front of its patches, [batch, T,
+      1 + N, D], run the attention within each frame, and return the class token's
+      outputs averaged over the frames and the patch outputs.
+    tests: [test_spatial_attention_with_class_token_equals_joint_with_same_frame_mask]
+  - region: Block.forward
+    hint: >-
+      Joint: one pre-norm attention over the class token and all T * N patches.
+      Divided: a residual temporal attention on the patches first; then (divided or
+      space) a residual spatial attention on norm1 of the class token and patches.
+      Finish with a residual MLP on norm2 of each.
+    tests:
+      - test_space_model_is_blind_to_frame_order_and_divided_is_not
+      - test_joint_model_gradients_reach_every_parameter
 ---
 
 A video is a stack of images, so the first idea is to treat it as one: cut every frame

@@ -59,6 +59,32 @@ references:
     year: 1981
     venue: IEEE Transactions on Acoustics, Speech, and Signal Processing 29(6)
     url: https://doi.org/10.1109/TASSP.1981.1163711
+worksheet:
+  - region: patchify
+    hint: >-
+      Reshape [batch, C, H, W] to [batch, C, rows, P, cols, P], move the two grid
+      axes to the front of the pixel axes (batch, rows, cols, C, P, P), and flatten
+      to [batch, rows * cols, C * P * P].
+    tests:
+      - test_patchify_orders_patches_row_major_and_pixels_channel_row_column
+      - test_unfold_patch_embedding_equals_strided_convolution
+  - region: interpolate_positions
+    hint: >-
+      Split off the class token's row; view the other n * n rows as a [1, D, n, n]
+      image, resize it with F.interpolate(mode="bicubic", align_corners=False) to
+      (rows, cols), flatten it back to [1, rows * cols, D] and put the class row in
+      front.
+    tests:
+      - test_interpolated_positions_match_hf
+      - test_interpolation_to_the_same_grid_is_the_identity_and_keeps_class_row
+  - region: Embeddings.forward
+    hint: >-
+      Embed the patches, put the class token (expanded over the batch) in front,
+      add the position table (interpolated to the image's grid when asked), and
+      apply dropout: [batch, 1 + N, D].
+    tests:
+      - test_last_hidden_state_and_pooler_match_hf_vit_model
+      - test_gradients_match_hf_vit_model
 ---
 
 A convolutional network builds in what images are like: nearby pixels belong together,

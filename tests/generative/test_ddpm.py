@@ -31,6 +31,7 @@ from annotated.generative.ddpm import (
     timestep_embedding,
     trained_model,
 )
+from tools.literate.figures import short_band
 
 torch.set_num_threads(1)
 
@@ -181,12 +182,10 @@ def test_trained_model_is_cached_and_reloads(tmp_path, monkeypatch):
 
 def test_demo_loss_falls(tmp_path, monkeypatch):
     monkeypatch.setenv("ANNOTATED_DL_CACHE", str(tmp_path / "cache"))
-    result = main(
-        [
-            "--steps", "12", "--batch-size", "16", "--timesteps", "20",
-            "--samples", "6", "--no-fid", "--out", str(tmp_path),
-        ]
-    )  # fmt: skip
+    # The short run's final loss over the stored seeds is its expected band.
+    metric, args, low, high = short_band("annotated/generative/ddpm.py")
+    result = main([*args, "--out", str(tmp_path)])
+    assert low <= result[metric] <= high  # the short run's band over stored seeds
     assert result["last_loss"] < 0.7 * result["first_loss"]
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "chain.png").is_file()
     assert list((tmp_path / "cache").glob("ddpm-digits-*.safetensors"))

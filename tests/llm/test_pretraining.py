@@ -48,6 +48,7 @@ from annotated.llm.pretraining import (
 )
 from annotated.transformers.memory_analysis import Config as MemoryConfig
 from annotated.transformers.memory_analysis import parameter_count, training_flops
+from tools.literate.figures import short_band
 
 TINY = GPT2Config(vocab_size=50, n_positions=12, n_embd=16, n_layer=2, n_head=2)
 
@@ -383,6 +384,11 @@ def single(tmp_path_factory):
 
 def test_demo_learns_and_writes_its_outputs(single):
     out, metrics = single
+    # The short run's validation loss over the stored seeds is its expected band;
+    # `single` is that run, at the default seed.
+    metric, args, low, high = short_band("annotated/llm/pretraining.py")
+    assert args == DEMO + ["--accumulation", "2"]
+    assert low <= metrics[metric] <= high
     assert metrics["final_loss"] < metrics["first_loss"] - 0.1
     assert math.isfinite(metrics["validation_loss"])
     assert metrics["validation_nats_per_byte"] < metrics["validation_loss"]

@@ -32,6 +32,7 @@ from annotated.networks.mlp_stdlib import (
     train_step,
     transpose,
 )
+from tools.literate.figures import short_band
 
 
 X_TRAIN, Y_TRAIN, _, _ = digits()  # [1437, 64], [1437]
@@ -318,9 +319,11 @@ def test_bad_input_raises_a_clear_error(make, error, match):
 
 
 def test_demo_learns_on_a_short_run(tmp_path, capsys):
-    metrics = main(["--epochs", "2", "--train-size", "500", "--out", str(tmp_path)])
+    metric, args, low, high = short_band("annotated/networks/mlp_stdlib.py")
+    metrics = main([*args, "--out", str(tmp_path)])
     # Two epochs on 500 digits already reach about 0.9; chance is 0.1.
     assert metrics["test_accuracy"] >= 0.85
+    assert low <= metrics[metric] <= high  # the short run's band over stored seeds
     assert metrics["train_loss"] < 1.0
     assert f"test accuracy {metrics['test_accuracy']:.3f}" in capsys.readouterr().out
     assert (tmp_path / "training.png").stat().st_size > 0

@@ -46,6 +46,7 @@ from annotated.sequence.parallel_rnn import (
     sequence_lengths,
     truncated_bptt,
 )
+from tools.literate.figures import short_band
 
 torch.set_num_threads(1)
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}
@@ -568,19 +569,10 @@ def test_other_bad_inputs_raise_naming_the_argument():
 
 
 def test_demo_learns_the_copy_only_when_the_chunk_is_longer_than_the_delay(tmp_path):
-    metrics = main(
-        [
-            "--stream-length", "800",
-            "--delay", "3",
-            "--truncations", "3,8",
-            "--sequences", "128",
-            "--batch-size", "32",
-            "--pool-batches", "2",
-            "--max-steps", "32",
-            "--device", "cpu",
-            "--out", str(tmp_path),
-        ]
-    )  # fmt: skip
+    # The k = 8 run's final loss over the stored seeds is its expected band.
+    metric, args, low, high = short_band("annotated/sequence/parallel_rnn.py")
+    metrics = main([*args, "--out", str(tmp_path)])
+    assert low <= metrics[metric] <= high  # the short run's band over stored seeds
     assert metrics["carried_state_gap"] < 1e-6
     assert metrics["loss_k3"] > math.log(4) - 0.2  # k = delay: no gradient path
     assert metrics["loss_k8"] < 0.3

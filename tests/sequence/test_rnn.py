@@ -36,6 +36,7 @@ from annotated.sequence.rnn import (
     sine_waves,
     state_gradient_norms,
 )
+from tools.literate.figures import short_band
 
 TOLERANCE = dict(rtol=1e-10, atol=1e-10)
 
@@ -362,9 +363,10 @@ def test_example_runs():
 
 
 def test_demo_learns_to_beat_the_memoryless_baseline(tmp_path):
-    metrics = main(
-        ["--steps", "150", "--seq-len", "30", "--seed", "1", "--out", str(tmp_path)]
-    )
+    # The short run's test MSE over the stored seeds is its expected band.
+    metric, args, low, high = short_band("annotated/sequence/rnn.py")
+    metrics = main([*args, "--out", str(tmp_path)])
+    assert low <= metrics[metric] <= high  # the short run's band over stored seeds
     assert metrics["gradient_gap"] < 1e-10
     assert metrics["final_loss"] < metrics["first_loss"] / 5
     assert metrics["test_mse"] < metrics["baseline_mse"] / 2

@@ -44,6 +44,7 @@ from annotated.sequence.vanishing_gradients import (
     stepped_states,
     train_echo,
 )
+from tools.literate.figures import short_band
 
 torch.set_num_threads(1)
 
@@ -484,10 +485,10 @@ def test_echo_run_diverges_without_clipping_and_learns_with_it(radius, seed):
 
 
 def test_demo_measures_and_clips(tmp_path):
-    metrics = main(
-        ["--length", "60", "--batch", "8", "--hidden", "16", "--steps", "40"]
-        + ["--out", str(tmp_path)]
-    )
+    # The clipped run's final loss over the stored seeds is its expected band.
+    metric, args, low, high = short_band("annotated/sequence/vanishing_gradients.py")
+    metrics = main([*args, "--out", str(tmp_path)])
+    assert low <= metrics[metric] <= high  # the short run's band over stored seeds
     assert metrics["rnn_r2"] > 0.99 and metrics["rnn_slope"] < 0
     assert metrics["rnn_slope"] == pytest.approx(
         metrics["rnn_predicted_slope"], rel=0.1

@@ -37,6 +37,7 @@ from annotated.systems.quantization import (
     quantize,
     unpack_int4,
 )
+from tools.literate.figures import short_band
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -287,8 +288,11 @@ def test_onnx_qdq_export_runs_in_onnxruntime_like_ours(tmp_path):
 
 
 def test_demo_short_run(tmp_path):
-    result = main(["--epochs", "4", "--qat-epochs", "1", "--out", str(tmp_path)])
+    # --epochs 4 --qat-epochs 1
+    metric, args, low, high = short_band("annotated/systems/quantization.py")
+    result = main([*args, "--out", str(tmp_path)])
     assert result["accuracy_fp32"] > 0.85
+    assert low <= result[metric] <= high  # the short run's band over stored seeds
     for key in ("ptq_minmax", "ptq_percentile", "qat", "int4"):
         assert result[f"accuracy_{key}"] > result["accuracy_fp32"] - 0.05
     assert result["accuracy_onnx"] == pytest.approx(result["accuracy_qat"], abs=1e-6)
