@@ -4,17 +4,19 @@
 #   bash tools/setup.sh serve    # mkdocs serve on http://127.0.0.1:8000 (re-renders a lesson when you save it)
 #   bash tools/setup.sh build    # mkdocs build --strict into site/
 #   bash tools/setup.sh test     # the whole test suite, as CI runs it (extra arguments go to pytest)
+#   bash tools/setup.sh pdf      # build the site, then print the book to site/book.pdf with Chromium
+#                                # (extra arguments go to tools.literate.pdf, e.g. --stage 1)
 #
-# System packages (Graphviz always; Chromium for the browser test) come from apt when this runs as root on
-# Debian or Ubuntu; anywhere else the script prints what to install and stops. Python packages come from
+# System packages (Graphviz always; Chromium for the browser test and the PDF; a Chinese font for the
+# PDF) come from apt when this runs as root on Debian or Ubuntu; anywhere else the script prints what to install and stops. Python packages come from
 # pyproject.toml. Nothing else is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-}"
 case "$mode" in
-  serve|build|test) shift ;;
-  *) echo "usage: bash tools/setup.sh {serve|build|test} [arguments]" >&2; exit 2 ;;
+  serve|build|test|pdf) shift ;;
+  *) echo "usage: bash tools/setup.sh {serve|build|test|pdf} [arguments]" >&2; exit 2 ;;
 esac
 
 python="${PYTHON:-python3}"
@@ -22,7 +24,11 @@ python="${PYTHON:-python3}"
 # ---- system packages -----------------------------------------------------------------------------------
 missing=()
 command -v dot >/dev/null 2>&1 || missing+=(graphviz)
-if [ "$mode" = test ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+if [ "$mode" = test ] || [ "$mode" = pdf ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
+# A printed page shows Chinese (the plan's own names) only with a font that has its glyphs.
+if [ "$mode" = pdf ] && ! fc-list :lang=zh 2>/dev/null | grep -q .; then missing+=(fonts-wqy-microhei); fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${missing[*]} with apt-get"
@@ -46,7 +52,7 @@ if ! "$python" -c "import torch" >/dev/null 2>&1; then
   "$python" -m pip install -q "torch==2.13.0"
 fi
 extra=docs
-[ "$mode" = test ] && extra=test
+{ [ "$mode" = test ] || [ "$mode" = pdf ]; } && extra=test
 if ! "$python" - "$extra" <<'PY' >/dev/null 2>&1
 import sys
 from importlib.metadata import distribution, PackageNotFoundError
@@ -72,4 +78,6 @@ case "$mode" in
   serve) exec "$python" -m mkdocs serve --dev-addr 127.0.0.1:8000 "$@" ;;
   build) exec "$python" -m mkdocs build --strict "$@" ;;
   test)  exec "$python" -m pytest "$@" ;;
+  pdf)   "$python" -m mkdocs build --strict
+         exec "$python" -m tools.literate.pdf --site site "$@" ;;
 esac

@@ -1005,7 +1005,8 @@ def test_other_pages_stay_on_127_0_0_1_without_console_errors(browser, server, s
     pages = sorted(
         path.parent.relative_to(site).as_posix() + "/"
         for path in site.glob("*/index.html")
-        if path.parent.name not in ("lessons", "search", "assets")
+        # The print page holds every page at once; test_pdf prints a miniature one.
+        if path.parent.name not in ("lessons", "search", "assets", "print_page")
     )
     visit = Visit(browser, f"{server}/", WIDE)
     offenders = [f"/: {problem}" for problem in visit.foreign_requests() + visit.errors]
@@ -1055,4 +1056,46 @@ def test_search_finds_a_word_that_only_lesson_prose_has(browser, server, site):
     assert word in snippet.lower() and "\\" not in snippet, snippet
     assert not visit.foreign_requests(), visit.foreign_requests()
     assert not visit.errors, visit.errors
+    visit.context.close()
+
+
+@pytest.mark.browser
+def test_the_chinese_edition_reads_in_chinese_around_the_same_code(
+    browser, server, site
+):
+    key = "foundations/matrix"
+    english = Visit(browser, f"{server}/lessons/{key}/", WIDE)
+    visit = Visit(browser, f"{server}/zh/lessons/{key}/", WIDE)
+    page = visit.page
+    assert page.locator("html").get_attribute("lang") == "zh"
+    han = re.compile(r"[\u4e00-\u9fff]")
+    # Prose, title, header labels and the nav's stage are Chinese...
+    assert len(han.findall(page.locator(".lit-intro").inner_text())) > 100
+    assert han.search(page.locator("h1").first.inner_text())
+    assert page.locator(".lit-facts dt").first.inner_text() == "运行"
+    assert "深度学习核心基础" in page.locator(".md-nav").first.inner_text()
+    # ...while the code, the math and the figures are the English page's.
+    code = "document.querySelectorAll('.lit-code')"
+    texts = f"[...{code}].map(c => c.innerText)"
+    assert page.evaluate(texts) == english.page.evaluate(texts)
+    maths = "document.querySelectorAll('math').length"
+    assert page.evaluate(maths) == english.page.evaluate(maths) >= 3
+    images = "[...document.querySelectorAll('.lit-page img')].map(i => i.naturalWidth)"
+    assert all(width > 0 for width in page.evaluate(images))
+    # The header's language switcher leads to the same page in English.
+    switch = page.locator('.md-header a[hreflang="en"]').first
+    assert switch.get_attribute("href").rstrip("/").endswith(f"lessons/{key}")
+    # Search finds a Chinese word (segmented by jieba) in a Chinese section.
+    search = page.locator("input.md-search__input")
+    search.click()
+    page.wait_for_function(
+        "!document.querySelector('.md-search-result__meta').textContent"
+        ".includes('Initializing')",
+        timeout=30000,
+    )
+    search.press_sequentially("条件数", delay=30)
+    hit = page.locator('.md-search-result__item a[href*="zh/lessons/"]').first
+    hit.wait_for(timeout=15000)
+    assert not visit.foreign_requests() and not visit.errors, visit.errors
+    english.context.close()
     visit.context.close()

@@ -1,0 +1,84 @@
+"""Verified against the English source: a translation applies only to the unit whose
+English it was made from (same id, same hash), code and math are untouched, and the
+project's Chinese edition has no missing or stale unit in what it must cover."""
+
+from pathlib import Path
+
+from conftest import REPO
+from tools.literate import i18n, learning_path
+from tools.literate.parse import parse
+
+FIXTURE = (Path(__file__).parent / "fixtures/tiny_model.py").read_text()
+LESSON = parse(FIXTURE, "annotated/demo/tiny_model.py")
+
+
+def test_a_lesson_is_its_title_summary_and_every_section_with_prose():
+    units = i18n.lesson_units(LESSON)
+    assert [u.id for u in units[:3]] == ["title", "summary", "intro"]
+    assert units[0].english == "A tiny model"
+    assert {u.id for u in units[2:]} == {s.id for s in LESSON.sections if s.prose}
+    assert i18n.source_hash("x\n") == i18n.source_hash("x") != i18n.source_hash("y")
+
+
+def test_stored_units_round_trip_and_a_changed_english_is_stale(tmp_path):
+    units = i18n.lesson_units(LESSON)
+    path = tmp_path / "tiny_model.md"
+    i18n.write(path, units, {})
+    stored = i18n.read(path)
+    assert {k: v[1] for k, v in stored.items()} == {u.id: u.english for u in units}
+    # Still English: every unit is missing, none is shown.
+    assert {s.state for s in i18n.statuses(units, stored, "f")} == {"missing"}
+    assert i18n.translated(units, stored) == {}
+    text = path.read_text().replace("A tiny model", "一个很小的模型", 1)
+    path.write_text(text)
+    stored = i18n.read(path)
+    assert i18n.translated(units, stored) == {"title": "一个很小的模型"}
+    # The English title changes: the translation is stale and no longer shown.
+    changed = [
+        i18n.Unit("title", "A small model") if u.id == "title" else u for u in units
+    ]
+    assert i18n.translated(changed, stored) == {}
+    stale = [s for s in i18n.statuses(changed, stored, "f") if s.unit == "title"]
+    assert stale[0].state == "stale"
+    assert i18n.source_hash("A small model") in stale[0].hint
+    # The skeleton keeps a stale translation, with its old hash, for the translator.
+    i18n.write(path, changed, stored)
+    assert i18n.read(path)["title"] == stored["title"]
+
+
+def test_a_translated_lesson_keeps_its_code_and_the_untranslated_prose():
+    intro = next(s for s in LESSON.sections if s.kind == "intro")
+    block = next(s for s in LESSON.sections if s.id != intro.id and s.prose)
+    texts = {"title": "一个很小的模型", block.id: "一个线性层和 ReLU：$y = x$。"}
+    translated = i18n.translate_lesson(LESSON, texts)
+    assert translated.front_matter["title"] == "一个很小的模型"
+    by_id = {s.id: s for s in translated.sections}
+    assert by_id[block.id].prose == texts[block.id]
+    assert by_id[intro.id].prose == intro.prose
+    assert [s.code for s in translated.sections] == [s.code for s in LESSON.sections]
+    assert LESSON.front_matter["title"] == "A tiny model"  # the original is unchanged
+
+
+def test_a_page_splits_at_headings_outside_code_and_joins_back():
+    page = "# Title\n\nIntro.\n\n## Install\n\n```bash\n# no heading\n```\n\n## Use\n"
+    units = i18n.page_units(page)
+    assert [u.id for u in units] == ["title", "install", "use"]
+    assert i18n.translate_page(page, {}) == page
+    assert i18n.translate_page(page, {"use": "## 使用"}).endswith("## 使用\n")
+
+
+def test_the_chinese_edition_has_no_missing_or_stale_unit():
+    curriculum = learning_path.load(REPO / "annotated/curriculum.toml")
+    pages, lessons = i18n.required(REPO, curriculum)
+    assert len(lessons) == 18 and "index.md" in pages and "competencies.md" in pages
+    problems = i18n.check(REPO, "zh", curriculum)
+    assert not problems, (
+        "\n".join(f"{p.state} {p.path} · {p.unit}{p.hint}" for p in problems)
+        + "\n(python -m tools.literate.i18n skeleton FILE, then translate)"
+    )
+
+
+def test_search_text_splits_chinese_into_words_for_the_index():
+    segmented = i18n.segment("反向传播 backward 计算梯度")
+    assert "backward" in segmented and "\u200b" in segmented
+    assert segmented.replace("\u200b", "") == "反向传播 backward 计算梯度"

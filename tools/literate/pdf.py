@@ -1,0 +1,150 @@
+"""The book as a PDF: the site's print page (mkdocs-print-site's `print_page/`, every
+page of the English edition in reading order) printed by the same headless Chromium the
+browser test drives.
+
+    bash tools/setup.sh pdf            # build the site, then print site/book.pdf
+    python -m tools.literate.pdf --site site --stage 1 --out stage1.pdf
+
+Lessons keep their side-by-side sections (prose beside code) on landscape A4, with
+their diagrams, figures and MathML. `--stage N` prints only stage N's lessons, with the
+table of contents cut to match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+from tools.literate import learning_path
+from tools.literate.files import discover
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Keeps the sections of the kept pages (and the nav sections holding them) and the
+# table-of-contents entries that point at them; print-site names each page's section
+# after its URL ("lessons-foundations-matrix") and nests pages in their nav's sections.
+KEEP_ONLY = """keep => {
+  const holds = section => keep.some(id => section.querySelector(`[id="${id}"]`));
+  for (const section of document.querySelectorAll('section.print-page')) {
+    if (!keep.includes(section.id) && !holds(section)) section.remove();
+  }
+  for (const link of document.querySelectorAll('#print-page-toc a[href^="#"]')) {
+    const target = decodeURIComponent(link.getAttribute('href').slice(1));
+    if (!document.getElementById(target)) link.closest('li')?.remove();
+  }
+  return keep.filter(id => document.getElementById(id)).length;
+}"""
+
+
+def section_id(page: str) -> str:
+    """print-site's id for a page's section: "lessons/foundations/matrix.md" →
+    "lessons-foundations-matrix"."""
+    return page.removesuffix(".md").replace("/", "-")
+
+
+def stage_pages(stage: int, root: Path = ROOT) -> list[str]:
+    """The print-page section ids of a stage's written lessons, in reading order, in
+    the project at `root`."""
+    curriculum = learning_path.load(root / "annotated/curriculum.toml")
+    written = {file.key: file for file in discover(root)}
+    return [
+        section_id(written[entry.module].page)
+        for entry in curriculum.lessons()
+        if entry.stage == stage and entry.module in written
+    ]
+
+
+def print_book(
+    site: Path, out: Path, stage: int | None = None, root: Path = ROOT
+) -> int:
+    """Print the print page of `site` (built from the project at `root`) to `out`; the
+    number of print-page sections kept."""
+    page_file = site / "print_page" / "index.html"
+    if not page_file.is_file():
+        raise FileNotFoundError(
+            f"{page_file}: no print page; build the site first (bash tools/setup.sh "
+            "build), with the print-site plugin in mkdocs.yml"
+        )
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise RuntimeError(
+            "Chromium is not installed: `bash tools/setup.sh pdf` installs it "
+            "(Debian package chromium)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(site))
+    )
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            address = f"http://127.0.0.1:{httpd.server_address[1]}/print_page/"
+            page.goto(address, wait_until="load", timeout=300_000)
+            kept = page.evaluate(
+                "document.querySelectorAll('section.print-page').length"
+            )
+            if stage is not None:
+                wanted = stage_pages(stage, root)
+                if not wanted:
+                    raise ValueError(f"stage {stage} has no written lessons")
+                kept = page.evaluate(KEEP_ONLY, wanted)
+            page.emulate_media(media="print")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.pdf(
+                path=str(out),
+                format="A4",
+                landscape=True,
+                scale=0.9,  # an 88-character code line fits its column unwrapped
+                print_background=True,
+                margin={
+                    "top": "12mm",
+                    "bottom": "12mm",
+                    "left": "10mm",
+                    "right": "10mm",
+                },
+                display_header_footer=True,
+                header_template="<span></span>",
+                footer_template=(
+                    '<div style="font-size:8px;width:100%;text-align:center">'
+                    '<span class="pageNumber"></span> / '
+                    '<span class="totalPages"></span>'
+                    "</div>"
+                ),
+            )
+            browser.close()
+    finally:
+        httpd.shutdown()
+    return kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--site", type=Path, default=ROOT / "site", help="built site")
+    parser.add_argument("--out", type=Path, default=None, help="the PDF to write")
+    parser.add_argument("--stage", type=int, default=None, help="print one stage only")
+    args = parser.parse_args(argv)
+    if args.stage is not None and args.stage not in (1, 2, 3):
+        parser.error(f"--stage must be 1, 2 or 3, got {args.stage}")
+    out = args.out or args.site / (
+        "book.pdf" if args.stage is None else f"book-stage{args.stage}.pdf"
+    )
+    kept = print_book(args.site, out, args.stage)
+    size = out.stat().st_size / 1e6
+    print(f"{out}: {kept} pages of the site, {size:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
