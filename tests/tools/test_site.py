@@ -1082,9 +1082,13 @@ def test_the_chinese_edition_reads_in_chinese_around_the_same_code(
     assert page.evaluate(maths) == english.page.evaluate(maths) >= 3
     images = "[...document.querySelectorAll('.lit-page img')].map(i => i.naturalWidth)"
     assert all(width > 0 for width in page.evaluate(images))
-    # The header's language switcher leads to the same page in English.
-    switch = page.locator('.md-header a[hreflang="en"]').first
-    assert switch.get_attribute("href").rstrip("/").endswith(f"lessons/{key}")
+    # The header's language switcher leads to each edition's root (Material maps the
+    # page to its translation through the roots' sitemaps where the site is published).
+    links = page.evaluate(
+        "[...document.querySelectorAll('.md-header a[hreflang]')]"
+        ".map(a => [a.hreflang, a.href])"
+    )
+    assert dict(links) == {"en": f"{server}/", "zh": f"{server}/zh/"}
     # Search finds a Chinese word (segmented by jieba) in a Chinese section.
     search = page.locator("input.md-search__input")
     search.click()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import re
 import shutil
 import sys
 import threading
@@ -39,6 +40,60 @@ KEEP_ONLY = """keep => {
   }
   return keep.filter(id => document.getElementById(id)).length;
 }"""
+
+
+PRINT_SECTION = re.compile(r'<section class="print-page" id="([^"]*)"')
+ID = re.compile(r'(\sid=")([^"]+)(")')
+REFERENCE = re.compile(r'((?:xlink:href|href)="#|url\(#)([^")]+)')
+
+
+def namespace_ids(html: str) -> str:
+    """The print page with every id inside a page's section prefixed by the section's
+    id, as print-site already prefixes the links to them: "L65" in the matrix lesson
+    becomes "lessons-foundations-matrix-L65". print-site renames some headings' ids
+    only, and a lesson's sections, lines and bibliography carry their own."""
+    starts = [(m.start(), m.end(), m.group(1)) for m in PRINT_SECTION.finditer(html)]
+    if not starts:
+        return html
+    pieces = [html[: starts[0][0]]]
+    for index, (start, after_tag, section) in enumerate(starts):
+        end = starts[index + 1][0] if index + 1 < len(starts) else len(html)
+        body = html[after_tag:end]
+        if section:
+            prefix = f"{section}-"
+            own = {m.group(2) for m in ID.finditer(body)}
+
+            def rename(match, prefix=prefix):
+                # print-site has prefixed a heading's id already, unless a link
+                # wants it prefixed once more ("compare-implementations" in compare).
+                name = match.group(2)
+                if name.startswith(prefix) and f'"#{prefix}{name}"' not in html:
+                    return match.group(0)
+                return f"{match.group(1)}{prefix}{name}{match.group(3)}"
+
+            def relink(match, own=own, prefix=prefix):
+                name = match.group(2)
+                if name in own and not name.startswith(prefix):
+                    return f"{match.group(1)}{prefix}{name}"
+                return match.group(0)
+
+            body = REFERENCE.sub(relink, ID.sub(rename, body))
+        pieces.append(html[start:after_tag] + body)
+    return "".join(pieces)
+
+
+def link_unprinted_pages(html: str, site: Path) -> str:
+    """The print page with its links to pages it does not hold (the tour notebook, the
+    engine's API) pointing at those pages on the site instead of at nothing."""
+    ids = set(re.findall(r"""\sid=["']([^"']+)["']""", html))
+
+    def relink(match):
+        quote, name = match.group(1), match.group(2)
+        if name in ids or not (site / name / "index.html").is_file():
+            return match.group(0)
+        return f"href={quote}../{name}/{quote}"
+
+    return re.sub(r"""href=(["'])#([^"']+)\1""", relink, html)
 
 
 def section_id(page: str) -> str:

@@ -17,7 +17,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 from pathlib import Path
 
 import jinja2
@@ -32,6 +34,7 @@ from tools.literate import (
     compare,
     i18n,
     learning_path,
+    pdf,
     pipeline,
     reading,
     test_results,
@@ -59,6 +62,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         # on the same config: the nav as configured, before lessons were added to it,
         # and each edition's search entries, written together after the last build.
         self.configured_nav = None
+        self.alternate = None  # mkdocs.yml's extra.alternate, before anyone edits it
         self.search: dict[str, list[dict]] = {}
 
     def on_config(self, config):
@@ -110,6 +114,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             }
         if self.configured_nav is None:
             self.configured_nav = list(config.nav or [])
+            self.alternate = copy.deepcopy(config.extra.get("alternate"))
         config.nav = self._nav(self.configured_nav)
         for name, urls in (
             ("literate.css", config.extra_css),
@@ -334,12 +339,35 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         body = f'<div class="lit-page">{rendered.body}</div>'
         return html.replace(f"<p>{_BODY_PLACEHOLDER}</p>", body)
 
+    # Material fetches `sitemap.xml` beside every alternate-language link to map the
+    # page to its translation; the i18n plugin's links to the same page in the other
+    # edition would make that a 404 on every page. The links stay the editions' roots
+    # (as the i18n plugin computed them), and each root has its sitemap (on_post_build).
+    @event_priority(0)
+    def on_page_context(self, context, page, config, nav):
+        if self.alternate:
+            # The i18n plugin sets both the attribute and the item; the theme reads
+            # the attribute.
+            config.extra.alternate = copy.deepcopy(self.alternate)
+            config.extra["alternate"] = copy.deepcopy(self.alternate)
+        return context
+
     # After the search plugin has written its index, and after the i18n plugin has
     # built the other editions and merged their indexes into it.
     @event_priority(-110)
     def on_post_build(self, config):
         if self.editions is not None and self.editions.building:
             return  # an edition built inside the English build: its entries wait
+        printable = Path(config.site_dir) / "print_page" / "index.html"
+        if printable.exists():
+            html = pdf.namespace_ids(printable.read_text(encoding="utf-8"))
+            html = pdf.link_unprinted_pages(html, Path(config.site_dir))
+            printable.write_text(html, encoding="utf-8")
+        sitemap = Path(config.site_dir) / "sitemap.xml"
+        for language in self.search:
+            if language != "en" and sitemap.exists():
+                edition = Path(config.site_dir) / language
+                shutil.copyfile(sitemap, edition / "sitemap.xml")
         index_path = Path(config.site_dir) / "search" / "search_index.json"
         if not index_path.exists():
             return

@@ -479,7 +479,7 @@ def _worksheet(facts: PageFacts) -> str:
         "the repository:</p>"
         f"<pre><code>pytest --lesson {html.escape(facts.lesson_path)} "
         f"--worksheet {stem}_worksheet.py</code></pre>"
-        '<div class="lit-bench-wrap"><table><thead><tr><th>Region</th><th>Hint</th>'
+        '<div class="lit-worksheet-wrap"><table><thead><tr><th>Region</th><th>Hint</th>'
         f"<th>Graded by</th></tr></thead><tbody>{rows}</tbody></table></div></div>"
     )
 
