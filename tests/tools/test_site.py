@@ -227,8 +227,11 @@ class Visit:
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on(
             "console",
+            # A failed load names its URL in the message's location.
             lambda message: (
-                self.errors.append(message.text) if message.type == "error" else None
+                self.errors.append(f"{message.text} {message.location.get('url', '')}")
+                if message.type == "error"
+                else None
             ),
         )
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
@@ -1097,8 +1100,13 @@ def test_the_chinese_edition_reads_in_chinese_around_the_same_code(
         ".includes('Initializing')",
         timeout=30000,
     )
-    search.press_sequentially("条件数", delay=30)
-    hit = page.locator('.md-search-result__item a[href*="zh/lessons/"]').first
+    # An input method commits Chinese whole: fill the box, then the key event the
+    # theme searches on.
+    search.fill("条件数")
+    search.press("End")
+    hit = page.locator(
+        f'.md-search-result__item a[href*="zh/lessons/{key}/"][href*="#"]'
+    ).first
     hit.wait_for(timeout=15000)
     assert not visit.foreign_requests() and not visit.errors, visit.errors
     english.context.close()

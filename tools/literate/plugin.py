@@ -28,6 +28,7 @@ from mkdocs.config.base import Config
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
+from mkdocs_jupyter.plugin import NotebookFile
 
 from tools.literate import (
     LessonError,
@@ -196,6 +197,17 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
     # sees from disk, and these are generated).
     @event_priority(-110)
     def on_files(self, files: Files, config):
+        notebooks = config.plugins.get("mkdocs-jupyter")
+        if self.editions is not None and notebooks is not None:
+            # The i18n plugin re-creates every file as a plain one, so a notebook page
+            # would be copied as JSON (in a translated edition, over the English
+            # page): make it a notebook page again, under the edition's prefix.
+            files = notebooks.on_files(files, config)
+            for file in files:
+                if self.prefix and isinstance(file, NotebookFile):
+                    file.dest_path = self.prefix + file.dest_path
+                    file.abs_dest_path = str(Path(config.site_dir) / file.dest_path)
+                    file.url = file._get_url(config.use_directory_urls)
         for asset in sorted(p for p in ASSETS.rglob("*") if p.is_file()):
             url = f"{ASSET_URL}/{asset.relative_to(ASSETS).as_posix()}"
             files.append(File.generated(config, url, abs_src_path=str(asset)))
