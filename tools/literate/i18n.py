@@ -15,8 +15,11 @@ Each file is Markdown with one marker line per unit:
     每一层神经网络都是一次矩阵乘法……
 
 When the English of a unit changes its hash changes, and the unit is *stale*: the page
-shows the English until the translation is brought up to date. `python -m
-tools.literate.i18n check` lists stale and missing units (the test suite runs it);
+shows the English until the translation is brought up to date. A unit is *altered*
+when its translation lost or changed a code span, math, a citation or a link target of
+the English: those are carried over verbatim, and the page shows the English until they
+are. `python -m tools.literate.i18n check` lists missing, stale and altered units (the
+test suite runs it);
 `python -m tools.literate.i18n skeleton FILE` writes a file to translate, with every
 unit's English in place and its hash filled in.
 
@@ -30,6 +33,7 @@ import argparse
 import hashlib
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +48,13 @@ MARKER = re.compile(
 CJK = re.compile(r"[\u4e00-\u9fff]")
 HAN = re.compile(r"[\u4e00-\u9fff]+")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+# What a translation must carry over from its English unchanged: code spans, math,
+# citation keys and link targets (`marks`).
+CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
+MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$", re.S)
+MATH_INLINE = re.compile(r"(?<!\\)\$(.+?)(?<!\\)\$", re.S)
+CITATION = re.compile(r"\[@[^\]]*\]")
+LINK_TARGET = re.compile(r"\]\(([^)\s]+)")
 
 # What the Chinese edition must cover: the home page, the learning path, the competency
 # checklist, and every lesson of stage 1 (`required` reads stage 1 from the curriculum).
@@ -67,7 +78,7 @@ class Unit:
 class Status:
     path: str  # the translation file, from the project root
     unit: str
-    state: str  # "missing" or "stale"
+    state: str  # "missing", "stale" or "altered"
     hint: str = ""  # for a stale unit, the hash of its English now
 
 
@@ -106,6 +117,32 @@ def page_units(markdown: str) -> list[Unit]:
         for i, lines in units
         if "".join(lines).strip()
     ]
+
+
+def marks(markdown: str) -> Counter[str]:
+    """What must survive translation verbatim, counted: every code span, every piece of
+    math, every cited key and every link target (whitespace inside them normalised,
+    since the translation wraps its lines elsewhere)."""
+    found: Counter[str] = Counter()
+    for span in CODE_SPAN.finditer(markdown):
+        found["code `" + " ".join(span.group(2).split()) + "`"] += 1
+    text = CODE_SPAN.sub(" ", markdown)
+    for pattern in (MATH_BLOCK, MATH_INLINE):
+        for math in pattern.finditer(text):
+            found["math $" + " ".join(math.group(1).split()) + "$"] += 1
+        text = pattern.sub(" ", text)
+    for citation in CITATION.finditer(text):
+        for key in re.findall(r"@([\w:-]+)", citation.group(0)):
+            found["citation @" + key] += 1
+    for target in LINK_TARGET.finditer(text):
+        found["link (" + target.group(1) + ")"] += 1
+    return found
+
+
+def dropped(english: str, translation: str) -> list[str]:
+    """The marks of the English that the translation lacks (it may repeat one, as when
+    it gives a term in both languages, but it may not lose or change one)."""
+    return sorted((marks(english) - marks(translation)).elements())
 
 
 # ---- the stored files ----------------------------------------------------------------
@@ -151,18 +188,21 @@ def write(path: Path, units: list[Unit], stored: dict[str, tuple[str, str]]) -> 
 
 
 def translated(units: list[Unit], stored: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """{unit id: translation} for the units whose translation is up to date."""
+    """{unit id: translation} for the units whose translation is up to date and keeps
+    the English's code, math, citations and links."""
     return {
         unit.id: stored[unit.id][1]
         for unit in units
         if unit.id in stored
         and stored[unit.id][0] == source_hash(unit.english)
         and CJK.search(stored[unit.id][1])
+        and not dropped(unit.english, stored[unit.id][1])
     }
 
 
 def statuses(units: list[Unit], stored: dict, path: str) -> list[Status]:
-    """The units of one file that are missing (absent, or still English) or stale."""
+    """The units of one file that are missing (absent, or still English), stale, or
+    altered (a code span, math, citation or link target of the English lost)."""
     found = []
     for unit in units:
         if unit.id not in stored or not CJK.search(stored[unit.id][1]):
@@ -170,6 +210,10 @@ def statuses(units: list[Unit], stored: dict, path: str) -> list[Status]:
         elif stored[unit.id][0] != source_hash(unit.english):
             now = source_hash(unit.english)
             found.append(Status(path, unit.id, "stale", f" (English now: {now})"))
+        elif lost := dropped(unit.english, stored[unit.id][1]):
+            more = f" and {len(lost) - 3} more" if lost[3:] else ""
+            shown = ", ".join(lost[:3]) + more
+            found.append(Status(path, unit.id, "altered", f" (lost: {shown})"))
     return found
 
 
@@ -262,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    check_parser = commands.add_parser("check", help="list missing and stale units")
+    check_parser = commands.add_parser(
+        "check", help="list missing, stale and altered units"
+    )
     check_parser.add_argument("--language", default="zh", choices=LANGUAGES)
     skeleton = commands.add_parser(
         "skeleton",
@@ -278,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         found = check(root, args.language, curriculum)
         for status in found:
             print(f"{status.state:8} {status.path} · {status.unit}{status.hint}")
-        print(f"{len(found)} unit(s) missing or stale")
+        print(f"{len(found)} unit(s) missing, stale or altered")
         return 1 if found else 0
     for name in args.files:
         path = Path(name)
