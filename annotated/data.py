@@ -14,12 +14,16 @@ eight directions.
 
 `cached_weights` keeps what one lesson trains for a later one (a feature extractor, a
 diffusion model) as a safetensors file in the user's cache folder, named after the
-source file that trained it, so that a changed lesson trains again.
+code of the source file that trained it (`code_sha256`), so that a lesson whose code
+changed trains again, and one whose prose changed does not.
 """
 
 import hashlib
+import io
 import os
+import re
 import tempfile
+import tokenize
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -310,12 +314,47 @@ def cache_folder() -> Path:
     return Path(base) / "annotated-dl"
 
 
+# A C or CUDA comment, or a string or character literal that may contain `//` or `/*`.
+C_COMMENT_OR_LITERAL = re.compile(
+    r"//[^\n]*|/\*.*?\*/|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'", re.DOTALL
+)
+
+
+def code_sha256(source: str, suffix: str = ".py") -> str:
+    """The SHA-256 of the code in a lesson's source, without its prose: what its results
+    depend on. A lesson's prose is its comments (and, in Python, its module docstring,
+    which holds the front matter and the introduction), so rewording a paragraph keeps
+    the hash and changing a statement, a literal or a docstring of a function does not.
+
+    Python (`suffix` ".py") is hashed token by token, without comments, blank lines or
+    the module docstring; C, C++ and CUDA (".cu", ".cpp", ".h") line by line, without
+    comments, blank lines or indentation."""
+    if suffix == ".py":
+        tokens = [
+            token
+            for token in tokenize.generate_tokens(io.StringIO(source).readline)
+            if token.type not in (tokenize.COMMENT, tokenize.NL)
+        ]
+        if tokens[0].type == tokenize.STRING and tokens[1].type == tokenize.NEWLINE:
+            tokens = tokens[2:]  # the module docstring
+        code = "\n".join(f"{tokenize.tok_name[t.type]} {t.string}" for t in tokens)
+    elif suffix in (".cu", ".cpp", ".h"):
+        code = C_COMMENT_OR_LITERAL.sub(
+            lambda m: " " if m.group(0)[0] == "/" else m.group(0), source
+        )
+        code = "\n".join(line.strip() for line in code.splitlines() if line.strip())
+    else:
+        raise ValueError(f"suffix must be '.py', '.cu', '.cpp' or '.h', got {suffix!r}")
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
 def cached_weights(name: str, source: str | Path, train: Callable[[], dict]) -> dict:
     """The tensors `train()` returns, trained once and then read back.
 
-    The file is `<cache_folder()>/<name>-<first 12 hex digits of the SHA-256 of
+    The file is `<cache_folder()>/<name>-<first 12 hex digits of code_sha256 of
     source>.safetensors`, where `source` is the lesson file that trains them (pass
-    `__file__`): editing that lesson changes the name, so stale weights are never read.
+    `__file__`): changing that lesson's code changes the name, so stale weights are
+    never read, while editing its prose or front matter keeps them.
     `train` returns a `{name: torch.Tensor}` dict (a `state_dict()`); the file is
     written to a temporary name and renamed, so an interrupted run leaves nothing
     half-written behind.
@@ -327,7 +366,7 @@ def cached_weights(name: str, source: str | Path, train: Callable[[], dict]) -> 
         raise ValueError(f"source must be the file that trains the weights: {source}")
     from safetensors.torch import load_file, save_file
 
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    digest = code_sha256(source.read_text(encoding="utf-8"), source.suffix)[:12]
     path = cache_folder() / f"{name}-{digest}.safetensors"
     if path.is_file():
         return load_file(path)

@@ -8,7 +8,13 @@ import pytest
 from sklearn.datasets import load_digits
 
 from annotated import data
-from annotated.data import cached_weights, digit_images, digits, two_moons
+from annotated.data import (
+    cached_weights,
+    code_sha256,
+    digit_images,
+    digits,
+    two_moons,
+)
 
 
 def test_two_moons_shapes_labels_and_geometry():
@@ -81,10 +87,88 @@ def test_cached_weights_trains_once_per_source_version(tmp_path, monkeypatch):
     assert torch.equal(again["weight"], first["weight"])
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".safetensors"]
 
-    source.write_text("version = 2\n")  # an edited lesson trains again
+    # Reworded prose keeps the weights; changed code trains again.
+    source.write_text('"""The extractor."""\n\n# Its version.\nversion = 1  # one\n')
+    cached_weights("extractor", source, train)
+    assert len(calls) == 1
+    source.write_text("version = 2\n")
     cached_weights("extractor", source, train)
     assert len(calls) == 2
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+PYTHON = '''r"""
+---
+title: A lesson
+---
+Its introduction.
+"""
+
+# Prose for the function below.
+def f(x):
+    """Its docstring is code: help(f) prints it."""
+    return x + 1  # [n]
+'''
+CUDA = """/*
+---
+title: A kernel
+---
+*/
+// Prose for the kernel below.
+__global__ void k(float *x) {
+    x[0] = 1.0f;  // one write
+    printf("// stays, /* too */");  /* block */
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "source, suffix, prose_edit, code_edits",
+    [
+        (
+            PYTHON,
+            ".py",
+            lambda s: (
+                s.replace("Its introduction.", "Reworded.\n\n# More prose.")
+                .replace("title: A lesson", "title: Renamed")
+                .replace("# [n]", "# [n, d]")
+                .replace("\ndef", "\n\n\ndef")
+            ),
+            [
+                lambda s: s.replace("x + 1", "x + 2"),
+                lambda s: s.replace("is code", "is still code"),
+                lambda s: s.replace("    return", "    y = 0\n    return"),
+            ],
+        ),
+        (
+            CUDA,
+            ".cu",
+            lambda s: (
+                s.replace("title: A kernel", "title: Renamed")
+                .replace("one write", "a single write")
+                .replace("/* block */", "/* a\n   block */")
+                .replace("// Prose", "//\n// Prose")
+            ),
+            [
+                lambda s: s.replace("1.0f", "2.0f"),
+                lambda s: s.replace("stays, /* too */", "stays"),
+                lambda s: s.replace("x[0]", "x[1]"),
+            ],
+        ),
+    ],
+)
+def test_code_sha256_changes_with_the_code_and_not_with_the_prose(
+    source, suffix, prose_edit, code_edits
+):
+    digest = code_sha256(source, suffix)
+    edited = prose_edit(source)
+    assert edited != source
+    assert code_sha256(edited, suffix) == digest
+    for edit in code_edits:
+        assert edit(source) != source
+        assert code_sha256(edit(source), suffix) != digest, edit(source)
+    with pytest.raises(ValueError, match="suffix must be"):
+        code_sha256(source, ".rs")
 
 
 def test_cached_weights_writes_nothing_when_training_fails(tmp_path, monkeypatch):

@@ -144,7 +144,9 @@ def sources() -> dict[str, str]:
     """{lesson file: sha256} of the kernel lessons, so a stored report can tell the
     page whether it was measured on the current source."""
     return {
-        path.relative_to(ROOT).as_posix(): results_sha256(path.read_text("utf-8"))
+        path.relative_to(ROOT).as_posix(): results_sha256(
+            path.read_text("utf-8"), path.suffix
+        )
         for path in kernel_modules().values()
         if path.exists()
     }

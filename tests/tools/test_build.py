@@ -140,7 +140,7 @@ def test_stale_figures_are_flagged_not_shown_silently(project, monkeypatch):
         "lit-stale" not in page and "A straight line, drawn to test the store." in page
     )
     lesson = project / LESSON
-    lesson.write_text(lesson.read_text() + "\n# an edit\n")
+    lesson.write_text(lesson.read_text() + "\nEDITED = True\n")  # code, not prose
     stale = build(project)
     assert stale.returncode == 0, stale.stderr
     page = (project / "site/lessons/demo/tiny_model/index.html").read_text()

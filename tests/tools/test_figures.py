@@ -32,7 +32,10 @@ def test_figures_are_stored_with_the_source_hash_and_go_stale(lesson, project):
         (project / "docs/figures/demo/tiny_model/figures.json").read_text()
     )
     assert manifest["source_sha256"] == lesson.source_sha256()
-    lesson.path.write_text(lesson.path.read_text() + "\n# an edit\n")
+    # Prose changes no output; code does.
+    lesson.path.write_text(lesson.path.read_text() + "\n# A closing remark.\n")
+    assert figures.read(lesson, project / "docs").fresh
+    lesson.path.write_text(lesson.path.read_text() + "\nEDITED = True\n")
     assert not figures.read(lesson, project / "docs").fresh
 
 
@@ -150,5 +153,5 @@ def test_bench_long(benchmark):
         by_name["test_bench_short"], by_name["test_bench_long"]
     )
     assert words.endswith("faster than long") and "×" in words
-    lesson.path.write_text(lesson.path.read_text() + "\n# an edit\n")
+    lesson.path.write_text(lesson.path.read_text() + "\nEDITED = True\n")
     assert not benchmarks.read(lesson, project / "docs").fresh

@@ -14,7 +14,6 @@ import ast
 import hashlib
 import os
 import posixpath
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,24 +120,25 @@ class LessonFile:
 
     def source_sha256(self) -> str:
         """The hash stored results are made from: they go stale when it changes."""
-        return results_sha256(self.path.read_text(encoding="utf-8"))
+        return results_sha256(self.path.read_text(encoding="utf-8"), self.path.suffix)
 
     def diagram(self, kind: str) -> str:
         """The site path of a diagram's SVG file, opened full size in the lightbox."""
         return f"diagrams/{self.key}/{kind}.svg"
 
 
-# A lesson's front matter: the first block between two `---` lines.
-FRONT_MATTER = re.compile(r"^---[ \t]*\n.*?^---[ \t]*\n", re.MULTILINE | re.DOTALL)
-
-
-def results_sha256(source: str) -> str:
+def results_sha256(source: str, suffix: str = ".py") -> str:
     """The hash of what a lesson's stored results (figures, benchmarks, GPU numbers)
-    depend on: its source without the front matter. The front matter describes the
-    lesson (its title, time, references, expected result and exercises) and changes no
-    output, so editing it leaves the stored results fresh; the figures tool checks the
-    declared expected result against its stored one separately."""
-    return hashlib.sha256(FRONT_MATTER.sub("", source, count=1).encode()).hexdigest()
+    depend on: its code, without its prose or front matter
+    (`annotated.data.code_sha256`, which also names the weights one lesson trains for
+    another). The front matter
+    describes the lesson (its title, time, references, expected result and exercises)
+    and the prose explains it; neither changes an output, so editing them leaves the
+    stored results fresh. The figures tool checks the declared expected result against
+    its stored one separately."""
+    from annotated.data import code_sha256
+
+    return code_sha256(source, suffix)
 
 
 def page_url(src: str, use_directory_urls: bool) -> str:

@@ -79,7 +79,7 @@ def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
     if source_key not in _PARSED:
         _PARSED[source_key] = parse(source, file.path)
     lesson = _PARSED[source_key]
-    sha256 = results_sha256(source)  # as file.source_sha256()
+    sha256 = results_sha256(source, file.path.suffix)  # as file.source_sha256()
     test_path = file.root / file.test
     test_source = test_path.read_text(encoding="utf-8") if test_path.exists() else None
     manifest = _text(docs_dir / file.figures_folder / MANIFEST)
