@@ -133,13 +133,13 @@ import triton.language as tl  # noqa: E402
 #
 # 64 for a $128 \times 128$ tile and 85 for $128 \times 256$, whatever $K$ is. If every
 # program fetched its panels from HBM, even the largest tile that fits in a streaming
-# multiprocessor's 228 KB of shared memory would sit at a third of the ridge, and the
-# tensor cores would wait on memory two thirds of the time. The missing factor has to
-# come from reuse *between* programs: program $(i, j)$ and program $(i, j + 1)$ read the
-# same panel of $A$, and if they run at about the same time the second finds it in the
-# 50 MB L2 cache that all the multiprocessors share. How much sharing happens depends
-# on which programs run together, which is the launch order, the subject of the next
-# section.
+# multiprocessor's 228 KB of shared memory would sit at two fifths of the ridge (85 of
+# 206), and the tensor cores would wait on memory more than half the time. The missing
+# factor has to come from reuse *between* programs: program $(i, j)$ and program
+# $(i, j + 1)$ read the same panel of $A$, and if they run at about the same time the
+# second finds it in the 50 MB L2 cache that all the multiprocessors share. How much
+# sharing happens depends on which programs run together, which is the launch order,
+# the subject of the next section.
 #
 # The same reasoning, one level down, chose the loop order in the
 # [pure-Python matrix lesson](../foundations/matrix.md): there the reuse was of rows in
@@ -243,10 +243,10 @@ def tile_coordinates(
 # | `GROUP_M = 16` | 224 | 533 |
 # | each input once | 67 | 1,365 |
 #
-# Two things stand out. Grouping in 2 or 4 rows is *worse* than row-major: a group of
+# Two things stand out. Grouping in 4 rows is *worse* than row-major: a group of
 # 4 rows is 128 programs, fewer than a wave, so each wave still sweeps every column
 # and now spans two groups' rows as well. Grouping pays once a group holds more than a
-# wave, and a wave's footprint is smallest when it is square, $	ext{GROUP\_M}
+# wave, and a wave's footprint is smallest when it is square, $\text{GROUP\_M}
 # \approx \sqrt{132} \approx 11$. And at this size both orders clear the ridge of 206
 # FLOP per byte: the L2 turns a tile's 63 into several hundred either way. The order
 # starts to decide the roofline for wider matrices: at $16384^3$ a row of tiles is 128
@@ -384,7 +384,7 @@ def matmul_kernel(
 # tile's intensity, $b_m b_n / (b_m + b_n)$, but need more registers for the
 # accumulator and more shared memory per pipeline stage
 # ($(b_m + b_n) \cdot b_k \cdot 2$ bytes in float16: 48 KB for $128 \times 256 \times
-# 64$, so three stages fit in an H200's 228 KB and four do not), and fewer, larger
+# 64$, so four stages fit in an H200's 228 KB and five do not), and fewer, larger
 # programs fill the 132 multiprocessors less evenly on small problems.
 # `triton.autotune` times each of a handful of configurations the first time the
 # kernel meets a new `(M, N, K)` (and new dtypes), and keeps the fastest. The

@@ -617,7 +617,7 @@ def example():
 # accuracy while training accuracy stays at 100 %. Layer norm does as well as batch norm
 # here, though it adds no noise: on this small problem it helps by conditioning the
 # optimisation, not by regularising. Decoupled decay at $\lambda = 0.5$ shrinks the
-# weights by $\eta\lambda = 5 	imes 10^{-4}$ a step, and Adam's steps outpace it: the
+# weights by $\eta\lambda = 5 \times 10^{-4}$ a step, and Adam's steps outpace it: the
 # gap barely moves. Two results are less flattering, and worth knowing. Shifted digits
 # narrow the gap most, to 3.7, but by lowering *training* accuracy to 94.5 %: the 8×8
 # digits are centred, no test digit is shifted, and 100 epochs are too few to fit the
