@@ -322,22 +322,33 @@ C_COMMENT_OR_LITERAL = re.compile(
 
 def code_sha256(source: str, suffix: str = ".py") -> str:
     """The SHA-256 of the code in a lesson's source, without its prose: what its results
-    depend on. A lesson's prose is its comments (and, in Python, its module docstring,
-    which holds the front matter and the introduction), so rewording a paragraph keeps
-    the hash and changing a statement, a literal or a docstring of a function does not.
+    depend on. A lesson's prose is its comments and its docstrings (the module's holds
+    the front matter and the introduction), so rewording a paragraph keeps the hash and
+    changing a statement or a literal does not.
 
     Python (`suffix` ".py") is hashed token by token, without comments, blank lines or
-    the module docstring; C, C++ and CUDA (".cu", ".cpp", ".h") line by line, without
-    comments, blank lines or indentation."""
+    docstrings (a string that is a statement on its own, which Python only keeps as
+    `__doc__`); C, C++ and CUDA (".cu", ".cpp", ".h") line by line, without comments,
+    blank lines or indentation."""
     if suffix == ".py":
         tokens = [
             token
             for token in tokenize.generate_tokens(io.StringIO(source).readline)
             if token.type not in (tokenize.COMMENT, tokenize.NL)
         ]
-        if tokens[0].type == tokenize.STRING and tokens[1].type == tokenize.NEWLINE:
-            tokens = tokens[2:]  # the module docstring
-        code = "\n".join(f"{tokenize.tok_name[t.type]} {t.string}" for t in tokens)
+        starts = (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+        docstrings = {
+            i
+            for i, token in enumerate(tokens)
+            if token.type == tokenize.STRING
+            and (i == 0 or tokens[i - 1].type in starts)
+            and tokens[i + 1].type == tokenize.NEWLINE
+        }
+        code = "\n".join(
+            f"{tokenize.tok_name[token.type]} {token.string}"
+            for i, token in enumerate(tokens)
+            if i not in docstrings and i - 1 not in docstrings  # nor its NEWLINE
+        )
     elif suffix in (".cu", ".cpp", ".h"):
         code = C_COMMENT_OR_LITERAL.sub(
             lambda m: " " if m.group(0)[0] == "/" else m.group(0), source

@@ -106,7 +106,7 @@ Its introduction.
 
 # Prose for the function below.
 def f(x):
-    """Its docstring is code: help(f) prints it."""
+    """Its docstring is prose, rendered beside the code."""
     return x + 1  # [n]
 '''
 CUDA = """/*
@@ -133,10 +133,11 @@ __global__ void k(float *x) {
                 .replace("title: A lesson", "title: Renamed")
                 .replace("# [n]", "# [n, d]")
                 .replace("\ndef", "\n\n\ndef")
+                .replace("is prose", "is prose too")
             ),
             [
                 lambda s: s.replace("x + 1", "x + 2"),
-                lambda s: s.replace("is code", "is still code"),
+                lambda s: s.replace("x + 1", 'x + 1 if "a" else "b"'),
                 lambda s: s.replace("    return", "    y = 0\n    return"),
             ],
         ),
