@@ -543,7 +543,7 @@ def plot_returns(
 def plot_compounding(
     evaluations: dict[str, list[Evaluation]], expert_name: str, out: Path
 ) -> Path:
-    """Per step $t$, pooled over episodes: the fraction still running, and the mean
+    r"""Per step $t$, pooled over episodes: the fraction still running, and the mean
     $|\theta|$ of those that are."""
     fig, axes = figure(panels=2)
     for (label, runs), colour in zip(evaluations.items(), ("k", "C0", "C1")):

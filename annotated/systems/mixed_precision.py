@@ -414,7 +414,7 @@ class LossScaler:
     # Step 1. The multiplication is an ordinary autograd operation, so `backward()` on
     # its result sends $S$ times every gradient down the graph.
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        """$S \\cdot L$, to call `backward()` on."""
+        r"""$S \cdot L$, to call `backward()` on."""
         return loss * self.scale_value
 
     # Steps 2 and 3, once per step (a second call would divide by $S$ twice, so it is
@@ -673,7 +673,7 @@ def dataflow(
 # limits, and the scaler's scale over the float16 run: up every `growth_interval` good
 # steps, halved at each overflow.
 def plot_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: Path):
-    """A histogram of $\\log_2 |g|$ over the trained model's weight gradients, with
+    r"""A histogram of $\log_2 |g|$ over the trained model's weight gradients, with
     float16's limits."""
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()

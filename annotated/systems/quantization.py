@@ -243,7 +243,7 @@ def _broadcast(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def quantize(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, scheme: Scheme
 ) -> torch.Tensor:
-    """Integers (`int8`, same shape as `x`) with $\\hat x = s (q - z)$."""
+    r"""Integers (`int8`, same shape as `x`) with $\hat x = s (q - z)$."""
     scale, zero_point = _broadcast(scale, x), _broadcast(zero_point, x)
     q = torch.round(x * (1.0 / scale)) + zero_point
     return torch.clamp(q, scheme.qmin, scheme.qmax).to(torch.int8)
@@ -460,7 +460,7 @@ class FakeQuantize(torch.autograd.Function):
 def fake_quantize(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, scheme: Scheme
 ) -> torch.Tensor:
-    """$\\hat x$, differentiable with the straight-through estimator."""
+    r"""$\hat x$, differentiable with the straight-through estimator."""
     return FakeQuantize.apply(x, scale, zero_point, scheme)
 
 

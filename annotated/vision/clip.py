@@ -136,7 +136,7 @@ from annotated.vision.vit import VisionTransformer, check_images
 
 
 def quick_gelu(x: Tensor) -> Tensor:
-    """$x\\,\\sigma(1.702x)$, the activation of OpenAI's CLIP checkpoints."""
+    r"""$x\,\sigma(1.702x)$, the activation of OpenAI's CLIP checkpoints."""
     return x * torch.sigmoid(1.702 * x)
 
 
@@ -747,7 +747,7 @@ def class_embeddings(model: CLIP, tokenizer: WordTokenizer) -> Tensor:
 
 @torch.no_grad()
 def classify(model: CLIP, descriptions: Tensor, images: Tensor) -> Tensor:
-    """$p(c, s \\mid x)$ `[n, 15]` for images `[n, 3, H, W]`, the size summed out."""
+    r"""$p(c, s \mid x)$ `[n, 15]` for images `[n, 3, H, W]`, the size summed out."""
     image_embeds = model.encode_image(images)  # [n, d]
     logits = model.scale() * image_embeds @ descriptions.flatten(0, 1).T  # [n, 30]
     probs = logits.softmax(dim=-1).reshape(len(images), *descriptions.shape[:2])

@@ -445,8 +445,8 @@ def chance_recall(k: int, relevant: Tensor, size: int) -> float:
 
 
 def strict_ceiling(k: int, labels: Tensor) -> float:
-    """The best strict Recall@k when picture $i$'s caption is shared by
-    $n_{c(i)}$ pictures: the mean of $\\min(1, k / n_{c(i)})$."""
+    r"""The best strict Recall@k when picture $i$'s caption is shared by
+    $n_{c(i)}$ pictures: the mean of $\min(1, k / n_{c(i)})$."""
     shared = torch.bincount(labels)[labels].double()  # [N], n_c(i)
     return (k / shared).clamp(max=1).mean().item()
 

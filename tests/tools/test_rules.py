@@ -110,6 +110,16 @@ BROKEN = {
         lambda s: s.replace("[@a2020]", "[@a2020, p. 4]"),
         r"autograd\.py:15: citation \[@a2020, p\. 4\] is not rendered",
     ),
+    "a backslash in a plain docstring": (
+        lambda s: s.replace(
+            "x = np.ones(2)", 'def f():\n    """$\\\\sigma$."""\n\n\nx = np.ones(2)'
+        ),
+        r"autograd\.py:21: a docstring with a backslash is rendered as written",
+    ),
+    "a tab in the prose": (
+        lambda s: s.replace("Intro citing", "Intro $5 \times 2$ citing"),
+        r"autograd\.py:15: prose holds control character '\\t' at column 10",
+    ),
     "escape in a plain string": (
         lambda s: s.replace("x = np.ones(2)", 'x = "\\d"'),
         r"autograd\.py:\d+: .*write the string as r",

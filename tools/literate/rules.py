@@ -34,6 +34,9 @@ CITATION = re.compile(r"\[(@[\w:.-]+(?:\s*;\s*@[\w:.-]+)*)\]")
 # Anything that opens like a citation: a `[@...]` that CITATION does not match (a
 # locator, `[@key, p. 4]`) would reach the page as literal text.
 CITATION_LIKE = re.compile(r"\[@[^\]\n]*\]")
+# A tab or other control character: in prose it is almost always an escape written into
+# the file by a tool (`"\times"` in a plain Python string is a tab and "imes").
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 TIME = re.compile(r"\d+(\.\d+)? (s|min)")
 
 
@@ -64,9 +67,12 @@ def check(
     `order` is the curriculum's reading order of lesson keys.
     """
     # A CUDA C lesson is compiled by nvcc in its test file (`compile_only`).
-    problems = _compile(file, lesson.source) if lesson.language == "python" else []
+    problems = []
+    if lesson.language == "python":
+        problems += _compile(file, lesson.source) or _docstrings(file, lesson.source)
     problems += _front_matter(file, lesson)
     problems += _citations(file, lesson)
+    problems += _control_characters(file, lesson)
     problems += _place(file, lesson, order)
     problems += _test_file(file, test_source)
     problems += _exercises(file, lesson)
@@ -104,6 +110,34 @@ def _compile(file: LessonFile, source: str) -> list[LessonError]:
                 )
             ]
     return []
+
+
+def _docstrings(file: LessonFile, source: str) -> list[LessonError]:
+    """A docstring is prose, rendered as it is written in the file: in a plain string
+    `\\sigma` would show both backslashes, so one with a backslash must be raw."""
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        if not isinstance(node, kinds) or not node.body:
+            continue
+        first = node.body[0]
+        if not (
+            isinstance(first, ast.Expr)
+            and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str)
+        ):
+            continue
+        written = ast.get_source_segment(source, first.value) or ""
+        if "\\" in written and written[:1] not in "rR":
+            problems.append(
+                LessonError(
+                    file.path,
+                    first.lineno,
+                    "a docstring with a backslash is rendered as written: "
+                    'write it as r"""...""" with single backslashes',
+                )
+            )
+    return problems
 
 
 def _expected(file: LessonFile, lesson: Lesson) -> list[LessonError]:
@@ -241,6 +275,21 @@ def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
                         )
                     )
     return problems
+
+
+def _control_characters(file: LessonFile, lesson: Lesson) -> list[LessonError]:
+    return [
+        LessonError(
+            file.path,
+            number or 1,
+            f"prose holds control character {match.group(0)!r} at column "
+            f"{match.start() + 1}: a tab or an escape (\\t of \\times?) written "
+            "into the file",
+        )
+        for section in lesson.sections
+        for number, text in section.markdown
+        for match in CONTROL.finditer(text)
+    ]
 
 
 def _place(file: LessonFile, lesson: Lesson, order: list[str]) -> list[LessonError]:
