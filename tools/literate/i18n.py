@@ -57,10 +57,8 @@ CITATION = re.compile(r"\[@[^\]]*\]")
 LINK_TARGET = re.compile(r"\]\(([^)\s]+)")
 
 # What the Chinese edition must cover: the home page, the learning path, the competency
-# checklist, and every lesson of these stages (`required` reads them from the
-# curriculum).
+# checklist, and every lesson of the curriculum.
 REQUIRED_PAGES = ("index.md", "plan.md", "method.md", "schedule.md", "competencies.md")
-REQUIRED_STAGES = (1, 2)
 
 
 def source_hash(english: str) -> str:
@@ -224,9 +222,7 @@ def statuses(units: list[Unit], stored: dict, path: str) -> list[Status]:
 
 def required(root: Path, curriculum) -> tuple[list[str], list[LessonFile]]:
     """The hand-written pages and the lessons the Chinese edition must translate."""
-    modules = {
-        entry.module for entry in curriculum.lessons() if entry.stage in REQUIRED_STAGES
-    }
+    modules = {entry.module for entry in curriculum.lessons()}
     lessons = [f for f in discover(root) if f.key in modules]
     pages = [src for src in REQUIRED_PAGES if (root / "docs" / src).is_file()]
     return pages, lessons
