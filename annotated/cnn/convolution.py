@@ -545,7 +545,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 # (`aten/src/ATen/native/Convolution.cpp`), where `select_conv_backend` picks among
 # cuDNN, MKLDNN (oneDNN), depthwise kernels, and the `Slow2d` im2col fallback from the
 # shapes, dtype and device. It never picks an FFT: for the 3×3 and 1×1 kernels that
-# dominate modern networks it is slower, as the demo below shows. The three ours are
+# dominate modern networks it is slower, as the demo below shows. Our three are
 # collected here so that the example, the demo and the tests can name them.
 
 ALGORITHMS = {"direct": conv2d_direct, "im2col": conv2d_im2col, "fft": conv2d_fft}

@@ -100,10 +100,10 @@ from annotated.figures import figure, save
 # A plain stack of $3\times3$ convolutions at one resolution, each followed by a ReLU,
 # between a stem that lifts the input to `width` channels and a head that pools and
 # classifies. Every block maps a `[B, width, H, W]` map to one of the same shape, so
-# block adds exactly one activation map of $B \cdot \text{width} \cdot H W$ numbers to
-# what autograd must keep, and the memory of the stack is easy to predict. There is no
-# batch norm on purpose: it would make micro-batches compute different statistics than
-# the full batch (see the exercises).
+# each block adds exactly one activation map of $B \cdot \text{width} \cdot H W$
+# numbers to what autograd must keep, and the memory of the stack is easy to predict.
+# There is no batch norm on purpose: it would make micro-batches compute different
+# statistics than the full batch (see the exercises).
 
 
 class ConvStack(nn.Module):

@@ -335,9 +335,11 @@ def timesteps(total: int, steps: int, spacing: str = "leading") -> list[int]:
     if spacing == "leading":
         return [i * (total // steps) for i in range(steps - 1, -1, -1)]
     if spacing == "trailing":
-        # `diffusers`' arithmetic, so that halves round alike (to even). In floating
-        # point its `np.arange` sometimes makes one element too many (an extra
-        # index -1, e.g. for 29 of 50 steps): keep the first `steps`.
+        # `diffusers`' arithmetic, so that halves round as they do there: `np.round`
+        # takes a value ending in .5 to the even integer (62.5 to 62, 187.5 to 188),
+        # not always up. In floating point its `np.arange` sometimes makes one
+        # element too many (an extra index -1, e.g. for 29 of 50 steps): keep the
+        # first `steps`.
         indices = np.round(np.arange(total, 0, -total / steps))[:steps] - 1
         return indices.astype(int).tolist()
     raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
@@ -441,8 +443,9 @@ def ddim_invert(
 
 # ## The example
 #
-# Ten deterministic steps of a fresh U-Net (head perturbed, since a fresh one
-# predicts no noise at all) on two 16×16 images, out of $T = 500$.
+# Ten deterministic steps of a fresh U-Net on two 16×16 images, out of $T = 500$.
+# The U-Net's last convolution, `head`, starts at zero, so a fresh one predicts no
+# noise at all: its weights are redrawn from $N(0, 0.1^2)$.
 
 
 def example():

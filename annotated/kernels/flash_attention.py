@@ -175,7 +175,9 @@ def eager_attention(
 # 32 MiB per head in bfloat16, and `ByteCounter` (from the [fused LSTM
 # lesson](fused_lstm.md), counting every ATen call's tensor arguments and results) adds
 # up 262 MiB per head for the forward pass, eight such matrices, and 298 MiB for the
-# backward; the causal mask's `masked_fill` adds two more forward, 800 MiB in all.
+# backward. The causal mask adds 240 MiB, 800 MiB in all: 80 MiB to build the boolean
+# $N \times N$ mask (16 MiB) and 80 MiB for each `masked_fill`, forward and backward,
+# which reads the mask and reads and writes an $N \times N$ matrix.
 #
 # The arithmetic is $4N^2d$ operations forward, so eager attention does about
 # $4N^2d / (8 N^2 \cdot 2) = d/4$ operations per byte. The roofline model
@@ -197,11 +199,11 @@ def eager_attention(
 # $B_r = 128$: below the H200's 200, memory-bound by a factor of 1.6. But the cache
 # does serve them: the programs of one head run at the same time (the query block is
 # the grid's fastest axis), and one head's $K$ and $V$, 2 MiB at $N = 4096$,
-# $d = 128$, fit in an H200's 60 MB L2 many times over. With the cache the kernel is
+# $d = 128$, fit in an H200's 50 MB L2 many times over. With the cache the kernel is
 # compute-bound, and the ceiling to compare it with is the GPU's dense bf16
 # matrix-multiplication rate, which `gpu_report` measures. FlashAttention-2 reaches
-# 50–73 % of the A100's theoretical peak [@dao2023flashattention2]; the issue this
-# lesson answers asks for at least 50 % of the measured matmul rate on an H200.
+# 50–73 % of the A100's theoretical peak [@dao2023flashattention2]; this project's
+# target is at least 50 % of the measured matmul rate on an H200.
 #
 # The two functions below do the counting: `eager_traffic` on PyTorch's dispatcher, on
 # the `meta` device where tensors have shapes and no data, and `flash_traffic` by
@@ -524,7 +526,7 @@ def attention_backward_preprocess_kernel(
 # written twice: no float32 $dQ$ buffer to zero, accumulate into with
 # $N / B_c$ read-modify-writes per element and convert at the end, and gradients that
 # are bitwise reproducible, since atomic additions land in whatever order the programs
-# reach them and floating-point addition does not commute exactly. It also lets
+# reach them and floating-point addition is not associative. It also lets
 # `triton.autotune` rerun any kernel freely, which an accumulating kernel forbids.
 #
 # The key-block kernel works on transposed tiles, $S^\top_{ji} = \tau K_j Q_i^\top$,

@@ -242,8 +242,10 @@ def fused_traffic(
 # loads return 0 and their stores do nothing). The whole row then lives in registers,
 # spread over the program's warps, so $x$ is read from memory exactly once: the mean,
 # the centred values, the variance and the output are all computed from the registers.
-# That is also the kernel's limit: a row of 64 KB fills a streaming multiprocessor's
-# registers, so rows are limited to $2^{16}$ bytes (16,384 float32 or 32,768 float16
+# That is also the kernel's limit: a program has at most 16 warps (512 threads), so a
+# row of 64 KB leaves each thread 32 float32 values, or 64 float16 ones computed in
+# float32, to hold in registers, of at most 255 a thread; a longer row would spill to
+# memory. So rows are limited to $2^{16}$ bytes (16,384 float32 or 32,768 float16
 # features); a wider layer would loop over the row in chunks and read it twice.
 #
 # The variance is computed in two passes over the registers, $\frac{1}{D}\sum (x -

@@ -164,7 +164,7 @@ def softmax_backward_reference(y: Tensor, grad_y: Tensor) -> Tensor:
 # (its tensor results); views launch nothing and are skipped. On the `meta` device
 # tensors have shapes and no data, so a $4096 \times 4096$ count computes nothing.
 # The count is the traffic to memory when no operand is still in the cache from the
-# kernel before: true once the matrix outgrows the L2 cache (60 MB on an H200; a
+# kernel before: true once the matrix outgrows the L2 cache (50 MB on an H200; a
 # $4096 \times 4096$ float32 matrix is 64 MiB). The later kernel chapters (layer norm,
 # the [fused LSTM](fused_lstm.md), FlashAttention) import this counter.
 
@@ -417,7 +417,7 @@ def fused_softmax(x: Tensor) -> Tensor:
 # for ours and for `torch.softmax` alike, since both read and write at least that,
 # and compares the bandwidth with that of a 1 GiB device-to-device copy measured in
 # the same call (read and write both counted): the practical ceiling of a kernel that
-# only streams memory, which the issue asks the fused kernel to reach to 80 %. The
+# only streams memory; this project's target for the fused kernel is 80 % of it. The
 # backward is compared with ATen's fused softmax backward,
 # `torch._softmax_backward_data`, which autograd calls for `torch.softmax`. The
 # shapes are $2^{24}$ elements (64 MiB in float32, beyond the L2 cache) with 1,024 to

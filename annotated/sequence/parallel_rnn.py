@@ -2,10 +2,11 @@ r"""
 ---
 title: Parallel-training tricks for recurrent networks
 summary: >-
-  Four ways to make a recurrent network cheaper to train: truncated backpropagation
+  Five ways to make a recurrent network cheaper to train: truncated backpropagation
   through time with the state carried between chunks, packed sequences instead of
-  padding, batches bucketed by length, and a log-depth parallel scan for linear
-  recurrences, each checked against the plain computation and measured.
+  padding, batches bucketed by length, a log-depth parallel scan for linear
+  recurrences, and minGRU, a recurrent layer built for that scan; each is checked
+  against the plain computation, and the first four are measured.
 time: 25 s
 expected:
   metric: loss_k8
@@ -43,6 +44,14 @@ references:
     year: 2017
     venue: arXiv preprint (IEEE DSMP 2016)
     arxiv: "1708.05604"
+  - key: williams1940note
+    authors: [C. B. Williams]
+    title: >-
+      A Note on the Statistical Analysis of Sentence-Length as a Criterion of Literary
+      Style
+    year: 1940
+    venue: Biometrika 31(3/4)
+    url: https://doi.org/10.2307/2332615
   - key: sichel1974distribution
     authors: [H. S. Sichel]
     title: On a Distribution Representing Sentence-Length in Written Prose
@@ -119,7 +128,7 @@ of the sequence until the backward pass; and a batch of sentences of different l
 is a rectangle whose short rows are filled with padding the network still steps
 through. The [vanilla RNN](rnn.md) and the [LSTM and GRU](lstm.md) lessons build the
 cells; this one is about feeding them, with four tricks used wherever recurrent
-networks are trained.
+networks are trained and a fifth built on the last of them.
 
 1. **Truncated backpropagation through time** [@williams1990efficient] cuts a long
    stream into chunks of $k$ steps, carries the state from chunk to chunk and cuts the
@@ -139,7 +148,9 @@ networks are trained.
    dependent steps [@hillis1986data; @blelloch1990prefix]. It is what lets linear
    recurrent layers [@martin2018parallelizing; @feng2024rnns] and state-space models
    such as Mamba [@gu2023mamba] train in parallel over the length of the sequence, as
-   attention does; the lesson builds one such layer, a minGRU, on it.
+   attention does.
+5. **minGRU** [@feng2024rnns] is one such layer: a GRU whose gates no longer read
+   $h_{t-1}$, so that its recurrence is linear and runs as one scan.
 
 Each trick is checked against the computation it replaces: the chunked pass against
 one long pass, the packed LSTM against each sequence run alone, the sampler against
@@ -400,11 +411,12 @@ def run_packed(
 # ### How much padding, for realistic lengths
 #
 # Sentence lengths have a long right tail: most sentences are short, a few are very
-# long. Williams modelled them as lognormal, and Sichel's survey of English, Greek and
-# Latin prose fits a related long-tailed law [@sichel1974distribution]. We draw token
-# counts from a lognormal with a median of 20 and $\sigma = 0.6$: mean about 24,
-# standard deviation about 15, and 126 tokens for the longest of the demo's 2,048
-# draws, the shape of a tokenised corpus of sentences.
+# long. C. B. Williams modelled them as lognormal [@williams1940note], and Sichel's
+# survey of English, Greek and Latin prose fits a related long-tailed law
+# [@sichel1974distribution]. We draw token counts from a lognormal with a median of
+# 20 and $\sigma = 0.6$: mean about 24, standard deviation about 15, and 126 tokens
+# for the longest of the demo's 2,048 draws, the shape of a tokenised corpus of
+# sentences.
 #
 # `padding_fraction` measures a list of batches: the share of the padded rectangles'
 # time steps that are padding. `lstm_flops` turns time steps into forward-pass

@@ -858,7 +858,7 @@ def plot_clipping(runs: dict[str, EchoRun], max_norm: float, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Measure gradient decay for ten initialisations, compare with Pascanu's
+    """Measure gradient decay for nine initialisations, compare with Pascanu's
     Jacobian products, and train with and without clipping."""
     parser = argparse.ArgumentParser(
         description="Vanishing and exploding gradients in RNN, LSTM and GRU, measured."

@@ -609,8 +609,9 @@ torch.fx.wrap("check_module_inputs")
 
 # ## A dictionary look-up to learn
 #
-# The demo's task is associative recall [@graves2014neural], the look-up attention is
-# named after. An example is a *memory* of $n$ pairs, $3 \le n \le 12$, with $n$
+# The demo's task is associative recall [@graves2014neural], the look-up attention
+# performs: a query is matched against the keys and returns the value stored with the
+# matching key. An example is a *memory* of $n$ pairs, $3 \le n \le 12$, with $n$
 # different keys out of 32 and a value out of 32 for each (values may repeat), padded
 # to 12 slots; and $n$ *queries*, the same keys in a shuffled order. The answer to a
 # query is the value stored under its key. The padding of the memory is marked in the

@@ -402,7 +402,7 @@ def check_inputs(
 # ## The sliding window
 #
 # Blocks of $b = w$ queries. Query block $I$ spans positions $[Iw, Iw + w)$ and its
-# windows $[Iw - w, Iw + 2w - 1)$, inside blocks $I-1$, $I$ and $I+1$ (causal: $I-1$ and
+# windows $[Iw - w, Iw + 2w)$, inside blocks $I-1$, $I$ and $I+1$ (causal: $I-1$ and
 # $I$). One batched product of each query block with its three key blocks gives
 # scores `[..., N/w, w, 3w]`: $3w$ per query where $2w+1$ are needed, and nothing of
 # size $N^2$. The window is clipped to $N$, so a window wider than the sequence is

@@ -832,7 +832,7 @@ def inverse_sqrt_schedule(step: int, d_model: int, warmup: int) -> float:
 # tens, *hundred*, *thousand* and *and*. British usage puts *and* before the last part
 # under a hundred: 1,005 is "one thousand and five", 305,012 "three hundred and five
 # thousand and twelve". The task has the pieces that make translation hard, in small:
-# the two sides differ in length (13 words can make 6 digits, and 2 words, "one
+# the two sides differ in length (11 words can make 6 digits, and 2 words, "one
 # thousand", make 4), the correspondence is not one to one (*twenty* sets one digit,
 # *hundred* none, and the zeros of 305,012 have no word at all), and the model must
 # count: *thousand* means three more digits follow, whatever words come after it.
@@ -1268,9 +1268,10 @@ def check_bert_inputs(
 # `from_pretrained`: five names for the embeddings and eight per layer. No matrix
 # needs transposing (Hugging Face's BERT uses `nn.Linear`, as we do), and the query,
 # key and value projections are already separate. Three entries are left out on
-# purpose: `embeddings.position_ids`, a stored `arange`; and the *pooler*, a dense
-# layer on the `[CLS]` token that mean pooling does not use. Anything else missing or
-# left over is an error, so a checkpoint of another shape cannot load half-way.
+# purpose: `embeddings.position_ids`, a stored `arange`; and the weight and bias of
+# the *pooler*, a dense layer on the `[CLS]` token that mean pooling does not use.
+# Anything else missing or left over is an error, so a checkpoint of another shape
+# cannot load half-way.
 
 HF_BERT_LAYER = {
     "attention.self.query": "self_attn.q_proj",
