@@ -110,6 +110,10 @@ BROKEN = {
         lambda s: s.replace("[@a2020]", "[@a2020, p. 4]"),
         r"autograd\.py:15: citation \[@a2020, p\. 4\] is not rendered",
     ),
+    "citation with a locator, wrapped": (
+        lambda s: s.replace("[@a2020]", "[@a2020, chapter 4\non planning]"),
+        r"autograd\.py:15: citation \[@a2020, chapter 4 on planning\] is not rendered",
+    ),
     "a backslash in a plain docstring": (
         lambda s: s.replace(
             "x = np.ones(2)", 'def f():\n    """$\\\\sigma$."""\n\n\nx = np.ones(2)'

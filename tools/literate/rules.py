@@ -33,7 +33,7 @@ SHARED_MODULES = ("annotated/data.py", "annotated/figures.py")
 CITATION = re.compile(r"\[(@[\w:.-]+(?:\s*;\s*@[\w:.-]+)*)\]")
 # Anything that opens like a citation: a `[@...]` that CITATION does not match (a
 # locator, `[@key, p. 4]`) would reach the page as literal text.
-CITATION_LIKE = re.compile(r"\[@[^\]\n]*\]")
+CITATION_LIKE = re.compile(r"\[@[^\]]*\]")
 # A tab or other control character: in prose it is almost always an escape written into
 # the file by a tool (`"\times"` in a plain Python string is a tab and "imes").
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
@@ -253,27 +253,30 @@ def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
     }
     problems = []
     for section in lesson.sections:
-        for number, text in section.markdown:
-            for match in CITATION_LIKE.finditer(text):
-                if not CITATION.fullmatch(match.group(0)):
-                    problems.append(
-                        LessonError(
-                            file.path,
-                            number or 1,
-                            f"citation {match.group(0)} is not rendered: write "
-                            "[@key] or [@a; @b], with any locator outside",
-                        )
+        # A citation may be wrapped across lines, so each section's prose is read
+        # whole; a match reports the line it starts on.
+        numbers = [number for number, _ in section.markdown]
+        prose = "\n".join(text for _, text in section.markdown)
+        for match in CITATION_LIKE.finditer(prose):
+            if not CITATION.fullmatch(match.group(0)):
+                problems.append(
+                    LessonError(
+                        file.path,
+                        numbers[prose.count("\n", 0, match.start())] or 1,
+                        f"citation {' '.join(match.group(0).split())} is not "
+                        "rendered: write [@key] or [@a; @b], with any locator outside",
                     )
-            for key in citations(text):
-                if key not in keys:
-                    problems.append(
-                        LessonError(
-                            file.path,
-                            number or 1,
-                            f"citation [@{key}] is not in "
-                            "the front matter's references",
-                        )
-                    )
+                )
+        for match in CITATION.finditer(prose):
+            problems += [
+                LessonError(
+                    file.path,
+                    numbers[prose.count("\n", 0, match.start())] or 1,
+                    f"citation [@{key}] is not in the front matter's references",
+                )
+                for key in citations(match.group(0))
+                if key not in keys
+            ]
     return problems
 
 
