@@ -105,6 +105,26 @@ def parse_junit(xml_text: str) -> dict[str, dict[str, str]]:
     }
 
 
+def run_pytest(
+    root: Path, arguments: list[str], quiet: bool = False
+) -> dict[str, dict[str, str]]:
+    """{test file: {function: outcome}} of one fresh pytest process run in `root`,
+    read from the JUnit XML report it writes (its console output shown, or hidden when
+    `quiet`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "junit.xml"
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        subprocess.run(
+            [*command, f"--junitxml={report}", *arguments],
+            cwd=root,
+            capture_output=quiet,
+            check=False,
+        )
+        if not report.is_file():
+            raise RuntimeError("pytest wrote no report: it could not start")
+        return parse_junit(report.read_text(encoding="utf-8"))
+
+
 def _commit(root: Path) -> str:
     try:
         return subprocess.run(
@@ -142,26 +162,7 @@ def run(root: Path) -> TestResults:
     )
     if not files:
         raise ValueError("no test file named by the competency checklist exists yet")
-    with tempfile.TemporaryDirectory() as folder:
-        report = Path(folder) / "junit.xml"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "--benchmark-skip",
-                f"--junitxml={report}",
-                *files,
-            ],
-            cwd=root,
-            check=False,
-        )
-        if not report.is_file():
-            raise RuntimeError("pytest wrote no report: it could not start")
-        outcomes = parse_junit(report.read_text(encoding="utf-8"))
+    outcomes = run_pytest(root, ["--benchmark-skip", *files])
     results = TestResults(
         date=datetime.date.today().isoformat(),
         machine=machine(),

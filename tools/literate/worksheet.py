@@ -27,17 +27,16 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
 from tools.literate import LessonError
 from tools.literate.files import LessonFile, discover, select
 from tools.literate.parse import parse
+from tools.literate.test_results import run_pytest
 
 # The first line of every worksheet body: `fill` finds the bodies to put back by it.
 MARK = "# Exercise: "
@@ -251,41 +250,18 @@ def check(
     return problems
 
 
-def grade(
-    file: LessonFile, worksheet: Path, tests: list[str], scratch: Path
-) -> dict[str, bool]:
+def grade(file: LessonFile, worksheet: Path, tests: list[str]) -> dict[str, bool]:
     """{test name: passed} for the lesson's tests named in `tests`, run against the
-    worksheet file in a fresh pytest process (every parametrisation must pass)."""
-    report = scratch / "report.xml"
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        f"--junitxml={report}",
-        f"--lesson={file.relative}",
-        f"--worksheet={worksheet}",
-        "-k",
-        " or ".join(tests),
-    ]
-    subprocess.run(command, cwd=file.root, capture_output=True, text=True, check=False)
-    if not report.exists():
-        raise RuntimeError(f"{file.relative}: pytest wrote no report for {worksheet}")
-    passed = {name: True for name in tests}
-    seen = set()
-    for case in ElementTree.parse(report).iter("testcase"):
-        name = case.get("name", "").split("[")[0]
-        if name not in passed:
-            continue
-        seen.add(name)
-        if any(case.find(kind) is not None for kind in ("failure", "error", "skipped")):
-            passed[name] = False
-    for name in set(tests) - seen:
-        passed[name] = False  # not collected: nothing graded it
-    report.unlink()
-    return passed
+    worksheet file in a fresh pytest process (a test not collected did not pass)."""
+    arguments = [f"--lesson={file.relative}", f"--worksheet={worksheet}"]
+    try:
+        outcomes = run_pytest(file.root, [*arguments, "-k", " or ".join(tests)], True)
+    except RuntimeError as error:
+        raise RuntimeError(f"{file.relative}: {error} for {worksheet}") from error
+    by_name = {
+        name: o for functions in outcomes.values() for name, o in functions.items()
+    }
+    return {name: by_name.get(name) == "passed" for name in tests}
 
 
 def verify(file: LessonFile) -> dict[str, dict[str, bool]]:
@@ -313,7 +289,7 @@ def verify(file: LessonFile) -> dict[str, dict[str, bool]]:
         for kind, text in versions.items():
             path = folder / f"{file.stem}_{kind}.py"
             path.write_text(text, encoding="utf-8")
-            outcome[kind] = grade(file, path, tests, folder)
+            outcome[kind] = grade(file, path, tests)
     return outcome
 
 
