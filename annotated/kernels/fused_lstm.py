@@ -189,8 +189,8 @@ def lstm_pointwise(
 # arguments) and writes (its tensor results). Views (`chunk`'s pieces, `detach`) share
 # memory and launch nothing, so they are skipped. The count is the traffic to the GPU's
 # memory when no operand is still in the cache from the kernel before: true once the
-# tensors outgrow the L2 cache (60 MB on an H200; at batch 8192 and 1024 hidden units
-# one gate tensor is 128 MB), flattering to eager PyTorch below that. Run on the
+# tensors outgrow the L2 cache (50 MB on an H200; at batch 8192 and 1024 hidden units
+# one gate tensor is 128 MiB), flattering to eager PyTorch below that. Run on the
 # `meta` device, tensors have shapes and no data, and nothing is computed at all. The
 # counter is the [softmax chapter's](softmax.md) `ByteCounter`, imported.
 

@@ -413,8 +413,10 @@ def sum_partials_kernel(
 # ## Launching
 #
 # The forward grid is one program per row. A row of `BLOCK_N` values is spread over
-# `num_warps` warps of 32 threads; the tutorial's rule, one warp per 256 values up to
-# 8 (16 for the widest rows), gives each thread 8 to 32 values to keep in registers.
+# `num_warps` warps of 32 threads: one warp per 512 bytes of the block (128 float32 or
+# 256 float16 values), at least 1 and at most 16. Up to 8 KB each thread keeps at most
+# 16 bytes in registers, 4 float32 or 8 float16 values; wider rows share the 16 warps,
+# up to 32 float32 or 64 float16 values a thread at the 64 KB limit.
 # The backward grid is `groups` programs: by default as many as the GPU's
 # multiprocessors can hold at once, one per multiprocessor for rows of 8,192 values
 # and more for narrower rows, whose programs use fewer registers. In the interpreter

@@ -677,10 +677,10 @@ def dataflow(output: Tensor):
 # Q4_0's integers, and one scale per 128 or 512 weights instead of one per 32.
 #
 # On the small GPT (float32 perplexity 30.06 on 64 windows) Q8_0 costs 0.01, Q5_0
-# 0.09, Q4_0 0.32 and Q4_1 0.38, while per-row int4, with half a bit less per weight
+# 0.09, Q4_0 0.325 and Q4_1 0.378, while per-row int4, with half a bit less per weight
 # than Q4_0, costs 0.89: most of Q4_0's advantage is its blocks. Q4_1 has the lower
 # weight error of the two 4-bit formats (0.074 against 0.082) and still scores no
-# better here; the RMS error of the weights is not the loss, and a gap of 0.05 is one
+# better here; the RMS error of the weights is not the loss, and a gap of 0.053 is one
 # measurement on one set of windows of a small model. Real 7B models show the same
 # order at larger gaps: llama.cpp's tables put Q4_0 and Q4_1 well behind Q5_0, and
 # Q8_0 within a hair of float16 [@gerganov2023llamacpp].

@@ -393,7 +393,8 @@ def gptq(
 
 
 # The one checker of the lesson, at the public boundary of `gptq` and `rtn`. It returns
-# the group size with "a whole row" spelled out.
+# the group size, with `group_size=None` (a whole row) replaced by the number of
+# columns.
 def _check(weight, h, bits, group_size, block_size, damp) -> int:
     if not isinstance(weight, Tensor) or not weight.is_floating_point():
         raise TypeError("weight must be a floating-point tensor [out, in]")

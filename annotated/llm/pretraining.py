@@ -608,8 +608,8 @@ def sample_text(model: GPT2, tokenizer: Tokenizer, tokens: int, seed: int = 0) -
 #
 # `pretrain` runs optimizer steps `start` to `stop`. On each step every process draws
 # the *global* batch of `world × accumulation × micro_batch` windows from the same
-# generator and keeps its own slice of it; one process with `world = 1` and
-# `world ×` the accumulation draws the same windows and trains on all of them, which
+# generator and keeps its own slice of it; a single process whose accumulation is
+# `world` times as large draws the same windows and trains on all of them, which
 # is what makes the two runs comparable. The loss logged is the mean over processes.
 # Every `eval_every` steps (and at the end) the validation loss and a sample are
 # logged; TensorBoard gets the training loss, the rate, the gradient norm and the
@@ -860,10 +860,11 @@ def dataflow(output):
 # A longer run shows the corpus's limit. With `--steps 2500 --eval-every 250` (5.3
 # minutes, float32) the validation loss bottoms out at 3.20 nats a token (1.16 a byte)
 # around step 1,750 and then *rises* to 3.34 by the end, while the training loss keeps
-# falling: 2,500 steps are 15 passes over 164,555 training tokens, and the model starts
-# to memorise them. Chinchilla's rule asks for about 20 tokens a parameter, 18M for
-# this model [@hoffmann2022training]; the corpus has a hundredth of that. At this
-# point a real run would need more text, not more steps.
+# falling: 2,500 steps of 16 windows of 64 tokens are 2.56M tokens, about 16 passes
+# over the 164,555 training tokens, and the model starts to memorise them.
+# Chinchilla's rule asks for about 20 tokens a parameter, 18M for this model
+# [@hoffmann2022training]; the corpus has a hundredth of that. At this point a real
+# run would need more text, not more steps.
 
 
 def plot(history: dict, settings: TrainSettings, out: Path) -> Path:

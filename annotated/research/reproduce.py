@@ -620,8 +620,9 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     return float(mean), float(mean - half), float(mean + half)
 
 
-# Step counts are multiplicative (step 4 says more), so for them we apply it to the
-# logarithms and exponentiate the three numbers: a geometric mean with its interval.
+# Step counts are multiplicative (step 4 says more), so for them we apply `t_interval`
+# to the logarithms and exponentiate the three numbers: a geometric mean with its
+# interval.
 #
 # ### Our numbers next to the paper's
 #

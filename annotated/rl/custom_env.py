@@ -406,8 +406,8 @@ if ENV_ID not in gym.registry:
 # (position, has key), where a state's neighbours follow the rules of `step` (the
 # locked door is passable once the key is held; stepping on the key sets the flag).
 # The first time the search reaches the goal it has the fewest steps $n^\ast$ and the
-# best return $1 - 0.01\,n^\ast$ [@sutton2018reinforcement, chapter 4 on planning with
-# a known model]. It returns the actions, so the test can replay them in the
+# best return $1 - 0.01\,n^\ast$ [@sutton2018reinforcement] (chapter 4, planning with
+# a known model). It returns the actions, so the test can replay them in the
 # environment.
 
 

@@ -27,6 +27,12 @@ references:
     year: 2011
     venue: AISTATS 2011
     arxiv: "1011.0686"
+  - key: laskey2017dart
+    authors: [Michael Laskey, Jonathan Lee, Roy Fox, Anca Dragan, Ken Goldberg]
+    title: "DART: Noise Injection for Robust Imitation Learning"
+    year: 2017
+    venue: CoRL 2017
+    arxiv: "1703.09327"
 worksheet:
   - region: Collector.collect
     hint: >-
@@ -670,7 +676,7 @@ if __name__ == "__main__":
 # 2. Run with `--beta-decay 0.5` and `0.9`. How much of DAgger's gain survives when
 #    the expert keeps driving for the first rounds?
 # 3. Add Gaussian noise to the expert's *executed* action while recording the clean
-#    label (DART, Laskey et al. 2017): the demonstrations now cover the states near the
+#    label (DART [@laskey2017dart]): the demonstrations now cover the states near the
 #    expert's path. How close does behaviour cloning come to DAgger?
 # 4. Measure the mistake rate $\epsilon$ of the cloned policy on the expert's own
 #    states and its cost over $T = 50, 100, \dots, 500$ steps. Does the excess cost grow

@@ -35,12 +35,12 @@ references:
     year: 2021
     venue: NeurIPS
     arxiv: "2009.14471"
-  - key: schulman2016gae
+  - key: schulman2016high
     authors: [John Schulman, Philipp Moritz, Sergey Levine, Michael Jordan,
       Pieter Abbeel]
     title: High-Dimensional Continuous Control Using Generalized Advantage Estimation
     year: 2016
-    venue: ICLR
+    venue: ICLR 2016
     arxiv: "1506.02438"
 worksheet:
   - region: CoverLandmarks.step
@@ -323,10 +323,11 @@ class CoverLandmarks(ParallelEnv):
 #
 # The actors share their weights (*parameter sharing*): one policy network
 # $\pi_\theta(a \mid o_i, e_i)$ reads agent $i$'s observation $o_i$ with the one-hot
-# $e_i$ of its index appended. Sharing triples nothing and learns from every agent's
-# experience at once; the one-hot is what lets identical weights still act
-# differently. Here it matters: two agents that see the same two landmarks need the
-# index to settle which goes where [@yu2022surprising].
+# $e_i$ of its index appended. Sharing keeps one set of weights however many agents
+# there are, and learns from every agent's experience at once; the one-hot is what
+# lets identical weights still act differently. Here it matters: two agents that see
+# the same two landmarks need the index to settle which goes where
+# [@yu2022surprising].
 #
 # The critics differ in one input. IPPO's value $V_\phi(o_i, e_i)$ sees what the actor
 # sees; MAPPO's $V_\phi(s, e_i)$ sees the global state $s$ (every position, and where
@@ -384,7 +385,7 @@ class ActorCritic(nn.Module):
 # ## Advantages: GAE
 #
 # Each agent's advantage is estimated from the team reward and *its* critic's values
-# with generalised advantage estimation [@schulman2016gae]: the temporal-difference
+# with generalised advantage estimation [@schulman2016high]: the temporal-difference
 # errors $\delta_t = r_t + \gamma V(s_{t+1})(1 - d_t) - V(s_t)$, where $d_t = 1$
 # when the episode ended at step $t$, summed with weights $(\gamma\lambda)^l$ up to
 # the end of the episode,
@@ -654,12 +655,13 @@ def train(args: Args, device: str = "cpu", progress: bool = True) -> dict:
 
 # ## Measuring cooperation
 #
-# A trained team is judged with decentralised execution: each agent samples its own
-# action from the shared actor on its own observation, and the critic is never
+# A trained team is judged with decentralised execution: each agent takes the shared
+# actor's most likely action for its own observation, and the critic is never
 # called. The *cooperation score* is the success rate, the fraction of episodes that
 # end with every landmark covered, over the same seeded episodes for every team; the
-# mean team return (at most `max_cycles`, every step fully covered) is reported beside
-# it. A random team, each agent picking uniformly among the five moves, is the floor.
+# mean team return (at most 0, reached only if every landmark is covered at every
+# step) is reported beside it. A random team, each agent picking uniformly among the
+# five moves, is the floor.
 
 
 def evaluate(

@@ -337,8 +337,8 @@ class TextEncoder(nn.Module):
 # - the patch embedding has **no bias** (a bias is redundant: the position table adds
 #   a learned vector to every token anyway), so its convolution is replaced by one
 #   without;
-# - a LayerNorm, `pre_layrnorm` (Hugging Face keeps OpenAI's typo `ln_pre`→
-#   `pre_layrnorm`), normalises the tokens *before* the first block: the paper's
+# - a LayerNorm, `pre_layrnorm` (Hugging Face's misspelling; OpenAI's name is
+#   `ln_pre`), normalises the tokens *before* the first block: the paper's
 #   "additional layer normalization to the combined patch and position embeddings"
 #   (§2.4). The ViT's `encode` has no room for it, so `encode_image` runs the ViT's
 #   embeddings and encoder itself with the norm between them;

@@ -151,13 +151,13 @@ class Projector(nn.Module):
 #
 # The image tokens occupy positions of the language model's context like any other
 # token. LLaVA-1.5's 336-pixel CLIP gives 576 image tokens, more than a quarter of
-# its Vicuna's 2,048. Our picture gives $N = 16$ (4×4 patches of 8 pixels; CLIP's
-# class token is dropped, as LLaVA drops it) of the GPT's 64 positions, and the 48 left
-# hold the prompt and the answer. The prompt is where the budget goes: the GPT's
-# tokenizer learned its 512 merges from Python's documentation, so a word it rarely
-# saw there costs a token a letter or two ("triangle" is five tokens). LLaVA-1.5's
-# Vicuna template `USER: ... ASSISTANT:` would cost 15 tokens here, so the template
-# is the shorter
+# the 2,048 positions it was trained with (its Vicuna v1.5 reads 4,096). Our picture
+# gives $N = 16$ (4×4 patches of 8 pixels; CLIP's class token is dropped, as LLaVA
+# drops it) of the GPT's 64 positions, and the 48 left hold the prompt and the
+# answer. The prompt is where the budget goes: the GPT's tokenizer learned its 512
+# merges from Python's documentation, so a word it rarely saw there costs a token a
+# letter or two ("triangle" is five tokens). LLaVA-1.5's Vicuna template
+# `USER: ... ASSISTANT:` would cost 15 tokens here, so the template is the shorter
 #
 # ```
 # <image>Q: where is the purple triangle relative to the yellow square?
@@ -855,8 +855,9 @@ if __name__ == "__main__":
 # 1. Train the blind model: the same stage 2 with every picture replaced by a black
 #    one. Does its accuracy reach the prior computed by counting, and on which
 #    question types does it beat it?
-# 2. Skip stage 1 (`--stage1-steps` 2) and give stage 2 the saved steps. LLaVA's
-#    ablation found the alignment stage matters; does it here, and for which
+# 2. Skip stage 1 as nearly as the script allows, `--stage1-steps 2` (it refuses
+#    fewer than 2), and give stage 2 the 98 saved steps (`--stage2-steps 398`).
+#    LLaVA's ablation found the alignment stage matters; does it here, and for which
 #    question types?
 # 3. Replace the two-layer projector by one linear layer (the first LLaVA's) and
 #    compare the accuracies per type.

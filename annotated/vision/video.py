@@ -73,10 +73,10 @@ TimeSformer [@bertasius2021space] factorises the attention. A block first runs
 *temporal* attention, where each patch attends only to the patches at the same place
 in the other frames ($T$ keys each), then *spatial* attention, where it attends only
 to the patches of its own frame ($N$ keys each). Information still reaches every token
-in two hops (across time, then across space), for $TN(T+N)$ scores instead of
-$(TN)^2$: 7.7 times fewer at TimeSformer's size, and the gap grows with the clip. The
-paper calls it *divided* attention and found it the most accurate of the
-factorisations it tried, ViViT's among them [@arnab2021vivit].
+in two hops (across time, then across space), for about $TN(T+N)$ scores instead of
+$(TN)^2$: 7.6 times fewer at TimeSformer's size, counting the class token, and the gap
+grows with the clip. The paper calls it *divided* attention and found it the most
+accurate of the factorisations it tried, ViViT's among them [@arnab2021vivit].
 
 This lesson builds the three attentions (joint, temporal, spatial) on one multi-head
 layer and checks what the factorisation claims: temporal attention *is* joint
