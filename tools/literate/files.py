@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import os
 import posixpath
 import tempfile
@@ -222,9 +221,12 @@ def project_imports(tree: ast.AST, root: Path) -> list[str]:
 
 
 def project_sources(tree: ast.AST, root: Path) -> dict[str, str]:
-    """{path: sha256} of the project files that an AST imports."""
+    """{path: hash of its code} of the project files that an AST imports
+    (`results_sha256`: what runs, not the prose)."""
     return {
-        path: hashlib.sha256((root / path).read_bytes()).hexdigest()
+        path: results_sha256(
+            (root / path).read_text(encoding="utf-8"), posixpath.splitext(path)[1]
+        )
         for path in project_imports(tree, root)
     }
 
