@@ -1077,6 +1077,16 @@ def test_the_chinese_edition_reads_in_chinese_around_the_same_code(
     assert han.search(page.locator("h1").first.inner_text())
     assert page.locator(".lit-facts dt").first.inner_text() == "运行"
     assert "深度学习核心基础" in page.locator(".md-nav").first.inner_text()
+    # So are the engine's own words around them, those with numbers and dates too.
+    chrome = ".lit-facts, .lit-results-title, .lit-diagram figcaption, .lit-worksheet"
+    words = f"[...document.querySelectorAll('{chrome}')].map(e => e.innerText).join()"
+    engine = re.compile(
+        r"took [\d.]+ s on|prints and draws|run outside this repository|measured with|"
+        r"compared with the baseline|shown by|in the run of|over \d+ seeds|"
+        r"read from the code|traced with|Write the lesson's core"
+    )
+    assert len(set(engine.findall(english.page.evaluate(words)))) >= 8
+    assert engine.findall(page.evaluate(words)) == []
     # ...while the code, the math and the figures are the English page's.
     code = "document.querySelectorAll('.lit-code')"
     texts = f"[...{code}].map(c => c.innerText)"

@@ -443,7 +443,127 @@ LABELS = {
         "<th>Region</th><th>Hint</th><th>Graded by</th>": (
             "<th>待实现的函数</th><th>提示</th><th>评分测试</th>"
         ),
+        "<p>Write the lesson's core yourself: ": "<p>亲手写出本章的核心：",
+        " is this file with the bodies below replaced by <code>raise "
+        "NotImplementedError</code> and a hint. Fill them in, then let the lesson's "
+        "own tests grade your file from a clone of the repository:</p>": (
+            " 就是本文件，只是下表中的函数体换成了 "
+            "<code>raise NotImplementedError</code> 和一条提示。"
+            "把它们写完，再在仓库的克隆中用本章自己的测试给你的文件评分：</p>"
+        ),
+        '<span class="lit-note">(run outside this repository: the project modules '
+        "they import are bundled in)</span>": (
+            '<span class="lit-note">'
+            "（可在本仓库之外运行：所导入的项目模块已打包在内）</span>"
+        ),
+        '<span class="lit-note">(exercise mode: see <a href="#exercises">Exercises'
+        "</a>)</span>": (
+            '<span class="lit-note">（练习模式：见'
+            '<a href="#exercises">练习</a>）</span>'
+        ),
+        '<span class="lit-note">(plain CUDA C; its Python driver is ': (
+            '<span class="lit-note">（纯 CUDA C；它的 Python 驱动是 '
+        ),
+        '<p class="lit-results-title">What ': '<p class="lit-results-title">运行 ',
+        " prints and draws</p>": " 所打印和绘制的内容</p>",
+        "<th>group</th><th>what runs</th><th>mean time</th>"
+        "<th>compared with the baseline</th>": (
+            "<th>组</th><th>运行的内容</th><th>平均时间</th><th>与基线相比</th>"
+        ),
+        '<p class="lit-machine">measured with pytest-benchmark on ': (
+            '<p class="lit-machine">由 pytest-benchmark 测量，机器：'
+        ),
+        "<td>the baseline</td>": "<td>基线</td>",
+        "none: nothing in this lesson is timed against a library": (
+            "无：本章没有与任何库对比计时的内容"
+        ),
+        "<th>measured</th><th>value</th>": "<th>测量项</th><th>数值</th>",
+        '<p class="lit-machine">measured by the prepared GPU check on ': (
+            '<p class="lit-machine">由预置的 GPU 检查测量，设备：'
+        ),
+        "not measured on a GPU yet: run <code>bash tools/gpu_check.sh</code> on a "
+        "machine with a CUDA GPU, then ": (
+            "尚未在 GPU 上测量：在有 CUDA GPU 的机器上运行 "
+            "<code>bash tools/gpu_check.sh</code>，然后运行 "
+        ),
+        "measured on an older version of this lesson: run <code>bash "
+        "tools/gpu_check.sh</code> on a machine with a CUDA GPU, then ": (
+            "测于本章的旧版本：在有 CUDA GPU 的机器上运行 "
+            "<code>bash tools/gpu_check.sh</code>，然后运行 "
+        ),
+        "the GPU check failed on ": "GPU 检查失败，设备：",
+        "these results were measured on an older version of this lesson: run": (
+            "这些结果测于本章的旧版本：请运行"
+        ),
+        "these figures were made from an older version of this lesson: run": (
+            "这些图由本章的旧版本生成：请运行"
+        ),
+        "not measured yet: run": "尚未测量：请运行",
+        "no figures yet: run": "尚无图：请运行",
+        "Classes and what they hold, read from the code": (
+            "各个类及其成员，从代码中读出"
+        ),
+        "Dataflow of the declared example, traced with torch.fx": (
+            "声明的示例的数据流，由 torch.fx 追踪"
+        ),
+        "Dataflow of the declared example, as its dataflow() declares it": (
+            "声明的示例的数据流，按其 dataflow() 的声明"
+        ),
+        "The lesson's public functions and the calls between them": (
+            "本章的公开函数及其调用关系"
+        ),
+        "The kernels, their parameters, and the launches that run them, read from "
+        "the code": "各个内核、它们的参数以及运行它们的启动，从代码中读出",
+        "The memory levels each kernel moves data through, as the lesson declares "
+        "them": "每个内核的数据所经过的各级存储，按本章的声明",
+        " · needs a CUDA GPU (it compiles the file with nvcc and loads it); the test "
+        "suite compiles it with <code>nvcc -arch=sm_90</code> on any machine": (
+            " · 需要 CUDA GPU（它用 nvcc 编译该文件并加载）；测试套件在任何机器上都用 "
+            "<code>nvcc -arch=sm_90</code> 编译它"
+        ),
+        'title="Link to this section"': 'title="链接到本节"',
+        "✓ passed</span>": "✓ 通过</span>",
+        "✗ failed</span>": "✗ 失败</span>",
+        '<span class="lit-skip">skipped</span>': '<span class="lit-skip">跳过</span>',
+        "</span>: shown by ": "</span>：由 ",
+        '(the <a href="': '（见<a href="',
+        "competency checklist</a>)": "能力清单</a>）",
     }
+}
+# The engine's words that carry numbers, names or dates: (pattern, replacement).
+PATTERNS = {
+    "zh": [
+        # the Run row
+        (
+            r"took ([\d.]+) s on (.+?) \(declared: (.+?)\)",
+            r"在 \2 上用时 \1 s（声明：\3）",
+        ),
+        (r"declared to take (.+?) on 2 CPU cores", r"声明在 2 个 CPU 核上用时 \1"),
+        # the Expected result row
+        (
+            r"</code> (\S+) over (\d+) seeds, ([\d.]+) s a run on ([^<]+)",
+            r"</code> 在 \2 个种子上为 \1，每次运行 \3 s，机器：\4",
+        ),
+        (
+            r"the short run the test makes \((<code>.*?</code>)\): ",
+            r"测试所做的短运行（\1）：",
+        ),
+        # the Benchmarks table
+        (r"([\d.]+)× slower than ([^<]+)</td>", r"慢 \1×，相对于 \2</td>"),
+        (r"([\d.]+)× faster than ([^<]+)</td>", r"快 \1×，相对于 \2</td>"),
+        (
+            r"as fast as ([^<]+) \(within 5 %\)</td>",
+            r"与 \1 一样快（相差 5 % 以内）</td>",
+        ),
+        # the Demonstrates row: the plan's own words, without the English gloss
+        (r'<em>[^<]*</em> (<span lang="zh-Hans">)', r"\1"),
+        (
+            r" \((<span class=\"lit-\w+\">.*?</span>) in the run of ([\d-]+)\)",
+            r"（\1，\2 的运行）",
+        ),
+        (r" \(not in the stored run\)", "（不在已存的运行中）"),
+        (r" \(not run yet\)", "（尚未运行）"),
+    ]
 }
 
 
@@ -451,6 +571,8 @@ def localise(body: str, language: str) -> str:
     """A rendered page body with the engine's labels in `language`."""
     for english, translated in LABELS.get(language, {}).items():
         body = body.replace(english, translated)
+    for pattern, replacement in PATTERNS.get(language, []):
+        body = re.sub(pattern, replacement, body)
     return body
 
 
