@@ -46,18 +46,18 @@ def test_stored_units_round_trip_and_a_changed_english_is_stale(tmp_path):
     assert i18n.read(path)["title"] == stored["title"]
 
 
-def test_a_translation_that_loses_code_math_a_citation_or_a_link_is_altered():
+def test_a_translation_that_loses_code_math_a_citation_a_link_or_a_marker_is_altered():
     english = (
         "Adam [@kingma2015adam; @loshchilov2019decoupled] divides by\n"
         "$\\sqrt{\\hat v} + \\epsilon$; see `torch.optim.Adam(lr,\n"
         "betas)` and [the optimisers](../foundations/optimizers.md#adam).\n\n"
-        "$$\nm_t = \\beta_1 m_{t-1}\n$$"
+        "$$\nm_t = \\beta_1 m_{t-1}\n$$\n\n<!-- compare -->"
     )
     faithful = (
         "Adam [@kingma2015adam; @loshchilov2019decoupled] 除以 $\\sqrt{\\hat v}\n"
         "+ \\epsilon$（$\\epsilon$ 防止除以零）；见 `torch.optim.Adam(lr, betas)` 和\n"
         "[优化器](../foundations/optimizers.md#adam)。\n\n"
-        "$$\nm_t = \\beta_1 m_{t-1}\n$$"
+        "$$\nm_t = \\beta_1 m_{t-1}\n$$\n\n<!-- compare -->"
     )
     assert i18n.dropped(english, faithful) == []  # rewrapped, one symbol repeated
     unit = i18n.Unit("adam", english)
@@ -66,6 +66,7 @@ def test_a_translation_that_loses_code_math_a_citation_or_a_link_is_altered():
         ("link (../foundations/optimizers.md#adam)", faithful.replace("#adam)", ")")),
         ("code `torch.optim.Adam(lr, betas)`", faithful.replace("lr, betas", "lr")),
         ("math $m_t = \\beta_1 m_{t-1}$", faithful.replace("m_{t-1}", "m_t")),
+        ("comment <!-- compare -->", faithful.replace("compare", "比较")),
     ]:
         stored = {"adam": (i18n.source_hash(english), translation)}
         (status,) = i18n.statuses([unit], stored, "f")

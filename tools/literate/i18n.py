@@ -55,6 +55,7 @@ MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$", re.S)
 MATH_INLINE = re.compile(r"(?<!\\)\$(.+?)(?<!\\)\$", re.S)
 CITATION = re.compile(r"\[@[^\]]*\]")
 LINK_TARGET = re.compile(r"\]\(([^)\s]+)")
+HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)  # where the engine puts a table or code
 
 # What the Chinese edition must cover: the home page, the learning path, the competency
 # checklist, and every lesson of the curriculum.
@@ -120,10 +121,13 @@ def page_units(markdown: str) -> list[Unit]:
 
 
 def marks(markdown: str) -> Counter[str]:
-    """What must survive translation verbatim, counted: every code span, every piece of
-    math, every cited key and every link target (whitespace inside them normalised,
-    since the translation wraps its lines elsewhere)."""
+    """What must survive translation verbatim, counted: every HTML comment (the engine
+    replaces some with a table or code), code span, piece of math, cited key and link
+    target (whitespace inside them normalised, since the translation wraps its lines
+    elsewhere)."""
     found: Counter[str] = Counter()
+    for comment in HTML_COMMENT.finditer(markdown):
+        found["comment " + " ".join(comment.group(0).split())] += 1
     for span in CODE_SPAN.finditer(markdown):
         found["code `" + " ".join(span.group(2).split()) + "`"] += 1
     text = CODE_SPAN.sub(" ", markdown)
