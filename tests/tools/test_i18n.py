@@ -98,6 +98,13 @@ def test_a_page_splits_at_headings_outside_code_and_joins_back():
     assert i18n.translate_page(page, {"use": "## 使用"}).endswith("## 使用\n")
 
 
+def test_a_pages_front_matter_is_not_a_unit(tmp_path):
+    # mkdocs reads the front matter off before the plugin translates the page.
+    path = tmp_path / "compare.md"
+    path.write_text("---\nhide:\n  - toc\n---\n\n# Compare\n\nText.\n")
+    assert [u.id for u in i18n.page_units(i18n.page_markdown(path))] == ["compare"]
+
+
 def test_the_chinese_edition_has_no_missing_stale_or_altered_unit():
     curriculum = learning_path.load(REPO / "annotated/curriculum.toml")
     pages, lessons = i18n.required(REPO, curriculum)

@@ -57,9 +57,8 @@ CITATION = re.compile(r"\[@[^\]]*\]")
 LINK_TARGET = re.compile(r"\]\(([^)\s]+)")
 HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)  # where the engine puts a table or code
 
-# What the Chinese edition must cover: the home page, the learning path, the competency
-# checklist, and every lesson of the curriculum.
-REQUIRED_PAGES = ("index.md", "plan.md", "method.md", "schedule.md", "competencies.md")
+# What the Chinese edition must cover: every hand-written page under docs/ and every
+# lesson of the curriculum (`required`).
 
 
 def source_hash(english: str) -> str:
@@ -95,6 +94,14 @@ def lesson_units(lesson: Lesson) -> list[Unit]:
     ]
     units += [Unit(s.id, s.prose) for s in lesson.sections if s.prose.strip()]
     return [unit for unit in units if unit.english.strip()]
+
+
+def page_markdown(path: Path) -> str:
+    """A hand-written page's Markdown as the build translates it: without its YAML front
+    matter (`hide:` and the like), which mkdocs reads off first."""
+    from mkdocs.utils.meta import get_data
+
+    return get_data(path.read_text(encoding="utf-8"))[0]
 
 
 def page_units(markdown: str) -> list[Unit]:
@@ -228,7 +235,8 @@ def required(root: Path, curriculum) -> tuple[list[str], list[LessonFile]]:
     """The hand-written pages and the lessons the Chinese edition must translate."""
     modules = {entry.module for entry in curriculum.lessons()}
     lessons = [f for f in discover(root) if f.key in modules]
-    pages = [src for src in REQUIRED_PAGES if (root / "docs" / src).is_file()]
+    docs = root / "docs"
+    pages = sorted(path.relative_to(docs).as_posix() for path in docs.rglob("*.md"))
     return pages, lessons
 
 
@@ -252,7 +260,7 @@ def check(root: Path, language: str, curriculum) -> list[Status]:
         if not (docs / src).is_file():
             found.append(Status(path, "*", "orphaned: no docs/" + src))
             continue
-        units = page_units((docs / src).read_text(encoding="utf-8"))
+        units = page_units(page_markdown(docs / src))
         found += statuses(units, read(root / path), path)
     for key in sorted(lesson_keys):
         file = all_lessons.get(key)
@@ -334,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(name)
         if path.parts[0] == "docs":
             src = path.relative_to("docs").as_posix()
-            units = page_units((root / path).read_text(encoding="utf-8"))
+            units = page_units(page_markdown(root / path))
             target = root / page_path(args.language, src)
         else:
             file = LessonFile(root, path.as_posix())
