@@ -5,7 +5,7 @@
 #   bash tools/setup.sh build    # mkdocs build --strict into site/
 #   bash tools/setup.sh test     # the whole test suite, as CI runs it (extra arguments go to pytest)
 #   bash tools/setup.sh pdf      # build the site, then print the book to site/book.pdf with Chromium
-#                                # (extra arguments go to tools.literate.pdf, e.g. --stage 1)
+#                                # (extra arguments go to tools.literate.pdf, e.g. --stage 1, --language zh)
 #
 # System packages (Graphviz always; Chromium for the browser test and the PDF; a Chinese font for the
 # PDF) come from apt when this runs as root on Debian or Ubuntu; anywhere else the script prints what to install and stops. Python packages come from

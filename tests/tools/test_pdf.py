@@ -39,3 +39,23 @@ def test_one_stage_prints_with_the_lessons_prose_and_code(project, tmp_path):
     assert "1 / " in text  # the page-number footer
     with pytest.raises(ValueError, match="stage 2 has no written lessons"):
         pdf.print_book(project / "site", tmp_path / "none.pdf", stage=2, root=project)
+
+
+def test_a_translated_editions_print_page_reaches_the_shared_files(tmp_path):
+    # print-site writes links from zh/print_page/ as if it stood at the root.
+    site = tmp_path / "site"
+    (site / "figures/matrix").mkdir(parents=True)
+    (site / "figures/matrix/time.png").write_bytes(b"png")
+    (site / "zh/lessons/matrix").mkdir(parents=True)
+    html = (
+        '<img src="../figures/matrix/time.png"><a href="../lessons/matrix/">m</a>'
+        '<a href="../missing/">x</a>'
+    )
+    fixed = pdf.link_shared_files(html, site / "zh", site)
+    assert '<img src="../../figures/matrix/time.png">' in fixed  # only the root has it
+    assert '<a href="../lessons/matrix/">' in fixed  # the edition has its own
+    assert '<a href="../missing/">' in fixed  # nobody has it: left for the link check
+    assert pdf.link_shared_files(html, site, site) == html  # the English edition
+    assert pdf.section_id("lessons/foundations/matrix.md", "zh") == (
+        "zh-lessons-foundations-matrix"
+    )

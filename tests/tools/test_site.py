@@ -128,6 +128,21 @@ def test_one_page_per_lesson_with_sections_diagrams_math_and_header(site):
     assert not offenders, report(offenders, "stale or missing figures or benchmarks")
 
 
+def test_each_edition_has_its_own_print_page_whose_images_resolve(site):
+    for edition, lang, title in (("", "en", "the whole book"), ("zh/", "zh", "全书")):
+        folder = site / edition / "print_page"
+        page = (folder / "index.html").read_text(encoding="utf-8")
+        assert f'<html lang="{lang}"' in page and title in page
+        first = f'id="{edition.replace("/", "-")}lessons-foundations-matrix"'
+        assert first in page  # print-site's section for the lesson
+        images = re.findall(r'<img src="([^"]+)"', page)
+        assert len(images) > 50
+        missing = [i for i in images if not (folder / i).resolve().is_file()]
+        assert not missing, missing[:5]
+    chinese = (site / "zh/print_page/index.html").read_text(encoding="utf-8")
+    assert len(re.findall(r"[\u4e00-\u9fff]", chinese)) > 100_000
+
+
 def test_no_page_loads_anything_from_another_host(site):
     for page in site.rglob("*.html"):
         # A canonical link names the published address; nothing is loaded from it.

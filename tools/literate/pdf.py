@@ -1,8 +1,9 @@
 """The book as a PDF: the site's print page (mkdocs-print-site's `print_page/`, every
-page of the English edition in reading order) printed by the same headless Chromium the
-browser test drives.
+page of an edition in reading order) printed by the same headless Chromium the browser
+test drives.
 
-    bash tools/setup.sh pdf            # build the site, then print site/book.pdf
+    bash tools/setup.sh pdf                 # build the site, then print site/book.pdf
+    bash tools/setup.sh pdf --language zh   # the Chinese edition: site/book-zh.pdf
     python -m tools.literate.pdf --site site --stage 1 --out stage1.pdf
 
 Lessons keep their side-by-side sections (prose beside code) on landscape A4, with
@@ -96,30 +97,58 @@ def link_unprinted_pages(html: str, site: Path) -> str:
     return re.sub(r"""href=(["'])#([^"']+)\1""", relink, html)
 
 
-def section_id(page: str) -> str:
+def edition(language: str) -> str:
+    """Where an edition lives in the built site: "" for English, "zh/" for Chinese."""
+    return "" if language == "en" else f"{language}/"
+
+
+SHARED = re.compile(r"""((?:src|href)=["'])\.\./([^"'#?]+)""")
+
+
+def link_shared_files(html: str, edition: Path, site: Path) -> str:
+    """A translated edition's print page with its links to the files only the site's
+    root holds (figures, downloads) reaching them: print-site makes them relative to the
+    edition's root ("../figures/..." from zh/print_page/), one level short."""
+    if edition == site:
+        return html
+
+    def relink(match):
+        path = match.group(2)
+        if (edition / path).exists() or not (site / path).exists():
+            return match.group(0)
+        return f"{match.group(1)}../../{path}"
+
+    return SHARED.sub(relink, html)
+
+
+def section_id(page: str, language: str = "en") -> str:
     """print-site's id for a page's section: "lessons/foundations/matrix.md" →
-    "lessons-foundations-matrix"."""
-    return page.removesuffix(".md").replace("/", "-")
+    "lessons-foundations-matrix" ("zh-lessons-foundations-matrix" in Chinese)."""
+    return (edition(language) + page.removesuffix(".md")).replace("/", "-")
 
 
-def stage_pages(stage: int, root: Path = ROOT) -> list[str]:
+def stage_pages(stage: int, root: Path = ROOT, language: str = "en") -> list[str]:
     """The print-page section ids of a stage's written lessons, in reading order, in
     the project at `root`."""
     curriculum = learning_path.load(root / "annotated/curriculum.toml")
     written = {file.key: file for file in discover(root)}
     return [
-        section_id(written[entry.module].page)
+        section_id(written[entry.module].page, language)
         for entry in curriculum.lessons()
         if entry.stage == stage and entry.module in written
     ]
 
 
 def print_book(
-    site: Path, out: Path, stage: int | None = None, root: Path = ROOT
+    site: Path,
+    out: Path,
+    stage: int | None = None,
+    root: Path = ROOT,
+    language: str = "en",
 ) -> int:
-    """Print the print page of `site` (built from the project at `root`) to `out`; the
-    number of print-page sections kept."""
-    page_file = site / "print_page" / "index.html"
+    """Print the print page of `site`'s edition in `language` (built from the project
+    at `root`) to `out`; the number of print-page sections kept."""
+    page_file = site / edition(language) / "print_page" / "index.html"
     if not page_file.is_file():
         raise FileNotFoundError(
             f"{page_file}: no print page; build the site first (bash tools/setup.sh "
@@ -145,13 +174,16 @@ def print_book(
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            address = f"http://127.0.0.1:{httpd.server_address[1]}/print_page/"
+            address = (
+                f"http://127.0.0.1:{httpd.server_address[1]}/"
+                f"{edition(language)}print_page/"
+            )
             page.goto(address, wait_until="load", timeout=300_000)
             kept = page.evaluate(
                 "document.querySelectorAll('section.print-page').length"
             )
             if stage is not None:
-                wanted = stage_pages(stage, root)
+                wanted = stage_pages(stage, root, language)
                 if not wanted:
                     raise ValueError(f"stage {stage} has no written lessons")
                 kept = page.evaluate(KEEP_ONLY, wanted)
@@ -189,13 +221,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", type=Path, default=ROOT / "site", help="built site")
     parser.add_argument("--out", type=Path, default=None, help="the PDF to write")
     parser.add_argument("--stage", type=int, default=None, help="print one stage only")
+    parser.add_argument(
+        "--language", choices=("en", "zh"), default="en", help="the edition to print"
+    )
     args = parser.parse_args(argv)
     if args.stage is not None and args.stage not in (1, 2, 3):
         parser.error(f"--stage must be 1, 2 or 3, got {args.stage}")
-    out = args.out or args.site / (
-        "book.pdf" if args.stage is None else f"book-stage{args.stage}.pdf"
-    )
-    kept = print_book(args.site, out, args.stage)
+    name = "book" + ("" if args.stage is None else f"-stage{args.stage}")
+    name += "" if args.language == "en" else f"-{args.language}"
+    out = args.out or args.site / f"{name}.pdf"
+    kept = print_book(args.site, out, args.stage, language=args.language)
     size = out.stat().st_size / 1e6
     print(f"{out}: {kept} pages of the site, {size:.1f} MB")
     return 0

@@ -44,6 +44,10 @@ from tools.literate.files import discover, page_url
 from tools.literate.prose import Links, rewrite_links
 
 _BODY_PLACEHOLDER = "LITERATE-PAGE-BODY"
+# The printable book's own words in a translated edition; the English ones are in
+# mkdocs.yml.
+BOOK = {"zh": {"print_page_title": "注解深度学习：全书", "toc_title": "目录"}}
+
 ASSETS = Path(__file__).parent / "assets"
 ASSET_URL = "assets/literate"
 
@@ -79,11 +83,11 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             else "en"
         )
         self.prefix = "" if self.language == "en" else f"{self.language}/"
-        # The printable book (print-site) is the English edition's: the plugin fixes
-        # its output path before the i18n plugin moves a translated edition's.
+        # Each edition prints its own book (print-site, which reads these next).
         printable = config.plugins.get("print-site")
-        if printable is not None:
-            printable.config["enabled"] = self.language == "en"
+        if printable is not None and self.language in BOOK:
+            for option, value in BOOK[self.language].items():
+                printable.config[option] = value
         try:
             self.curriculum = learning_path.load(self.root / self.config.curriculum)
         except ValueError as error:
@@ -208,6 +212,14 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                     file.dest_path = self.prefix + file.dest_path
                     file.abs_dest_path = str(Path(config.site_dir) / file.dest_path)
                     file.url = file._get_url(config.use_directory_urls)
+        printable = config.plugins.get("print-site")
+        if self.prefix and printable is not None and printable.config["enabled"]:
+            # print-site placed its page when it read the config, before the i18n
+            # plugin moved the edition's files under its prefix: move it too.
+            book = printable.print_file
+            book.dest_path = self.prefix + book.dest_path
+            book.abs_dest_path = str(Path(config.site_dir) / book.dest_path)
+            book.url = book._get_url(config.use_directory_urls)
         for asset in sorted(p for p in ASSETS.rglob("*") if p.is_file()):
             url = f"{ASSET_URL}/{asset.relative_to(ASSETS).as_posix()}"
             files.append(File.generated(config, url, abs_src_path=str(asset)))
@@ -370,11 +382,14 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
     def on_post_build(self, config):
         if self.editions is not None and self.editions.building:
             return  # an edition built inside the English build: its entries wait
-        printable = Path(config.site_dir) / "print_page" / "index.html"
-        if printable.exists():
-            html = pdf.namespace_ids(printable.read_text(encoding="utf-8"))
-            html = pdf.link_unprinted_pages(html, Path(config.site_dir))
-            printable.write_text(html, encoding="utf-8")
+        for language in self.search:
+            edition = Path(config.site_dir) / ("" if language == "en" else language)
+            printable = edition / "print_page" / "index.html"
+            if printable.exists():
+                html = pdf.namespace_ids(printable.read_text(encoding="utf-8"))
+                html = pdf.link_unprinted_pages(html, edition)
+                html = pdf.link_shared_files(html, edition, Path(config.site_dir))
+                printable.write_text(html, encoding="utf-8")
         sitemap = Path(config.site_dir) / "sitemap.xml"
         for language in self.search:
             if language != "en" and sitemap.exists():
