@@ -292,6 +292,32 @@ def test_links_are_relative_to_the_page_and_headings_nest_under_it():
     assert "\n### Stage 1 · " in text and "\n#### Weeks 1–2 · " in text
 
 
+def test_the_chinese_edition_keeps_the_plans_own_names_and_counts_in_chinese():
+    english = {page: rendered(page) for page in PAGES}
+    chinese = {
+        page: learning_path.render(
+            (DOCS / page).read_text(encoding="utf-8"),
+            CURRICULUM,
+            WRITTEN,
+            page,
+            language="zh",
+        )
+        for page in PAGES
+    }
+    path = chinese["index.md"]
+    assert "\n### 第 1 阶段 · <span" in path and "\n#### 第 1–2 周 · <span" in path
+    assert "*4–8 周，1–2 个月。*" in path and "Stage 1" not in path
+    item = CURRICULUM.stages[0].blocks[0].items["focus"][0]
+    assert item.text in english["index.md"] and item.text not in path
+    assert f'- <span lang="zh-Hans">{item.label}</span>：[' in path
+    for page, text in chinese.items():
+        headings = [line for line in text.splitlines() if line.startswith("#")]
+        placeholder = (DOCS / page).read_text(encoding="utf-8").index("<!--")
+        generated = [h for h in headings if h in text[placeholder:]]
+        assert generated and all("zh-Hans" in h for h in generated[1:]), page
+        assert len(text) > 0.5 * len(english[page])  # dropped words, not content
+
+
 def test_a_link_to_a_missing_section_raises():
     written = dict(WRITTEN)
     lesson = written["foundations/convex"]

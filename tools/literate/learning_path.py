@@ -470,7 +470,37 @@ LABELS = {
         "✗ failed": "✗ 失败",
         ">skipped<": ">跳过<",
         "not in the stored run": "不在已存储的运行结果中",
+        ">planned</span>": ">计划中</span>",
+        "*No stored run of these tests yet: `python -m tools.literate.test_results` "
+        "runs them and records the outcome here.*": (
+            "*这些测试还没有已存储的运行结果：`python -m tools.literate.test_results` "
+            "会运行它们并把结果记录在这里。*"
+        ),
     }
+}
+# Where the plan's own Chinese name stands beside our English one, the Chinese edition
+# keeps the plan's alone; the lengths and counts around them in Chinese: (pattern,
+# replacement), applied line by line.
+ZH = '<span lang="zh-Hans">'
+PATTERNS = {
+    "zh": [
+        (rf"^(#+) Stage (\d+) · [^<]* ({ZH})", r"\1 第 \2 阶段 · \3"),
+        (rf"^(#+) Weeks? ([\d–]+) · [^<]* ({ZH})", r"\1 第 \2 周 · \3"),
+        (rf"^(#+ (?:\d+\. )?)[A-Za-z][^<]* ({ZH})", r"\1\2"),  # an English title
+        (r"^\*([\d–]+) weeks?, ([\d–]+) months?\.\*", r"*\1 周，\2 个月。*"),
+        (r"^\*([\d–]+) weeks?\.\*", r"*\1 周。*"),
+        (rf"^\*\*[^*]+\*\* ({ZH}[^<]*</span>)$", r"**\1**"),
+        (rf"^- \*\*.*?\*\* ({ZH}.*?</span>)$", r"- **\1**"),
+        (rf"^- .*? \(({ZH}.*?</span>)\): ", r"- \1："),
+        (
+            r"^\*The stored run of (\S+) on (.+?) \(commit `(\w+)`\): (\d+) of (\d+) "
+            r"competencies with written tests have every one of them passing\. "
+            r"`python -m tools\.literate\.test_results` runs them again\.\*$",
+            r"*\1 在 \2 上的已存储运行（提交 `\3`）：在有测试的 \5 项能力中，"
+            r"\4 项的测试全部通过。`python -m tools.literate.test_results` "
+            r"会再次运行它们。*",
+        ),
+    ]
 }
 
 
@@ -505,6 +535,8 @@ def render(
         text = placeholders[placeholder](curriculum, links, min(level, 5))
         for english, translated in LABELS.get(language, {}).items():
             text = text.replace(english, translated)
+        for pattern, replacement in PATTERNS.get(language, []):
+            text = re.sub(pattern, replacement, text, flags=re.MULTILINE)
         markdown = markdown.replace(placeholder, text)
     return markdown
 
