@@ -307,6 +307,12 @@ def test_the_chinese_edition_keeps_the_plans_own_names_and_counts_in_chinese():
     path = chinese["index.md"]
     assert "\n### 第 1 阶段 · <span" in path and "\n#### 第 1–2 周 · <span" in path
     assert "*4–8 周，1–2 个月。*" in path and "Stage 1" not in path
+    # Our own English, the stages' summaries and the method's notes, is translated
+    # (a changed one would show in English: the table must follow it).
+    ours = [stage.summary for stage in CURRICULUM.stages]
+    ours += [group.text for group in CURRICULUM.method if group.text]
+    assert all(text in learning_path.LABELS["zh"] for text in ours)
+    assert not any(text in chinese[page] for text in ours for page in chinese)
     item = CURRICULUM.stages[0].blocks[0].items["focus"][0]
     assert item.text in english["index.md"] and item.text not in path
     assert f'- <span lang="zh-Hans">{item.label}</span>：[' in path

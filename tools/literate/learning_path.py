@@ -471,6 +471,38 @@ LABELS = {
         ">skipped<": ">跳过<",
         "not in the stored run": "不在已存储的运行结果中",
         ">planned</span>": ">计划中</span>",
+        # The stages' summaries and the study method's notes: ours, in English in
+        # curriculum.toml (a changed one shows in English until it is changed here).
+        "The mathematics under every model, neural networks from first principles, and "
+        "how PyTorch really runs.": (
+            "每个模型背后的数学，从第一性原理出发的神经网络，"
+            "以及 PyTorch 实际上如何运行。"
+        ),
+        "The models that made deep learning work, each built from its paper and "
+        "checked against a library.": (
+            "成就了深度学习的那些模型，每一个都照着论文实现，并与一个库对照检验。"
+        ),
+        "Language models from tokenizer to serving engine, multimodal models, "
+        "reinforcement learning, and a paper reproduced end to end.": (
+            "从分词器到推理服务引擎的语言模型、多模态模型、强化学习，"
+            "以及一篇从头到尾复现的论文。"
+        ),
+        "Read one key module of a real library each week, and draw it. Every lesson "
+        "page here draws its own class diagram and dataflow diagram from its code.": (
+            "每周读一个真实库中的关键模块，并把它画出来。"
+            "本站每一课的页面都从自己的代码画出类图和数据流图。"
+        ),
+        "Write the same thing at several levels, from the library call down to the "
+        "kernel, and compare them.": (
+            "在几个层次上写同一个东西，从库调用一直到内核，然后加以比较。"
+        ),
+        "Measure where the time and the memory go before changing anything.": (
+            "在改动任何东西之前，先测量时间和内存花在了哪里。"
+        ),
+        "The plan's recipe for a reproduction; the paper-reproduction lesson is laid "
+        "out in these four parts.": (
+            "计划中复现论文的做法；论文复现一课就按这四个部分编排。"
+        ),
         "*No stored run of these tests yet: `python -m tools.literate.test_results` "
         "runs them and records the outcome here.*": (
             "*这些测试还没有已存储的运行结果：`python -m tools.literate.test_results` "
