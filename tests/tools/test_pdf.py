@@ -59,3 +59,16 @@ def test_a_translated_editions_print_page_reaches_the_shared_files(tmp_path):
     assert pdf.section_id("lessons/foundations/matrix.md", "zh") == (
         "zh-lessons-foundations-matrix"
     )
+
+
+def test_links_to_pages_the_book_leaves_out_go_to_the_site_in_each_edition(tmp_path):
+    site = tmp_path / "site"
+    for folder in ("tour", "zh/tour"):
+        (site / folder).mkdir(parents=True)
+        (site / folder / "index.html").write_text("<html></html>")
+    html = '<a href="#tour">t</a><a href="#kept">k</a><p id="kept"></p>'
+    english = pdf.link_unprinted_pages(html, site)
+    assert '<a href="../tour/">' in english and '<a href="#kept">' in english
+    zh_html = html.replace("#tour", "#zh-tour")
+    chinese = pdf.link_unprinted_pages(zh_html, site / "zh", "zh")
+    assert '<a href="../tour/">' in chinese  # from zh/print_page/ to zh/tour/

@@ -83,23 +83,27 @@ def namespace_ids(html: str) -> str:
     return "".join(pieces)
 
 
-def link_unprinted_pages(html: str, site: Path) -> str:
-    """The print page with its links to pages it does not hold (the tour notebook, the
-    engine's API) pointing at those pages on the site instead of at nothing."""
-    ids = set(re.findall(r"""\sid=["']([^"']+)["']""", html))
-
-    def relink(match):
-        quote, name = match.group(1), match.group(2)
-        if name in ids or not (site / name / "index.html").is_file():
-            return match.group(0)
-        return f"href={quote}../{name}/{quote}"
-
-    return re.sub(r"""href=(["'])#([^"']+)\1""", relink, html)
-
-
 def edition(language: str) -> str:
     """Where an edition lives in the built site: "" for English, "zh/" for Chinese."""
     return "" if language == "en" else f"{language}/"
+
+
+def link_unprinted_pages(html: str, site: Path, language: str = "en") -> str:
+    """The print page of the edition at `site` with its links to pages it does not
+    hold (the tour notebook, the engine's API) pointing at those pages instead of at
+    nothing. print-site names such a link after the page's URL: "#tour", or "#zh-tour"
+    in the Chinese edition."""
+    ids = set(re.findall(r"""\sid=["']([^"']+)["']""", html))
+    prefix = edition(language).replace("/", "-")
+
+    def relink(match):
+        quote, name = match.group(1), match.group(2)
+        page = name.removeprefix(prefix)
+        if name in ids or not (site / page / "index.html").is_file():
+            return match.group(0)
+        return f"href={quote}../{page}/{quote}"
+
+    return re.sub(r"""href=(["'])#([^"']+)\1""", relink, html)
 
 
 SHARED = re.compile(r"""((?:src|href)=["'])\.\./([^"'#?]+)""")

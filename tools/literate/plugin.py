@@ -387,7 +387,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             printable = edition / "print_page" / "index.html"
             if printable.exists():
                 html = pdf.namespace_ids(printable.read_text(encoding="utf-8"))
-                html = pdf.link_unprinted_pages(html, edition)
+                html = pdf.link_unprinted_pages(html, edition, language)
                 html = pdf.link_shared_files(html, edition, Path(config.site_dir))
                 printable.write_text(html, encoding="utf-8")
         sitemap = Path(config.site_dir) / "sitemap.xml"
