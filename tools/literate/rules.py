@@ -115,6 +115,7 @@ def _compile(file: LessonFile, source: str) -> list[LessonError]:
 def _docstrings(file: LessonFile, source: str) -> list[LessonError]:
     """A docstring is prose, rendered as it is written in the file: in a plain string
     `\\sigma` would show both backslashes, so one with a backslash must be raw."""
+    lines = source.encode("utf-8").splitlines()  # ast counts columns in UTF-8 bytes
     problems = []
     for node in ast.walk(ast.parse(source)):
         kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
@@ -127,8 +128,10 @@ def _docstrings(file: LessonFile, source: str) -> list[LessonError]:
             and isinstance(first.value.value, str)
         ):
             continue
-        written = ast.get_source_segment(source, first.value) or ""
-        if "\\" in written and written[:1] not in "rR":
+        string = first.value
+        written = b"\n".join(lines[string.lineno - 1 : string.end_lineno])
+        written = written[string.col_offset :]  # from its prefix or opening quote
+        if b"\\" in written and written[:1] not in (b"r", b"R"):
             problems.append(
                 LessonError(
                     file.path,
