@@ -133,8 +133,10 @@ def test_each_edition_has_its_own_print_page_whose_images_resolve(site):
         folder = site / edition / "print_page"
         page = (folder / "index.html").read_text(encoding="utf-8")
         assert f'<html lang="{lang}"' in page and title in page
-        first = f'id="{edition.replace("/", "-")}lessons-foundations-matrix"'
-        assert first in page  # print-site's section for the lesson
+        key = f"{edition.replace('/', '-')}lessons-foundations-matrix"
+        assert f'id="{key}"' in page  # print-site's section for the lesson
+        # Its headings' ids carry the section's name, and the links to them too.
+        assert f'id="{key}-exercises"' in page and f'href="#{key}-exercises"' in page
         images = re.findall(r'<img src="([^"]+)"', page)
         assert len(images) > 50
         missing = [i for i in images if not (folder / i).resolve().is_file()]

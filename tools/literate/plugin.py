@@ -85,6 +85,10 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         self.prefix = "" if self.language == "en" else f"{self.language}/"
         # Each edition prints its own book (print-site, which reads these next).
         printable = config.plugins.get("print-site")
+        if printable is not None:
+            import mkdocs_print_site_plugin.urls
+
+            mkdocs_print_site_plugin.urls.update_anchor_ids = pdf.keep_anchor_ids
         if printable is not None and self.language in BOOK:
             for option, value in BOOK[self.language].items():
                 printable.config[option] = value
