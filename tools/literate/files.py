@@ -130,11 +130,10 @@ def results_sha256(source: str, suffix: str = ".py") -> str:
     """The hash of what a lesson's stored results (figures, benchmarks, GPU numbers)
     depend on: its code, without its prose or front matter
     (`annotated.data.code_sha256`, which also names the weights one lesson trains for
-    another). The front matter
-    describes the lesson (its title, time, references, expected result and exercises)
-    and the prose explains it; neither changes an output, so editing them leaves the
-    stored results fresh. The figures tool checks the declared expected result against
-    its stored one separately."""
+    another). The front matter describes the lesson (its title, time, references,
+    expected result and exercises) and the prose explains it; neither changes an
+    output, so editing them leaves the stored results fresh. The figures tool checks
+    the declared expected result against its stored one separately."""
     from annotated.data import code_sha256
 
     return code_sha256(source, suffix)

@@ -57,9 +57,6 @@ CITATION = re.compile(r"\[@[^\]]*\]")
 LINK_TARGET = re.compile(r"\]\(([^)\s]+)")
 HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)  # where the engine puts a table or code
 
-# What the Chinese edition must cover: every hand-written page under docs/ and every
-# lesson of the curriculum (`required`).
-
 
 def source_hash(english: str) -> str:
     """The hash a translation records of the English it translates."""
@@ -232,7 +229,8 @@ def statuses(units: list[Unit], stored: dict, path: str) -> list[Status]:
 
 
 def required(root: Path, curriculum) -> tuple[list[str], list[LessonFile]]:
-    """The hand-written pages and the lessons the Chinese edition must translate."""
+    """The hand-written pages and the lessons the Chinese edition must translate: every
+    page under docs/ and every lesson of the curriculum."""
     modules = {entry.module for entry in curriculum.lessons()}
     lessons = [f for f in discover(root) if f.key in modules]
     docs = root / "docs"
@@ -303,6 +301,23 @@ def translate_lesson(lesson: Lesson, texts: dict[str, str]) -> Lesson:
         if field in texts:
             meta[field] = texts[field]
     return replace(lesson, sections=sections, front_matter=meta)
+
+
+def localise(
+    text: str,
+    language: str,
+    labels: dict[str, dict[str, str]],
+    patterns: dict[str, list[tuple[str, str]]],
+) -> str:
+    """Text the engine generated with its own words in `language`: each fixed phrase of
+    `labels[language]` replaced, then each `(pattern, replacement)` of
+    `patterns[language]` for the words that carry numbers, names or dates (`^` and `$`
+    match at every line)."""
+    for english, translated in labels.get(language, {}).items():
+        text = text.replace(english, translated)
+    for pattern, replacement in patterns.get(language, []):
+        text = re.sub(pattern, replacement, text, flags=re.MULTILINE)
+    return text
 
 
 def translate_page(markdown: str, texts: dict[str, str]) -> str:

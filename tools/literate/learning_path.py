@@ -25,6 +25,8 @@ from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools.literate import i18n
+
 LEARNING_PATH = "<!-- learning-path -->"
 STUDY_METHOD = "<!-- study-method -->"
 WEEKLY_SCHEDULE = "<!-- weekly-schedule -->"
@@ -565,10 +567,7 @@ def render(
     for placeholder in present:
         level = _heading_level(markdown[: markdown.index(placeholder)]) + 1
         text = placeholders[placeholder](curriculum, links, min(level, 5))
-        for english, translated in LABELS.get(language, {}).items():
-            text = text.replace(english, translated)
-        for pattern, replacement in PATTERNS.get(language, []):
-            text = re.sub(pattern, replacement, text, flags=re.MULTILINE)
+        text = i18n.localise(text, language, LABELS, PATTERNS)
         markdown = markdown.replace(placeholder, text)
     return markdown
 

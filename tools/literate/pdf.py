@@ -117,16 +117,16 @@ def link_unprinted_pages(html: str, site: Path, language: str = "en") -> str:
 SHARED = re.compile(r"""((?:src|href)=["'])\.\./([^"'#?]+)""")
 
 
-def link_shared_files(html: str, edition: Path, site: Path) -> str:
+def link_shared_files(html: str, edition_dir: Path, site: Path) -> str:
     """A translated edition's print page with its links to the files only the site's
     root holds (figures, downloads) reaching them: print-site makes them relative to the
     edition's root ("../figures/..." from zh/print_page/), one level short."""
-    if edition == site:
+    if edition_dir == site:
         return html
 
     def relink(match):
         path = match.group(2)
-        if (edition / path).exists() or not (site / path).exists():
+        if (edition_dir / path).exists() or not (site / path).exists():
             return match.group(0)
         return f"{match.group(1)}../../{path}"
 

@@ -89,8 +89,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             import mkdocs_print_site_plugin.urls
 
             mkdocs_print_site_plugin.urls.update_anchor_ids = pdf.keep_anchor_ids
-        if printable is not None and self.language in BOOK:
-            for option, value in BOOK[self.language].items():
+            for option, value in BOOK.get(self.language, {}).items():
                 printable.config[option] = value
         try:
             self.curriculum = learning_path.load(self.root / self.config.curriculum)
@@ -201,6 +200,14 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    def _into_edition(self, file: File, config) -> None:
+        """Move a file the i18n plugin did not place under this edition's prefix
+        ("zh/"), as it moves every other one; the English edition's stay put."""
+        if self.prefix:
+            file.dest_path = self.prefix + file.dest_path
+            file.abs_dest_path = str(Path(config.site_dir) / file.dest_path)
+            file.url = file._get_url(config.use_directory_urls)
+
     # After the i18n plugin has chosen each language's files (it re-reads every file it
     # sees from disk, and these are generated).
     @event_priority(-110)
@@ -212,18 +219,13 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             # page): make it a notebook page again, under the edition's prefix.
             files = notebooks.on_files(files, config)
             for file in files:
-                if self.prefix and isinstance(file, NotebookFile):
-                    file.dest_path = self.prefix + file.dest_path
-                    file.abs_dest_path = str(Path(config.site_dir) / file.dest_path)
-                    file.url = file._get_url(config.use_directory_urls)
+                if isinstance(file, NotebookFile):
+                    self._into_edition(file, config)
         printable = config.plugins.get("print-site")
-        if self.prefix and printable is not None and printable.config["enabled"]:
+        if printable is not None and printable.config["enabled"]:
             # print-site placed its page when it read the config, before the i18n
             # plugin moved the edition's files under its prefix: move it too.
-            book = printable.print_file
-            book.dest_path = self.prefix + book.dest_path
-            book.abs_dest_path = str(Path(config.site_dir) / book.dest_path)
-            book.url = book._get_url(config.use_directory_urls)
+            self._into_edition(printable.print_file, config)
         for asset in sorted(p for p in ASSETS.rglob("*") if p.is_file()):
             url = f"{ASSET_URL}/{asset.relative_to(ASSETS).as_posix()}"
             files.append(File.generated(config, url, abs_src_path=str(asset)))
@@ -387,7 +389,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         if self.editions is not None and self.editions.building:
             return  # an edition built inside the English build: its entries wait
         for language in self.search:
-            edition = Path(config.site_dir) / ("" if language == "en" else language)
+            edition = Path(config.site_dir) / pdf.edition(language)
             printable = edition / "print_page" / "index.html"
             if printable.exists():
                 html = pdf.namespace_ids(printable.read_text(encoding="utf-8"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pygments.lexers import CudaLexer, PythonLexer
 from pygments.token import STANDARD_TYPES
 
-from tools.literate import prose
+from tools.literate import i18n, prose
 from tools.literate.benchmarks import Benchmarks, comparison
 from tools.literate.figures import Figures
 from tools.literate.gpu_results import GpuRecord
@@ -569,11 +569,7 @@ PATTERNS = {
 
 def localise(body: str, language: str) -> str:
     """A rendered page body with the engine's labels in `language`."""
-    for english, translated in LABELS.get(language, {}).items():
-        body = body.replace(english, translated)
-    for pattern, replacement in PATTERNS.get(language, []):
-        body = re.sub(pattern, replacement, body)
-    return body
+    return i18n.localise(body, language, LABELS, PATTERNS)
 
 
 # ---- sections ------------------------------------------------------------------------

@@ -260,12 +260,16 @@ def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
         # whole; a match reports the line it starts on.
         numbers = [number for number, _ in section.markdown]
         prose = "\n".join(text for _, text in section.markdown)
+
+        def line(match) -> int:
+            return numbers[prose.count("\n", 0, match.start())] or 1
+
         for match in CITATION_LIKE.finditer(prose):
             if not CITATION.fullmatch(match.group(0)):
                 problems.append(
                     LessonError(
                         file.path,
-                        numbers[prose.count("\n", 0, match.start())] or 1,
+                        line(match),
                         f"citation {' '.join(match.group(0).split())} is not "
                         "rendered: write [@key] or [@a; @b], with any locator outside",
                     )
@@ -274,7 +278,7 @@ def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
             problems += [
                 LessonError(
                     file.path,
-                    numbers[prose.count("\n", 0, match.start())] or 1,
+                    line(match),
                     f"citation [@{key}] is not in the front matter's references",
                 )
                 for key in citations(match.group(0))
