@@ -98,6 +98,18 @@ def test_a_page_splits_at_headings_outside_code_and_joins_back():
     assert i18n.translate_page(page, {"use": "## 使用"}).endswith("## 使用\n")
 
 
+def test_a_line_break_inside_a_chinese_sentence_is_taken_out_but_not_in_code():
+    # A browser shows a kept break as a space, which Chinese does not write.
+    text = "它启动内核，\n在 PyTorch 上统计，读五遍、\n写三遍。\n\n- 一项\n- 另一项\n"
+    code = "```python\n# 注释\n# 第二行\n```\n"
+    assert i18n.unwrapped(text + code) == (
+        "它启动内核，在 PyTorch 上统计，读五遍、写三遍。\n\n- 一项\n- 另一项\n" + code
+    )
+    unit = i18n.Unit("intro", "It launches five kernels.")
+    stored = {"intro": (i18n.source_hash(unit.english), "它启动\n五个内核。")}
+    assert i18n.translated([unit], stored) == {"intro": "它启动五个内核。"}
+
+
 def test_a_pages_front_matter_is_not_a_unit(tmp_path):
     # mkdocs reads the front matter off before the plugin translates the page.
     path = tmp_path / "compare.md"

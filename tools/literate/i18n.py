@@ -47,6 +47,11 @@ MARKER = re.compile(
 )
 CJK = re.compile(r"[\u4e00-\u9fff]")
 HAN = re.compile(r"[\u4e00-\u9fff]+")
+# A line break between two Chinese characters or punctuation marks: Markdown keeps it,
+# and a browser shows it as a space, which Chinese does not put between words.
+WIDE = "\u3000-\u303f\u4e00-\u9fff\uff00-\uffef"
+CJK_BREAK = re.compile(rf"(?<=[{WIDE}])\n(?=[{WIDE}])")
+FENCED = re.compile(r"^(?:```|~~~).*?^(?:```|~~~)[^\n]*$", re.MULTILINE | re.DOTALL)
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 # What a translation must carry over from its English unchanged: code spans, math,
 # citation keys and link targets (`marks`).
@@ -195,11 +200,22 @@ def write(path: Path, units: list[Unit], stored: dict[str, tuple[str, str]]) -> 
     atomic_write(path, "\n".join(blocks))
 
 
+def unwrapped(markdown: str) -> str:
+    """Translated Markdown with the line breaks inside its Chinese sentences taken out
+    (outside fenced code), so that the page shows no space where the translator
+    wrapped a line."""
+    pieces, start = [], 0
+    for fence in FENCED.finditer(markdown):
+        pieces += [CJK_BREAK.sub("", markdown[start : fence.start()]), fence.group(0)]
+        start = fence.end()
+    return "".join([*pieces, CJK_BREAK.sub("", markdown[start:])])
+
+
 def translated(units: list[Unit], stored: dict[str, tuple[str, str]]) -> dict[str, str]:
     """{unit id: translation} for the units whose translation is up to date and keeps
-    the English's code, math, citations and links."""
+    the English's code, math, citations and links, unwrapped for the page."""
     return {
-        unit.id: stored[unit.id][1]
+        unit.id: unwrapped(stored[unit.id][1])
         for unit in units
         if unit.id in stored
         and stored[unit.id][0] == source_hash(unit.english)

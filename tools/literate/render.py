@@ -549,8 +549,8 @@ PATTERNS = {
             r"测试所做的短运行（\1）：",
         ),
         # the Benchmarks table
-        (r"([\d.]+)× slower than ([^<]+)</td>", r"慢 \1×，相对于 \2</td>"),
-        (r"([\d.]+)× faster than ([^<]+)</td>", r"快 \1×，相对于 \2</td>"),
+        (r"([\d.e+]+)× slower than ([^<]+)</td>", r"慢 \1×，相对于 \2</td>"),
+        (r"([\d.e+]+)× faster than ([^<]+)</td>", r"快 \1×，相对于 \2</td>"),
         (
             r"as fast as ([^<]+) \(within 5 %\)</td>",
             r"与 \1 一样快（相差 5 % 以内）</td>",
