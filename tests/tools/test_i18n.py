@@ -6,6 +6,7 @@ from pathlib import Path
 
 from conftest import REPO
 from tools.literate import i18n, learning_path
+from tools.literate.figures import Figure, Figures
 from tools.literate.parse import parse
 
 FIXTURE = (Path(__file__).parent / "fixtures/tiny_model.py").read_text()
@@ -88,6 +89,28 @@ def test_a_translated_lesson_keeps_its_code_and_the_untranslated_prose():
     assert by_id[intro.id].prose == intro.prose
     assert [s.code for s in translated.sections] == [s.code for s in LESSON.sections]
     assert LESSON.front_matter["title"] == "A tiny model"  # the original is unchanged
+
+
+def test_figure_captions_are_units_and_a_translated_one_replaces_its_english():
+    loss = Figure("loss.png", "Loss per step.", 640, 480, (9.0,), 100.0)
+    grid = Figure("grid.png", "Left: the grid.", 640, 480, (9.0,), 100.0)
+    figures = Figures((loss, grid), "", "python -m demo", 1.0, "cpu", True)
+    units = i18n.lesson_units(LESSON, figures)
+    assert units[: len(i18n.lesson_units(LESSON))] == i18n.lesson_units(LESSON)
+    assert units[-2:] == [
+        i18n.Unit("figure.loss", "Loss per step."),
+        i18n.Unit("figure.grid", "Left: the grid."),
+    ]
+    stored = {"figure.loss": (i18n.source_hash("Loss per step."), "每一步的损失。")}
+    texts = i18n.translated(units, stored)
+    shown = i18n.translate_figures(figures, texts)
+    assert [f.caption for f in shown.files] == ["每一步的损失。", "Left: the grid."]
+    assert [f.name for f in shown.files] == ["loss.png", "grid.png"]
+    assert i18n.translate_figures(None, texts) is None
+    # A demo re-run that changes a caption leaves its translation stale, not shown.
+    renamed = Figure("loss.png", "Loss per epoch.", 640, 480, (9.0,), 100.0)
+    changed = i18n.lesson_units(LESSON, Figures((renamed,), "", "", 1.0, "", True))
+    assert "figure.loss" not in i18n.translated(changed, stored)
 
 
 def test_a_page_splits_at_headings_outside_code_and_joins_back():

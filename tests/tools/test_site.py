@@ -1112,6 +1112,11 @@ def test_the_chinese_edition_reads_in_chinese_around_the_same_code(
     assert page.evaluate(maths) == english.page.evaluate(maths) >= 3
     images = "[...document.querySelectorAll('.lit-page img')].map(i => i.naturalWidth)"
     assert all(width > 0 for width in page.evaluate(images))
+    # The figures are the English page's, under captions in Chinese.
+    sources = "[...document.querySelectorAll('.lit-figure img')].map(i => i.src)"
+    assert page.evaluate(sources) == english.page.evaluate(sources) != []
+    captions = page.locator(".lit-figure figcaption").all_inner_texts()
+    assert captions and all(han.search(caption) for caption in captions)
     # The header's language switcher leads to each edition's root (Material maps the
     # page to its translation through the roots' sitemaps where the site is published).
     links = page.evaluate(

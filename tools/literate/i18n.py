@@ -1,12 +1,13 @@
 """Translations of the site's prose, kept beside the English and checked for staleness.
 
 The Chinese edition (`/zh/`, built by the `i18n` plugin as a second pass) shows the same
-pages with their prose translated. Code, math and figures are the English edition's;
-only prose changes. A translation is stored per unit of prose, keyed by the unit's id
-and a hash of the English it was made from:
+pages with their prose and figure captions translated. Code, math and the figures
+themselves are the English edition's. A translation is stored per unit of prose, keyed
+by the unit's id and a hash of the English it was made from:
 
-    translations/zh/lessons/foundations/matrix.md   a lesson: its title, summary and
-                                                    each section of prose, by its id
+    translations/zh/lessons/foundations/matrix.md   a lesson: its title, summary,
+                                                    each section of prose, by its id,
+                                                    and each figure's caption
     translations/zh/pages/index.md                  a hand-written page, by heading
 
 Each file is Markdown with one marker line per unit:
@@ -34,9 +35,11 @@ import hashlib
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tools.literate.figures import Figures
+from tools.literate.figures import read as read_figures
 from tools.literate.files import LessonFile, atomic_write, discover
 from tools.literate.parse import Lesson, parse
 
@@ -87,15 +90,23 @@ class Status:
 # ---- units: what a lesson or a page is made of ---------------------------------------
 
 
-def lesson_units(lesson: Lesson) -> list[Unit]:
-    """A lesson's title, summary and every section that has prose, in page order."""
+def lesson_units(lesson: Lesson, figures: Figures | None = None) -> list[Unit]:
+    """A lesson's title, summary and every section that has prose, in page order, then
+    the caption of each figure its demo stored (`figure.<file name>`)."""
     meta = lesson.front_matter
     units = [
         Unit("title", str(meta.get("title", ""))),
         Unit("summary", str(meta.get("summary", ""))),
     ]
     units += [Unit(s.id, s.prose) for s in lesson.sections if s.prose.strip()]
+    if figures is not None:
+        units += [Unit(figure_unit(f.name), f.caption) for f in figures.files]
     return [unit for unit in units if unit.english.strip()]
+
+
+def figure_unit(name: str) -> str:
+    """The unit id of the caption of the figure `name` ("loss.png" → "figure.loss")."""
+    return "figure." + Path(name).stem
 
 
 def page_markdown(path: Path) -> str:
@@ -283,7 +294,8 @@ def check(root: Path, language: str, curriculum) -> list[Status]:
             found.append(Status(path, "*", "orphaned: no such lesson"))
             continue
         lesson = parse(file.path.read_text(encoding="utf-8"), file.path)
-        found += statuses(lesson_units(lesson), read(root / path), path)
+        units = lesson_units(lesson, read_figures(file, docs))
+        found += statuses(units, read(root / path), path)
     return found
 
 
@@ -304,8 +316,6 @@ def segment(text: str) -> str:
 def translate_lesson(lesson: Lesson, texts: dict[str, str]) -> Lesson:
     """The lesson with the prose of each translated unit replaced; code, line numbers
     and everything untranslated stay as they are."""
-    from dataclasses import replace
-
     sections = [
         replace(s, markdown=[(None, line) for line in texts[s.id].splitlines()])
         if s.id in texts
@@ -317,6 +327,17 @@ def translate_lesson(lesson: Lesson, texts: dict[str, str]) -> Lesson:
         if field in texts:
             meta[field] = texts[field]
     return replace(lesson, sections=sections, front_matter=meta)
+
+
+def translate_figures(figures: Figures | None, texts: dict[str, str]) -> Figures | None:
+    """The stored figures with each translated caption in place of its English."""
+    if figures is None:
+        return None
+    files = tuple(
+        replace(f, caption=texts.get(figure_unit(f.name), f.caption))
+        for f in figures.files
+    )
+    return replace(figures, files=files)
 
 
 def localise(
@@ -378,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             file = LessonFile(root, path.as_posix())
             lesson = parse(file.path.read_text(encoding="utf-8"), file.path)
-            units = lesson_units(lesson)
+            units = lesson_units(lesson, read_figures(file, root / "docs"))
             target = root / lesson_path(args.language, file)
         stored = read(target)
         write(target, units, stored)

@@ -277,7 +277,7 @@ def _render(record, site: Site, previous, following) -> Page:
         lesson,
         facts,
         svgs,
-        record.figures,
+        i18n.translate_figures(record.figures, texts),
         record.benchmarks,
         has_benchmarks(record.test_source),
         record.gpu,

@@ -115,7 +115,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         if self.language != "en":
             self.translations = {
                 record.file.key: i18n.translated(
-                    i18n.lesson_units(record.lesson),
+                    i18n.lesson_units(record.lesson, record.figures),
                     i18n.read(self.root / i18n.lesson_path(self.language, record.file)),
                 )
                 for record in self.records
