@@ -830,8 +830,8 @@ def plot_hilbert_errors(
         path,
         caption="Relative error of our LU solve on Hilbert systems with solution "
         "(1, …, 1), beside the condition number times machine epsilon. The error "
-        "grows with κε, about 30 times per order, and stays below it; at n = 12 it "
-        "reaches the first digit.",
+        "grows with κε, about 30 times each time n grows by one, and stays below it; "
+        "at n = 12 it reaches the first digit.",
     )
 
 

@@ -134,8 +134,8 @@ each activation, its backward pass running through *our* derivatives, and we cou
 units that have stopped learning: those whose $|f'(z)|$ is below $10^{-3}$ on every
 training example. In the demo's ordinary runs almost none do (ReLU loses 5 % of its
 units). At twice the learning rate, 75 % of the ReLU units die and none of LeakyReLU's;
-ELU, whose left side is flat too, ends with every unit deep in it. Hidden biases started
-at $-0.5$ silence 83 % of the ReLU units before the first step, and none of them comes
+ELU, whose left side is flat too, ends with every unit deep in it. Hidden biases shifted
+down by 0.5 silence 83 % of the ReLU units before the first step, and none of them comes
 back, while ELU trains as if nothing had happened [@lu2020dying].
 """
 
@@ -737,7 +737,8 @@ def plot_runs(runs: dict[str, dict[str, RunResult]], out: Path) -> None:
         "(sigmoid and tanh dashed), same initial weights and batches. Left: learning "
         "rate 0.5, where all but the sigmoid learn. Middle: learning rate 1, where "
         "most runs stall, ELU diverges off the top, and SiLU does best. Right: "
-        "hidden biases started at -0.5, where ReLU and LeakyReLU stay flat at chance.",
+        "hidden biases shifted down by 0.5, where ReLU and LeakyReLU stay flat at "
+        "chance.",
     )
 
     names = list(runs[settings[0]])

@@ -667,7 +667,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def save_figures(model, calibrators, x_calib, sizes, accuracies, out: Path) -> None:
-    """Write `weights.png` (the int8 and int4 grids on the first layer's weights) and
+    """Write `ranges.png` (the int8 and int4 grids on the first layer's widest weight
+    row, and the calibrated ranges of the second layer's input) and
     `size_accuracy.png`."""
     weight = model[0].weight.detach().float().cpu()  # [hidden, 64]
     row = weight[int(weight.abs().amax(1).argmax())]  # [64], the widest row
@@ -819,8 +820,9 @@ if __name__ == "__main__":
 # ## Exercises
 #
 # 1. Quantise the weights per tensor instead of per channel, at int8 and at int4. Which
-#    loses more accuracy, and why does the int4 gap grow faster? Look at the left panel
-#    of `ranges.png` for a row with small weights.
+#    loses more accuracy, and why does the int4 gap grow faster? The left panel of
+#    `ranges.png` shows the grid the widest row gets: per tensor, every row gets it.
+#    How many of its levels does a row of small weights still use?
 # 2. Replace per-channel int4 with *group-wise* int4: one scale per 16 consecutive
 #    weights of a row. How many extra bytes do the scales cost, and what does it buy?
 # 3. Set `--calibration 8`. Which calibrator suffers more from a small calibration set,

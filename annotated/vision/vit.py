@@ -757,8 +757,8 @@ def plot_attention(
         fig,
         out / "attention.png",
         caption="Three test images (top) and the attention rollout of the trained "
-        "ViT's class token over their 8×8 patches (bottom, bright = more): the class "
-        "token draws from the patches that hold the shape.",
+        "ViT's class token over their 8×8 grid of patches (bottom, bright = more): "
+        "the class token draws from the patches that hold the shape.",
     )
 
 
