@@ -1,7 +1,7 @@
 """Verified against plain torch.autograd gradients in float64 (checkpointed and
-accumulated gradients to 1e-12) and against torch.utils.checkpoint, with measured
-saved bytes equal to the predicted map counts and profiler peaks dropping by the
-predicted factors."""
+accumulated gradients to 1e-12) and against torch.utils.checkpoint, with the measured
+saved bytes equal to the predicted number of maps times a map's bytes and profiler peaks
+dropping by the predicted factors."""
 
 import math
 

@@ -1,6 +1,7 @@
 """Verified against numpy.linalg and scipy.linalg.lu in float64: products, solves,
 inverses and determinants of well-conditioned random matrices to a relative 1e-9, and
-Hilbert solves within the backward-error bound n·ρ·κ(H)·ε rather than a fixed tolerance.
+Hilbert solves within the error bound backward stability gives, n·ρ·κ(H)·ε, rather than
+a fixed tolerance.
 
 Also checked: every entry of the Hilbert matrices against scipy.linalg.hilbert and their
 condition numbers against the numbers in the prose, NumPy arrays and integers as input,

@@ -1,8 +1,8 @@
-"""Verified on a CUDA GPU against a float64 torch.sum (to 1e-6 of the sum of |x|, about
-eight float32 roundings), all eight kernels at sizes from 0 to several million that are
-not multiples of the block, over one to four passes; on a CPU, the lesson compiles with
-nvcc for sm_90, its launchers' C signatures match the arguments the driver passes
-through ctypes, and bad arguments raise before any launch.
+"""A float64 torch.sum, on a CUDA GPU (to 1e-6 of the sum of |x|, about eight float32
+roundings): all eight kernels at sizes from 0 to several million that are not multiples
+of the block, over one to four passes; on a CPU, the lesson compiles with nvcc for
+sm_90, its launchers' C signatures match the arguments the driver passes through ctypes,
+and bad arguments raise before any launch.
 
 Also tested: the demo's CPU path, extreme values (infinities and NaN propagate as in
 torch.sum), a tensor on another stream, and on a GPU a small gpu_report.

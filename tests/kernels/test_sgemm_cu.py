@@ -1,9 +1,9 @@
-"""Verified on a CUDA GPU against float64 torch.matmul (to 2e-6·K absolute, the
-rounding of K float32 multiply-adds), every step of the ladder at sizes that are not
-multiples of 32 or, for the tiled steps, at several multiples of their tiles; on a CPU,
-the lesson compiles with nvcc for sm_90, its launchers' C signatures match the
-arguments the driver passes through ctypes, a launch reports CUDA's error text, and
-bad arguments raise before any launch.
+"""Float64 torch.matmul, on a CUDA GPU (to 2e-6·K absolute, the rounding of K float32
+multiply-adds): every step of the ladder at sizes that are not multiples of 32 or, for
+the tiled steps, at several multiples of their tiles; on a CPU, the lesson compiles with
+nvcc for sm_90, its launchers' C signatures match the arguments the driver passes
+through ctypes, a launch reports CUDA's error text, and bad arguments raise before any
+launch.
 
 Also tested: the loader's errors (a source that does not compile names the file and
 nvcc's message; a missing nvcc says what to install), the demo's CPU path, and on a

@@ -1,9 +1,9 @@
-"""Verified on a CUDA GPU against float64 torch.softmax (to 1e-6 absolute, a few
-float32 roundings of a probability), both kernels at row lengths from 1 to 70,001 that
-straddle the warp kernel's register sizes (32, 64, ... 1024) and the block's 1024
-threads, with scores scaled up to ±80; on a CPU, the lesson compiles with nvcc for
-sm_90, its launchers' C signatures match the arguments the driver passes through
-ctypes, and bad arguments raise before any launch.
+"""Float64 torch.softmax, on a CUDA GPU (to 1e-6 absolute, a few float32 roundings of a
+probability): both kernels at row lengths from 1 to 70,001 that straddle the warp
+kernel's register sizes (32, 64, ... 1024) and the block's 1024 threads, with scores
+scaled up to ±80; on a CPU, the lesson compiles with nvcc for sm_90, its launchers' C
+signatures match the arguments the driver passes through ctypes, and bad arguments raise
+before any launch.
 
 Also tested: rows holding -inf (masked scores) and all -inf (NaN, as torch gives),
 the demo's CPU path, and on a GPU a small gpu_report.

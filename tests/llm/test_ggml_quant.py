@@ -1,7 +1,6 @@
-"""Verified bit for bit (exact equality of the packed bytes and of the dequantised
-float32 weights) against the gguf package's reference quantisers `gguf.quants` for Q8_0,
-Q4_0, Q4_1 and Q5_0, and through a GGUF file written and read back with gguf's writer
-and reader.
+"""The gguf package's reference quantisers `gguf.quants` for Q8_0, Q4_0, Q4_1 and Q5_0,
+bit for bit (exact equality of the packed bytes and of the dequantised float32 weights),
+and through a GGUF file written and read back with gguf's writer and reader.
 
 The inputs are random (several shapes and scales, and hypothesis), extreme (zeros,
 constant blocks, huge outliers, a negative maximum, ties, exact halves) and the weights

@@ -1,6 +1,6 @@
 """Verified against peft's LoRA on transformers' GPT2LMHeadModel with the same A and B:
-logits and the adapters' gradients equal in float64 to 1e-10 (the issue asks 1e-6),
-and a saved adapter loaded by peft.PeftModel.from_pretrained gives our outputs.
+logits equal in float64 to 1e-10 and the adapters' gradients to a relative 1e-9, and a
+saved adapter loaded by peft.PeftModel.from_pretrained gives our outputs.
 
 Also: merged weights give the unmerged outputs and unmerging restores the base weights
 (float64, 1e-12); at initialisation the adapted model equals the base model exactly;

@@ -1,7 +1,7 @@
-"""Verified exactly against hand formulas: FlopCounterMode's counts equal 2mnk, the
-conv2d count 2·N·Cout·Hout·Wout·Cin·k² and the attention's 2·L·S·(E+Ev) per head, and
-the profiler's memory categories equal the memory chapter's parameter, gradient and
-Adam-state bytes to the byte.
+"""Hand formulas, exactly: FlopCounterMode's counts equal 2mnk, the conv2d count
+2·N·Cout·Hout·Wout·Cin·k² and the attention's 2·L·S·(E+Ev) per head, and the profiler's
+memory categories equal the memory chapter's parameter, gradient and Adam-state bytes to
+the byte.
 
 Also checked: the read-once bytes model on a few ops, the exported Chrome and
 TensorBoard traces (valid JSON holding the expected operators and scheduled steps), the

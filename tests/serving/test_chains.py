@@ -1,9 +1,8 @@
-"""Verified by exercising langchain-core's Runnable interface on every component and on
-the chain (invoke, batch, stream, ainvoke, astream: identical outputs for one seed), the
-callbacks each fires, and against the lesson's own pieces: the retriever's documents are
-the rag retriever's sections, the LLM's text is our GPT's sampling loop token for token,
-and MiniLMEmbeddings equal the rag encoder (1e-6) and rank like InMemoryVectorStore.
-"""
+"""langchain-core's Runnable interface, exercised on every component and on the chain
+(invoke, batch, stream, ainvoke, astream: identical outputs for one seed), the callbacks
+each fires, and against the lesson's own pieces: the retriever's documents are the rag
+retriever's sections, the LLM's text is our GPT's sampling loop token for token, and
+MiniLMEmbeddings equal the rag encoder (1e-6) and rank like InMemoryVectorStore."""
 
 import asyncio
 import hashlib

@@ -1,7 +1,7 @@
 """Verified against rank_bm25.BM25Okapi (scores to 1e-9), the literate engine's own
 section ids (every heading of the corpus), exact search and faiss.IndexFlatIP (same
-ids), sentence-transformers' all-MiniLM-L6-v2 (embeddings to 1e-5), and hnswlib and
-faiss's IndexHNSWFlat at the same recall.
+ids), sentence-transformers' all-MiniLM-L6-v2 (embeddings to 1e-5), and hnswlib's recall
+at the same settings (within 0.05).
 
 The HNSW graph must reach recall@10 >= 0.95 against exact search on random unit vectors
 while computing at least 3x fewer distances; the retriever must give the same rankings

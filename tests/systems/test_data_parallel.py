@@ -1,8 +1,8 @@
 """Verified against single-process torch.optim.Adam training on the global batch
-(float64, parameters and losses to 1e-12 after every run, on both ranks of a real
-2-process gloo run), against DistributedDataParallel, ZeroRedundancyOptimizer and
-fully_shard in the same run, and against plain autograd gradients for the wrapper's
-hooks and buckets.
+(float64: the losses at every step and the parameters after every run to 1e-12, on both
+ranks of a real 2-process gloo run), against DistributedDataParallel,
+ZeroRedundancyOptimizer and fully_shard in the same run, and against plain autograd
+gradients for the wrapper's hooks and buckets.
 
 The 2-process run is launched once for the module, by the demo itself (two worker
 processes with the environment torchrun sets). The in-process tests use a 1-rank gloo

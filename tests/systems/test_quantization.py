@@ -1,7 +1,7 @@
-"""Verified bit for bit against torch.ao.quantization's MinMaxObserver and
-PerChannelMinMaxObserver (scales and zero points), torch.quantize_per_tensor /
-quantize_per_channel (integers), torch._int_mm (int32 accumulators) and
-torch.fake_quantize_per_{tensor,channel}_affine (values and straight-through gradients).
+"""torch.ao.quantization's MinMaxObserver and PerChannelMinMaxObserver, bit for bit
+(scales and zero points), torch.quantize_per_tensor / quantize_per_channel (integers),
+torch._int_mm (int32 accumulators) and torch.fake_quantize_per_{tensor,channel}_affine
+(values and straight-through gradients).
 
 The int8 layer is compared with fbgemm's torch.ops.quantized.linear to within one step
 of its output grid, the percentile calibrator with numpy.percentile, and the exported

@@ -91,12 +91,15 @@ def test_a_translated_lesson_keeps_its_code_and_the_untranslated_prose():
     assert LESSON.front_matter["title"] == "A tiny model"  # the original is unchanged
 
 
-def test_figure_captions_are_units_and_a_translated_one_replaces_its_english():
+def test_captions_and_the_verified_sentence_are_units_and_replace_their_english():
     loss = Figure("loss.png", "Loss per step.", 640, 480, (9.0,), 100.0)
     grid = Figure("grid.png", "Left: the grid.", 640, 480, (9.0,), 100.0)
     figures = Figures((loss, grid), "", "python -m demo", 1.0, "cpu", True)
     units = i18n.lesson_units(LESSON, figures)
     assert units[: len(i18n.lesson_units(LESSON))] == i18n.lesson_units(LESSON)
+    # The header's "Verified against" sentence follows the summary.
+    verified = i18n.lesson_units(LESSON, None, "torch.relu in float64.")
+    assert verified[2] == i18n.Unit("verified", "torch.relu in float64.")
     assert units[-2:] == [
         i18n.Unit("figure.loss", "Loss per step."),
         i18n.Unit("figure.grid", "Left: the grid."),

@@ -172,3 +172,14 @@ def test_a_lesson_missing_from_the_curriculum_is_reported():
         "is not in annotated/curriculum.toml"
         in problems(GOOD, key="foundations/nowhere")[0]
     )
+
+
+def test_the_header_sentence_is_the_test_docstrings_first_whole_sentence():
+    source = (
+        '"""Verified against the direct sum of IMPALA\'s eq. 1 at sizes (32, 64, ...\n'
+        '1024) to 1e-10. Also checked: odd shapes.\n\nMore."""\n'
+    )
+    assert rules.first_sentence(source) == (
+        "the direct sum of IMPALA's eq. 1 at sizes (32, 64, ... 1024) to 1e-10."
+    )
+    assert rules.first_sentence('"""torch.sum, exactly"""') == "torch.sum, exactly"

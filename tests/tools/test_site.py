@@ -1093,6 +1093,8 @@ def test_the_chinese_edition_reads_in_chinese_around_the_same_code(
     assert len(han.findall(page.locator(".lit-intro").inner_text())) > 100
     assert han.search(page.locator("h1").first.inner_text())
     assert page.locator(".lit-facts dt").first.inner_text() == "运行"
+    verified = page.locator("xpath=//dt[text()='验证基准']/following-sibling::dd[1]")
+    assert han.search(verified.inner_text())
     assert "深度学习核心基础" in page.locator(".md-nav").first.inner_text()
     # So are the engine's own words around them, those with numbers and dates too.
     chrome = ".lit-facts, .lit-results-title, .lit-diagram figcaption, .lit-worksheet"

@@ -1,8 +1,8 @@
-"""Verified in float64 against F.scaled_dot_product_attention given the log-kernel as
-its mask (to 1e-12), the matrix, associative, chunkwise and recurrent forms against one
-another, gradients included (to 1e-12), and FAVOR+ against exact softmax attention: its
-error falls with the number of features and its kernel estimate is unbiased within 4
-standard errors."""
+"""F.scaled_dot_product_attention in float64, given the log-kernel as its mask (to
+1e-12), the matrix, associative, chunkwise and recurrent forms against one another,
+gradients included (to 1e-12), and FAVOR+ against exact softmax attention: its error
+falls with the number of features and its kernel estimate is unbiased within 4 standard
+errors."""
 
 import math
 

@@ -1,6 +1,5 @@
-"""Verified exactly (0 bytes, 0 FLOPs) against the tensors PyTorch holds and the FLOPs
-torch.utils.flop_counter counts on small GPTs, and against the published GPT-2
-parameter counts.
+"""The tensors PyTorch holds and the FLOPs torch.utils.flop_counter counts, exactly (0
+bytes, 0 FLOPs), on small GPTs, and against the published GPT-2 parameter counts.
 
 Parameters, gradients and Adam state (float32, and bfloat16 with float32 master
 weights) are read from the tensors after a real step, and again after a save and

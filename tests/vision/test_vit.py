@@ -1,6 +1,6 @@
 """Verified against transformers.ViTModel with copied weights in float64 (last hidden
 states, pooled output and every gradient to 1e-10, at the trained size and with
-interpolated positions at two others), and the two patch embeddings against each other
+interpolated positions at three others), and the two patch embeddings against each other
 to 1e-12.
 
 The demo trains briefly and must clear a loose accuracy bar.

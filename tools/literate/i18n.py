@@ -38,6 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tools.literate import rules
 from tools.literate.figures import Figures
 from tools.literate.figures import read as read_figures
 from tools.literate.files import LessonFile, atomic_write, discover
@@ -90,18 +91,33 @@ class Status:
 # ---- units: what a lesson or a page is made of ---------------------------------------
 
 
-def lesson_units(lesson: Lesson, figures: Figures | None = None) -> list[Unit]:
-    """A lesson's title, summary and every section that has prose, in page order, then
-    the caption of each figure its demo stored (`figure.<file name>`)."""
+def lesson_units(
+    lesson: Lesson, figures: Figures | None = None, verified: str = ""
+) -> list[Unit]:
+    """A lesson's title, summary, what its test verifies it against (the header's
+    sentence) and every section that has prose, in page order, then the caption of
+    each figure its demo stored (`figure.<file name>`)."""
     meta = lesson.front_matter
     units = [
         Unit("title", str(meta.get("title", ""))),
         Unit("summary", str(meta.get("summary", ""))),
+        Unit("verified", verified),
     ]
     units += [Unit(s.id, s.prose) for s in lesson.sections if s.prose.strip()]
     if figures is not None:
         units += [Unit(figure_unit(f.name), f.caption) for f in figures.files]
     return [unit for unit in units if unit.english.strip()]
+
+
+def file_units(file: LessonFile, docs: Path) -> list[Unit]:
+    """The units of a lesson file's page: its prose, its test's first sentence and the
+    captions of the figures stored under `docs`."""
+    lesson = parse(file.path.read_text(encoding="utf-8"), file.path)
+    test = file.root / file.test
+    test_source = test.read_text(encoding="utf-8") if test.is_file() else ""
+    return lesson_units(
+        lesson, read_figures(file, docs), rules.first_sentence(test_source)
+    )
 
 
 def figure_unit(name: str) -> str:
@@ -293,9 +309,7 @@ def check(root: Path, language: str, curriculum) -> list[Status]:
         if file is None:
             found.append(Status(path, "*", "orphaned: no such lesson"))
             continue
-        lesson = parse(file.path.read_text(encoding="utf-8"), file.path)
-        units = lesson_units(lesson, read_figures(file, docs))
-        found += statuses(units, read(root / path), path)
+        found += statuses(file_units(file, docs), read(root / path), path)
     return found
 
 
@@ -398,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             target = root / page_path(args.language, src)
         else:
             file = LessonFile(root, path.as_posix())
-            lesson = parse(file.path.read_text(encoding="utf-8"), file.path)
-            units = lesson_units(lesson, read_figures(file, root / "docs"))
+            units = file_units(file, root / "docs")
             target = root / lesson_path(args.language, file)
         stored = read(target)
         write(target, units, stored)

@@ -258,7 +258,7 @@ def _render(record, site: Site, previous, following) -> Page:
         module=file.module,
         lesson_path=file.relative,
         test_path=file.test,
-        verified=rules.first_sentence(record.test_source or ""),
+        verified=texts.get("verified", rules.first_sentence(record.test_source or "")),
         root=root,
         links=Links(file.page, site.pages, site.use_directory_urls, site.sections),
         downloads=(file.download_py, file.download_ipynb, file.download_test),

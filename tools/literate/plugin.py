@@ -38,6 +38,7 @@ from tools.literate import (
     pdf,
     pipeline,
     reading,
+    rules,
     test_results,
 )
 from tools.literate.files import discover, page_url
@@ -115,7 +116,11 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         if self.language != "en":
             self.translations = {
                 record.file.key: i18n.translated(
-                    i18n.lesson_units(record.lesson, record.figures),
+                    i18n.lesson_units(
+                        record.lesson,
+                        record.figures,
+                        rules.first_sentence(record.test_source or ""),
+                    ),
                     i18n.read(self.root / i18n.lesson_path(self.language, record.file)),
                 )
                 for record in self.records

@@ -88,8 +88,9 @@ def first_sentence(test_source: str) -> str:
     against."""
     docstring = ast.get_docstring(ast.parse(test_source)) or ""
     paragraph = docstring.strip().split("\n\n")[0].replace("\n", " ")
-    end = paragraph.find(". ")
-    sentence = paragraph if end < 0 else paragraph[: end + 1]
+    # A sentence ends at a full stop before a capital: not in "eq. 1" or "64, ... 1024".
+    end = re.search(r"\.\s+(?=[A-Z`])", paragraph)
+    sentence = paragraph if end is None else paragraph[: end.start() + 1]
     # The page's label already says "Verified against"; the sentence often opens with it
     # too.
     return re.sub(r"^verified against\s+", "", sentence, flags=re.IGNORECASE)
