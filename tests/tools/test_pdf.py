@@ -37,8 +37,40 @@ def test_one_stage_prints_with_the_lessons_prose_and_code(project, tmp_path):
     assert "quetzalcoatlus" in text  # the lesson's prose
     assert "torch.relu(self.linear(x))" in text  # and its code
     assert "1 / " in text  # the page-number footer
+    assert "Table of Contents" in text  # kept, with the stage's entries only
     with pytest.raises(ValueError, match="stage 2 has no written lessons"):
         pdf.print_book(project / "site", tmp_path / "none.pdf", stage=2, root=project)
+
+
+def test_one_stage_is_cut_from_the_print_page_before_the_browser_reads_it():
+    page = (
+        '<div id="print-site-page"><section class="print-page">'
+        '<div id="print-page-toc"></div></section>'
+        '<section class="print-page" id="index" heading-number="1">home</section>'
+        "<section class='print-page md-section' id='section-3'><h1>Stage 1</h1>"
+        "<section class='print-page md-section' id='section-3-1'><h1>Weeks 1–2</h1>"
+        '<section class="print-page" id="lessons-a-matrix"><p>matrix</p>'
+        '<section class="lit-references" id="lessons-a-matrix-references">refs'
+        "</section></section>"
+        '<section class="print-page" id="lessons-a-autograd">autograd</section>'
+        "</section></section>"
+        "<section class='print-page md-section' id='section-4'><h1>Stage 2</h1>"
+        '<section class="print-page" id="lessons-b-cnn">cnn</section></section>'
+        "</div>"
+    )
+    kept = pdf.keep_only(page, ["lessons-a-matrix"])
+    assert kept == (
+        '<div id="print-site-page"><section class="print-page">'
+        '<div id="print-page-toc"></div></section>'
+        "<section class='print-page md-section' id='section-3'><h1>Stage 1</h1>"
+        "<section class='print-page md-section' id='section-3-1'><h1>Weeks 1–2</h1>"
+        '<section class="print-page" id="lessons-a-matrix"><p>matrix</p>'
+        '<section class="lit-references" id="lessons-a-matrix-references">refs'
+        "</section></section>"
+        "</section></section>"
+        "</div>"
+    )
+    assert pdf.keep_only(page, []).count("<section") == 1  # the table of contents
 
 
 def test_a_translated_editions_print_page_reaches_the_shared_files(tmp_path):
