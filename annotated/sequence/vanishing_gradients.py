@@ -8,7 +8,7 @@ summary: >-
 time: 5 s
 expected:
   metric: clipped_final_loss
-  short: ["--length", "60", "--batch", "8", "--hidden", "16", "--steps", "40"]
+  short: ["--length", "60", "--batch", "8", "--hidden", "16", "--steps", "80"]
 references:
   - key: bengio1994learning
     authors: [Yoshua Bengio, Patrice Simard, Paolo Frasconi]
