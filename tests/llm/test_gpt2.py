@@ -1,5 +1,6 @@
 """Verified against Hugging Face's GPT2LMHeadModel with copied weights: logits and
-every parameter's gradient to 1e-5 in float32 and 1e-10 in float64, the loss to 1e-6.
+every parameter's gradient (relative to its largest entry) to 1e-5 in float32 and 1e-10
+in float64, the loss to 1e-6.
 
 Also: the parameter counts of the four presets (124,439,808 for gpt2) against HF's
 models on the meta device, the initialisation's statistics (N(0, 0.02²), residual
@@ -84,13 +85,18 @@ def conv1d_weights(hf) -> set[str]:
 
 
 def assert_gradients_match(ours, hf, tol):
+    """Each gradient to `tol` of its largest entry: a bias's gradient sums a term per
+    token, so an entry near 0 carries the rounding of terms of the largest's size."""
     theirs = dict(hf.named_parameters())
     transposed = conv1d_weights(hf)
     for name, param in ours.named_parameters():
         grad = theirs[f"transformer.{name}"].grad
         if f"transformer.{name}" in transposed:
             grad = grad.t()
-        torch.testing.assert_close(param.grad, grad, rtol=tol, atol=tol, msg=name)
+        scale = max(1.0, grad.abs().max().item())
+        torch.testing.assert_close(
+            param.grad, grad, rtol=tol, atol=tol * scale, msg=name
+        )
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
