@@ -3,7 +3,7 @@ r"""
 title: DCGAN
 summary: >-
   A generator and a discriminator of strided convolutions play the GAN game on 16×16
-  digits; the non-saturating loss against the minimax one, the N(0, 0.02) init, sample
+  digits; the non-saturating loss against the minimax one, the N(0, 0.02²) init, sample
   grids over training, and the samples' FID as computed by the metrics lesson
   (`generative/metrics`).
 time: 20 s
