@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import html
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from tools.literate import (
@@ -62,6 +63,12 @@ class LessonRecord:
     @property
     def title(self) -> str:
         return str(self.lesson.front_matter.get("title", self.file.stem))
+
+    @cached_property
+    def verified(self) -> str:
+        """What the lesson is verified against: its test docstring's first sentence,
+        the header's row and a unit of its translation."""
+        return rules.first_sentence(self.test_source or "")
 
 
 # content hash → parsed Lesson / rendered Page: survive the plugin object `mkdocs serve`
@@ -258,7 +265,7 @@ def _render(record, site: Site, previous, following) -> Page:
         module=file.module,
         lesson_path=file.relative,
         test_path=file.test,
-        verified=texts.get("verified", rules.first_sentence(record.test_source or "")),
+        verified=texts.get("verified", record.verified),
         root=root,
         links=Links(file.page, site.pages, site.use_directory_urls, site.sections),
         downloads=(file.download_py, file.download_ipynb, file.download_test),

@@ -38,7 +38,6 @@ from tools.literate import (
     pdf,
     pipeline,
     reading,
-    rules,
     test_results,
 )
 from tools.literate.files import discover, page_url
@@ -116,11 +115,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         if self.language != "en":
             self.translations = {
                 record.file.key: i18n.translated(
-                    i18n.lesson_units(
-                        record.lesson,
-                        record.figures,
-                        rules.first_sentence(record.test_source or ""),
-                    ),
+                    i18n.lesson_units(record.lesson, record.figures, record.verified),
                     i18n.read(self.root / i18n.lesson_path(self.language, record.file)),
                 )
                 for record in self.records
