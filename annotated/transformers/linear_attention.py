@@ -158,7 +158,7 @@ included; the test also matches the matrix form with `F.scaled_dot_product_atten
 given the kernel's logarithm as its mask. The demo times linear attention against
 `F.scaled_dot_product_attention` from 256 to 8,192 positions: softmax attention's
 time grows as $N^2$, linear attention's about as $N$ (the exponents fitted to each run
-are printed below), and at 8,192 positions linear attention was more than 30× faster
+are printed below), and at 8,192 positions linear attention was more than 20× faster
 in every run on two CPU cores. It then measures how close
 Performer's features come to softmax attention as their number grows from 16 to
 1,024: for soft attention the error falls as $1/\sqrt m$, from 0.63 to 0.11, while
