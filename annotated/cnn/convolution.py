@@ -587,7 +587,7 @@ def dataflow(output):
 # ## The demo: where does each algorithm win?
 #
 # We time each algorithm's forward pass against `F.conv2d` on a batch of images with
-# `channels` input and output channels, for every odd kernel size from 3 to 15 and a
+# `channels` input and output channels, for the kernel sizes 3, 7, 11 and 15 and a
 # few image sizes, with padding that keeps the image's size. Each time is the best of
 # `repeats` runs, which filters out the noise of a shared machine. Before timing, every
 # algorithm's output is compared with `F.conv2d`'s, so the demo cannot report the speed

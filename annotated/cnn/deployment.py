@@ -77,9 +77,10 @@ replaces:
    [@onnxruntime] loads it, rewrites it (constant folding, operator fusion, layout
    changes) at one of four *graph optimisation levels*, and runs it from C++ with no
    Python between operators.
-3. **Shrink the arithmetic.** ONNX Runtime's *dynamic* int8 quantisation stores the
-   weights as int8 and quantises each activation tensor at run time from its own
-   min and max [@jacob2018quantization]: no calibration data needed.
+3. **Shrink the arithmetic.** ONNX Runtime's *dynamic* 8-bit ("int8") quantisation
+   stores the weights as 8-bit integers (here uint8 with a zero point) and quantises
+   each activation tensor at run time from its own min and max
+   [@jacob2018quantization]: no calibration data needed.
 
 The demo trains a small CNN on the 8×8 digits, exports it, and reports accuracy and
 latency for eager PyTorch, ONNX Runtime fp32 and ONNX Runtime int8 at batch 1 and 32.
@@ -334,9 +335,10 @@ def run_session(
 # ## Dynamic int8 quantisation
 #
 # `quantize_dynamic` rewrites the graph offline: every weight of a `Conv`, `MatMul` or
-# `Gemm` becomes int8 with one scale per tensor, and in front of each such node it
-# inserts `DynamicQuantizeLinear`, which at run time finds the activation's range
-# $[m, M]$ and quantises it to uint8 with
+# `Gemm` (which it first splits into `MatMul` and `Add`) becomes uint8, as
+# `QuantType.QUInt8` asks, with one scale and one zero point per tensor, and in front
+# of each such node it inserts `DynamicQuantizeLinear`, which at run time finds the
+# activation's range $[m, M]$ and quantises it to uint8 with
 #
 # $$
 # \begin{aligned}
@@ -576,9 +578,11 @@ if __name__ == "__main__":
 #
 # 1. Fold a `Linear` followed by `BatchNorm1d` the same way. Which axis of the weight
 #    does the scale multiply?
-# 2. Quantise with `per_channel=True` and with `op_types_to_quantize=["Gemm"]` only.
-#    How do the accuracy, file size and batch-32 latency change, and why might leaving
-#    the convolutions in fp32 be faster?
+# 2. Quantise with `per_channel=True`, and with `op_types_to_quantize=["MatMul"]`
+#    only (not `["Gemm"]`: the quantiser first splits the classifier's `Gemm` into
+#    `MatMul` and `Add`, so `["Gemm"]` quantises nothing; `["MatMul"]` turns the
+#    linear layer into a `MatMulInteger`). How do the accuracy, file size and batch-32
+#    latency change, and why might leaving the convolutions in fp32 be faster?
 # 3. Save the graph optimised at `all` and open it in Netron. Which nodes replaced the
 #    `Conv`, `BatchNormalization` and `Relu` of the exported graph?
 # 4. Set `intra_op_num_threads` to 2 and compare batch 1 with batch 32: where does the

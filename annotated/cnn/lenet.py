@@ -322,12 +322,13 @@ def lenet_loops(image, weights: dict) -> list[float]:
 # The course's method for a new model: first with PyTorch's high-level API, then with
 # our own layers, then in plain Python. All three compute the same logits for the same
 # weights (the test checks it to 1e-12 in float64), and the benchmark in the test file
-# times them on one 32×32 image. On a shared 2-core machine (medians): the im2col
-# layers took about 1.2× the `nn.Conv2d` twin's time for one image (0.39 ms against
-# 0.34 ms), and the plain loops about 160× (54 ms): the interpreter pays for each of
-# the 416,520 multiply-adds one by one, while the tensor versions pay a few dozen
-# dispatches in all. On a training step of 64 images the im2col layers take about
-# 2.3× the twin, whose convolution backward runs in PyTorch's tuned kernels.
+# times them on one 32×32 image. In this page's benchmark run (a shared 2-core
+# machine, mean times) the im2col layers took about 1.3× the `nn.Conv2d` twin's time
+# for one image (0.37 ms against 0.29 ms), and the plain loops about 99× (29 ms): the
+# interpreter pays for each of the 416,520 multiply-adds one by one, while the tensor
+# versions pay a few dozen dispatches in all. On a training step of 64 images the
+# im2col layers took about 2.7× the twin, whose convolution backward runs in PyTorch's
+# tuned kernels.
 #
 # ## Digits at 32×32
 #

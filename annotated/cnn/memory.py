@@ -405,7 +405,7 @@ def example():
 
 # ## The demo
 #
-# The demo measures, on random $32\times32$ images, the peak of one training step of
+# The demo measures, on random $16\times16$ images, the peak of one training step of
 # stacks of growing depth, plain and checkpointed into $\sqrt n$ segments with both
 # implementations, then compares every technique at the deepest stack. It prints the
 # peaks and returns their ratios to the plain step.

@@ -342,8 +342,8 @@ def resnet101(**kwargs) -> ResNet:
 # $C_i \times k \times k$ kernel does $N C_o H_o W_o C_i k^2$ multiply–adds, and the
 # counter reports **two FLOPs per multiply–add**. The figures published for ResNets
 # (1.81 G for ResNet-18, 4.09 G for ResNet-50 at 224×224) count multiply–adds, so
-# `count_flops` halves the counter's total. BN, ReLU, pooling and the additions are not
-# counted by either: they are a fraction of a percent.
+# `count_multiply_adds` halves the counter's total. BN, ReLU, pooling and the
+# additions are not counted by either: they are a fraction of a percent.
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -575,4 +575,4 @@ if __name__ == "__main__":
 #    $N C_o H_o W_o C_i k^2$, stage by stage. Which stage costs most, and why is it not
 #    the one with the most parameters?
 # 4. Train the digits nets with `zero_init_residual` behaviour (zero each block's last
-#    BN $\gamma$). Does the residual-18 net now train faster in its first 50 steps?
+#    BN $\gamma$). Does the residual-26 net now train faster in its first 50 steps?

@@ -57,9 +57,9 @@ worksheet:
 ---
 
 The [encoder–decoder of the previous lesson](seq2seq.md) passes one vector from the
-encoder to the decoder, and its accuracy at reversing digit strings falls from 100 %
-for 4 to 6 digits to 9 % at 14 and none from 17 digits on. Bahdanau, Cho and Bengio
-named the cause: "a neural network needs to be able to compress all the necessary
+encoder to the decoder, and its accuracy at reversing digit strings falls from 100 % for
+4 and 5 digits (99 % at 6) to 9 % at 14 and none from 17 digits on. Bahdanau, Cho and
+Bengio named the cause: "a neural network needs to be able to compress all the necessary
 information of a source sentence into a fixed-length vector", and showed translation
 quality falling with sentence length for exactly this reason
 [@cho2014properties; @bahdanau2015neural].

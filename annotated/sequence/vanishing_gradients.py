@@ -411,8 +411,9 @@ def fit_decay(norms: Tensor, start: int = 1) -> Decay:
 # each partial product; `pascanu_bound` is the right-hand side, with $\gamma$ the
 # largest $1 - h_k^2$ the sequence actually reached. Forming the matrices is the
 # expensive way round: for 100 steps of 8 sequences with 64 units, the benchmark
-# found it 5 to 10 times slower than autograd's backward (over three runs on a busy
-# 2-core machine), which only ever multiplies a vector by $W_{hh}^\top$.
+# found it 5 to 12 times slower than autograd's backward (over several runs on a
+# busy 2-core machine; about 12 times in this page's benchmark run), which only ever
+# multiplies a vector by $W_{hh}^\top$.
 
 
 def rnn_jacobians(states: Tensor, w_hh: Tensor) -> Tensor:
@@ -980,5 +981,8 @@ if __name__ == "__main__":
 # 3. Replace `clip_grad_norm` with `torch.nn.utils.clip_grad_value_` at 0.1 in the echo
 #    run. Which of the two keeps the gradient's direction, and does the run survive?
 # 4. Truncate backpropagation through time: detach the state every 10 steps in
-#    `stepped_states` and redraw the decay figure. Which distances lose their
-#    gradient entirely?
+#    `stepped_states`, and in `hidden_state_gradients` pass `allow_unused=True,
+#    materialize_grads=True` to `torch.autograd.grad` (the states before the last cut
+#    no longer reach the loss, and without these autograd raises that they "appear to
+#    not have been used in the graph"; with them their gradients are zeros). Redraw the
+#    decay figure. Which distances lose their gradient entirely?

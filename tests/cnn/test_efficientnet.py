@@ -78,7 +78,7 @@ def test_compound_scaling_formula():
     assert compound_scaling(0) == (1.0, 1.0, 224)
 
 
-@pytest.mark.parametrize("name", ["b0", "b1", "b4", "b7"])
+@pytest.mark.parametrize("name", list(TORCHVISION_PARAMS))
 def test_parameter_count_matches_torchvision(name):
     with torch.device("meta"):
         model, resolution = efficientnet(name)
