@@ -909,9 +909,10 @@ if __name__ == "__main__":
 #    shrinking the KV cache. Give `MultiHeadAttention` a `num_kv_heads` argument that
 #    divides `num_heads`, repeat `k` and `v` along the head axis, and check against
 #    `F.scaled_dot_product_attention(..., enable_gqa=True)`.
-# 2. Train the recall model with `scale=1.0` (no division by $\sqrt{d_k}$) and
-#    `--d-model 256`. How do the first hundred steps of the loss curve change, and
-#    why, in terms of the softmax's Jacobian?
+# 2. Give `MultiHeadAttention` a `scale` argument that its `forward` passes to
+#    `scaled_dot_product_attention`, then train the recall model with `scale=1.0` (no
+#    division by $\sqrt{d_k}$) and `--d-model 256`. How do the first hundred steps of
+#    the loss curve change, and why, in terms of the softmax's Jacobian?
 # 3. Build the bottom-right causal mask for $L < S$ queries (the last query sees every
 #    key) and compare it with `torch.nn.attention.bias.causal_lower_right`. Which one
 #    does a decoder with a KV cache need, and why does `is_causal=True` give the wrong

@@ -94,11 +94,12 @@ for block sizes that divide $N$ and block sizes that do not, causal or not, unde
 hypothesis. The demo measures what the algorithm buys: at $N = 2048$ (2 heads,
 $d = 64$) a training step of plain attention peaks at 20 times the memory of ours, and
 autograd saves $(N + 3d)/(4d + 1) = 8.7$ times as many bytes for it. It also measures
-what a Python loop costs: on two CPU cores ours takes 1.2 times as long as plain
-attention and 3.3 times as long as PyTorch's own CPU kernel, which is FlashAttention
-written in C++; on a GPU, where every one of a tile's dozen operations is a kernel
-launch, it is some 200 times slower than either. The fused GPU version, where the tiles
-really live in SRAM, is the later lesson *FlashAttention as a Triton kernel*.
+what a Python loop costs: on two CPU cores ours takes about as long as plain attention
+(1.0 to 1.2 times, in our runs) and two to three times as long as PyTorch's own CPU
+kernel, which is FlashAttention written in C++ (the demo prints this run's ratios); on
+a GPU, where every one of a tile's dozen operations is a kernel launch, it is some 200
+times slower than either. The fused GPU version, where the tiles really live in SRAM,
+is the later lesson *FlashAttention as a Triton kernel*.
 """
 
 import argparse
@@ -664,9 +665,10 @@ def dataflow(output: tuple[Tensor, Tensor]):
 # length the blocks do not divide, counts the tiles a causal pass skips, and draws two
 # figures: the three measurements against $N$, and the tile map of a causal pass.
 #
-# The timing is the honest part. On two CPU cores ours is a little slower than plain
-# attention at $N = 2048$ (1.2×) and 3.3× slower than SDPA; on an H200 GPU it is some
-# 200× slower than either. Three reasons. Each tile costs a dozen separate operator
+# The timing is the honest part. On two CPU cores ours takes about as long as plain
+# attention at $N = 2048$ (1.0 to 1.2× in our runs) and two to three times as long as
+# SDPA (the demo prints this run's ratios); on an H200 GPU it is some 200× slower than
+# either. Three reasons. Each tile costs a dozen separate operator
 # calls from Python (on a GPU, a dozen kernel launches), and a $128 \times 128$ tile
 # is too little work to hide them. Nothing is fused: every tile's scores and
 # probabilities are written to memory by one operator and read back by the next,

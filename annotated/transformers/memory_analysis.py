@@ -391,8 +391,9 @@ def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
 #
 # The head adds nothing: it is the token embedding, transposed. For GPT-2 small
 # ($L = 12$, $h = 768$, $V = 50257$, $n_{\mathrm{ctx}} = 1024$) that is 124,439,808,
-# the number Hugging Face's `GPT2LMHeadModel` reports; the test builds that model on the
-# `meta` device for all four GPT-2 sizes and compares.
+# the number Hugging Face's `GPT2LMHeadModel` reports. The test builds that model, and
+# ours, on the `meta` device (shapes without memory) for all four GPT-2 sizes and
+# compares their parameter counts, the tied head counted once, with this formula.
 
 
 def parameter_count(config: Config) -> int:

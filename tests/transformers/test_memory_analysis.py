@@ -171,6 +171,31 @@ def test_gpt2_parameter_counts_match_published_numbers():
     assert [parameter_count(config) for config in GPT2.values()] == published
 
 
+@pytest.mark.parametrize("name", list(GPT2))
+def test_gpt2_parameter_count_matches_hugging_faces_model(name):
+    """Hugging Face's GPT2LMHeadModel at each GPT-2 size, built on the `meta` device
+    (shapes, no memory): its num_parameters(), which counts the tied head once."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2[name]
+    hf_config = GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.n_ctx,
+        n_embd=config.hidden,
+        n_layer=config.layers,
+        n_head=config.heads,
+    )
+    with torch.device("meta"):
+        reference = GPT2LMHeadModel(hf_config)
+        ours = GPT(config)
+    assert reference.lm_head.weight is reference.transformer.wte.weight  # tied
+    assert next(reference.parameters()).is_meta
+    assert reference.num_parameters() == parameter_count(config)
+    assert sum(p.numel() for p in reference.parameters()) == parameter_count(config)
+    assert sum(p.numel() for p in ours.parameters()) == parameter_count(config)
+    assert len(list(reference.parameters())) == 12 * config.layers + 4
+
+
 @pytest.mark.parametrize("precision", list(BYTES))
 def test_model_states_are_16_bytes_per_parameter_exactly(precision):
     config = MEASURED["2×64"]
