@@ -613,10 +613,10 @@ def dataflow(output: list[int]):
 #
 # What the defaults give on a two-core machine: 3.70 bytes per token at 2,000 merges
 # (1.0 with bytes alone, 2.0 at 128 merges), and the incremental trainer 20 to 35
-# times faster than the naive one (0.2–0.3 s against 5–8 s, on a busy machine). Most
-# of the incremental trainer's time goes to its first few dozen merges, pairs such as
-# (` `, `t`) and (`i`, `n`) that touch thousands of words; after them a merge costs
-# about a third of a millisecond.
+# times faster than the naive one (0.2–0.3 s against 4–8 s, depending on how busy the
+# machine is). Most of the incremental trainer's time goes to its first few dozen
+# merges, pairs such as (` `, `t`) and (`i`, `n`) that touch thousands of words; after
+# them a merge costs about a third of a millisecond.
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Train a byte-level BPE tokenizer on Python's documentation."

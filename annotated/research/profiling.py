@@ -771,26 +771,26 @@ def example():
 # other at every barrier, and the compute-bound operations fall far below a peak that
 # was measured a moment earlier.
 #
-# - a peak of some tens of GFLOP/s per core and a copy bandwidth of 10–25 GB/s: a
+# - a peak of some tens of GFLOP/s per core and a copy bandwidth of 10–50 GB/s: a
 #   ridge point of a few FLOP/byte;
 # - only `matmul`, `conv2d` and `attention` are compute-bound. The first two reach
 #   the peak (slightly above it, at times: the peak is itself a measurement, of one
 #   matrix size), because at 140–170 FLOP/byte the bytes have no say;
 # - `matvec` does the same arithmetic per weight as `matmul` but uses each weight once:
-#   an intensity of 0.5, and it runs at nearly the copy bandwidth. This is why
+#   an intensity of 0.5, and it runs at about half the copy bandwidth. This is why
 #   generating text one token at a time is limited by memory, not arithmetic;
 # - the tiny `bmm 8×8` products have an intensity of 1.3 and reach a third of even
 #   that roof or less: each $8 \times 8$ product is mostly bookkeeping. The benchmark
 #   in this page's header times the same $2 \cdot 256^3$ FLOPs both ways on one
 #   thread, as one $256 \times 256$ product and as 32,768 tiny ones: the tiny ones
-#   take about twelve times as long;
+#   take about eleven times as long;
 # - `attention` has the intensity of a matrix product in the read-once model, but its
 #   unfused form writes and reads the $L \times S$ scores several times and runs a
 #   softmax over them, so it stays well below its roof. Fusing it
 #   (FlashAttention) is the removal of exactly that traffic;
 # - the element-wise operations sit far left, and most reach only 10–20 % of their
 #   roof. The reason is not arithmetic. Compare `add` with `add, out=`: the same
-#   bytes, about five times slower. Each call of `torch.add` asks for a fresh 32 MiB
+#   bytes, five to eight times slower. Each call of `torch.add` asks for a fresh 32 MiB
 #   output; the C allocator hands blocks that large back to the operating system
 #   when they are freed and maps new ones, so every 4 KiB page of the output costs a
 #   page fault and a zero-fill before the add writes it. Writing into an output

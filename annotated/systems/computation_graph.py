@@ -96,7 +96,7 @@ lists every ATen operator that a forward and a backward pass of a linear layer c
 which the prose then follows from `nn.Linear` down to the BLAS call.
 
 The demo builds a small MLP on the digits, checks the measured saved-tensor memory
-against the formula derived below at eight batch sizes, and counts the ATen ops of one
+against the formula derived below at nine batch sizes, and counts the ATen ops of one
 training step.
 """
 
@@ -504,7 +504,7 @@ def shapes(value) -> list:
 #    `at::native::cpublas::gemm`, which hands the product to the BLAS (MKL or
 #    OpenBLAS). On a GPU the `CUDA` key's kernel calls cuBLAS instead.
 #
-# The backward pass of that layer, for a given output gradient, calls twelve ATen ops
+# The backward pass of that layer, for a given output gradient, calls eleven ATen ops
 # (`LINEAR_BACKWARD_OPS` below, checked by the test). `AddmmBackward0` computes the
 # input's gradient as `grad @ mat2ᵀ` (an **`aten::t`** and an **`aten::mm`**), and the
 # gradient of `mat2` as $(\mathrm{grad}^\top \mathrm{mat1})^\top$ rather than
@@ -557,7 +557,7 @@ def example():
 
 # ## The demo
 #
-# The demo checks the memory formula at eight batch sizes, then records one training
+# The demo checks the memory formula at nine batch sizes, then records one training
 # step of the MLP on the digits: the backward graph (written as `graph.dot`), the
 # gradient norm of each layer, and the ATen ops of the forward pass, the backward pass
 # and the optimiser's update.

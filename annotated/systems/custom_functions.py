@@ -754,7 +754,7 @@ def example():
 # weights, and 54 % behind `torch.sign`, where no gradient reaches any weight and the
 # biases alone learn what they can on top of random $\pm 1$ features. The memory
 # counts, in float32 bytes per input element: Mish 8 composed against 4 as a Function
-# (one tensor against two); the focal loss 32 against 8 (eight tensors against the
+# (two tensors against one); the focal loss 32 against 8 (eight tensors against the
 # logits and the labels).
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
