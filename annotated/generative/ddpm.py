@@ -97,7 +97,7 @@ U-Net [@ronneberger2015unet] told the step through a sinusoidal embedding. Sampl
 The pieces are checked against Hugging Face `diffusers`' `DDPMScheduler` in the
 tests: the linear and cosine [@nichol2021improved] schedules, $\bar\alpha_t$, the
 posterior variance, and one sampling step with the same noise. The demo trains a
-U-Net of about 190,000 parameters on 16×16 digits for a few minutes of CPU and
+U-Net of about 190,000 parameters on 16×16 digits in under a minute of CPU and
 samples from it. A later lesson, [DDIM](ddim.md), reuses this file's `Schedule`,
 `UNet` and `trained_model()` to sample in a few dozen steps instead of hundreds.
 """

@@ -860,9 +860,10 @@ if __name__ == "__main__":
 # 2. Train the judge twice with different seeds and compute the FID between the train
 #    and test digits with each. How far apart are the two numbers, against the
 #    $1/n$ bias at $n = 359$? What does that say about comparing FIDs across papers?
-# 3. Feed `inception_score_from_probabilities` ten images, one confident image per
-#    class, and then 1,000 copies of them. Both score 10: what does the IS miss that
-#    FID would catch?
+# 3. Feed `inception_score_from_probabilities` with `splits=1` ten images, one
+#    confident image per class, and then the same ten repeated 100 times (1,000 rows).
+#    Both score 10: what does the IS miss that FID would catch? (With the default
+#    `splits=10` the ten images fall one to a fold, and each fold scores 1.)
 # 4. Replace the features by the judge's *logits* (10 dimensions) and repeat the
 #    corruption experiment. Does FID still rise monotonically, and which corruption
 #    does it become blind to?

@@ -4,8 +4,11 @@ the answer-only loss against a cross-entropy over the answer positions written o
 
 Also: greedy answers decoded in a padded batch equal those decoded one at a time and
 Hugging Face's `generate(inputs_embeds=...)`; a stage-1 step moves the projector and
-nothing else; each generated question's answer agrees with the rendered pixels; a
-prompt that overflows the context is a ValueError; the demo runs on tiny models.
+nothing else; each generated question's answer agrees with the rendered pixels
+(colour, shape and size read off each colour's coverage, the count as connected
+regions, the position from the two colours' centroids; where two objects share a
+colour, only the colour and count answers are checked); a prompt that overflows the
+context is a ValueError; the demo runs on tiny models.
 """
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from scipy import ndimage
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
@@ -265,17 +269,49 @@ def centre(image: np.ndarray, colour: str) -> np.ndarray:
     return np.argwhere(mask).mean(0)
 
 
+def coverage(image: np.ndarray, colour: str) -> np.ndarray:
+    """How much of each pixel `[H, W]` the shapes of `colour` cover: the pixel's
+    multiple of the colour where the pixel is one (shapes lie on black), else 0."""
+    rgb = np.array(COLOURS[colour], dtype=np.float32)[:, None, None]
+    amount = (image * rgb).sum(0) / (rgb**2).sum()  # [H, W]
+    return np.where(np.abs(image - amount * rgb).sum(0) < 0.05, amount, 0.0)
+
+
+def size_of(cover: np.ndarray) -> str:
+    """A shape's area in pixels: at most 64 when small, at least 90 when large."""
+    return "small" if cover.sum() < 77 else "large"
+
+
+def shape_of(cover: np.ndarray) -> str:
+    """A shape's area over its widest row times its tallest column: 1 for a square,
+    pi/4 for a circle, about 0.6 for the triangle."""
+    fill = cover.sum() / (cover.sum(1).max() * cover.sum(0).max())
+    return "square" if fill > 0.9 else "circle" if fill > 0.72 else "triangle"
+
+
 def test_each_question_is_answered_by_the_pixels():
     data = shapes(60, objects=2, seed=3)
     rng = np.random.default_rng(0)
     seen = set()
     for image, objects, relation in zip(data.images, data.attributes, data.relations):
+        covers = {c: coverage(image, c) for c in COLOURS}
+        present = {c: cover for c, cover in covers.items() if cover.sum() > 20}
+        blobs = ndimage.label(sum(covers.values()) > 0.5)[1]  # connected regions
         for kind, question, right in image_questions(objects, int(relation), rng):
             seen.add(kind)
             if kind == "count":
-                assert right == "two"
-            if kind == "colour":  # the named shape's colour is in the picture
-                assert right in [list(COLOURS)[c] for c in objects[:, 1]]
+                assert right == ("one", "two")[blobs - 1]
+            if kind == "colour":  # a shape of that colour and of the named shape
+                named = question.removeprefix("what colour is the ").removesuffix("?")
+                assert right in present, (question, right)
+                if len(present) == 2:
+                    assert shape_of(present[right]) == named, (question, right)
+            if kind == "shape":  # the only shape of the named colour
+                named = question.split()[4]
+                assert shape_of(present[named]) == right, (question, right)
+            if kind == "size" and len(present) == 2:
+                named = question.split()[2]
+                assert size_of(present[named]) == right, (question, right)
             if kind == "position":
                 words = question.removeprefix("where is the ").split()
                 first, second = centre(image, words[0]), centre(image, words[5])
@@ -290,10 +326,19 @@ def test_each_question_is_answered_by_the_pixels():
                 assert np.dot(first - second, offset) > 0, (question, right)
     assert seen == {"colour", "shape", "size", "count", "position"}
     one = shapes(20, objects=1, seed=4)
-    for objects in one.attributes:
+    for image, objects in zip(one.images, one.attributes):
         asked = image_questions(objects, -1, rng)
         assert [kind for kind, _, _ in asked] == ["colour", "shape", "size", "count"]
-        assert asked[-1][2] == "one"
+        (colour, cover), *others = [
+            (c, cover) for c in COLOURS if (cover := coverage(image, c)).sum() > 20
+        ]
+        assert not others
+        assert [right for _, _, right in asked] == [
+            colour,
+            shape_of(cover),
+            size_of(cover),
+            "one",
+        ]
 
 
 def test_question_set_and_prior():
