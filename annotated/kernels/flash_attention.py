@@ -172,8 +172,8 @@ def eager_attention(
 # them, the mask reads and writes them, the softmax reads them and writes $P$, and the
 # second product reads $P$. Autograd keeps $P$ for the backward pass, which reads it
 # again and writes $dP$ and $dS$, $N \times N$ each. At $N = 4096$ one such matrix is
-# 32 MiB per head in bfloat16, and `ByteCounter` (from the [fused LSTM
-# lesson](fused_lstm.md), counting every ATen call's tensor arguments and results) adds
+# 32 MiB per head in bfloat16, and `ByteCounter` (from the [softmax
+# chapter](softmax.md), counting every ATen call's tensor arguments and results) adds
 # up 262 MiB per head for the forward pass, eight such matrices, and 298 MiB for the
 # backward. The causal mask adds 240 MiB, 800 MiB in all: 80 MiB to build the boolean
 # $N \times N$ mask (16 MiB) and 80 MiB for each `masked_fill`, forward and backward,

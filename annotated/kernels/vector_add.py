@@ -580,10 +580,10 @@ if __name__ == "__main__":
 #    and 8 (`add_kernel[grid](..., num_warps=8)`), and run `gpu_report` for each.
 #    Which settings fall short of the copy's bandwidth, and why does a small block
 #    with many warps waste most of its threads?
-# 2. Make the kernel index with 64-bit offsets (`program.to(tl.int64)`), lift the
-#    $2^{31}$ limit in `check_operands`, and add two vectors of $2^{31} + 5$ int8
-#    elements on a GPU. What does the 32-bit version do at that size without the
-#    check?
+# 2. Make the kernel index with 64-bit offsets (`program.to(tl.int64)`), add
+#    `torch.int8` to `DTYPES`, lift the $2^{31}$ limit in `check_operands`, and add
+#    two vectors of $2^{31} + 5$ int8 elements on a GPU. What does the 32-bit version
+#    do at that size without the check?
 # 3. Write `axpy_kernel` for $z = a x + y$ with a scalar $a$. What is its arithmetic
 #    intensity in float32, and should `gpu_report` show it any slower than the add?
 # 4. Remove the mask and run the tests in the interpreter. Which sizes fail, and what
