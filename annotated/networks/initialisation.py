@@ -536,8 +536,11 @@ def signal_through_depth(
 # *explodes* going down, a factor $10^{9}$. In ReLU networks Xavier's $n\sigma^2 = 1$
 # loses ReLU's factor $\tfrac12$ of the second moment at every layer,
 # $2^{-20/2} \approx 10^{-3}$ in spread after twenty, and He et al.'s
-# $n\sigma^2 = 2$ holds it [@he2015delving]. Orthogonal weights with the matched gain do
-# as well as the best variance scheme in both.
+# $n\sigma^2 = 2$ holds it [@he2015delving]. Orthogonal weights with the matched gain
+# keep the activations' spread best in both networks (0.86 with tanh, 0.91 with ReLU),
+# and with ReLU the gradient's too. With tanh the gain of $5/3$ that holds the forward
+# signal lets the gradient grow 5.5-fold by the first layer, further from 1 than
+# Kaiming's 2.2 or Xavier's loss of a factor of four.
 
 
 def experiment(
