@@ -768,28 +768,35 @@ def example():
 #   positions carry a gradient to their source (against three quarters for $k = 16$).
 # - **Padding**: 71 %, 43 % and 10 % of the padded time steps are padding for random
 #   batches, pools of 4 and the full sort: 4.8, 1.5 and 0.2 GFLOP wasted in an
-#   epoch's forward pass. The padded LSTM epoch follows: the sort makes it 3 to 4×
-#   shorter than random batches. Packing did *not* make it faster: each packed epoch
-#   took 1.5 to 4 times as long as the padded one in our runs. The reason is in
+#   epoch's forward pass. The padded LSTM epoch follows: the sort makes it 2 to 4×
+#   shorter than random batches (2.3× in the run below). Packing did *not* make it
+#   faster: each packed epoch took 1.5 to 4 times as long as the padded one in our
+#   runs. The reason is in
 #   `RNN.cpp`: on a CPU a padded batch goes to oneDNN's fused LSTM kernel, while a
 #   packed one (unless every sequence has the same length) goes to `PackedLayer`, a
 #   loop of small ATen operations, and the skipped arithmetic does not pay for the
-#   lost kernel. The benchmark pins it down: with oneDNN switched off the packed
-#   batch beats the padded one, but the oneDNN padded batch beats both. (Forward
-#   alone on the benchmark's batch, in CPU time on one core: 3.8 ms padded through
-#   oneDNN, 10.5 ms padded through ATen, 5.4 ms packed.) So on a CPU:
+#   lost kernel. The benchmark pins it down, forward and backward: the oneDNN padded
+#   batch beats both others. With oneDNN switched off, the packed batch beat the
+#   padded one on an AMD EPYC and lost to it on the Intel Xeon this page's benchmark
+#   ran on, where its backward pass, a loop of small operations too, costs more.
+#   (Forward alone on the benchmark's batch, in CPU time on one thread: 1.8 ms padded
+#   through oneDNN, 3.5 ms padded through ATen and 2.0 ms packed on the Xeon; 3.8,
+#   10.5 and 5.4 ms on the EPYC.) So on a CPU:
 #   bucket, pad, and read each sequence's final state from its output at step
 #   $L_i - 1$ rather than from `h_n` (padding only ever comes after the real steps);
 #   pack for bidirectional layers, whose backward direction would otherwise start in
 #   the padding. On a GPU, where cuDNN takes the packed batch natively, measure both.
-# - **Scan**: on two cores there is no parallel hardware to spread a round over, and
-#   the scan does $\log_2 T$ times the loop's arithmetic; what it saves is operator
-#   calls, 60 against 8,194 at $T = 4096$, each with microseconds of overhead. The two
-#   stay within about 2× of each other: the scan is ahead at most lengths, most
-#   clearly in the middle of the range where the loop's per-call overhead dominates,
-#   and its lead narrows, sometimes to a loss, at $T = 4096$, where its extra
-#   arithmetic and the backward through 12 rounds of whole-sequence tensors catch up
-#   (the figure is one run on a shared machine; the benchmark repeats $T = 1024$).
+# - **Scan**: the scan does $\log_2 T$ times the loop's arithmetic; what it saves is
+#   operator calls, 60 against 8,194 at $T = 4096$, each with microseconds of
+#   overhead, and each of its calls is a whole-sequence operation that torch can
+#   spread over threads, where the loop's are too small to. The figure's run used both
+#   cores: the two stay within about 2× of each other, the scan ahead at most lengths,
+#   most clearly in the middle of the range where the loop's per-call overhead
+#   dominates, and its lead narrows, sometimes to a loss, at $T = 4096$, where its
+#   extra arithmetic and the backward through 12 rounds of whole-sequence tensors catch
+#   up. The benchmark pins one thread and repeats $T = 1024$: there the scan takes
+#   about 1.6 times as long as the loop (22 ms against 14; with two threads, 10
+#   against 14). Even two cores are parallel hardware the scan can use.
 #   The scan's real home is a GPU, where a round over all $T$ positions is a few
 #   kernel launches, as one step of the loop is; there Martin and Cundy measured up
 #   to 9× faster training of whole models [@martin2018parallelizing], and Feng et al.
@@ -845,8 +852,8 @@ def train_truncations(args) -> dict[int, list[float]]:
 def epoch_seconds(
     lstm: nn.LSTM, dataset, batches: list[list[int]], packed: bool, device: str
 ) -> float:
-    """Wall time of one forward and backward pass of `lstm` over `dataset` in
-    `batches`, padded or packed."""
+    """Wall time (the median of three) of one forward and backward pass of `lstm` over
+    `dataset` in `batches`, padded or packed."""
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate_padded
     )
@@ -863,7 +870,7 @@ def epoch_seconds(
                 outputs = lstm(padded)[0]  # [batch, max_len, hidden]
             outputs.square().mean().backward()
 
-    return timed(epoch, device, repeats=1)
+    return timed(epoch, device)
 
 
 def scan_timings(max_steps: int, device: str) -> tuple[list[int], dict]:
