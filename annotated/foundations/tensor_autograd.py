@@ -922,8 +922,8 @@ def dataflow(output: Tensor):
 
 # ## The demo
 #
-# Train the network on the 1,437 training digits in mini-batches, reshuffled every
-# epoch, and after each epoch measure accuracy on the 360 held-out test digits. The
+# Train the network on the 1,438 training digits in mini-batches, reshuffled every
+# epoch, and after each epoch measure accuracy on the 359 held-out test digits. The
 # figure shows the mean training loss and the test accuracy per epoch.
 
 
@@ -973,7 +973,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             loss.backward()
             optimiser.step()
             batch_losses.append(loss.data.item())
-        test_logits = model(Tensor(x_test)).data  # [360, 10]
+        test_logits = model(Tensor(x_test)).data  # [359, 10]
         train_losses.append(float(np.mean(batch_losses)))
         test_accuracies.append(float(np.mean(test_logits.argmax(axis=1) == y_test)))
         progress.set_postfix(
@@ -993,7 +993,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         Path(args.out) / "loss.png",
         caption="Training the two-layer network on digits with the tensor engine. "
         "Left: the mean cross-entropy over each epoch's mini-batches, on a log scale. "
-        "Right: accuracy on the 360 held-out test digits after each epoch, above 95 % "
+        "Right: accuracy on the 359 held-out test digits after each epoch, above 95 % "
         "within a few epochs.",
     )
 

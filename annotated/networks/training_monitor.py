@@ -466,20 +466,21 @@ def loss_landscape_loop(
 #
 # The activations of $k$ models on $n$ examples take $k \cdot n \cdot$ width floats per
 # layer, so the grid goes through in chunks of `models_per_call` points: 32 models on
-# the 1,437 training digits need 12 MB a layer. The model runs in eval mode (so that
+# the 1,438 training digits need 12 MB a layer. The model runs in eval mode (so that
 # dropout or batch norm, had it any, would be deterministic, and so that the monitor's
 # hooks skip these forwards) and is put back as it was.
 #
 # What batching buys depends on where the time goes. The arithmetic is the same either
-# way: the 21×21 grid on the 1,437 training digits is 441 forwards of about 26 MFLOP, 11
-# GFLOP in all. On one CPU thread that is compute-bound, and the test's benchmark
-# measured the batched grid at about 1.2× the loop's time (0.89 s against 0.70 s, best
-# of five): the loop's per-model overhead of a few hundred microseconds is lost in its 2
-# ms of arithmetic, and its `[1437, 64]` activations stay in cache where a stack of 32
-# does not. On 128 examples each model is only 2.3 MFLOP, the overhead is most of the
-# loop's time, and batching makes the grid about 1.9× faster (0.12 s against 0.22 s). On
-# a GPU, where each of the loop's small kernels costs a launch of several microseconds,
-# the same batching is what keeps the device busy; we did not measure that here.
+# way: the 21×21 grid on the 1,438 training digits is 441 forwards of about 26 MFLOP, 11
+# GFLOP in all. On one CPU thread that is compute-bound: in this page's benchmark run
+# (the times vary by machine) the batched grid took about 1.25× the loop's time (0.34 s
+# against 0.27 s, mean of five rounds). The loop's per-model overhead, about a tenth of
+# a millisecond, is small beside its 0.6 ms a model, and its `[1438, 64]` activations
+# stay in cache where a stack of 32 does not. On 128 examples each model is only 2.3
+# MFLOP, the overhead is most of the loop's time, and in the same run batching made the
+# grid about 2× faster (0.031 s against 0.065 s). On a GPU, where
+# each of the loop's small kernels costs a launch of several microseconds, the same
+# batching is what keeps the device busy; we did not measure that here.
 
 
 def loss_landscape(

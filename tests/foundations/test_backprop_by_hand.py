@@ -225,8 +225,8 @@ def test_causal_head_ignores_the_future():
     changed[4:] = rng.standard_normal((2, 4))
     changed_output, _ = attention_head_forward(changed, *weights, causal=True)
     np.testing.assert_array_equal(changed_output[:4], output[:4])
-    # Only the last position's output flows back: no earlier token's gradient can reach
-    # a later token.
+    # Only position 2's output (of 6) flows back; under the mask it read positions 0..2
+    # alone, so positions 3..5 get no gradient.
     upstream = np.zeros_like(output)
     upstream[2] = 1.0
     grad_x = attention_head_backward(upstream, cache)[0]

@@ -35,7 +35,7 @@ from annotated.networks.mlp_stdlib import (
 from tools.literate.figures import short_band
 
 
-X_TRAIN, Y_TRAIN, _, _ = digits()  # [1437, 64], [1437]
+X_TRAIN, Y_TRAIN, _, _ = digits()  # [1438, 64], [1438]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -302,6 +302,17 @@ def test_example_runs_a_training_step_and_dataflow_draws_it():
             lambda: MLP([4, 2]).loss_and_gradients([[1.0] * 4], [1.0]),
             ValueError,
             "labels must be ints",
+        ),
+        (  # -1 would otherwise score the last class
+            lambda: softmax_cross_entropy([[0.0, 1.0], [1.0, 0.0]], [0, -1]),
+            ValueError,
+            r"softmax_cross_entropy: labels must hold one int in 0\.\.C-1 per row "
+            r"of logits \[B, C\] = \[2, 2\], got \[0, -1\]",
+        ),
+        (  # zip would otherwise drop the second row
+            lambda: softmax_cross_entropy([[0.0, 1.0], [1.0, 0.0]], [0]),
+            ValueError,
+            r"softmax_cross_entropy: labels must hold one int in 0\.\.C-1 per row",
         ),
         (lambda: SGD([], lr=0.1), TypeError, "model must be an MLP"),
         (lambda: SGD(MLP([4, 2]), lr=0.0), ValueError, "lr must be a positive"),

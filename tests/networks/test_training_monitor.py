@@ -368,7 +368,7 @@ def test_demo_trains_draws_and_logs(tmp_path, capsys):
 # -- benchmarks -----------------------------------------------------------------------
 
 GRID = 21
-FULL = "loss landscape, 21×21 grid on 1,437 digits"
+FULL = "loss landscape, 21×21 grid on 1,438 digits"
 SMALL = "loss landscape, 21×21 grid on 128 digits"
 
 
