@@ -124,8 +124,8 @@ byte, in float32 and bfloat16.
 
 The demo generates 224 tokens after a 32-token prompt with and without the cache, and
 draws the time per step and the bytes of each kind of cache. The two ways choose the
-same tokens, from logits that agree to about $10^{-6}$ in float32, and on two CPU cores
-the cache makes the generation 5 to 9 times faster. The dataflow diagram below is
+same tokens, from logits that agree to about $10^{-6}$ in float32, and on one CPU thread
+the cache makes the generation 5 to 10 times faster. The dataflow diagram below is
 declared by the lesson (`dataflow()`), not traced: it shows one generation, prefill
 then decoding, with the shapes that pass between the steps.
 """
@@ -333,6 +333,23 @@ class KVCache:
     ) -> tuple[Tensor, Tensor]:
         """Store `k` and `v` (`[batch, kv_heads, T, d_head]`) at slots `start …
         start+T-1` of `layer`; return views of slots `0 … start+T-1`."""
+        _, batch, kv_heads, _, d_head = self.k.shape
+        for name, x in (("k", k), ("v", v)):
+            if x.dim() != 4 or x.shape[:2] != (batch, kv_heads) or x.shape[3] != d_head:
+                raise ValueError(
+                    f"KVCache.write: {name} must be [batch, kv_heads, T, d_head] = "
+                    f"[{batch}, {kv_heads}, T, {d_head}], got {tuple(x.shape)}"
+                )
+            if x.dtype != self.k.dtype:
+                raise ValueError(
+                    f"KVCache.write: {name} must be {self.k.dtype} like the cache, "
+                    f"got {x.dtype}"
+                )
+        if v.shape != k.shape:
+            raise ValueError(
+                f"KVCache.write: k and v must have the same shape, got "
+                f"{tuple(k.shape)} and {tuple(v.shape)}"
+            )
         end = start + k.shape[2]
         if start < 0 or end > self.max_len:
             raise ValueError(
@@ -362,9 +379,9 @@ class KVCache:
 # with a group axis of size one, `[batch, kv_heads, 1, S, d_head]`, looks free but is
 # not: `torch.matmul` implements broadcast batch axes by expanding the keys and
 # reshaping them, which copies them. For one decoding step over a 1024-token cache
-# (batch 4, 8 query heads on 2 KV heads, width 64) it took 19 ms against 2.8 ms for
-# the folded rows, in one run on one CPU thread; the page's benchmark table times both
-# against PyTorch's fused function.
+# (batch 4, 8 query heads on 2 KV heads, width 64) it took 3.8 ms against 0.53 ms for
+# the folded rows in this page's benchmark, on one CPU thread (19 ms against 2.8 ms on
+# a slower machine); the benchmark table times both against PyTorch's fused function.
 #
 # The arithmetic is the same in all three kinds: every query head still scores every
 # key. What changes is the memory. The cache shrinks by $H/G$, and so does the traffic
@@ -604,10 +621,10 @@ def check_forward_inputs(
 # step costs more than its arithmetic: a matrix–vector product for one token must
 # still read every weight from memory, and each of the step's few hundred PyTorch
 # operations has a fixed overhead (PyTorch's profiler puts most of a cached step of
-# the demo's model in `addmm`, the linear layers). In the demo's runs on two CPU
-# cores, a cached step took the same time at every length, while a recomputing step
+# the demo's model in `addmm`, the linear layers). In the demo's runs on one CPU
+# thread, a cached step took the same time at every length, while a recomputing step
 # took 2 to 3 times as long at 40 tokens and 10 to 15 times as long at 250; the whole
-# generation was 5 to 9 times faster with the cache. The larger the model and the
+# generation was 5 to 10 times faster with the cache. The larger the model and the
 # longer the text, the more of a step is arithmetic, and the larger the ratio.
 #
 # `generate` returns the tokens, the logits they were chosen from (so that the two

@@ -358,11 +358,38 @@ def test_overflow_raises_before_anything_is_written():
         with pytest.raises(ValueError, match="overflows"):
             model(tokens(1, 1), 6, cache)  # pos == max_len
     assert torch.equal(cache.k, before[0]) and torch.equal(cache.v, before[1])
+    zeros = torch.zeros(1, 2, 3, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="overflows"):
-        cache.write(0, 4, torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3))
+        cache.write(0, 4, zeros, zeros)
     # Why the check: torch broadcasts one token into the empty slice past the end.
     cache.k[0, :, :, 6:7] = torch.ones(1, 2, 1, 3, dtype=torch.float64)
     assert torch.equal(cache.k, before[0])
+
+
+def test_write_rejects_keys_of_another_shape_or_dtype():
+    cache = KVCache(1, 4, 2, 8, 16)
+    one_sequence = torch.randn(1, 2, 3, 16)
+    with pytest.raises(
+        ValueError,
+        match=r"KVCache.write: k must be \[batch, kv_heads, "
+        r"T, d_head\] = \[4, 2, T, 16\], got \(1, 2, 3, 16\)",
+    ):
+        cache.write(0, 0, one_sequence, one_sequence)
+    good = torch.randn(4, 2, 3, 16)
+    with pytest.raises(ValueError, match=r"v must be \[batch, .* got \(4, 2, 3, 8\)"):
+        cache.write(0, 0, good, good[..., :8])
+    with pytest.raises(ValueError, match=r"v must be \[batch, .* got \(4, 2, 3\)"):
+        cache.write(0, 0, good, good[..., 0])
+    with pytest.raises(ValueError, match="k and v must have the same shape"):
+        cache.write(0, 0, good, good[:, :, :2])
+    with pytest.raises(ValueError, match="k must be torch.float32 like the cache"):
+        cache.write(0, 0, good.double(), good.double())
+    # Why the check: torch broadcasts one sequence's keys into every row.
+    cache.k[0, :, :, 0:3] = one_sequence
+    assert all(
+        torch.equal(cache.k[0, row, :, 0:3], one_sequence[0]) for row in range(4)
+    )
+    assert torch.equal(cache.v, torch.zeros_like(cache.v))  # nothing was written
 
 
 def test_bad_arguments_are_named():
