@@ -111,7 +111,8 @@ run fails at scale [@radford2019language]:
    micro-batches; gradient clipping, so that one bad batch cannot throw the weights
    away; bfloat16 autocast, for speed.
 4. **Surviving**: checkpoints in safetensors, with the optimizer state and every random
-   state, so that a run killed at step 5,000 resumes exactly where it stopped; and
+   state, written every `--save-every` steps, so that a run killed at step 5,000
+   resumes from its last checkpoint exactly as if it had never stopped; and
    TensorBoard logs of the loss, the learning rate, the gradient norm and the
    throughput.
 5. **More than one machine**: the same script under `torchrun`, with PyTorch's
@@ -489,6 +490,11 @@ def train_step(
 # load into a fresh model and optimizer in between, and gets the same losses bit for
 # bit. Everything is written to a temporary folder first and renamed into place, so a
 # crash while the files are being written leaves the previous checkpoint whole.
+#
+# The loop writes one every `--save-every` steps (100 by default; 0 writes one only at
+# the end) and after its last step, always to the same folder, so a run killed at
+# any point loses at most `--save-every` steps: `--resume` picks up at the step of the
+# last checkpoint and redraws the same batches from there.
 
 
 def save_checkpoint(
@@ -579,9 +585,15 @@ def load_checkpoint(
 @torch.no_grad()
 def evaluate(model: GPT2, tokens: Tensor, block: int, windows: int = 64) -> float:
     """Mean next-token loss on `windows` evenly spaced windows of `tokens`."""
+    room = len(tokens) - block - 1  # the last offset a window of block + 1 can start at
+    if room < 0 or not 1 <= windows <= max(1, room):
+        raise ValueError(
+            f"evaluate: {len(tokens)} tokens hold 1 to {max(1, room)} distinct windows "
+            f"of block + 1 = {block + 1} tokens, got windows={windows}"
+        )
     was_training = model.training
     model.eval()
-    stride = (len(tokens) - block - 1) // windows
+    stride = room // windows
     starts = torch.arange(windows) * stride  # [windows]
     batch = tokens[starts[:, None] + torch.arange(block + 1)]  # [windows, block + 1]
     batch = batch.to(next(model.parameters()).device)
@@ -613,7 +625,8 @@ def sample_text(model: GPT2, tokenizer: Tokenizer, tokens: int, seed: int = 0) -
 # is what makes the two runs comparable. The loss logged is the mean over processes.
 # Every `eval_every` steps (and at the end) the validation loss and a sample are
 # logged; TensorBoard gets the training loss, the rate, the gradient norm and the
-# tokens per second of every step.
+# tokens per second of every step. Given a `checkpoint` folder, process 0 saves to it
+# every `save_every` steps (0: never in between) and after the last step.
 
 
 def pretrain(
@@ -628,13 +641,21 @@ def pretrain(
     eval_every: int = 0,
     writer: SummaryWriter | None = None,
     tokenizer: Tokenizer | None = None,
+    checkpoint: str | Path | None = None,
+    save_every: int = 0,
 ) -> dict[str, list]:
-    """Train from step `start` to `stop` (default `settings.steps`); returns the
-    per-step `loss`, `lr`, `grad_norm` and the `(step, loss)` pairs of `validation`."""
+    """Train from step `start` to `stop` (default `settings.steps`), saving to
+    `checkpoint` every `save_every` steps and after the last; returns the per-step
+    `loss`, `lr`, `grad_norm` and the `(step, loss)` pairs of `validation`."""
     stop = settings.steps if stop is None else stop
     if not 0 <= start <= stop <= settings.steps:
         raise ValueError(
             f"need 0 <= start <= stop <= steps, got {start}, {stop}, {settings.steps}"
+        )
+    if save_every < 0 or (save_every and checkpoint is None):
+        raise ValueError(
+            f"pretrain: save_every must be >= 0, and > 0 only with a checkpoint "
+            f"folder; got save_every={save_every}, checkpoint={checkpoint}"
         )
     rank, world = (
         (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -677,6 +698,14 @@ def pretrain(
                 if tokenizer is not None:
                     text = sample_text(module, tokenizer, 48, seed=step)
                     writer.add_text("sample", text, step + 1)
+        if (
+            checkpoint is not None
+            and rank == 0
+            and (last or (save_every and (step + 1) % save_every == 0))
+        ):
+            save_checkpoint(
+                checkpoint, module, optimizer, step + 1, generator, settings
+            )
     return history
 
 
@@ -725,9 +754,9 @@ def init_distributed(device: str) -> tuple[int, int]:
 #   chapter](../transformers/memory_analysis.md)'s `model_state_bytes(..., "mixed")`).
 #   With DDP every GPU holds all of it; activations come on top and depend on the
 #   micro-batch and on recomputation.
-# - **FLOPs per token** of a training step: $6N$ for the weights plus $12Lsh$ for
-#   the attention products [@kaplan2020scaling], the memory chapter's
-#   `six_n_flops`.
+# - **FLOPs per token** of a training step: $6N$ for the weights [@kaplan2020scaling]
+#   plus $12Lsh$ for the attention products [@chowdhery2022palm], the memory
+#   chapter's `six_n_flops`.
 # - **Tokens**: Chinchilla's compute-optimal budget is about 20 tokens a parameter
 #   [@hoffmann2022training].
 # - **GPU-hours**: FLOPs over the throughput actually reached, the *model FLOPs
@@ -849,9 +878,9 @@ def dataflow(output):
 # ## The demo
 #
 # The demo trains a GPT of 4 layers, width 128 and 4 heads (0.9M parameters) on 64-token
-# windows of the 512-merge BPE, 16 windows a step, for 700 steps: about a minute on
+# windows of the 512-merge BPE, 16 windows a step, for 700 steps: under a minute on
 # two cores. The uniform guess over its 769 ids scores $\ln 769 \approx 6.65$ nats a
-# token; the run ends near 3.4 nats a token on the validation pages, 1.23 nats a
+# token; the run ends near 3.4 nats a token on the validation pages, 1.24 nats a
 # *byte* (the [GPT-2 chapter](gpt2.md)'s byte-level model reached about 1.6 nats a
 # byte in its 800 steps; tokens let the same model see almost three times as much text
 # per window). The sample it prints has the shape of a pydoc page, headings underlined
@@ -940,6 +969,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--eval-every", type=int, default=100, help="steps between evals"
     )
+    parser.add_argument(
+        "--save-every",
+        type=int,
+        default=100,
+        help="steps between checkpoints (0: only at the end)",
+    )
     parser.add_argument("--resume", default=None, help="checkpoint folder to resume")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
@@ -951,6 +986,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if args.eval_every < 1:
         raise ValueError(f"--eval-every must be >= 1, got {args.eval_every}")
+    if args.save_every < 0:
+        raise ValueError(f"--save-every must be >= 0, got {args.save_every}")
     settings = TrainSettings(
         steps=args.steps,
         micro_batch=args.micro_batch,
@@ -995,6 +1032,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start = 0
     if args.resume:
         start = load_checkpoint(args.resume, module, optimizer, generator)
+        if start >= settings.steps:
+            raise ValueError(
+                f"--resume {args.resume} is at step {start}, nothing to do for "
+                f"--steps {settings.steps}: ask for more --steps"
+            )
     model = module
     if world > 1:
         model = DistributedDataParallel(
@@ -1020,6 +1062,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_every=args.eval_every,
         writer=writer,
         tokenizer=tokenizer,
+        checkpoint=out / "checkpoint",
+        save_every=args.save_every,
     )
     seconds = time.perf_counter() - began
     if world > 1:
@@ -1028,9 +1072,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if rank != 0:
         return {}
     writer.close()
-    save_checkpoint(
-        out / "checkpoint", module, optimizer, settings.steps, generator, settings
-    )
     (out / "history.json").write_text(json.dumps(history) + "\n")
     val_loss = history["validation"][-1][1]
     per_byte = val_loss * len(validation) / validation_bytes
@@ -1060,6 +1101,7 @@ if __name__ == "__main__":
 #    of steps, and which would let you extend a finished run?
 # 3. Train with `--micro-batch 4 --accumulation 4` and with `--micro-batch 16`: the
 #    losses should agree closely. Time both; where does the time go?
-# 4. Kill a run with Ctrl-C halfway, resume it with `--resume`, and compare its
+# 4. Kill a run with Ctrl-C halfway (after at least one `--save-every` checkpoint),
+#    resume it with `--resume out/pretraining/checkpoint`, and compare its
 #    TensorBoard curves with an uninterrupted run's. What would break if the sampler's
 #    generator were not in the checkpoint?

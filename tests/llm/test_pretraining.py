@@ -12,6 +12,7 @@ memory chapter's, and the FLOPs of a step against torch.utils.flop_counter.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
+import annotated.llm.pretraining as lesson
 from annotated.llm.gpt2 import GPT2, GPT2Config
 from annotated.llm.pretraining import (
     TrainSettings,
@@ -32,6 +34,7 @@ from annotated.llm.pretraining import (
     build_tokenizer,
     corpus_pages,
     dataflow,
+    evaluate,
     example,
     learning_rate,
     load_checkpoint,
@@ -234,6 +237,37 @@ def test_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path):
     )
 
 
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, monkeypatch):
+    # A run saving every 2 of 5 steps writes at steps 2 and 4 and after the last; the
+    # checkpoint of step 2, copied aside as a kill after step 3 would have left it,
+    # resumes into the uninterrupted run's last 3 losses bit for bit.
+    settings = TrainSettings(steps=5, micro_batch=3, accumulation=2, block=11, warmup=2)
+    tokens, saved = tiny_tokens(), []
+
+    def save_and_copy(folder, *args):
+        written = save_checkpoint(folder, *args)
+        saved.append(args[2])
+        if args[2] == 2:
+            shutil.copytree(written, tmp_path / "killed")
+        return written
+
+    monkeypatch.setattr(lesson, "save_checkpoint", save_and_copy)
+    model = tiny_model(dropout=0.1)
+    optimizer, generator = make_optimizer(model, settings), torch.Generator()
+    generator.manual_seed(5)
+    torch.manual_seed(9)
+    straight = pretrain(model, optimizer, tokens, settings, generator,
+                        checkpoint=tmp_path / "ckpt", save_every=2)["loss"]  # fmt: skip
+    assert saved == [2, 4, 5]
+    torch.manual_seed(1234)
+    model = tiny_model(dropout=0.1)
+    optimizer, generator = make_optimizer(model, settings), torch.Generator()
+    start = load_checkpoint(tmp_path / "killed", model, optimizer, generator)
+    resumed = pretrain(model, optimizer, tokens, settings, generator, start=start)
+    assert start == 2 and resumed["loss"] == straight[2:]
+    assert json.loads((tmp_path / "ckpt" / "trainer.json").read_text())["step"] == 5
+
+
 def test_checkpoint_of_another_model_or_a_missing_file_is_refused(tmp_path):
     model, settings = tiny_model(), TrainSettings(steps=2, warmup=1)
     optimizer, generator = make_optimizer(model, settings), torch.Generator()
@@ -354,8 +388,26 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="need 0 <= start <= stop <= steps"):
         pretrain(model, make_optimizer(model, settings), tiny_tokens(), settings,
                  torch.Generator(), start=2, stop=5)  # fmt: skip
+    with pytest.raises(ValueError, match="save_every must be >= 0, and > 0 only"):
+        pretrain(model, make_optimizer(model, settings), tiny_tokens(), settings,
+                 torch.Generator(), save_every=2)  # fmt: skip
     with pytest.raises(ValueError, match="--eval-every must be >= 1"):
         main(["--eval-every", "0"])
+    with pytest.raises(ValueError, match="--save-every must be >= 0"):
+        main(["--save-every", "-1"])
+
+
+def test_evaluate_refuses_more_windows_than_distinct_offsets():
+    # 30 tokens leave offsets 0..18 for windows of 12: 18 windows have stride 1.
+    model, tokens = tiny_model(), tiny_tokens(30)
+    windows = tokens[torch.arange(18)[:, None] + torch.arange(12)]
+    expected = next_token_loss(model(windows[:, :-1]), windows[:, 1:]).item()
+    assert evaluate(model, tokens, 11, windows=18) == pytest.approx(expected)
+    for bad in (0, 19, 64):
+        with pytest.raises(ValueError, match="evaluate: 30 tokens hold 1 to 18"):
+            evaluate(model, tokens, 11, windows=bad)
+    with pytest.raises(ValueError, match="distinct windows of block \\+ 1 = 12"):
+        evaluate(model, tokens[:11], 11, windows=1)
 
 
 def test_example_runs_and_its_dataflow_has_the_stages():
@@ -404,6 +456,23 @@ def test_demo_resumes_from_its_checkpoint(single, tmp_path):
                              "--out", str(tmp_path)])  # fmt: skip
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history["loss"]) == 2 and math.isfinite(resumed["validation_loss"])
+    with pytest.raises(ValueError, match="is at step 6, nothing to do for --steps 6"):
+        main(DEMO + ["--accumulation", "2", "--resume", str(out / "checkpoint"),
+                     "--out", str(tmp_path / "again")])  # fmt: skip
+
+
+def test_demo_saves_a_checkpoint_every_save_every_steps(tmp_path, monkeypatch):
+    saved = []
+
+    def save_and_record(folder, *args):
+        saved.append(args[2])
+        return save_checkpoint(folder, *args)
+
+    monkeypatch.setattr(lesson, "save_checkpoint", save_and_record)
+    main(DEMO + ["--save-every", "4", "--out", str(tmp_path)])
+    assert saved == [4, 6]
+    trainer = json.loads((tmp_path / "checkpoint" / "trainer.json").read_text())
+    assert trainer["step"] == 6
 
 
 def test_two_ddp_processes_under_torchrun_equal_one_process(single, tmp_path):
