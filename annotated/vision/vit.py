@@ -113,12 +113,14 @@ The chapter builds the model in the paper's order:
 
 The test builds a random `transformers.ViTModel` of a small size, copies its weights
 into ours with `VisionTransformer.from_hf_state_dict`, and checks the last hidden
-states, the pooled output and every gradient to $10^{-10}$ in float64, at the trained
-resolution and at three others with the position embeddings interpolated.
+states and the pooled output to $10^{-10}$ in float64, at the trained resolution and
+at three others with the position embeddings interpolated, and the gradients the
+same way: every weight's and the input's at the trained resolution, the input's at
+the other three.
 
 The demo trains a ViT of 63 thousand weights on 32×32 pictures of coloured shapes to
-name the shape and the colour (15 classes), in about a minute on two cores, and draws
-where its class token looks and what its position embeddings have learned.
+name the shape and the colour (15 classes), in about twenty seconds on two cores, and
+draws where its class token looks and what its position embeddings have learned.
 """
 
 import argparse
@@ -493,8 +495,8 @@ class VisionTransformer(nn.Module):
         pooled = None if self.pooler is None else self.pooler(hidden)
         return hidden, pooled
 
-    def forward(self, images: Tensor) -> Tensor:
-        hidden, _ = self.encode(images)  # [batch, 1 + N, D]
+    def forward(self, images: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
+        hidden, _ = self.encode(images, interpolate_pos_encoding)  # [batch, 1 + N, D]
         return self.classifier(hidden[:, 0])  # [batch, num_labels]
 
     # ## Loading Hugging Face's weights
@@ -634,7 +636,7 @@ def shapes_dataset(count: int, seed: int) -> tuple[Tensor, Tensor]:
 # ## Training
 #
 # AdamW with weight decay, a linear warm-up and a cosine decay: the recipe of the
-# paper and of DeiT [@touvron2021training], shrunk to a minute. No augmentation is
+# paper and of DeiT [@touvron2021training], shrunk to twenty seconds. No augmentation is
 # needed here, because every image is fresh and the test images come from the same
 # generator.
 
@@ -696,7 +698,7 @@ def example():
 # arranged on the grid. If the model has learned the geometry, each small image has
 # a bright spot at its own place that fades with distance, and positions in the same
 # row or column are more alike. The demo's figure is the same, for the 8×8 grid, and
-# it shows what a minute of training does *not* do: the table is still close to its
+# it shows what twenty seconds of training do *not* do: the table is still close to its
 # random start, each tile bright only at its own position. The task does not need
 # the geometry (a shape and a colour can be named from an unordered set of patches),
 # and the paper's smooth neighbourhoods come from pre-training on millions of
@@ -762,8 +764,8 @@ def plot_attention(
     )
 
 
-def plot_training(losses: list[float], out: Path) -> Path:
-    """The training loss per step."""
+def plot_training(losses: list[float], batch_size: int, out: Path) -> Path:
+    """The training loss per step of `batch_size` images."""
     fig, ax = figure()
     ax.plot(losses)
     ax.set_yscale("log")
@@ -772,7 +774,8 @@ def plot_training(losses: list[float], out: Path) -> Path:
     return save(
         fig,
         out / "loss.png",
-        caption="Training loss of the ViT on shapes × colours, per step of 128 images.",
+        caption="Training loss of the ViT on shapes × colours, per step of "
+        f"{batch_size} images.",
     )
 
 
@@ -823,7 +826,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     test_accuracy = accuracy(model, x_test.to(args.device), y_test.to(args.device))
     print(f"final training loss {losses[-1]:.4f}")
     print(f"test accuracy {test_accuracy:.4f}")
-    plot_training(losses, out)
+    plot_training(losses, args.batch_size, out)
     plot_position_similarity(model, out)
     plot_attention(model, x_test[:3].to(args.device), y_test[:3].tolist(), out)
     return {"accuracy": test_accuracy, "loss": losses[-1]}
@@ -841,8 +844,8 @@ if __name__ == "__main__":
 # 2. Train with 8×8 patches instead of 4×4. How do the sequence length, the time per
 #    step and the accuracy change, and what happens to the small shapes?
 # 3. Train at 32×32, then evaluate on 48×48 images of the same shapes with
-#    `interpolate_pos_encoding=True`, and again with the positions left at their
-#    nearest grid entry. Which keeps more accuracy?
+#    `model(images, interpolate_pos_encoding=True)`, and again with the positions
+#    left at their nearest grid entry. Which keeps more accuracy?
 # 4. Shuffle the patches of every test image (the same permutation for all) and
 #    shuffle the position table the same way. Why is the accuracy unchanged, and what
 #    does that say about what a ViT knows of images?

@@ -1,7 +1,8 @@
 """Verified against transformers.ViTModel with copied weights in float64 (last hidden
-states, pooled output and every gradient to 1e-10, at the trained size and with
-interpolated positions at three others), and the two patch embeddings against each other
-to 1e-12.
+states and pooled output to 1e-10 at the trained size and with interpolated positions at
+three others; every weight's and the input's gradient at the trained size and the
+input's gradient at the three others, to 1e-10), and the two patch embeddings against
+each other to 1e-12.
 
 The demo trains briefly and must clear a loose accuracy bar.
 """
@@ -151,6 +152,27 @@ def test_interpolated_positions_match_hf(height, width):
     (theirs_grad,) = torch.autograd.grad(reference.last_hidden_state.sum(), images)
     (ours_grad,) = torch.autograd.grad(hidden.sum(), images)
     torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_classifier_on_another_size_matches_hf_with_interpolated_positions():
+    """`forward` passes `interpolate_pos_encoding` on to `encode`, as
+    `ViTForImageClassification` does."""
+    torch.manual_seed(8)
+    theirs = transformers.ViTForImageClassification(hf_config(num_labels=5))
+    theirs = theirs.double().eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    config = Config.from_hf(theirs.config, pooler=False)
+    config = Config(**(config.__dict__ | {"num_labels": 5}))
+    ours = VisionTransformer.from_hf_state_dict(theirs.state_dict(), config).eval()
+    images = torch.randn(2, 3, 48, 40, dtype=torch.float64)
+    reference = theirs(pixel_values=images, interpolate_pos_encoding=True).logits
+    logits = ours(images, interpolate_pos_encoding=True)
+    assert logits.shape == (2, 5)
+    torch.testing.assert_close(logits, reference, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match=r"are not 32×32"):
+        ours(images)
 
 
 def test_interpolation_to_the_same_grid_is_the_identity_and_keeps_class_row():
