@@ -165,8 +165,20 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.stop, tuple):
+            raise TypeError(
+                "SamplingParams: stop must be a tuple of strings, e.g. ('the end',), "
+                f"got {self.stop!r}"
+            )
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
+        if not isinstance(self.stop_token_ids, tuple) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in self.stop_token_ids
+        ):
+            raise TypeError(
+                "SamplingParams: stop_token_ids must be a tuple of ints, e.g. "
+                f"(50256,), got {self.stop_token_ids!r}"
+            )
 
 
 # A request carries its state through the engine: the tokens generated so far, the
@@ -847,6 +859,7 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     async def answer(body: CompletionBody, prompt: str, chat: bool):
         if body.model != model_name:
             return error(404, f"model {body.model!r} does not exist", "model")
+        # OpenAI's API takes one stop string or a list of them.
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         try:
             params = SamplingParams(
@@ -857,6 +870,9 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
                 stop_token_ids=(end_of_text,) if end_of_text is not None else (),
                 seed=body.seed,
             )
+        except (TypeError, ValueError) as problem:
+            return error(400, str(problem))
+        try:
             request, events = await engine.stream(
                 tokenizer.encode_ordinary(prompt), params
             )

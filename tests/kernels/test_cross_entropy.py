@@ -8,7 +8,7 @@ three reductions, targets at 0 and vocab - 1, logits of +-1e4, rows that are a s
 a wider buffer, an empty batch and an incoming gradient other than 1. The memory the
 prose counts (12 bytes per logit for F.cross_entropy(logits.float()), 2 for the fused
 loss) is measured on PyTorch's allocator, and the demo's claim (the fused loss trains
-exactly like F.cross_entropy) is checked on a short run.
+like F.cross_entropy, the losses within 1e-5 at every step) is checked on a short run.
 """
 
 import os

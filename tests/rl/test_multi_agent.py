@@ -13,15 +13,18 @@ from hypothesis import strategies as st
 from pettingzoo.test import parallel_api_test
 from pettingzoo.utils.conversions import parallel_to_aec
 
+from annotated.rl import multi_agent
 from annotated.rl.multi_agent import (
     MOVES,
     ActorCritic,
+    Args,
     CoverLandmarks,
     evaluate,
     example,
     gae,
     main,
     ppo_loss,
+    train,
 )
 
 torch.set_num_threads(1)
@@ -233,6 +236,8 @@ def test_bad_inputs_raise_naming_the_argument():
         CoverLandmarks(0)
     with pytest.raises(ValueError, match="render_mode"):
         CoverLandmarks(render_mode="human")
+    with pytest.raises(ValueError, match="sight must be an int >= 0"):
+        CoverLandmarks(sight=-1)
     world = CoverLandmarks(2, 5)
     with pytest.raises(ValueError, match=r"options\['agents'\] must be 2"):
         world.reset(options={"agents": [[0, 0], [5, 0]]})
@@ -251,6 +256,38 @@ def test_example_runs():
     fn, args = example()
     logits, values = fn(*args)
     assert logits.shape == (3, 2, 5) and values.shape == (3, 2)
+
+
+def test_train_and_evaluate_build_worlds_with_max_cycles_and_sight(monkeypatch):
+    built = []
+
+    class Recording(CoverLandmarks):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append((self.max_cycles, self.sight))
+
+    monkeypatch.setattr(multi_agent, "CoverLandmarks", Recording)
+    settings = Args(total_steps=32, envs=2, steps=16, epochs=1, max_cycles=5, sight=0)
+    train(settings, progress=False)
+    score = evaluate(None, 1, seed=0, max_cycles=5, sight=0, frames=True)
+    assert len(built) == 3 and set(built) == {(5, 0)}
+    assert len(score["frames"]) == 5 + 1  # the reset and every step
+
+
+def test_demo_flags_reach_every_world(monkeypatch, tmp_path):
+    built = []
+
+    class Recording(CoverLandmarks):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append((self.n_agents, self.size, self.max_cycles, self.sight))
+
+    monkeypatch.setattr(multi_agent, "CoverLandmarks", Recording)
+    flags = "--total-steps 96 --envs 2 --episodes 1 --agents 3 --size 4"
+    flags += f" --max-cycles 5 --sight 0 --out {tmp_path}"
+    main(flags.split())
+    # each method's 2 training worlds and its evaluation world, then the random team's
+    assert len(built) == 7 and set(built) == {(3, 4, 5, 0)}
 
 
 def test_random_team_rarely_succeeds():

@@ -202,6 +202,13 @@ def test_bad_requests_raise_clear_errors(model, tokenizer):
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         SamplingParams(temperature=-1)
+    # a plain string would be read as a tuple of one-character stop strings
+    with pytest.raises(TypeError, match=r"stop must be a tuple of strings"):
+        SamplingParams(stop="the end")
+    with pytest.raises(TypeError, match="stop_token_ids must be a tuple of ints"):
+        SamplingParams(stop_token_ids=50256)
+    with pytest.raises(TypeError, match="stop_token_ids must be a tuple of ints"):
+        SamplingParams(stop_token_ids=("50256",))
     with pytest.raises(ValueError, match="context is 256"):
         engine.make_request([1] * 250, SamplingParams(max_tokens=10))
     with pytest.raises(ValueError, match="more than the pool's 8 blocks"):
@@ -359,6 +366,11 @@ def test_sampling_parameters_travel_over_http(client):
     ).choices[0]
     assert stopped.text == plain[: plain.index(stop)]
     assert stopped.finish_reason == "stop"
+    # one string, as OpenAI's API allows, is one stop string, not its characters
+    one = client.completions.create(
+        model="tiny-gpt", prompt="A request", max_tokens=12, temperature=0, stop=stop
+    ).choices[0]
+    assert one.text == stopped.text and one.finish_reason == "stop"
 
 
 def test_32_concurrent_clients_each_get_their_own_answer(server, model, tokenizer):
@@ -402,6 +414,11 @@ def test_bad_requests_get_4xx_with_a_reason(server, client):
             json={"model": "tiny-gpt", "prompt": "x", "max_tokens": -3},
         )
         assert negative.status_code == 400 and "max_tokens" in negative.text
+        empty_stop = http.post(
+            "/v1/completions",
+            json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 2, "stop": [""]},
+        )
+        assert empty_stop.status_code == 400 and "stop must be" in empty_stop.text
         unknown = http.post(
             "/v1/chat/completions",
             json={"model": "gpt-5", "messages": [{"role": "user", "content": "x"}]},
