@@ -89,6 +89,34 @@ def test_fx_dataflow_carries_the_shapes_torch_computes():
         assert f'"{node}"' in dot
 
 
+def test_a_flag_left_at_its_default_is_traced_as_that_constant(tmp_path):
+    """A keyword the example does not pass (`double=False`) may steer control flow:
+    fx traces it as its default, where a symbolic value would raise TraceError."""
+    path = write(
+        tmp_path,
+        """
+        import torch
+        from torch import nn
+
+        class Flagged(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(4, 3)
+
+            def forward(self, x, double=False):
+                y = self.linear(x)
+                if double:
+                    y = y * 2
+                return y
+
+        def example():
+            return Flagged(), (torch.ones(2, 4),)
+    """,
+    )
+    dot = diagrams.dataflow_diagram(path, "fixture_flagged")
+    assert '"linear"' in dot and 'label="[2, 3]"' in dot and '"mul"' not in dot
+
+
 def test_big_models_collapse_to_their_top_level_blocks(tmp_path):
     path = write(
         tmp_path,

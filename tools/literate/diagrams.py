@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import os
 import re
 import shutil
@@ -362,9 +363,19 @@ def _fx_dataflow(model, args: tuple) -> str:
                 module, qualified_name
             )
 
-    graph_module = torch.fx.symbolic_trace(model)
+    # The parameters the example leaves at their defaults are traced as those
+    # constants, so that a flag such as `interpolate_pos_encoding=False` may steer
+    # Python control flow, which a traced (symbolic) value cannot.
+    left = list(inspect.signature(model.forward).parameters.values())[len(args) :]
+    defaults = {
+        parameter.name: parameter.default
+        for parameter in left
+        if parameter.default is not inspect.Parameter.empty
+    }
+    graph_module = torch.fx.symbolic_trace(model, concrete_args=defaults)
     if len(graph_module.graph.nodes) > _COLLAPSE_ABOVE:
-        graph_module = torch.fx.GraphModule(model, TopLevelTracer().trace(model))
+        graph = TopLevelTracer().trace(model, concrete_args=defaults)
+        graph_module = torch.fx.GraphModule(model, graph)
     ShapeProp(graph_module).propagate(*args)
     nodes, edges = [], []
     modules = dict(graph_module.named_modules())
