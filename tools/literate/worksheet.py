@@ -36,7 +36,6 @@ from pathlib import Path
 from tools.literate import LessonError
 from tools.literate.files import LessonFile, discover, select
 from tools.literate.parse import parse
-from tools.literate.test_results import run_pytest
 
 # The first line of every worksheet body: `fill` finds the bodies to put back by it.
 MARK = "# Exercise: "
@@ -253,6 +252,11 @@ def check(
 def grade(file: LessonFile, worksheet: Path, tests: list[str]) -> dict[str, bool]:
     """{test name: passed} for the lesson's tests named in `tests`, run against the
     worksheet file in a fresh pytest process (a test not collected did not pass)."""
+    # Imported here, not at the top: test_results reaches back to this module (through
+    # learning_path, i18n and rules), so a top-level import fails when this file is run
+    # as `python -m tools.literate.worksheet`.
+    from tools.literate.test_results import run_pytest
+
     arguments = [f"--lesson={file.relative}", f"--worksheet={worksheet}"]
     try:
         outcomes = run_pytest(file.root, [*arguments, "-k", " or ".join(tests)], True)
