@@ -92,15 +92,24 @@ def ceilings() -> dict:
     }
 
 
-def gpu_tests(out: Path) -> dict:
-    """The tests that need a GPU: every test file that skips without CUDA, run with
-    only its GPU tests selected by name (`cuda` or `gpu`)."""
-    files = sorted(
+def gpu_test_files() -> list[str]:
+    """Every test file that skips without CUDA: it asks `torch.cuda.is_available()`
+    itself, or through the `CUDA` mark of tests/kernels/cuda_checks.py."""
+    needs_gpu = re.compile(
+        r"cuda\.is_available\(\)|from tests\.kernels\.cuda_checks import"
+    )
+    return sorted(
         str(path.relative_to(ROOT))
         for path in ROOT.glob("tests/**/test_*.py")
         if "tools" not in path.parts
-        and re.search(r"cuda\.is_available\(\)", path.read_text(encoding="utf-8"))
+        and needs_gpu.search(path.read_text(encoding="utf-8"))
     )
+
+
+def gpu_tests(out: Path) -> dict:
+    """The tests that need a GPU, run with only their GPU tests selected by name
+    (`cuda` or `gpu`)."""
+    files = gpu_test_files()
     if not files:
         return {"files": [], "summary": "no GPU tests"}
     command = [sys.executable, "-m", "pytest", "-q", "-rs", "-k", "cuda or gpu", *files]

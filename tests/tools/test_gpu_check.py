@@ -14,6 +14,15 @@ def test_every_lesson_with_a_device_flag_is_checked():
     assert "annotated.foundations.matrix" not in modules
 
 
+def test_every_test_file_that_skips_without_cuda_is_run():
+    files = gpu_check.gpu_test_files()
+    # One asks torch.cuda.is_available() itself, the CUDA C ones through cuda_checks.
+    assert "tests/kernels/test_softmax.py" in files
+    for lesson in ("softmax", "reduction", "sgemm"):
+        assert f"tests/kernels/test_{lesson}_cu.py" in files
+    assert not any(file.startswith("tests/tools/") for file in files)
+
+
 def test_a_demo_that_raises_is_reported_with_its_last_lines(tmp_path, monkeypatch):
     (tmp_path / "broken_demo.py").write_text(
         textwrap.dedent(

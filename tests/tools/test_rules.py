@@ -80,6 +80,10 @@ BROKEN = {
         lambda s: s.replace("time: 2 s\n", "time: 2 s\nstage: 1\n"),
         r"autograd\.py:2: front matter: remove stage",
     ),
+    "week and area kept": (
+        lambda s: s.replace("time: 2 s\n", "time: 2 s\nweek: 3\narea: foundations\n"),
+        r"autograd\.py:2: front matter: remove week, area",
+    ),
     "bad time": (
         lambda s: s.replace("time: 2 s", "time: quick"),
         r"time is like",

@@ -194,14 +194,16 @@ def _front_matter(file: LessonFile, lesson: Lesson) -> list[LessonError]:
         problems.append(
             LessonError(file.path, line, f"front matter lacks {', '.join(missing)}")
         )
-    moved = [name for name in ("stage", "topic") if name in meta]
+    placed = ("stage", "week", "weeks", "area", "topic")
+    moved = [name for name in placed if name in meta]
     if moved:
         problems.append(
             LessonError(
                 file.path,
                 line,
-                f"front matter: remove {', '.join(moved)}: the stage comes from "
-                "annotated/curriculum.toml and the area from the lesson's folder",
+                f"front matter: remove {', '.join(moved)}: the stage and week come "
+                "from annotated/curriculum.toml and the area and topic from the "
+                "lesson's path",
             )
         )
     if "time" in meta and not TIME.fullmatch(str(meta["time"])):
