@@ -583,7 +583,8 @@ if __name__ == "__main__":
 #    `MatMul` and `Add`, so `["Gemm"]` quantises nothing; `["MatMul"]` turns the
 #    linear layer into a `MatMulInteger`). How do the accuracy, file size and batch-32
 #    latency change, and why might leaving the convolutions in fp32 be faster?
-# 3. Save the graph optimised at `all` and open it in Netron. Which nodes replaced the
-#    `Conv`, `BatchNormalization` and `Relu` of the exported graph?
+# 3. Save the graph optimised at `all` and open it in Netron. The exporter already
+#    folded the batch norms; which nodes replaced each `Conv` + `Relu` pair of the
+#    exported graph, and what do the nodes added at the graph's edges do?
 # 4. Set `intra_op_num_threads` to 2 and compare batch 1 with batch 32: where does the
 #    second thread help?

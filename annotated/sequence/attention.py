@@ -5,7 +5,7 @@ summary: >-
   Additive (Bahdanau) and dot and general (Luong) attention with masked padding, added
   to the previous lesson's encoder–decoder: the accuracy-against-length curve goes
   flat, and the learned alignment of a reversal is the anti-diagonal.
-time: 2 min
+time: 4 min
 references:
   - key: bahdanau2015neural
     authors: [Dzmitry Bahdanau, Kyunghyun Cho, Yoshua Bengio]
@@ -78,7 +78,7 @@ This lesson writes the three scores, masks the padding so that a batch gives eac
 input the answer it gets alone, and checks the dot score against PyTorch's
 `F.scaled_dot_product_attention`. It then adds attention to the previous lesson's model
 without changing anything else: same task, vocabulary, encoder, training loop and
-decoders, all imported. With the demo's defaults (about two minutes on two cores) the
+decoders, all imported. With the demo's defaults (about four minutes on two cores) the
 model with additive attention, trained for half as many steps as the model without,
 reverses every one of the 1,700 held-out strings, the 20-digit ones as well as the
 4-digit ones.

@@ -116,8 +116,9 @@ and the gradient with respect to the input, the initial states and every paramet
 
 The demo trains our LSTM on the adding problem from the 1997 paper, with sequences of
 50 steps. A vanilla RNN of the same width (PyTorch's `nn.RNN`) never does better than
-always answering 1, a test error of 0.175 on the demo's 1,000 test sequences (1/6 in
-expectation): it settles on a constant. The LSTM sits on that plateau for about 400
+always answering 1, whose test error on the demo's 1,000 test sequences is 0.175 (1/6
+in expectation): it settles on a constant, near 1.17 in the stored run, for a test
+error of 0.206. The LSTM sits on that plateau for about 400
 steps, then leaves it and ends at a test error of 0.0005, and its gates show how: one
 unit keeps its forget gate at 0.995 on average and opens its input gate only at the
 two marked steps.

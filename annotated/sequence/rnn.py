@@ -311,11 +311,11 @@ def rnn_backward(
 # product each. The benchmark in the test file times both against `nn.RNN` on one
 # layer (50 steps, batch 32, 32 inputs, 64 hidden units, forward and backward, one
 # thread). On a shared 2-core machine the hand-written BPTT ran about level with
-# `nn.RNN` (0.7× to 1.35× its time from run to run), although its loop is Python and
-# `nn.RNN`'s is C++: on the CPU, `nn.RNN`'s backward is autograd through ATen's
-# per-step operations, four nodes a step (transpose, `addmm`, add, $\tanh$), each
-# paying the autograd engine's overhead. Autograd through our Python loop took 1.5× to
-# 2× `nn.RNN`'s time.
+# `nn.RNN` (0.7× to 1.4× its time from run to run, 1.36× in this page's benchmark),
+# although its loop is Python and `nn.RNN`'s is C++: on the CPU, `nn.RNN`'s backward
+# is autograd through ATen's per-step operations, four nodes a step (transpose,
+# `addmm`, add, $\tanh$), each paying the autograd engine's overhead. Autograd through
+# our Python loop took 1.5× to 2× `nn.RNN`'s time.
 
 
 class RNNFunction(torch.autograd.Function):

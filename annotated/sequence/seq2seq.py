@@ -5,7 +5,7 @@ summary: >-
   A GRU encoder squeezes a digit string into one vector and a GRU decoder unrolls its
   reversal from it, trained with teacher forcing and decoded greedily and with beam
   search; exact-match accuracy falls with the input's length, and the one vector is why.
-time: 1 min
+time: 90 s
 expected:
   metric: accuracy
   short:
@@ -127,10 +127,10 @@ training never sees); padded batches and a bidirectional GRU encoder that reads 
 through `pack_padded_sequence`; the decoder and its probability model; training with
 *teacher forcing*; greedy decoding and *beam search* with end-of-sequence and length
 handling; and the measurement. With the demo's defaults (1,200 steps of 64 strings,
-under a minute on two cores) the model reverses every held-out string of 4 or 5
-digits and 99 % of those of 6, 57 % of those of 10, 9 % at 14 and none from 17 on. The
-[attention lesson](attention.md) adds one mechanism to the same model, and the curve
-goes flat at 100 %.
+about a minute and a half on two cores) the model reverses every held-out string of 4
+or 5 digits and 99 % of those of 6, 57 % of those of 10, 9 % at 14 and none from 17 on.
+The [attention lesson](attention.md) adds one mechanism to the same model, and the
+curve goes flat at 100 %.
 """
 
 import argparse

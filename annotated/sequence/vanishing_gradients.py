@@ -336,9 +336,11 @@ def initialised_models(
 # of the fit (the norm there is 1 by construction), and so is any distance where a
 # norm is exactly 0, whose log would end the fit. That happens in float32, and
 # earlier than one might think: the default RNN's gradient itself underflows past
-# $10^{-45}$, about 200 steps back, but its float32 `norm` is 0 from about
-# $10^{-22}$, some 100 steps back, because the norm sums squares and $(10^{-22})^2$
-# is below float32's smallest number. Everything measured here runs in float64.
+# $10^{-45}$, about 200 steps back, but its float32 `norm` is 0 from some 100 steps
+# back, where the true norm is still near $10^{-22}$. The norm sums squares, and the
+# square of an entry below about $2.6\times10^{-23}$ is less than half of float32's
+# smallest positive number, $1.4\times10^{-45}$, so it rounds to 0; once all 64
+# entries are that small, the norm is 0. Everything measured here runs in float64.
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ def test_stochastic_depth_contract():
 
 
 def test_deep_model_trains_and_reloads(tmp_path):
-    """Depth 3 (23 blocks) on 1 × 8 × 8: forward, backward, and a state round trip."""
+    """Depth 3 (48 blocks) on 1 × 8 × 8: forward, backward, and a state round trip."""
     torch.manual_seed(0)
     model = EfficientNet(0.25, 3.0, num_classes=10, in_channels=1, stem_stride=1)
     x = torch.randn(4, 1, 8, 8)

@@ -315,10 +315,12 @@ def test_float32_underflow_to_zero_leaves_the_fit_intact():
     gradients32, _ = hidden_state_gradients(model, inputs.float(), readout.float())
     norms32 = gradients32.norm(dim=-1)
     assert (gradients32[-1] == 0).all()  # the tail underflowed in float32
-    # Around distance 100 the norm is already 0 while the gradient is not: the squares
-    # of entries near 1e-22 fall below float32's smallest number.
+    # Around distance 100 the norm is already 0 while the gradient is not: every entry
+    # is below about 2.6e-23, and its square, under half of float32's smallest
+    # positive number (1.4e-45), rounds to 0.
     lost = (norms32 == 0) & (gradients32 != 0).any(dim=-1)
     assert lost[90:130].any() and not lost[:90].any()
+    assert gradients32[lost].abs().max() < 2.65e-23
     norms64 = hidden_state_gradients(model.double(), inputs, readout)[0].norm(dim=-1)
     assert (norms64 > 0).all()
     assert fit_decay(norms32).slope == pytest.approx(fit_decay(norms64).slope, rel=0.02)
