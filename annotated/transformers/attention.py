@@ -523,7 +523,7 @@ def additive_mask(
 
     combined = None
     if attn_mask is not None:
-        combined = as_float(attn_mask)  # [L, S]
+        combined = as_float(attn_mask)  # [L, S] or [batch·heads, L, S]
         if attn_mask.dim() == 3:
             combined = combined.view(-1, num_heads, *attn_mask.shape[1:])
     if key_padding_mask is not None:

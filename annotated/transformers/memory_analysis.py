@@ -6,7 +6,7 @@ summary: >-
   and master weights, activations per layer with Korthikanti et al.'s 34sbh + 5as²b and
   its selective and full recomputation, and 6N FLOPs per token, each formula matched to
   the byte and the FLOP against tensors measured on small GPTs.
-time: 8 s
+time: 10 s
 references:
   - key: korthikanti2022reducing
     authors: [Vijay Korthikanti, Jared Casper, Sangkug Lym, Lawrence McAfee,
@@ -1026,5 +1026,8 @@ if __name__ == "__main__":
 #    components are alive at the peak, and when in the step does it occur?
 # 3. Sequence parallelism splits the $sbh$ terms over $t$ tensor-parallel ranks
 #    [@korthikanti2022reducing]. Extend `activation_bytes` with a `tensor_parallel`
-#    argument and find the smallest $t$ for which GPT-2 XL with selective
-#    recomputation fits in 24 GiB at micro-batch 8.
+#    argument that divides each layer's bytes by $t$ and leaves the embedding's and
+#    the head's whole, and find the smallest $t$ for which GPT-2 XL with selective
+#    recomputation fits in 32 GiB at micro-batch 8, its model states counted whole on
+#    every rank. Why does no $t$ bring it under 24 GiB? Tensor parallelism also splits
+#    most of the weights: how does that change the answer?
