@@ -4,7 +4,7 @@ title: Backpropagation by hand
 summary: >-
   The backward passes of a linear layer, softmax cross-entropy, layer norm and an
   attention head, derived in index notation and typed into NumPy.
-time: 2 s
+time: 1 s
 expected:
   metric: accuracy
   short: ["--steps", "60"]
@@ -118,8 +118,8 @@ equal (a square matrix, `seq = d_head`), a wrong transpose still has the right s
 gradient against central differences of the forward function,
 $(L(\theta + h e_k) - L(\theta - h e_k)) / 2h$, one entry at a time
 [@karpathy2015gradcheck]. It is far too slow to train with, but in float64 it agrees
-with a correct backward pass to within $10^{-10}$ to $10^{-9}$, and a bug shows up as an
-error near $1$. The demo runs this
+with a correct backward pass to between $10^{-10}$ and about $10^{-9}$, and a bug shows
+up as an error near $1$. The demo runs this
 check on all four pieces, then trains a small attention classifier assembled from them.
 The test file checks every gradient against `torch.autograd` in float64.
 """
@@ -695,10 +695,10 @@ def attention_head_backward(
 # amplifies to $\varepsilon |L| / h$. The two balance near
 # $h \approx \varepsilon^{1/3} \approx 10^{-5}$, where the total error is about
 # $\varepsilon^{2/3} \approx 10^{-10}$ relative to the gradient's size. So with
-# $h = 10^{-6}$ a correct backward pass agrees to $10^{-10}$ or $10^{-9}$; a wrong one
-# (a missing term, a transposed product) is off by order $1$. The price is two forward
-# passes per parameter entry, where backpropagation gets every entry for the cost of
-# about two forward passes in total.
+# $h = 10^{-6}$ a correct backward pass agrees to between $10^{-10}$ and about
+# $10^{-9}$; a wrong one (a missing term, a transposed product) is off by order $1$. The
+# price is two forward passes per parameter entry, where backpropagation gets every
+# entry for the cost of about two forward passes in total.
 def numerical_gradient(
     loss: Callable[[], float], array: np.ndarray, step: float = 1e-6
 ) -> np.ndarray:

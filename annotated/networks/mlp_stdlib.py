@@ -5,7 +5,7 @@ summary: >-
   A multilayer perceptron with hand-written forward and backward passes, softmax
   cross-entropy and SGD with momentum, in nothing but `math`, `random` and lists,
   trained to over 95 % on the digits and checked against torch in float64.
-time: 15 s
+time: 8 s
 expected:
   metric: test_accuracy
   short: ["--epochs", "2", "--train-size", "500"]
@@ -87,7 +87,7 @@ forward function and a backward function written side by side. On top of them si
 softmax cross-entropy loss, a multilayer perceptron of any depth, and stochastic
 gradient descent with momentum [@polyak1964some; @sutskever2013importance]. The demo
 trains a 64-64-10 network on scikit-learn's 8×8 digits to 98 % test accuracy (95 %
-after two epochs) in about fifteen seconds on two cores, with no NumPy anywhere in the
+after two epochs) in about seven seconds on two cores, with no NumPy anywhere in the
 implementation: the data arrive as NumPy arrays and are turned into lists once.
 
 Pure Python is slow at arithmetic, so the second theme is *how* to lay the computation

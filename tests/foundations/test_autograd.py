@@ -396,8 +396,9 @@ def test_a_10000_term_sum_does_not_hit_the_recursion_limit():
 
 
 def test_a_10000_deep_chain_of_tanh_matches_torch():
-    # Each node has one child, so the graph is 10,000 levels deep: ten times Python's
-    # recursion limit.
+    # Each step adds a `*` node (over y and the constant 1.0001) and a tanh node, so the
+    # path from the output down to x is 20,000 nodes long: twenty times Python's default
+    # recursion limit of 1,000.
     x = Value(0.9)
     y = x
     for _ in range(10_000):
