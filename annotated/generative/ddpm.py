@@ -666,8 +666,9 @@ def sample(
     keep: tuple[int, ...] = (),
     device: str = "cpu",
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """`n` images `[n, 1, size, size]` in [-1, 1] (before clamping), and `{t: x_t}` on
-    the CPU for each step in `keep`."""
+    r"""`n` images `[n, 1, size, size]`, and `{t: x_t}` on the CPU for each step in
+    `keep`. The images are the last step's $\hat x_0$: within [-1, 1] with `clip`,
+    unclipped and possibly outside it without (clamp them before display)."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     if not isinstance(size, int) or size < 4 or size % 4:

@@ -256,7 +256,7 @@ def test_inversion_converges_with_steps():
         rebuilt = ddim_sample(oracle, schedule, noise, steps, 0.0, "trailing",
                               clip=False)  # fmt: skip
         errors.append((rebuilt - x0).abs().max().item())
-    # Each 5× more steps at least halves the error (Euler's is first order).
+    # Each 4–5× more steps at least halves the error (Euler's is first order).
     assert all(later < before / 2 for before, later in zip(errors, errors[1:]))
     assert errors[-1] < 0.02  # the largest of 256 values of spread 0.2
 

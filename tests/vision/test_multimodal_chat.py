@@ -22,7 +22,7 @@ from transformers import GPT2LMHeadModel
 
 from annotated.data import COLOURS, RELATIONS, shapes
 from annotated.llm import bpe
-from annotated.llm.gpt2 import GPT2, GPT2Config, to_hf_state_dict
+from annotated.llm.gpt2 import CONV1D_WEIGHTS, GPT2, GPT2Config, to_hf_state_dict
 from annotated.vision import multimodal_chat
 from annotated.vision.clip import CLIP
 from annotated.vision.clip import Config as CLIPConfig
@@ -111,25 +111,40 @@ def test_forward_and_gradients_match_hf_inputs_embeds():
     torch.testing.assert_close(logits, theirs, rtol=0, atol=1e-10)
 
     weights = torch.randn_like(logits)
+    hf_parameters = dict(hf.named_parameters())
     grads = {}
     for name, run in (("ours", lambda: logits), ("hf", lambda: theirs)):
         model.zero_grad()
         hf.zero_grad()
         (run() * weights).sum().backward()
+        gpt = {}
+        for key, p in model.gpt.named_parameters():
+            if name == "ours":
+                gpt[key] = p.grad.clone()
+                continue
+            grad = hf_parameters[f"transformer.{key}"].grad
+            if key.endswith(CONV1D_WEIGHTS):
+                grad = grad.T  # Conv1D [in, out] → nn.Linear [out, in]
+            if key == "wte.weight":  # HF's copy serves as the tied output layer only;
+                grad = grad + p.grad  # the text embedding goes through model.embed
+            gpt[key] = grad.clone()
         grads[name] = {
             "projector": [p.grad.clone() for p in model.projector.parameters()],
-            "c_attn": (
-                model.gpt.h[1].attn.c_attn.weight.grad
-                if name == "ours"
-                else hf.transformer.h[1].attn.c_attn.weight.grad.T
-            ).clone(),
+            "gpt": gpt,
         }
     for ours, theirs in zip(grads["ours"]["projector"], grads["hf"]["projector"]):
         assert ours.abs().max() > 0
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
-    torch.testing.assert_close(
-        grads["ours"]["c_attn"], grads["hf"]["c_attn"], rtol=0, atol=1e-10
-    )
+    assert len(grads["ours"]["gpt"]) == len(list(model.gpt.parameters()))
+    for key, ours in grads["ours"]["gpt"].items():
+        assert ours.abs().max() > 0, key
+        torch.testing.assert_close(
+            ours,
+            grads["hf"]["gpt"][key],
+            rtol=0,
+            atol=1e-10,
+            msg=lambda message, key=key: f"{key}: {message}",
+        )
     assert all(p.grad is None for p in model.clip.parameters())
 
 
