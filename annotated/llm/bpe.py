@@ -766,7 +766,9 @@ if __name__ == "__main__":
 
 # ## Exercises
 #
-# 1. Train with GPT-4's pattern (tiktoken's `cl100k_base` `pat_str`, which caps
+# 1. `count_words` always pre-splits with GPT-2's `PRE_SPLIT`. Give it and `train` a
+#    `pattern` argument (default `GPT2_PATTERN`; `train` passes it on to `Tokenizer`),
+#    then train with GPT-4's pattern (tiktoken's `cl100k_base` `pat_str`, which caps
 #    numbers at three digits and keeps case-insensitive contractions). How does the
 #    validation's bytes per token change, and which top merges differ?
 # 2. Replace the whole-word update in `bpe_merges` with the exact difference: only the

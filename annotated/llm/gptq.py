@@ -527,7 +527,7 @@ def dataflow(output):
 # The pretrained small GPT of the [pretraining chapter](pretraining.md), 16 linear
 # layers of 128 and 512 columns, quantised with RTN and with GPTQ at 4 and 3 bits.
 # Calibration: `--calibration` windows of 64 tokens drawn from the *training* pages
-# (128 windows, 8,192 tokens); the perplexity is measured on all 211 non-overlapping
+# (128 windows, 8,192 tokens); the perplexity is measured on 211 non-overlapping
 # windows of the validation pages. With one grid per row the demo prints
 #
 # | model | perplexity | above fp32 |

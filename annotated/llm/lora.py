@@ -502,7 +502,7 @@ def example():
 # trains 1,179,648 parameters (0.95 %), and the state is 0.50 GB of frozen weights
 # plus 0.02 GB for the adapters, about a quarter. QLoRA stores the frozen weights in
 # 4 bits as well and fine-tunes a 65-billion-parameter model on one 48 GB GPU
-# [@dettmers2023qlora]. The saved adapter is 260 KiB against the model's 3.7 MiB,
+# [@dettmers2023qlora]. The saved adapter is 260 KiB against the base model's 3.4 MiB,
 # and merged into the weights it gives the same loss as the unmerged layers.
 
 

@@ -686,5 +686,7 @@ if __name__ == "__main__":
 # 3. Write pack and unpack hooks that store every saved tensor in float16 and restore
 #    it to float32. Measure the memory, and compare the gradients with the exact ones:
 #    how large is the error?
-# 4. Feed a 3-D input of shape [2, 4, 3] to `nn.Linear(3, 2)` under `AtenOpRecorder`.
-#    Which ATen ops replace `addmm`, and where in `Linear.cpp` is that decided?
+# 4. Feed a 3-D input of shape [2, 4, 3] to `nn.Linear(3, 2)` under `AtenOpRecorder`:
+#    which ops appear around `addmm`? Then feed an input of the same shape that is not
+#    contiguous, `torch.randn(4, 2, 3).transpose(0, 1)`. Which ATen ops replace
+#    `addmm`, and where in `Linear.cpp` is that decided?

@@ -3,9 +3,10 @@ float32 scale and growth count, and bit-identical parameters after every step of
 scripted runs with injected inf and nan gradients), against torch.finfo and
 torch.autocast's own casts, and against float32 gradients for the float16 backward.
 
-The scripted runs use a growth interval of 3 so that growth, back-off and the reset of
-the count all happen within a dozen steps; one uses factors that are not powers of two,
-so that the float32 rounding of the scale is compared too.
+Most scripted runs use a growth interval of 3 so that growth, back-off and the reset of
+the count all happen within a dozen steps, and one an interval of 1, which grows the
+scale after every good step; one uses factors that are not powers of two, so that the
+float32 rounding of the scale is compared too.
 """
 
 import copy
@@ -229,12 +230,17 @@ def test_state_dict_round_trip_and_gradscaler_state_resume_the_sequence():
     from_torch = LossScaler()
     from_torch.load_state_dict(theirs.state_dict())
     assert resumed.state_dict() == from_torch.state_dict() == ours.state_dict()
-    for scaler in (resumed, from_torch, ours):  # two more good steps: 11 and 12 grow
+    # Two more good steps. Step 11 is the third since the growth at step 8 and doubles
+    # the scale; step 12 starts the count again and does not grow it.
+    for scaler in (resumed, from_torch, ours):
+        scales = []
         for _ in range(2):
             scaler.found_inf = False
             scaler.update()
-    assert resumed.get_scale() == from_torch.get_scale() == ours.get_scale()
-    assert ours.get_scale() == 2.0**11
+            scales.append(scaler.get_scale())
+        assert scales == [2.0**11, 2.0**11]
+        assert scaler.state_dict()["_growth_tracker"] == 1
+    assert resumed.state_dict() == from_torch.state_dict() == ours.state_dict()
 
 
 def test_scaler_refuses_to_unscale_twice_or_update_too_early():
