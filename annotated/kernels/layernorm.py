@@ -217,8 +217,10 @@ def counted_traffic(
 # $\bar y$, $\gamma$, $\mu$, $r$ and writes $\bar x$, and its reduction (below) writes
 # and reads back two float32 buffers of `[groups, D]` (`groups` is the `groups`
 # argument; the demo's count leaves them out), then writes $\bar\gamma$ and
-# $\bar\beta$. With `groups` a few hundred and $M$ in the thousands the buffers are a
-# few percent of the traffic, and small enough to stay in the L2 cache.
+# $\bar\beta$. With `default_groups` on a 132-multiprocessor H200 (264 groups at
+# $D = 4096$, 132 at 8192) and `gpu_report`'s 4096 rows in float16, the buffers move
+# 17 MB at either width: about 15 % of the backward's bytes at $D = 4096$ and 8 % at
+# 8192, and small enough to stay in the L2 cache.
 def fused_traffic(
     rows: int, cols: int, dtype: torch.dtype = torch.float16, groups: int = 0
 ) -> dict[str, int]:
