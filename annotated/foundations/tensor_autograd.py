@@ -729,7 +729,12 @@ def cross_entropy(logits: Tensor, targets: np.ndarray) -> Tensor:
             f"cross_entropy: targets must have shape ({batch},) to match logits "
             f"{logits.shape}, got {targets.shape}"
         )
-    if batch and (targets.min() < 0 or targets.max() >= classes):
+    if batch == 0:
+        raise ValueError(
+            "cross_entropy: logits must hold at least one row (the mean over an empty "
+            f"batch is undefined), got shape {logits.shape}"
+        )
+    if targets.min() < 0 or targets.max() >= classes:
         raise ValueError(
             f"cross_entropy: targets must lie in [0, {classes}), got values from "
             f"{targets.min()} to {targets.max()}"

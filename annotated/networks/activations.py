@@ -889,8 +889,11 @@ if __name__ == "__main__":
 #
 # 1. Write the derivative of softplus and add it to the table. Which other activation's
 #    derivative is it, and where does softplus saturate by our definition?
-# 2. Raise `DEAD_THRESHOLD` to $10^{-2}$ and rerun the demo. Which activations' counts
-#    change, and why does LeakyReLU's count jump while ReLU's barely moves?
+# 2. Raise `DEAD_THRESHOLD` to $2 \times 10^{-2}$, just above LeakyReLU's slope
+#    $\alpha = 0.01$, and rerun the demo. Which activations' counts change? Why does
+#    ReLU's not move at all, while LeakyReLU's now counts every unit that sits on its
+#    leaky side on every example? (At exactly $10^{-2}$ it would stay 0: the test is a
+#    strict $<$ and the derivative is exactly $\alpha$.)
 # 3. Revive the dead ReLU units of the large-lr run: after training, find them and reset
 #    their incoming weights and biases to fresh initial values, then train a few more
 #    epochs. How many stay alive?

@@ -118,7 +118,7 @@ making the task itself harder to learn, and each does it in its own way:
 - **Batch norm** standardises each feature over the mini-batch [@ioffe2015batch]; the
   batch's statistics are noisy, and the noise regularises. **Layer norm** standardises
   over the features of one example instead [@ba2016layer], with no batch and no noise.
-- **Label smoothing** asks for 90 % confidence instead of 100 %
+- **Label smoothing** asks for 91 % confidence instead of 100 %
   [@szegedy2016rethinking], so the logits stop growing once the training set is
   fitted.
 - **Early stopping** watches a validation set and keeps the weights from the epoch where
@@ -619,7 +619,7 @@ def example():
 # optimisation, not by regularising. Decoupled decay at $\lambda = 0.5$ shrinks the
 # weights by $\eta\lambda = 5 \times 10^{-4}$ a step, and Adam's steps outpace it: the
 # gap barely moves. Two results are less flattering, and worth knowing. Shifted digits
-# narrow the gap most, to 3.7, but by lowering *training* accuracy to 94.5 %: the 8×8
+# narrow the gap most, to 4.4, but by lowering *training* accuracy to 96.0 %: the 8×8
 # digits are centred, no test digit is shifted, and 100 epochs are too few to fit the
 # harder task. And early stopping on validation *loss* keeps the weights of epoch 39
 # (training stops ten epochs later, when none of them has beaten it), with a larger gap
@@ -655,7 +655,10 @@ def train(config: Regularisers, data: dict, args: argparse.Namespace) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     parameters = list(model.parameters())
     stopper = EarlyStopping(config.patience) if config.patience else None
+    # The shifts draw from a generator of their own, so that the batch order does not
+    # depend on whether the run shifts its digits.
     batches = torch.Generator().manual_seed(args.seed)
+    shifts = torch.Generator().manual_seed(args.seed + 1)
     x_train, y_train = data["train"]
     test_curve = []
     for epoch in range(args.epochs):
@@ -664,7 +667,7 @@ def train(config: Regularisers, data: dict, args: argparse.Namespace) -> dict:
         for index in order.split(args.batch_size):
             images = x_train[index]  # [batch, 64]
             if config.max_shift:
-                images = shift_digits(images, config.max_shift, batches)
+                images = shift_digits(images, config.max_shift, shifts)
             loss = smoothed_cross_entropy(
                 model(images), y_train[index], config.smoothing
             )

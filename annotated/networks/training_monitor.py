@@ -564,10 +564,10 @@ def dataflow(losses: torch.Tensor):
     """The steps of `loss_landscape` on the example, with the shapes between them."""
     points = str(list(losses.shape))  # [25]
     nodes = [
-        ("theta", "trained weights θ*: 6 tensors, 8,970 numbers"),
+        ("theta", "centre weights θ, untrained: 6 tensors, 8,970 numbers"),
         ("directions", "2 filter-normalised directions δ, η"),
         ("grid", "grid coordinates C [25, 2]"),
-        ("stack", "θ* + C D, per parameter"),
+        ("stack", "θ + C D, per parameter"),
         ("vmap", "vmap(functional_call(model)) on x [128, 64]"),
         ("loss", "cross-entropy per model"),
         ("out", f"losses {points}"),

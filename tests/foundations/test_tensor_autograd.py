@@ -607,6 +607,10 @@ def test_cross_entropy_rejects_bad_targets():
         cross_entropy(Tensor(np.zeros(5)), np.zeros(5, dtype=np.int64))
     with pytest.raises(TypeError, match="logits must be a Tensor, got ndarray"):
         cross_entropy(np.zeros((3, 5)), np.zeros(3, dtype=np.int64))
+    with pytest.raises(
+        ValueError, match=r"logits must hold at least one row .*got shape \(0, 5\)"
+    ):
+        cross_entropy(Tensor(np.zeros((0, 5))), np.zeros(0, dtype=np.int64))
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ Shifted digits are checked against shifts cut by hand with NumPy, early stopping
 a scripted loss curve, and the demo's short run against the claim its figure makes.
 """
 
+import argparse
 import copy
 import math
 
@@ -32,6 +33,7 @@ from annotated.networks.regularisation import (
     main,
     shift_digits,
     smoothed_cross_entropy,
+    train,
 )
 from tools.literate.figures import short_band
 
@@ -387,6 +389,30 @@ def test_shift_digits_moves_each_image_by_one_allowed_offset(max_shift):
 def test_shift_digits_with_no_shift_is_the_identity():
     images = torch.tensor(X_TRAIN[:5])
     assert torch.equal(shift_digits(images, 0), images)
+
+
+def test_shifts_leave_the_batch_order_as_it_is(monkeypatch):
+    # The prose: every run sees the same mini-batches in the same order. The shifts
+    # draw from their own generator, so a run with them orders its epochs as one
+    # without them does.
+    orders = []
+    randperm = torch.randperm
+
+    def recorded(*args, **kwargs):
+        orders.append(randperm(*args, **kwargs))
+        return orders[-1]
+
+    monkeypatch.setattr(torch, "randperm", recorded)
+    data = {
+        "train": (torch.tensor(X_TRAIN[:40]).float(), torch.tensor(Y_TRAIN[:40])),
+        "test": (torch.tensor(X_TRAIN[40:60]).float(), torch.tensor(Y_TRAIN[40:60])),
+    }
+    args = argparse.Namespace(seed=0, device="cpu", lr=1e-3, epochs=3, batch_size=10)
+    train(Regularisers(), data, args)
+    train(Regularisers(max_shift=1), data, args)
+    assert len(orders) == 6
+    for plain, shifted in zip(orders[:3], orders[3:]):
+        assert torch.equal(plain, shifted)
 
 
 # --------------------------------------------------------------------------------------
