@@ -4,9 +4,10 @@ title: Decoding with a KV cache
 summary: >-
   A small GPT-like decoder that keeps every layer's keys and values in one preallocated
   cache, with multi-head, grouped-query and multi-query attention: its logits equal a
-  full recomputation at every step, and generation gets faster by the sequence length
-  while the cache's bytes follow 2 · layers · KV heads · head width · tokens · bytes.
-time: 25 s
+  full recomputation at every step; in the demo the cache cuts the arithmetic of
+  generation 126 times and makes it 5 to 10 times faster on one CPU thread, while its
+  bytes follow 2 · layers · KV heads · head width · tokens · bytes.
+time: 13 s
 references:
   - key: pope2022efficiently
     authors: [Reiner Pope, Sholto Douglas, Aakanksha Chowdhery, Jacob Devlin, et al.]
@@ -333,7 +334,21 @@ class KVCache:
     ) -> tuple[Tensor, Tensor]:
         """Store `k` and `v` (`[batch, kv_heads, T, d_head]`) at slots `start …
         start+T-1` of `layer`; return views of slots `0 … start+T-1`."""
-        _, batch, kv_heads, _, d_head = self.k.shape
+        n_layers, batch, kv_heads, _, d_head = self.k.shape
+        if (
+            isinstance(layer, bool)
+            or not isinstance(layer, int)
+            or not 0 <= layer < n_layers  # -1 would write into the last layer
+        ):
+            raise ValueError(
+                f"KVCache.write: layer must be an int in 0..{n_layers - 1}, got "
+                f"{layer!r}"
+            )
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(
+                f"KVCache.write: start must be an int in 0..{self.max_len - 1} (the "
+                f"first slot to write), got {start!r}"
+            )
         for name, x in (("k", k), ("v", v)):
             if x.dim() != 4 or x.shape[:2] != (batch, kv_heads) or x.shape[3] != d_head:
                 raise ValueError(
@@ -351,7 +366,7 @@ class KVCache:
                 f"{tuple(k.shape)} and {tuple(v.shape)}"
             )
         end = start + k.shape[2]
-        if start < 0 or end > self.max_len:
+        if end > self.max_len:
             raise ValueError(
                 f"KVCache: writing positions {start}…{end - 1} overflows the cache of "
                 f"max_len {self.max_len}; allocate one with max_len ≥ {end}"

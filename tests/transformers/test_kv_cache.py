@@ -392,6 +392,25 @@ def test_write_rejects_keys_of_another_shape_or_dtype():
     assert torch.equal(cache.v, torch.zeros_like(cache.v))  # nothing was written
 
 
+def test_write_rejects_a_layer_or_start_outside_the_cache():
+    cache = KVCache(3, 1, 2, 8, 4)
+    keys = torch.ones(1, 2, 2, 4)
+    for layer in (-1, -3, 3, 1.0, True, None):
+        message = rf"KVCache.write: layer must be an int in 0\.\.2, got {layer!r}$"
+        with pytest.raises(ValueError, match=message):
+            cache.write(layer, 0, keys, keys)
+    for start in (-1, 2.0, False):
+        message = rf"KVCache.write: start must be an int in 0\.\.7 .* got {start!r}$"
+        with pytest.raises(ValueError, match=message):
+            cache.write(0, start, keys, keys)
+    # Why the check: torch reads -1 as the last layer and writes there.
+    cache.k[-1, :, :, 0:2] = keys
+    assert torch.equal(cache.k[2, :, :, 0:2], keys)
+    cache.k.zero_()
+    cache.write(2, 6, keys, keys)  # the last layer and the last two slots are valid
+    assert torch.equal(cache.k[2, :, :, 6:], keys) and cache.k.sum() == keys.sum()
+
+
 def test_bad_arguments_are_named():
     model = tiny(2, max_len=10)
     text = tokens(2, 4)

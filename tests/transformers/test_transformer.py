@@ -5,14 +5,14 @@ all-MiniLM-L6-v2's pretrained weights, against transformers.AutoModel's token st
 and sentence-transformers' embeddings to 1e-5.
 
 Also checked: every dropout draws as PyTorch's layers draw (bit for bit, with our
-attention inside PyTorch's layer), PyTorch's inference fast path, odd shapes, a
-300-long sequence, extreme inputs, the sinusoids against their formula and their
-rotation property, label smoothing against F.cross_entropy (float64, hypothesis) and its
-floor, the schedule's peak, step-by-step decoding against the teacher-forced forward,
-padded batches against single rows, beam scores against teacher-forced rescoring, an
-exhaustive beam against brute-force search, the number words (30,000 numbers parsed
-back), a safetensors round trip with tied weights, the bad-input errors, and a short
-demo run.
+attention inside PyTorch's layer), PyTorch's inference fast path, odd shapes, a 300-long
+sequence, extreme inputs, the sinusoids against their formula and their rotation
+property, label smoothing against F.cross_entropy (float64, hypothesis, with ignored
+targets) and its floor, the schedule's peak, step-by-step decoding against the
+teacher-forced forward, padded batches against single rows, beam scores against
+teacher-forced rescoring, an exhaustive beam against brute-force search, the number
+words (30,000 numbers parsed back), a safetensors round trip with tied weights, the
+bad-input errors, and a short demo run.
 """
 
 import itertools
@@ -425,6 +425,33 @@ def test_label_smoothing_matches_f_cross_entropy(n, vocab, smoothing, seed):
     (want_grad,) = torch.autograd.grad(want, logits)
     torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours_grad, want_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, PAD, 7])
+def test_label_smoothing_ignores_any_index_and_rejects_other_targets(ignore_index):
+    """F.cross_entropy(label_smoothing=0.1, ignore_index=...) in float64, values and
+    gradients, for an ignore index below, inside and above the 7 classes; a target
+    that is neither a class nor ignored is a ValueError."""
+    generator = torch.Generator().manual_seed(ignore_index % 97)
+    vocab, smoothing = 7, 0.1
+    logits = torch.randn(10, vocab, generator=generator, dtype=torch.float64) * 3
+    targets = torch.randint(0, vocab, (10,), generator=generator)
+    targets[[2, 5, 6]] = ignore_index
+    logits.requires_grad_()
+    ours = label_smoothed_loss(logits, targets, smoothing, ignore_index=ignore_index)
+    (ours_grad,) = torch.autograd.grad(ours, logits)
+    want = F.cross_entropy(
+        logits, targets, ignore_index=ignore_index, label_smoothing=smoothing
+    )
+    (want_grad,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours_grad, want_grad, rtol=1e-12, atol=1e-12)
+    assert ours_grad[[2, 5, 6]].abs().max() == 0  # ignored rows get no gradient
+    for bad in {-100, -1, vocab, vocab + 1} - {ignore_index}:
+        wrong = targets.clone()
+        wrong[0] = bad
+        with pytest.raises(ValueError, match=rf"classes 0\.\.6 .*got {bad}$"):
+            label_smoothed_loss(logits, wrong, smoothing, ignore_index=ignore_index)
 
 
 def test_label_smoothing_is_smallest_at_the_smoothed_target():
