@@ -6,7 +6,8 @@ summary: >-
   with FlopCounterMode and its bytes from its tensors, place every operation on the
   roofline, then trace a GPT training step with torch.profiler: the operator table, a
   Perfetto trace, a TensorBoard trace on a schedule, and the memory of the step by
-  category against the formulas of the memory chapter.
+  category against the formulas of the memory chapter; on a GPU, NVTX ranges and a
+  capture range for a system-wide timeline in Nsight Systems.
 time: 10 s
 references:
   - key: williams2009roofline
@@ -35,6 +36,12 @@ references:
     year: 2022
     venue: arXiv preprint (MLSys 2023)
     arxiv: "2205.05198"
+  - key: nvidia2025nsys
+    authors: [NVIDIA]
+    title: Nsight Systems User Guide
+    year: 2025
+    venue: NVIDIA documentation
+    url: https://docs.nvidia.com/nsight-systems/UserGuide/index.html
 worksheet:
   - region: op
     hint: >-
@@ -90,13 +97,16 @@ profiler's memory categories match the formulas to the byte for the parameters, 
 gradients and the optimizer state, and the activations to 7 %.
 
 On a GPU the same code profiles CUDA kernels too and, in addition, records a CUDA
-memory snapshot, which only exists there; that path is written below but is not run
-by this page's tests.
+memory snapshot, which only exists there. With `--nvtx` it instead runs a few steps
+marked with NVTX ranges inside a capture range, for a system-wide timeline in NVIDIA's
+Nsight Systems [@nvidia2025nsys]. Both paths are written below; this page's CPU runs
+neither (a test runs the NVTX path where a GPU is present).
 """
 
 import argparse
 import json
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,12 +260,17 @@ def machine_peak(
 # What it does not count matters as much. It has no formula for element-wise work:
 # adds, GELU, softmax, LayerNorm all count zero, because in a large model they are a
 # small share of the FLOPs (though not of the time, as the roofline will show). And it
-# counts only the operators it knows by name: on a GPU, `F.scaled_dot_product_attention`
-# becomes `_scaled_dot_product_flash_attention`, which is registered, but on a CPU it
-# becomes `_scaled_dot_product_flash_attention_for_cpu`, which is not, and the
-# counter reports **zero** FLOPs for the whole attention. We count the attention of
-# [the attention chapter](../transformers/attention.md) instead, written with two
-# matrix products the counter sees.
+# counts only the operators it knows by name, so what it says about
+# `F.scaled_dot_product_attention` depends on the kernel PyTorch picks for it. On a
+# CPU, 3-D `[heads, L, E]` tensors take the unfused math path, two `bmm` and a softmax,
+# and the counter counts the two products (268,435,456 FLOPs for `[16, 256, 64]`, the
+# formula above). 4-D `[batch, heads, L, E]` tensors run the fused
+# `_scaled_dot_product_flash_attention_for_cpu`, which is not registered, and the
+# counter reports **zero** FLOPs for the whole attention. On a GPU the fused kernels
+# (`_scaled_dot_product_flash_attention`, `_scaled_dot_product_efficient_attention`)
+# are registered. We count the attention of
+# [the attention chapter](../transformers/attention.md), written with two matrix
+# products the counter sees whatever the shapes and the device.
 
 
 def matmul_flops(m: int, n: int, k: int) -> int:
@@ -650,6 +665,122 @@ def tensorboard_trace(
     return sorted(Path(folder).glob("*.pt.trace.json"))
 
 
+# ## On a GPU: one timeline for the whole process, with Nsight Systems
+#
+# `torch.profiler` looks at the step from inside PyTorch: operators, and the kernels
+# they launched. Some questions about a GPU step are about what happens between them,
+# and the operator table cannot answer those. Is the GPU idle between kernels because
+# one Python thread cannot launch them fast enough? A step of many short kernels, like
+# this small GPT's, is usually *CPU-bound*: each launch costs the CPU a few
+# microseconds, about as long as the kernel runs. Does the step stop in the middle to
+# wait for the GPU, at a `loss.item()` or a `print(loss)` that synchronises? Does a
+# copy between host and device sit on the critical path? NVIDIA's Nsight Systems
+# [@nvidia2025nsys] draws the whole process on one time axis: each CPU thread with
+# its calls into the operating system, the CUDA API calls each thread makes, and, on
+# the GPU's rows, every kernel and memory copy, each linked to the call that launched
+# it. A gap on the GPU's row under a busy CPU row is a launch gap; a long
+# `cudaStreamSynchronize` or `cudaMemcpy` on a CPU row is a synchronisation.
+#
+# Nsight knows nothing of forward, backward or the optimizer, so we tell it with NVTX
+# ranges (the NVIDIA Tools Extension), the counterpart of `record_function`:
+# `with torch.cuda.nvtx.range("forward"):` pushes a named range on the calling thread
+# when the block starts and pops it when the block ends (`torch.cuda.nvtx.range_push`
+# and `range_pop` do the same by hand). Each range is a bar on its thread's NVTX row,
+# above the CUDA calls made inside it. `torch.autograd.profiler.emit_nvtx()` goes
+# further: while it is active, every operator autograd runs gets a range of its own,
+# named after the operator, so the timeline has the operator table's detail. Those
+# ranges cost time on every operator, so they are an option here (`--emit-nvtx`).
+#
+# The first steps are not the ones to look at (they create the CUDA context, the cuBLAS
+# handles, the allocator's pool and Adam's state), and a whole run is far more than a
+# profile needs. `torch.cuda.profiler.start()` and `stop()` call CUDA's
+# `cudaProfilerStart` and `cudaProfilerStop`; under
+# `nsys profile --capture-range=cudaProfilerApi`, Nsight records only between the two.
+# With `--nvtx` the demo does only this: a few warm-up steps, then `--nvtx-steps` steps
+# inside the capture range, each an NVTX range `step i` with `forward`, `backward` and
+# `optimizer` nested inside. It measures and plots nothing else: `torch.profiler` and
+# Nsight both collect through CUPTI, NVIDIA's profiling interface, which serves one
+# subscriber at a time. The command to record the steps, which the demo prints too:
+#
+# ```bash
+# nsys profile -t cuda,nvtx,osrt --capture-range=cudaProfilerApi \
+#     --capture-range-end=stop -o gpt_step \
+#     python -m annotated.research.profiling --device cuda --nvtx
+# ```
+#
+# `-t cuda,nvtx,osrt` traces the CUDA API with its kernels and copies, the NVTX ranges,
+# and the OS runtime calls (waits on locks and semaphores, sleeps); with
+# `--capture-range-end=stop` the recording ends at `cudaProfilerStop`; `-o` names the
+# report `gpt_step.nsys-rep`. `nsys stats gpt_step.nsys-rep` prints summary tables from
+# it: time per NVTX range, per CUDA API function, per kernel and per kind of memory
+# copy. The Nsight Systems GUI opens the same file as the timeline, where the step
+# ranges show how long each step took and whether the GPU's row is full under them.
+# Without `nsys` the flag runs all the same: nothing listens to the ranges. A CPU has
+# neither NVTX nor a capture range, and `--nvtx` with `--device cpu` is an error.
+
+NSYS_COMMAND = (
+    "nsys profile -t cuda,nvtx,osrt --capture-range=cudaProfilerApi "
+    "--capture-range-end=stop -o gpt_step "
+    "python -m annotated.research.profiling --device cuda --nvtx"
+)
+
+
+def check_nvtx_device(device: str) -> None:
+    """Raise unless `device` is a CUDA device, which NVTX and the capture range need."""
+    if torch.device(device).type != "cuda":
+        raise ValueError(
+            "--nvtx needs --device cuda (NVTX ranges and the cudaProfilerApi capture "
+            f"range exist only on a CUDA device), got --device {device}"
+        )
+
+
+def nvtx_training_step(
+    model: GPT, optimizer, tokens: Tensor, targets: Tensor
+) -> Tensor:
+    """`training_step` with its three phases marked as NVTX ranges instead."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.nvtx.range("forward"):
+        loss = lm_loss(model(tokens), targets)
+    with torch.cuda.nvtx.range("backward"):
+        loss.backward()
+    with torch.cuda.nvtx.range("optimizer"):
+        optimizer.step()
+    return loss
+
+
+def nvtx_steps(
+    config: Config,
+    batch: int,
+    device: str = "cuda",
+    warmup: int = 3,
+    steps: int = 5,
+    per_operator: bool = False,
+) -> dict:
+    """After `setup_step`'s step and `warmup` more, train `steps` steps between
+    `torch.cuda.profiler.start()` and `stop()`, each in an NVTX range `step i` (and
+    inside `emit_nvtx` if `per_operator`): `{"steps", "ms per step", "loss"}`."""
+    check_nvtx_device(device)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    check_positive_int("steps", steps)
+    model, optimizer, tokens, targets = setup_step(config, batch, device)
+    for _ in range(warmup):
+        nvtx_training_step(model, optimizer, tokens, targets)
+    torch.cuda.synchronize(device)
+    torch.cuda.profiler.start()
+    try:
+        begin = time.perf_counter()
+        with torch.autograd.profiler.emit_nvtx(enabled=per_operator):
+            for index in range(steps):
+                with torch.cuda.nvtx.range(f"step {index}"):
+                    loss = nvtx_training_step(model, optimizer, tokens, targets)
+        torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - begin
+    finally:
+        torch.cuda.profiler.stop()
+    return {"steps": steps, "ms per step": 1000 * seconds / steps, "loss": loss.item()}
+
+
 # ## The memory of a step
 #
 # With all three options on, the profiler can replay the step's allocations and give
@@ -764,40 +895,44 @@ def example():
 # ## The demo
 #
 # The demo measures the machine, places the eleven operations on its roofline, and
-# traces a step of the GPT. What it finds on this page's CPU (two cores of an AMD
-# EPYC, MKL; the exact numbers vary from run to run and are printed above). One
+# traces a step of the GPT. What it finds on two CPU cores with MKL (the run printed
+# above is an Intel Xeon's, an earlier one an AMD EPYC's, and the exact numbers vary
+# from run to run). One
 # caution first: measure on an idle machine, or with `--threads 1`. When other
 # programs share the cores, the threads of one multi-threaded product wait for each
 # other at every barrier, and the compute-bound operations fall far below a peak that
 # was measured a moment earlier.
 #
-# - a peak of some tens of GFLOP/s per core and a copy bandwidth of 10–50 GB/s: a
-#   ridge point of a few FLOP/byte;
+# - a peak of 175–420 GFLOP/s over the two cores and a copy bandwidth of 25–50 GB/s
+#   (a read and a write counted per byte copied): a ridge point of 3.5–15 FLOP/byte;
 # - only `matmul`, `conv2d` and `attention` are compute-bound. The first two reach
 #   the peak (slightly above it, at times: the peak is itself a measurement, of one
 #   matrix size), because at 140–170 FLOP/byte the bytes have no say;
 # - `matvec` does the same arithmetic per weight as `matmul` but uses each weight once:
-#   an intensity of 0.5, and it runs at about half the copy bandwidth. This is why
-#   generating text one token at a time is limited by memory, not arithmetic;
-# - the tiny `bmm 8×8` products have an intensity of 1.3 and reach a third of even
-#   that roof or less: each $8 \times 8$ product is mostly bookkeeping. The benchmark
-#   in this page's header times the same $2 \cdot 256^3$ FLOPs both ways on one
-#   thread, as one $256 \times 256$ product and as 32,768 tiny ones: the tiny ones
-#   take about eleven times as long;
+#   an intensity of 0.5, and it moves 24–56 GB/s, from half to twice the copy
+#   bandwidth (it only reads, and a copy's writes cost more than its reads), a few
+#   percent of the peak's FLOP/s. This is why generating text one token at a time is
+#   limited by memory, not arithmetic;
+# - the tiny `bmm 8×8` products have an intensity of 1.3 and stay under even that
+#   memory roof (a quarter of it on the EPYC, nine tenths on the Xeon): each
+#   $8 \times 8$ product is mostly bookkeeping. The benchmark in this page's header
+#   times the same $2 \cdot 256^3$ FLOPs both ways on one thread, as one
+#   $256 \times 256$ product and as 32,768 tiny ones: the tiny ones take eleven to
+#   thirteen times as long;
 # - `attention` has the intensity of a matrix product in the read-once model, but its
 #   unfused form writes and reads the $L \times S$ scores several times and runs a
 #   softmax over them, so it stays well below its roof. Fusing it
 #   (FlashAttention) is the removal of exactly that traffic;
-# - the element-wise operations sit far left, and most reach only 10–20 % of their
+# - the element-wise operations sit far left, and most reach only 10–30 % of their
 #   roof. The reason is not arithmetic. Compare `add` with `add, out=`: the same
 #   bytes, five to eight times slower. Each call of `torch.add` asks for a fresh 32 MiB
 #   output; the C allocator hands blocks that large back to the operating system
 #   when they are freed and maps new ones, so every 4 KiB page of the output costs a
 #   page fault and a zero-fill before the add writes it. Writing into an output
-#   allocated once, as `add, out=` does, runs at the copy bandwidth. `layernorm`,
-#   `softmax`, `gelu` and the embedding's gather allocate their outputs the same way
-#   and pay the same toll. On a GPU PyTorch's caching allocator keeps freed blocks
-#   for reuse, and the difference disappears.
+#   allocated once, as `add, out=` does, runs at the copy bandwidth or above it.
+#   `layernorm`, `softmax`, `gelu` and the embedding's gather allocate their outputs
+#   the same way and pay the same toll. On a GPU PyTorch's caching allocator keeps
+#   freed blocks for reuse, and the difference disappears.
 #
 # The trace of the GPT step tells a similar story at small scale: the matrix products
 # lead the table, but LayerNorm's backward, the element-wise operators and Adam's
@@ -910,7 +1045,8 @@ def plot_memory(
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Measure the machine, draw the roofline, trace and profile a GPT step."""
+    """Measure the machine, draw the roofline, trace and profile a GPT step; with
+    `--nvtx`, only train a few steps for Nsight Systems to record."""
     parser = argparse.ArgumentParser(
         description="Roofline of the earlier chapters' operations, and a profiled "
         "GPT training step."
@@ -941,9 +1077,47 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="torch device to measure and profile",
     )
     parser.add_argument("--out", default="out/profiling", help="figure folder")
+    parser.add_argument(
+        "--nvtx",
+        action="store_true",
+        help="only train a few steps in NVTX ranges inside a cudaProfilerApi capture "
+        "range, for nsys (needs --device cuda)",
+    )
+    parser.add_argument(
+        "--nvtx-steps", type=int, default=5, help="with --nvtx: steps to capture"
+    )
+    parser.add_argument(
+        "--emit-nvtx",
+        action="store_true",
+        help="with --nvtx: one more NVTX range per operator (emit_nvtx)",
+    )
     args = parser.parse_args(argv)
+    if args.nvtx:
+        check_nvtx_device(args.device)
     check_positive_int("--threads", args.threads)
     torch.set_num_threads(args.threads)
+    if args.nvtx:
+        check_positive_int("--nvtx-steps", args.nvtx_steps)
+        timed = nvtx_steps(
+            TRACED,
+            args.batch,
+            args.device,
+            steps=args.nvtx_steps,
+            per_operator=args.emit_nvtx,
+        )
+        changed = "".join(
+            f" --{name.replace('_', '-')} {value}"
+            for name, value in (("batch", args.batch), ("nvtx_steps", args.nvtx_steps))
+            if value != parser.get_default(name)
+        )
+        command = NSYS_COMMAND + changed + (" --emit-nvtx" if args.emit_nvtx else "")
+        print(
+            f"{timed['steps']} steps in NVTX ranges inside the capture range: "
+            f"{timed['ms per step']:.2f} ms per step\n"
+            f"record them with\n  {command}\nthen read the report with "
+            "`nsys stats gpt_step.nsys-rep`, or open it in the Nsight Systems GUI"
+        )
+        return {"nvtx steps": timed["steps"], "ms per step": timed["ms per step"]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -1005,8 +1179,11 @@ if __name__ == "__main__":
 #    the same FLOPs); does it reach twice the float32 FLOP/s on your CPU? Measure the
 #    bfloat16 peak with `machine_peak` changed to take a dtype.
 # 3. Replace the attention by `F.scaled_dot_product_attention` and place it on the
-#    roofline with the hand-counted FLOPs (the counter says zero on a CPU). How far
-#    does the fused kernel move it towards its roof?
+#    roofline. With `make_ops`'s 3-D q, k, v (`[16, n/4, 64]`) a CPU runs the unfused
+#    math path, and the counter counts the hand formula; viewed as 4-D
+#    `[1, 16, n/4, 64]` they run the fused CPU kernel, which the counter does not know
+#    (it says zero: use the hand-counted FLOPs). How far does the fused kernel move the
+#    attention towards its roof, compared with the math path?
 # 4. Profile the step with `group_by_input_shape=True` in `key_averages` and find the
 #    single most expensive `aten::mm` by shape. Which layer of the GPT does it belong
 #    to, and is it forward or backward?

@@ -6,8 +6,9 @@ the byte.
 Also checked: the read-once bytes model on a few ops, the exported Chrome and
 TensorBoard traces (valid JSON holding the expected operators and scheduled steps), the
 measured peak (positive, finite, consistent units), the roofline classification of a
-large add and a large matmul on the measured machine, and bad inputs. No test asserts
-a time.
+large add and a large matmul on the measured machine, the NVTX ranges and capture
+range of `--nvtx` (on a GPU; on a CPU the flag is an error), and bad inputs. No test
+asserts a time.
 """
 
 import json
@@ -34,6 +35,7 @@ from annotated.research.profiling import (
     matmul_flops,
     memory_against_prediction,
     memory_timeline,
+    nvtx_steps,
     operator_table,
     profile_step,
     roofline,
@@ -112,6 +114,10 @@ def test_attention_count_matches_formula(q_len, k_len, d_qk, d_v):
 def test_fused_sdpa_and_elementwise_ops_count_zero_on_cpu():
     q = torch.randn(1, 2, 8, 4)
     assert counted_flops(F.scaled_dot_product_attention, q, q, q) == 0
+    # 3-D tensors take the math path: two bmm, which the counter sees
+    q = torch.randn(2, 8, 4)
+    counted = counted_flops(F.scaled_dot_product_attention, q, q, q)
+    assert counted == attention_flops(2, 8, 8, 4, 4)
     x = torch.randn(4, 8)
     for fn in (torch.softmax, F.gelu, torch.add):
         args = (x, -1) if fn is torch.softmax else (x, x) if fn is torch.add else (x,)
@@ -277,6 +283,53 @@ def test_demo_reports_peak_and_every_op(tmp_path):
     names = {e.get("name") for e in json.loads(files[0].read_text())["traceEvents"]}
     assert {"ProfilerStep#2", "ProfilerStep#3"} <= names
     assert "ProfilerStep#0" not in names and "ProfilerStep#1" not in names
+
+
+# ## Nsight Systems: NVTX ranges inside a capture range
+
+
+def test_nvtx_flag_on_a_cpu_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="--nvtx needs --device cuda.*--device cpu"):
+        main(["--device", "cpu", "--nvtx", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--nvtx needs --device cuda"):
+        nvtx_steps(TRACED, 1, "cpu")
+    assert not any(tmp_path.iterdir())  # it stopped before measuring anything
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_nvtx_steps_sit_inside_the_capture_range(monkeypatch, capsys):
+    calls = []
+    for module, name in (
+        (torch.cuda.nvtx, "range_push"),
+        (torch.cuda.nvtx, "range_pop"),
+        (torch.cuda.profiler, "start"),
+        (torch.cuda.profiler, "stop"),
+    ):
+
+        def record(*args, real=getattr(module, name), name=name):
+            calls.append((name, *args))
+            return real(*args)
+
+        monkeypatch.setattr(module, name, record)
+    result = main(["--device", "cuda", "--nvtx", "--nvtx-steps", "2", "--batch", "1"])
+    assert calls.count(("start",)) == calls.count(("stop",)) == 1
+    start, stop = calls.index(("start",)), calls.index(("stop",))
+    phases = ["forward", "backward", "optimizer"]
+    # three warm-up steps before the capture range, two steps inside it
+    assert [c[1] for c in calls[:start] if c[0] == "range_push"] == 3 * phases
+    inside = [c[1] for c in calls[start:stop] if c[0] == "range_push"]
+    assert inside == ["step 0", *phases, "step 1", *phases]
+    pushes = [c for c in calls if c[0] == "range_push"]
+    assert len(pushes) == calls.count(("range_pop",))  # every range closed
+    assert result["nvtx steps"] == 2 and result["ms per step"] > 0
+    printed = capsys.readouterr().out
+    assert "nsys profile -t cuda,nvtx,osrt --capture-range=cudaProfilerApi" in printed
+    assert "--device cuda --nvtx --batch 1 --nvtx-steps 2" in printed
+    # emit_nvtx adds a range per operator; the step's own ranges are unchanged
+    calls.clear()
+    timed = nvtx_steps(TRACED, 1, "cuda", warmup=0, steps=1, per_operator=True)
+    assert [c[1] for c in calls if c[0] == "range_push"] == ["step 0", *phases]
+    assert timed["steps"] == 1 and math.isfinite(timed["loss"])
 
 
 # ## Benchmarks: the same FLOPs at two intensities
