@@ -698,9 +698,9 @@ def generate(
 # how often each byte occurs (fitted on the training text) would score 3.22 nats on
 # the validation text. In the demo's 800 steps the loss passes both, to about 1.6
 # nats: beyond byte frequencies, the model has learned which bytes follow which and
-# the spelling of common words ("the string", "which", "class"). Greedy decoding of
-# it shows the failure that motivates sampling: within a few words it repeats itself
-# ("the statement and the statement").
+# the spelling of common words ("the", "which", "string"). Greedy decoding of it
+# shows the failure that motivates sampling: within a few words it repeats itself
+# ("the and the sequence the and the"; the words differ from run to run).
 
 
 def byte_windows(
@@ -772,8 +772,11 @@ def unigram_loss(train_data: Tensor, data: Tensor) -> float:
     return -log_probs[data].mean().item()
 
 
-def plot(losses: list[float], val_loss: float, unigram: float, out: Path) -> Path:
-    """The training loss, and the presets' parameters by component."""
+def plot(
+    losses: list[float], val_loss: float, unigram: float, out: Path, layers: int = 2
+) -> Path:
+    """The training loss of the `layers`-block model, and the presets' parameters by
+    component."""
     fig, (left, right) = figure(panels=2)
     left.plot(range(1, len(losses) + 1), losses, label="training batch")
     left.axhline(math.log(256), color="grey", ls=":", label=r"uniform, $\ln 256$")
@@ -798,8 +801,8 @@ def plot(losses: list[float], val_loss: float, unigram: float, out: Path) -> Pat
     return save(
         fig,
         out / "gpt2.png",
-        caption="Left: the loss of a 2-layer GPT-2 trained on the bytes of Python's "
-        "documentation falls from the uniform guess, ln 256, past what byte "
+        caption=f"Left: the loss of a {layers}-layer GPT-2 trained on the bytes of "
+        "Python's documentation falls from the uniform guess, ln 256, past what byte "
         "frequencies alone achieve, within a few hundred steps. "
         "Right: the parameters of the four GPT-2 sizes by component; the MLPs grow "
         "with depth times width squared, the token embedding only with width.",
@@ -876,7 +879,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         tokens = generate(model, prompt, args.new_tokens, generator=generator, **knob)
         text = bytes(tokens[0].tolist()).decode("utf-8", errors="replace")
         print(f"{label:>26s}: {text!r}")
-    plot(losses, val_loss, unigram, out)
+    plot(losses, val_loss, unigram, out, layers=args.layers)
     return {
         "first_loss": losses[0],
         "final_loss": sum(losses[-10:]) / len(losses[-10:]),

@@ -586,10 +586,16 @@ def load_checkpoint(
 def evaluate(model: GPT2, tokens: Tensor, block: int, windows: int = 64) -> float:
     """Mean next-token loss on `windows` evenly spaced windows of `tokens`."""
     room = len(tokens) - block - 1  # the last offset a window of block + 1 can start at
-    if room < 0 or not 1 <= windows <= max(1, room):
+    if room < 0:
         raise ValueError(
-            f"evaluate: {len(tokens)} tokens hold 1 to {max(1, room)} distinct windows "
-            f"of block + 1 = {block + 1} tokens, got windows={windows}"
+            f"evaluate: {len(tokens)} tokens are too few for one window of block + 1 "
+            f"= {block + 1} tokens"
+        )
+    if not 1 <= windows <= max(1, room):
+        raise ValueError(
+            f"evaluate: {len(tokens)} tokens allow 1 to {max(1, room)} evenly spaced "
+            f"windows (stride >= 1) of block + 1 = {block + 1} tokens, "
+            f"got windows={windows}"
         )
     was_training = model.training
     model.eval()

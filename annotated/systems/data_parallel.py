@@ -771,8 +771,9 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 # ## The example
 #
-# What every rank runs on its shard: the MLP on a batch of 16 digits (a rank's half of
-# a global batch of 32).
+# What every rank runs on its shard: the MLP on a batch of 16 digits. (The demo gives
+# each rank 32, `--batch-size` being per rank, so its 2 ranks share a global batch of
+# 64.)
 
 
 def example():
@@ -900,13 +901,16 @@ def draw(results, reference, deviation, args, out: Path) -> None:
     axis.set_xlabel("Adam state held by the rank (KiB)")
     axis.set_xlim(0, 2.0 * full)  # room for the legend
     axis.legend(loc="lower right")
+    parts = {1: "into one part", 2: "in half"}.get(
+        args.world_size, f"into {args.world_size} parts"
+    )
     save(
         fig,
         out / "optimizer_state.png",
         caption=(
             "Adam's state on each rank: the replicated runs keep all of it on every "
             "rank; ZeRO-1 and FSDP split it between the ranks. ZeRO-1 assigns whole "
-            "tensors, so its split is uneven; FSDP splits every tensor in half."
+            f"tensors, so its split is uneven; FSDP splits every tensor {parts}."
         ),
     )
 

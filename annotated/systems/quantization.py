@@ -387,7 +387,8 @@ class Int8Linear(nn.Module):
         weight_q = quantize(weight, scale, zero, INT8_WEIGHT)  # [out, in] int8
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("weight_scale", scale)  # [out]
-        self.register_buffer("weight_row_sums", weight_q.to(torch.int32).sum(1))
+        row_sums = weight_q.sum(1, dtype=torch.int32)  # [out]; int32, not sum's int64
+        self.register_buffer("weight_row_sums", row_sums)
         bias = linear.bias.detach().float().cpu()  # [out]
         self.register_buffer("bias", bias)
         self.register_buffer("input_scale", input_scale.reshape(()).float())
@@ -523,7 +524,8 @@ def swap_linears(model: nn.Sequential, calibrators, make_layer) -> nn.Sequential
 
 
 # The size of a model is what it stores: every parameter and buffer, at its element
-# size. Scales, zero points and biases stay float32 and are counted too.
+# size. Scales and biases stay float32, zero points and the int8 layer's weight-row sums
+# int32, and they are counted too.
 def model_bytes(model: nn.Module) -> int:
     """Bytes of all parameters and buffers of `model`."""
     tensors = list(model.parameters()) + list(model.buffers())

@@ -397,17 +397,23 @@ def test_bad_arguments_raise():
         main(["--save-every", "-1"])
 
 
-def test_evaluate_refuses_more_windows_than_distinct_offsets():
+def test_evaluate_refuses_more_windows_than_a_stride_of_1_allows():
     # 30 tokens leave offsets 0..18 for windows of 12: 18 windows have stride 1.
     model, tokens = tiny_model(), tiny_tokens(30)
     windows = tokens[torch.arange(18)[:, None] + torch.arange(12)]
     expected = next_token_loss(model(windows[:, :-1]), windows[:, 1:]).item()
     assert evaluate(model, tokens, 11, windows=18) == pytest.approx(expected)
     for bad in (0, 19, 64):
-        with pytest.raises(ValueError, match="evaluate: 30 tokens hold 1 to 18"):
+        with pytest.raises(
+            ValueError, match=r"evaluate: 30 tokens allow 1 to 18 evenly spaced windows"
+        ):
             evaluate(model, tokens, 11, windows=bad)
-    with pytest.raises(ValueError, match="distinct windows of block \\+ 1 = 12"):
+    with pytest.raises(ValueError, match=r"too few for one window of block \+ 1 = 12"):
         evaluate(model, tokens[:11], 11, windows=1)
+    # 12 tokens hold one window only, at offset 0 (stride 0)
+    assert evaluate(model, tokens[:12], 11, windows=1) == pytest.approx(
+        next_token_loss(model(tokens[None, :11]), tokens[None, 1:12]).item()
+    )
 
 
 def test_example_runs_and_its_dataflow_has_the_stages():

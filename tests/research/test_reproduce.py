@@ -28,10 +28,12 @@ from annotated.research.reproduce import (
     AnswerModel,
     GrokConfig,
     GrokfastEMA,
+    Run,
     adamw,
     answer_loss,
     example,
     fourier_energy,
+    grokking_caption,
     main,
     modular_addition,
     speedup_interval,
@@ -283,6 +285,28 @@ def test_steps_to_threshold_returns_the_first_crossing():
     assert steps_to_threshold([10, 20, 30, 40], [0.5, 0.99, 0.2, 1.0], 0.99) == 20
     assert steps_to_threshold([10, 20], [0.5, 0.98], 0.99) is None
     assert steps_to_threshold([], [], 0.5) is None
+
+
+def test_the_grokking_caption_reads_its_claims_from_the_runs():
+    def run(decay, generalised, prime=47, layers=2):
+        config = GrokConfig(prime=prime, layers=layers, weight_decay=decay)
+        return Run(config, "run", generalised_at=generalised)
+
+    sweep = [run(0.0, None), run(0.3, None), run(1.0, 1750), run(3.0, 600)]
+    caption = grokking_caption(sweep[2], sweep)
+    assert "2-layer GPT-2 on a + b mod 47 reaches 99 % long before" in caption
+    assert (
+        "with four weight decays; without decay, or with 0.3, the held-out half is "
+        "not learned within the budget, and more decay learns it sooner." in caption
+    )
+    sweep = [run(1.0, None, 23, 3), run(3.0, 900, 23, 3)]
+    caption = grokking_caption(sweep[0], sweep)
+    assert "3-layer GPT-2 on a + b mod 23 reaches 99 %, but validation" in caption
+    assert "two weight decays; with 1, the held-out half is not learned" in caption
+    assert "sooner" not in caption
+    sweep = [run(1.0, 600), run(3.0, 900)]
+    caption = grokking_caption(sweep[0], sweep)
+    assert "every decay learns the held-out half within the budget." in caption
 
 
 @given(

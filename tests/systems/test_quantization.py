@@ -31,6 +31,7 @@ from annotated.systems.quantization import (
     int_matmul,
     main,
     minmax,
+    model_bytes,
     onnx_logits,
     pack_int4,
     qparams,
@@ -164,6 +165,19 @@ def test_int_matmul_equals_torch_int_mm(shape):
 def test_int_matmul_refuses_floats():
     with pytest.raises(TypeError, match="int_matmul: needs int8"):
         int_matmul(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.int8))
+
+
+def test_int8_linear_stores_a_byte_per_weight_and_accumulates_in_int32():
+    layer = Int8Linear(nn.Linear(64, 32), torch.tensor(0.05), torch.tensor(-3))
+    assert layer.weight_row_sums.dtype == torch.int32
+    # int8 weights, then float32 scale and bias and int32 row sum per row, then the
+    # input's float32 scale and int32 zero point
+    assert model_bytes(layer) == 64 * 32 + 32 * (4 + 4 + 4) + 4 + 4
+    x_q = quantize(
+        torch.randn(5, 64), layer.input_scale, layer.input_zero, INT8_ACTIVATION
+    )
+    accumulator = int_matmul(x_q, layer.weight_q.T)
+    assert (accumulator - layer.input_zero * layer.weight_row_sums).dtype == torch.int32
 
 
 def test_int8_linear_matches_fbgemm_quantized_linear():
