@@ -154,9 +154,11 @@ from annotated.figures import figure, save
 # valid output; $\sigma = \exp(\tfrac12 \log\sigma^2)$.
 #
 # For $f(z) = a z^2 + b z$ the expectation is $a(\mu^2 + \sigma^2) + b\mu$, so
-# $\partial_\mu \mathbb E f = 2a\mu + b$ and $\partial_\sigma \mathbb E f = 2a\sigma$;
-# the test checks that the reparameterised estimate lands on both within a few
-# standard errors.
+# $\partial_\mu \mathbb E f = 2a\mu + b$ and $\partial_\sigma \mathbb E f = 2a\sigma$,
+# which through $\sigma = \exp(\tfrac12 \log\sigma^2)$ is
+# $\partial_{\log\sigma^2} \mathbb E f = a\sigma^2$; the test checks that the
+# reparameterised estimates of $\partial_\mu$ and $\partial_{\log\sigma^2}$ land on
+# these within a few standard errors.
 
 
 def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -517,7 +519,8 @@ def plot_latent(model: VAE, x_test, y_test, out: Path, side: int = 16) -> Path:
     quantiles = torch.linspace(0.05, 0.95, 12)
     values = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)  # [12]
     first, second = torch.meshgrid(values, values.flip(0), indexing="xy")
-    z = torch.zeros(144, model.config.latent)
+    device = next(model.parameters()).device
+    z = torch.zeros(144, model.config.latent, device=device)
     z[:, 0], z[:, 1] = first.reshape(-1), second.reshape(-1)
     images = model.mean_image(z).cpu().reshape(12, 12, side, side)
     mu, _ = model.encode(x_test)
@@ -547,7 +550,7 @@ def plot_interpolations(model: VAE, x_test, out: Path, side: int = 16) -> Path:
     model.eval()
     pairs = [(0, 1), (2, 3), (4, 5), (6, 7)]
     mu, _ = model.encode(x_test[: 2 * len(pairs)])  # [8, latent]
-    weights = torch.linspace(0.0, 1.0, 8)[None, :, None]  # [1, 8, 1]
+    weights = torch.linspace(0.0, 1.0, 8, device=mu.device)[None, :, None]  # [1, 8, 1]
     starts, ends = mu[[a for a, _ in pairs]], mu[[b for _, b in pairs]]
     z = starts[:, None] + weights * (ends - starts)[:, None]  # [4, 8, latent]
     decoded = model.mean_image(z.reshape(-1, model.config.latent)).cpu()

@@ -229,16 +229,17 @@ class ExactIndex:
             for g in range(0, len(self), self.gallery_block):
                 part = self.vectors[g : g + self.gallery_block]  # [b_g, d]
                 candidates = torch.cat([best, block @ part.T], dim=1)  # [b_q, k + b_g]
+                new_ids = torch.arange(g, g + len(part), device=best_ids.device)
                 candidate_ids = torch.cat(
-                    [best_ids, torch.arange(g, g + len(part)).expand(len(block), -1)],
-                    dim=1,
+                    [best_ids, new_ids.expand(len(block), -1)], dim=1
                 )
                 best, top = candidates.topk(min(k, candidates.shape[1]), dim=1)
                 best_ids = candidate_ids.gather(1, top)  # [b_q, k]
             scores.append(best)
             ids.append(best_ids)
         if not scores:  # no queries: an empty answer of the right shape
-            return queries.new_empty(0, k), torch.empty(0, k, dtype=torch.long)
+            empty_ids = torch.empty(0, k, dtype=torch.long, device=self.vectors.device)
+            return queries.new_empty(0, k), empty_ids
         return torch.cat(scores), torch.cat(ids)  # [Q, k] each
 
 
@@ -462,8 +463,10 @@ def evaluate(
     """Recall@k in both directions (overall, and for one- and two-object queries),
     strict text→image with its ceiling, and chance for each."""
     top = max(ks)
+    # The ids come back on the index's device; the labels they index are on the CPU.
     _, image_to_text = text_index.search(gallery.image_embeddings, top)  # [N, K]
     _, text_to_image = image_index.search(gallery.text_embeddings, top)  # [M, K]
+    image_to_text, text_to_image = image_to_text.cpu(), text_to_image.cpu()
     texts = torch.arange(len(gallery.texts))
     pictures = torch.arange(len(gallery.images))
     text_objects = torch.zeros(len(texts), dtype=torch.long)
