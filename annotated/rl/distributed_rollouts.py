@@ -607,7 +607,7 @@ def dataflow(output):
 # (a test, a notebook) the demo uses it and leaves it running.
 
 
-def plot_returns(history: History, target: float, out: Path) -> Path:
+def plot_returns(history: History, target: float, out: Path, actors: int = 2) -> Path:
     """Episode returns against the learner's wall time, and the policy lags."""
     steps, returns, seconds = (np.array(c) for c in zip(*history.episodes))
     fig, axes = figure(panels=2)
@@ -625,11 +625,13 @@ def plot_returns(history: History, target: float, out: Path) -> Path:
     axes[1].set_ylabel("trajectories")
     axes[1].set_title(f"mean lag {lags.mean():.2f}, max {lags.max()}")
     lag_share = float(np.mean(lags == 1))
+    words = {1: "one Ray actor process", 2: "two Ray actor processes"}
+    processes = words.get(actors, f"{actors} Ray actor processes")
     return save(
         fig,
         out / "returns.png",
         caption="Left: CartPole-v1 episode returns against the learner's wall-clock "
-        "time, trained by V-trace from two Ray actor processes; the orange line is the "
+        f"time, trained by V-trace from {processes}; the orange line is the "
         "mean of the last 20 episodes. Right: how many updates old the policy that "
         "collected each trajectory was when the learner used it (log scale): "
         f"{lag_share:.0%} of them were one update old, the mean lag was "
@@ -768,7 +770,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for count, rate in zip(counts, rates):
         print(f"{count} actor(s): {rate:,.0f} steps/s")
     if history.episodes:
-        plot_returns(history, config.target_return, out)
+        plot_returns(history, config.target_return, out, config.num_actors)
     plot_throughput(counts, rates, out)
     return {
         "mean_return": mean_return,
@@ -788,8 +790,9 @@ if __name__ == "__main__":
 # ## Exercises
 #
 # 1. Set `rho_bar` and `c_bar` to infinity (no truncation) and train with 4 actors.
-#    How large do the ratios $\rho$ get (the `truncated_rho_fraction` and `mean_rho`
-#    curves in TensorBoard), and what happens to the return?
+#    How large do the ratios $\rho$ get (the `mean_rho` curve in TensorBoard; add
+#    `rhos.max()` to `impala_loss`'s stats to see the largest, since
+#    `truncated_rho_fraction` is 0 with no truncation), and what happens to the return?
 # 2. Replace V-trace by the on-policy targets (every `log_rhos` set to 0) and raise the
 #    lag on purpose: give each actor 8 times more steps per rollout. At what lag does
 #    the uncorrected learner fall behind the corrected one?

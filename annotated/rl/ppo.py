@@ -677,7 +677,8 @@ def plot_returns(history: History, target: float, out: Path) -> Path:
         out / "returns.png",
         caption="CartPole-v1 episode returns during PPO training, against environment "
         "steps (left) and wall-clock seconds on the CPU (right); the orange line is "
-        "the mean of the last 20 episodes and the run stops when it reaches 475.",
+        "the mean of the last 20 episodes and the run stops when it reaches "
+        f"{target:.0f}.",
     )
 
 
