@@ -152,6 +152,15 @@ class MiniLMEmbeddings(Embeddings):
         self.known = dict(known or {})
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if isinstance(texts, str):
+            raise TypeError("embed_documents: texts must be a list of str, got a str")
+        texts = list(texts)
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(
+                    "embed_documents: texts must be a list of str, got an item of "
+                    f"type {type(text).__name__}"
+                )
         new = [text for text in dict.fromkeys(texts) if text not in self.known]
         if new:
             self.known.update(zip(new, self.embedder(new).tolist()))
@@ -338,9 +347,9 @@ class Timeline(BaseCallbackHandler):
 
 # ## The example
 #
-# The declared example is the chain's last two steps with a tiny random GPT: a
-# prompt in, eight tokens out. (The retrieval steps need the encoder, which takes
-# longer than an example may.)
+# The declared example is the chain's last three steps (prompt, model, parser) with a
+# tiny random GPT: a context and a question in, eight tokens out. (The retrieval
+# steps need the encoder, which takes longer than an example may.)
 
 
 def example():

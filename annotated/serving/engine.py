@@ -581,6 +581,11 @@ class Engine:
         """The output token ids of each prompt, served with continuous batching."""
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(
+                "Engine.generate: params must be one SamplingParams or one per "
+                f"prompt, got {len(params)} for {len(prompts)} prompts"
+            )
         requests = [self.make_request(p, s) for p, s in zip(prompts, params)]
         for request in requests:
             self.add(request)

@@ -612,9 +612,18 @@ def example():
 def dataflow(output: Tensor) -> tuple[list, list]:
     """The steps of `paged_forward` on the example, with their shapes."""
     model, cache, seqs, tokens = example_setup()
-    total, batch, width = sum(map(len, tokens)), len(seqs), max(map(len, tokens))
+    counts = [len(t) for t in tokens]
+    total, batch = sum(counts), len(seqs)
     config = model.config
     heads, d_head = config.n_head, config.n_embd // config.n_head
+    groups = [  # one attention call per group, as in paged_forward
+        f"{name} [{len(group)}, {max(group)}, {heads}, {d_head}]"
+        for name, group in (
+            ("decode", [n for n in counts if n == 1]),
+            ("prefill", [n for n in counts if n > 1]),
+        )
+        if group
+    ]
     pool = "[" + ", ".join(map(str, cache.k.shape[1:])) + "]"
     nodes = [
         ("tokens", f"new tokens of {batch} sequences\nflat [{total}]"),
@@ -622,7 +631,7 @@ def dataflow(output: Tensor) -> tuple[list, list]:
         ("qkv", "ln_1, c_attn\nq, k, v"),
         ("write", f"write k, v at their slots\npool {pool}"),
         ("gather", "gather by block tables\nmask t ≤ p and t < length"),
-        ("attend", f"attention\n[{batch}, {width}, {heads}, {d_head}]"),
+        ("attend", "attention, one call per group\n" + "\n".join(groups)),
         ("mlp", "c_proj, residual, ln_2, MLP"),
         ("logits", f"ln_f, logits of the last new tokens\n{list(output.shape)}"),
     ]
@@ -632,7 +641,7 @@ def dataflow(output: Tensor) -> tuple[list, list]:
         ("qkv", "write", f"k, v [{total}, {heads}, {d_head}]"),
         ("write", "gather", f"× {config.n_layer} layers"),
         ("gather", "attend", "keys, values"),
-        ("qkv", "attend", f"q [{batch}, {width}, {heads}, {d_head}]"),
+        ("qkv", "attend", "q, padded per group"),
         ("attend", "mlp", f"[{total}, {config.n_embd}]"),
         ("mlp", "qkv", "next layer"),
         ("mlp", "logits", f"[{batch}, {config.n_embd}]"),

@@ -5,7 +5,7 @@ summary: >-
   Search this site's own lessons by meaning and by words, fuse the two rankings, find
   neighbours with an HNSW graph written here, and answer with sentences that link back
   to the section they came from.
-time: 20 s
+time: 15 s
 references:
   - key: lewis2020retrieval
     authors: [Patrick Lewis, Ethan Perez, Aleksandra Piktus, Fabio Petroni, Vladimir
@@ -549,8 +549,9 @@ class ExactIndex:
 # beam of width `ef_search` instead of a single walker.
 #
 # Building is searching: a new vector finds its `ef_construction` nearest candidates
-# on each of its layers and links to $M$ of them ($2M$ on layer 0), and they link
-# back; a neighbour list that overflows is cut back to its best. Which $M$? The
+# on each of its layers and links to $M$ of them, and they link back; a neighbour
+# list that overflows its cap ($M$, or $2M$ on layer 0) is cut back to its best, so
+# older nodes on layer 0 end up with up to $2M$ links. Which $M$? The
 # closest ones crowd into one cluster. The paper's *heuristic* keeps a candidate only
 # if it is closer to the new vector than to every neighbour already kept, so the links
 # fan out in different directions and a walk can leave a cluster
@@ -1117,10 +1118,11 @@ def dataflow(output):
 
 # ## The demo
 #
-# The demo builds the corpus and its vectors (about a minute the first time, then read
-# from the cache), scores the three rankings on the questions, measures our HNSW
-# against exact search on the corpus's vectors and on random ones, checks that the
-# faiss store gives the retriever the same answers, and answers one question.
+# The demo builds the corpus and its vectors (a few minutes on two cores the first
+# time, then read from the cache), scores the three rankings on the questions,
+# measures our HNSW against exact search on the corpus's vectors and on random ones,
+# checks that the faiss store gives the retriever the same answers, and answers one
+# question.
 #
 # On the 61 lessons written when this chapter was (1,850 passages of 683 sections),
 # dense ranking put the answering section first most often (recall@1 0.45, MRR 0.59).
@@ -1134,8 +1136,8 @@ def dataflow(output):
 # Our HNSW reached recall@10 0.96 on those 1,850 passage vectors while computing 7.8×
 # fewer distances than exact search, and 0.95 at 9.9× fewer on 3,000 random unit
 # vectors in 16 dimensions; the gain grows with $N$, since a search costs about
-# $\log N$ hops. The run takes about 25 s with the vectors cached; the first run
-# embeds the corpus, a few minutes on two cores.
+# $\log N$ hops. The run takes about 15 s on two cores with the vectors cached; the
+# first run also embeds the corpus.
 
 
 def measure_hnsw(

@@ -1,8 +1,9 @@
-"""langchain-core's Runnable interface, exercised on every component and on the chain
-(invoke, batch, stream, ainvoke, astream: identical outputs for one seed), the callbacks
-each fires, and against the lesson's own pieces: the retriever's documents are the rag
-retriever's sections, the LLM's text is our GPT's sampling loop token for token, and
-MiniLMEmbeddings equal the rag encoder (1e-6) and rank like InMemoryVectorStore."""
+"""langchain-core's Runnable interface, exercised on the retriever, the LLM and the
+chain (invoke, batch, stream, ainvoke, astream: identical outputs for one seed), the
+callbacks each fires, and against the lesson's own pieces: the retriever's documents
+are the rag retriever's sections, the LLM's text is our GPT's sampling loop token for
+token, and MiniLMEmbeddings equal the rag encoder (1e-6) and rank like
+InMemoryVectorStore."""
 
 import asyncio
 import hashlib
@@ -97,6 +98,11 @@ def test_retriever_returns_the_rag_sections_through_every_entry_point(index):
     assert retriever.batch([question, question])[1] == documents
     assert asyncio.run(retriever.ainvoke(question)) == documents
     assert list(retriever.stream(question)) == [documents]
+
+    async def collect():
+        return [chunk async for chunk in retriever.astream(question)]
+
+    assert asyncio.run(collect()) == [documents]
     bm25 = SiteRetriever(index=index, k=2, method="bm25").invoke(question)
     assert [d.metadata["link"] for d in bm25] == [
         c.link for c in index.search(question, 2, "bm25")
@@ -157,6 +163,11 @@ def test_chain_composes_and_agrees_across_invoke_stream_batch_async(index, tiny_
     assert "".join(chain.stream(question)) == answer
     assert chain.batch([question, question]) == [answer, answer]
     assert asyncio.run(chain.ainvoke(question)) == answer
+
+    async def collect():
+        return [piece async for piece in chain.astream(question)]
+
+    assert "".join(asyncio.run(collect())) == answer
     # by hand: the same steps, without LCEL
     documents = SiteRetriever(index=index, k=2).invoke(question)
     prompt = PROMPT.format(context=format_documents(documents), question=question)
@@ -188,6 +199,15 @@ def test_minilm_embeddings_equal_the_encoder_and_rank_like_the_store():
     assert cached.embed_documents([texts[0]])[0] == embeddings.embed_query(texts[0])
     with pytest.raises(TypeError, match="must be a str"):
         embeddings.embed_query(["not", "a", "str"])
+
+
+def test_minilm_embeddings_reject_a_str_or_non_str_items():
+    embeddings = MiniLMEmbeddings(HashEmbedder())
+    with pytest.raises(TypeError, match="texts must be a list of str, got a str"):
+        embeddings.embed_documents("keys and values")
+    with pytest.raises(TypeError, match="got an item of type int"):
+        embeddings.embed_documents(["keys", 3])
+    assert len(embeddings.embed_documents(t for t in ["keys", "values"])) == 2
 
 
 def test_example_and_its_dataflow():

@@ -217,6 +217,9 @@ def test_bad_requests_raise_clear_errors(model, tokenizer):
         engine.make_request([], SamplingParams())
     with pytest.raises(ValueError, match="max_batch"):
         Engine(model, tokenizer, max_batch=0)
+    # a shorter list of params would silently drop the prompts past its end
+    with pytest.raises(ValueError, match="got 1 for 2 prompts"):
+        engine.generate([[1, 2], [3, 4]], [SamplingParams(max_tokens=2)])
 
 
 def test_example_preempts_and_finishes():
