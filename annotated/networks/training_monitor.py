@@ -5,7 +5,7 @@ summary: >-
   Per-layer weight and gradient norms, update-to-weight ratios, activation statistics,
   dead ReLUs and throughput, logged to TensorBoard through hooks, and the filter-
   normalised loss landscape of Li et al. around a trained digits network.
-time: 15 s
+time: 8 s
 expected:
   metric: test_accuracy
   short: ["--steps", "100", "--grid", "5", "--slice-points", "5", "--device", "cpu"]

@@ -7,7 +7,7 @@ summary: >-
   over scattered blocks, and a GPT-2 forward that batches prefills and decoding steps
   of many sequences; its logits equal GPT-2's full forward to 1e-10, and it wastes a
   few percent of the cache where a preallocated one wastes most of it.
-time: 8 s
+time: 5 s
 references:
   - key: kwon2023efficient
     authors: [Woosuk Kwon, Zhuohan Li, Siyuan Zhuang, Ying Sheng, Lianmin Zheng,
