@@ -607,8 +607,9 @@ def dataflow(output):
 # (a test, a notebook) the demo uses it and leaves it running.
 
 
-def plot_returns(history: History, target: float, out: Path, actors: int = 2) -> Path:
+def plot_returns(history: History, config: ImpalaConfig, out: Path) -> Path:
     """Episode returns against the learner's wall time, and the policy lags."""
+    target, actors = config.target_return, config.num_actors
     steps, returns, seconds = (np.array(c) for c in zip(*history.episodes))
     fig, axes = figure(panels=2)
     axes[0].scatter(seconds, returns, s=4, alpha=0.35, label="episode return")
@@ -630,8 +631,8 @@ def plot_returns(history: History, target: float, out: Path, actors: int = 2) ->
     return save(
         fig,
         out / "returns.png",
-        caption="Left: CartPole-v1 episode returns against the learner's wall-clock "
-        f"time, trained by V-trace from {processes}; the orange line is the "
+        caption=f"Left: {config.env_id} episode returns against the learner's "
+        f"wall-clock time, trained by V-trace from {processes}; the orange line is the "
         "mean of the last 20 episodes. Right: how many updates old the policy that "
         "collected each trajectory was when the learner used it (log scale): "
         f"{lag_share:.0%} of them were one update old, the mean lag was "
@@ -770,7 +771,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for count, rate in zip(counts, rates):
         print(f"{count} actor(s): {rate:,.0f} steps/s")
     if history.episodes:
-        plot_returns(history, config.target_return, out, config.num_actors)
+        plot_returns(history, config, out)
     plot_throughput(counts, rates, out)
     return {
         "mean_return": mean_return,

@@ -112,6 +112,7 @@ The demo trains on `CartPole-v1` until the mean return of the last 20 episodes r
 """
 
 import argparse
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -657,8 +658,9 @@ def example():
 # four observations.
 
 
-def plot_returns(history: History, target: float, out: Path) -> Path:
+def plot_returns(history: History, config: PPOConfig, out: Path) -> Path:
     """Episode returns against environment steps and wall time, with the target."""
+    target = config.target_return
     steps, returns, seconds = (np.array(c) for c in zip(*history.episodes))
     window = np.ones(20) / 20
     smooth = np.convolve(returns, window, mode="valid") if len(returns) >= 20 else None
@@ -675,15 +677,20 @@ def plot_returns(history: History, target: float, out: Path) -> Path:
     return save(
         fig,
         out / "returns.png",
-        caption="CartPole-v1 episode returns during PPO training, against environment "
-        "steps (left) and wall-clock seconds on the CPU (right); the orange line is "
-        "the mean of the last 20 episodes and the run stops when it reaches "
+        caption=f"{config.env_id} episode returns during PPO training, against "
+        "environment steps (left) and wall-clock seconds on the CPU (right); the "
+        "orange line is the mean of the last 20 episodes and the run stops when it "
+        "reaches "
         f"{target:.0f}.",
     )
 
 
-def plot_diagnostics(history: History, out: Path) -> Path:
-    """Approximate KL, clip fraction and entropy per update."""
+def plot_diagnostics(
+    history: History, config: PPOConfig, num_actions: int, out: Path
+) -> Path:
+    """Approximate KL, clip fraction and entropy per update (`num_actions` for the
+    entropy of the uniform policy, quoted in the caption)."""
+    low, high = 1 - config.clip, 1 + config.clip
     steps = [u["step"] for u in history.updates]
     fig, axes = figure(panels=3)
     for ax, key in zip(axes, ("approx_kl", "clip_fraction", "entropy")):
@@ -694,8 +701,9 @@ def plot_diagnostics(history: History, out: Path) -> Path:
         fig,
         out / "diagnostics.png",
         caption="Per-update diagnostics: the approximate KL between the old and new "
-        "policy, the fraction of ratios outside [0.8, 1.2], and the policy's entropy "
-        "(log 2 = 0.69 is uniform over CartPole's two actions).",
+        f"policy, the fraction of ratios outside [{low:g}, {high:g}], and the policy's "
+        f"entropy (log {num_actions} = {math.log(num_actions):.2f} is uniform over "
+        f"{config.env_id}'s {num_actions} actions).",
     )
 
 
@@ -756,8 +764,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     print(f"steps per second {steps_per_second:,.0f}")
     if history.episodes:
-        plot_returns(history, config.target_return, out)
-    plot_diagnostics(history, out)
+        plot_returns(history, config, out)
+    plot_diagnostics(history, config, agent.actor[-1].out_features, out)
     return {
         "mean_return": mean_return,
         "seconds_to_target": history.target_seconds or float("nan"),
