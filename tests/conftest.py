@@ -72,3 +72,17 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch CPU thread for the whole module that asks for it, with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`: its tensors are small, so a
+    second thread only adds hand-offs, and its benchmarks time one thread, as its
+    lesson's demo and prose do."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,12 +26,7 @@ from annotated.cnn.resnet import (
 from tools.literate.figures import short_band
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bn(x, module, training):

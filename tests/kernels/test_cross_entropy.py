@@ -42,13 +42,7 @@ FLOAT64 = dict(rtol=1e-12, atol=1e-12)
 FLOAT32 = dict(rtol=1e-6, atol=1e-6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: a second thread only adds handoffs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_inputs(tokens, vocab, dtype=torch.float64, seed=0, scale=3.0, ignored=()):

@@ -44,13 +44,7 @@ FLOAT32 = dict(rtol=2e-5, atol=2e-5)
 MIB = 2**20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: a second thread only adds handoffs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs(batch, heads, n_q, n_k, d, seed=0, scale=1.0, dtype=torch.float32):

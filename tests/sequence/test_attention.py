@@ -39,13 +39,7 @@ from annotated.sequence.seq2seq import (
 TOLERANCE = dict(rtol=0, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: a second thread only adds handoffs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs(lengths: list[int], size: int = 6, seed: int = 0, scale: float = 1.0):

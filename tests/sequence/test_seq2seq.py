@@ -45,13 +45,7 @@ from annotated.sequence.seq2seq import (
 from tools.literate.figures import short_band
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: a second thread only adds handoffs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model64(seed: int = 0, hidden_size: int = 16) -> Seq2Seq:

@@ -30,12 +30,7 @@ from annotated.systems.computation_graph import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def evaluated_nodes(loss: torch.Tensor) -> Counter:

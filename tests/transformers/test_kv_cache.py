@@ -37,13 +37,7 @@ EXACT = dict(rtol=1e-12, atol=1e-12)
 KINDS = {"MHA": 6, "GQA": 2, "MQA": 1}  # KV heads for 6 query heads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: a second thread only adds handoffs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(n_kv_heads=2, n_heads=6, d_head=3, n_layers=2, max_len=40, seed=0, **kw):

@@ -32,13 +32,7 @@ from annotated.transformers.linear_attention import (
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The benchmarks time one CPU thread, as the demo and the prose do."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randn(*shape, seed=0, dtype=torch.float64):

@@ -74,18 +74,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # PyTorch warns when its encoder cannot use nested tensors (pre-LN, odd head counts),
 # and that nested tensors are a prototype when it does.
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:enable_nested_tensor is True"),
     pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are small: a second thread only adds handoffs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 TOLERANCE = {
