@@ -536,14 +536,18 @@ def roofline(ops: list[Op], peak: dict, min_run_time: float = 0.2) -> list[dict]
 # did it.
 
 
-def training_step(model: GPT, optimizer, tokens: Tensor, targets: Tensor) -> Tensor:
-    """Zero the gradients, run forward and backward, update: one step, labelled."""
+def training_step(
+    model: GPT, optimizer, tokens: Tensor, targets: Tensor, mark=record_function
+) -> Tensor:
+    """Zero the gradients, run forward and backward, update: one step, each phase
+    labelled by `mark(name)` (`record_function` for torch.profiler,
+    `torch.cuda.nvtx.range` for Nsight Systems)."""
     optimizer.zero_grad(set_to_none=True)
-    with record_function("forward"):
+    with mark("forward"):
         loss = lm_loss(model(tokens), targets)
-    with record_function("backward"):
+    with mark("backward"):
         loss.backward()
-    with record_function("optimizer"):
+    with mark("optimizer"):
         optimizer.step()
     return loss
 
@@ -734,20 +738,6 @@ def check_nvtx_device(device: str) -> None:
         )
 
 
-def nvtx_training_step(
-    model: GPT, optimizer, tokens: Tensor, targets: Tensor
-) -> Tensor:
-    """`training_step` with its three phases marked as NVTX ranges instead."""
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.nvtx.range("forward"):
-        loss = lm_loss(model(tokens), targets)
-    with torch.cuda.nvtx.range("backward"):
-        loss.backward()
-    with torch.cuda.nvtx.range("optimizer"):
-        optimizer.step()
-    return loss
-
-
 def nvtx_steps(
     config: Config,
     batch: int,
@@ -765,7 +755,7 @@ def nvtx_steps(
     check_positive_int("steps", steps)
     model, optimizer, tokens, targets = setup_step(config, batch, device)
     for _ in range(warmup):
-        nvtx_training_step(model, optimizer, tokens, targets)
+        training_step(model, optimizer, tokens, targets, torch.cuda.nvtx.range)
     torch.cuda.synchronize(device)
     torch.cuda.profiler.start()
     try:
@@ -773,7 +763,9 @@ def nvtx_steps(
         with torch.autograd.profiler.emit_nvtx(enabled=per_operator):
             for index in range(steps):
                 with torch.cuda.nvtx.range(f"step {index}"):
-                    loss = nvtx_training_step(model, optimizer, tokens, targets)
+                    loss = training_step(
+                        model, optimizer, tokens, targets, torch.cuda.nvtx.range
+                    )
         torch.cuda.synchronize(device)
         seconds = time.perf_counter() - begin
     finally:
@@ -905,19 +897,20 @@ def example():
 #
 # - a peak of 175–420 GFLOP/s over the two cores and a copy bandwidth of 25–50 GB/s
 #   (a read and a write counted per byte copied): a ridge point of 3.5–15 FLOP/byte;
-# - only `matmul`, `conv2d` and `attention` are compute-bound. The first two reach
-#   the peak (slightly above it, at times: the peak is itself a measurement, of one
-#   matrix size), because at 140–170 FLOP/byte the bytes have no say;
+# - only `matmul`, `conv2d` and `attention` are compute-bound. The first two come
+#   within a few tenths of the peak or reach it (slightly above it, at times: the peak
+#   is itself a measurement, of one matrix size), because at 140–170 FLOP/byte the
+#   bytes have no say;
 # - `matvec` does the same arithmetic per weight as `matmul` but uses each weight once:
-#   an intensity of 0.5, and it moves 24–56 GB/s, from half to twice the copy
+#   an intensity of 0.5, and it moves 24–58 GB/s, from half to twice the copy
 #   bandwidth (it only reads, and a copy's writes cost more than its reads), a few
 #   percent of the peak's FLOP/s. This is why generating text one token at a time is
 #   limited by memory, not arithmetic;
 # - the tiny `bmm 8×8` products have an intensity of 1.3 and stay under even that
-#   memory roof (a quarter of it on the EPYC, nine tenths on the Xeon): each
-#   $8 \times 8$ product is mostly bookkeeping. The benchmark in this page's header
-#   times the same $2 \cdot 256^3$ FLOPs both ways on one thread, as one
-#   $256 \times 256$ product and as 32,768 tiny ones: the tiny ones take eleven to
+#   memory roof (a quarter of it on the EPYC, four fifths to nine tenths on the
+#   Xeon): each $8 \times 8$ product is mostly bookkeeping. The benchmark in this
+#   page's header times the same $2 \cdot 256^3$ FLOPs both ways on one thread, as
+#   one $256 \times 256$ product and as 32,768 tiny ones: the tiny ones take ten to
 #   thirteen times as long;
 # - `attention` has the intensity of a matrix product in the read-once model, but its
 #   unfused form writes and reads the $L \times S$ scores several times and runs a
@@ -1092,8 +1085,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="with --nvtx: one more NVTX range per operator (emit_nvtx)",
     )
     args = parser.parse_args(argv)
-    if args.nvtx:
-        check_nvtx_device(args.device)
     check_positive_int("--threads", args.threads)
     torch.set_num_threads(args.threads)
     if args.nvtx:
