@@ -829,6 +829,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
 
+    world = dict(
+        n_agents=args.agents,
+        size=args.size,
+        max_cycles=args.max_cycles,
+        sight=args.sight,
+    )
     results, metrics = {}, {}
     for name, centralised in (("MAPPO", True), ("IPPO", False)):
         settings = Args(
@@ -836,11 +842,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             total_steps=args.total_steps,
             envs=args.envs,
             lr=args.lr,
-            n_agents=args.agents,
-            size=args.size,
-            max_cycles=args.max_cycles,
-            sight=args.sight,
             seed=args.seed,
+            **world,
         )
         start = time.perf_counter()
         results[name] = train(settings, args.device)
@@ -849,11 +852,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             results[name]["model"],
             args.episodes,
             seed=10**6,
-            n_agents=settings.n_agents,
-            size=settings.size,
-            max_cycles=settings.max_cycles,
-            sight=settings.sight,
             frames=name == "MAPPO",
+            **world,
         )
         results[name]["frames"] = score["frames"]
         print(
@@ -862,15 +862,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         metrics[f"{name.lower()}_success"] = score["success"]
         metrics[f"{name.lower()}_team_return"] = score["team_return"]
-    random_team = evaluate(
-        None,
-        args.episodes,
-        seed=10**6,
-        n_agents=args.agents,
-        size=args.size,
-        max_cycles=args.max_cycles,
-        sight=args.sight,
-    )
+    random_team = evaluate(None, args.episodes, seed=10**6, **world)
     print(
         f"random: success {random_team['success']:.3f}, team return "
         f"{random_team['team_return']:.2f}"
