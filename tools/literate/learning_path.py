@@ -97,6 +97,8 @@ class Ref:
 class TestRef:
     """A `tests` entry: a lesson's test file, or one test function in it."""
 
+    __test__ = False  # a name pytest would otherwise try to collect as a test class
+
     module: str
     name: str | None = None
 
