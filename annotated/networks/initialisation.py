@@ -101,6 +101,7 @@ import argparse
 import math
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -651,6 +652,8 @@ def plot_signal(results: dict, depth: int, out: Path) -> None:
             title=f"{nonlinearity}: gradients",
         )
     axes[0, 0].legend(fontsize="small")
+    # Layers are whole numbers: no tick at layer 2.5.
+    axes[1, 0].xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     # How far each run moves either spread from first layer to last, as a factor >= 1,
     # for the matched schemes and for the rest.
     matched = {("tanh", "Xavier uniform"), ("tanh", "orthogonal")}
@@ -686,7 +689,11 @@ def plot_symmetry(models: dict[str, nn.Sequential], out: Path) -> None:
     fig, axes = figure(panels=2)
     for ax, (name, model) in zip(axes, models.items()):
         weight = model[0].weight.detach().cpu().numpy()  # [hidden, 64]
-        image = ax.imshow(weight, aspect="auto", cmap="RdBu_r")
+        # Centred on zero, so that white is zero and red and blue are the two signs.
+        largest = np.abs(weight).max()
+        image = ax.imshow(
+            weight, aspect="auto", cmap="RdBu_r", vmin=-largest, vmax=largest
+        )
         fig.colorbar(image, ax=ax)
         ax.set(xlabel="input pixel", ylabel="hidden unit", title=f"{name} start")
     save(
