@@ -547,6 +547,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         values = [latencies[n, batch] * 1e6 / batch for n in names]
         left.bar(np.arange(3) + offset, values, width=0.4, label=f"batch {batch}")
     left.set_xticks(np.arange(3), ["eager\ntorch", "ORT\nfp32", "ORT\nint8"])
+    fastest = min(latencies[key] * 1e6 / key[1] for key in latencies)
+    left.set_yscale("log")  # the latencies span almost two decades
+    left.set_ylim(bottom=10 ** np.floor(np.log10(fastest)))  # the bars' foot
     left.set_ylabel("median latency per image (µs)")
     left.legend()
     right.bar(range(4), list(node_counts.values()), color="tab:gray")
