@@ -529,6 +529,8 @@ def plot_latent(model: VAE, x_test, y_test, out: Path, side: int = 16) -> Path:
     left.set_title(r"decoded grid, $z_1, z_2 \in [-1.64, 1.64]$")
     left.set_xticks([])
     left.set_yticks([])
+    left.set_xlabel(r"$z_1$, rising to the right")
+    left.set_ylabel(r"$z_2$, rising upwards")
     mu = mu.cpu().numpy()
     points = right.scatter(mu[:, 0], mu[:, 1], c=y_test, cmap="tab10", s=6)
     fig.colorbar(points, ax=right, label="digit", ticks=range(10))
