@@ -414,7 +414,7 @@ def fit_decay(norms: Tensor, start: int = 1) -> Decay:
 # largest $1 - h_k^2$ the sequence actually reached. Forming the matrices is the
 # expensive way round: for 100 steps of 8 sequences with 64 units, the benchmark
 # found it 5 to 12 times slower than autograd's backward (over several runs on a
-# busy 2-core machine; about 12 times in this page's benchmark run), which only ever
+# busy 2-core machine; 6.7 times in this page's benchmark run), which only ever
 # multiplies a vector by $W_{hh}^\top$.
 
 
@@ -844,9 +844,10 @@ def plot_clipping(runs: dict[str, EchoRun], max_norm: float, out: Path) -> Path:
                 textcoords="offset points",
                 xytext=(6, -26),
             )
-    # The unclipped loss climbs to 1e34: a ceiling keeps the clipped run's descent
-    # visible.
-    left.set_ylim(top=LOSS_CEILING)
+    # The unclipped loss climbs to 1e34: a ceiling, and a floor just under the lowest
+    # loss, keep the clipped run's descent visible.
+    lowest = min(min(run.losses) for run in runs.values() if run.losses)
+    left.set_ylim(lowest / 2, LOSS_CEILING)
     right.axhline(max_norm, color="k", lw=0.8, ls=":", label=f"max norm {max_norm:g}")
     left.set_ylabel("mean squared error")
     right.set_ylabel("gradient norm before clipping")
