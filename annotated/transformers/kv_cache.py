@@ -798,11 +798,11 @@ def plot(
             [b / 2**20 for b in measured],
             "o",
             color=colours[kind],
-            label=f"{kind}: measured (dots), formula (line)",
+            label=kind,
         )
     memory.set_xlabel("tokens cached")
     memory.set_ylabel("cache size (MiB)")
-    memory.set_title("cache bytes, one sequence")
+    memory.set_title("cache bytes, one sequence: measured (dots), formula (lines)")
     memory.legend()
     return save(fig, out / "kv_cache.png", caption=caption)
 

@@ -952,7 +952,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         axis.set_xlabel("sequence length $N$")
         axis.set_ylabel(unit)
         axis.set_title(title)
-    axes[0].legend(fontsize="small")
+    # Below both panels: inside either, six entries would cover the short lengths.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3)
     save(
         fig,
         out / "memory_time.png",
