@@ -410,11 +410,17 @@ def plot(timeline: Timeline, out: Path) -> Path:
     fig, ax = figure()
     origin = min(start for _, start, _ in timeline.spans)
     kinds = ["chain", "retriever", "llm"]
+    spans = sorted(timeline.spans, key=lambda span: span[1] - span[2])  # longest first
     for row, kind in enumerate(kinds):
-        for name, start, end in timeline.spans:
+        for name, start, end in spans:
             if name == kind:
                 ax.barh(
-                    row, end - start, left=start - origin, height=0.5, color=f"C{row}"
+                    row,
+                    end - start,
+                    left=start - origin,
+                    height=0.5,
+                    color=f"C{row}",
+                    edgecolor="white",  # the chain's steps show on its bar
                 )
     ax.plot(
         [t - origin for t in timeline.tokens],
@@ -425,7 +431,7 @@ def plot(timeline: Timeline, out: Path) -> Path:
     )
     ax.set_yticks(range(len(kinds)), kinds)
     ax.set_xlabel("seconds since the chain started")
-    ax.legend(loc="lower right")
+    ax.legend(loc="center right")  # beside the retriever, which ends first
     return save(
         fig,
         out / "timeline.png",
