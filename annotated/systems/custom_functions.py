@@ -689,7 +689,7 @@ def plot_functions(out: Path) -> None:
     axes[2].plot(x.detach(), straight, "--", label="straight-through gradient")
     axes[2].axhline(0.0, color="0.6", linewidth=0.8, label="true gradient")
     axes[2].set(title="straight-through sign", xlabel="$x$", ylim=(-1.3, 1.6))
-    axes[2].legend(loc="upper left")
+    axes[2].legend(loc="lower right")  # clear of the gradient's step at -1..1
     save(
         fig,
         out / "functions.png",

@@ -866,7 +866,7 @@ def draw(results, reference, deviation, args, out: Path) -> None:
         label = (
             f"{len(results)} runs on {args.world_size} ranks" if index == 0 else None
         )
-        left.plot(steps, run["loss"], lw=1, label=label)
+        left.plot(steps, run["loss"], lw=1, color="C0", label=label)  # one colour
     left.set_xlabel("step $k$")
     left.set_ylabel("global-batch loss")
     left.set_yscale("log")
@@ -899,8 +899,7 @@ def draw(results, reference, deviation, args, out: Path) -> None:
     axis.axvline(full, color="black", ls="--", label="one process")
     axis.set_yticks(range(len(names)), names)
     axis.set_xlabel("Adam state held by the rank (KiB)")
-    axis.set_xlim(0, 2.0 * full)  # room for the legend
-    axis.legend(loc="lower right")
+    fig.legend(loc="outside lower center", ncols=3)
     parts = {1: "into one part", 2: "in half"}.get(
         args.world_size, f"into {args.world_size} parts"
     )

@@ -706,13 +706,19 @@ def plot_training(runs: dict[str, dict], growth_interval: int, out: Path) -> Non
     """Left: the training loss of each mode. Right: the float16 run's loss scale."""
     fig, (loss_axes, scale_axes) = figure(panels=2)
     window = np.ones(20) / 20
-    for name, run in runs.items():
+    styles = [("-", 4.0), ("--", 1.5), ("-", 1.5), (":", 1.5)]  # float32 shows below
+    for index, (name, run) in enumerate(runs.items()):
         curve = np.asarray(run["losses"])
         smoothed = (
             np.convolve(curve, window, mode="valid") if len(curve) >= 20 else curve
         )
+        linestyle, linewidth = styles[index % len(styles)]
         loss_axes.plot(
-            np.arange(len(smoothed)) + len(curve) - len(smoothed), smoothed, label=name
+            np.arange(len(smoothed)) + len(curve) - len(smoothed),
+            smoothed,
+            linestyle=linestyle,
+            linewidth=linewidth,
+            label=name,
         )
     loss_axes.set(
         yscale="log",

@@ -704,15 +704,25 @@ def save_figures(model, calibrators, x_calib, sizes, accuracies, out: Path) -> N
     )
 
     fig, ax = figure()
+    largest = max(sizes.values())
     for name in sizes:
         ax.scatter(sizes[name] / 1024, accuracies[name], s=30)
-        ax.annotate(name, (sizes[name] / 1024, accuracies[name]), fontsize=9)
+        left = sizes[name] == largest  # its label inside the axes
+        ax.annotate(
+            name,
+            (sizes[name] / 1024, accuracies[name]),
+            xytext=(-3 if left else 3, 3),  # above: clear of a point at its height
+            textcoords="offset points",
+            ha="right" if left else "left",
+            va="bottom",
+        )
     ax.set(
         title="Accuracy against stored size",
         xlabel="model size (KiB)",
         ylabel="test accuracy",
         xscale="log",
     )
+    ax.margins(y=0.15)  # the top label clear of the frame
     save(
         fig,
         out / "size_accuracy.png",
