@@ -576,7 +576,8 @@ def plot_learning_curve(
     ax.axhline(target, color="k", ls="-", lw=0.5, label=f"target {target}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("return $1 - 0.01\\,n$ (or $-1$)")
-    ax.legend(loc="lower right")
+    # Below the axes: inside, the key would hide the row of failed episodes at -1.
+    fig.legend(loc="outside lower center", ncols=3)
     return save(
         fig,
         out / "learning_curve.png",

@@ -98,6 +98,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import ray
 import torch
@@ -619,9 +620,12 @@ def plot_returns(history: History, config: ImpalaConfig, out: Path) -> Path:
     axes[0].axhline(target, color="k", ls="--", lw=1, label=f"target {target:.0f}")
     axes[0].set_xlabel("learner wall time (s)")
     axes[0].set_ylabel("return")
-    axes[0].legend(loc="upper left")
+    # Below the panel: inside, the key would hide the first episodes that reach 500.
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3)
     lags = np.array(history.lags)
     axes[1].hist(lags, bins=np.arange(lags.max() + 2) - 0.5, rwidth=0.8, log=True)
+    # A lag is a whole number of updates: no tick at 0.5.
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_xlabel("policy lag (updates)")
     axes[1].set_ylabel("trajectories")
     axes[1].set_title(f"mean lag {lags.mean():.2f}, max {lags.max()}")

@@ -486,7 +486,7 @@ def clipped_value_loss(
 # policies, $\hat{\mathbb E}[(r - 1) - \log r]$ (an estimator that is never negative),
 # and the *clip fraction*, the share of transitions whose ratio left the clip range.
 # If either grows large, the step size is too big. On the demo's run (the diagnostics
-# figure) the approximate KL stays below 0.003 and the clip fraction is exactly 0 for
+# figure) the approximate KL stays below 0.004 and the clip fraction is exactly 0 for
 # most updates: at CartPole's learning rate the clip is a guard that rarely fires, and
 # the run is shaped more by the learning rate and the advantage estimate than by it.
 
@@ -652,8 +652,9 @@ def example():
 # reached the same target after about 53 s on this project's 2-core machine, at about
 # 3,600 steps per second. Where this file saves time is in the per-step overhead of
 # acting (one small forward pass and an inverse-CDF draw, no distribution object, no
-# logging per step); the number of environment steps it needs is the algorithm's,
-# about 120,000 from seed 0. The acting copy of the agent always stays on the CPU:
+# logging per step); the number of environment steps it needs is the algorithm's. On
+# the stored run, from seed 0, it needed 177,152 of them, in 16 s at about 10,800 steps
+# per second on a 2-core machine. The acting copy of the agent always stays on the CPU:
 # with `--device cuda` only the update moves, since a GPU cannot win on a batch of
 # four observations.
 
@@ -672,7 +673,10 @@ def plot_returns(history: History, config: PPOConfig, out: Path) -> Path:
         ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target:.0f}")
         ax.set_xlabel(label)
         ax.set_ylabel("return")
-    axes[0].legend(loc="upper left")
+    # One key below both panels: inside, it would hide the early long episodes.
+    fig.legend(
+        *axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3
+    )
     axes[1].set_title(f"{history.steps / history.seconds:,.0f} steps/s")
     return save(
         fig,
