@@ -792,7 +792,7 @@ def plot_runs(main: Run, sweep: list[Run], out: Path) -> Path:
     left.set_xlabel("optimiser update $t$")
     left.set_ylabel("accuracy")
     left.set_title(f"$a+b$ mod {main.config.prime}, $\\lambda$ = 1")
-    left.legend(loc="center left")
+    left.legend(loc="upper left")  # above the curves while they are still low
     for index, run in enumerate(sweep):
         label = f"$\\lambda$ = {run.config.weight_decay:g}"
         middle.plot(run.steps, run.val_accuracy, color=f"C{index}", label=label)
@@ -806,7 +806,7 @@ def plot_runs(main: Run, sweep: list[Run], out: Path) -> Path:
     right.set_xlabel("optimiser update $t$")
     right.set_ylabel(r"weight norm $\|\theta\|_2$")
     right.set_title("The norm the decay pulls down")
-    right.legend(loc="lower left")
+    right.legend(loc="upper left")  # the largest decay's norm runs low on the left
     return save(fig, out / "grokking.png", caption=grokking_caption(main, sweep))
 
 
@@ -851,20 +851,20 @@ def grokking_caption(main: Run, sweep: list[Run]) -> str:
 def plot_sweep(sweep: list[Run], budget: int, energy: tuple[Tensor, Tensor], out: Path):
     """Steps to generalise per weight decay, and the embedding's Fourier spectrum."""
     fig, (left, right) = figure(panels=2)
+    # Each count is written a few points above its marker, not across it.
+    above = dict(xytext=(0, 6), textcoords="offset points", ha="center", va="bottom")
     for index, run in enumerate(sweep):
         if run.generalised_at is None:
             left.scatter([index], [budget], marker="^", color="C3", s=60)
-            left.annotate(f"> {budget:,}", (index, budget), ha="center", va="bottom")
+            left.annotate(f"> {budget:,}", (index, budget), **above)
         else:
             left.scatter([index], [run.generalised_at], color="C2", s=60)
             left.annotate(
-                f"{run.generalised_at:,}",
-                (index, run.generalised_at),
-                ha="center",
-                va="bottom",
+                f"{run.generalised_at:,}", (index, run.generalised_at), **above
             )
         left.scatter([index], [run.memorised_at or budget], color="C3", marker="x")
     left.set_xticks(range(len(sweep)), [f"{r.config.weight_decay:g}" for r in sweep])
+    left.set_xlim(-0.5, len(sweep) - 0.5)  # the first count clear of the y axis
     left.set_yscale("log")
     left.set_ylim(top=budget * 2)
     left.set_xlabel(r"weight decay $\lambda$")
