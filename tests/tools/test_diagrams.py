@@ -117,6 +117,62 @@ def test_a_flag_left_at_its_default_is_traced_as_that_constant(tmp_path):
     assert '"linear"' in dot and 'label="[2, 3]"' in dot and '"mul"' not in dot
 
 
+def test_shape_bookkeeping_stays_out_of_the_dataflow(tmp_path):
+    """`x.shape[1]`, `x.size(0)` and a check returning None carry no tensor: the
+    diagram shows the operations on tensors (`arange`, `add`) without them."""
+    path = write(
+        tmp_path,
+        """
+        import torch
+        from torch import nn
+
+        def check(x):
+            pass
+
+        class Positions(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(4, 4)
+
+            def forward(self, x):
+                check(x)
+                steps = torch.arange(x.shape[1]).expand(x.size(0), -1)
+                return self.linear(x) + steps
+
+        def example():
+            return Positions(), (torch.ones(2, 4),)
+    """,
+    )
+    dot = diagrams.dataflow_diagram(path, "fixture_positions")
+    for hidden in ("getattr", "getitem", '"size"', "check"):
+        assert hidden not in dot
+    for shown in ('"arange"', '"expand"', '"linear"', '"add"', 'label="[2, 4]"'):
+        assert shown in dot
+
+
+def test_an_item_taken_from_a_tuple_is_labelled_with_its_own_shape(tmp_path):
+    """`q, k = x.split(...)`: the edge into each item carries that item's shape, not
+    the whole tuple's."""
+    path = write(
+        tmp_path,
+        """
+        import torch
+        from torch import nn
+
+        class Halves(nn.Module):
+            def forward(self, x):
+                a, b = x.split([1, 3], dim=-1)
+                return a * b.sum(-1, keepdim=True)
+
+        def example():
+            return Halves(), (torch.ones(2, 4),)
+    """,
+    )
+    dot = diagrams.dataflow_diagram(path, "fixture_halves")
+    assert 'label="[2, 1]"' in dot and 'label="[2, 3]"' in dot
+    assert "[2, 1] [2, 3]" not in dot
+
+
 def test_big_models_collapse_to_their_top_level_blocks(tmp_path):
     path = write(
         tmp_path,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import operator
 import os
 import re
 import shutil
@@ -377,9 +378,19 @@ def _fx_dataflow(model, args: tuple) -> str:
         graph = TopLevelTracer().trace(model, concrete_args=defaults)
         graph_module = torch.fx.GraphModule(model, graph)
     ShapeProp(graph_module).propagate(*args)
+    # Bookkeeping that carries no tensor (`x.shape`, `x.shape[1]`, `x.size(0)`, a
+    # check that returns None) is left out: drawn, it outnumbers the operations that
+    # do the work. ShapeProp records `tensor_meta` only for values holding a tensor.
+    shown = [
+        node
+        for node in graph_module.graph.nodes
+        if node.op in ("placeholder", "output", "get_attr", "call_module")
+        or "tensor_meta" in node.meta
+    ]
+    names = {node.name for node in shown}
     nodes, edges = [], []
     modules = dict(graph_module.named_modules())
-    for node in graph_module.graph.nodes:
+    for node in shown:
         if node.op == "placeholder":
             label = f"input {node.target}"
         elif node.op == "output":
@@ -394,9 +405,12 @@ def _fx_dataflow(model, args: tuple) -> str:
             label = f"{node.op} {node.target}"
         nodes.append((node.name, label))
         for source in node.all_input_nodes:
-            edges.append(
-                (source.name, node.name, _shape_label(source.meta.get("tensor_meta")))
-            )
+            if source.name not in names:
+                continue
+            meta = source.meta.get("tensor_meta")
+            if node.target is operator.getitem and isinstance(meta, (tuple, list)):
+                meta = node.meta.get("tensor_meta")  # the one item it takes
+            edges.append((source.name, node.name, _shape_label(meta)))
     return _declared_dataflow(nodes, edges, name="fx_dataflow")
 
 
