@@ -150,6 +150,33 @@ def test_shape_bookkeeping_stays_out_of_the_dataflow(tmp_path):
         assert shown in dot
 
 
+def test_only_drawn_nodes_count_towards_collapsing(tmp_path):
+    """Forty `x.shape[1]` lookups are not drawn, so they do not make a three-layer model
+    collapse to its top-level block."""
+    path = write(
+        tmp_path,
+        """
+        import torch
+        from torch import nn
+
+        class Padded(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+
+            def forward(self, x):
+                for _ in range(40):
+                    width = x.shape[1]
+                return self.stem(x)[:, :width]
+
+        def example():
+            return Padded(), (torch.ones(2, 4),)
+    """,
+    )
+    dot = diagrams.dataflow_diagram(path, "fixture_padded")
+    assert "stem_0" in dot and "stem_2" in dot and "getattr" not in dot
+
+
 def test_an_item_taken_from_a_tuple_is_labelled_with_its_own_shape(tmp_path):
     """`q, k = x.split(...)`: the edge into each item carries that item's shape, not
     the whole tuple's."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from tools.literate.files import atomic_write
 
 # Bump to invalidate every cached output when the drawing code changes.
-ENGINE_VERSION = "3"
+ENGINE_VERSION = "4"
 
 
 def content_hash(*parts: str) -> str:

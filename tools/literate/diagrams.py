@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tools.literate import LessonError, cache
 
-# fx nodes: a bigger model is drawn with its top-level blocks as single boxes
+# drawn fx nodes: a bigger model is drawn with its top-level blocks as single boxes
 _COLLAPSE_ABOVE = 40
 _MAX_METHODS = 12
 
@@ -374,20 +374,13 @@ def _fx_dataflow(model, args: tuple) -> str:
         if parameter.default is not inspect.Parameter.empty
     }
     graph_module = torch.fx.symbolic_trace(model, concrete_args=defaults)
-    if len(graph_module.graph.nodes) > _COLLAPSE_ABOVE:
+    ShapeProp(graph_module).propagate(*args)
+    shown = _drawn_nodes(graph_module)
+    if len(shown) > _COLLAPSE_ABOVE:
         graph = TopLevelTracer().trace(model, concrete_args=defaults)
         graph_module = torch.fx.GraphModule(model, graph)
-    ShapeProp(graph_module).propagate(*args)
-    # Bookkeeping that carries no tensor (`x.shape`, `x.shape[1]`, `x.size(0)`, a
-    # check that returns None) is left out: drawn, it outnumbers the operations that
-    # do the work. ShapeProp records `tensor_meta` only for values holding a tensor.
-    shown = [
-        node
-        for node in graph_module.graph.nodes
-        if node.op in ("placeholder", "output", "get_attr", "call_module")
-        or "tensor_meta" in node.meta
-    ]
-    names = {node.name for node in shown}
+        ShapeProp(graph_module).propagate(*args)
+        shown = _drawn_nodes(graph_module)
     nodes, edges = [], []
     modules = dict(graph_module.named_modules())
     for node in shown:
@@ -405,13 +398,26 @@ def _fx_dataflow(model, args: tuple) -> str:
             label = f"{node.op} {node.target}"
         nodes.append((node.name, label))
         for source in node.all_input_nodes:
-            if source.name not in names:
+            if source not in shown:
                 continue
             meta = source.meta.get("tensor_meta")
             if node.target is operator.getitem and isinstance(meta, (tuple, list)):
                 meta = node.meta.get("tensor_meta")  # the one item it takes
             edges.append((source.name, node.name, _shape_label(meta)))
     return _declared_dataflow(nodes, edges, name="fx_dataflow")
+
+
+def _drawn_nodes(graph_module) -> list:
+    """The nodes a dataflow diagram draws, after ShapeProp: bookkeeping that carries no
+    tensor (`x.shape`, `x.shape[1]`, `x.size(0)`, a check that returns None) is left
+    out, since drawn it outnumbers the operations that do the work. ShapeProp records
+    `tensor_meta` only for values holding a tensor."""
+    return [
+        node
+        for node in graph_module.graph.nodes
+        if node.op in ("placeholder", "output", "get_attr", "call_module")
+        or "tensor_meta" in node.meta
+    ]
 
 
 def _shape_label(meta) -> str:
