@@ -109,6 +109,7 @@ fraction of the cost of pretraining. The steps, which are also this page's secti
    without the mechanism, so that "more parameters" cannot explain the result.
 6. **The mechanism, observed**: the attention the trained model uses.
 7. **Transfer**: does the change help on real data, with a confidence interval.
+8. **A report** that says what the evidence shows, and what it does not.
 
 **The change** is a causal depthwise convolution of width $K$ on the input of each
 attention layer: every position sees a learned mix of itself and its $K-1$
@@ -186,7 +187,7 @@ def recall_sequences(
     queries: int,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """MQAR sequences `[batch, 2 (pairs + queries)]` and their labels of the same shape
+    """MQAR sequences `[batch, 2·(pairs + queries)]` and their labels of the same shape
     (the asked value at each query's value position, `IGNORE` elsewhere)."""
     for name, value in (("batch", batch), ("pairs", pairs), ("queries", queries)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -205,7 +206,7 @@ def recall_sequences(
     asked_keys, asked_values = keys.gather(1, asked), values.gather(1, asked)
     context = torch.stack([keys, values], dim=2).flatten(1)  # [batch, 2 pairs]
     questions = torch.stack([asked_keys, asked_values], dim=2).flatten(1)
-    tokens = torch.cat([context, questions], dim=1)  # [batch, 2 (pairs + queries)]
+    tokens = torch.cat([context, questions], dim=1)  # [batch, 2·(pairs + queries)]
     labels = torch.full_like(tokens, IGNORE)
     labels[:, 2 * pairs + 1 :: 2] = asked_values  # [batch, queries] of it
     return tokens, labels
@@ -235,8 +236,9 @@ def recall_accuracy(model: nn.Module, tokens: Tensor, labels: Tensor) -> float:
 # $k_a$, its first occurrence in the context. But the value read there is the value
 # vector of $k_a$'s own embedding. The token we want, $v_a$, sits one position
 # further, and nothing at that position says "I follow $k_a$": its key vector is made
-# from the embedding of $v_a$ and its position alone. One layer has no way to match
-# "the position *after* the key" [@elhage2021mathematical].
+# from the embedding of $v_a$ and its position alone. One layer can attend by content
+# (to the key) or by position (to a fixed offset), but not to "the position after
+# wherever the key is" [@elhage2021mathematical].
 #
 # Two layers can. The first writes into each position's residual stream a copy of the
 # previous token (a *previous-token head*, attending to $t-1$ by position); the second
@@ -282,18 +284,6 @@ def recall_accuracy(model: nn.Module, tokens: Tensor, labels: Tensor) -> float:
 # `groups=d` in float64, gradients included, and a benchmark compares their speed.
 
 
-@torch.fx.wrap
-def check_sequence(x: Tensor, width: int) -> Tensor:
-    """Return `x` if it is `[batch, seq, width]`; raise naming its shape if not. (A
-    `torch.fx.wrap`: the dataflow diagram's tracer cannot follow an `if` on a shape.)"""
-    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != width:
-        raise ValueError(
-            f"ShortConv: x must be [batch, seq, {width}], "
-            f"got {tuple(getattr(x, 'shape', ()))}"
-        )
-    return x
-
-
 class ShortConv(nn.Module):
     """Causal depthwise convolution of width `kernel_size` over `[batch, seq, width]`;
     starts as the identity."""
@@ -319,6 +309,22 @@ class ShortConv(nn.Module):
             start = k - 1 - lag
             y = y + self.weight[lag] * padded[:, start : start + seq]
         return y  # [batch, seq, width]
+
+
+# `ShortConv.forward` checks its input with a function of its own: `torch.fx`, which
+# draws this page's dataflow diagram, cannot trace an `if` on a shape, so
+# `torch.fx.wrap` records the check as one node, as in the GPT-2 chapter.
+
+
+@torch.fx.wrap
+def check_sequence(x: Tensor, width: int) -> Tensor:
+    """Return `x` if it is `[batch, seq, width]`; raise naming its shape if not."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != width:
+        raise ValueError(
+            f"ShortConv: x must be [batch, seq, {width}], "
+            f"got {tuple(getattr(x, 'shape', ()))}"
+        )
+    return x
 
 
 # Where does it go? On the input of the attention, after the block's LayerNorm, so that
@@ -903,7 +909,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             mine = [r for r in runs if r.variant == variant]
             reached = [steps_to(r) for r in mine]
             print(
-                f"{variant.name:>20}: {count_parameters(mine[0].model):6,} parameters,"
+                f"{variant.name:<20} {count_parameters(mine[0].model):7,} parameters,"
                 f" accuracy {np.mean([r.accuracy[-1] for r in mine]):.3f}, 95 % after "
                 + ", ".join("—" if s is None else str(s) for s in reached)
             )
@@ -958,9 +964,10 @@ if __name__ == "__main__":
 # ## Exercises
 #
 # 1. Move the convolution: apply it only to the keys (Olsson et al.'s smeared keys),
-#    only to the values, or only to the queries, by convolving the output of
-#    `c_attn` in thirds. Which placements still solve the probe with one layer, and
-#    what does step 2's argument predict?
+#    only to the values, or only to the queries, by splitting the output of `c_attn`
+#    into its query, key and value thirds and convolving one of them. Which
+#    placements still solve the probe with one layer, and what does step 2's
+#    argument predict?
 # 2. Give the 2-layer attention model 3,000 updates, or a larger learning rate. When
 #    does it leave the plateau, and does its attention then show a previous-token head
 #    in the first layer? (The jump is Olsson et al.'s phase change.)
