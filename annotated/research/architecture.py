@@ -105,8 +105,9 @@ fraction of the cost of pretraining. The steps, which are also this page's secti
 3. **The smallest change** that the hypothesis says would fix it, started so that the
    new model *is* the old one until training moves it [@chen2016net2net].
 4. **Verification** of the change against trusted references, and its **cost**.
-5. **An ablation** over paired seeds, with a *control* that adds the same parameters
-   without the mechanism, so that "more parameters" cannot explain the result.
+5. **An ablation** over paired seeds, with a *control* that changes the model in the
+   same way without the mechanism, and an alternative that adds far more parameters,
+   so that neither "a new module" nor "more parameters" can explain the result.
 6. **The mechanism, observed**: the attention the trained model uses.
 7. **Transfer**: does the change help on real data, with a confidence interval.
 8. **A report** that says what the evidence shows, and what it does not.
@@ -123,14 +124,14 @@ probe shows why so many groups arrived at the same small layer.
 **Results, in short** (the demo's run, also in its figures' captions). On the probe,
 a one-layer attention model plateaus at about 19 % of queries answered; a two-layer
 one, which could in principle compose the look-up, is still on the same plateau
-after 600 updates. With the convolution ($K \ge 2$) one layer answers every query:
-each of three seeds passes 95 % within 350 to 600 updates, and its best head puts
-83 % of its attention on the asked value. The control ($K = 1$, a learned scale with
-the same kind of parameters but no look-back) stays on the plateau. On Python's
+after 600 updates. With the convolution ($K \ge 2$) one layer answers nearly every
+query: each of three seeds passes 95 % within 350 to 600 updates, and its best head
+puts 86 % of its attention on the asked value. The control ($K = 1$, a learned
+per-channel scale with no look-back) stays on the plateau. On Python's
 documentation the same change, 384 parameters in a model of 120,576, lowers the
 validation loss of a two-layer byte-level GPT-2 in each of three paired seeds, by
-0.052 nats per byte on average (95 % interval 0.009 to 0.095). A training step costs
-about 1.1 times the plain model's.
+0.055 nats per byte on average (95 % interval 0.046 to 0.064). A training step of
+the probe's model costs about 1.1 times the plain model's on a CPU.
 """
 
 import argparse
@@ -208,7 +209,7 @@ def recall_sequences(
     questions = torch.stack([asked_keys, asked_values], dim=2).flatten(1)
     tokens = torch.cat([context, questions], dim=1)  # [batch, 2·(pairs + queries)]
     labels = torch.full_like(tokens, IGNORE)
-    labels[:, 2 * pairs + 1 :: 2] = asked_values  # [batch, queries] of it
+    labels[:, 2 * pairs + 1 :: 2] = asked_values  # the queries' value positions
     return tokens, labels
 
 
@@ -244,14 +245,15 @@ def recall_accuracy(model: nn.Module, tokens: Tensor, labels: Tensor) -> float:
 # previous token (a *previous-token head*, attending to $t-1$ by position); the second
 # then matches the query $k_a$ against that copy and reads $v_a$ (an *induction head*).
 # Olsson et al. found this circuit in every model of two layers or more that they
-# studied, and found that it forms abruptly, after a plateau [@olsson2022context].
+# studied, and found that it forms abruptly: a *phase change* early in training,
+# visible as a bump in the loss curve [@olsson2022context].
 #
 # **The hypothesis**, then: what one layer lacks is access to the previous token when
 # it forms its keys. If each position's input already carried its predecessor, one
-# layer would do the look-up, and it would not need to wait for two layers to
-# discover a composition. Olsson et al. tested exactly this with "smeared keys", a
-# learned mix of each key with the one before, and saw induction heads form in a
-# one-layer model.
+# layer could do the look-up, and should leave the plateau sooner than two layers
+# that must first discover a composition. Olsson et al. tested exactly this with
+# "smeared keys", a learned mix of each key with the one before, and saw induction
+# heads form in a one-layer model.
 #
 # ## Step 3: the smallest change that tests it
 #
@@ -266,10 +268,17 @@ def recall_accuracy(model: nn.Module, tokens: Tensor, labels: Tensor) -> float:
 # *Causal*: $y_t$ reads no later position, so the model still cannot see the token it
 # predicts. *Depthwise*: channel $c$ of the output reads only channel $c$ of the
 # input, so it costs $K d$ parameters and $2Kd$ FLOPs a token, against about
-# $12 d^2$ parameters for the rest of a block. $K = 2$ is enough for the hypothesis
-# ($x_{t-1}$ is the previous token); we default to $K = 3$ as Primer's search did
-# [@so2021primer] (Mamba uses 4 [@gu2023mamba]), and the ablation tries
-# $K = 1 \ldots 4$.
+# $12 d^2$ parameters and $24 d^2$ FLOPs a token for the rest of a block. $K = 2$ is
+# enough for the hypothesis ($x_{t-1}$ is the previous token); we default to $K = 3$
+# as Primer's search did [@so2021primer] (Mamba uses 4 [@gu2023mamba]), and the
+# ablation tries $K = 1 \ldots 4$.
+#
+# How does one mixed input serve both sides of the match? Depthwise weights differ per
+# channel: training can set $w_0 \approx 0, w_1 \approx 1$ in some channels, which then
+# carry the previous token, and keep $w_0 \approx 1$ in others, which carry the current
+# one. $W^Q$ reads the current-token channels (the query is "which key am I?") and $W^K$
+# the previous-token channels (the key of a value position says "I follow $k$"); the
+# value $W^V$ reads the current token, $v_a$ itself.
 #
 # **Started as the identity.** $w_0 = \mathbf 1$ and $w_{i>0} = \mathbf 0$ make
 # $y = x$: the new layer is transparent, and a model built with it computes exactly
@@ -382,7 +391,10 @@ class ConvGPT(GPT2):
         missing, unexpected = model.load_state_dict(baseline.state_dict(), strict=False)
         new = {f"h.{i}.conv.weight" for i in range(baseline.config.n_layer)}
         if unexpected or set(missing) != new:
-            raise ValueError(f"state dicts differ beyond the convolutions: {missing}")
+            raise ValueError(
+                f"baseline's state dict differs beyond the convolutions: missing "
+                f"{sorted(set(missing) - new)}, unexpected {unexpected}"
+            )
         return model.to(next(baseline.parameters()).device)
 
 
@@ -391,10 +403,12 @@ class ConvGPT(GPT2):
 # The change adds $L K d$ parameters to a model of about $L \cdot 12 d^2$ plus its
 # embeddings: for the probe's one-layer, $d = 64$ model with $K = 3$, 192 parameters on
 # top of about 56,000, a third of a percent. It adds $2LKd$ FLOPs per token to the
-# forward pass, about $K / (12 d)$ of the block's matrix products ($24 d^2$ a token),
-# lost in the noise; on the wall clock it costs more than that, because $K$ small
-# elementwise products are $K$ passes over memory. The benchmark pair in the test
-# file measures a training step of both models: the header's table has the ratio.
+# forward pass, about $K / (12 d)$ of the block's matrix products, lost in the noise.
+# On the wall clock it costs more than that: at the probe's size every operation is
+# small, and the convolution adds about ten operator calls (forward and backward)
+# whose fixed cost dominates. The benchmark pair in the test file measures a training
+# step of the probe's model with and without it, on a CPU: the header's table has
+# the ratio.
 
 
 def extra_parameters(config: GPT2Config, kernel_size: int) -> int:
@@ -416,12 +430,16 @@ def count_parameters(model: nn.Module) -> int:
 #   baseline built with seed $s$ (the convolutions added as the identity) and sees the
 #   same batches in the same order. Two arms then differ only in the change, and
 #   seed-to-seed noise cancels in their difference.
-# - **A control.** $K = 1$ adds $d$ parameters per layer, a learned per-channel scale
-#   of the attention's input, but no look-back. If $K = 1$ helped as much as $K = 3$,
-#   the extra parameters or the rescaling, not the mechanism, would be the reason.
+# - **A control.** $K = 1$ is the same module with no look-back: $d$ parameters per
+#   layer, a learned per-channel scale of the attention's input. It can compute
+#   nothing new (`ln_1`'s gain, which feeds only the attention, already scales each
+#   channel), so it controls for the change of *parametrisation*: a new module, new
+#   parameters for the optimiser, another path for the gradient. If $K = 1$ helped as
+#   much as $K = 3$, that, not the mechanism, would be the reason.
 # - **The obvious alternative.** The textbook fix is depth: a second attention layer can
 #   build the previous-token head itself. On the probe's model it adds 49,984
-#   parameters where $K = 3$ adds 192; does it learn as fast?
+#   parameters where $K = 3$ adds 192, so it is also the control for "more
+#   parameters": does it learn as fast?
 #
 # Each variant is named by its layers and $K$; $K = 0$ means no convolution at all.
 
@@ -542,16 +560,19 @@ def steps_to(run: ProbeRun, threshold: float = 0.95) -> int | None:
 # does not return them):
 #
 # $$
-# A = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d/a}} + M\right),
+# A = \mathrm{softmax}\!\left(\frac{Q K'^\top}{\sqrt{d/a}} + M\right),
 # $$
 #
-# with the causal mask $M$; the test checks that $A V$ reproduces the block's
-# attention output.
+# per head, with the queries $Q$ and keys $K'$ of that head (the prime keeps them
+# apart from the width $K$), $a$ heads of $d/a$ dimensions each, and the causal mask
+# $M$; the test checks that $A V$ reproduces the block's attention output.
 #
 # The figure `attention.png` shows both models on one held-out sequence. The plain
 # layer's head looks at a few *value* positions of the context, the same ones
 # whatever the query: it has learned that the answer is one of the values it has
-# seen, which is what its plateau of about one in five scores, but not which one.
+# seen, but not which one. Without that binding the best it can do is answer the
+# context's most frequent value, which scores 21 % on the held-out batch (the demo
+# prints it); the plateau of 19 % sits just under that ceiling, as step 2 predicts.
 # The layer with the convolution puts nearly all of its best head's attention on the
 # one position that holds the asked value, and almost none on the matching key: the
 # look-up step 2 described, learned in one layer.
@@ -571,30 +592,59 @@ def attention_weights(model: GPT2, tokens: Tensor) -> Tensor:
     q, k, _ = block.attn.c_attn(x).split(width, dim=2)  # 2 × [batch, seq, d]
     q = q.view(batch, seq, heads, -1).transpose(1, 2)  # [batch, heads, seq, d_head]
     k = k.view(batch, seq, heads, -1).transpose(1, 2)  # [batch, heads, seq, d_head]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(width // heads)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(width // heads)  # [b, heads, s, s]
     future = torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(1)
     return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
 
-# The summary number per model: of the attention that a query's key position spends,
-# the share on the position right after the matching key in the context (the value),
-# and on the matching key itself, for the head that looks at the value most.
+# The summary numbers per model: of the attention that a query's position spends, the
+# share on positions that hold the asked *value* (those whose previous token is the
+# asked key: the value in the context, and the answer of an earlier query that asked
+# the same key), and the share on positions that hold the asked *key* itself, for the
+# head that looks at the value most over the batch.
 
 
-def lookup_shares(model: GPT2, tokens: Tensor, pairs: int) -> tuple[float, float]:
-    """Mean attention, over the query positions of `tokens`, on the asked value's
-    position and on the asked key's position (best head for the former)."""
-    weights = attention_weights(model, tokens)  # [batch, heads, seq, seq]
-    context_keys = tokens[:, 0 : 2 * pairs : 2]  # [batch, pairs]
+def lookup_masks(tokens: Tensor, pairs: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The query positions `[queries]`, and masks `[batch, queries, seq]` of the
+    earlier positions that hold each asked value and each asked key."""
     asked_at = torch.arange(2 * pairs, tokens.shape[1], 2, device=tokens.device)
-    asked = tokens[:, asked_at]  # [batch, queries]
-    slot = (asked[:, :, None] == context_keys[:, None, :]).float().argmax(dim=-1)
-    key_position, value_position = 2 * slot, 2 * slot + 1  # [batch, queries]
+    asked = tokens[:, asked_at, None]  # [batch, queries, 1]
+    previous = F.pad(tokens, (1, 0), value=-1)[:, :-1]  # [batch, seq]: token u - 1
+    visible = torch.arange(tokens.shape[1], device=tokens.device) <= asked_at[:, None]
+    holds_value = (previous[:, None, :] == asked) & visible  # [batch, queries, seq]
+    holds_key = (tokens[:, None, :] == asked) & visible  # [batch, queries, seq]
+    holds_key[:, torch.arange(len(asked_at)), asked_at] = False  # not the query itself
+    return asked_at, holds_value, holds_key
+
+
+def lookup_shares(model: GPT2, tokens: Tensor, pairs: int) -> tuple[float, float, int]:
+    """Mean attention of the query positions of `tokens` on the asked value's
+    positions and on the asked key's, for the head with the most on the value; and
+    that head."""
+    weights = attention_weights(model, tokens)  # [batch, heads, seq, seq]
+    asked_at, holds_value, holds_key = lookup_masks(tokens, pairs)
     rows = weights[:, :, asked_at]  # [batch, heads, queries, seq]
-    on_value = rows.take_along_dim(value_position[:, None, :, None], dim=3)[..., 0]
-    on_key = rows.take_along_dim(key_position[:, None, :, None], dim=3)[..., 0]
-    best = on_value.mean(dim=(0, 2)).argmax()
-    return on_value[:, best].mean().item(), on_key[:, best].mean().item()
+    on_value = (rows * holds_value[:, None]).sum(dim=-1)  # [batch, heads, queries]
+    on_key = (rows * holds_key[:, None]).sum(dim=-1)  # [batch, heads, queries]
+    head = int(on_value.mean(dim=(0, 2)).argmax())
+    return on_value[:, head].mean().item(), on_key[:, head].mean().item(), head
+
+
+# And the score of the best answer that uses the values alone. A model that cannot
+# bind a key to the value after it can still learn which tokens are values and which
+# of them the context holds; its best guess is then the context's most frequent
+# value. That strategy's accuracy on the held-out batch is the ceiling of the
+# plateau that step 2 predicts for one plain layer.
+
+
+def most_frequent_value_accuracy(tokens: Tensor, labels: Tensor, pairs: int) -> float:
+    """Accuracy of answering every query with the most frequent value of its
+    sequence's context (ties: the smallest id)."""
+    values = tokens[:, 1 : 2 * pairs : 2]  # [batch, pairs]
+    counts = F.one_hot(values, int(tokens.max()) + 1).sum(dim=1)  # [batch, vocab]
+    guess = counts.argmax(dim=1, keepdim=True)  # [batch, 1]: first of the ties
+    graded = labels != IGNORE  # [batch, seq]
+    return (labels == guess)[graded].float().mean().item()
 
 
 # ## Step 7: does it transfer to real text?
@@ -608,6 +658,11 @@ def lookup_shares(model: GPT2, tokens: Tensor, pairs: int) -> tuple[float, float
 # difference of the validation losses, and over seeds its mean with a Student-t
 # interval (the [reproduction chapter](reproduce.md)'s `t_interval`): with three
 # seeds the interval is wide, and the page says what it is rather than a bare mean.
+# The validation loss is the mean over 512 windows spread evenly over the held-out
+# tenth of the text (38 KB), so the windows cover nearly all of it and the
+# evaluation itself adds little noise to the difference.
+
+VALIDATION_WINDOWS = 512
 
 
 @dataclass
@@ -630,7 +685,7 @@ def transfer(
     device: str,
 ) -> TransferRun:
     """Train the byte-level GPT-2 with and without convolutions from the same weights
-    and batches; their validation losses on `data`'s second half."""
+    and batches; their losses on `data[1]`, the validation text."""
     train_bytes, validation_bytes = data
     config = GPT2Config(
         vocab_size=256, n_positions=length, n_embd=64, n_layer=2, n_head=4, dropout=0.0
@@ -639,7 +694,8 @@ def transfer(
     for k in (0, kernel_size):
         model = build(config, k, seed).to(device)
         losses = train_language_model(model, train_bytes, steps, 16, length, 6e-3, seed)
-        results.append((evaluate(model, validation_bytes, length), losses))
+        loss = evaluate(model, validation_bytes, length, windows=VALIDATION_WINDOWS)
+        results.append((loss, losses))
     (base, base_losses), (conv, conv_losses) = results
     return TransferRun(seed, base, conv, base_losses, conv_losses)
 
@@ -648,9 +704,10 @@ def transfer(
 #
 # An ablation is a sweep, and a sweep is tracked: every probe run and every transfer
 # pair goes into an MLflow store in the output folder, through the
-# [experiments chapter](experiments.md)'s `open_store`, as a child of one parent run
-# with the variant, $K$, layers and seed as parameters and the accuracy curve as a
-# metric. `mlflow ui --backend-store-uri sqlite:///<out>/mlflow/mlflow.db` browses
+# [experiments chapter](experiments.md)'s `open_store`, as a child of one parent run:
+# a probe run with the variant, $K$, layers and seed as parameters and its accuracy
+# curve as a metric, a transfer pair with its seed and $K$ and both validation
+# losses. `mlflow ui --backend-store-uri sqlite:///<out>/mlflow/mlflow.db` browses
 # and compares them later.
 
 
@@ -668,6 +725,15 @@ def log_probe(run: ProbeRun) -> None:
         )
         for step, accuracy in zip(run.steps, run.accuracy):
             mlflow.log_metric("recall_accuracy", accuracy, step=step)
+
+
+def log_transfer(run: TransferRun, kernel_size: int) -> None:
+    """One transfer pair as a nested MLflow run: its seed, K and both losses."""
+    with mlflow.start_run(run_name=f"transfer, seed {run.seed}", nested=True):
+        mlflow.log_params({"seed": run.seed, "kernel_size": kernel_size})
+        mlflow.log_metrics(
+            {"validation_loss_baseline": run.baseline, "validation_loss_conv": run.conv}
+        )
 
 
 # ## The figures
@@ -716,50 +782,48 @@ def plot_probe(runs: list[ProbeRun], out: Path) -> Path:
     )
 
 
-def plot_attention(runs: list[ProbeRun], tokens: Tensor, pairs: int, out: Path) -> Path:
-    """The first block's attention of the query positions, for the 1-layer baseline
-    and the K = 3 model, best head each; crosses mark the asked value."""
+def plot_attention(
+    runs: list[ProbeRun], tokens: Tensor, labels: Tensor, pairs: int, out: Path
+) -> Path:
+    """The first block's attention of the query positions in one sequence, for the
+    1-layer baseline and the K = 3 model of seed 0 (moved to the CPU), each with
+    the head `lookup_shares` picks; crosses mark the asked value."""
     fig, axes = figure(panels=2)
     chosen = [
         next(r for r in runs if r.variant == ABLATION[0] and r.seed == 0),
         next(r for r in runs if r.variant == ABLATION[3] and r.seed == 0),
     ]
     example = tokens[:1]  # [1, seq]
-    asked_at = list(range(2 * pairs, example.shape[1], 2))
-    keys = example[0, 0 : 2 * pairs : 2].tolist()
-    targets = [2 * keys.index(example[0, p].item()) + 1 for p in asked_at]
+    asked_at, holds_value, _ = lookup_masks(example, pairs)
+    rows, columns = holds_value[0].nonzero(as_tuple=True)  # the crosses
+    shares = []
     for ax, run in zip(axes, chosen):
         model = run.model.cpu()
-        weights = attention_weights(model, example)[0]  # [heads, seq, seq]
-        on_target = weights[:, asked_at, targets].mean(dim=1)  # [heads]
-        head = int(on_target.argmax())
+        shares.append(lookup_shares(model, tokens, pairs))
+        head = shares[-1][2]
+        weights = attention_weights(model, example)[0, head]  # [seq, seq]
         ax.imshow(
-            weights[head, asked_at].numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto"
+            weights[asked_at].numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto"
         )
-        ax.scatter(
-            targets,
-            range(len(asked_at)),
-            marker="x",
-            color="C3",
-            s=30,
-            label="the asked value",
-        )
+        ax.scatter(columns, rows, marker="x", color="C3", s=30, label="the asked value")
         ax.set_yticks(range(len(asked_at)))
-        ax.set_yticklabels([f"key {example[0, p].item()}" for p in asked_at])
+        ax.set_yticklabels([f"key {example[0, p].item()}" for p in asked_at.tolist()])
         ax.axvline(2 * pairs - 0.5, color="grey", ls=":")
         ax.set_xlabel("position attended to")
         ax.set_title(f"{run.variant.name}, head {head}")
     axes[1].legend(loc="upper right", fontsize=8)
-    shares = [lookup_shares(r.model, tokens, pairs) for r in chosen]
+    ceiling = most_frequent_value_accuracy(tokens, labels, pairs)
     return save(
         fig,
         out / "attention.png",
         caption=f"Where each query looks, in one held-out sequence (rows: the query "
-        f"positions; crosses: the position of the value to recall; dotted: the end "
-        f"of the context). Over the held-out "
-        f"batch, the plain layer's best head puts {100 * shares[0][0]:.0f} % of its "
-        f"attention on the value and {100 * shares[0][1]:.0f} % on the matching key; "
-        f"with the convolution, {100 * shares[1][0]:.0f} % on the value.",
+        f"positions; crosses: positions that hold the value to recall; dotted: the "
+        f"end of the context). Over the held-out batch, the plain layer's head puts "
+        f"{100 * shares[0][0]:.0f} % of its attention on the value and "
+        f"{100 * shares[0][1]:.0f} % on the key (always answering the context's most "
+        f"frequent value would score {100 * ceiling:.0f} %); with the convolution, "
+        f"{100 * shares[1][0]:.0f} % on the value and {100 * shares[1][1]:.0f} % on "
+        f"the key.",
     )
 
 
@@ -850,8 +914,12 @@ def example():
 # - **One data set, untuned.** Both arms of the transfer use the GPT-2 chapter's
 #   learning rate, tuned for neither. A fair paper would tune each arm's rate
 #   separately and report the best of each.
-# - **Three seeds** give a wide interval; it excludes zero here, but its width (a
-#   factor of ten between its ends) says how little three runs pin down.
+# - **What the interval covers.** It is narrow (0.046 to 0.064 nats) because the
+#   arms are paired and scored on nearly all of the held-out text. It measures how
+#   the gain varies with the seed in this one setup, not over data sets, model sizes
+#   or learning rates, and three seeds are a small sample even of that: with 32
+#   validation windows instead of 512 (the GPT-2 chapter's default), an earlier run
+#   of this page found 0.052 with an interval ten times as wide.
 #
 # That is the honest shape of an architecture result: a mechanism predicted, observed
 # and ablated on a probe, then a measured, modest gain on real data with its
@@ -888,8 +956,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if args.seeds < 2:
         raise ValueError(f"--seeds must be >= 2 for an interval, got {args.seeds}")
-    if args.kernel < 1:
-        raise ValueError(f"--kernel must be >= 1, got {args.kernel}")
+    for flag, value in (
+        ("--kernel", args.kernel),
+        ("--steps", args.steps),
+        ("--lm-steps", args.lm_steps),
+        ("--length", args.length),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     probe = ProbeConfig(pairs=args.pairs, steps=args.steps)
@@ -914,36 +988,40 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 + ", ".join("—" if s is None else str(s) for s in reached)
             )
         chosen = next(r for r in runs if r.variant == ABLATION[3] and r.seed == 0)
-        on_value, on_key = lookup_shares(chosen.model.cpu(), held_out[0], probe.pairs)
-        print(f"K = 3, best head: {on_value:.2f} on the value, {on_key:.2f} on the key")
+        on_value, on_key, head = lookup_shares(
+            chosen.model.cpu(), held_out[0], probe.pairs
+        )
+        print(
+            f"K = 3, seed 0, head {head}: {on_value:.2f} of the attention on the value,"
+            f" {on_key:.2f} on the key"
+        )
+        ceiling = most_frequent_value_accuracy(*held_out, probe.pairs)
+        print(f"always the context's most frequent value: accuracy {ceiling:.3f}")
 
         train_text, validation_text = python_docs()
         data = tuple(
             torch.tensor(list(text.encode()), dtype=torch.long)
             for text in (train_text, validation_text)
         )
-        pairs = []
+        transfers = []
         for seed in range(args.seeds):
-            pairs.append(
+            transfers.append(
                 transfer(
                     seed, args.kernel, data, args.lm_steps, args.length, args.device
                 )
             )
-            mlflow.log_metrics(
-                {"lm_baseline": pairs[-1].baseline, "lm_conv": pairs[-1].conv},
-                step=seed,
-            )
-        gains = [p.baseline - p.conv for p in pairs]
+            log_transfer(transfers[-1], args.kernel)
+        gains = [t.baseline - t.conv for t in transfers]
         interval = t_interval(gains)
-        for p in pairs:
-            print(f"seed {p.seed}: validation {p.baseline:.4f} → {p.conv:.4f}")
+        for t in transfers:
+            print(f"seed {t.seed}: validation {t.baseline:.4f} → {t.conv:.4f}")
         print(
             f"loss gain {interval[0]:.4f} nats (95 % interval {interval[1]:.4f} to "
             f"{interval[2]:.4f})"
         )
         plot_probe(runs, out)
-        plot_attention(runs, held_out[0], probe.pairs, out)
-        plot_transfer(pairs, interval, out)
+        plot_attention(runs, *held_out, probe.pairs, out)
+        plot_transfer(transfers, interval, out)
     print(f"runs tracked in {uri}")
     final = {
         v.name: np.mean([r.accuracy[-1] for r in runs if r.variant == v])
