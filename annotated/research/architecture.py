@@ -125,10 +125,10 @@ probe shows why so many groups arrived at the same small layer.
 a one-layer attention model plateaus at about 19 % of queries answered; a two-layer
 one, which could in principle compose the look-up, is still on the same plateau
 after 600 updates. With the convolution ($K \ge 2$) one layer answers nearly every
-query: each of three seeds passes 95 % within 350 to 600 updates, and its best head
-puts 86 % of its attention on the asked value. The control ($K = 1$, a learned
-per-channel scale with no look-back) stays on the plateau. On Python's
-documentation the same change, 384 parameters in a model of 120,576, lowers the
+query: each of three seeds passes 95 % within 350 to 600 updates, and the best head
+of seed 0's model puts 86 % of its attention on the asked value. The control
+($K = 1$, a learned per-channel scale with no look-back) stays on the plateau. On
+Python's documentation the same change, 384 parameters in a model of 120,576, lowers the
 validation loss of a two-layer byte-level GPT-2 in each of three paired seeds, by
 0.055 nats per byte on average (95 % interval 0.046 to 0.064). A training step of
 the probe's model costs about 1.1 times the plain model's on a CPU.
@@ -657,7 +657,7 @@ def most_frequent_value_accuracy(tokens: Tensor, labels: Tensor, pairs: int) -> 
 # and without the convolutions, for several paired seeds. Per seed we take the
 # difference of the validation losses, and over seeds its mean with a Student-t
 # interval (the [reproduction chapter](reproduce.md)'s `t_interval`): with three
-# seeds the interval is wide, and the page says what it is rather than a bare mean.
+# seeds it is all the data allow, and the page gives it rather than a bare mean.
 # The validation loss is the mean over 512 windows spread evenly over the held-out
 # tenth of the text (38 KB), so the windows cover nearly all of it and the
 # evaluation itself adds little noise to the difference.
@@ -918,7 +918,7 @@ def example():
 #   arms are paired and scored on nearly all of the held-out text. It measures how
 #   the gain varies with the seed in this one setup, not over data sets, model sizes
 #   or learning rates, and three seeds are a small sample even of that: with 32
-#   validation windows instead of 512 (the GPT-2 chapter's default), an earlier run
+#   validation windows (the GPT-2 chapter's default) instead of 512, an earlier run
 #   of this page found 0.052 with an interval ten times as wide.
 #
 # That is the honest shape of an architecture result: a mechanism predicted, observed
