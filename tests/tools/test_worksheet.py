@@ -4,11 +4,12 @@ blanking itself is checked against the fixture lesson's source line by line."""
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import REPO
-from tools.literate import LessonError
+from tools.literate import LessonError, render
 from tools.literate.files import LessonFile, discover
 from tools.literate.parse import parse
 from tools.literate.worksheet import MARK, Region, blank, check, fill, regions, verify
@@ -97,3 +98,16 @@ def test_the_lessons_tests_grade_its_worksheet():
     assert outcome["original"] == dict.fromkeys(tests, True)
     assert outcome["worksheet"] == dict.fromkeys(tests, False)
     assert outcome["filled"] == dict.fromkeys(tests, True)
+
+
+def test_the_page_sets_a_hints_code_spans_as_code_and_escapes_the_rest():
+    region = SimpleNamespace(name="f", hint="Cut `x[:k]` in <two> & `y`", tests=["t"])
+    facts = SimpleNamespace(
+        worksheet="topic_worksheet.py",
+        module="annotated.area.topic",
+        root="../",
+        lesson_path="annotated/area/topic.py",
+        regions=[region],
+    )
+    page = render._worksheet(facts)
+    assert "<td>Cut <code>x[:k]</code> in &lt;two&gt; &amp; <code>y</code></td>" in page

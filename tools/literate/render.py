@@ -575,6 +575,11 @@ def localise(body: str, language: str) -> str:
 # ---- sections ------------------------------------------------------------------------
 
 
+def _hint_html(hint: str) -> str:
+    """A worksheet hint as HTML: escaped, with its `code spans` set as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(hint))
+
+
 def _worksheet(facts: PageFacts) -> str:
     """Below the exercises: the worksheet, which regions it blanks, and the tests that
     grade each one."""
@@ -583,7 +588,7 @@ def _worksheet(facts: PageFacts) -> str:
     stem = facts.module.rsplit(".", 1)[1]
     rows = "".join(
         f"<tr><td><code>{html.escape(region.name)}</code></td>"
-        f"<td>{html.escape(region.hint)}</td>"
+        f"<td>{_hint_html(region.hint)}</td>"
         f"<td>{'<br>'.join(f'<code>{html.escape(t)}</code>' for t in region.tests)}"
         "</td></tr>"
         for region in facts.regions
