@@ -111,3 +111,19 @@ def test_the_page_sets_a_hints_code_spans_as_code_and_escapes_the_rest():
     )
     page = render._worksheet(facts)
     assert "<td>Cut <code>x[:k]</code> in &lt;two&gt; &amp; <code>y</code></td>" in page
+
+
+def test_the_page_lets_long_names_wrap_after_underscores_and_dots():
+    region = SimpleNamespace(
+        name="Checkpoint.backward", hint="h", tests=["test_a_b", "test_c"]
+    )
+    facts = SimpleNamespace(
+        worksheet="topic_worksheet.py",
+        module="annotated.area.topic",
+        root="../",
+        lesson_path="annotated/area/topic.py",
+        regions=[region],
+    )
+    page = render._worksheet(facts)
+    assert "<code>Checkpoint.<wbr>backward</code>" in page
+    assert "<code>test_<wbr>a_<wbr>b</code><br><code>test_<wbr>c</code>" in page

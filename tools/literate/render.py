@@ -575,6 +575,12 @@ def localise(body: str, language: str) -> str:
 # ---- sections ------------------------------------------------------------------------
 
 
+def _breakable(name: str) -> str:
+    """A long identifier as HTML that a narrow column wraps after `_` and `.`, not
+    in the middle of a word."""
+    return re.sub(r"([_.])", r"\1<wbr>", html.escape(name))
+
+
 def _hint_html(hint: str) -> str:
     """A worksheet hint as HTML: escaped, with its `code spans` set as code."""
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(hint))
@@ -587,9 +593,9 @@ def _worksheet(facts: PageFacts) -> str:
         return ""
     stem = facts.module.rsplit(".", 1)[1]
     rows = "".join(
-        f"<tr><td><code>{html.escape(region.name)}</code></td>"
+        f"<tr><td><code>{_breakable(region.name)}</code></td>"
         f"<td>{_hint_html(region.hint)}</td>"
-        f"<td>{'<br>'.join(f'<code>{html.escape(t)}</code>' for t in region.tests)}"
+        f"<td>{'<br>'.join(f'<code>{_breakable(t)}</code>' for t in region.tests)}"
         "</td></tr>"
         for region in facts.regions
     )
