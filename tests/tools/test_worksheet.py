@@ -100,30 +100,24 @@ def test_the_lessons_tests_grade_its_worksheet():
     assert outcome["filled"] == dict.fromkeys(tests, True)
 
 
-def test_the_page_sets_a_hints_code_spans_as_code_and_escapes_the_rest():
-    region = SimpleNamespace(name="f", hint="Cut `x[:k]` in <two> & `y`", tests=["t"])
+def worksheet_table(name: str, hint: str, tests: list[str]) -> str:
+    """The worksheet HTML of a page with one region."""
     facts = SimpleNamespace(
         worksheet="topic_worksheet.py",
         module="annotated.area.topic",
         root="../",
         lesson_path="annotated/area/topic.py",
-        regions=[region],
+        regions=[SimpleNamespace(name=name, hint=hint, tests=tests)],
     )
-    page = render._worksheet(facts)
+    return render._worksheet(facts)
+
+
+def test_the_page_sets_a_hints_code_spans_as_code_and_escapes_the_rest():
+    page = worksheet_table("f", "Cut `x[:k]` in <two> & `y`", ["t"])
     assert "<td>Cut <code>x[:k]</code> in &lt;two&gt; &amp; <code>y</code></td>" in page
 
 
 def test_the_page_lets_long_names_wrap_after_underscores_and_dots():
-    region = SimpleNamespace(
-        name="Checkpoint.backward", hint="h", tests=["test_a_b", "test_c"]
-    )
-    facts = SimpleNamespace(
-        worksheet="topic_worksheet.py",
-        module="annotated.area.topic",
-        root="../",
-        lesson_path="annotated/area/topic.py",
-        regions=[region],
-    )
-    page = render._worksheet(facts)
+    page = worksheet_table("Checkpoint.backward", "h", ["test_a_b", "test_c"])
     assert "<code>Checkpoint.<wbr>backward</code>" in page
     assert "<code>test_<wbr>a_<wbr>b</code><br><code>test_<wbr>c</code>" in page
