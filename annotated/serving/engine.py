@@ -117,6 +117,7 @@ import uvicorn
 from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, Field
 from torch import Tensor
 from tqdm import tqdm
@@ -1069,6 +1070,7 @@ def plot(
     occupancy.set_ylabel("sequences that needed a token")
     occupancy.set_title("how full each step's batch was")
     occupancy.set_ylim(0, max(engine_sizes) * 1.4)  # room for the legend
+    occupancy.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 4, 10]))
     occupancy.legend(loc="upper right", ncols=2)
     ratio = results["continuous"]["tokens/s"] / results["static"]["tokens/s"]
     return save(
