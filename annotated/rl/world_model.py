@@ -326,7 +326,7 @@ class Ensemble(nn.Module):
         inputs = (torch.cat([state, push], -1) - self.input_mean) / self.input_std
         mean, logvar = self(inputs)  # [M, n, 5] each
         if generator is not None:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+            noise = torch.randn(mean.shape, generator=generator).to(mean.device)
             mean = mean + noise * (0.5 * logvar).exp()
         out = mean * self.target_std + self.target_mean  # [M, n, 5]
         next_state = state + out[..., : self.state_dim]
