@@ -301,7 +301,7 @@ def test_demo_decodes_and_measures(tmp_path, monkeypatch):
     monkeypatch.setattr(
         paged_attention_module,
         "small_gpt",
-        lambda device: (GPT2(config).eval(), tokenizer, pages, pages),
+        lambda device: (GPT2(config).to(device).eval(), tokenizer, pages, pages),
     )
     result = main(
         [
