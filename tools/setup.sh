@@ -3,7 +3,8 @@
 #
 #   bash tools/setup.sh serve    # mkdocs serve on http://127.0.0.1:8000 (re-renders a lesson when you save it)
 #   bash tools/setup.sh build    # mkdocs build --strict into site/
-#   bash tools/setup.sh test     # the whole test suite, as CI runs it (extra arguments go to pytest)
+#   bash tools/setup.sh test     # the whole test suite, as CI runs it, then the demos on a fake GPU
+#                                # (extra arguments go to pytest, and only that run happens)
 #   bash tools/setup.sh pdf      # build the site, then print the book to site/book.pdf with Chromium
 #                                # (extra arguments go to tools.literate.pdf, e.g. --stage 1, --language zh)
 #
@@ -77,7 +78,12 @@ export NO_MKDOCS_2_WARNING=1
 case "$mode" in
   serve) exec "$python" -m mkdocs serve --dev-addr 127.0.0.1:8000 "$@" ;;
   build) exec "$python" -m mkdocs build --strict "$@" ;;
-  test)  exec "$python" -m pytest "$@" ;;
+  # With no arguments (as CI runs it), the demos' tests run a second time as if on a GPU
+  # (tools/fake_cuda.py), where a CPU tensor beside a GPU one fails as it would on CUDA.
+  test)  if [ $# -gt 0 ]; then exec "$python" -m pytest "$@"; fi
+         "$python" -m pytest
+         echo "setup: the demos again, with --device cuda on a fake GPU (tools/fake_cuda.py)"
+         exec "$python" -m pytest -p tools.fake_cuda -q tests ;;
   pdf)   "$python" -m mkdocs build --strict
          exec "$python" -m tools.literate.pdf --site site "$@" ;;
 esac
