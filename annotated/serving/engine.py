@@ -222,7 +222,9 @@ class Request:
 
 
 # Sampling follows the [GPT-2 chapter](../llm/gpt2.md): temperature, then the nucleus
-# filter, then one draw from the request's own generator.
+# filter, then one draw from the request's own generator. That generator lives on the
+# CPU, so the probabilities come to the CPU for the draw: a GPU tensor cannot be drawn
+# from with a CPU generator, and a seed then draws the same numbers on any device.
 
 
 def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> int:
@@ -230,7 +232,8 @@ def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -
     if params.temperature == 0:
         return int(logits.argmax())
     logits = top_p_filter(logits.float() / params.temperature, params.top_p)
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    probs = logits.softmax(-1).cpu()  # [vocab]
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 # ## Prefix caching

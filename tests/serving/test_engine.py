@@ -37,6 +37,7 @@ from annotated.serving.engine import (
     hf_model,
     hf_static_batching,
     main,
+    sample,
     static_batching,
 )
 
@@ -540,3 +541,16 @@ def test_bench_serving_continuous(benchmark):
         return Engine(model, tokenizer, 64, 16, max_batch=8).generate(prompts, params)
 
     benchmark(serve)
+
+
+def test_sampling_a_gpu_row_with_the_requests_cpu_generator():
+    # On a GPU the logits row is on CUDA and the request's generator on the CPU; the
+    # fake GPU raises PyTorch's error if the draw mixes them.
+    from tools.fake_cuda import fake_cuda
+
+    with fake_cuda():
+        logits = torch.randn(50, device="cuda")  # [vocab]
+        params = SamplingParams(temperature=1.0, top_p=0.9)
+        tokens = [sample(logits, params, torch.Generator().manual_seed(3))]
+    tokens.append(sample(logits.cpu(), params, torch.Generator().manual_seed(3)))
+    assert tokens[0] == tokens[1] and 0 <= tokens[0] < 50
