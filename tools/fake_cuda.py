@@ -264,6 +264,17 @@ def _eager(model=None, **options):
     return model if model is not None else (lambda function: function)
 
 
+def _on_the_cpu(original):
+    """`torch.from_numpy` and `torch.frombuffer` skip the mode: mark their tensors."""
+
+    def make(*args, **kwargs):
+        tensor = original(*args, **kwargs)
+        _placed[tensor] = "cpu"
+        return tensor
+
+    return make
+
+
 def _load_file(original):
     """safetensors' `load_file(filename, device)`: loads on the CPU, marks the
     tensors as on `device`."""
@@ -305,6 +316,8 @@ def fake_cuda():
         (torch.nn.Parameter, "__new__", _parameter(torch.nn.Parameter.__new__)),
         (torch, "autocast", _Autocast),
         (torch, "compile", _eager),
+        (torch, "from_numpy", _on_the_cpu(torch.from_numpy)),
+        (torch, "frombuffer", _on_the_cpu(torch.frombuffer)),
         (safetensors.torch, "load_file", _load_file(safetensors.torch.load_file)),
         (
             argparse.ArgumentParser,

@@ -90,6 +90,8 @@ def test_indexing_follows_pytorch_rules():
             gpu[cpu_index] = torch.tensor([7.0, 8.0])
         with pytest.raises(RuntimeError, match="embedding"):
             F.embedding(torch.tensor([0, 1]), torch.zeros(3, 2, device="cuda"))
+        with pytest.raises(RuntimeError, match="same device"):
+            gpu + torch.from_numpy(np.zeros(6, dtype=np.float32))
 
 
 def test_demo_flags_default_to_cuda_and_everything_is_restored():
