@@ -38,7 +38,7 @@ from annotated.kernels.softmax import (  # noqa: E402
 FLOAT64 = dict(rtol=1e-12, atol=1e-12)
 FLOAT32 = dict(rtol=1e-6, atol=1e-6)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-# tests/conftest.py sets TRITON_INTERPRET=1 unless it is set already, so by default the
+# conftest.py sets TRITON_INTERPRET=1 unless it is set already, so by default the
 # kernels run in the interpreter on CPU tensors, GPU or not. With TRITON_INTERPRET=0 on
 # a GPU they are compiled, and every test below runs on the GPU instead.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"

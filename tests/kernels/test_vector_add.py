@@ -34,7 +34,7 @@ from annotated.kernels.vector_add import (  # noqa: E402
 )
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-# tests/conftest.py sets TRITON_INTERPRET=1 unless it is set already, so by default the
+# conftest.py sets TRITON_INTERPRET=1 unless it is set already, so by default the
 # kernels run in the interpreter on CPU tensors, GPU or not. With TRITON_INTERPRET=0 on
 # a GPU they are compiled, and every test below runs on the GPU instead.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"

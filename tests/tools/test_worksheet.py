@@ -121,3 +121,21 @@ def test_the_page_lets_long_names_wrap_after_underscores_and_dots():
     page = worksheet_table("Checkpoint.backward", "h", ["test_a_b", "test_c"])
     assert "<code>Checkpoint.<wbr>backward</code>" in page
     assert "<code>test_<wbr>a_<wbr>b</code><br><code>test_<wbr>c</code>" in page
+
+
+def test_the_pages_command_works_as_typed_from_the_repo_root():
+    # `--lesson PATH`, with a space: pytest reads PATH as a folder to collect before it
+    # knows the option, so the option must come from the root conftest.py.
+    import subprocess
+    import sys
+
+    lesson = "annotated/foundations/matrix.py"
+    command = [sys.executable, "-m", "pytest", "--lesson", lesson, "--co", "-q"]
+    run = subprocess.run(
+        [*command, "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    collected = [line for line in run.stdout.splitlines() if "::" in line]
+    assert collected and all(
+        line.startswith("tests/foundations/test_matrix.py::") for line in collected
+    )

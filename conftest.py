@@ -1,12 +1,20 @@
-"""Settings shared by every test: Triton's CPU interpreter, quiet plotting, hypothesis
-budgets, and benchmarks that run once as plain tests unless `--benchmark-only` asks for
-measurements."""
+"""Settings shared by every test, in the one place pytest loads wherever it starts:
+Triton's CPU interpreter and quiet plotting, hypothesis budgets, benchmarks that run
+once as plain tests unless `--benchmark-only` asks for measurements, torch's thread
+count, and the exercise mode's `--lesson` and `--worksheet`.
+
+They live at the root, not in tests/, because of how pytest starts. In
+`pytest --lesson annotated/foundations/matrix.py` it reads the lesson's path as a
+place to collect before it knows the option, and loads the conftest files on that
+path's way up: this one, never tests/conftest.py, which would then define the option
+too late ("unrecognized arguments: --lesson")."""
 
 import os
 from pathlib import Path
 
 # Triton reads this when a kernel is decorated, so it must be set before any test module
-# imports one: its interpreter on a CPU, the compiler where a GPU can run the kernels.
+# imports one, and before a worksheet runs: its interpreter on a CPU, the compiler where
+# a GPU can run the kernels.
 if "TRITON_INTERPRET" not in os.environ:
     import torch
 
@@ -54,7 +62,7 @@ def pytest_configure(config):
         from tools.literate.files import LessonFile
         from tools.literate.worksheet import install
 
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parent
         file = LessonFile(root, Path(lesson).as_posix())
         if not file.path.is_file() or file.language != "python":
             raise pytest.UsageError(f"--lesson: no Python lesson at {lesson}")
