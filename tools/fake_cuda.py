@@ -7,6 +7,7 @@ first reader who types `--device cuda`. This pytest plugin finds those crashes o
 CPU:
 
     pytest -p tools.fake_cuda tests/            # every test that calls a demo's main
+    pytest -p tools.fake_cuda --lesson annotated/rl/world_model.py    # one lesson's
 
 Every tensor still lives in CPU memory, but a `TorchFunctionMode` remembers which ones
 the program put "on the GPU" (`device="cuda"`, `.to("cuda")`, `.cuda()`,
@@ -290,6 +291,8 @@ def _load_file(original):
 
 
 def _add_argument(original):
+    """`--device` defaults to cuda, whatever the lesson's default."""
+
     def add_argument(self, *names, **kwargs):
         if "--device" in names:
             kwargs["default"] = "cuda"
@@ -336,9 +339,12 @@ def fake_cuda():
 
 
 def pytest_configure(config):
-    # Entered for the whole session; the process ends with it.
-    config._fake_cuda = fake_cuda()
+    config._fake_cuda = fake_cuda()  # for the whole session
     config._fake_cuda.__enter__()
+
+
+def pytest_unconfigure(config):
+    config._fake_cuda.__exit__(None, None, None)
 
 
 def pytest_collection_modifyitems(config, items):
