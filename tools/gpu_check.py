@@ -14,8 +14,8 @@ matrix product), then runs
   process with a time limit, several at once, recording what `main` returned.
 
 It uses the packages the machine already has: nothing is installed. Back on the
-development machine, `python -m tools.literate.gpu_results gpu_check.json` stores each
-kernel lesson's report under docs/gpu/, where its page shows it."""
+development machine, `python -m tools.literate.gpu_results gpu-results/gpu_check.json`
+stores each kernel lesson's report under docs/gpu/, where its page shows it."""
 
 import argparse
 import concurrent.futures

@@ -96,4 +96,7 @@ def test_stored_results_reach_the_page_with_fractions_as_percentages(tmp_path):
         written[0].read_text(), copy_lesson.source_sha256()
     )
     assert "older version" in render._gpu_table(stale)
-    assert "not measured on a GPU yet" in render._gpu_table(None)
+    pending = render._gpu_table(None)
+    assert "not measured on a GPU yet" in pending
+    # The command names the file gpu_check.sh writes when $OUT is not set.
+    assert "gpu_results gpu-results/gpu_check.json" in pending

@@ -259,7 +259,7 @@ def _gpu_value(name: str, value) -> str:
 def _gpu_table(gpu: GpuRecord | None) -> str:
     measure = (
         "<code>bash tools/gpu_check.sh</code> on a machine with a CUDA GPU, then "
-        "<code>python -m tools.literate.gpu_results gpu_check.json</code>"
+        "<code>python -m tools.literate.gpu_results gpu-results/gpu_check.json</code>"
     )
     if gpu is None:
         return _pending_note(f"not measured on a GPU yet: run {measure}")
