@@ -30,9 +30,10 @@ nothing.
 
 What it cannot see: the numbers of GPU kernels (autocast casts as on a CPU;
 `torch.compile` returns the function uncompiled, since the compiler cannot trace the
-mode), and anything that reads a tensor's memory itself (Triton, CUDA C). A tensor it
-has not seen being made (one that autograd's engine wrote, for example) counts as
-being on either device."""
+mode), anything that reads a tensor's memory itself (Triton, CUDA C), and work in
+other threads and processes (a TorchFunctionMode is per thread: an engine's
+background loop, DataLoader workers, Ray actors). A tensor it has not seen being made
+(one that autograd's engine wrote, for example) counts as being on either device."""
 
 import argparse
 import contextlib
