@@ -218,25 +218,17 @@ def test_example_and_its_dataflow():
     assert {n for n, _ in nodes} >= {e for edge in edges for e in edge[:2]}
 
 
-def test_demo_answers_four_ways_and_draws_its_timeline(tmp_path, monkeypatch):
-    # The demo's own encoder over one lesson; a tiny GPT stands in for the pretrained
-    # one (on the demo's --device), so the run takes seconds.
+def test_demo_answers_four_ways_and_draws_its_timeline(tmp_path, monkeypatch, tiny_llm):
+    # The demo's own encoder over one lesson; a copy of the tiny GPT stands in for the
+    # pretrained one (on the demo's --device), so the run takes seconds.
+    import copy
+
     from annotated.llm import pretraining
     from annotated.serving.chains import main
 
-    tokenizer = train_tokenizer("the cache holds keys and values é " * 30, 30)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=tokenizer.vocabulary_size,
-        n_positions=64,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-    )
+    model, tokenizer = copy.deepcopy(tiny_llm.model), tiny_llm.tokenizer
     monkeypatch.setattr(
-        pretraining,
-        "small_gpt",
-        lambda device: (GPT2(config).to(device).eval(), tokenizer, [], []),
+        pretraining, "small_gpt", lambda device: (model.to(device), tokenizer, [], [])
     )
     flags = ["--lessons", "llm/gpt2", "--tokens", "5", "--out", str(tmp_path)]
     result = main(flags)
