@@ -14,13 +14,14 @@ the program put "on the GPU" (`device="cuda"`, `.to("cuda")`, `.cuda()`,
 `Module.to("cuda")`) and which it built on the CPU, and raises the errors PyTorch
 raises on a real GPU:
 
-- an operation given a GPU tensor and a CPU tensor with at least one dimension (a CPU
-  scalar is allowed, as on a GPU);
+- an operation given a GPU tensor and a CPU tensor (a CPU scalar, 0-d, is allowed
+  where PyTorch allows it: elementwise operations, not stacking, embedding or losses;
+  a factory such as `torch.arange(n)` reads a tensor argument as a number);
 - a generator whose device is not the device of the numbers it draws;
 - `.numpy()` or `np.asarray` of a GPU tensor.
 
-Moving a module (`Module.to`, `.cuda()`), pinning memory and safetensors'
-`load_file(device="cuda")` are followed the same way.
+Moving a module (`Module.to`, `.cuda()`), pinning memory, `torch.load(map_location=)`
+and safetensors' `load_file(device=)` are followed the same way.
 
 A GPU tensor reports `device` cuda:0 and `is_cuda` True, so code that builds tensors
 on `x.device` is followed correctly. `--device` defaults to cuda in every demo the
@@ -43,6 +44,8 @@ from unittest import mock
 
 import safetensors.torch
 import torch
+import torch._C._functorch as functorch
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -56,14 +59,44 @@ _placed = WeakTensorKeyDictionary()
 
 
 def placed(tensor: Tensor) -> str | None:
-    """Where the program put `tensor`: "cuda", "cpu" or None (not seen)."""
-    return _placed.get(tensor)
+    """Where the program put `tensor`: "cuda", "cpu" or None (not seen). Inside
+    `torch.vmap` or `torch.func.grad` a tensor is a wrapper: its device is the wrapped
+    tensor's."""
+    kind = _placed.get(tensor)
+    while kind is None and (
+        functorch.is_batchedtensor(tensor) or functorch.is_gradtrackingtensor(tensor)
+    ):
+        tensor = functorch.get_unwrapped(tensor)
+        kind = _placed.get(tensor)
+    return kind
 
 
 def _kind(device) -> str:
     """The device type ("cuda", "cpu", "meta", ...) of anything `device=` accepts
     (an int is a CUDA index)."""
     return "cuda" if isinstance(device, int) else torch.device(device).type
+
+
+def _named(device):
+    """An int device as "cuda:N": parsing an int asks the (absent) driver."""
+    is_index = isinstance(device, int) and not isinstance(device, bool)
+    return f"cuda:{device}" if is_index else device
+
+
+# Functions that make a new tensor on `device=` (the CPU without it), reading a tensor
+# argument as a number: `torch.arange(lengths.max())` is a CPU tensor on a GPU too.
+FACTORIES = {
+    torch.arange, torch.empty, torch.eye, torch.full, torch.linspace, torch.logspace,
+    torch.ones, torch.rand, torch.randint, torch.randn, torch.randperm, torch.zeros,
+    torch.tensor, torch.as_tensor,
+}  # fmt: skip
+# Operations whose device check has no exception for a CPU scalar (0-d) tensor.
+NO_SCALARS = {
+    torch.stack, torch.cat, torch.concat, torch.concatenate, torch.hstack,
+    torch.vstack, torch.embedding, F.embedding, torch.index_select,
+    Tensor.index_select, torch.gather, Tensor.gather, F.cross_entropy, F.nll_loss,
+}  # fmt: skip
+INDEX_PUT = {torch.index_put, Tensor.index_put, Tensor.index_put_}
 
 
 class FakeGenerator(torch.Generator):
@@ -82,6 +115,10 @@ class FakeGenerator(torch.Generator):
     def device(self):
         return CUDA if self.kind == "cuda" else CPU
 
+    def __reduce__(self):  # copy.deepcopy and pickle keep the device
+        _, _, state = super().__reduce__()
+        return type(self), (self.kind,), state
+
 
 def _mismatch(func, kinds) -> RuntimeError:
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", str(func))
@@ -96,13 +133,13 @@ def _tensors(*trees) -> list[Tensor]:
     return [leaf for leaf in leaves if isinstance(leaf, Tensor)]
 
 
-def _kinds(tensors: list[Tensor]) -> set[str]:
-    """The devices of `tensors` that PyTorch would compare: a CPU scalar (0-d) goes
-    with any device."""
+def _kinds(tensors: list[Tensor], scalars: bool = True) -> set[str]:
+    """The devices of `tensors` that PyTorch would compare: with `scalars`, a CPU
+    scalar (0-d) goes with any device."""
     kinds = set()
     for tensor in tensors:
         kind = placed(tensor)
-        if kind == "cpu" and tensor.dim() == 0:
+        if scalars and kind == "cpu" and tensor.dim() == 0:
             continue
         if kind is not None:
             kinds.add(kind)
@@ -121,7 +158,12 @@ class FakeCudaMode(TorchFunctionMode):
             return placed(first) == "cuda"
         if func is Tensor.get_device:
             return 0 if placed(first) == "cuda" else func(*args)
-        if func in (Tensor.numpy, Tensor.__array__) and placed(first) == "cuda":
+        moves = kwargs.get("force")  # numpy(force=True) copies to the CPU first
+        if (
+            func in (Tensor.numpy, Tensor.__array__)
+            and placed(first) == "cuda"
+            and not moves
+        ):
             raise TypeError(
                 "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() "
                 "to copy the tensor to host memory first. (fake CUDA)"
@@ -135,6 +177,12 @@ class FakeCudaMode(TorchFunctionMode):
             return grad
         if func in (Tensor.__repr__, Tensor.__format__, Tensor.__str__):
             return func(*args, **kwargs)
+        if func is torch.broadcast_tensors:  # views, each on its input's device
+            result = func(*args, **kwargs)
+            for before, after in zip(args, result):
+                if placed(before) is not None:
+                    _placed[after] = placed(before)
+            return result
         if func is Tensor.pin_memory:  # page-locked memory needs a CUDA driver
             pinned = first.clone()
             _placed[pinned] = "cpu"
@@ -148,20 +196,35 @@ class FakeCudaMode(TorchFunctionMode):
             target = _kind(kwargs["device"])
             if target == "cuda":
                 kwargs["device"] = "cpu"
-        if func is Tensor.__getitem__:
+        if func in FACTORIES:
+            # Tensor arguments are numbers here, except the data of tensor/as_tensor.
+            copies = func in (torch.tensor, torch.as_tensor) and isinstance(
+                first, Tensor
+            )
+            checked = [first] if copies else []
+        elif func is Tensor.__getitem__:
             checked = [first]  # a GPU tensor may be indexed by CPU indices
-            if placed(first) == "cpu" and "cuda" in _kinds(_tensors(args[1:])):
+            indices = [
+                index
+                for index in _tensors(args[1:])
+                if index.dim() > 0
+                or index.is_floating_point()
+                or index.dtype == torch.bool
+            ]  # a 0-d integer index is read as a number
+            if placed(first) == "cpu" and "cuda" in _kinds(indices):
                 raise _mismatch(func, {"cpu", "cuda"})
         elif func is Tensor.__setitem__:
             # Slices and integers copy the value in (any device, as `copy_`);
             # tensor indices need the value on the tensor's device.
             advanced = any(tensor.dim() > 0 for tensor in _tensors(args[1]))
             checked = [first, *_tensors(args[2:])] if advanced else [first]
-        elif func is Tensor.copy_:
+        elif func in INDEX_PUT:  # CPU indices are moved; the values are not
+            checked = [first, *_tensors(args[2:3], kwargs.get("values"))]
+        elif func in (Tensor.copy_, Tensor.new_tensor):
             checked = [first]
         else:
             checked = _tensors(args, kwargs)
-        kinds = _kinds(checked)
+        kinds = _kinds(checked, scalars=func not in NO_SCALARS)
         if len(kinds) > 1:
             raise _mismatch(func, kinds)
         if target is None:
@@ -188,26 +251,31 @@ class FakeCudaMode(TorchFunctionMode):
         """`tensor.to(...)`, `.cuda()` and `.cpu()`: a copy when the device changes,
         as on a GPU, so that writing to it leaves the original alone."""
         source = placed(tensor)
+        copy = kwargs.pop("copy", False)
+        memory_format = kwargs.get("memory_format", torch.preserve_format)
         if func is Tensor.cuda:
-            target, dtype, copy = "cuda", None, False
+            target, dtype = "cuda", None
             non_blocking = kwargs.get("non_blocking", False)
         elif func is Tensor.cpu:
-            target, dtype, copy, non_blocking = "cpu", None, False, False
+            target, dtype, non_blocking = "cpu", None, False
+        elif args and isinstance(args[0], Tensor):
+            other = args[0]
+            target, dtype = placed(other), other.dtype
+            non_blocking = args[1] if len(args) > 1 else False
         else:
-            copy = kwargs.pop("copy", False)
-            if args and isinstance(args[0], Tensor):
-                other = args[0]
-                target, dtype = placed(other), other.dtype
-                non_blocking = args[1] if len(args) > 1 else False
-            else:
-                device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
-                target = None if device is None else _kind(device)
-                if target not in (None, "cuda", "cpu"):  # meta: a real move
-                    result = func(tensor, *args, copy=copy, **kwargs)
-                    _placed[result] = target
-                    return result
+            args = [_named(arg) for arg in args]
+            kwargs = {key: _named(value) for key, value in kwargs.items()}
+            device, dtype, non_blocking, memory_format = _parse_to(*args, **kwargs)
+            target = None if device is None else _kind(device)
+            if target not in (None, "cuda", "cpu"):  # meta: a real move
+                result = func(tensor, *args, copy=copy, **kwargs)
+                _placed[result] = target
+                return result
         result = tensor.to(
-            dtype=dtype or tensor.dtype, non_blocking=bool(non_blocking), copy=copy
+            dtype=dtype or tensor.dtype,
+            non_blocking=bool(non_blocking),
+            copy=copy,
+            memory_format=memory_format or torch.preserve_format,
         )
         if target is not None and target != (source or "cpu") and result is tensor:
             result = tensor.clone()
@@ -217,20 +285,29 @@ class FakeCudaMode(TorchFunctionMode):
         return result
 
 
+def _parse_to(*args, **kwargs):
+    """(device, dtype, non_blocking, memory_format) of `.to(...)`'s arguments."""
+    with torch._C.DisableTorchFunction():  # the mode would rewrite device=
+        return torch._C._nn._parse_to(*args, **kwargs)
+
+
 _MODULE_TO = torch.nn.Module.to
 
 
 def _module_to(self, *args, **kwargs):
     """`Module.to`: moves nothing, marks every parameter, gradient and buffer."""
     if args and isinstance(args[0], Tensor):
-        device, dtype = placed(args[0]), args[0].dtype
+        device, dtype, memory_format = placed(args[0]), args[0].dtype, None
     else:
-        with torch._C.DisableTorchFunction():  # the mode would rewrite device=
-            device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        args = [_named(arg) for arg in args]
+        kwargs = {key: _named(value) for key, value in kwargs.items()}
+        device, dtype, _, memory_format = _parse_to(*args, **kwargs)
     if device is not None and _kind(device) not in ("cuda", "cpu"):  # meta
         return _MODULE_TO(self, *args, **kwargs)
-    if dtype is not None:
-        _MODULE_TO(self, dtype)
+    options = {"dtype": dtype, "memory_format": memory_format}
+    options = {key: value for key, value in options.items() if value is not None}
+    if options:
+        _MODULE_TO(self, **options)
     if device is not None:
         kind = _kind(device)
         for tensor in itertools.chain(self.parameters(), self.buffers()):
@@ -266,6 +343,25 @@ def _eager(model=None, **options):
     return model if model is not None else (lambda function: function)
 
 
+def _vmap(original):
+    """`torch.vmap`: its results are made by functorch, out of the mode's sight; they
+    are on the device of the inputs they were mapped over."""
+
+    def vmap(function, *args, **kwargs):
+        mapped = original(function, *args, **kwargs)
+
+        def run(*inputs, **options):
+            result = mapped(*inputs, **options)
+            kinds = _kinds(_tensors(inputs, options), scalars=False)
+            for tensor in _tensors(result) if len(kinds) == 1 else []:
+                _placed[tensor] = next(iter(kinds))
+            return result
+
+        return run
+
+    return vmap
+
+
 def _on_the_cpu(original):
     """`torch.from_numpy` and `torch.frombuffer` skip the mode: mark their tensors."""
 
@@ -289,6 +385,21 @@ def _load_file(original):
         return tensors
 
     return load_file
+
+
+def _load(original):
+    """`torch.load(f, map_location="cuda")`: loads on the CPU, marks the tensors."""
+
+    def load(f, map_location=None, *args, **kwargs):
+        on_gpu = isinstance(map_location, (str, int, torch.device)) and (
+            _kind(map_location) == "cuda"
+        )
+        result = original(f, "cpu" if on_gpu else map_location, *args, **kwargs)
+        for tensor in _tensors(result) if on_gpu else []:
+            _placed[tensor] = "cuda"
+        return result
+
+    return load
 
 
 def _add_argument(original):
@@ -320,8 +431,10 @@ def fake_cuda():
         (torch.nn.Parameter, "__new__", _parameter(torch.nn.Parameter.__new__)),
         (torch, "autocast", _Autocast),
         (torch, "compile", _eager),
+        (torch, "vmap", _vmap(torch.vmap)),
         (torch, "from_numpy", _on_the_cpu(torch.from_numpy)),
         (torch, "frombuffer", _on_the_cpu(torch.frombuffer)),
+        (torch, "load", _load(torch.load)),
         (safetensors.torch, "load_file", _load_file(safetensors.torch.load_file)),
         (
             argparse.ArgumentParser,

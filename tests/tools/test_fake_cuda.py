@@ -1,10 +1,13 @@
-"""The fake-CUDA plugin raises where a GPU would (a CPU tensor beside a GPU one, a
-generator on the other device, `.numpy()` of a GPU tensor, GPU indices into a CPU
-tensor), lets correct GPU code run (a module moved and trained, a checkpoint loaded
-onto the GPU), restores torch and argparse afterwards, and keeps only the tests that
-run a demo."""
+"""The fake-CUDA plugin raises where a GPU would (a CPU tensor beside a GPU one, a CPU
+scalar where an operation takes none, a generator on the other device, `.numpy()` of a
+GPU tensor, GPU indices into a CPU tensor, inside `vmap` too), accepts what a GPU
+accepts (a module moved and trained, a checkpoint loaded onto the GPU, 0-d indices,
+integer devices, `numpy(force=True)`), restores torch and argparse afterwards, and
+keeps only the tests that run a demo."""
 
 import argparse
+import copy
+import io
 
 import numpy as np
 import pytest
@@ -139,3 +142,53 @@ def test_the_plugin_keeps_only_the_tests_that_run_a_demo():
     fake_cuda.pytest_collection_modifyitems(SimpleNamespace(hook=hook), items)
     assert [item.function for item in items] == [test_runs_the_demo]
     assert [item.function for item in dropped] == [test_checks_a_shape]
+
+
+def test_what_pytorch_rejects_only_on_a_gpu_beyond_plain_mixing():
+    with fake_cuda():
+        lengths = torch.tensor([3, 1], device="cuda")
+        # A factory reads a GPU scalar as a number and makes a CPU tensor.
+        with pytest.raises(RuntimeError, match="same device"):
+            torch.arange(int(lengths.max()))[None] < lengths[:, None]
+        assert not torch.arange(lengths.max()).is_cuda
+        assert torch.tensor([lengths[0], lengths[1]]).numpy().tolist() == [3, 1]
+        # Stacking, embedding and losses take no CPU scalar beside a GPU tensor.
+        with pytest.raises(RuntimeError, match="stack"):
+            torch.stack([lengths.sum(), torch.tensor(0)])
+        with pytest.raises(RuntimeError, match="cross_entropy"):
+            F.cross_entropy(torch.zeros(4, device="cuda"), torch.tensor(2))
+        # A distribution broadcasts its CPU scale as a view on the CPU.
+        normal = torch.distributions.Normal(torch.zeros(3, device="cuda"), 1.0)
+        assert normal.rsample().is_cuda
+        scale = torch.tensor(1.0)
+        with pytest.raises(RuntimeError, match="same device"):
+            torch.distributions.Normal(torch.zeros(3, device="cuda"), scale).rsample()
+        # Inside vmap, a tensor's device is the batched tensor's.
+        weights = torch.zeros(2, 3, device="cuda")
+        with pytest.raises(RuntimeError, match="same device"):
+            torch.vmap(lambda w: w + torch.arange(3))(weights)
+        assert torch.vmap(lambda w: w + torch.arange(3, device=w.device))(
+            weights
+        ).is_cuda
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct")  # new_tensor(a tensor)
+def test_what_a_gpu_accepts_the_fake_accepts():
+    with fake_cuda():
+        gpu = torch.arange(5.0, device="cuda")
+        assert torch.arange(5)[gpu.argmax()].item() == 4  # a 0-d index is a number
+        gpu.index_put_((torch.tensor([0, 1]),), torch.ones(2, device="cuda"))
+        assert gpu.new_tensor(torch.ones(2)).is_cuda
+        assert gpu.numpy(force=True).tolist() == [1, 1, 2, 3, 4]
+        layout = torch.channels_last
+        image = torch.zeros(1, 2, 3, 3).to("cuda", memory_format=layout)
+        assert image.is_cuda and image.is_contiguous(memory_format=layout)
+        assert (
+            torch.ones(2).to(0).is_cuda and torch.nn.Linear(2, 2).to(0).weight.is_cuda
+        )
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        assert copy.deepcopy(generator).device.type == "cuda"
+        buffer = io.BytesIO()
+        torch.save({"w": torch.ones(2)}, buffer)
+        buffer.seek(0)
+        assert torch.load(buffer, map_location="cuda")["w"].is_cuda
