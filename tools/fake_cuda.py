@@ -263,8 +263,6 @@ class FakeCudaMode(TorchFunctionMode):
             target, dtype = placed(other), other.dtype
             non_blocking = args[1] if len(args) > 1 else False
         else:
-            args = [_named(arg) for arg in args]
-            kwargs = {key: _named(value) for key, value in kwargs.items()}
             device, dtype, non_blocking, memory_format = _parse_to(*args, **kwargs)
             target = None if device is None else _kind(device)
             if target not in (None, "cuda", "cpu"):  # meta: a real move
@@ -287,6 +285,8 @@ class FakeCudaMode(TorchFunctionMode):
 
 def _parse_to(*args, **kwargs):
     """(device, dtype, non_blocking, memory_format) of `.to(...)`'s arguments."""
+    args = [_named(arg) for arg in args]
+    kwargs = {key: _named(value) for key, value in kwargs.items()}
     with torch._C.DisableTorchFunction():  # the mode would rewrite device=
         return torch._C._nn._parse_to(*args, **kwargs)
 
@@ -299,8 +299,6 @@ def _module_to(self, *args, **kwargs):
     if args and isinstance(args[0], Tensor):
         device, dtype, memory_format = placed(args[0]), args[0].dtype, None
     else:
-        args = [_named(arg) for arg in args]
-        kwargs = {key: _named(value) for key, value in kwargs.items()}
         device, dtype, _, memory_format = _parse_to(*args, **kwargs)
     if device is not None and _kind(device) not in ("cuda", "cpu"):  # meta
         return _MODULE_TO(self, *args, **kwargs)
