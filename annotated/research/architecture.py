@@ -783,25 +783,22 @@ def plot_probe(runs: list[ProbeRun], out: Path) -> Path:
 
 
 def plot_attention(
-    runs: list[ProbeRun], tokens: Tensor, labels: Tensor, pairs: int, out: Path
+    chosen: list[ProbeRun],
+    shares: list[tuple[float, float, int]],
+    ceiling: float,
+    tokens: Tensor,
+    pairs: int,
+    out: Path,
 ) -> Path:
     """The first block's attention of the query positions in one sequence, for the
-    1-layer baseline and the K = 3 model of seed 0 (moved to the CPU), each with
-    the head `lookup_shares` picks; crosses mark the asked value."""
+    two `chosen` runs (on the CPU), each with the head of its `lookup_shares`;
+    crosses mark the asked value. The caption quotes `shares` and the `ceiling`."""
     fig, axes = figure(panels=2)
-    chosen = [
-        next(r for r in runs if r.variant == ABLATION[0] and r.seed == 0),
-        next(r for r in runs if r.variant == ABLATION[3] and r.seed == 0),
-    ]
     example = tokens[:1]  # [1, seq]
     asked_at, holds_value, _ = lookup_masks(example, pairs)
     rows, columns = holds_value[0].nonzero(as_tuple=True)  # the crosses
-    shares = []
-    for ax, run in zip(axes, chosen):
-        model = run.model.cpu()
-        shares.append(lookup_shares(model, tokens, pairs))
-        head = shares[-1][2]
-        weights = attention_weights(model, example)[0, head]  # [seq, seq]
+    for ax, run, (_, _, head) in zip(axes, chosen, shares):
+        weights = attention_weights(run.model, example)[0, head]  # [seq, seq]
         ax.imshow(
             weights[asked_at].numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto"
         )
@@ -812,7 +809,6 @@ def plot_attention(
         ax.set_xlabel("position attended to")
         ax.set_title(f"{run.variant.name}, head {head}")
     axes[1].legend(loc="upper right", fontsize=8)
-    ceiling = most_frequent_value_accuracy(tokens, labels, pairs)
     return save(
         fig,
         out / "attention.png",
@@ -979,18 +975,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for variant, seed in tqdm(arms, desc="probe runs"):
             runs.append(train_probe(variant, seed, probe, held_out, args.device))
             log_probe(runs[-1])
+        final = {}  # variant name → mean final accuracy over seeds
         for variant in ABLATION:
             mine = [r for r in runs if r.variant == variant]
+            final[variant.name] = np.mean([r.accuracy[-1] for r in mine])
             reached = [steps_to(r) for r in mine]
             print(
                 f"{variant.name:<20} {count_parameters(mine[0].model):7,} parameters,"
-                f" accuracy {np.mean([r.accuracy[-1] for r in mine]):.3f}, 95 % after "
+                f" accuracy {final[variant.name]:.3f}, 95 % after "
                 + ", ".join("—" if s is None else str(s) for s in reached)
             )
-        chosen = next(r for r in runs if r.variant == ABLATION[3] and r.seed == 0)
-        on_value, on_key, head = lookup_shares(
-            chosen.model.cpu(), held_out[0], probe.pairs
-        )
+        chosen = [  # seed 0's plain layer and K = 3 model, for the attention figure
+            next(r for r in runs if r.variant == v and r.seed == 0)
+            for v in (ABLATION[0], ABLATION[3])
+        ]
+        shares = [
+            lookup_shares(r.model.cpu(), held_out[0], probe.pairs) for r in chosen
+        ]
+        on_value, on_key, head = shares[1]
         print(
             f"K = 3, seed 0, head {head}: {on_value:.2f} of the attention on the value,"
             f" {on_key:.2f} on the key"
@@ -1020,13 +1022,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{interval[2]:.4f})"
         )
         plot_probe(runs, out)
-        plot_attention(runs, *held_out, probe.pairs, out)
+        plot_attention(chosen, shares, ceiling, held_out[0], probe.pairs, out)
         plot_transfer(transfers, interval, out)
     print(f"runs tracked in {uri}")
-    final = {
-        v.name: np.mean([r.accuracy[-1] for r in runs if r.variant == v])
-        for v in ABLATION
-    }
     return {
         "probe_accuracy": float(final["K = 3"]),
         "baseline_probe_accuracy": float(final["attention, 1 layer"]),
