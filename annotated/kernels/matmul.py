@@ -76,8 +76,8 @@ the L2 cache, if those programs run at the same time, and the order in which pro
 are numbered decides that: the chapter counts the tile loads for row-major and for
 *grouped* order and draws them. On a CPU the kernel runs in Triton's interpreter and is
 checked against `torch.matmul` on ragged shapes and strided operands; on a GPU,
-`gpu_report` times it against cuBLAS at $4096^3$ in float16 and bfloat16, where the
-issue's target is 90 % of cuBLAS, and states the bfloat16 rate as a fraction of the
+`gpu_report` times it against cuBLAS at $4096^3$ in float16 and bfloat16, where a
+well-tiled kernel should reach 90 % of cuBLAS, and states the bfloat16 rate as a fraction of the
 device's datasheet peak. No GPU was available when this page was written, so its
 measured numbers are not quoted here; `gpu_report`'s table is what a GPU run prints.
 """
@@ -524,7 +524,8 @@ def matmul(a: Tensor, b: Tensor, *, config: dict | None = None) -> Tensor:
 # clearing the L2 cache before every run, and here returns the median. A product of
 # $n \times n$ matrices is $2n^3$ floating-point operations, so the rate is
 # $2n^3 / t$. The ceiling a tiled matmul is judged against is cuBLAS on the same
-# product: the issue asks for at least 90 % of it (`ours / torch`, a ratio of rates).
+# product: a well-tiled kernel should reach 90 % of it (`ours / torch`, a ratio of
+# rates).
 # A third entry runs the autotuner's winning configuration in row-major order
 # (`GROUP_M = 1`), the measured counterpart of the count above. The bfloat16 rates are
 # also given as a fraction of the device's dense bfloat16 peak, which the driver does
