@@ -29,17 +29,21 @@ tests run, and the plugin keeps only the tests whose body calls `main(`. The cal
 that only exist for a real device (`torch.cuda.synchronize`, the memory counters) do
 nothing.
 
+A TorchFunctionMode is per thread, so every thread that `threading.Thread` runs
+while the block is open (an engine's background loop, a web server's, a thread pool's)
+runs inside one too; a subclass that overrides `run` does not.
+
 What it cannot see: the numbers of GPU kernels (autocast casts as on a CPU;
 `torch.compile` returns the function uncompiled, since the compiler cannot trace the
 mode), anything that reads a tensor's memory itself (Triton, CUDA C), and work in
-other threads and processes (a TorchFunctionMode is per thread: an engine's
-background loop, DataLoader workers, Ray actors). A tensor it has not seen being made
+other processes (DataLoader workers, Ray actors). A tensor it has not seen being made
 (one that autograd's engine wrote, for example) counts as being on either device."""
 
 import argparse
 import contextlib
 import inspect
 import itertools
+import threading
 from unittest import mock
 
 import safetensors.torch
@@ -400,6 +404,16 @@ def _load(original):
     return load
 
 
+def _in_the_mode(original):
+    """`Thread.run` inside a FakeCudaMode of the thread's own."""
+
+    def run(self):
+        with FakeCudaMode():
+            original(self)
+
+    return run
+
+
 def _add_argument(original):
     """`--device` defaults to cuda, whatever the lesson's default."""
 
@@ -434,6 +448,7 @@ def fake_cuda():
         (torch, "frombuffer", _on_the_cpu(torch.frombuffer)),
         (torch, "load", _load(torch.load)),
         (safetensors.torch, "load_file", _load_file(safetensors.torch.load_file)),
+        (threading.Thread, "run", _in_the_mode(threading.Thread.run)),
         (
             argparse.ArgumentParser,
             "add_argument",

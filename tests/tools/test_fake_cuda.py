@@ -1,6 +1,6 @@
 """The fake-CUDA plugin raises where a GPU would (a CPU tensor beside a GPU one, a CPU
 scalar where an operation takes none, a generator on the other device, `.numpy()` of a
-GPU tensor, GPU indices into a CPU tensor, inside `vmap` too), accepts what a GPU
+GPU tensor, GPU indices into a CPU tensor, inside `vmap` and other threads too), accepts what a GPU
 accepts (a module moved and trained, a checkpoint loaded onto the GPU, 0-d indices,
 integer devices, `numpy(force=True)`), restores torch and argparse afterwards, and
 keeps only the tests that run a demo."""
@@ -8,6 +8,8 @@ keeps only the tests that run a demo."""
 import argparse
 import copy
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -192,3 +194,26 @@ def test_what_a_gpu_accepts_the_fake_accepts():
         torch.save({"w": torch.ones(2)}, buffer)
         buffer.seek(0)
         assert torch.load(buffer, map_location="cuda")["w"].is_cuda
+
+
+def test_threads_started_inside_the_block_are_checked_too():
+    errors = []
+
+    def background_loop(x):
+        try:
+            forward_with_a_cpu_arange(x)
+        except RuntimeError as error:
+            errors.append(error)
+
+    with fake_cuda():
+        x = torch.zeros(2, 3, device="cuda")
+        thread = threading.Thread(target=background_loop, args=(x,))
+        thread.start()
+        thread.join()
+        with ThreadPoolExecutor(1) as pool:
+            y = pool.submit(forward_on_the_input_device, x).result()
+            with pytest.raises(RuntimeError, match="same device"):
+                pool.submit(forward_with_a_cpu_arange, x).result()
+    assert len(errors) == 1 and "same device" in str(errors[0])
+    assert placed(y) == "cuda"
+    assert threading.Thread.run.__module__ == "threading"  # restored
