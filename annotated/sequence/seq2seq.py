@@ -581,10 +581,12 @@ def greedy_decode(
 # - **`<eos>`** ends a hypothesis: it leaves the beam for a list of finished ones, and
 #   the beam refills from the next-best extensions. So each step looks at the best
 #   $2K$ extensions: at most $K$ can end, and $K$ remain to continue. An `<eos>`
-#   extension counts only if it ranks among the best $K$, so that a width-1 beam is
-#   exactly greedy decoding (the test checks it). A row stops once $K$ hypotheses have
-#   finished (Hugging Face's `early_stopping=True`), or after `max_length` steps, when
-#   the unfinished ones are kept as they are.
+#   extension counts only if it ranks among the best $K$: one ranked lower would end
+#   a hypothesis the beam would not have kept. The scan stops once the $K$ live
+#   places are filled, so a width-1 beam never reaches a lower-ranked `<eos>` and is
+#   exactly greedy decoding (the tests check both). A row stops once $K$ hypotheses
+#   have finished (Hugging Face's `early_stopping=True`), or after `max_length`
+#   steps, when the unfinished ones are kept as they are.
 # - **Length.** A sum of log-probabilities only falls as tokens are added, so among
 #   finished hypotheses raw scores favour short ones. The winner is chosen by the
 #   score divided by GNMT's length penalty [@wu2016google],

@@ -353,6 +353,8 @@ def test_dropout_between_layers_matches_torch_in_both_modes():
     x = randn(5, 2, 3)
     # p = 1 zeroes every input of layers 2 and 3: deterministic in training mode too
     assert_all_close(ours(x)[1], reference(x)[1])
+    # and never the last layer's output, which torch leaves undropped
+    torch.testing.assert_close(ours(x)[0], reference(x)[0], **TOLERANCE)
     x_free = torch.zeros_like(x)
     last_layer_alone = ours(x_free)[1][0][2]
     torch.testing.assert_close(ours(x)[1][0][2], last_layer_alone, **TOLERANCE)

@@ -12,6 +12,7 @@ falls with length.
 """
 
 import itertools
+import math
 import random
 
 import pytest
@@ -214,6 +215,68 @@ def test_wide_beam_finds_the_exhaustive_optimum():
     for hypothesis, (want, score) in zip(found, best):
         assert (hypothesis.tokens, hypothesis.ended) == (want.tokens, want.ended)
         assert hypothesis.score == pytest.approx(score, abs=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [3.0, 5.0])
+def test_wide_beam_with_a_length_penalty_returns_the_best_normalised_output(alpha):
+    """The same exhaustive beam, now ranked by GNMT's score / ((5 + |y|) / 6)^alpha
+    with |y| counting <eos>: three steps write up to two digits and <eos>, or three
+    digits unfinished. At 3 ending at once still wins, at 5 the long outputs do."""
+    model = model64(5)
+    batch = batch_of(["4021", "98"])
+    candidates = []
+    for length in range(0, 4):
+        for tokens in itertools.product(range(3, 13), repeat=length):
+            candidates.append(Hypothesis(list(tokens), 0.0, length < 3))
+    sizes = torch.tensor(
+        [len(h.tokens) + h.ended for h in candidates], dtype=torch.float64
+    )
+    found = beam_search(
+        model, batch.source, batch.source_lengths, 11**3, 3, length_penalty=alpha
+    )
+    for row, hypothesis in enumerate(found):
+        src = batch.source[row : row + 1].expand(len(candidates), -1)
+        lengths = batch.source_lengths[row : row + 1].expand(len(candidates))
+        scores = sequence_log_probs(model, src, lengths, candidates)
+        want = candidates[(scores / ((5 + sizes) / 6) ** alpha).argmax()]
+        assert (hypothesis.tokens, hypothesis.ended) == (want.tokens, want.ended)
+
+
+class Scripted(torch.nn.Module):
+    """A stand-in model whose next-token probabilities depend only on the step:
+    row t of `probs [steps, V]`, whatever was written before."""
+
+    def __init__(self, probs: torch.Tensor):
+        super().__init__()
+        self.config, self.log_probs = Config(), probs.log()
+
+    def start(self, source, lengths):
+        return (torch.zeros(len(source), 1, dtype=torch.long),)
+
+    def step(self, previous, state):
+        (t,) = state
+        return self.log_probs[t[:, 0]], (t + 1,)
+
+
+def test_an_eos_ranked_below_the_beam_does_not_end_a_hypothesis():
+    """A beam of 2 by hand. Step 1 keeps "0" (0.6) and "1" (0.3). Step 2 (<eos> 0.5,
+    "2" 0.3) ranks "0<eos>" 0.30, "02" 0.18, "1<eos>" 0.15, "12" 0.09: "1<eos>" is
+    third, outside the beam, so only "0<eos>" ends. Step 3 (<eos> 0.9) ends "02" and
+    "12". With a length penalty of 4, "02<eos>" (log 0.162 / (8/6)^4 = -0.576) beats
+    "0<eos>" (log 0.3 / (7/6)^4 = -0.650); counting "1<eos>" would have stopped the
+    row at step 2 with two finished, and returned "0"."""
+    probs = torch.zeros(3, len(VOCAB), dtype=torch.float64)
+    probs[0, 3:] = 0.1 / 8
+    probs[0, encode("01")] = torch.tensor([0.6, 0.3], dtype=torch.float64)
+    probs[1, 3:] = 0.2 / 9
+    probs[1, EOS], probs[1, encode("2")[0]] = 0.5, 0.3
+    probs[2, 3:], probs[2, EOS] = 0.01, 0.9
+    batch = batch_of(["12"])
+    (found,) = beam_search(
+        Scripted(probs), batch.source, batch.source_lengths, 2, 3, length_penalty=4.0
+    )
+    assert (found.tokens, found.ended) == (encode("02"), True)
+    assert found.score == pytest.approx(math.log(0.6 * 0.3 * 0.9), abs=1e-12)
 
 
 UNTRAINED = model64(10)

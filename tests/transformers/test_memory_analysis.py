@@ -140,6 +140,22 @@ def test_block_matches_torch_transformer_encoder_layer(recompute):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+def test_dropout_drops_the_branches_and_never_the_residual_stream(recompute):
+    """With both branches' output layers zeroed, a block in training mode passes its
+    input through exactly, whatever dropout draws: as in GPT-2 and
+    nn.TransformerEncoderLayer, dropout acts on what a branch adds."""
+    config = Config(n_ctx=16, hidden=24, heads=3, dropout=0.5, recompute=recompute)
+    torch.manual_seed(0)
+    block = Block(config).double().train()
+    with torch.no_grad():
+        for layer in (block.attn.proj, block.mlp.fc2):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    x = torch.randn(2, 11, 24, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+
+
 def test_model_is_causal_and_its_loss_is_cross_entropy():
     config = replace(MEASURED["2×64"], dropout=0.0)
     torch.manual_seed(0)

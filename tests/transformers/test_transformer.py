@@ -684,13 +684,14 @@ def test_stopping_at_k_finished_hypotheses_cuts_the_beam_short(half_trained):
     assert 25 <= shorter <= 75
 
 
-@pytest.mark.parametrize("alpha", [0.0, 10.0])
+@pytest.mark.parametrize("alpha", [0.0, 3.0, 10.0])
 def test_exhaustive_beam_finds_the_most_probable_output(alpha):
     """With five tokens (two writable besides <eos>) and at most 4 steps, a beam of
     16 holds every prefix, and must find the best of the 15 outputs that end and the
     16 that run to the limit, which brute force enumerates. Untrained, the model
     likes to end at once; a length penalty of 10 makes the long outputs win, so that
-    a search that stops too early is caught."""
+    a search that stops too early is caught. At 3, the one-token source still ends
+    at once, and that wins only because |y| counts the <eos>."""
     torch.manual_seed(3)
     model = TranslationTransformer(tiny_config(vocab_size=5)).double().eval()
     source = torch.tensor([[3, 4, 3], [4, 0, 0]])
@@ -716,7 +717,7 @@ def test_exhaustive_beam_finds_the_most_probable_output(alpha):
         assert found[row].tokens == candidates[best].tokens
         assert found[row].ended == candidates[best].ended
         assert math.isclose(found[row].score, scores[best], abs_tol=1e-10)
-        if alpha:
+        if alpha == 10.0:
             assert len(found[row].tokens) >= 2
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from annotated.vision.video import (
     Attention,
+    Block,
     Config,
     VideoTransformer,
     count_score_entries,
@@ -207,6 +208,24 @@ def test_space_model_is_blind_to_frame_order_and_divided_is_not():
     with torch.no_grad():
         torch.testing.assert_close(space(clips), space(reversed_clips))
         assert (divided(clips) - divided(reversed_clips)).abs().max() > 1e-3
+
+
+def test_divided_block_with_its_temporal_branch_zeroed_is_the_space_block():
+    """The temporal attention adds to the residual stream: with its output projection
+    zeroed, a divided block computes what a space-only block with the same other
+    weights does."""
+    torch.manual_seed(0)
+    divided = Block(Config(attention="divided")).double()
+    space = Block(Config(attention="space")).double()
+    shared = {k: v for k, v in divided.state_dict().items() if "temporal" not in k}
+    space.load_state_dict(shared)
+    with torch.no_grad():
+        divided.temporal_attn.proj.weight.zero_()
+        divided.temporal_attn.proj.bias.zero_()
+    cls = torch.randn(2, 32, dtype=torch.float64, generator=_gen(1))
+    patches = torch.randn(2, 8, 16, 32, dtype=torch.float64, generator=_gen(2))
+    for got, want in zip(divided(cls, patches), space(cls, patches)):
+        torch.testing.assert_close(got, want, **TOL)
 
 
 def test_joint_model_gradients_reach_every_parameter():

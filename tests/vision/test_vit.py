@@ -283,6 +283,20 @@ def test_attention_maps_match_hf_attentions_and_rollout_is_a_distribution():
     torch.testing.assert_close(attention_rollout(uniform), share)
 
 
+def test_rollout_puts_the_later_layer_on_the_left_by_hand():
+    """Two layers that do not commute, on a class token and one patch: in layer 1
+    every token reads the patch, in layer 2 every token reads the class token. With
+    the residual, A1 = [[.5, .5], [0, 1]] and A2 = [[1, 0], [.5, .5]]; the class
+    token's final state is its layer-1 state, half the patch: (A2 A1)[0, 1] = 0.5,
+    where A1 A2 would give 0.25."""
+    maps = torch.tensor(
+        [[[0.0, 1.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]], dtype=torch.float64
+    )[:, None, None]  # [layers, batch, heads, T, T]
+    torch.testing.assert_close(
+        attention_rollout(maps), torch.tensor([[0.5]], dtype=torch.float64)
+    )
+
+
 def test_extreme_pixels_stay_finite_and_state_dict_round_trips(tmp_path):
     model = VisionTransformer(Config()).eval()
     logits = model(torch.full((1, 3, 32, 32), 1e6))
