@@ -183,6 +183,11 @@ def test_saved_and_reloaded_generator_samples_identically(tmp_path):
     z = torch.randn(5, 32)
     torch.testing.assert_close(again.sample(z), gan.sample(z), rtol=0, atol=0)
     assert gan.generator.training  # sample restores train mode
+    # Sampling uses the running statistics: an image does not depend on the rest of
+    # its batch, and drawing does not move the statistics.
+    running = gan.generator.net[1].running_mean.clone()
+    torch.testing.assert_close(gan.sample(z[:1]), gan.sample(z)[:1], rtol=0, atol=1e-6)
+    assert torch.equal(gan.generator.net[1].running_mean, running)
 
 
 # ## Bad input

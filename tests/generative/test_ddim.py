@@ -261,6 +261,22 @@ def test_inversion_converges_with_steps():
     assert errors[-1] < 0.02  # the largest of 256 values of spread 0.2
 
 
+def test_inversion_asks_the_model_at_the_step_each_euler_step_heads_to():
+    schedule = Schedule.cosine(500)
+    oracle = GaussianOracle(schedule, mean=0.3, std=0.2)
+    asked = []
+
+    def model(x, t):
+        asked.append(int(t[0]))
+        return oracle(x, t)
+
+    generator = torch.Generator().manual_seed(2)
+    x0 = 0.3 + 0.2 * torch.randn(4, 1, 4, 4, generator=generator, dtype=torch.float64)
+    ddim_invert(model, schedule, x0, 5, "trailing")
+    # Each step is asked at the index it heads to, clean to noisy (x0 has no index).
+    assert asked == timesteps(500, 5, "trailing")[::-1]
+
+
 def test_deterministic_sampling_uses_no_randomness():
     model, schedule = perturbed_unet(), Schedule.cosine(50)
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -140,6 +140,27 @@ def test_iterated_chain_draws_match_closed_form(t):
     assert abs(x_t.var().item() - variance) < 5 * variance * (2 / (n - 1)) ** 0.5
 
 
+def test_loss_is_the_mse_to_the_noise_at_steps_drawn_from_all_of_them():
+    seen = []
+
+    def model(x_t, t):  # records its input, predicts 0.1 everywhere
+        seen.append((x_t, t))
+        return torch.full_like(x_t, 0.1)
+
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(64, 1, 4, 4, generator=generator, dtype=torch.float64) * 2 - 1
+    loss = diffusion_loss(model, Schedule.linear(4), x0, generator)
+    ((x_t, t),) = seen
+    # The noise in x_t, by diffusers' ᾱ: a standard normal draw of 1,024 values.
+    betas = DDPMScheduler(num_train_timesteps=4).betas.double()
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # in float64: at t = 0, 1 - ᾱ = β
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    noise = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+    assert abs(noise.mean()) < 0.15 and abs(noise.std() - 1) < 0.1
+    torch.testing.assert_close(loss, ((0.1 - noise) ** 2).mean(), rtol=1e-5, atol=0)
+    assert set(t.tolist()) == {0, 1, 2, 3}  # every step, the last denoising one too
+
+
 def test_timestep_embedding_matches_diffusers():
     t = torch.tensor([0, 1, 17, 499, 999])
     theirs = get_timestep_embedding(

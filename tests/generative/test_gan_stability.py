@@ -390,6 +390,8 @@ def test_round_matches_hand_written_bce_with_two_learning_rates():
         torch.manual_seed(8)
         gan = GAN(STABILISED)
         reference = copy.deepcopy(gan)
+        # The average before the round: a copy of the generator, not the generator.
+        ema_before = [e.clone() for e in reference.generator_ema.parameters()]
         real = sample_ring(32, generator=torch.Generator().manual_seed(0)).double()
         torch.manual_seed(9)
         gan.step(real)
@@ -415,10 +417,7 @@ def test_round_matches_hand_written_bce_with_two_learning_rates():
         optimizer_g.zero_grad()
         loss_g.backward()
         optimizer_g.step()
-        ema = [
-            0.99 * e + 0.01 * p
-            for e, p in zip(reference.generator_ema.parameters(), g.parameters())
-        ]
+        ema = [0.99 * e + 0.01 * p for e, p in zip(ema_before, g.parameters())]
     finally:
         torch.set_default_dtype(default)
     want = reference.state_dict()
@@ -442,6 +441,9 @@ def test_mode_coverage_on_constructed_samples():
     assert one["modes"] == 1 and one["high_quality"] == 1.0
     between = (centres + centres.roll(1, 0)) / 2  # midpoints: 0.77 from every centre
     assert mode_coverage(between, centres, std=0.05)["high_quality"] == 0.0
+    # Only high-quality samples count towards a mode: 800 off-mode points cover none.
+    off = mode_coverage(between.repeat(100, 1), centres, std=0.05)
+    assert off["modes"] == 0 and off["counts"].sum() == 0
     # A mode needs a quarter of its fair share, 25 of 800 samples: 23 is too few
     # (the first seven modes take 777 of the 800 rows).
     few = torch.cat([centres[:7].repeat(111, 1), centres[7:].repeat(24, 1)])[:800]

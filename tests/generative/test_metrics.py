@@ -383,6 +383,21 @@ def test_fid_between_real_samples_falls_like_one_over_n(judge, digits):
         fid_against_sample_size(features, [1000], repeats=1)
 
 
+def test_fid_against_sample_size_compares_two_disjoint_samples_of_n(monkeypatch):
+    pairs = []
+
+    def record(a, b):
+        pairs.append((a[:, 0].tolist(), b[:, 0].tolist()))
+        return 0.0
+
+    monkeypatch.setattr(metrics, "fid_from_features", record)
+    features = np.arange(40.0)[:, None].repeat(3, axis=1)  # row i holds i
+    values = fid_against_sample_size(features, [5, 20], repeats=3)
+    assert values.shape == (2, 3) and len(pairs) == 6
+    for (a, b), n in zip(pairs, [5, 5, 5, 20, 20, 20]):
+        assert len(a) == len(b) == n and not set(a) & set(b)
+
+
 def test_extrapolation_recovers_an_exact_line():
     sizes = [50, 100, 200, 400]
     values = np.array([[2.5 + 300 / n, 2.5 + 300 / n] for n in sizes])

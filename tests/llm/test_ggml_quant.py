@@ -8,6 +8,7 @@ of a tiny GPT-2 built from a config. The nibble and fifth-bit layouts are also c
 against the format description by hand, independently of gguf.
 """
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -241,6 +242,18 @@ def test_gguf_file_round_trip(tmp_path, qtype):
         assert bytes(table[c] for c in token) == tokenizer.token_bytes[i]
     assert tokens[-1] == "<|endoftext|>"
     assert metadata["tokenizer.ggml.eos_token_id"] == tokenizer.vocabulary_size - 1
+    types = metadata["tokenizer.ggml.token_type"]  # the special token is CONTROL
+    assert types == [gguf.TokenType.NORMAL] * (len(tokens) - 1) + [
+        gguf.TokenType.CONTROL
+    ]
+    file_types = {
+        "F32": gguf.LlamaFileType.ALL_F32,
+        "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+        "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
+        "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+    }
+    assert metadata["general.file_type"] == file_types[qtype]
 
     assert len(tensors) == len(model.state_dict())
     kind, shape, data = tensors["blk.1.ffn_up.weight"]  # c_fc: [256, 64] ours
@@ -325,7 +338,7 @@ def test_demo_measures_every_format(tmp_path, monkeypatch):
     model, tokenizer = tiny_model_and_tokenizer()
     pages = ["the lazy dog jumps over the quick brown fox. " * 8] * 3
     monkeypatch.setattr(
-        lesson, "small_gpt", lambda device: (model, tokenizer, pages, pages)
+        lesson, "small_gpt", lambda device: (model.to(device), tokenizer, pages, pages)
     )
     metrics = lesson.main(["--windows", "4", "--device", "cpu", "--out", str(tmp_path)])
     assert metrics["bits_per_weight_Q4_0"] == 4.5

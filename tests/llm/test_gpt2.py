@@ -316,8 +316,16 @@ def test_sampling_with_a_generator_is_reproducible():
 
 def test_generation_past_the_context_slides_the_window():
     _, ours = pair(seed=10)
+    seen = []  # what each step feeds the model
+    hook = ours.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     out = generate(ours, tokens(batch=1, seq=30), 10, temperature=0.0)
+    hook.remove()
     assert out.shape == (1, 40)
+    # Step i reads the 32 tokens just before position 30 + i, never the first 32: a
+    # random model repeats one token greedily, so the tokens alone cannot tell.
+    assert len(seen) == 10
+    for i, idx in enumerate(seen):
+        assert torch.equal(idx, out[:, max(0, 30 + i - 32) : 30 + i]), i
     # The last token is the greedy choice given the last 32 tokens only.
     with torch.no_grad():
         expected = ours(out[:, -33:-1])[:, -1].argmax(-1)

@@ -257,6 +257,31 @@ def test_quantize_model_is_sequential_and_touches_only_the_blocks():
     # Every quantised weight has at most 2**3 distinct values per row.
     weight = model.h[1].mlp.c_proj.weight
     assert max(len(row.unique()) for row in weight) <= 8
+    # Sequential: a layer's Hessian comes from the inputs it sees once every layer
+    # before it (in its block, and in the blocks before) is quantised.
+    quantised = dict(model.named_parameters())
+    for layer_name, earlier in [
+        ("h.0.attn.c_proj", ["h.0.attn.c_attn"]),
+        ("h.1.attn.c_attn", [f"h.0.{part}" for part in ("attn.c_attn", "attn.c_proj",
+                                                        "mlp.c_fc", "mlp.c_proj")]),
+    ]:  # fmt: skip
+        mixed = tiny_model()
+        with torch.no_grad():
+            for name in earlier:
+                mixed.get_parameter(f"{name}.weight").copy_(quantised[f"{name}.weight"])
+        layer, seen = mixed.get_submodule(layer_name), []
+        hook = layer.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        with torch.no_grad():
+            mixed(windows)
+        hook.remove()
+        h = hessian(seen[0]).double()
+        expected = gptq(original[f"{layer_name}.weight"].double(), h, 3)[0]
+        torch.testing.assert_close(
+            quantised[f"{layer_name}.weight"].double(),
+            expected.dequantize(),
+            rtol=0,
+            atol=1e-6,
+        )
 
 
 def test_demo_short_run(tmp_path, monkeypatch):
@@ -267,7 +292,7 @@ def test_demo_short_run(tmp_path, monkeypatch):
     model = tiny_model(tokenizer.vocabulary_size)
     pages = [text] * 2
     monkeypatch.setattr(
-        lesson, "small_gpt", lambda device: (model, tokenizer, pages, pages)
+        lesson, "small_gpt", lambda device: (model.to(device), tokenizer, pages, pages)
     )
     metrics = lesson.main(
         ["--calibration", "8", "--bits", "3", "--device", "cpu", "--out", str(tmp_path)]

@@ -198,6 +198,40 @@ def test_odd_shapes_and_leading_dimensions():
     assert layer(torch.randn(0, 7, dtype=torch.float64)).shape == (0, 5)
 
 
+def test_a_lone_layer_freezes_its_base_and_drops_out_only_the_adapters_input():
+    class Holder(nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.proj = base
+
+        def forward(self, x):
+            return self.proj(x)
+
+    torch.manual_seed(2)
+    base = nn.Linear(7, 5, dtype=torch.float64)
+    layer = LoRALinear(copy.deepcopy(base), rank=3, alpha=6.0, dropout=0.5)
+    nn.init.normal_(layer.lora_B)
+    # Frozen by the layer itself, not only by add_lora.
+    trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
+    assert trainable == {"lora_A", "lora_B"}
+    config = LoraConfig(r=3, lora_alpha=6.0, lora_dropout=0.5, target_modules=["proj"])
+    peft = get_peft_model(Holder(copy.deepcopy(base)), config)
+    with torch.no_grad():
+        peft.base_model.model.proj.lora_A.default.weight.copy_(layer.lora_A)
+        peft.base_model.model.proj.lora_B.default.weight.copy_(layer.lora_B)
+    x = torch.randn(4, 6, 7, dtype=torch.float64)
+    # In training both draw one dropout mask, on the adapter's input: the same seed
+    # gives the same mask, and the base sees x whole.
+    torch.manual_seed(5)
+    ours = layer.train()(x)
+    torch.manual_seed(5)
+    theirs = peft.train()(x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert not torch.allclose(ours, layer.eval()(x))  # the mask mattered
+    ours.sum().backward()
+    assert layer.base.weight.grad is None and layer.lora_A.grad is not None
+
+
 def test_bad_input_is_named():
     with pytest.raises(TypeError, match="base must be an nn.Linear"):
         LoRALinear(nn.Conv1d(3, 3, 1), rank=2, alpha=1.0)
@@ -237,7 +271,7 @@ def test_demo_short_run_learns_the_new_style(tmp_path, monkeypatch):
     )  # fmt: skip
     model = GPT2(config).eval()
     monkeypatch.setattr(
-        lora, "small_gpt", lambda device: (model, tokenizer, [text], [text])
+        lora, "small_gpt", lambda device: (model.to(device), tokenizer, [text], [text])
     )
     monkeypatch.setattr(lora, "TRAIN_MODULES", ("bisect",))
     monkeypatch.setattr(lora, "VALIDATION_MODULES", ("colorsys",))

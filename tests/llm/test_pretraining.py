@@ -416,6 +416,18 @@ def test_evaluate_refuses_more_windows_than_a_stride_of_1_allows():
     )
 
 
+def test_evaluate_scores_without_dropout_and_leaves_the_model_training():
+    # The loop calls model.train() once, before its first step: an evaluation that
+    # left the model in eval mode would switch dropout off for the rest of the run.
+    model, tokens = tiny_model(dropout=0.5), tiny_tokens(30)
+    windows = tokens[torch.arange(18)[:, None] + torch.arange(12)]
+    with torch.no_grad():
+        expected = next_token_loss(model.eval()(windows[:, :-1]), windows[:, 1:])
+    model.train()
+    assert evaluate(model, tokens, 11, windows=18) == pytest.approx(expected.item())
+    assert model.training and all(m.training for m in model.modules())
+
+
 def test_example_runs_and_its_dataflow_has_the_stages():
     fn, args = example()
     loss, norm, lr = fn(*args)

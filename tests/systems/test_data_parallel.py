@@ -203,6 +203,8 @@ def test_buckets_fill_in_reverse_order_under_the_cap(one_rank_group):
 def test_assign_buckets_and_partition_by_hand():
     assert assign_buckets([40, 40, 40, 100, 10], 100) == [[0, 1], [2], [3], [4]]
     assert assign_buckets([500], 100) == [[0]]
+    # "at most" the cap: a bucket may be filled to exactly bucket_bytes
+    assert assign_buckets([60, 40, 50, 50], 100) == [[0, 1], [2, 3]]
     assert partition_parameters([10, 50, 30, 20], 2) == [0, 0, 1, 1]
     assert partition_parameters([7], 1) == [0]
 

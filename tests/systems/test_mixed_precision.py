@@ -308,6 +308,26 @@ def test_bfloat16_autocast_halves_the_activations_saved_for_backward():
 # Training, the example, bad input and the demo.
 
 
+def test_each_mode_computes_its_layers_in_its_own_dtype():
+    expected = {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bfloat16 weights": torch.bfloat16,
+        "float16 + scaler": torch.float16,
+    }
+    x, y = torch.rand(16, 64), torch.randint(0, 10, (16,))
+    for mode in MODES:
+        model_dtype = torch.bfloat16 if mode == "bfloat16 weights" else torch.float32
+        model = make_model(0, "cpu", model_dtype)
+        seen = []
+        model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = LossScaler() if mode == "float16 + scaler" else None
+        train_step(model, optimizer, x, y, mode, scaler)
+        assert seen == [expected[mode]], mode
+        assert all(p.dtype == model_dtype for p in model.parameters()), mode
+
+
 def test_bfloat16_weights_without_masters_train_worse_on_the_same_batches():
     data = load_digits("cpu")
     runs = {mode: train(mode, data, 200, 64, 0.01, 50, 0) for mode in MODES[:3]}
