@@ -1,9 +1,9 @@
 """The fake-CUDA plugin raises where a GPU would (a CPU tensor beside a GPU one, a CPU
 scalar where an operation takes none, a generator on the other device, `.numpy()` of a
-GPU tensor, GPU indices into a CPU tensor, inside `vmap` and other threads too), accepts what a GPU
-accepts (a module moved and trained, a checkpoint loaded onto the GPU, 0-d indices,
-integer devices, `numpy(force=True)`), restores torch and argparse afterwards, and
-keeps only the tests that run a demo."""
+GPU tensor, GPU indices into a CPU tensor, inside `vmap` and other threads too),
+accepts what a GPU accepts (a module moved and trained, a checkpoint loaded onto the
+GPU, 0-d indices, integer devices, `numpy(force=True)`), restores torch and argparse
+afterwards, and keeps only the tests that run a demo."""
 
 import argparse
 import copy
