@@ -77,9 +77,10 @@ are numbered decides that: the chapter counts the tile loads for row-major and f
 *grouped* order and draws them. On a CPU the kernel runs in Triton's interpreter and is
 checked against `torch.matmul` on ragged shapes and strided operands; on a GPU,
 `gpu_report` times it against cuBLAS at $4096^3$ in float16 and bfloat16, where a
-well-tiled kernel should reach 90 % of cuBLAS, and states the bfloat16 rate as a fraction of the
-device's datasheet peak. No GPU was available when this page was written, so its
-measured numbers are not quoted here; `gpu_report`'s table is what a GPU run prints.
+well-tiled kernel should reach 90 % of cuBLAS, and states the bfloat16 rate as a
+fraction of the device's datasheet peak. No GPU was available when this page was
+written, so its measured numbers are not quoted here; `gpu_report`'s table is what a
+GPU run prints.
 """
 
 import argparse
