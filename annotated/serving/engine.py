@@ -104,6 +104,7 @@ import queue
 import random
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
@@ -706,6 +707,19 @@ def hf_static_batching(
 # disconnection path: when a client goes away, the server cancels the handler,
 # the generator is closed before its request finished, and it sends an abort, which
 # frees the request's blocks at the engine's next iteration.
+#
+# A step can fail: a bug, or on a GPU a batch that runs out of memory. The thread
+# must not simply die, or its requests wait for events that never come while the
+# server goes on accepting new ones. So `loop` keeps the requests it holds, and when
+# a step raises it prints the traceback, ends each of them with the finish reason
+# `"error"`, and from then on refuses: a request still queued is ended the same way,
+# and `submit` raises `EngineStopped`. The engine's state after a failed step cannot
+# be trusted, so it does not try to recover; vLLM makes the same choice (its
+# `EngineDeadError`), and whoever runs the server restarts it.
+
+
+class EngineStopped(RuntimeError):
+    """The engine's thread failed; it takes no more requests."""
 
 
 class AsyncEngine:
@@ -715,6 +729,7 @@ class AsyncEngine:
         self.engine = engine
         self.commands: queue.Queue = queue.Queue()
         self.thread: threading.Thread | None = None
+        self.failure: Exception | None = None  # what stopped the engine, if anything
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.loop, daemon=True, name="engine")
@@ -726,20 +741,41 @@ class AsyncEngine:
 
     def loop(self) -> None:
         engine = self.engine
-        while True:
-            wait = not engine.has_work()
-            with contextlib.suppress(queue.Empty):
-                while True:  # apply every pending command, sleeping only when idle
-                    command, argument = self.commands.get(block=wait)
-                    wait = False
-                    if command == "stop":
-                        return
-                    if command == "add":
-                        engine.add(argument)
-                    else:
-                        engine.abort(argument)
-            if engine.has_work():
-                engine.step()
+        held: dict[int, Request] = {}  # added and not yet finished
+        try:
+            while True:
+                wait = not engine.has_work()
+                with contextlib.suppress(queue.Empty):
+                    while True:  # apply every pending command, sleeping only when idle
+                        command, argument = self.commands.get(block=wait)
+                        wait = False
+                        if command == "stop":
+                            return
+                        if command == "add":
+                            held[argument.id] = argument
+                            engine.add(argument)
+                        else:
+                            engine.abort(argument)
+                if engine.has_work():
+                    engine.step()
+                for request in [r for r in held.values() if r.finish_reason]:
+                    del held[request.id]
+        except Exception as failure:
+            self.failure = failure
+            traceback.print_exc()
+            self.refuse(held.values())
+            while True:  # what is still queued is refused too, until "stop"
+                command, argument = self.commands.get()
+                if command == "stop":
+                    return
+                if command == "add":
+                    self.refuse([argument])
+
+    def refuse(self, requests) -> None:
+        """End each request with the finish reason "error"."""
+        for request in requests:
+            request.finish_reason = "error"
+            request.on_event(Event(request.id, None, "", "error"))
 
     def submit(
         self,
@@ -747,7 +783,10 @@ class AsyncEngine:
         params: SamplingParams,
         on_event: Callable[[Event], None],
     ) -> Request:
-        """Check and queue a request; `ValueError` if it is refused."""
+        """Check and queue a request; `ValueError` if it is refused, `EngineStopped`
+        if the engine has failed."""
+        if self.failure is not None:
+            raise EngineStopped(f"the engine stopped: {self.failure!r}")
         request = self.engine.make_request(prompt, params, on_event)
         self.commands.put(("add", request))
         return request
@@ -758,8 +797,8 @@ class AsyncEngine:
     async def stream(
         self, prompt: list[int], params: SamplingParams
     ) -> tuple[Request, AsyncIterator[Event]]:
-        """Queue a request (raising `ValueError` now if it is refused) and return it
-        with an iterator over its events."""
+        """Queue a request (raising `ValueError` or `EngineStopped` now if it is
+        refused) and return it with an iterator over its events."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         request = self.submit(
@@ -802,8 +841,13 @@ class AsyncEngine:
 # Request bodies are validated by pydantic models of the fields we implement;
 # anything else a client sends is ignored. A request the server cannot serve gets
 # an error in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
-# 400 for a malformed body or a prompt that does not fit, 404 for an unknown model.
-# The `openai` client raises these as `BadRequestError` and `NotFoundError`.
+# 400 for a malformed body or a prompt that does not fit, 404 for an unknown model;
+# after the engine has failed, 500 for the requests it was answering (a stream ends
+# with an `error` event instead of `[DONE]`) and 503 for new ones, and
+# `GET /health`, which an orchestrator such as Kubernetes polls to know when to
+# restart a server, answers 503 too. The `openai` client raises these as
+# `BadRequestError`, `NotFoundError`, `InternalServerError` (`APIError` in a
+# stream) and so on.
 
 
 class CompletionBody(BaseModel):
@@ -833,10 +877,20 @@ def chat_prompt(messages: list[Message]) -> str:
     return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
 
 
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    if status >= 500:
+        kind = "server_error"
+    elif status == 404:
+        kind = "not_found_error"
+    else:
+        kind = "invalid_request_error"
+    return {"message": message, "type": kind, "param": param, "code": None}
+
+
 def error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kind = "not_found_error" if status == 404 else "invalid_request_error"
-    body = {"message": message, "type": kind, "param": param, "code": None}
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse(
+        {"error": error_body(status, message, param)}, status_code=status
+    )
 
 
 def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
@@ -859,6 +913,12 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
         )
         return error(400, f"invalid request: {problems}")
+
+    @app.get("/health")
+    async def health():
+        if engine.failure is not None:
+            return error(503, f"the engine stopped: {engine.failure!r}")
+        return {"status": "ok"}
 
     @app.get("/v1/models")
     async def models():
@@ -887,6 +947,8 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             )
         except ValueError as problem:
             return error(400, str(problem), "prompt")
+        except EngineStopped as problem:
+            return error(503, str(problem))
         kind = "chat.completion" if chat else "text_completion"
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
@@ -895,11 +957,13 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         }
         if body.stream:
             return StreamingResponse(
-                sse(head, kind, chat, events), media_type="text/event-stream"
+                sse(head, kind, chat, events, engine), media_type="text/event-stream"
             )
         text, reason = "", None
         async for event in events:
             text, reason = text + event.text, event.finish_reason
+        if reason == "error":
+            return error(500, f"the engine stopped: {engine.failure!r}")
         answer = {"role": "assistant", "content": text} if chat else None
         choice = {"index": 0, "finish_reason": reason, "logprobs": None}
         choice |= {"message": answer} if chat else {"text": text}
@@ -923,9 +987,14 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
 
 
 async def sse(
-    head: dict, kind: str, chat: bool, events: AsyncIterator[Event]
+    head: dict,
+    kind: str,
+    chat: bool,
+    events: AsyncIterator[Event],
+    engine: AsyncEngine,
 ) -> AsyncIterator[str]:
-    """Server-sent events of one streamed answer, ending with `data: [DONE]`."""
+    """Server-sent events of one streamed answer, ending with `data: [DONE]`, or
+    with an error if the engine stops."""
     chunk = head | {"object": f"{kind}.chunk" if chat else kind}
 
     def data(piece: dict, reason: str | None) -> str:
@@ -935,6 +1004,10 @@ async def sse(
     if chat:
         yield data({"delta": {"role": "assistant", "content": ""}}, None)
     async for event in events:
+        if event.finish_reason == "error":
+            failure = error_body(500, f"the engine stopped: {engine.failure!r}")
+            yield f"data: {json.dumps({'error': failure})}\n\n"
+            return
         if event.text or event.finish_reason:
             piece = {"delta": {"content": event.text}} if chat else {"text": event.text}
             yield data(piece, event.finish_reason)

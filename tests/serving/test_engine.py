@@ -7,10 +7,13 @@ Also checked: 32 concurrent clients each get their own continuation; streaming
 (server-sent events) gives the same text as a plain response; seeded sampling does not
 depend on the batch; stop strings are cut and never streamed; bad requests get a 4xx
 with a reason while the server keeps serving; a client that disconnects mid-stream
-frees its blocks; static batching and Hugging Face's generate give the same outputs;
-and the demo.
+frees its blocks; a step that raises ends the requests in flight with a 500 (an error
+event in a stream) and the server then answers 503, /health included; static batching
+and Hugging Face's generate give the same outputs; and the demo, both its comparison
+and `--serve`.
 """
 
+import contextlib
 import json
 import socket
 import threading
@@ -130,6 +133,35 @@ def test_prefix_cache_reads_shared_blocks_and_keeps_outputs(model, tokenizer):
     assert plain.stats["cached_tokens"] == 0
 
 
+def test_prefix_cache_keys_a_block_by_everything_before_it(model, tokenizer):
+    # B starts with the tokens of A's second block: same ids, other position and
+    # prefix, so other keys and values. It must find nothing in the cache.
+    tokens = tokenizer.encode_ordinary(TEXT)
+    first, second = tokens[:4], tokens[4:8]
+    prompts = [first + second + tokens[8:10], second + tokens[20:23]]
+    params = SamplingParams(max_tokens=5, temperature=0)
+    engine = Engine(model, tokenizer, num_blocks=40, block_size=4)
+    outputs = engine.generate(prompts[:1], params) + engine.generate(
+        prompts[1:], params
+    )
+    assert engine.stats["cached_tokens"] == 0
+    for prompt, output in zip(prompts, outputs):
+        assert output == reference(model, prompt, 5)
+
+
+def test_a_preempted_request_goes_first_in_line(model, tokenizer):
+    engine = Engine(model, tokenizer, num_blocks=12, block_size=4, max_batch=6)
+    preempt, heads = engine.preempt, []
+
+    def recording(request):
+        preempt(request)
+        heads.append(engine.waiting[0] is request)
+
+    engine.preempt = recording
+    engine.generate(prompts_of(tokenizer, 6), SamplingParams(max_tokens=20))
+    assert heads and all(heads)
+
+
 def test_prefix_cache_evicts_the_least_recently_freed_block():
     allocator = PrefixCachingAllocator(3, 2)
     blocks = [allocator.allocate() for _ in range(3)]
@@ -153,6 +185,25 @@ def test_seeded_sampling_does_not_depend_on_the_batch(model, tokenizer):
     assert together[2] == alone[0]
     other_seed = SamplingParams(max_tokens=12, temperature=0.9, seed=8)
     assert Engine(model, tokenizer, 64, 4).generate(prompts[2:3], other_seed) != alone
+
+
+def test_sample_draws_from_the_tempered_nucleus():
+    # Probabilities 0.5, 0.3, 0.15, 0.05: temperature 0.5 squares them (then
+    # renormalises); top_p 0.7 keeps the two whose preceding mass is under 0.7, in
+    # the ratio 5 : 3. 6,000 seeded draws, so 0.025 is about four standard errors.
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    squared = probs**2 / (probs**2).sum()
+    nucleus = torch.tensor([0.625, 0.375, 0.0, 0.0], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    for params, want in (
+        (SamplingParams(temperature=1.0), probs),
+        (SamplingParams(temperature=0.5), squared),
+        (SamplingParams(temperature=1.0, top_p=0.7), nucleus),
+    ):
+        draws = [sample(probs.log(), params, generator) for _ in range(6000)]
+        counts = torch.bincount(torch.tensor(draws), minlength=4).double()
+        torch.testing.assert_close(counts / 6000, want, rtol=0, atol=0.025)
+        assert (counts[want == 0] == 0).all()
 
 
 def test_stop_strings_are_cut_and_never_streamed(model, tokenizer):
@@ -233,24 +284,32 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running(app, port=None):
+    """`app` on uvicorn, in a thread, on a loopback port, until the block ends."""
+    port = port or free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
 @pytest.fixture(scope="module")
 def server(model, tokenizer):
     """The app on uvicorn, in a thread, on a free loopback port."""
     engine = AsyncEngine(Engine(model, tokenizer, num_blocks=96, block_size=4))
-    port = free_port()
-    config = uvicorn.Config(
-        build_app(engine, "tiny-gpt"), host="127.0.0.1", port=port, log_level="error"
-    )
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uvicorn_server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", engine.engine
-    uvicorn_server.should_exit = True
-    thread.join(timeout=20)
+    with running(build_app(engine, "tiny-gpt")) as url:
+        yield url, engine.engine
 
 
 @pytest.fixture(scope="module")
@@ -435,6 +494,7 @@ def test_bad_requests_get_4xx_with_a_reason(server, client):
     # ... and the server keeps serving.
     ok = client.completions.create(model="tiny-gpt", prompt="x", max_tokens=2)
     assert ok.choices[0].finish_reason in ("length", "stop")
+    assert httpx.get(f"{server[0]}/health").json() == {"status": "ok"}
 
 
 def test_a_client_that_disconnects_frees_its_blocks(server):
@@ -471,6 +531,51 @@ def test_sse_ends_with_done(server):
     assert all(line.startswith("data: ") for line in lines[:-1])
 
 
+def test_a_failed_step_ends_its_requests_with_errors_and_refuses_new_ones(
+    capfd, model, tokenizer
+):
+    engine = Engine(model, tokenizer, num_blocks=32, block_size=4)
+    real_step = engine.step
+
+    def planted_step():  # two good steps once both requests are in, then a failure
+        if len(engine.waiting) + len(engine.running) < 2:
+            time.sleep(0.01)
+        elif engine.stats["steps"] < 2:
+            real_step()
+        else:
+            raise RuntimeError("CUDA out of memory (planted)")
+
+    engine.step = planted_step
+    with running(build_app(AsyncEngine(engine), "tiny-gpt")) as url:
+        client = openai.OpenAI(
+            base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30
+        )
+        ask = dict(model="tiny-gpt", prompt="The engine keeps", max_tokens=20)
+
+        def streamed():
+            pieces = []
+            with pytest.raises(openai.APIError, match="planted"):
+                for chunk in client.completions.create(**ask, stream=True):
+                    pieces.append(chunk.choices[0].text)
+            return pieces
+
+        def plain():
+            with pytest.raises(openai.InternalServerError, match="planted") as info:
+                client.completions.create(**ask)
+            return info.value.status_code
+
+        with ThreadPoolExecutor(2) as pool:
+            pieces, status = pool.submit(streamed), pool.submit(plain)
+            assert len(pieces.result()) == 2 and status.result() == 500
+        with pytest.raises(openai.InternalServerError, match="engine stopped") as info:
+            client.completions.create(**ask)
+        assert info.value.status_code == 503
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 503 and "planted" in health.text
+        assert [m.id for m in client.models.list()] == ["tiny-gpt"]
+    assert "RuntimeError: CUDA out of memory (planted)" in capfd.readouterr().err
+
+
 def test_demo_compares_the_three_ways(tmp_path, monkeypatch, model, tokenizer):
     small = GPT2(
         GPT2Config(
@@ -484,13 +589,59 @@ def test_demo_compares_the_three_ways(tmp_path, monkeypatch, model, tokenizer):
     ).eval()
     pages = [TEXT] * 4
     monkeypatch.setattr(
-        engine_module, "small_gpt", lambda device: (small, tokenizer, pages, pages)
+        engine_module,
+        "small_gpt",
+        lambda device: (small.to(device), tokenizer, pages, pages),
     )
     result = main(["--requests", "12", "--batch", "4", "--out", str(tmp_path)])
     assert result["outputs_equal_static"] == 1.0
     assert result["prefix_hit_rate"] > 0.4
     assert result["tokens_per_s_continuous"] > 0
     assert (tmp_path / "engine.png").is_file()
+
+
+def test_demo_serves_the_model_over_http(monkeypatch, tokenizer):
+    # `--serve` hands the app to `uvicorn.run`, which would block until Ctrl-C; here
+    # it runs on a free port in a thread while a client asks, then stops.
+    small = GPT2(
+        GPT2Config(
+            vocab_size=tokenizer.vocabulary_size,
+            n_positions=64,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            dropout=0.0,
+        )
+    ).eval()
+    greedy = expected_text(small, tokenizer, "The engine keeps", 8)
+    pages = [TEXT] * 4
+    monkeypatch.setattr(
+        engine_module,
+        "small_gpt",
+        lambda device: (small.to(device), tokenizer, pages, pages),
+    )
+    answers = []
+
+    def run_and_ask(app, host, port, log_level):
+        with running(app, port) as url:
+            client = openai.OpenAI(
+                base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30
+            )
+            for temperature in (0.0, 1.0, 1.0):
+                answer = client.completions.create(
+                    model="small-gpt",
+                    prompt="The engine keeps",
+                    max_tokens=8,
+                    temperature=temperature,
+                    seed=5,
+                )
+                answers.append(answer.choices[0].text)
+
+    monkeypatch.setattr(uvicorn, "run", run_and_ask)
+    argv = ["--serve", "--port", str(free_port()), "--batch", "4", "--num-blocks", "32"]
+    assert main(argv) == {}
+    assert answers[0] == greedy
+    assert answers[1] == answers[2]  # the seed, drawn in the engine's own thread
 
 
 # ------------------------------------------------------------------ benchmarks

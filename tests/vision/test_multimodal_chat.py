@@ -372,7 +372,7 @@ def test_demo_short_run(tmp_path, monkeypatch, capsys):
     tokenizer = bpe.train(text + " " + " ".join(pictures[3]) + " Q: A:", 150)
     vocab = tokenizer.vocabulary_size
     monkeypatch.setattr(
-        multimodal_chat, "small_clip", lambda device: (tiny_clip(), None)
+        multimodal_chat, "small_clip", lambda device: (tiny_clip().to(device), None)
     )
     monkeypatch.setattr(
         multimodal_chat,
