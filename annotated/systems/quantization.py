@@ -434,22 +434,25 @@ class Int4WeightOnlyLinear(nn.Module):
 # $$
 # \frac{\partial \hat x}{\partial x} \approx
 # \begin{cases}
-# 1 & s(q_{\min} - z) \le x \le s(q_{\max} - z), \\
+# 1 & q_{\min} \le \operatorname{round}(x / s) + z \le q_{\max}, \\
 # 0 & \text{otherwise (the value was clamped)} .
 # \end{cases}
 # $$
-# The clamped values get no gradient because moving them a little changes nothing. This
-# is the gradient of torch's `fake_quantize_per_tensor_affine` and its per-channel twin
+# The clamped values get no gradient because moving them a little changes nothing. The
+# test is on the rounded integer, not on $x$ against the range's ends
+# $s(q_{\min} - z)$ and $s(q_{\max} - z)$: a value up to half a step beyond an end
+# rounds onto it, is not clamped, and keeps its gradient. This is the gradient of
+# torch's `fake_quantize_per_tensor_affine` and its per-channel twin
 # (`aten/src/ATen/native/quantized/FakeQuantPerTensorAffine.cpp`, which saves the same
 # mask in `fake_quantize_per_tensor_affine_cachemask`), and the test compares both
-# passes with them.
+# passes with them, at those half-step edges too.
 class FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, scheme):
         q = quantize(x, scale, zero_point, scheme)
         s, z = _broadcast(scale, x), _broadcast(zero_point, x)
-        low, high = s * (scheme.qmin - z), s * (scheme.qmax - z)
-        ctx.save_for_backward((x >= low) & (x <= high))
+        unclamped = torch.round(x * (1.0 / s)) + z  # the integer before the clamp
+        ctx.save_for_backward((unclamped >= scheme.qmin) & (unclamped <= scheme.qmax))
         return dequantize(q, scale, zero_point).to(x.dtype)
 
     @staticmethod

@@ -22,7 +22,9 @@ from annotated.systems.quantization import (
     Int4WeightOnlyLinear,
     Int8Linear,
     MinMaxCalibrator,
+    INT8_WEIGHT,
     PercentileCalibrator,
+    QATLinear,
     Scheme,
     dequantize,
     example,
@@ -236,6 +238,50 @@ def test_fake_quantize_matches_torch_values_and_gradients(per_channel):
     assert torch.equal(ours, ref)
     assert torch.equal(grad_ours, grad_ref)
     assert (grad_ours == 0).any() and (grad_ours != 0).any()
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_straight_through_mask_is_taken_on_the_rounded_integer_like_torch(per_channel):
+    # Up to half a step outside the range a value rounds onto the grid's end, is not
+    # clamped and keeps its gradient; from half a step on it is clamped. Random inputs
+    # rarely land in those bands, so these sit at -0.6, -0.3, 0 steps from the low end
+    # and 0, 0.3, 0.6 from the high end, in each of two rows.
+    torch.manual_seed(5)
+    scheme = Scheme(8, symmetric=False, per_channel=per_channel)
+    scale, zero = qparams(*minmax(torch.randn(2, 20) * 4, scheme), scheme)
+    s, z = (scale[:, None], zero[:, None]) if per_channel else (scale, zero)
+    low, high = s * (scheme.qmin - z), s * (scheme.qmax - z)
+    steps = torch.tensor([-0.6, -0.3, 0.0])
+    x = torch.cat([low + steps * s, high - steps.flip(0) * s], -1).expand(2, 6)
+    x = x.contiguous().requires_grad_()
+    (grad_ours,) = torch.autograd.grad(fake_quantize(x, scale, zero, scheme).sum(), x)
+    if per_channel:
+        ref = torch.fake_quantize_per_channel_affine(x, scale, zero, 0, -128, 127)
+    else:
+        ref = torch.fake_quantize_per_tensor_affine(x, scale, zero, -128, 127)
+    (grad_ref,) = torch.autograd.grad(ref.sum(), x)
+    expected = torch.tensor([0.0, 1, 1, 1, 1, 0]).expand(2, 6)
+    assert torch.equal(grad_ref, expected)
+    assert torch.equal(grad_ours, expected)
+
+
+def test_qat_layer_computes_on_torchs_fake_quantised_input_and_weight():
+    torch.manual_seed(10)
+    linear = nn.Linear(12, 5)
+    x = torch.randn(30, 12) * 2
+    calibrator = MinMaxCalibrator()
+    calibrator.update(x * 0.5)  # a range narrower than x: some inputs are clamped
+    in_scale, in_zero = calibrator.qparams()
+    layer = QATLinear(linear, in_scale, in_zero)
+    w_scale, w_zero = qparams(*minmax(linear.weight.detach(), INT8_WEIGHT), INT8_WEIGHT)
+    qmin, qmax = INT8_ACTIVATION.qmin, INT8_ACTIVATION.qmax
+    x_hat = torch.fake_quantize_per_tensor_affine(x, in_scale, in_zero, qmin, qmax)
+    w_hat = torch.fake_quantize_per_channel_affine(
+        linear.weight.detach(), w_scale, w_zero, 0, INT8_WEIGHT.qmin, INT8_WEIGHT.qmax
+    )
+    expected = F.linear(x_hat, w_hat, linear.bias.detach())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_minmax_calibrator_matches_observer_over_batches():
