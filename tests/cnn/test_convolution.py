@@ -22,6 +22,7 @@ from annotated.cnn.convolution import (
     conv2d_im2col,
     dataflow,
     example,
+    fast_size,
     im2col,
     main,
     max_pool2d,
@@ -139,6 +140,12 @@ def test_conv2d_unusual_shapes(name, shape, weight_shape, options):
     torch.testing.assert_close(ours, theirs, **TOLERANCE)
     for mine, reference in zip(our_grads, their_grads):
         torch.testing.assert_close(mine, reference, **TOLERANCE)
+
+
+def test_fast_size_is_the_next_size_with_only_factors_2_3_and_5():
+    # By hand: 7 -> 8, 11 -> 12, 13 -> 15, 17 -> 18, 97 -> 100; 1 and 60 already are.
+    sizes = [1, 7, 11, 13, 17, 60, 97]
+    assert [fast_size(n) for n in sizes] == [1, 8, 12, 15, 18, 60, 100]
 
 
 def test_col2im_is_the_adjoint_of_im2col():

@@ -86,6 +86,16 @@ def test_parameter_count_matches_torchvision(name):
     assert resolution == PAPER_TABLE[name][2]
 
 
+def test_drop_probability_rises_linearly_from_zero_as_the_prose_states():
+    # B0 has 16 blocks; block i (from 0) gets 0.2 * i / 16, the last one 0.1875, as
+    # torchvision's efficientnet sets its StochasticDepth probabilities.
+    with torch.device("meta"):
+        model, _ = efficientnet("b0")
+    probabilities = [m.drop_p for m in model.modules() if isinstance(m, MBConv)]
+    assert probabilities == [0.2 * i / 16 for i in range(16)]
+    assert probabilities[0] == 0.0 and probabilities[-1] == 0.1875
+
+
 def test_b0_macs():
     with torch.device("meta"):
         model, resolution = efficientnet("b0")
@@ -110,6 +120,20 @@ def test_b4_stem_is_rounded_up():
     model = EfficientNet(1.4, 1.8)
     assert model.features[0][0].out_channels == 48  # 32 * 1.4 = 44.8
     assert sum(len(stage) for stage in model.features[1:-1]) == 32
+
+
+def test_initialisation_is_torchvisions():
+    # Convolutions He-normal over the fan-out: the 1 x 1 head conv (160 -> 640) has
+    # std sqrt(2 / 640), half of what its fan-in would give. The classifier is uniform
+    # in +-1/sqrt(out_features) and starts with a zero bias.
+    torch.manual_seed(0)
+    model = EfficientNet(0.5, 0.25, num_classes=10)
+    head_conv, linear = model.features[-1][0], model.classifier[1]
+    assert (head_conv.in_channels, head_conv.out_channels) == (160, 640)
+    assert head_conv.weight.std().item() == pytest.approx((2 / 640) ** 0.5, rel=0.02)
+    bound = 1 / 10**0.5
+    assert 0.99 * bound < linear.weight.abs().max().item() <= bound
+    assert (linear.bias == 0).all()
 
 
 def reference_mbconv(block: MBConv, x: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,17 @@ def test_parameter_count_of_the_1998_layout():
     assert count_parameters(LeNet5(twin=True)) == 61_706
 
 
+def test_conv_initialisation_has_the_range_of_nn_conv2d():
+    # nn.Conv2d's default draws weights and biases uniformly in +-1/sqrt(C_in k^2); with
+    # 48,000 weights (and 120 biases) the largest draw lies within a whisker of it.
+    torch.manual_seed(3)
+    ours, twin = LeNet5().c5, LeNet5(twin=True).c5  # 16 -> 120 channels, 5 x 5
+    bound = 1 / (16 * 5**2) ** 0.5
+    for layer in (ours, twin):
+        assert 0.999 * bound < layer.weight.abs().max().item() <= bound
+        assert 0.9 * bound < layer.bias.abs().max().item() <= bound
+
+
 def test_our_layers_match_the_nn_conv2d_twin_with_copied_weights():
     torch.manual_seed(1)
     ours = LeNet5().double()

@@ -16,6 +16,7 @@ from annotated.cnn.resnet import (
     BasicBlock,
     Bottleneck,
     DigitsNet,
+    ResNet,
     count_multiply_adds,
     count_parameters,
     example,
@@ -145,6 +146,38 @@ def test_zero_init_residual_makes_blocks_identity():
     deep = resnet(101, num_classes=10, zero_init_residual=True).eval()
     z = torch.rand(1, 256, 4, 4)
     torch.testing.assert_close(deep.layer1[1:](z), z, rtol=0, atol=0)
+
+
+def test_zero_init_residual_zeroes_only_the_last_batch_norm_scale_of_each_block():
+    # torchvision's rule: bn2 of a BasicBlock, bn3 of a Bottleneck; the others stay 1.
+    for block, last in [(BasicBlock, "bn2"), (Bottleneck, "bn3")]:
+        model = ResNet(block, [1, 1, 1, 1], num_classes=10, zero_init_residual=True)
+        for module in model.modules():
+            if isinstance(module, block):
+                for name, child in module.named_children():
+                    if name.startswith("bn"):
+                        expected = 0.0 if name == last else 1.0
+                        assert (child.weight == expected).all(), (block, name)
+
+
+def test_convolutions_are_he_normal_over_the_fan_out():
+    # std sqrt(2 / fan_out): the stem has fan_out 64 * 7 * 7 (fan_in only 3 * 7 * 7),
+    # layer2.0.conv1 has fan_out 128 * 9, twice its fan_in.
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10)
+    for conv, fan_out in [(model.conv1, 64 * 49), (model.layer2[0].conv1, 128 * 9)]:
+        std = conv.weight.std().item()
+        assert std == pytest.approx((2 / fan_out) ** 0.5, rel=0.03)
+
+
+def test_stages_run_at_56_28_14_and_7_pixels_for_a_224_image():
+    sizes = []
+    with torch.device("meta"):
+        model = resnet18()
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+            stage.register_forward_hook(lambda m, i, out: sizes.append(out.shape[-2:]))
+        model(torch.empty(1, 3, 224, 224))
+    assert sizes == [(56, 56), (28, 28), (14, 14), (7, 7)]
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])

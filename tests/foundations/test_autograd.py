@@ -318,6 +318,17 @@ def test_sigmoid_is_stable_at_extremes_and_matches_torch(x):
     assert close(ours.grad, reference.grad.item())
 
 
+@pytest.mark.parametrize("x", [-2.0, -1e-300, 0.0, 1e-300, 2.0])
+def test_relu_gradient_matches_torch_including_zero_at_exactly_zero(x):
+    # The lesson's rule: slope 1 for x > 0, 0 for x < 0, and 0 at x = 0, as torch does.
+    ours = Value(x)
+    ours.relu().backward()
+    reference = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    torch.relu(reference).backward()
+    assert Value(x).relu().data == torch.relu(reference).item()
+    assert ours.grad == reference.grad.item()
+
+
 # Past 20, torch's softplus returns x itself (its `threshold`); between 20 and 37 that
 # differs from log(1 + e^x) by more than 1e-9 in the gradient, so those points are left
 # out. Everywhere else both are exact to rounding, tiny values included.

@@ -31,6 +31,7 @@ from annotated.foundations.backprop_by_hand import (
     linear_forward,
     main,
     numerical_gradient,
+    relative_error,
     softmax,
     softmax_backward,
     softmax_cross_entropy_backward,
@@ -259,6 +260,13 @@ def test_numerical_gradient_matches_a_known_derivative():
     gradient = numerical_gradient(lambda: np.sum(np.sin(x) * x), x)
     assert np.abs(gradient - (np.cos(x) * x + np.sin(x))).max() < 1e-9
     assert np.array_equal(x, np.linspace(-2.0, 2.0, 9)), "the input must be restored"
+
+
+def test_relative_error_divides_by_the_larger_of_the_two_largest_entries():
+    # max|a - n| / max(max|a|, max|n|), by hand: 2 / max(2, 4) = 0.5.
+    assert relative_error(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == 0.5
+    assert relative_error(np.array([-3.0, 0.0]), np.array([-2.0, 0.0])) == 1.0 / 3.0
+    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
 
 
 def test_gradient_check_passes_correct_and_flags_wrong_backward():

@@ -226,6 +226,14 @@ def test_all_bounds_hold_on_random_quadratics(kappa, dim, seed):
     assert_below(suboptimality, (1 - 1 / math.sqrt(kappa)) ** k(steps) * start)
 
 
+def test_iterations_to_counts_steps_to_a_fraction_of_the_first_distance():
+    # tol is relative to distances[0]: the same run at any scale reaches 1e-3 of its
+    # start at step 3, by hand.
+    for scale in (1e2, 1.0, 1e-2):
+        distances = scale * np.array([1.0, 0.1, 0.01, 1e-3, 1e-4])
+        assert iterations_to(distances, 1e-3) == 3
+
+
 def test_acceleration_needs_order_sqrt_kappa_iterations_instead_of_kappa():
     kappas = np.array([10.0, 100.0, 1000.0])
     iterations = {"gd": [], "heavy_ball": [], "nesterov": []}

@@ -398,6 +398,25 @@ def test_likelihood_weighting_matches_exact_posteriors(seed):
         )
 
 
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_likelihood_weights_multiply_the_cpt_entries_of_every_observed_variable(seed):
+    # With two observed variables each weight is p(e1 | parents) * p(e2 | parents), the
+    # CPT entries looked up at the sample's own parent values.
+    network, (cards, parents, cpts) = random_network(seed, concentration=2.0)
+    observed = network.variables[-2:]
+    evidence = {v: cards[v] - 1 for v in observed}
+    samples, weights = network.sample(200, np.random.default_rng(seed), evidence)
+    expected = np.ones(200)
+    for v in observed:
+        expected *= np.array(
+            [
+                cpts[v][tuple(samples[p][i] for p in parents[v]) + (evidence[v],)]
+                for i in range(200)
+            ]
+        )
+    np.testing.assert_allclose(weights, expected, rtol=1e-12, atol=0)
+
+
 @settings(max_examples=20)
 @given(seed=seeds)
 def test_markov_blanket_conditional_matches_joint_ratio(seed):

@@ -175,6 +175,12 @@ def test_unary_op_matches_torch(name, shape, seed):
     check_against_torch(ours, theirs, [values], seed)
 
 
+def test_relu_gradient_at_exactly_zero_is_zero_like_torch():
+    # Random normal values are never exactly 0; the kink gets its own check.
+    values = np.array([-1.0, -0.0, 0.0, 1e-300, 2.0])
+    check_against_torch(lambda a: a.relu(), torch.relu, [values], seed=0)
+
+
 # ---------------------------------------------------------------- reductions, reshape,
 # transpose
 

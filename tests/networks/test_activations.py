@@ -135,7 +135,7 @@ def test_slope_and_alpha_other_than_the_defaults_match_torch():
 def test_sigmoid_derivative_keeps_its_digits_in_both_tails(x):
     exact = float(mpmath.exp(-abs(x)) / (1 + mpmath.exp(-abs(x))) ** 2)
     ours = ACTIVATIONS["sigmoid"].derivative(torch.tensor([x], dtype=torch.float64))
-    assert ours.item() == pytest.approx(exact, rel=1e-13)
+    assert ours.item() == pytest.approx(exact, rel=1e-13, abs=0.0)
     # The textbook sigma * (1 - sigma), which autograd uses, has lost it for x > 0.
     if x > 0:
         assert (
@@ -143,18 +143,28 @@ def test_sigmoid_derivative_keeps_its_digits_in_both_tails(x):
         ) == 0
 
 
+@pytest.mark.parametrize("x", [-710.0, -720.0])
+def test_sigmoid_keeps_the_subnormal_left_tail_where_the_naive_formula_overflows(x):
+    # e^{-x} overflows here, so the naive 1 / (1 + e^{-x}) (and torch.sigmoid) give 0;
+    # t / (1 + t) with t = e^{x} keeps the subnormal answer.
+    exact = float(mpmath.exp(x) / (1 + mpmath.exp(x)))
+    ours = sigmoid(torch.tensor([x], dtype=torch.float64)).item()
+    assert exact > 0.0
+    assert ours == pytest.approx(exact, rel=1e-9, abs=0.0)
+
+
 @pytest.mark.parametrize("x", [-10.0, -20.0, -30.0])
 def test_gelu_left_tail_is_accurate_where_erf_cancels(x):
     exact = float(x * mpmath.ncdf(x))
     ours = gelu(torch.tensor([x], dtype=torch.float64)).item()
-    assert ours == pytest.approx(exact, rel=1e-12)
+    assert ours == pytest.approx(exact, rel=1e-12, abs=0.0)
     assert exact != 0.0
 
 
 @pytest.mark.parametrize("x", [1e-12, 1e-6, -3e-9, 0.3, 5.0])
 def test_tanh_near_zero_keeps_relative_accuracy(x):
     ours = ACTIVATIONS["tanh"](torch.tensor([x], dtype=torch.float64)).item()
-    assert ours == pytest.approx(math.tanh(x), rel=1e-14)
+    assert ours == pytest.approx(math.tanh(x), rel=1e-14, abs=0.0)
 
 
 def test_gelu_tanh_stays_within_half_a_thousandth_of_the_exact_gelu():

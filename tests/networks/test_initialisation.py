@@ -358,6 +358,9 @@ def test_zero_init_trains_only_the_output_bias():
 def test_distinct_units_counts_rows_up_to_rounding():
     rows = torch.tensor([[1.0, 2.0], [1.0, 2.0 + 1e-13], [1.0, 2.1], [0.0, 0.0]])
     assert distinct_units(rows.double()) == 3
+    # The tolerance is relative to the largest row: rescaling the rows changes nothing.
+    assert distinct_units(rows.double() * 1e-12) == 3
+    assert distinct_units(rows.double() * 1e6) == 3
 
 
 # --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ evaluate a 21×21 grid on the digits training set, and on 128 of its digits, bat
 """
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from annotated.data import digits
+from annotated.networks import training_monitor
 from annotated.networks.training_monitor import (
     TrainingMonitor,
     dataflow,
@@ -154,6 +156,24 @@ def test_batched_landscape_matches_hand_perturbed_models():
     torch.testing.assert_close(batched[3], expected, rtol=1e-12, atol=0)
 
 
+def test_both_landscapes_evaluate_a_dropout_model_in_eval_mode():
+    # A model left in training mode: dropout must be off at every point of both grids,
+    # so the centre is the eval-mode loss, the same on every call.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10)
+    ).double()
+    inputs, targets = torch.tensor(X_TRAIN[:64]), torch.tensor(Y_TRAIN[:64])
+    directions = directions_for(model, count=1)
+    centre = torch.zeros(3, 1, dtype=torch.float64)
+    with torch.no_grad():
+        expected = F.cross_entropy(copy.deepcopy(model).eval()(inputs), targets)
+    for landscape in (loss_landscape, loss_landscape_loop):
+        losses = landscape(model, F.cross_entropy, inputs, targets, directions, centre)
+        torch.testing.assert_close(losses, expected.expand(3), rtol=1e-12, atol=0)
+    assert model.training
+
+
 def test_one_dimensional_slice_and_float32():
     model, inputs, targets = digits_model(torch.float32)
     direction = directions_for(model, 1)
@@ -256,6 +276,22 @@ def test_tracked_norms_ratios_and_activations_match_direct_torch():
     assert scalars["throughput/examples_per_s"] > 0
     steps, losses = monitor.series("loss/train")
     assert steps.tolist() == [0, 1, 2] and losses[-1] == loss.item()
+
+
+def test_throughput_is_measured_from_the_previous_log_call(monkeypatch):
+    # A scripted clock, read once at construction and once per log: 64 examples in the
+    # 2 s after construction, then 64 in the 0.5 s after the first log.
+    ticks = iter([10.0, 12.0, 12.5])
+    monkeypatch.setattr(
+        training_monitor, "time", SimpleNamespace(perf_counter=lambda: next(ticks))
+    )
+    model = digits_model()[0]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = TrainingMonitor(model, optimizer)
+    first = monitor.log(0, 1.0, 64)["throughput/examples_per_s"]
+    second = monitor.log(1, 1.0, 64)["throughput/examples_per_s"]
+    monitor.close()
+    assert (first, second) == (32.0, 128.0)
 
 
 def test_dead_fraction_counts_units_silent_on_the_whole_batch():
