@@ -265,6 +265,14 @@ def test_every_number_of_groups_gives_the_same_gradients():
             torch.testing.assert_close(mine, reference, **FLOAT64)
 
 
+@pytest.mark.parametrize("groups", [35, 70])
+def test_more_groups_than_one_tile_of_the_partial_sum_are_all_added(groups):
+    # The second stage walks the groups 32 at a time: with more than 32, every tile
+    # must reach the weight's and the bias's gradients.
+    leaves, grad_y = inputs((70, 21), (21,))
+    compare(leaves, (21,), grad_y, groups=groups)
+
+
 def test_the_backward_is_the_same_bits_every_run():
     leaves, grad_y = inputs((10, 30), (30,), dtype=torch.float32)
     first = values_and_grads(layer_norm, leaves, (30,), grad_y, groups=3)

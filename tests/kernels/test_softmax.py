@@ -198,9 +198,31 @@ def test_half_precision_in_and_out_computes_in_float32(dtype, ulp):
 
 def test_a_stride_zero_gradient_from_sum_is_handled():
     x = scores(3, 20).requires_grad_()
-    (ours,) = torch.autograd.grad(fused_softmax(x)[:, :5].sum(), x)
-    (theirs,) = torch.autograd.grad(torch.softmax(x, -1)[:, :5].sum(), x)
+    y, strides = fused_softmax(x), []
+    y.register_hook(lambda grad: strides.append(grad.stride()))
+    (ours,) = torch.autograd.grad(y.sum(), x)
+    (theirs,) = torch.autograd.grad(torch.softmax(x, -1).sum(), x)
+    assert strides == [(0, 0)]  # what backward was handed: one number, expanded
     torch.testing.assert_close(ours, theirs, **FLOAT64)
+
+
+def test_a_gradient_that_is_not_contiguous_is_read_by_its_strides():
+    # A sum's gradient is a stride-0 expand of one number and a transposed weight
+    # has swapped strides: the kernel indexes rows as if contiguous, so backward must
+    # hand it a contiguous copy.
+    x = scores(4, 20).requires_grad_()
+    weight = torch.randn(20, 4, dtype=torch.float64).T
+    for ours, theirs in (
+        (fused_softmax(x).sum(), torch.softmax(x, -1).sum()),
+        ((fused_softmax(x) * 1.5).sum(), (torch.softmax(x, -1) * 1.5).sum()),
+    ):
+        (got,) = torch.autograd.grad(ours, x)
+        (want,) = torch.autograd.grad(theirs, x)
+        torch.testing.assert_close(got, want, **FLOAT64)
+    (got,) = torch.autograd.grad(fused_softmax(x), x, weight)
+    (want,) = torch.autograd.grad(torch.softmax(x, -1), x, weight)
+    assert not weight.is_contiguous()
+    torch.testing.assert_close(got, want, **FLOAT64)
 
 
 def test_inference_skips_autograd_and_agrees_with_training():

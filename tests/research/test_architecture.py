@@ -402,6 +402,21 @@ def test_lookup_shares_find_the_value_and_the_key_on_a_planted_pattern(monkeypat
     assert on_key == pytest.approx((0.2 + 0.4 + 0.0) / 3)  # position 0 holds key 0
 
 
+def test_lookup_masks_mark_earlier_keys_and_values_but_never_the_query_itself():
+    # The planted sequence above: queries at 6, 8, 10 ask keys 1, 2, 1. A value
+    # position is one right after the asked key; the query's own position holds the
+    # key but is what is asking, so it is not a place to look it up.
+    tokens = torch.tensor([[0, 10, 1, 11, 2, 12, 1, 11, 2, 12, 1, 11]])
+    asked_at, holds_value, holds_key = lesson.lookup_masks(tokens, 3)
+    assert asked_at.tolist() == [6, 8, 10]
+    marked = [
+        [set(row.nonzero()[:, 0].tolist()) for row in m[0]]
+        for m in (holds_value, holds_key)
+    ]
+    assert marked[0] == [{3}, {5}, {3, 7}]
+    assert marked[1] == [{2}, {4}, {2, 6}]
+
+
 def test_most_frequent_value_accuracy_matches_a_counter():
     tokens, labels = recall_sequences(300, 8, 64, 8, torch.Generator().manual_seed(5))
     hits = []

@@ -28,6 +28,7 @@ from annotated.research.experiments import (
     open_store,
     register,
     run_sweep,
+    train_epoch,
 )
 from tools.literate.figures import short_band
 
@@ -83,6 +84,21 @@ def test_logged_final_metrics_are_the_returned_models_own(sweep):
         loss, accuracy = evaluate(result.model, x_test, torch.tensor(y_test))
         assert loss == result.history["test_loss"][-1]
         assert accuracy == result.history["test_accuracy"][-1]
+
+
+def test_training_loss_is_the_mean_over_examples_with_a_short_last_batch():
+    # At learning rate 0 the model does not move, so the epoch's reported loss must be
+    # the cross-entropy averaged over all 100 examples, the last batch of 4 weighing
+    # 4/100 and not as much as a full batch of 32.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 10)).double()
+    x, y = torch.randn(100, 64, dtype=torch.float64), torch.randint(0, 10, (100,))
+    y[96:] = 0
+    model[0].bias.data[0] = -5.0  # the last batch's loss is far from the others'
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = train_epoch(model, optimizer, x, y, 32, torch.Generator().manual_seed(1))
+    want = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert got == pytest.approx(want, rel=1e-12)
 
 
 def test_parameters_and_parent_links_round_trip(sweep):

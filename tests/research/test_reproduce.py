@@ -278,6 +278,21 @@ def test_a_single_frequency_embedding_has_all_its_energy_there():
     assert top_share(random) < 0.35  # no frequency stands out in noise
 
 
+def test_top_share_leaves_out_the_constant_frequency():
+    # A column of a constant 3 and a column of one cosine of amplitude 1 at k = 4:
+    # energy p·9 at k = 0 and 2·p/4 at k = 4 (both halves), so the constant has
+    # 9 / 9.5 of it; the top non-constant share is the cosine's 0.5 / 9.5.
+    p = 31
+    a = torch.arange(p, dtype=torch.float64)[:, None]
+    embedding = torch.cat(
+        [torch.full_like(a, 3.0), torch.cos(2 * math.pi * 4 * a / p)], 1
+    )
+    energy = fourier_energy(embedding)
+    assert energy[0].item() == pytest.approx(9 / 9.5, abs=1e-12)
+    assert top_share(energy, k=1) == pytest.approx(0.5 / 9.5, abs=1e-12)
+    assert top_share(energy, k=3) == pytest.approx(0.5 / 9.5, abs=1e-12)
+
+
 # ## The statistics
 
 

@@ -286,6 +286,59 @@ def test_learner_loss_is_on_policy_actor_critic_at_lag_zero():
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_learner_loss_off_policy_is_vtrace_actor_critic_with_value_and_entropy():
+    # Off-policy, with episode ends, a dummy step and both extra terms on, in float64:
+    # the loss and every parameter's gradient against eq. 1's targets computed
+    # directly, with V-trace's targets and advantages held constant (no gradient).
+    steps, envs = 7, 3
+    rng = np.random.default_rng(6)
+    torch.manual_seed(6)
+    agent, config = Agent(4, 2).double(), ImpalaConfig(gamma=0.9, rho_bar=1.5)
+    obs = torch.tensor(rng.normal(size=(steps + 1, envs, 4)))
+    actions = torch.tensor(rng.integers(0, 2, size=(steps, envs)))
+    log_mu = torch.tensor(np.log(rng.uniform(0.2, 0.8, size=(steps, envs))))
+    rewards = torch.tensor(rng.normal(size=(steps, envs)))
+    terminated = torch.tensor(rng.random((steps, envs)) < 0.2)
+    truncated = torch.tensor(rng.random((steps, envs)) < 0.2) & ~terminated
+    valid = torch.ones(steps, envs, dtype=torch.bool)
+    valid[1:] = ~(terminated | truncated)[:-1]
+    assert not valid.all()
+    trajectory = Trajectory(
+        obs, actions, log_mu, rewards, terminated, truncated, valid, 0, 0, []
+    )
+    loss, stats = impala_loss(agent, trajectory, config)
+    agent.zero_grad()
+    loss.backward()
+    got = [p.grad.clone() for p in agent.parameters()]
+
+    agent.zero_grad()
+    logits, values = agent(obs.flatten(0, 1))
+    log_probs = logits.view(steps + 1, envs, 2)[:-1].log_softmax(-1)
+    values = values.view(steps + 1, envs)
+    log_pi = log_probs.gather(-1, actions[..., None])[..., 0]
+    vs, advantages = direct_vtrace(
+        (log_pi - log_mu).detach().numpy(),
+        rewards.numpy(),
+        values.detach().numpy(),
+        terminated.numpy(),
+        truncated.numpy(),
+        config.gamma,
+        config.rho_bar,
+        config.c_bar,
+    )
+    vs, advantages = torch.tensor(vs), torch.tensor(advantages)
+    policy = -(log_pi * advantages)[valid].mean()
+    value = 0.5 * ((values[:-1] - vs) ** 2)[valid].mean()
+    entropy = -(log_probs.exp() * log_probs).sum(-1)[valid].mean()
+    want = policy + config.vf_coef * value - config.ent_coef * entropy
+    want.backward()
+    assert loss.item() == pytest.approx(want.item(), abs=1e-12)
+    assert stats["value_loss"] == pytest.approx(value.item(), abs=1e-12)
+    assert stats["entropy"] == pytest.approx(entropy.item(), abs=1e-12)
+    for g, p in zip(got, agent.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=0, atol=1e-12)
+
+
 def test_actors_return_cartpole_rollouts_with_their_version(ray_session):
     actor = RolloutActor.remote("CartPole-v1", 4, 50, 0, 7)
     torch.manual_seed(0)
@@ -300,8 +353,10 @@ def test_actors_return_cartpole_rollouts_with_their_version(ray_session):
     torch.testing.assert_close(second.obs[0], first.obs[-1], rtol=0, atol=0)
     # The behaviour log-probs are the sent policy's (near uniform at init).
     assert (first.behaviour_log_probs - math.log(0.5)).abs().max() < 0.05
-    done = first.terminated | first.truncated
-    assert done.sum() == len(first.episode_returns) > 0
+    # Each rollout reports the episodes that ended during it, and only those.
+    for rollout in (first, second):
+        done = rollout.terminated | rollout.truncated
+        assert done.sum() == len(rollout.episode_returns) > 0
     assert all(r >= 8 for r in first.episode_returns + second.episode_returns)
 
 

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from sklearn.neural_network import MLPClassifier
 
+import annotated.rl.imitation as lesson
 from annotated.rl.imitation import (
     Collector,
     FitConfig,
@@ -94,6 +95,38 @@ def test_aggregation_bookkeeping_is_exact():
     np.testing.assert_array_equal(data.states[:7], bc_data.states[:7])
     # From round 2 the learner drives (beta = 0), so the states leave the expert's path.
     assert not np.array_equal(data.states[7:], bc_data.states[7:])
+
+
+def test_each_round_fits_all_labels_so_far_with_beta_p_to_the_i_minus_one(
+    monkeypatch,
+):
+    # Cloning's round i is a fresh fit on the first i * m labels, bit for bit; DAgger's
+    # round i collects with beta_i = p^(i - 1) (1 in round 1, the expert alone).
+    config = ImitationConfig(labels_per_iteration=6, iterations=3, seed=2)
+    fit_config = FitConfig(epochs=5)
+    bc_rounds, bc_data = behaviour_cloning(linear_expert, config, fit_config)
+    for i, round_ in enumerate(bc_rounds, start=1):
+        want, _ = fit(bc_data.states[: 6 * i], bc_data.actions[: 6 * i], fit_config, 2)
+        for a, b in zip(
+            round_.policy.state_dict().values(), want.state_dict().values()
+        ):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    betas = []
+    collect = lesson.Collector.collect
+
+    def spy(self, steps, learner=None, beta=1.0):
+        betas.append(beta)
+        return collect(self, steps, learner, beta)
+
+    monkeypatch.setattr(lesson.Collector, "collect", spy)
+    config = ImitationConfig(labels_per_iteration=6, iterations=4, beta_decay=0.5)
+    rounds, data = dagger(linear_expert, config, fit_config)
+    assert betas == [1.0, 0.5, 0.25, 0.125]
+    want, _ = fit(data.states, data.actions, fit_config, config.seed)
+    for a, b in zip(
+        rounds[-1].policy.state_dict().values(), want.state_dict().values()
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 class PushLeft(Policy):

@@ -290,6 +290,33 @@ def test_demo_flags_reach_every_world(monkeypatch, tmp_path):
     assert len(built) == 7 and set(built) == {(3, 4, 5, 0)}
 
 
+def test_collect_reports_each_episode_return_as_the_sum_of_its_own_rewards():
+    # Two worlds of 4-step episodes stepped 10 times: episodes end at steps 4 and 8
+    # in each, and each reported return sums only that episode's team rewards.
+    torch.manual_seed(0)
+    worlds = [CoverLandmarks(max_cycles=4) for _ in range(2)]
+    observations = [world.reset(seed=k)[0] for k, world in enumerate(worlds)]
+    model = ActorCritic(worlds[0].observation_space("agent_0").shape[0], 9, 2, 5, True)
+    running = [0.0, 0.0]
+    generator = torch.Generator().manual_seed(0)
+    rollout, _, episodes = multi_agent.collect(
+        worlds, observations, running, model, 10, generator, "cpu"
+    )
+    rewards, dones = rollout["reward"][:, :, 0], rollout["done"][:, :, 0]
+    assert dones.sum() == 4 and (dones[[3, 7]] == 1).all()
+    want = []
+    for start, end in ((0, 4), (4, 8)):
+        for k in range(2):
+            total = rewards[start:end, k].double().sum().item()
+            want.append((total, float(rewards[end - 1, k].item() == 0.0)))
+    got = sorted(episodes)
+    assert [s for _, s in got] == [s for _, s in sorted(want)]
+    np.testing.assert_allclose(
+        [r for r, _ in got], sorted(r for r, _ in want), atol=1e-6
+    )
+    np.testing.assert_allclose(running, rewards[8:].double().sum(0), atol=1e-6)
+
+
 def test_random_team_rarely_succeeds():
     score = evaluate(None, 200, seed=0)
     assert score["success"] < 0.05 and score["team_return"] < -5

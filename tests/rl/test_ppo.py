@@ -7,6 +7,7 @@ masked, returns equal to episode lengths, fresh reset states after each dummy st
 a short training run must lift the mean return well above a random policy's ~22.
 """
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -17,12 +18,14 @@ from annotated.rl.ppo import (
     Agent,
     Collector,
     PPOConfig,
+    Rollout,
     clipped_policy_loss,
     clipped_value_loss,
     example,
     gae,
     main,
     make_envs,
+    ppo_update,
     train,
 )
 
@@ -146,6 +149,76 @@ def test_clipped_value_loss_matches_definition_and_gradient():
     np.testing.assert_allclose(v.grad.numpy(), grad, rtol=0, atol=1e-12)
 
 
+def test_ppo_update_steps_down_the_combined_loss_on_the_valid_steps_only():
+    # One epoch, one minibatch, SGD at lr 1 and no effective norm clip: the update
+    # must move every parameter by minus the gradient of the loss written out here,
+    # with returns A + V(s_t), advantages normalised over the valid steps, and the
+    # entropy bonus subtracted, all in float64.
+    steps, envs, gamma, lam = 6, 3, 0.9, 0.8
+    rng = np.random.default_rng(5)
+    torch.manual_seed(5)
+    agent = Agent(4, 2).double()
+    obs = torch.tensor(rng.normal(size=(steps, envs, 4)))
+    actions = torch.tensor(rng.integers(0, 2, size=(steps, envs)))
+    with torch.no_grad():
+        logits, _ = agent(obs.flatten(0, 1))
+        sampled = logits.log_softmax(-1).gather(1, actions.flatten()[:, None])[:, 0]
+    noise = torch.tensor(rng.normal(scale=0.2, size=steps * envs))
+    terminated = torch.tensor(rng.random((steps, envs)) < 0.2)
+    truncated = torch.tensor(rng.random((steps, envs)) < 0.2) & ~terminated
+    valid = torch.ones(steps, envs, dtype=torch.bool)
+    valid[1:] = ~(terminated | truncated)[:-1]
+    rollout = Rollout(
+        obs=obs,
+        actions=actions,
+        log_probs=(sampled + noise).reshape(steps, envs),
+        values=torch.tensor(rng.normal(size=(steps + 1, envs))),
+        rewards=torch.tensor(rng.normal(size=(steps, envs))),
+        terminated=terminated,
+        truncated=truncated,
+        valid=valid,
+    )
+    assert not valid.all() and (terminated.any() or truncated.any())
+    config = PPOConfig(gamma=gamma, gae_lambda=lam, update_epochs=1, num_minibatches=1)
+    config.max_grad_norm = 1e12
+
+    reference = Agent(4, 2).double()
+    reference.load_state_dict(agent.state_dict())
+    advantages = explicit_gae(
+        rollout.rewards.numpy(),
+        rollout.values.numpy(),
+        terminated.numpy(),
+        truncated.numpy(),
+        gamma,
+        lam,
+    )
+    keep = valid.flatten().numpy()
+    returns = (advantages + rollout.values[:-1].numpy()).flatten()[keep]
+    adv = advantages.flatten()[keep]
+    adv = torch.tensor((adv - adv.mean()) / (adv.std(ddof=1) + 1e-8))
+    logits, values = reference(obs.flatten(0, 1)[keep])
+    log_probs = logits.log_softmax(-1)
+    taken = log_probs.gather(1, actions.flatten()[keep][:, None])[:, 0]
+    ratio = (taken - rollout.log_probs.flatten()[keep]).exp()
+    policy = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+    old = rollout.values[:-1].flatten()[keep]
+    moved = old + (values - old).clamp(-0.2, 0.2)
+    returns = torch.tensor(returns)
+    value = 0.5 * torch.maximum((values - returns) ** 2, (moved - returns) ** 2).mean()
+    entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+    (policy + 0.5 * value - 0.01 * entropy).backward()
+    assert ((ratio - 1).abs() > 0.2).any() and ((ratio - 1).abs() < 0.2).any()
+
+    optimizer = torch.optim.SGD(agent.parameters(), lr=1.0)
+    stats = ppo_update(agent, optimizer, rollout, config, torch.Generator())
+    assert stats["policy_loss"] == pytest.approx(policy.item(), abs=1e-12)
+    assert stats["value_loss"] == pytest.approx(value.item(), abs=1e-12)
+    assert stats["entropy"] == pytest.approx(entropy.item(), abs=1e-12)
+    for (name, got), want in zip(agent.named_parameters(), reference.parameters()):
+        step = (got - want).detach()
+        torch.testing.assert_close(step, -want.grad, rtol=0, atol=1e-12, msg=name)
+
+
 def test_next_step_autoreset_is_masked_and_returns_are_episode_lengths():
     envs = make_envs("CartPole-v1", 4)
     torch.manual_seed(0)
@@ -173,6 +246,22 @@ def test_next_step_autoreset_is_masked_and_returns_are_episode_lengths():
             assert rollout.rewards[episode, n].sum().item() == length
             returns.append(float(length))
     assert sorted(r for _, r, _ in collector.episodes) == sorted(returns)
+
+
+def test_a_truncation_is_followed_by_a_masked_dummy_step_too():
+    # Episodes cut at 5 steps, shorter than any CartPole fall: every episode ends by
+    # truncation, and next-step autoreset still spends one dummy step after each.
+    envs = gym.make_vec("CartPole-v1", num_envs=2, max_episode_steps=5)
+    collector = Collector(envs, seed=0)
+    torch.manual_seed(0)
+    rollout = collector.collect(Agent(4, 2), 18, torch.Generator().manual_seed(0))
+    envs.close()
+    assert rollout.truncated.any() and not rollout.terminated.any()
+    assert torch.equal(rollout.valid[1:], ~rollout.truncated[:-1])
+    assert (~rollout.valid).sum() >= 4  # 18 steps: ends at 4, 10, 16 in each copy
+    assert sorted(r for _, r, _ in collector.episodes) == [5.0] * len(
+        collector.episodes
+    )
 
 
 def test_short_training_run_beats_random_clearly():

@@ -171,6 +171,31 @@ def test_fit_beats_the_constant_baseline_held_out(fitted):
     assert stats["model_mse"] < 0.01 * stats["constant_mse"]
 
 
+def test_fit_normalises_with_training_rows_only_and_bootstraps_each_member():
+    # The held-out rows must not leak into the statistics; and members that start
+    # identical must end different, which only their own resamples can do.
+    data, _ = random_play(120, seed=5)
+    states, pushes, rewards, next_states = data.tensors()
+    model = Ensemble(members=3, hidden=8)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.weight.copy_(layer.weight[:1].expand_as(layer.weight))
+            layer.bias.copy_(layer.bias[:1].expand_as(layer.bias))
+    fit(model, data.tensors(), epochs=1, holdout=0.25, seed=3)
+    order = torch.randperm(len(states), generator=torch.Generator().manual_seed(3))
+    train = order[int(len(states) * 0.25) :]
+    inputs = torch.cat([states, pushes], -1)[train].double()
+    targets = torch.cat([next_states - states, rewards[:, None]], -1)[train].double()
+    torch.testing.assert_close(
+        model.input_mean.double(), inputs.mean(0), rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        model.target_std.double(), targets.std(0) + 1e-6, rtol=1e-5, atol=1e-6
+    )
+    first = model.layers[0].weight
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+
+
 def test_disagreement_grows_off_the_data(fitted):
     model, data, _ = fitted
     states, pushes, *_ = data.tensors()
@@ -220,6 +245,24 @@ def test_cem_finds_the_optimum_of_a_quadratic(shape):
 def episodes(policy_factory, count: int, max_steps: int) -> list[int]:
     env = gym.make("CartPole-v1", max_episode_steps=max_steps)
     return [run_episode(env, policy_factory(k), seed=100 + k) for k in range(count)]
+
+
+def test_imagined_return_counts_a_step_only_while_every_earlier_one_was_alive():
+    # A fake model whose reward at step h is a fixed sequence and that records the
+    # pushes: alive 1, 0.5, 1, 0 gives 1 + 0.5 + 0.5 + 0 = 2, not the plain sum 2.5.
+    rewards = torch.tensor([1.0, 0.5, 1.0, 0.0])
+    seen = []
+
+    def step(states, push):
+        seen.append(push[0, :, 0].clone())
+        return states + 1, rewards[len(seen) - 1].expand(states.shape[:2])
+
+    planner = MPC(step, particles=2, horizon=4)
+    plans = torch.tensor([[0.3, -0.2, 0.0, 5.0], [-1.0, 1.0, 2.0, -3.0]])
+    total = planner.imagined_return(torch.zeros(4), plans)
+    torch.testing.assert_close(total, torch.tensor([2.0, 2.0]), rtol=0, atol=0)
+    pushes = torch.stack(seen, 1)  # [P, H]: +1 for a positive plan entry, else -1
+    torch.testing.assert_close(pushes, torch.where(plans > 0, 1.0, -1.0))
 
 
 def test_planning_with_the_true_dynamics_beats_random():

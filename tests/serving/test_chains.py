@@ -150,6 +150,24 @@ def test_llm_fires_a_callback_per_piece_and_honours_stop(tiny_llm):
     assert isinstance(tiny_llm.invoke(long_prompt), str)
 
 
+def test_llm_reads_the_last_positions_of_a_prompt_longer_than_its_context(tiny_llm):
+    # A prompt of more than 32 tokens: the model sees its last 32, as the hand loop
+    # does when it windows the whole prompt.
+    prompt = "the cache holds keys " * 20 + "and values é"
+    tokenizer, model = tiny_llm.tokenizer, tiny_llm.model
+    idx = torch.tensor([tokenizer.encode_ordinary(prompt)])
+    assert idx.shape[1] > 40
+    start = idx.shape[1]
+    generator = torch.Generator().manual_seed(tiny_llm.seed)
+    with torch.no_grad():
+        for _ in range(tiny_llm.max_new_tokens):
+            logits = model(idx[:, -32:])[:, -1] / tiny_llm.temperature
+            probs = torch.softmax(top_k_filter(logits, tiny_llm.top_k), dim=-1)
+            idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], 1)
+    want = tokenizer.decode_bytes(idx[0, start:].tolist())
+    assert tiny_llm.invoke(prompt) == want.decode("utf-8", errors="replace")
+
+
 def test_llm_rejects_bad_settings(tiny_llm):
     with pytest.raises(ValueError, match="temperature must be > 0"):
         tiny_llm.model_copy(update={"temperature": 0.0}).invoke("the")
@@ -208,6 +226,21 @@ def test_minilm_embeddings_reject_a_str_or_non_str_items():
     with pytest.raises(TypeError, match="got an item of type int"):
         embeddings.embed_documents(["keys", 3])
     assert len(embeddings.embed_documents(t for t in ["keys", "values"])) == 2
+
+
+def test_minilm_embeddings_give_one_vector_per_text_repeats_included():
+    calls = []
+
+    class Counting(HashEmbedder):
+        def __call__(self, texts):
+            calls.append(list(texts))
+            return super().__call__(texts)
+
+    embeddings = MiniLMEmbeddings(Counting())
+    texts = ["keys", "values", "keys", "the cache", "values"]
+    vectors = np.array(embeddings.embed_documents(texts))
+    np.testing.assert_array_equal(vectors, HashEmbedder()(texts))
+    assert calls == [["keys", "values", "the cache"]]  # each distinct text once
 
 
 def test_example_and_its_dataflow():

@@ -224,6 +224,25 @@ def test_out_of_blocks_is_raised_before_anything_changes():
         allocator.allocate()
 
 
+def test_copy_on_write_counts_its_block_before_anything_changes():
+    # A forked sequence whose last block is half full needs one block for its copy
+    # even when the new token fits in that block; with no block free, reserving must
+    # refuse and leave tables, lengths and reference counts as they were.
+    cache = PagedKVCache(1, 1, 1, num_blocks=2, block_size=4)
+    cache.add(0)
+    cache.reserve(0, 6)  # one full block and a half-filled one: none left free
+    cache.fork(0, 1)
+    assert cache.blocks_needed(1, 1) == 1 and cache.blocks_needed(1, 2) == 1
+    assert cache.blocks_needed(1, 3) == 2 and cache.blocks_needed(1, 0) == 0
+    assert cache.blocks_needed(0, 2) == 1  # the parent shares it too: it copies as well
+    tables, lengths = {k: list(v) for k, v in cache.tables.items()}, dict(cache.lengths)
+    refcounts = list(cache.allocator.refcounts)
+    with pytest.raises(OutOfBlocks, match="needs 1 blocks for 1 tokens"):
+        cache.reserve(1, 1)
+    assert cache.tables == tables and cache.lengths == lengths
+    assert cache.allocator.refcounts == refcounts == [2, 2]
+
+
 def test_allocator_errors():
     allocator = BlockAllocator(3, 2)
     block = allocator.allocate()
