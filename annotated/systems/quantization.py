@@ -439,7 +439,7 @@ class Int4WeightOnlyLinear(nn.Module):
 # \end{cases}
 # $$
 # The clamped values get no gradient because moving them a little changes nothing. The
-# test is on the rounded integer, not on $x$ against the range's ends
+# mask looks at the rounded integer, not at $x$ against the range's ends
 # $s(q_{\min} - z)$ and $s(q_{\max} - z)$: a value up to half a step beyond an end
 # rounds onto it, is not clamped, and keeps its gradient. This is the gradient of
 # torch's `fake_quantize_per_tensor_affine` and its per-channel twin
