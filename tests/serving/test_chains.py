@@ -112,6 +112,21 @@ def test_retriever_returns_the_rag_sections_through_every_entry_point(index):
     assert recorder.events == ["retriever_start", "retriever_end"]
 
 
+def by_hand(llm, prompt: str) -> str:
+    """What `llm` should answer: the sampling loop of the GPT-2 chapter, written out,
+    reading the last 32 positions."""
+    tokenizer, model = llm.tokenizer, llm.model
+    idx = torch.tensor([tokenizer.encode_ordinary(prompt)])
+    start = idx.shape[1]
+    generator = torch.Generator().manual_seed(llm.seed)
+    with torch.no_grad():
+        for _ in range(llm.max_new_tokens):
+            logits = model(idx[:, -32:])[:, -1] / llm.temperature
+            probs = torch.softmax(top_k_filter(logits, llm.top_k), dim=-1)
+            idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], 1)
+    return tokenizer.decode_bytes(idx[0, start:].tolist()).decode("utf-8", "replace")
+
+
 def test_llm_is_our_sampling_loop_and_streams_what_it_invokes(tiny_llm):
     prompt = "the cache holds"
     text = tiny_llm.invoke(prompt)
@@ -124,17 +139,7 @@ def test_llm_is_our_sampling_loop_and_streams_what_it_invokes(tiny_llm):
         return [piece async for piece in tiny_llm.astream(prompt)]
 
     assert "".join(asyncio.run(collect())) == text
-    # the same tokens by hand: the sampling loop of the GPT-2 chapter
-    tokenizer, model = tiny_llm.tokenizer, tiny_llm.model
-    idx = torch.tensor([tokenizer.encode_ordinary(prompt)])
-    generator = torch.Generator().manual_seed(tiny_llm.seed)
-    with torch.no_grad():
-        for _ in range(tiny_llm.max_new_tokens):
-            logits = model(idx[:, -32:])[:, -1] / tiny_llm.temperature
-            probs = torch.softmax(top_k_filter(logits, tiny_llm.top_k), dim=-1)
-            idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], 1)
-    new = idx[0, len(tokenizer.encode_ordinary(prompt)) :].tolist()
-    assert tokenizer.decode_bytes(new).decode("utf-8", errors="replace") == text
+    assert by_hand(tiny_llm, prompt) == text
 
 
 def test_llm_fires_a_callback_per_piece_and_honours_stop(tiny_llm):
@@ -154,18 +159,8 @@ def test_llm_reads_the_last_positions_of_a_prompt_longer_than_its_context(tiny_l
     # A prompt of more than 32 tokens: the model sees its last 32, as the hand loop
     # does when it windows the whole prompt.
     prompt = "the cache holds keys " * 20 + "and values é"
-    tokenizer, model = tiny_llm.tokenizer, tiny_llm.model
-    idx = torch.tensor([tokenizer.encode_ordinary(prompt)])
-    assert idx.shape[1] > 40
-    start = idx.shape[1]
-    generator = torch.Generator().manual_seed(tiny_llm.seed)
-    with torch.no_grad():
-        for _ in range(tiny_llm.max_new_tokens):
-            logits = model(idx[:, -32:])[:, -1] / tiny_llm.temperature
-            probs = torch.softmax(top_k_filter(logits, tiny_llm.top_k), dim=-1)
-            idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], 1)
-    want = tokenizer.decode_bytes(idx[0, start:].tolist())
-    assert tiny_llm.invoke(prompt) == want.decode("utf-8", errors="replace")
+    assert len(tiny_llm.tokenizer.encode_ordinary(prompt)) > 40
+    assert tiny_llm.invoke(prompt) == by_hand(tiny_llm, prompt)
 
 
 def test_llm_rejects_bad_settings(tiny_llm):

@@ -576,7 +576,8 @@ def test_a_failed_step_ends_its_requests_with_errors_and_refuses_new_ones(
     assert "RuntimeError: CUDA out of memory (planted)" in capfd.readouterr().err
 
 
-def test_demo_compares_the_three_ways(tmp_path, monkeypatch, model, tokenizer):
+def stand_in_for_the_small_gpt(monkeypatch, tokenizer):
+    """A tiny GPT that the demo's `small_gpt` returns, moved to the demo's device."""
     small = GPT2(
         GPT2Config(
             vocab_size=tokenizer.vocabulary_size,
@@ -593,6 +594,11 @@ def test_demo_compares_the_three_ways(tmp_path, monkeypatch, model, tokenizer):
         "small_gpt",
         lambda device: (small.to(device), tokenizer, pages, pages),
     )
+    return small
+
+
+def test_demo_compares_the_three_ways(tmp_path, monkeypatch, model, tokenizer):
+    stand_in_for_the_small_gpt(monkeypatch, tokenizer)
     result = main(["--requests", "12", "--batch", "4", "--out", str(tmp_path)])
     assert result["outputs_equal_static"] == 1.0
     assert result["prefix_hit_rate"] > 0.4
@@ -603,23 +609,8 @@ def test_demo_compares_the_three_ways(tmp_path, monkeypatch, model, tokenizer):
 def test_demo_serves_the_model_over_http(monkeypatch, tokenizer):
     # `--serve` hands the app to `uvicorn.run`, which would block until Ctrl-C; here
     # it runs on a free port in a thread while a client asks, then stops.
-    small = GPT2(
-        GPT2Config(
-            vocab_size=tokenizer.vocabulary_size,
-            n_positions=64,
-            n_embd=16,
-            n_layer=1,
-            n_head=2,
-            dropout=0.0,
-        )
-    ).eval()
+    small = stand_in_for_the_small_gpt(monkeypatch, tokenizer)
     greedy = expected_text(small, tokenizer, "The engine keeps", 8)
-    pages = [TEXT] * 4
-    monkeypatch.setattr(
-        engine_module,
-        "small_gpt",
-        lambda device: (small.to(device), tokenizer, pages, pages),
-    )
     answers = []
 
     def run_and_ask(app, host, port, log_level):
