@@ -740,26 +740,9 @@ class AsyncEngine:
         self.thread.join()
 
     def loop(self) -> None:
-        engine = self.engine
         held: dict[int, Request] = {}  # added and not yet finished
         try:
-            while True:
-                wait = not engine.has_work()
-                with contextlib.suppress(queue.Empty):
-                    while True:  # apply every pending command, sleeping only when idle
-                        command, argument = self.commands.get(block=wait)
-                        wait = False
-                        if command == "stop":
-                            return
-                        if command == "add":
-                            held[argument.id] = argument
-                            engine.add(argument)
-                        else:
-                            engine.abort(argument)
-                if engine.has_work():
-                    engine.step()
-                for request in [r for r in held.values() if r.finish_reason]:
-                    del held[request.id]
+            self.run_commands(held)
         except Exception as failure:
             self.failure = failure
             traceback.print_exc()
@@ -770,6 +753,28 @@ class AsyncEngine:
                     return
                 if command == "add":
                     self.refuse([argument])
+
+    def run_commands(self, held: dict[int, Request]) -> None:
+        """Apply commands and step the engine until "stop", keeping in `held` the
+        requests added and not yet finished."""
+        engine = self.engine
+        while True:
+            wait = not engine.has_work()
+            with contextlib.suppress(queue.Empty):
+                while True:  # apply every pending command, sleeping only when idle
+                    command, argument = self.commands.get(block=wait)
+                    wait = False
+                    if command == "stop":
+                        return
+                    if command == "add":
+                        held[argument.id] = argument
+                        engine.add(argument)
+                    else:
+                        engine.abort(argument)
+            if engine.has_work():
+                engine.step()
+            for request in [r for r in held.values() if r.finish_reason]:
+                del held[request.id]
 
     def refuse(self, requests) -> None:
         """End each request with the finish reason "error"."""

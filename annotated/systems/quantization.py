@@ -244,9 +244,16 @@ def quantize(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, scheme: Scheme
 ) -> torch.Tensor:
     r"""Integers (`int8`, same shape as `x`) with $\hat x = s (q - z)$."""
-    scale, zero_point = _broadcast(scale, x), _broadcast(zero_point, x)
-    q = torch.round(x * (1.0 / scale)) + zero_point
+    q = grid_index(x, scale, zero_point)
     return torch.clamp(q, scheme.qmin, scheme.qmax).to(torch.int8)
+
+
+def grid_index(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
+) -> torch.Tensor:
+    r"""$\operatorname{round}(x / s) + z$, as floats, before the clamp to the range."""
+    scale, zero_point = _broadcast(scale, x), _broadcast(zero_point, x)
+    return torch.round(x * (1.0 / scale)) + zero_point
 
 
 def dequantize(
@@ -449,11 +456,10 @@ class Int4WeightOnlyLinear(nn.Module):
 class FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, scheme):
-        q = quantize(x, scale, zero_point, scheme)
-        s, z = _broadcast(scale, x), _broadcast(zero_point, x)
-        unclamped = torch.round(x * (1.0 / s)) + z  # the integer before the clamp
-        ctx.save_for_backward((unclamped >= scheme.qmin) & (unclamped <= scheme.qmax))
-        return dequantize(q, scale, zero_point).to(x.dtype)
+        unclamped = grid_index(x, scale, zero_point)
+        q = torch.clamp(unclamped, scheme.qmin, scheme.qmax)
+        ctx.save_for_backward(q == unclamped)  # not clamped
+        return dequantize(q.to(torch.int8), scale, zero_point).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
