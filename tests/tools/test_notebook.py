@@ -1,6 +1,8 @@
-"""Verified by round trip: a lesson's `.ipynb` (made with jupytext) holds every code
-line in order and every section's prose, and the fixture lesson's notebook runs top to
-bottom in a Jupyter kernel, demo included."""
+"""Verified by round trip through nbformat (reading and validating against its schema):
+a lesson's `.ipynb` holds every code line in order and every section's prose, and the
+fixture lesson's notebook runs top to bottom in a Jupyter kernel, demo included. The
+same lesson makes the same file byte for byte, and prose that looks like a cell marker
+or a shell escape stays prose."""
 
 from pathlib import Path
 
@@ -44,6 +46,32 @@ def test_notebook_keeps_all_code_and_prose(lesson):
     for section in parsed.sections:
         for line in section.prose.splitlines():
             assert line.strip() in text
+
+
+def test_the_same_lesson_makes_the_same_file_with_numbered_cells():
+    parsed = parse((FIXTURES / "tiny_model.py").read_text(), "tiny_model.py")
+    first, second = to_ipynb(parsed, "import x"), to_ipynb(parsed, "import x")
+    assert first == second  # no random cell ids: a rebuild changes no download
+    nb = nbformat.reads(first, as_version=4)
+    nbformat.validate(nb)
+    assert [cell.id for cell in nb.cells] == [
+        f"cell-{n}" for n in range(1, len(nb.cells) + 1)
+    ]
+    assert nb.cells[2].source == "import x"  # the preamble, after the argv cell
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_prose_that_looks_like_a_cell_marker_or_a_magic_stays_prose():
+    # Written as a percent-format script and read back, these comment lines would
+    # start a new cell and become a shell command (`!rm`) in a code cell.
+    source = '"""\n---\ntitle: T\nsummary: S\n---\nIntro.\n"""\n\n' + (
+        "x = 1\n# %% not a cell marker\n# !rm -rf out is a sentence\ny = 2\n"
+    )
+    nb = nbformat.reads(to_ipynb(parse(source, "t.py")), as_version=4)
+    code = [cell.source for cell in nb.cells[2:] if cell.cell_type == "code"]
+    prose = [cell.source for cell in nb.cells if cell.cell_type == "markdown"]
+    assert code == ["x = 1", "y = 2"]
+    assert "%% not a cell marker\n!rm -rf out is a sentence" in prose
 
 
 def test_fixture_notebook_runs_in_a_kernel(tmp_path, monkeypatch):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import os
 import posixpath
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +128,7 @@ class LessonFile:
         return f"diagrams/{self.key}/{kind}.svg"
 
 
+@functools.lru_cache(maxsize=1024)
 def results_sha256(source: str, suffix: str = ".py") -> str:
     """The hash of what a lesson's stored results (figures, benchmarks, GPU numbers)
     depend on: its code, without its prose or front matter
@@ -133,7 +136,9 @@ def results_sha256(source: str, suffix: str = ".py") -> str:
     another). The front matter describes the lesson (its title, time, references,
     expected result and exercises) and the prose explains it; neither changes an
     output, so editing them leaves the stored results fresh. The figures tool checks
-    the declared expected result against its stored one separately."""
+    the declared expected result against its stored one separately. Remembered by
+    content: each build asks for every lesson's in both editions, and tokenising is the
+    cost."""
     from annotated.data import code_sha256
 
     return code_sha256(source, suffix)
@@ -211,8 +216,14 @@ def imported_modules(tree: ast.AST) -> list[str]:
 def project_imports(tree: ast.AST, root: Path) -> list[str]:
     """The project files (`annotated/…`) that an AST imports, as relative
     paths."""
+    return project_files(imported_modules(tree), root)
+
+
+def project_files(modules: Iterable[str], root: Path) -> list[str]:
+    """The project files (`annotated/…`) among `modules` ("annotated.data"), as
+    relative paths."""
     found = set()
-    for name in imported_modules(tree):
+    for name in modules:
         path = root / (name.replace(".", "/") + ".py")
         if name.split(".")[0] == "annotated" and path.is_file():
             found.add(path.relative_to(root).as_posix())

@@ -1,5 +1,5 @@
 """Notebooks: a lesson's downloadable `.ipynb` (a Markdown cell per section's prose, a
-code cell per its code, via jupytext), and the executed notebooks under `docs/`, which
+code cell per its code), and the executed notebooks under `docs/`, which
 the site shows with stored outputs."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import ast
 import sys
 from pathlib import Path
 
-import jupytext
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from tools.literate.files import atomic_write, project_sources
 from tools.literate.parse import Lesson
@@ -24,42 +25,48 @@ def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
     of the statement around it, its prose kept in place as the comments and docstrings
     it was written as. The demo runs with its default flags: the kernel passes arguments
     of its own, which the demo's argparse would reject, so a first cell clears them. A
-    `preamble` (the bundled project modules) is the next cell.
+    `preamble` (the bundled project modules) is the next cell. Cells are numbered, not
+    given random ids, so the same lesson always makes the same file.
     """
     title = lesson.front_matter.get("title", lesson.path.stem)
     source_lines = lesson.source.splitlines()
+    summary = lesson.front_matter.get("summary", "")
     cells = [
-        f"# %% [markdown]\n# # {title}\n#\n# {lesson.front_matter.get('summary', '')}",
-        "# %%\nimport sys\n\n"
-        "sys.argv = sys.argv[:1]  # the demo reads its flags from sys.argv",
+        new_markdown_cell(f"# {title}\n\n{summary}"),
+        new_code_cell(
+            "import sys\n\n"
+            "sys.argv = sys.argv[:1]  # the demo reads its flags from sys.argv"
+        ),
     ]
     if preamble:
-        cells.append("# %%\n" + preamble.strip("\n"))
+        cells.append(new_code_cell(preamble.strip("\n")))
     for group in _statement_groups(lesson):
         first = group[0]
         if first.prose:
-            cells.append(
-                "# %% [markdown]\n"
-                + "\n".join(f"# {line}".rstrip() for line in first.prose.splitlines())
-            )
+            cells.append(new_markdown_cell(first.prose))
         numbers = [line.number for line in first.code]
         numbers += [
             line.number
             for section in group[1:]
             for line in section.prose_lines + section.code
         ]
-        code = "\n".join(source_lines[number - 1] for number in sorted(numbers)).strip(
-            "\n"
-        )
-        if code:
-            cells.append("# %%\n" + code)
-    notebook = jupytext.reads("\n\n".join(cells) + "\n", fmt="py:percent")
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    return jupytext.writes(notebook, fmt="ipynb")
+        code = "\n".join(source_lines[number - 1] for number in sorted(numbers))
+        if code.strip("\n"):
+            cells.append(new_code_cell(code.strip("\n")))
+    for number, cell in enumerate(cells, start=1):
+        cell.id = f"cell-{number}"
+    notebook = new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": {
+                "name": "python3",
+                "display_name": "Python 3",
+                "language": "python",
+            },
+            "language_info": {"name": "python"},
+        },
+    )
+    return nbformat.writes(notebook)
 
 
 def _statement_groups(lesson: Lesson) -> list[list]:

@@ -14,6 +14,7 @@ live here, at module level, keyed by content.
 from __future__ import annotations
 
 import ast
+import functools
 import html
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,8 +37,9 @@ from tools.literate.figures import MANIFEST, Figures, parse_manifest
 from tools.literate.gpu_results import GpuRecord, parse_gpu_record
 from tools.literate.files import (
     LessonFile,
+    imported_modules,
     page_url,
-    project_imports,
+    project_files,
     relative_url,
     results_sha256,
 )
@@ -92,7 +94,7 @@ def read(file: LessonFile, docs_dir: Path) -> LessonRecord:
     manifest = _text(docs_dir / file.figures_folder / MANIFEST)
     record = _text(docs_dir / file.benchmarks_record)
     gpu = _text(docs_dir / file.gpu_record)
-    imports = _imported_sources(lesson.tree, file.root)
+    imports = _imported_sources(lesson, file.root)
     return LessonRecord(
         file=file,
         source=source,
@@ -122,19 +124,28 @@ def _text(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
-def _imported_sources(tree: ast.Module, root: Path) -> dict[str, str]:
+def _imported_sources(lesson: Lesson, root: Path) -> dict[str, str]:
     """{module name: source} of every project module the lesson imports, and what they
-    import."""
+    import. (A CUDA C lesson imports none: its Python loader is a module of its own.)"""
     found: dict[str, str] = {}
-    pending = project_imports(tree, root)
+    if lesson.language != "python":
+        return found
+    pending = project_files(_imported_modules(lesson.source), root)
     while pending:
         path = pending.pop()
         name = path[: -len(".py")].replace("/", ".")
         if name in found:
             continue
         found[name] = (root / path).read_text(encoding="utf-8")
-        pending.extend(project_imports(ast.parse(found[name]), root))
+        pending.extend(project_files(_imported_modules(found[name]), root))
     return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _imported_modules(source: str) -> tuple[str, ...]:
+    """`files.imported_modules` of a module's source, remembered by content: a build
+    reads gpt2.py for every lesson that builds on it, in both editions."""
+    return tuple(imported_modules(ast.parse(source)))
 
 
 def check(record: LessonRecord, order: list[str]) -> list[LessonError]:

@@ -20,6 +20,7 @@ fix:
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import warnings
 
@@ -83,9 +84,10 @@ def check(
     return problems
 
 
+@functools.lru_cache(maxsize=512)
 def first_sentence(test_source: str) -> str:
     """The first sentence of a test module's docstring: what the lesson is verified
-    against."""
+    against. Remembered by content: parsing the whole test file is the cost."""
     docstring = ast.get_docstring(ast.parse(test_source)) or ""
     paragraph = docstring.strip().split("\n\n")[0].replace("\n", " ")
     # A sentence ends at a full stop before a capital: not in "eq. 1" or "64, ... 1024".
