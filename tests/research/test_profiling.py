@@ -168,6 +168,10 @@ def test_roofline_classifies_add_as_memory_and_matmul_as_compute_bound(peak):
     ops = {o.name: o for o in make_ops(64)}
     assert bound(ops["add"].intensity, peak) == "memory-bound"
     assert bound(ops["embedding"].intensity, peak) == "memory-bound"
+    # The ridge itself: the roof is flat from there on (min(P, I B) = P).
+    ridge = peak["ridge"]
+    assert bound(ridge, peak) == "compute-bound"
+    assert bound(math.nextafter(ridge, 0), peak) == "memory-bound"
 
 
 def test_roofline_rows_are_consistent(peak):

@@ -227,8 +227,11 @@ def test_agent_id_lets_the_shared_actor_act_differently():
     torch.manual_seed(0)
     model = ActorCritic(10, 9, 2, len(MOVES), True)
     same = torch.randn(1, 1, 10).expand(1, 2, 10)  # both agents see the same thing
-    logits, _ = model(same, torch.zeros(1, 9))
+    logits, values = model(same, torch.randn(1, 9))
     assert not torch.allclose(logits[0, 0], logits[0, 1])
+    # The centralised critic sees one state for the team; the id gives each agent its
+    # own value of it.
+    assert not torch.allclose(values[0, 0], values[0, 1])
 
 
 def test_bad_inputs_raise_naming_the_argument():

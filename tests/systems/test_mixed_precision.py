@@ -243,6 +243,25 @@ def test_state_dict_round_trip_and_gradscaler_state_resume_the_sequence():
     assert resumed.state_dict() == from_torch.state_dict() == ours.state_dict()
 
 
+def test_unscale_divides_every_gradient_even_after_an_inf_like_gradscaler():
+    # The inf sits in the first parameter: a loop that stopped at it would leave the
+    # later gradients scaled, which a clip or a logger after unscale_ would see.
+    model, x, y = tiny_problem()
+    twin = copy.deepcopy(model)
+    grads = []
+    for net, scaler in [(model, LossScaler(init_scale=1024.0))] + [
+        (twin, torch.amp.GradScaler("cpu", init_scale=1024.0))
+    ]:
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        scaler.scale(F.cross_entropy(net(x), y)).backward()
+        net[0].weight.grad[0, 0] = math.inf
+        scaler.unscale_(optimizer)
+        grads.append([p.grad for p in net.parameters()])
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert grads[0][-1].abs().max() < 1  # a scaled gradient would be ~1024 times this
+
+
 def test_scaler_refuses_to_unscale_twice_or_update_too_early():
     model, x, y = tiny_problem()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
