@@ -26,6 +26,7 @@ sees, and each test below asserts one promise over every page, naming each offen
 
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -143,6 +144,37 @@ def test_each_edition_has_its_own_print_page_whose_images_resolve(site):
         assert not missing, missing[:5]
     chinese = (site / "zh/print_page/index.html").read_text(encoding="utf-8")
     assert len(re.findall(r"[\u4e00-\u9fff]", chinese)) > 100_000
+
+
+def test_each_edition_links_its_own_notebook_and_shares_the_script(site):
+    # The Chinese build runs second: were both notebooks one file, it would replace
+    # the English one.
+    chinese = re.compile(r"[\u4e00-\u9fff]")
+    offenders = []
+    for lesson in LESSONS:
+        if lesson.language != "python":
+            continue
+        for edition in ("", "zh/"):
+            page = (site / edition / "lessons" / lesson.key / "index.html").read_text()
+            links = re.findall(r'<a download(?:="")? href="([^"]+)"', page)
+            folder = site / edition / "lessons" / lesson.key
+            notebook = [link for link in links if link.endswith(".ipynb")]
+            script = [link for link in links if link.endswith(f"{lesson.stem}.py")]
+            want = site / edition / "downloads" / f"{lesson.key}.ipynb"
+            if (folder / notebook[0]).resolve() != want.resolve():
+                offenders.append(f"{edition}{lesson.key}: links {notebook[0]}")
+            if (folder / script[0]).resolve() != (site / lesson.download_py).resolve():
+                offenders.append(f"{edition}{lesson.key}: links {script[0]}")
+            prose = " ".join(
+                "".join(cell["source"])
+                for cell in json.loads(want.read_text())["cells"]
+                if cell["cell_type"] == "markdown"
+            )
+            if bool(edition) != (len(chinese.findall(prose)) > len(prose) // 10):
+                offenders.append(
+                    f"{edition}{lesson.key}: notebook in the wrong language"
+                )
+    assert not offenders, report(offenders, "downloads")
 
 
 def test_no_page_loads_anything_from_another_host(site):

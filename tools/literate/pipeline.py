@@ -252,10 +252,18 @@ def title(record: LessonRecord, site: Site) -> str:
     return site.translations.get(record.file.key, {}).get("title", record.title)
 
 
+def notebook_path(file: LessonFile, site: Site) -> str | None:
+    """Where the edition's notebook download goes, from the site's root:
+    `downloads/<area>/<topic>.ipynb`, under the edition's prefix (`zh/downloads/…`)."""
+    return site.prefix + file.download_ipynb if file.download_ipynb else None
+
+
 def _render(record, site: Site, previous, following) -> Page:
     file, lesson = record.file, record.lesson
     here = page_url(file.page, site.use_directory_urls)
-    # Downloads, figures and diagrams are the English edition's, at the site's root.
+    # Downloads, figures and diagrams are the English edition's, at the site's root;
+    # only the notebook, whose Markdown cells are the edition's prose, is the edition's
+    # own, under its prefix.
     root = relative_url("", site.prefix + here)
     texts = site.translations.get(file.key, {})
     if texts:
@@ -279,7 +287,7 @@ def _render(record, site: Site, previous, following) -> Page:
         verified=texts.get("verified", record.verified),
         root=root,
         links=Links(file.page, site.pages, site.use_directory_urls, site.sections),
-        downloads=(file.download_py, file.download_ipynb, file.download_test),
+        downloads=(file.download_py, notebook_path(file, site), file.download_test),
         diagram_files={kind: file.diagram(kind) for kind in ("classes", "dataflow")},
         figures_folder=file.figures_folder,
         previous=neighbour(previous),

@@ -275,16 +275,16 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 "search:\n  exclude: true\n---\n\n"
                 f"# {heading}\n\n{_BODY_PLACEHOLDER}\n"
             )
-            # A translated edition's page goes under its prefix; the downloads and
+            # A translated edition's page goes under its prefix, and so does its
+            # notebook (the prose is the edition's); the other downloads and the
             # diagrams it links to are the same files, at the site's root.
             lesson_page = File.generated(config, file.page, content=markdown)
             lesson_page.dest_uri = self.prefix + lesson_page.dest_uri
             files.append(lesson_page)
             files.append(File.generated(config, file.download_py, content=page.script))
-            if file.download_ipynb is not None:
-                files.append(
-                    File.generated(config, file.download_ipynb, content=page.notebook)
-                )
+            notebook = pipeline.notebook_path(file, site)
+            if notebook is not None:
+                files.append(File.generated(config, notebook, content=page.notebook))
             if page.worksheet is not None:
                 files.append(
                     File.generated(
