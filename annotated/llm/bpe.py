@@ -634,18 +634,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--top", type=int, default=10, help="top merges to print")
     parser.add_argument("--out", default="out/bpe", help="folder for the figures")
     args = parser.parse_args(argv)
-    for flag in ("merges", "bench_merges", "bench_chars"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag, least in (
+        ("merges", 1),
+        ("bench_merges", 1),
+        ("bench_chars", 1),
+        ("top", 0),
+    ):
+        if getattr(args, flag) < least:
+            parser.error(f"--{flag.replace('_', '-')} must be at least {least}")
     out = Path(args.out)
     train_text, validation_text = python_docs()
 
     word_counts = count_words(train_text)
     merges = []
-    for merge in tqdm(bpe_merges(word_counts), total=args.merges, desc="training"):
-        merges.append(merge)
-        if len(merges) == args.merges:
-            break
+    with tqdm(total=args.merges, desc="training") as bar:
+        for merge in bpe_merges(word_counts):
+            merges.append(merge)
+            bar.update()
+            if len(merges) == args.merges:
+                break
     ranks = ranks_from_merges(merges)
     tokenizer = Tokenizer(ranks, {"<|endoftext|>": len(ranks)})
     ids = tokenizer.encode(validation_text)
@@ -667,22 +674,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             truncated.encode_ordinary(validation_text)
         )
 
+    # A short text can run out of pairs before `--bench-merges`: both trainers stop
+    # there, and the report gives the count they reached.
     timings = {}
     for name, trainer in (("incremental", bpe_merges), ("naive", naive_bpe_merges)):
         start, stamps, learned = time.perf_counter(), [], []
-        steps = tqdm(trainer(count_words(train_text[: args.bench_chars])), desc=name)
-        for merge in steps:
-            learned.append(merge)
-            stamps.append(time.perf_counter() - start)
-            if len(learned) == args.bench_merges:
-                break
-        steps.close()
+        with tqdm(total=args.bench_merges, desc=name) as bar:
+            for merge in trainer(count_words(train_text[: args.bench_chars])):
+                learned.append(merge)
+                stamps.append(time.perf_counter() - start)
+                bar.update()
+                if len(learned) == args.bench_merges:
+                    break
+        if not learned:
+            parser.error(
+                f"--bench-chars {args.bench_chars}: too little text for a single merge"
+            )
         timings[name] = (stamps, learned)
     same = timings["incremental"][1] == timings["naive"][1]
     fast, slow = timings["incremental"][0][-1], timings["naive"][0][-1]
     speedup = slow / fast
+    reached = len(timings["incremental"][1])
+    ran_out = f" (of {args.bench_merges} asked)" if reached < args.bench_merges else ""
     print(
-        f"{args.bench_merges} merges on {args.bench_chars:,} characters "
+        f"{reached} merges{ran_out} on {args.bench_chars:,} characters "
         f"(pre-split included): incremental {fast:.2f} s, naive {slow:.2f} s, "
         f"speed-up {speedup:.1f}x, identical merges: {same}"
     )

@@ -580,6 +580,12 @@ def train(
     device: str = "cpu",
 ) -> tuple[Agent, History]:
     """Train an `Agent` with PPO; returns it and the run's `History`."""
+    batch_size = config.num_envs * config.num_steps
+    if not (isinstance(config.total_steps, int) and config.total_steps >= batch_size):
+        raise ValueError(
+            f"train: total_steps must be at least one rollout, num_envs × num_steps = "
+            f"{batch_size} steps, got {config.total_steps!r}"
+        )
     envs = make_envs(config.env_id, config.num_envs)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -588,8 +594,7 @@ def train(
     acting = Agent(*sizes)  # a CPU copy: acting is one tiny batch per step
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
     collector = Collector(envs, config.seed)
-    batch_size = config.num_envs * config.num_steps
-    iterations = max(1, config.total_steps // batch_size)
+    iterations = config.total_steps // batch_size  # whole rollouts
     updates: list[dict[str, float]] = []
     target_steps = target_seconds = None
     recent: deque[float] = deque(maxlen=20)
@@ -650,13 +655,14 @@ def example():
 # safetensors checkpoint, and draw the return curves against environment steps and
 # against seconds. The bar to beat: CleanRL's `ppo.py`, with the same hyperparameters,
 # reached the same target after about 53 s on this project's 2-core machine, at about
-# 3,600 steps per second. Where this file saves time is in the per-step overhead of
-# acting (one small forward pass and an inverse-CDF draw, no distribution object, no
-# logging per step); the number of environment steps it needs is the algorithm's. On
-# the stored run, from seed 0, it needed 177,152 of them, in 16 s at about 10,800 steps
-# per second on a 2-core machine. The acting copy of the agent always stays on the CPU:
-# with `--device cuda` only the update moves, since a GPU cannot win on a batch of
-# four observations.
+# 3,600 steps per second, on a day this file took 16 s at about 10,800. Where this file
+# saves time is in the per-step overhead of acting (one small forward pass and an
+# inverse-CDF draw, no distribution object, no logging per step); the number of
+# environment steps it needs is the algorithm's. On the stored run, from seed 0, it
+# needed 177,152 of them, in 28 s at about 6,300 steps per second: the same 2-core
+# machine is that much slower on some days, so compare rates measured together. The
+# acting copy of the agent always stays on the CPU: with `--device cuda` only the
+# update moves, since a GPU cannot win on a batch of four observations.
 
 
 def plot_returns(history: History, config: PPOConfig, out: Path) -> Path:
@@ -718,14 +724,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="PPO with the clipped objective on a gymnasium environment."
     )
     parser.add_argument("--env-id", default=defaults.env_id, help="gymnasium id")
+    rollout = defaults.num_envs * defaults.num_steps
     parser.add_argument(
         "--total-steps",
         type=int,
         default=defaults.total_steps,
-        help="step budget (the learning rate anneals to 0 over it)",
+        help=f"step budget, in whole rollouts of {rollout} steps (the learning rate "
+        "anneals to 0 over it)",
     )
     parser.add_argument(
-        "--target", type=float, default=defaults.target_return, help="stop at this"
+        "--target",
+        type=float,
+        default=defaults.target_return,
+        help="stop once the last 20 episodes average this return",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument(
@@ -738,6 +749,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/ppo", help="folder for the outputs")
     args = parser.parse_args(argv)
+    if args.total_steps < rollout:
+        parser.error(f"--total-steps must be at least one rollout, {rollout} steps")
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

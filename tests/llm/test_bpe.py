@@ -314,6 +314,21 @@ def test_demo_trains_compresses_and_agrees_with_the_naive_trainer(tmp_path):
     assert (tmp_path / "training.png").is_file() and (tmp_path / "split.png").is_file()
 
 
+def test_demo_reports_the_merges_a_short_benchmark_text_allows(tmp_path, capsys):
+    flags = ["--merges", "20", "--top", "2", "--out", str(tmp_path)]
+    main([*flags, "--bench-chars", "10", "--bench-merges", "50"])
+    printed = capsys.readouterr().out
+    assert "7 merges (of 50 asked) on 10 characters" in printed, printed
+    assert printed.count("  b'") == 2  # --top 2
+    with pytest.raises(SystemExit):
+        main([*flags, "--bench-chars", "1"])
+    assert "--bench-chars 1: too little text" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--top", "-3", "--out", str(tmp_path / "no")])
+    assert "--top must be at least 0" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
 # ---------------------------------------------------------------- benchmarks
 
 BENCH_TEXT = TRAIN_TEXT[:30_000]

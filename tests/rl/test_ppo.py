@@ -309,6 +309,22 @@ def test_bad_inputs_raise_naming_the_argument():
     flags = torch.zeros(5, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"values must be \[T \+ 1, N\]"):
         gae(torch.zeros(5, 2), torch.zeros(5, 2), flags, flags, 0.99, 0.95)
+    with pytest.raises(ValueError, match="at least one rollout, .* 512 steps, got 100"):
+        train(PPOConfig(total_steps=100), progress=False)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--total-steps", "-5"], "--total-steps must be at least one rollout, 512"),
+        (["--threads", "0"], "--threads must be at least 1"),
+    ],
+)
+def test_demo_refuses_bad_flags_before_writing(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([*flags, "--out", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_example_runs():
