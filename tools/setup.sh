@@ -46,11 +46,34 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # ---- Python packages -------------------------------------------------------------------------------------
-# torch first and pinned: a bare range would let pip pick the newest CUDA build (gigabytes); 2.13.0 is the
-# CPU wheel this project is tested with.
+# pip refuses to install into a Python the system manages (PEP 668: Debian 12, Ubuntu 23.04 and later), and
+# Debian ships Python without pip: say what to do rather than fail inside pip.
+pip_install() {
+  if ! "$python" -m pip --version >/dev/null 2>&1; then
+    echo "setup: $python has no pip (Debian/Ubuntu: apt-get install python3-pip python3-venv)" >&2
+    exit 1
+  fi
+  if "$python" -c 'import os, sys, sysconfig
+managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+sys.exit(0 if managed and sys.prefix == sys.base_prefix else 1)'; then
+    echo "setup: the system manages $python (PEP 668), so pip will not install into it. Make a" >&2
+    echo "  virtual environment and run this again inside it:" >&2
+    echo "    $python -m venv .venv && . .venv/bin/activate && bash tools/setup.sh $mode" >&2
+    exit 1
+  fi
+  "$python" -m pip install -q "$@"
+}
+# torch first and pinned, 2.13.0, the version this project is tested with. On Linux PyPI's build of it is
+# the CUDA one (gigabytes): without an NVIDIA driver, the CPU wheel from PyTorch's own index (2.13.0+cpu,
+# which pip prefers to 2.13.0 when both are offered).
 if ! "$python" -c "import torch" >/dev/null 2>&1; then
-  echo "setup: installing torch==2.13.0"
-  "$python" -m pip install -q "torch==2.13.0"
+  if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    echo "setup: installing torch==2.13.0, the CPU build"
+    pip_install "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+  else
+    echo "setup: installing torch==2.13.0"
+    pip_install "torch==2.13.0"
+  fi
 fi
 extra=docs
 { [ "$mode" = test ] || [ "$mode" = pdf ]; } && extra=test
@@ -71,7 +94,7 @@ for text in dist.requires or []:
 PY
 then
   echo "setup: installing the project and its [$extra] extras from pyproject.toml"
-  "$python" -m pip install -q -e ".[$extra]"
+  pip_install -e ".[$extra]"
 fi
 
 export NO_MKDOCS_2_WARNING=1

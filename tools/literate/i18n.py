@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import re
 import sys
 from collections import Counter
@@ -322,6 +323,9 @@ def segment(text: str) -> str:
     search separator breaks at."""
     import jieba
 
+    # jieba announces loading its dictionary at DEBUG level, to its own handler and
+    # again through the root logger mkdocs sets up: a build log has no use for it.
+    jieba.setLogLevel(logging.WARNING)
     return HAN.sub(
         lambda run: "\u200b" + "\u200b".join(jieba.cut(run.group(0))) + "\u200b", text
     ).strip("\u200b")
