@@ -17,12 +17,14 @@ three times as wide as a one-panel one, and its text is the same size.
     )
 
 `save` sets every text of the figure to the fixed sizes, so a lesson cannot drift from
-them, and stores the caption inside the PNG (a `Description` text chunk) where the
-site's figure store reads it. Nothing here touches pyplot: the figure is a plain
-`matplotlib.figure.Figure` drawn by Agg, so it works in a script, a notebook or the site
-build without choosing a backend.
+them, stores the caption inside the PNG (a `Description` text chunk) where the site's
+figure store reads it, and says where the file went (on stderr, beside the progress
+bars: a demo's standard output is its result). Nothing here touches pyplot: the figure
+is a plain `matplotlib.figure.Figure` drawn by Agg, so it works in a script, a notebook
+or the site build without choosing a backend.
 """
 
+import sys
 from pathlib import Path
 
 import matplotlib.text
@@ -82,12 +84,11 @@ def save(fig: Figure, path: str | Path, *, caption: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"Description": caption, "FontSizes": f"{BODY_PT},{TITLE_PT}"}
     fig.savefig(path, dpi=DPI, metadata=metadata)
+    print(f"figure saved: {path}", file=sys.stderr)
     return path
 
 
 if __name__ == "__main__":
-    import sys
-
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "out/figures")
     fig, axes = figure(panels=3)
     for index, axis in enumerate(axes):

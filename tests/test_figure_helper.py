@@ -1,7 +1,7 @@
 """Verified against what matplotlib and Pillow read back: `annotated.figures` makes
 panels of a fixed pixel size at its DPI, sets every text to its fixed sizes whatever the
-lesson asked for, stores the caption and the sizes in the PNG, and refuses layouts and
-captions it cannot honour."""
+lesson asked for, stores the caption and the sizes in the PNG, says where it saved it
+(on stderr), and refuses layouts and captions it cannot honour."""
 
 import pytest
 from PIL import Image
@@ -9,13 +9,15 @@ from PIL import Image
 from annotated.figures import BODY_PT, DPI, PANEL, TITLE_PT, figure, save
 
 
-def test_panels_have_a_fixed_size_and_text_a_fixed_size(tmp_path):
+def test_panels_have_a_fixed_size_and_text_a_fixed_size(tmp_path, capsys):
     fig, axes = figure(panels=2)
     axes[0].plot([0, 1], [1, 0])
     axes[0].set_title("left", fontsize=30)
     axes[1].set_xlabel("step $k$", fontsize=3)
     axes[1].legend(["curve"], fontsize=25)
     path = save(fig, tmp_path / "two.png", caption="Two panels drawn for the test.")
+    printed = capsys.readouterr()
+    assert printed.err == f"figure saved: {path}\n" and printed.out == ""
     sizes = {
         text.get_text(): text.get_fontsize()
         for text in fig.texts
