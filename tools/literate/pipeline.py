@@ -14,10 +14,9 @@ live here, at module level, keyed by content.
 from __future__ import annotations
 
 import ast
-import functools
 import html
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from tools.literate import (
@@ -141,7 +140,7 @@ def _imported_sources(lesson: Lesson, root: Path) -> dict[str, str]:
     return found
 
 
-@functools.lru_cache(maxsize=1024)
+@lru_cache(maxsize=1024)
 def _imported_modules(source: str) -> tuple[str, ...]:
     """`files.imported_modules` of a module's source, remembered by content: a build
     reads gpt2.py for every lesson that builds on it, in both editions."""
