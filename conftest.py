@@ -10,6 +10,7 @@ path's way up: this one, never tests/conftest.py, which would then define the op
 too late ("unrecognized arguments: --lesson")."""
 
 import os
+import traceback
 from pathlib import Path
 
 # Triton reads this when a kernel is decorated, so it must be set before any test module
@@ -64,16 +65,51 @@ def pytest_configure(config):
     if worksheet and not lesson:
         raise pytest.UsageError("--worksheet needs --lesson: the lesson it replaces")
     if lesson:
-        from tools.literate.files import LessonFile
-        from tools.literate.worksheet import install
+        from tools.literate.files import discover
 
         root = Path(__file__).resolve().parent
-        file = LessonFile(root, Path(lesson).as_posix())
-        if not file.path.is_file() or file.language != "python":
-            raise pytest.UsageError(f"--lesson: no Python lesson at {lesson}")
+        here = Path(config.invocation_params.dir)  # paths are as typed, from here
+        wanted = (here / lesson).resolve()
+        found = [
+            file
+            for file in discover(root)
+            if file.language == "python" and file.path.resolve() == wanted
+        ]
+        if not found:
+            raise pytest.UsageError(
+                f"--lesson: no Python lesson at {lesson} (a lesson is "
+                "annotated/<area>/<topic>.py)"
+            )
+        file = found[0]
         config.args[:] = [str(root / file.test)]
         if worksheet:
-            install(file.module, Path(worksheet).resolve())
+            install_worksheet(file.module, here / worksheet, worksheet)
+
+
+def install_worksheet(module: str, path: Path, typed: str) -> None:
+    """`worksheet.install`, with what goes wrong in a learner's file said in a line:
+    a missing file, or a line Python cannot read or run on import."""
+    from tools.literate.worksheet import install
+
+    if not path.is_file():
+        raise pytest.UsageError(f"--worksheet: no file {typed}")
+    try:
+        install(module, path.resolve())
+    except SyntaxError as error:
+        raise pytest.UsageError(
+            f"--worksheet: {typed}:{error.lineno}: {error.msg}"
+        ) from None
+    except Exception as error:
+        frames = [
+            f
+            for f in traceback.extract_tb(error.__traceback__)
+            if f.filename == str(path.resolve())
+        ]
+        where = f":{frames[-1].lineno}" if frames else ""
+        raise pytest.UsageError(
+            f"--worksheet: importing {typed}{where} raised {type(error).__name__}: "
+            f"{error}"
+        ) from None
 
 
 @pytest.fixture(autouse=True)

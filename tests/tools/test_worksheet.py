@@ -1,6 +1,9 @@
 """Verified by grading: a lesson passes the tests its worksheet names, the worksheet
 fails every one of them, and the worksheet filled back in passes them again; the
-blanking itself is checked against the fixture lesson's source line by line."""
+blanking itself is checked against the fixture lesson's source line by line. The
+command line reads `--lesson` from wherever pytest starts, and says in one line what is
+wrong with a path that is no lesson or a worksheet that is missing, unreadable or raises
+on import."""
 
 import ast
 from pathlib import Path
@@ -139,3 +142,50 @@ def test_the_pages_command_works_as_typed_from_the_repo_root():
     assert collected and all(
         line.startswith("tests/foundations/test_matrix.py::") for line in collected
     )
+
+
+MATRIX = str(REPO / "annotated/foundations/matrix.py")
+
+
+def pytest_in(folder: Path, *args: str):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True)
+
+
+def test_the_lesson_path_is_read_from_where_pytest_starts(tmp_path):
+    # From a subfolder, and as an absolute path: the same lesson, the same tests.
+    for folder, lesson in [
+        (REPO / "tests", "../annotated/foundations/matrix.py"),
+        (tmp_path, str(REPO / "annotated/foundations/matrix.py")),
+    ]:
+        run = pytest_in(folder, "--rootdir", str(REPO), "--lesson", lesson, "--co")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "test_matrix.py" in run.stdout
+
+
+def test_a_path_that_is_no_lesson_is_said_in_one_line():
+    run = pytest_in(REPO, "--lesson", "README.md")
+    assert run.returncode == 4, run.stdout + run.stderr  # pytest's usage error
+    assert "--lesson: no Python lesson at README.md (a lesson is" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "written, message",
+    [
+        (None, "--worksheet: no file ws.py"),
+        ("def matmul(a, b:\n", "--worksheet: ws.py:1: '(' was never closed"),
+        ("x = 1\nraise RuntimeError('at import')\n", "ws.py:2 raised RuntimeError"),
+    ],
+    ids=["no file", "syntax error", "raises on import"],
+)
+def test_a_bad_worksheet_is_said_in_one_line(tmp_path, written, message):
+    if written is not None:
+        (tmp_path / "ws.py").write_text(written)
+    run = pytest_in(
+        tmp_path, "--rootdir", str(REPO), "--lesson", MATRIX, "--worksheet", "ws.py"
+    )
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert message in run.stderr and "INTERNALERROR" not in run.stderr, run.stderr
