@@ -874,6 +874,8 @@ class Message(BaseModel):
 class ChatBody(CompletionBody):
     prompt: str = ""  # unused: the prompt is made from the messages
     messages: list[Message] = Field(min_length=1)
+    # The chat API's newer name for max_tokens, which recent clients send; it wins.
+    max_completion_tokens: int | None = Field(None, ge=1)
 
 
 def chat_prompt(messages: list[Message]) -> str:
@@ -986,6 +988,8 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody):
+        if body.max_completion_tokens is not None:
+            body.max_tokens = body.max_completion_tokens
         return await answer(body, chat_prompt(body.messages), chat=True)
 
     return app
@@ -1190,6 +1194,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
     parser.add_argument("--port", type=int, default=8000, help="port to serve on")
     args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be a TCP port, 1 to 65535, got {args.port}")
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     model, tokenizer, _, pages = small_gpt(args.device)
 

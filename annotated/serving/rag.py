@@ -1229,8 +1229,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/rag", help="folder for figures, index")
     args = parser.parse_args(argv)
-    if args.generate < 0 or args.random_vectors < 100:
-        raise ValueError("--generate must be >= 0 and --random-vectors >= 100")
+    if args.question is not None and not args.question.strip():
+        parser.error("the question is empty")
+    if args.generate < 0:
+        parser.error("--generate must be at least 0")
+    if args.random_vectors < 100:
+        parser.error("--random-vectors must be at least 100")
     out = Path(args.out)
     start = time.perf_counter()
     chunks = load_corpus(args.lessons)

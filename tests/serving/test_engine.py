@@ -238,6 +238,19 @@ def test_static_batching_and_hf_generate_give_the_same_outputs(model, tokenizer)
     assert hf_static_batching(hf_model(model), prompts, limits, 3) == expected
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--serve", "--port", "99999"], "--port must be a TCP port, 1 to 65535"),
+        (["--threads", "0"], "--threads must be at least 1"),
+    ],
+)
+def test_demo_refuses_bad_flags_before_loading_the_model(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        main(flags)
+    assert message in capsys.readouterr().err
+
+
 def test_bad_requests_raise_clear_errors(model, tokenizer):
     engine = Engine(model, tokenizer, num_blocks=8, block_size=4)
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
@@ -354,6 +367,11 @@ def test_openai_client_chat_completions(client, model, tokenizer):
         expected = expected[: expected.index("\nuser:")]
     assert answer.choices[0].message.role == "assistant"
     assert answer.choices[0].message.content == expected
+    # Recent clients send the chat API's newer name for the limit.
+    newer = client.chat.completions.create(
+        model="tiny-gpt", messages=messages, max_completion_tokens=3, temperature=0
+    )
+    assert newer.usage.completion_tokens == 3
 
 
 def test_openai_client_streams_the_same_text(client):
@@ -550,7 +568,9 @@ def test_a_failed_step_ends_its_requests_with_errors_and_refuses_new_ones(
         client = openai.OpenAI(
             base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30
         )
-        ask = dict(model="tiny-gpt", prompt="The engine keeps", max_tokens=20)
+        ask = dict(
+            model="tiny-gpt", prompt="The engine keeps", max_tokens=20, temperature=0
+        )
 
         def streamed():
             pieces = []

@@ -427,6 +427,20 @@ def test_a_tiny_gpt_continues_the_answer_reproducibly():
 # ---- bad input, example, demo --------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["   "], "the question is empty"),
+        (["--generate", "-1"], "--generate must be at least 0"),
+        (["--random-vectors", "10"], "--random-vectors must be at least 100"),
+    ],
+)
+def test_demo_refuses_bad_flags_in_one_line(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        main(flags)
+    assert message in capsys.readouterr().err
+
+
 def test_bad_input_is_refused(small_retriever):
     retriever, vectors = small_retriever
     index = ExactIndex(vectors)
