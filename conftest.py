@@ -93,8 +93,9 @@ def install_worksheet(module: str, path: Path, typed: str) -> None:
 
     if not path.is_file():
         raise pytest.UsageError(f"--worksheet: no file {typed}")
+    path = path.resolve()
     try:
-        install(module, path.resolve())
+        install(module, path)
     except SyntaxError as error:
         raise pytest.UsageError(
             f"--worksheet: {typed}:{error.lineno}: {error.msg}"
@@ -103,7 +104,7 @@ def install_worksheet(module: str, path: Path, typed: str) -> None:
         frames = [
             f
             for f in traceback.extract_tb(error.__traceback__)
-            if f.filename == str(path.resolve())
+            if f.filename == str(path)
         ]
         where = f":{frames[-1].lineno}" if frames else ""
         raise pytest.UsageError(

@@ -31,6 +31,7 @@ Terms follow the Chinese edition of *Dive into Deep Learning* (d2l.ai/zh): å¼ é‡
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import re
@@ -321,14 +322,21 @@ def segment(text: str) -> str:
     """Text for the search index with its Chinese split into words, as Material's search
     plugin splits a page's: jieba's words between zero-width spaces, which the site's
     search separator breaks at."""
-    import jieba
-
-    # jieba announces loading its dictionary at DEBUG level, to its own handler and
-    # again through the root logger mkdocs sets up: a build log has no use for it.
-    jieba.setLogLevel(logging.WARNING)
+    jieba = _quiet_jieba()
     return HAN.sub(
         lambda run: "\u200b" + "\u200b".join(jieba.cut(run.group(0))) + "\u200b", text
     ).strip("\u200b")
+
+
+@functools.cache
+def _quiet_jieba():
+    """jieba, imported once, without the DEBUG lines it logs while loading its
+    dictionary (to its own handler, and again through the root logger mkdocs sets up).
+    Its import sets that level, so it is changed after."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
 
 
 def translate_lesson(lesson: Lesson, texts: dict[str, str]) -> Lesson:

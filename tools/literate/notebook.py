@@ -50,9 +50,11 @@ def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
             for section in group[1:]
             for line in section.prose_lines + section.code
         ]
-        code = "\n".join(source_lines[number - 1] for number in sorted(numbers))
-        if code.strip("\n"):
-            cells.append(new_code_cell(code.strip("\n")))
+        code = "\n".join(source_lines[number - 1] for number in sorted(numbers)).strip(
+            "\n"
+        )
+        if code:
+            cells.append(new_code_cell(code))
     for number, cell in enumerate(cells, start=1):
         cell.id = f"cell-{number}"
     notebook = new_notebook(
