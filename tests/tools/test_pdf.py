@@ -2,6 +2,7 @@
 by headless Chromium from mkdocs-print-site's page, has the fixture lesson's prose and
 code on its pages, and printing one stage keeps that stage's lessons."""
 
+import importlib.util
 import shutil
 
 import pytest
@@ -40,6 +41,55 @@ def test_one_stage_prints_with_the_lessons_prose_and_code(project, tmp_path):
     assert "Table of Contents" in text  # kept, with the stage's entries only
     with pytest.raises(ValueError, match="stage 2 has no written lessons"):
         pdf.print_book(project / "site", tmp_path / "none.pdf", stage=2, root=project)
+
+
+def print_sites_own_fix_href_links():
+    """print-site's `fix_href_links` as it ships: loaded afresh, since a build in this
+    process puts `one_pass_links` in its place."""
+    import mkdocs_print_site_plugin.urls
+
+    spec = importlib.util.spec_from_file_location(
+        "print_site_urls", mkdocs_print_site_plugin.urls.__file__
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fix_href_links
+
+
+LINKS = (
+    '<p><a href="https://doi.org/10.1/x">paper</a> <a class="lit-ln" href="#L12">12</a>'
+    '<a class="lit-ln" href="#L12">12 again</a> <A HREF="#Up">up</A>'
+    '<a href="../../../competencies/">competencies</a> <a href="../matrix/#exercises">'
+    'matrix</a> <a href="../matrix/#">top</a> <a download="" '
+    'href="../../../downloads/foundations/autograd.py">script</a>'
+    '<a title="a &amp; b" href="#a&amp;b">escaped</a> <a name="plain">no link</a>'
+    '<a\n  class="md-nav__link"\n  href="./">itself</a> <a href="mailto:x@y">mail</a>'
+    '<img src="../figure.png"> <a href="../../../figures/x.svg#view">figure</a></p>'
+)
+
+
+@pytest.mark.parametrize("directory_urls", [True, False])
+def test_links_are_rewritten_in_one_pass_exactly_as_print_site_rewrites_them(
+    directory_urls,
+):
+    # print-site replaces each link's text throughout the page, once per link: the
+    # ~440 line-number links of a lesson page made that 14 s of every build.
+    page_url = (
+        "lessons/foundations/autograd/"
+        if directory_urls
+        else "lessons/foundations/autograd.html"
+    )
+    key = "lessons-foundations-autograd"
+    theirs = print_sites_own_fix_href_links()
+    ours = pdf.one_pass_links(LINKS, key, page_url, directory_urls)
+    assert ours == theirs(LINKS, key, page_url, directory_urls)
+    assert ours.count(f'href="#{key}-L12"') == 2
+    if directory_urls:  # the fixture's relative links are written for folder URLs
+        assert 'href="#lessons-foundations-matrix-exercises"' in ours
+    big = LINKS * 200  # a lesson page's size, with its repeated links
+    assert pdf.one_pass_links(big, key, page_url, directory_urls) == theirs(
+        big, key, page_url, directory_urls
+    )
 
 
 def test_one_stage_is_cut_from_the_print_page_before_the_browser_reads_it():

@@ -22,6 +22,7 @@ lesson does not define stops the build.
 from __future__ import annotations
 
 import ast
+import functools
 import posixpath
 import re
 import tomllib
@@ -101,16 +102,22 @@ def excerpt(root: Path, level: Level) -> Excerpt:
     path = lesson_path(root, level.module)
     if not path.is_file():
         raise ValueError(f"compare: {level.module} has no lesson file {path.name}")
-    source = path.read_text(encoding="utf-8")
+    return _excerpt(path.read_text(encoding="utf-8"), path, level.module, level.name)
+
+
+@functools.lru_cache(maxsize=256)
+def _excerpt(source: str, path: Path, module: str, name: str) -> Excerpt:
+    """`excerpt` of a lesson's source, remembered by content: each build asks for
+    every level in both editions, and parsing the lesson is the cost."""
     lines = source.splitlines()
     if path.suffix == ".cu":
-        first, last = _kernel_lines(source, level.name)
+        first, last = _kernel_lines(source, name)
         language = "cuda"
     else:
-        first, last = _definition_lines(ast.parse(source), level.name)
+        first, last = _definition_lines(ast.parse(source), name)
         language = "python"
     if first is None:
-        raise ValueError(f"compare: {level.module} defines no {level.name!r}")
+        raise ValueError(f"compare: {module} defines no {name!r}")
     lesson = parse(source, path)
     section = next(
         s.id for s in lesson.sections if any(line.number >= first for line in s.code)

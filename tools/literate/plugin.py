@@ -89,6 +89,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             import mkdocs_print_site_plugin.urls
 
             mkdocs_print_site_plugin.urls.update_anchor_ids = pdf.keep_anchor_ids
+            mkdocs_print_site_plugin.urls.fix_href_links = pdf.one_pass_links
             for option, value in BOOK.get(self.language, {}).items():
                 printable.config[option] = value
         try:
