@@ -87,7 +87,8 @@ thread of its own and talks to the server through queues.
 The test runs the server on the loopback interface with a tiny GPT-2 and checks that
 greedy answers equal sequential generation token for token, for concurrent requests,
 32 concurrent clients, a tiny block pool that forces preemption, and prefixes found in
-the cache; that the `openai` client works for completions, chat and streaming; that
+the cache; that the `openai` client works for completions, chat and streaming (with
+the token counts at the end of a stream when asked); that
 bad requests get a 4xx with a reason; and that a client leaving mid-stream gives its
 blocks back. The demo serves 128 requests of mixed lengths with the pretrained small
 GPT three ways and compares their throughput.
@@ -842,6 +843,10 @@ class AsyncEngine:
 # `data: {json}` separated by blank lines, one per token, then `data: [DONE]`.
 # A completion chunk carries its new `text`; a chat chunk carries a `delta`, first
 # the role and then pieces of `content`. The last chunk carries the `finish_reason`.
+# A stream has no response body to hold the token counts, so a client that wants them
+# asks with `"stream_options": {"include_usage": true}`: every chunk then carries
+# `"usage": null`, and one more chunk before `[DONE]` has no choices and the usage
+# (LangChain's `ChatOpenAI` asks for it when its `stream_usage` is on).
 #
 # Request bodies are validated by pydantic models of the fields we implement;
 # anything else a client sends is ignored. A request the server cannot serve gets
@@ -855,6 +860,10 @@ class AsyncEngine:
 # stream) and so on.
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class CompletionBody(BaseModel):
     model: str
     prompt: str
@@ -864,6 +873,7 @@ class CompletionBody(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
 
 class Message(BaseModel):
@@ -882,6 +892,15 @@ def chat_prompt(messages: list[Message]) -> str:
     """The plain chat template: one `role: content` line per message, then the
     assistant's turn."""
     return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+
+
+def usage_of(request: Request) -> dict:
+    prompt, completion = len(request.prompt), len(request.output)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
@@ -935,6 +954,9 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
     async def answer(body: CompletionBody, prompt: str, chat: bool):
         if body.model != model_name:
             return error(404, f"model {body.model!r} does not exist", "model")
+        if body.stream_options is not None and not body.stream:
+            message = "stream_options is only allowed when stream is true"
+            return error(400, message, "stream_options")
         # OpenAI's API takes one stop string or a list of them.
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         try:
@@ -963,8 +985,12 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
             "model": model_name,
         }
         if body.stream:
+            usage = (
+                body.stream_options is not None and body.stream_options.include_usage
+            )
             return StreamingResponse(
-                sse(head, kind, chat, events, engine), media_type="text/event-stream"
+                sse(head, kind, chat, request, events, engine, usage),
+                media_type="text/event-stream",
             )
         text, reason = "", None
         async for event in events:
@@ -974,13 +1000,7 @@ def build_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         answer = {"role": "assistant", "content": text} if chat else None
         choice = {"index": 0, "finish_reason": reason, "logprobs": None}
         choice |= {"message": answer} if chat else {"text": text}
-        completion_tokens = len(request.output)
-        usage = {
-            "prompt_tokens": len(request.prompt),
-            "completion_tokens": completion_tokens,
-            "total_tokens": len(request.prompt) + completion_tokens,
-        }
-        return head | {"object": kind, "choices": [choice], "usage": usage}
+        return head | {"object": kind, "choices": [choice], "usage": usage_of(request)}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody):
@@ -999,12 +1019,15 @@ async def sse(
     head: dict,
     kind: str,
     chat: bool,
+    request: Request,
     events: AsyncIterator[Event],
     engine: AsyncEngine,
+    include_usage: bool = False,
 ) -> AsyncIterator[str]:
-    """Server-sent events of one streamed answer, ending with `data: [DONE]`, or
-    with an error if the engine stops."""
+    """Server-sent events of one streamed answer, ending with `data: [DONE]` (after
+    a chunk with the usage, if asked for), or with an error if the engine stops."""
     chunk = head | {"object": f"{kind}.chunk" if chat else kind}
+    chunk |= {"usage": None} if include_usage else {}
 
     def data(piece: dict, reason: str | None) -> str:
         choice = {"index": 0, "finish_reason": reason, "logprobs": None} | piece
@@ -1020,6 +1043,9 @@ async def sse(
         if event.text or event.finish_reason:
             piece = {"delta": {"content": event.text}} if chat else {"text": event.text}
             yield data(piece, event.finish_reason)
+    if include_usage:
+        last = chunk | {"choices": [], "usage": usage_of(request)}
+        yield f"data: {json.dumps(last)}\n\n"
     yield "data: [DONE]\n\n"
 
 

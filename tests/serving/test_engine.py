@@ -4,7 +4,8 @@ preemption and with prefixes read from the cache, and over real HTTP on the loop
 interface through the official `openai` client.
 
 Also checked: 32 concurrent clients each get their own continuation; streaming
-(server-sent events) gives the same text as a plain response; seeded sampling does not
+(server-sent events) gives the same text as a plain response, and ends with the same
+usage when the client asks for it (`stream_options`); seeded sampling does not
 depend on the batch; stop strings are cut and never streamed; bad requests get a 4xx
 with a reason while the server keeps serving; a client that disconnects mid-stream
 frees its blocks; a step that raises ends the requests in flight with a 500 (an error
@@ -406,6 +407,28 @@ def test_openai_client_streams_the_same_text(client):
     assert streamed[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in streamed)
     assert text == chat.choices[0].message.content
+
+
+def test_a_stream_ends_with_its_usage_when_the_client_asks(client):
+    messages = [{"role": "user", "content": "A request"}]
+    ask = dict(model="tiny-gpt", max_tokens=8, temperature=0)
+    for create, prompt in (
+        (client.chat.completions.create, dict(messages=messages)),
+        (client.completions.create, dict(prompt="Each step")),
+    ):
+        plain = create(**ask, **prompt)
+        *pieces, last = create(
+            **ask, **prompt, stream=True, stream_options={"include_usage": True}
+        )
+        assert last.choices == [] and last.usage == plain.usage
+        assert pieces and all(c.usage is None and c.choices for c in pieces)
+        assert pieces[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+        unasked = list(create(**ask, **prompt, stream=True))
+        assert len(unasked) == len(pieces) and all(c.choices for c in unasked)
+    with pytest.raises(openai.BadRequestError, match="only allowed when stream"):
+        client.completions.create(
+            **ask, prompt="A", stream_options={"include_usage": True}
+        )
 
 
 def test_sampling_parameters_travel_over_http(client):
