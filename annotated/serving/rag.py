@@ -1237,7 +1237,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         parser.error("--random-vectors must be at least 100")
     out = Path(args.out)
     start = time.perf_counter()
-    chunks = load_corpus(args.lessons)
+    try:
+        chunks = load_corpus(args.lessons)
+    except ValueError as problem:
+        parser.error(
+            f"--lessons: {problem}. It takes every word after it: put a question "
+            "before it"
+        )
     embedder = Embedder(args.device)
     vectors = corpus_embeddings(chunks, embedder)
     retriever = Retriever(chunks, embedder, vectors)

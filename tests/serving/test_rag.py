@@ -433,6 +433,8 @@ def test_a_tiny_gpt_continues_the_answer_reproducibly():
         (["   "], "the question is empty"),
         (["--generate", "-1"], "--generate must be at least 0"),
         (["--random-vectors", "10"], "--random-vectors must be at least 100"),
+        # A question typed after --lessons is taken for a lesson.
+        (["--lessons", "llm/gpt2", "what is a KV cache?"], "put a question before"),
     ],
 )
 def test_demo_refuses_bad_flags_in_one_line(flags, message, capsys):
