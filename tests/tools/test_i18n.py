@@ -4,7 +4,9 @@ project's Chinese edition has no missing or stale unit in what it must cover."""
 
 from pathlib import Path
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, make_project
 from tools.literate import i18n, learning_path
 from tools.literate.figures import Figure, Figures
 from tools.literate.parse import parse
@@ -151,8 +153,63 @@ def test_the_chinese_edition_has_no_missing_stale_or_altered_unit():
     problems = i18n.check(REPO, "zh", curriculum)
     assert not problems, (
         "\n".join(f"{p.state} {p.path} · {p.unit}{p.hint}" for p in problems)
-        + "\n(python -m tools.literate.i18n skeleton FILE, then translate)"
+        + "\n(python -m tools.literate.i18n skeleton FILE, then translate; a stale"
+        " unit: bring its Chinese up to date, then `i18n translated FILE`)"
     )
+
+
+def test_a_file_is_named_by_its_lesson_page_or_translation_and_nothing_else(
+    tmp_path, monkeypatch
+):
+    root = make_project(tmp_path / "project")
+    monkeypatch.chdir(root / "annotated")  # names are read from where the command runs
+    units, path = i18n.units_of(root, "demo/tiny_model.py", "zh")
+    assert path == "translations/zh/lessons/demo/tiny_model.md"
+    assert [u.id for u in units][:4] == ["title", "summary", "verified", "intro"]
+    assert i18n.units_of(root, f"../{path}", "zh") == (units, path)
+    assert i18n.units_of(root, "../docs/index.md", "zh")[1] == (
+        "translations/zh/pages/index.md"
+    )
+    for name in ("demo/tiny_modle.py", "../README.md", "../docs/nowhere.md"):
+        with pytest.raises(ValueError, match=f"{name}: not a lesson"):
+            i18n.units_of(root, name, "zh")
+
+
+def test_translated_records_the_new_hash_of_stale_units_only(tmp_path):
+    units = i18n.lesson_units(LESSON)
+    path = tmp_path / "tiny_model.md"
+    chinese = {u.id: (i18n.source_hash(u.english), f"中文 {u.english}") for u in units}
+    chinese["summary"] = (i18n.source_hash("old"), "still English")
+    i18n.write(path, units, chinese)
+    changed = [
+        i18n.Unit(u.id, u.english + " Changed.") if u.id in ("title", "intro") else u
+        for u in units
+    ]
+    assert i18n.mark_translated(path, changed, {"intro"}) == ["intro"]
+    assert i18n.mark_translated(path, changed, set()) == ["title"]
+    stored = i18n.read(path)
+    states = {s.unit: s.state for s in i18n.statuses(changed, stored, "f")}
+    assert states == {"summary": "missing"}  # a unit still in English stays missing
+    assert stored["title"] == (
+        i18n.source_hash("A tiny model Changed."),
+        "中文 A tiny model",
+    )
+
+
+def test_the_command_line_answers_a_wrong_name_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(REPO)
+    assert i18n.main(["check", "annotated/foundations/matrix.py"]) == 0
+    assert capsys.readouterr().out == "0 unit(s) missing, stale or altered\n"
+    for command in ("skeleton", "translated", "check"):
+        with pytest.raises(SystemExit) as exit:
+            i18n.main([command, "annotated/foundations/matrx.py"])
+        assert exit.value.code == 2
+        assert "matrx.py: not a lesson" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        i18n.main(["translated", "annotated/foundations/matrix.py", "--unit", "nope"])
+    assert "--unit nope: not a unit of" in capsys.readouterr().err
 
 
 def test_search_text_splits_chinese_into_words_for_the_index():

@@ -19,10 +19,17 @@ When the English of a unit changes its hash changes, and the unit is *stale*: th
 shows the English until the translation is brought up to date. A unit is *altered*
 when its translation lost or changed a code span, math, a citation or a link target of
 the English: those are carried over verbatim, and the page shows the English until they
-are. `python -m tools.literate.i18n check` lists missing, stale and altered units (the
-test suite runs it);
-`python -m tools.literate.i18n skeleton FILE` writes a file to translate, with every
-unit's English in place and its hash filled in.
+are.
+
+    python -m tools.literate.i18n check            # every missing, stale, altered unit
+    python -m tools.literate.i18n check FILE ...   # only these files' units
+    python -m tools.literate.i18n skeleton FILE    # a file to translate: each new
+                                                   # unit's English, its hash filled in
+    python -m tools.literate.i18n translated FILE  # once stale units' Chinese is up to
+                                                   # date: record their new hash
+
+FILE is a lesson (`annotated/<area>/<topic>.py`), a page (`docs/<page>.md`) or its
+translation (`translations/zh/...`). The test suite runs `check`.
 
 Terms follow the Chinese edition of *Dive into Deep Learning* (d2l.ai/zh): 张量,
 自动微分, 反向传播, 梯度下降, 损失函数, 注意力机制, 卷积神经网络...
@@ -393,13 +400,60 @@ def translate_page(markdown: str, texts: dict[str, str]) -> str:
     )
 
 
+def units_of(root: Path, name: str, language: str) -> tuple[list[Unit], str]:
+    """The units of the lesson or page that `name` names, and its translation file
+    (from the project root). `name` is the lesson, the page under docs/, or the
+    translation file, from the current folder. Raises ValueError saying what it is
+    not, and LessonError for a lesson the engine cannot read."""
+    full = Path(name).resolve()
+    translations = root / FOLDER / language
+    lessons = {file.path.resolve(): file for file in discover(root)}
+    if full.is_relative_to(translations / "lessons"):
+        key = full.relative_to(translations / "lessons").with_suffix("").as_posix()
+        full = next((p for p, f in lessons.items() if f.key == key), full)
+    elif full.is_relative_to(translations / "pages"):
+        full = root / "docs" / full.relative_to(translations / "pages")
+    if full in lessons:
+        file = lessons[full]
+        return file_units(file, root / "docs"), lesson_path(language, file)
+    if full.is_relative_to(root / "docs") and full.suffix == ".md" and full.is_file():
+        src = full.relative_to(root / "docs").as_posix()
+        return page_units(page_markdown(full)), page_path(language, src)
+    raise ValueError(
+        f"{name}: not a lesson (annotated/<area>/<topic>.py), a page (docs/*.md) or "
+        f"the translation of one under {FOLDER}/{language}/"
+    )
+
+
+def mark_translated(path: Path, units: list[Unit], only: set[str]) -> list[str]:
+    """Record the English's current hash for the stale units of the translation file
+    at `path` (those in `only`, if given); return their ids. A unit still in English
+    is left missing."""
+    stored = read(path)
+    done = []
+    for unit in units:
+        if unit.id not in stored or (only and unit.id not in only):
+            continue
+        hash_, text = stored[unit.id]
+        if hash_ != source_hash(unit.english) and CJK.search(text):
+            stored[unit.id] = (source_hash(unit.english), text)
+            done.append(unit.id)
+    if done:
+        write(path, units, stored)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     from tools.literate import learning_path
+    from tools.literate import LessonError
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check_parser = commands.add_parser(
         "check", help="list missing, stale and altered units"
+    )
+    check_parser.add_argument(
+        "files", nargs="*", help="only these lessons, pages or translations"
     )
     check_parser.add_argument("--language", default="zh", choices=LANGUAGES)
     skeleton = commands.add_parser(
@@ -409,29 +463,50 @@ def main(argv: list[str] | None = None) -> int:
     )
     skeleton.add_argument("files", nargs="+", help="annotated/... or docs/*.md")
     skeleton.add_argument("--language", default="zh", choices=LANGUAGES)
+    translated = commands.add_parser(
+        "translated",
+        help="record the English's current hash for the stale units of these files, "
+        "once their translation says what the English now says",
+    )
+    translated.add_argument("files", nargs="+", help="lessons, pages or translations")
+    translated.add_argument(
+        "--unit", action="append", default=[], help="only this unit (repeatable)"
+    )
+    translated.add_argument("--language", default="zh", choices=LANGUAGES)
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[2]
+    try:
+        named = [units_of(root, name, args.language) for name in args.files]
+    except (ValueError, LessonError) as problem:
+        parser.error(str(problem))
     if args.command == "check":
-        curriculum = learning_path.load(root / "annotated/curriculum.toml")
-        found = check(root, args.language, curriculum)
+        if named:
+            found = [
+                status
+                for units, path in named
+                for status in statuses(units, read(root / path), path)
+            ]
+        else:
+            curriculum = learning_path.load(root / "annotated/curriculum.toml")
+            found = check(root, args.language, curriculum)
         for status in found:
             print(f"{status.state:8} {status.path} · {status.unit}{status.hint}")
         print(f"{len(found)} unit(s) missing, stale or altered")
         return 1 if found else 0
-    for name in args.files:
-        path = Path(name)
-        if path.parts[0] == "docs":
-            src = path.relative_to("docs").as_posix()
-            units = page_units(page_markdown(root / path))
-            target = root / page_path(args.language, src)
-        else:
-            file = LessonFile(root, path.as_posix())
-            units = file_units(file, root / "docs")
-            target = root / lesson_path(args.language, file)
+    for units, path in named:
+        target = root / path
+        if args.command == "translated":
+            unknown = set(args.unit) - {unit.id for unit in units}
+            if unknown:
+                names = ", ".join(sorted(unknown))
+                parser.error(f"--unit {names}: not a unit of {path}")
+            done = mark_translated(target, units, set(args.unit))
+            print(f"{path}: {len(done)} stale unit(s) marked translated", *done)
+            continue
         stored = read(target)
         write(target, units, stored)
         kept = sum(unit.id in stored for unit in units)
-        print(f"{target.relative_to(root)}: {len(units)} units, {kept} kept")
+        print(f"{path}: {len(units)} units, {kept} kept")
     return 0
 
 
