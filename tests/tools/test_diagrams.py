@@ -277,6 +277,75 @@ def test_example_that_raises_names_the_lesson_line(tmp_path):
         diagrams.dataflow_diagram(path, "fixture_raises")
 
 
+def test_a_model_that_fails_in_forward_names_the_lesson_line_not_fx(tmp_path, capfd):
+    path = write(
+        tmp_path,
+        """
+        import torch
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.weight = torch.nn.Parameter(torch.ones(64, 10))
+
+            def forward(self, x):
+                return x @ self.weight
+
+        def example():
+            return Model(), (torch.ones(4, 63),)
+    """,
+    )
+    with pytest.raises(LessonError) as caught:
+        diagrams.dataflow_diagram(path, "fixture_forward_raises")
+    assert str(caught.value).startswith(f"{path}:9: example() or dataflow() raised")
+    assert "mat1 and mat2 shapes cannot be multiplied" in str(caught.value)
+    assert "ShapeProp" not in str(caught.value) and "fx" not in capfd.readouterr().err
+
+
+def test_a_type_check_on_a_traced_value_says_how_to_keep_it(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        import torch
+
+        def softmax(z):
+            if not isinstance(z, torch.Tensor):
+                raise TypeError(f"softmax: z must be a tensor, got {type(z).__name__}")
+            return z.softmax(-1)
+
+        class Model(torch.nn.Module):
+            def forward(self, x):
+                return softmax(x)
+
+        def example():
+            return Model(), (torch.ones(2, 3),)
+    """,
+    )
+    with pytest.raises(LessonError, match=r":5: .*got Proxy; .*@torch\.fx\.wrap"):
+        diagrams.dataflow_diagram(path, "fixture_proxy")
+
+
+@pytest.mark.parametrize(
+    "returned, message",
+    [
+        ("run, 3", "with args a tuple, got args of type int: write (x,)"),
+        ("run", "must return (fn, args), got function"),
+        ("run, (), 1", "must return (fn, args), got tuple of 3 items"),
+    ],
+)
+def test_an_example_returning_the_wrong_shape_says_what_it_returned(
+    tmp_path, returned, message
+):
+    path = write(
+        tmp_path,
+        f"def run(x=0):\n    return x\n\ndef example():\n    return {returned}\n",
+    )
+    with pytest.raises(LessonError) as caught:
+        diagrams.dataflow_diagram(path, "fixture_shape")
+    assert message in str(caught.value)
+    assert str(caught.value).startswith(f"{path}:4: ")
+
+
 def test_lesson_without_example_fails(tmp_path):
     path = write(tmp_path, "x = 1\n")
     with pytest.raises(LessonError, match="no example"):

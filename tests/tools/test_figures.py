@@ -39,6 +39,22 @@ def test_figures_are_stored_with_the_source_hash_and_go_stale(lesson, project):
     assert not figures.read(lesson, project / "docs").fresh
 
 
+def test_the_tool_says_when_the_declared_time_is_off_by_more_than_2x(
+    lesson, project, monkeypatch, capsys
+):
+    def took(seconds):
+        def regenerate(lesson, docs_dir):
+            return figures.Figures((), "", "", seconds, "here", True)
+
+        return regenerate
+
+    for seconds, warned in ((1.9, False), (0.6, False), (2.1, True), (0.4, True)):
+        monkeypatch.setattr(figures, "regenerate", took(seconds))  # time: 1 s
+        figures._report(lesson, project / "docs")
+        said = capsys.readouterr().out
+        assert ("the front matter says time: 1 s, but" in said) == warned, said
+
+
 def test_a_failing_demo_keeps_the_old_figures(lesson, project):
     figures.regenerate(lesson, project / "docs")
     before = (project / "docs/figures/demo/tiny_model/figures.json").read_text()

@@ -148,6 +148,24 @@ BROKEN = {
             r"which is not an earlier"
         ),
     ),
+    "imports pyplot": (
+        lambda s: s.replace(
+            "import numpy as np", "import matplotlib.pyplot as plt\nimport numpy as np"
+        ),
+        r"autograd\.py:18: a lesson draws with annotated\.figures .*not pyplot",
+    ),
+    "imports pyplot from matplotlib": (
+        lambda s: s.replace(
+            "import numpy as np", "from matplotlib import pyplot\nimport numpy as np"
+        ),
+        r"autograd\.py:18: .*not pyplot",
+    ),
+    "switches the backend": (
+        lambda s: s.replace(
+            "import numpy as np", "import matplotlib as mpl\nimport numpy as np"
+        ).replace("x = np.ones(2)", "mpl.use('Agg')\nx = np.ones(2)"),
+        r"autograd\.py:\d+: .*not matplotlib\.use",
+    ),
     "one exercise": (
         lambda s: s.replace("# 2. Two.\n", ""),
         r"1 exercises; write 2 to 4",

@@ -281,19 +281,29 @@ def dataflow_diagram(path: str | Path, module_name: str) -> str:
             "no example(): every lesson declares `def example()` returning "
             "(fn, args); see docs/contributing.md",
         )
+    first_line = module.example.__code__.co_firstlineno
     try:
         declared = module.example()
-        if not (
-            isinstance(declared, tuple)
-            and len(declared) == 2
-            and isinstance(declared[1], tuple)
-        ):
-            raise TypeError(
-                "example() must return (fn, args) with args a tuple, "
-                f"got {type(declared).__name__}"
+        if not (isinstance(declared, tuple) and len(declared) == 2):
+            items = f" of {len(declared)} items" if isinstance(declared, tuple) else ""
+            raise LessonError(
+                path,
+                first_line,
+                "example() must return (fn, args), got "
+                f"{type(declared).__name__}{items}",
             )
         fn, args = declared
+        if not isinstance(args, tuple):
+            raise LessonError(
+                path,
+                first_line,
+                "example() must return (fn, args) with args a tuple, got args of type "
+                f"{type(args).__name__}: write (x,) for one argument",
+            )
         if _is_torch_module(fn):
+            # Run as written first: an error in the model then names the lesson's line,
+            # which the traced copy's generated code would hide.
+            fn(*args)
             return _fx_dataflow(fn, args)
         if not callable(getattr(module, "dataflow", None)):
             raise TypeError(
@@ -305,10 +315,17 @@ def dataflow_diagram(path: str | Path, module_name: str) -> str:
     except LessonError:
         raise
     except Exception as error:
+        traced = (
+            "; the dataflow diagram traces the model with torch.fx, which passes a "
+            "Proxy for each tensor: mark a function that checks its argument's type or "
+            "branches on a value with @torch.fx.wrap (docs/contributing.md)"
+            if "Proxy" in str(error)
+            else ""
+        )
         raise LessonError(
             path,
             _line_in(path, error),
-            f"example() or dataflow() raised {type(error).__name__}: {error}",
+            f"example() or dataflow() raised {type(error).__name__}: {error}{traced}",
         ) from None
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from tools.literate import rules
 from tools.literate.files import LessonFile, atomic_write, lesson_command
 from tools.literate.parse import parse
 
@@ -319,6 +320,18 @@ def _report(lesson: LessonFile, docs_dir: Path) -> None:
         f"  {len(figures.files)} figure(s) in {figures.seconds:.1f} s "
         f"→ docs/{lesson.figures_folder}"
     )
+    time = parse(lesson.path.read_text(encoding="utf-8"), lesson.path).front_matter.get(
+        "time"
+    )
+    try:
+        declared = rules.seconds(time)
+    except (ValueError, TypeError):
+        return  # the build names a missing or malformed time
+    if not 0.5 <= figures.seconds / declared <= 2:
+        print(
+            f"  the front matter says time: {time}, but the demo took "
+            f"{figures.seconds:.0f} s: declare within 2x of it (the tests check)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

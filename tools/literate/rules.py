@@ -75,6 +75,7 @@ def check(
     problems += _citations(file, lesson)
     problems += _control_characters(file, lesson)
     problems += _place(file, lesson, order)
+    problems += _drawing(file, lesson)
     problems += _test_file(file, test_source)
     problems += _exercises(file, lesson)
     if "worksheet" in lesson.front_matter:
@@ -341,6 +342,39 @@ def _place(file: LessonFile, lesson: Lesson, order: list[str]) -> list[LessonErr
                         )
                     )
     return problems
+
+
+def _drawing(file: LessonFile, lesson: Lesson) -> list[LessonError]:
+    """A lesson draws with `annotated.figures` (`figure`, `save`). pyplot picks a
+    backend when it is imported, and `matplotlib.use` switches it: either breaks an
+    import in the site build or in a notebook."""
+    names = {"matplotlib"}  # what `matplotlib` is called in the lesson
+    problems = []
+    for node in ast.walk(lesson.tree):
+        if isinstance(node, ast.Import):
+            names |= {
+                a.asname for a in node.names if a.name == "matplotlib" and a.asname
+            }
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if {"matplotlib.pyplot", "pylab"} & set(imported_modules(node)):
+                problems.append((node.lineno, "pyplot"))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "use"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in names
+        ):
+            problems.append((node.lineno, "matplotlib.use"))
+    return [
+        LessonError(
+            file.path,
+            line,
+            f"a lesson draws with annotated.figures (figure, save), not {what}: it "
+            "must import cleanly in the site build and in a notebook",
+        )
+        for line, what in sorted(problems)
+    ]
 
 
 def _test_file(file: LessonFile, test_source: str | None) -> list[LessonError]:
