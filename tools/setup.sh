@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what is missing, then serve the site, build it, or run the whole test suite.
 #
-#   bash tools/setup.sh serve    # mkdocs serve on http://127.0.0.1:8000 (re-renders a lesson when you save it)
+#   bash tools/setup.sh serve    # mkdocs serve on http://127.0.0.1:8000/annotated-dl/ (re-renders a lesson when you save it)
 #   bash tools/setup.sh build    # mkdocs build --strict into site/
 #   bash tools/setup.sh test     # the whole test suite, as CI runs it, then the demos on a fake GPU
 #                                # (extra arguments go to pytest, and only that run happens)
