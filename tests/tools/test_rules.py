@@ -132,6 +132,13 @@ BROKEN = {
         lambda s: s.replace("x = np.ones(2)", 'x = "\\d"'),
         r"autograd\.py:\d+: .*write the string as r",
     ),
+    "escape lines below where a plain docstring opens": (
+        lambda s: s.replace(
+            "x = np.ones(2)",
+            'def f():\n    """One.\n\n    Two $x \\in S$."""\n\n\nx = np.ones(2)',
+        ),
+        r"autograd\.py:23: invalid escape sequence '\\i'",
+    ),
     "imports the engine": (
         lambda s: s.replace(
             "import numpy as np", "import numpy as np\nimport tools.literate"

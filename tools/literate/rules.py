@@ -108,6 +108,14 @@ def _compile(file: LessonFile, source: str) -> list[LessonError]:
         except (SyntaxWarning, DeprecationWarning, SyntaxError) as warning:
             line = getattr(warning, "lineno", None) or 1
             reason = getattr(warning, "msg", None) or str(warning)
+            # Python names the line a string starts on; the escape may be lines below
+            # it, in a long docstring.
+            escape = re.search(r"invalid escape sequence '(\\.)'", reason)
+            if escape:
+                lines = source.splitlines()[line - 1 :]
+                line += next(
+                    (i for i, text in enumerate(lines) if escape.group(1) in text), 0
+                )
             return [
                 LessonError(
                     file.path, line, f'{reason}: write the string as r"""..."""'
