@@ -496,17 +496,29 @@ def newton_logistic(
     lam: float,
     tol: float = 1e-12,
     max_steps: int = 50,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
-    r"""Damped Newton from $w = 0$ until $\|\nabla F\| \le$ `tol`.
+    r"""Damped Newton from `start` ($w = 0$ if not given) until
+    $\|\nabla F\| \le$ `tol`.
 
     Returns every iterate, `[steps + 1, d]`; the last row is $w^\star$.
     """
     check_logistic(features, labels, lam)
+    dim = features.shape[1]
+    if start is not None and not (
+        isinstance(start, np.ndarray)
+        and start.shape == (dim,)
+        and np.issubdtype(start.dtype, np.number)
+        and np.isfinite(start).all()
+    ):
+        raise ValueError(
+            f"start must be a finite numpy array of shape ({dim},), got {start!r}"
+        )
     if not (isinstance(tol, numbers.Real) and tol > 0):
         raise ValueError(f"tol must be a number > 0, got {tol!r}")
     max_steps = check_count(max_steps, "max_steps", least=1)
     rounding = 64 * np.finfo(np.float64).eps  # relative error a computed F may carry
-    w = np.zeros(features.shape[1])  # [d]
+    w = np.zeros(dim) if start is None else start.astype(np.float64)  # [d]
     history = [w]
     for _ in range(max_steps):
         gradient = logistic_gradient(w, features, labels, lam)  # [d]
