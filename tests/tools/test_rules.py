@@ -173,6 +173,14 @@ BROKEN = {
         ).replace("x = np.ones(2)", "mpl.use('Agg')\nx = np.ones(2)"),
         r"autograd\.py:\d+: .*not matplotlib\.use",
     ),
+    "a flag without help": (
+        lambda s: s.replace(
+            "x = np.ones(2)",
+            "import argparse\n\nparser = argparse.ArgumentParser()\n"
+            "parser.add_argument('--steps', type=int, default=3)\nx = np.ones(2)",
+        ),
+        r"autograd\.py:23: flag '--steps' has no help=",
+    ),
     "one exercise": (
         lambda s: s.replace("# 2. Two.\n", ""),
         r"1 exercises; write 2 to 4",

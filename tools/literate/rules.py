@@ -76,6 +76,7 @@ def check(
     problems += _control_characters(file, lesson)
     problems += _place(file, lesson, order)
     problems += _drawing(file, lesson)
+    problems += _flags(file, lesson)
     problems += _test_file(file, test_source)
     problems += _exercises(file, lesson)
     if "worksheet" in lesson.front_matter:
@@ -382,6 +383,23 @@ def _drawing(file: LessonFile, lesson: Lesson) -> list[LessonError]:
             "must import cleanly in the site build and in a notebook",
         )
         for line, what in sorted(problems)
+    ]
+
+
+def _flags(file: LessonFile, lesson: Lesson) -> list[LessonError]:
+    """Every flag of the demo says what it sets: `--help` is how a reader finds them."""
+    return [
+        LessonError(
+            file.path,
+            node.lineno,
+            f"flag {ast.unparse(node.args[0]) if node.args else '?'} has no help=: "
+            "say what it sets (--help shows it)",
+        )
+        for node in ast.walk(lesson.tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "add_argument"
+        and not any(keyword.arg == "help" for keyword in node.keywords)
     ]
 
 
