@@ -1,5 +1,7 @@
 """Verified by round trip through nbformat (reading and validating against its schema):
-a lesson's `.ipynb` holds every code line in order and every section's prose, and the
+a lesson's `.ipynb` holds every code line in order and every section's prose, each of
+its code cells compiles on its own (an exception class whose body is its docstring
+keeps it), and the
 fixture lesson's notebook runs top to bottom in a Jupyter kernel, demo included. The
 same lesson makes the same file byte for byte, and prose that looks like a cell marker
 or a shell escape stays prose."""
@@ -26,6 +28,9 @@ def test_notebook_keeps_all_code_and_prose(lesson):
     parsed = parse(lesson.path.read_text(encoding="utf-8"), lesson.path)
     nb = nbformat.reads(to_ipynb(parsed), as_version=4)
     nbformat.validate(nb)
+    for cell in nb.cells:  # each cell runs on its own: whole statements only
+        if cell.cell_type == "code":
+            compile(cell.source, f"{lesson.key} {cell.id}", "exec")
     code = [
         line
         for cell in nb.cells[2:]

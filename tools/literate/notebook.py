@@ -42,17 +42,20 @@ def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
         cells.append(new_code_cell(preamble.strip("\n")))
     for group in _statement_groups(lesson):
         first = group[0]
-        if first.prose:
-            cells.append(new_markdown_cell(first.prose))
         numbers = [line.number for line in first.code]
         numbers += [
             line.number
             for section in group[1:]
             for line in section.prose_lines + section.code
         ]
-        code = "\n".join(source_lines[number - 1] for number in sorted(numbers)).strip(
-            "\n"
-        )
+        prose, code = first.prose, _lines(source_lines, numbers)
+        if code and not _parses(code):
+            # A class or function whose whole body is its docstring (an exception
+            # class) keeps it as code: without it the cell has a header and no body.
+            numbers += [line.number for line in first.prose_lines]
+            prose, code = "", _lines(source_lines, numbers)
+        if prose:
+            cells.append(new_markdown_cell(prose))
         if code:
             cells.append(new_code_cell(code))
     for number, cell in enumerate(cells, start=1):
@@ -69,6 +72,18 @@ def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
         },
     )
     return nbformat.writes(notebook)
+
+
+def _lines(source_lines: list[str], numbers: list[int]) -> str:
+    return "\n".join(source_lines[n - 1] for n in sorted(numbers)).strip("\n")
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return False
+    return True
 
 
 def _statement_groups(lesson: Lesson) -> list[list]:
