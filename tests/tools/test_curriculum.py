@@ -336,6 +336,37 @@ def test_a_link_to_a_missing_section_raises():
         rendered("index.md", written)
 
 
+def test_a_section_is_named_by_its_heading_or_the_name_it_defines(tmp_path):
+    from tools.literate import pipeline
+
+    convex = LESSON_FILES["foundations/convex"]
+    record = pipeline.read(convex, REPO / "docs")
+    english = pipeline.Site(tmp_path, True, frozenset(), {})
+    labels = dict(pipeline.section_labels(record, english))
+    assert labels["sgd-logistic"].startswith("SGD: a noise ball")
+    assert labels["gradient-descent"] == "`gradient_descent`"  # its heading has math
+    chinese = pipeline.Site(
+        tmp_path,
+        True,
+        frozenset(),
+        {},
+        language="zh",
+        prefix="zh/",
+        translations={
+            "foundations/convex": {"sgd-logistic": "## 随机梯度下降\n\n正文"}
+        },
+    )
+    assert dict(pipeline.section_labels(record, chinese))["sgd-logistic"] == (
+        "随机梯度下降"
+    )
+    written = dict(WRITTEN)
+    written["foundations/convex"] = WrittenLesson(
+        *list(vars(written["foundations/convex"]).values())[:4], tuple(labels.items())
+    )
+    page = rendered("index.md", written)  # the learning path's plan items
+    assert "§ [`gradient_descent`](" in page and "[SGD: a noise ball" in page
+
+
 def test_pages_are_in_the_nav_after_home():
     with open(REPO / "mkdocs.yml", encoding="utf-8") as handle:
         nav = yaml_load(handle)["nav"]  # mkdocs' own loader: it knows !ENV

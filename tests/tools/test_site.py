@@ -28,6 +28,7 @@ import functools
 import http.server
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -144,6 +145,25 @@ def test_each_edition_has_its_own_print_page_whose_images_resolve(site):
         assert not missing, missing[:5]
     chinese = (site / "zh/print_page/index.html").read_text(encoding="utf-8")
     assert len(re.findall(r"[\u4e00-\u9fff]", chinese)) > 100_000
+
+
+def test_a_chinese_page_links_the_chinese_twin_of_every_page_it_links(site):
+    # Shared files (scripts, figures, assets) live once, at the root; a page that has a
+    # Chinese twin is linked as the twin, except by the language switcher (hreflang).
+    link = re.compile(r'<(?:a|link)\b(?![^>]*hreflang)[^>]*\shref="([^"#?]+)')
+    offenders = []
+    for page in (site / "zh").rglob("*.html"):
+        folder = page.parent.relative_to(site).as_posix()
+        for href in link.findall(page.read_text(encoding="utf-8")):
+            if "://" in href or href.startswith(("mailto:", "data:")):
+                continue
+            target = posixpath.normpath(posixpath.join(folder, href))
+            if target == "zh" or target.startswith("zh/"):
+                continue
+            english = site / target / "index.html"
+            if english.is_file() and (site / "zh" / target / "index.html").is_file():
+                offenders.append(f"{page.relative_to(site)} links {href}")
+    assert not offenders, report(offenders, "Chinese pages linking an English page")
 
 
 def test_each_edition_links_its_own_notebook_and_shares_the_script(site):

@@ -69,6 +69,8 @@ class WrittenLesson:
     title: str
     summary: str
     sections: Set[str] = frozenset()
+    # (section id, its heading or the name it defines), for links to sections
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -627,7 +629,10 @@ class _Links:
         if lesson is None or not sections:
             return self.lesson(module)
         page = self.url(lesson.page)
-        anchors = [f"[{s.replace('-', ' ')}]({page}#{s})" for s in sections]
+        labels = dict(lesson.labels)
+        anchors = [
+            f"[{labels.get(s, s.replace('-', ' '))}]({page}#{s})" for s in sections
+        ]
         return f"[{_escape(lesson.title)}]({page}) § {', '.join(anchors)}"
 
     def test(self, ref: TestRef) -> str:

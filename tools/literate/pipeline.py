@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import html
+import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -223,9 +224,8 @@ def _demonstrates(site: Site, key: str, root: str) -> str:
     rows = site.demonstrates.get(key)
     if not rows:
         return ""
-    checklist = root + (
-        "competencies/" if site.use_directory_urls else "competencies.html"
-    )
+    checklist = root + site.prefix  # this edition's checklist
+    checklist += "competencies/" if site.use_directory_urls else "competencies.html"
     entries = []
     for text, label, names, outcome in rows:
         tests = ", ".join(
@@ -249,6 +249,33 @@ def _demonstrates(site: Site, key: str, root: str) -> str:
 def title(record: LessonRecord, site: Site) -> str:
     """A lesson's title in the site's edition."""
     return site.translations.get(record.file.key, {}).get("title", record.title)
+
+
+def section_labels(record: LessonRecord, site: Site) -> tuple[tuple[str, str], ...]:
+    """(section id, what a link to it says) in the site's edition: its heading, or the
+    name it defines when the heading has math (the pages that list sections render no
+    math) or it has none."""
+    texts = site.translations.get(record.file.key, {})
+    labels = []
+    for section in record.lesson.sections:
+        prose = texts.get(section.id, section.prose).strip()
+        first = prose.splitlines()[0] if prose else ""
+        defined = next(
+            (
+                match.group(1)
+                for line in section.code
+                if (match := _DEFINES.match(line.text))
+            ),
+            None,
+        )
+        if first.startswith("#") and "$" not in first:
+            labels.append((section.id, first.lstrip("#").strip()))
+        elif defined:
+            labels.append((section.id, f"`{defined}`"))
+    return tuple(labels)
+
+
+_DEFINES = re.compile(r"\s*(?:async\s+)?(?:def|class)\s+(\w+)")
 
 
 def notebook_path(file: LessonFile, site: Site) -> str | None:

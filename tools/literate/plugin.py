@@ -255,6 +255,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             translations=self.translations,
         )
         self.site = site
+        self.written = None  # made for this build's first page (on_page_markdown)
         self.pages = {}
         for record in self.records:
             try:
@@ -325,17 +326,10 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                     i18n.read(self.root / i18n.page_path(self.language, src)),
                 ),
             )
-        written = {
-            record.file.key: learning_path.WrittenLesson(
-                page=record.file.page,
-                title=pipeline.title(record, self.site),
-                summary=self.translations.get(record.file.key, {}).get(
-                    "summary", str(record.lesson.front_matter.get("summary", ""))
-                ),
-                sections=frozenset(section.id for section in record.lesson.sections),
-            )
-            for record in self.records
-        }
+        # The same for every page of the build: made for the first.
+        if self.written is None:
+            self.written = self._written_lessons()
+        written = self.written
         try:
             markdown = compare.render(
                 markdown, self.comparisons, written, self.root, page.file.src_uri
@@ -353,6 +347,22 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             )
         except ValueError as error:
             raise PluginError(f"literate: {page.file.src_uri}: {error}") from None
+
+    def _written_lessons(self) -> dict:
+        """What the learning path and the comparisons need of each written lesson, in
+        this edition."""
+        return {
+            record.file.key: learning_path.WrittenLesson(
+                page=record.file.page,
+                title=pipeline.title(record, self.site),
+                summary=self.translations.get(record.file.key, {}).get(
+                    "summary", str(record.lesson.front_matter.get("summary", ""))
+                ),
+                sections=frozenset(section.id for section in record.lesson.sections),
+                labels=pipeline.section_labels(record, self.site),
+            )
+            for record in self.records
+        }
 
     # Before every other plugin, so that they see the lesson's body.
     @event_priority(100)

@@ -539,9 +539,11 @@ PATTERNS = {
         # the Run row
         (
             r"took ([\d.]+) s on (.+?) \(declared: (.+?)\)",
-            r"在 \2 上用时 \1 s（声明：\3）",
+            r"在 \2 上用时 \1 s（预计：\3）",
         ),
-        (r"declared to take (.+?) on 2 CPU cores", r"声明在 2 个 CPU 核上用时 \1"),
+        (r"declared to take (.+?) on 2 CPU cores", r"预计在 2 个 CPU 核上用时 \1"),
+        # the machine a run was made on, in the Run and Expected result rows
+        (r"\b(\w+), (\d+) cores, (Linux|Darwin|Windows), ", r"\1，\2 核，\3，"),
         # the Expected result row
         (
             r"</code> (\S+) over (\d+) seeds, ([\d.]+) s a run on ([^<]+)",
@@ -552,8 +554,8 @@ PATTERNS = {
             r"测试所做的短运行（\1）：",
         ),
         # the Benchmarks table
-        (r"([\d.e+]+)× slower than ([^<]+)</td>", r"慢 \1×，相对于 \2</td>"),
-        (r"([\d.e+]+)× faster than ([^<]+)</td>", r"快 \1×，相对于 \2</td>"),
+        (r"([\d.e+]+)× slower than ([^<]+)</td>", r"比 \2 慢 \1×</td>"),
+        (r"([\d.e+]+)× faster than ([^<]+)</td>", r"比 \2 快 \1×</td>"),
         (
             r"as fast as ([^<]+) \(within 5 %\)</td>",
             r"与 \1 一样快（相差 5 % 以内）</td>",
@@ -562,10 +564,10 @@ PATTERNS = {
         (r'<em>[^<]*</em> (<span lang="zh-Hans">)', r"\1"),
         (
             r" \((<span class=\"lit-\w+\">.*?</span>) in the run of ([\d-]+)\)",
-            r"（\1，\2 的运行）",
+            r" 证明（\2 的运行：\1）",
         ),
-        (r" \(not in the stored run\)", "（不在已存的运行中）"),
-        (r" \(not run yet\)", "（尚未运行）"),
+        (r" \(not in the stored run\)", " 证明（不在已存的运行中）"),
+        (r" \(not run yet\)", " 证明（尚未运行）"),
     ]
 }
 
