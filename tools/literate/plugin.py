@@ -38,6 +38,7 @@ from tools.literate import (
     pdf,
     pipeline,
     reading,
+    render,
     test_results,
 )
 from tools.literate.files import discover, page_url
@@ -376,7 +377,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                     page.file.src_uri, self.site.pages, config.use_directory_urls
                 )
                 return rewrite_links(html, links)
-            return html
+            return render.localise_page(html, self.language)
         body = f'<div class="lit-page">{rendered.body}</div>'
         return html.replace(f"<p>{_BODY_PLACEHOLDER}</p>", body)
 

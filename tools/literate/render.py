@@ -577,6 +577,30 @@ def localise(body: str, language: str) -> str:
     return i18n.localise(body, language, LABELS, PATTERNS)
 
 
+# The engine's and Markdown's words on the hand-written pages.
+PAGE_LABELS = {
+    "zh": {
+        'title="Permanent link"': 'title="永久链接"',
+        "Dataflow of the declared example, exported with torch.export and grouped by "
+        "submodule": "声明的示例的数据流，用 torch.export 导出并按子模块分组",
+    }
+}
+PAGE_PATTERNS = {
+    "zh": [
+        (
+            r"Classes of (<code>[^<]+</code>), read from its source",
+            r"\1 的各个类，从其源码中读出",
+        ),
+    ]
+}
+
+
+def localise_page(html: str, language: str) -> str:
+    """A hand-written page's HTML with the engine's and Markdown's words in
+    `language`: its heading links' titles, the reading pages' captions."""
+    return i18n.localise(html, language, PAGE_LABELS, PAGE_PATTERNS)
+
+
 # ---- sections ------------------------------------------------------------------------
 
 
