@@ -6,12 +6,14 @@ fixture lesson's notebook runs top to bottom in a Jupyter kernel, demo included.
 same lesson makes the same file byte for byte, and prose that looks like a cell marker
 or a shell escape stays prose."""
 
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from conftest import FIXTURES
+from tools.literate import pipeline
 from tools.literate.files import discover
 from tools.literate.notebook import to_ipynb
 from tools.literate.parse import parse
@@ -49,8 +51,36 @@ def test_notebook_keeps_all_code_and_prose(lesson):
     )
     text = "\n".join(cell.source for cell in nb.cells)
     for section in parsed.sections:
-        for line in section.prose.splitlines():
-            assert line.strip() in text
+        # Around its citations and link targets, which the notebook rewrites.
+        for piece in re.split(r"\[@[^\]]*\]|\]\([^)]*\)", section.prose):
+            for line in piece.splitlines():
+                assert line.strip() in text
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "[@" not in markdown  # citations read "(Hu et al., 2022)"
+
+
+def test_the_prose_travels_with_its_citations_and_links_to_the_site(tmp_path):
+    lesson = discover(REPO)
+    lora = next(f for f in lesson if f.key == "llm/lora")
+    parsed = parse(lora.path.read_text(encoding="utf-8"), lora.path)
+    site = pipeline.Site(
+        tmp_path, True, frozenset(), {}, site_url="https://example.org/book/"
+    )
+    nb = nbformat.reads(
+        to_ipynb(parsed, "", pipeline._site_link(lora, site)), as_version=4
+    )
+    text = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    assert "(Hu et al., 2022)" in text and "[@hu2022lora]" not in text
+    assert "](https://example.org/book/lessons/llm/gpt2/)" in text
+    assert "](gpt2.md" not in text
+    assert nb.cells[-1].source.startswith("## References\n\n- Hu et al., 2022: ")
+    chinese = pipeline.Site(
+        tmp_path, True, frozenset(), {}, prefix="zh/", site_url="https://example.org/"
+    )
+    assert pipeline._site_link(lora, chinese)("../sequence/attention.md#x") == (
+        "https://example.org/zh/lessons/sequence/attention/#x"
+    )
+    assert pipeline._site_link(lora, chinese)("figure.png") is None
 
 
 def test_the_same_lesson_makes_the_same_file_with_numbered_cells():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -14,11 +15,23 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from tools.literate.files import atomic_write, project_sources
 from tools.literate.parse import Lesson
+from tools.literate.render import citation_labels
+from tools.literate.rules import CITATION
+
+# A Markdown link's target: `](gpt2.md#x)`.
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
-def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
+def to_ipynb(
+    lesson: Lesson, preamble: str = "", link=lambda target: None, language: str = "en"
+) -> str:
     """The lesson as `.ipynb` JSON: a Markdown cell for each section's prose, a code
     cell for its code.
+
+    The prose travels without the site around it: a citation `[@key]` becomes
+    "(Kingma & Ba, 2015)" with the works listed in a last cell, and a link to another
+    page becomes `link(target)`, its address on the site (kept as written where that
+    is None).
 
     A cell must hold whole statements, so a section that starts inside a class or
     function (a method with its own docstring, a comment block in a loop) joins the cell
@@ -28,6 +41,20 @@ def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
     `preamble` (the bundled project modules) is the next cell. Cells are numbered, not
     given random ids, so the same lesson always makes the same file.
     """
+    references = lesson.front_matter.get("references") or []
+    labels = citation_labels(references)
+
+    def portable(markdown: str) -> str:
+        markdown = CITATION.sub(
+            lambda m: (
+                "("
+                + "; ".join(labels.get(k.strip()[1:], k) for k in m.group(1).split(";"))
+                + ")"
+            ),
+            markdown,
+        )
+        return _LINK.sub(lambda m: f"]({link(m.group(1)) or m.group(1)})", markdown)
+
     title = lesson.front_matter.get("title", lesson.path.stem)
     source_lines = lesson.source.splitlines()
     summary = lesson.front_matter.get("summary", "")
@@ -55,9 +82,19 @@ def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
             numbers += [line.number for line in first.prose_lines]
             prose, code = "", _lines(source_lines, numbers)
         if prose:
-            cells.append(new_markdown_cell(prose))
+            cells.append(new_markdown_cell(portable(prose)))
         if code:
             cells.append(new_code_cell(code))
+    if references:
+        works = "\n".join(
+            f"- {labels[r['key']]}: {', '.join(map(str, r['authors'])).rstrip('.')}. "
+            f"*{r['title']}*. {_venue(r)}."
+            + (f" <{r['url']}>" if r.get("url") else "")
+            + (f" <https://arxiv.org/abs/{r['arxiv']}>" if r.get("arxiv") else "")
+            for r in references
+        )
+        heading = {"zh": "参考文献"}.get(language, "References")
+        cells.append(new_markdown_cell(f"## {heading}\n\n{works}"))
     for number, cell in enumerate(cells, start=1):
         cell.id = f"cell-{number}"
     notebook = new_notebook(
@@ -72,6 +109,12 @@ def to_ipynb(lesson: Lesson, preamble: str = "") -> str:
         },
     )
     return nbformat.writes(notebook)
+
+
+def _venue(reference: dict) -> str:
+    """ "ICLR 2022", or "Communications of the ACM 7(8), 1964": the year once."""
+    venue, year = str(reference.get("venue", "")), str(reference["year"])
+    return venue if year in venue else f"{venue}, {year}".lstrip(", ")
 
 
 def _lines(source_lines: list[str], numbers: list[int]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import html
+import posixpath
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -178,6 +179,9 @@ class Site:
     language: str = "en"
     prefix: str = ""
     translations: dict = field(default_factory=dict)
+    # The site's address (mkdocs' `site_url`): a downloaded notebook links to its pages
+    # there. "" leaves its links as the lesson writes them.
+    site_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ def render_page(record: LessonRecord, site: Site) -> Page:
         repr(site.demonstrates.get(record.file.key)),
         str(site.results_date),
         site.language,
+        site.site_url,
         repr(sorted(site.translations.get(record.file.key, {}).items())),
         *(
             repr(sorted(site.translations.get(r.file.key, {}).items())) if r else "-"
@@ -347,12 +352,34 @@ def _render(record, site: Site, previous, following) -> Page:
     preamble = downloads.bundle(record.imports)
     return Page(
         body=body,
-        notebook=notebook.to_ipynb(lesson, preamble),
+        notebook=notebook.to_ipynb(
+            lesson, preamble, _site_link(file, site), site.language
+        ),
         script=downloads.script(record.source, lesson.tree, record.imports),
         svgs={kind: svg for kind, (_, svg) in svgs.items()},
         search=search,
         worksheet=worksheet.blank(file, record.source, regions) if regions else None,
     )
+
+
+def _site_link(file: LessonFile, site: Site):
+    """For a lesson's downloaded notebook: a link target as the lesson writes it
+    (`gpt2.md#x`, relative to its page) → the page's address on the site, in the
+    edition; None when the site has no address or the target is not a page."""
+    if not site.site_url:
+        return lambda target: None
+
+    def link(target: str) -> str | None:
+        path, hash_sign, anchor = target.partition("#")
+        if "://" in path or not path.endswith(".md"):
+            return None
+        src = posixpath.normpath(posixpath.join(posixpath.dirname(file.page), path))
+        if src.startswith(".."):
+            return None
+        url = site.site_url.rstrip("/") + "/" + site.prefix
+        return url + page_url(src, site.use_directory_urls) + hash_sign + anchor
+
+    return link
 
 
 def _diagrams(record: LessonRecord, cache_dir: Path) -> dict[str, tuple[str, str]]:

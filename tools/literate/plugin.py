@@ -254,6 +254,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             language=self.language,
             prefix=self.prefix,
             translations=self.translations,
+            site_url=config.site_url or "",
         )
         self.site = site
         self.written = None  # made for this build's first page (on_page_markdown)
