@@ -56,6 +56,18 @@ def test_page_shows_every_level_with_its_link_and_code():
     assert text.count('<div class="lit-level" markdown>') == len(LEVELS)
 
 
+def test_the_chinese_edition_has_every_title_text_and_label_in_chinese():
+    text = compare.render(
+        compare.COMPARE, COMPARISONS, written(), REPO, "compare.md", "zh"
+    )
+    for number, comparison in enumerate(COMPARISONS, 1):
+        assert comparison.title_zh and comparison.text_zh, comparison.title
+        assert f"## {number}. {comparison.title_zh}\n\n{comparison.text_zh}" in text
+    for level in LEVELS:
+        assert level.label_zh and f"**{level.label_zh}**：[`{level.name}`]" in text
+    assert " in [" not in text  # the English joint between a level and its lesson
+
+
 def test_a_level_of_an_unwritten_lesson_stops_the_build():
     lessons = written()
     lessons.pop(LEVELS[0].module)
@@ -75,15 +87,22 @@ BAD = {
         "must look like",
     ),
     "one level": (
-        '[[compare.level]]\n  label = "Blocked, in PyTorch"\n  function = '
-        '"kernels/matmul:blocked_matmul"\n\n  [[compare.level]]\n  label = '
-        '"Triton kernel"\n  function = "kernels/matmul:matmul_kernel"\n\n  '
-        '[[compare.level]]\n  label = "CUDA C, 2-D register tiling"\n  '
+        '[[compare.level]]\n  label = "Blocked, in PyTorch"\n'
+        '  zh = "分块，用 PyTorch"\n'
+        '  function = "kernels/matmul:blocked_matmul"\n\n  [[compare.level]]\n'
+        '  label = "Triton kernel"\n  zh = "Triton 内核"\n  function = '
+        '"kernels/matmul:matmul_kernel"\n\n  [[compare.level]]\n  label = '
+        '"CUDA C, 2-D register tiling"\n  zh = "CUDA C，二维寄存器分块"\n  '
         'function = "kernels/sgemm.cu:sgemm_blocktile_2d"\n',
         "",
         "at least two levels",
     ),
     "unknown key": ('label = "Plain Python"', 'labl = "Plain Python"', "exactly label"),
+    "unknown Chinese key": (
+        'zh = { title = "矩阵乘法"',
+        'zh = { titel = "矩阵乘法"',
+        "zh holds only a title and a text",
+    ),
 }
 
 

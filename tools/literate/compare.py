@@ -40,6 +40,7 @@ class Level:
     label: str  # "Plain Python"
     module: str  # "foundations/matrix", or "kernels/softmax.cu"
     name: str  # the function, class or kernel: "matmul_ikj"
+    label_zh: str = ""  # the Chinese edition's label, "纯 Python"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Comparison:
     title: str
     text: str
     levels: tuple[Level, ...]
+    title_zh: str = ""  # the Chinese edition's title and text
+    text_zh: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,24 +72,37 @@ def load(path: str | Path) -> tuple[Comparison, ...]:
     comparisons = []
     for index, table in enumerate(data["compare"]):
         where = f"{path.name}: [[compare]] #{index + 1}"
-        if set(table) != {"title", "text", "level"}:
+        if set(table) - {"zh"} != {"title", "text", "level"}:
             raise ValueError(
-                f"{where}: needs exactly title, text and [[compare.level]]"
+                f"{where}: needs exactly title, text and [[compare.level]] (and zh)"
             )
+        chinese = table.get("zh", {})
+        if not isinstance(chinese, dict) or set(chinese) - {"title", "text"}:
+            raise ValueError(f"{where}: zh holds only a title and a text")
         levels = []
         for level in table["level"]:
-            if set(level) != {"label", "function"}:
-                raise ValueError(f"{where}: a level needs exactly label and function")
+            if set(level) - {"zh"} != {"label", "function"}:
+                raise ValueError(
+                    f"{where}: a level needs exactly label and function (and zh)"
+                )
             if not _FUNCTION.fullmatch(level["function"]):
                 raise ValueError(
                     f"{where}: function {level['function']!r} must look like "
                     '"area/topic:name" (or "area/topic.cu:kernel")'
                 )
             module, name = level["function"].split(":")
-            levels.append(Level(level["label"], module, name))
+            levels.append(Level(level["label"], module, name, level.get("zh", "")))
         if len(levels) < 2:
             raise ValueError(f"{where}: a comparison needs at least two levels")
-        comparisons.append(Comparison(table["title"], table["text"], tuple(levels)))
+        comparisons.append(
+            Comparison(
+                table["title"],
+                table["text"],
+                tuple(levels),
+                chinese.get("title", ""),
+                chinese.get("text", ""),
+            )
+        )
     return tuple(comparisons)
 
 
@@ -161,16 +177,21 @@ def render(
     written: dict,
     root: Path,
     page_src: str,
+    language: str = "en",
 ) -> str:
-    """Fill `<!-- compare -->` in a docs page's Markdown. `written` maps module keys to
+    """Fill `<!-- compare -->` in a docs page's Markdown, in the edition's `language`
+    (the Chinese words where compare.toml has them). `written` maps module keys to
     `learning_path.WrittenLesson`s; a level whose lesson is not written stops the
     build, as a missing name does."""
     if COMPARE not in markdown:
         return markdown
     here = posixpath.dirname(page_src) or "."
     out = []
+    chinese = language == "zh"
     for number, comparison in enumerate(comparisons, 1):
-        out += [f"## {number}. {comparison.title}", "", comparison.text, ""]
+        title = (chinese and comparison.title_zh) or comparison.title
+        text = (chinese and comparison.text_zh) or comparison.text
+        out += [f"## {number}. {title}", "", text, ""]
         out += ['<div class="lit-compare" markdown>', ""]
         for level in comparison.levels:
             lesson = written.get(level.module)
@@ -179,11 +200,18 @@ def render(
             found = excerpt(root, level)
             page = posixpath.relpath(lesson.page, here)
             fence = "```"
+            label = (chinese and level.label_zh) or level.label
+            where = (
+                f"**{label}**：[`{level.name}`]({page}#{found.section})，出自"
+                f"[{lesson.title}]({page})"
+                if chinese
+                else f"**{label}**: [`{level.name}`]({page}#{found.section}) in "
+                f"[{lesson.title}]({page})"
+            )
             out += [
                 '<div class="lit-level" markdown>',
                 "",
-                f"**{level.label}**: [`{level.name}`]({page}#{found.section}) in "
-                f"[{lesson.title}]({page})",
+                where,
                 "",
                 f"{fence}{found.language}",
                 found.code,

@@ -334,7 +334,12 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         written = self.written
         try:
             markdown = compare.render(
-                markdown, self.comparisons, written, self.root, page.file.src_uri
+                markdown,
+                self.comparisons,
+                written,
+                self.root,
+                page.file.src_uri,
+                self.language,
             )
             markdown = reading.render(
                 markdown, self.root / self.config.cache_dir, page.file.src_uri
