@@ -201,17 +201,12 @@ def render(
             page = posixpath.relpath(lesson.page, here)
             fence = "```"
             label = (chinese and level.label_zh) or level.label
-            where = (
-                f"**{label}**：[`{level.name}`]({page}#{found.section})，出自"
-                f"[{lesson.title}]({page})"
-                if chinese
-                else f"**{label}**: [`{level.name}`]({page}#{found.section}) in "
-                f"[{lesson.title}]({page})"
-            )
+            colon, of = ("：", "，出自") if chinese else (": ", " in ")
             out += [
                 '<div class="lit-level" markdown>',
                 "",
-                where,
+                f"**{label}**{colon}[`{level.name}`]({page}#{found.section}){of}"
+                f"[{lesson.title}]({page})",
                 "",
                 f"{fence}{found.language}",
                 found.code,

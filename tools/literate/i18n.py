@@ -444,8 +444,7 @@ def mark_translated(path: Path, units: list[Unit], only: set[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tools.literate import learning_path
-    from tools.literate import LessonError
+    from tools.literate import LessonError, learning_path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

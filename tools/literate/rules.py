@@ -357,13 +357,15 @@ def _drawing(file: LessonFile, lesson: Lesson) -> list[LessonError]:
     """A lesson draws with `annotated.figures` (`figure`, `save`). pyplot picks a
     backend when it is imported, and `matplotlib.use` switches it: either breaks an
     import in the site build or in a notebook."""
-    names = {"matplotlib"}  # what `matplotlib` is called in the lesson
+    names = {"matplotlib"} | {  # what `matplotlib` is called in the lesson
+        alias.asname
+        for node in ast.walk(lesson.tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name == "matplotlib" and alias.asname
+    }
     problems = []
     for node in ast.walk(lesson.tree):
-        if isinstance(node, ast.Import):
-            names |= {
-                a.asname for a in node.names if a.name == "matplotlib" and a.asname
-            }
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             if {"matplotlib.pyplot", "pylab"} & set(imported_modules(node)):
                 problems.append((node.lineno, "pyplot"))
