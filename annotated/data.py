@@ -18,6 +18,7 @@ code of the source file that trained it (`code_sha256`), so that a lesson whose 
 changed trains again, and one whose prose changed does not.
 """
 
+import argparse
 import hashlib
 import io
 import os
@@ -399,6 +400,41 @@ def cached_weights(name: str, source: str | Path, train: Callable[[], dict]) -> 
         if os.path.exists(temporary):
             os.remove(temporary)
     return load_file(path)
+
+
+def torch_device(name: str) -> str:
+    """`name` ("cpu", "cuda", "cuda:1", "mps") if this machine has that device, else an
+    `argparse.ArgumentTypeError` saying what is missing; argparse prints it as
+    "argument --device: ..." and exits with status 2. Returns the name as torch writes
+    it, so a lesson can keep comparing `args.device` with "cpu"."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not a device: expected cpu, cuda, cuda:N or mps"
+        )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "was built without CUDA" if torch.version.cuda is None else "sees no GPU"
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not available: torch {torch.__version__} {why}; "
+            "use --device cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not available: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not available: MPS needs an Apple-silicon Mac; "
+            "use --device cpu"
+        )
+    return str(device)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """Verified against scikit-learn: `digits` returns sklearn's bundled digits, split
 without loss or overlap; `two_moons` is checked by its geometry (two labelled half
 circles of the requested size and noise); `cached_weights` by
-what it writes and when it trains again."""
+what it writes and when it trains again; `torch_device` against what torch reports
+about this machine's devices."""
+
+import argparse
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 
 from annotated import data
@@ -13,6 +17,7 @@ from annotated.data import (
     code_sha256,
     digit_images,
     digits,
+    torch_device,
     two_moons,
 )
 
@@ -279,3 +284,43 @@ def test_vision_data_rejects_bad_arguments():
         shapes(0)
     with pytest.raises(ValueError, match="size must be an int >= 26 for 8 frames"):
         moving_digits(4, frames=8, size=20)
+
+
+def test_torch_device_accepts_what_this_machine_has(monkeypatch):
+    assert torch_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert torch_device("cuda") == "cuda"
+    assert torch_device("cuda:1") == "cuda:1"
+
+
+@pytest.mark.parametrize(
+    "name, gpus, message",
+    [
+        ("cdua", 0, "'cdua' is not a device: expected cpu, cuda, cuda:N or mps"),
+        ("meta", 0, "'meta' is not a device"),
+        ("cuda", 0, "'cuda' is not available: torch .* use --device cpu"),
+        ("cuda:2", 2, r"'cuda:2' is not available: .* 2 CUDA device\(s\), cuda:0 to "),
+        ("mps", 0, "'mps' is not available: MPS needs an Apple-silicon Mac"),
+    ],
+)
+def test_torch_device_refuses_a_device_this_machine_lacks(
+    name, gpus, message, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        torch_device(name)
+
+
+def test_torch_device_is_a_usage_error_naming_the_flag(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    parser = argparse.ArgumentParser(prog="demo")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="where")
+    with pytest.raises(SystemExit) as exit:
+        parser.parse_args(["--device", "cuda"])
+    assert exit.value.code == 2
+    assert "demo: error: argument --device: 'cuda' is not available" in (
+        capsys.readouterr().err
+    )

@@ -415,11 +415,13 @@ def _in_the_mode(original):
 
 
 def _add_argument(original):
-    """`--device` defaults to cuda, whatever the lesson's default."""
+    """`--device` defaults to cuda, whatever the lesson's default, and takes it as
+    given: the lesson's check (`annotated.data.torch_device`) would find no GPU."""
 
     def add_argument(self, *names, **kwargs):
         if "--device" in names:
             kwargs["default"] = "cuda"
+            kwargs.pop("type", None)
         return original(self, *names, **kwargs)
 
     return add_argument

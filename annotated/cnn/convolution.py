@@ -97,6 +97,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## Shapes and arguments
@@ -608,7 +609,8 @@ def best_time(fn, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
-        description="Time direct, im2col and FFT conv2d against F.conv2d."
+        description="Time direct, im2col and FFT conv2d against F.conv2d.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--sizes",
@@ -638,6 +640,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device",
     )

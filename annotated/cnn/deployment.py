@@ -102,7 +102,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## The model
@@ -461,7 +461,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Export a digits CNN to ONNX and compare eager torch with "
-        "ONNX Runtime fp32 and int8."
+        "ONNX Runtime fp32 and int8.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--width", type=int, default=16, help="first conv's channels")
     parser.add_argument("--epochs", type=int, default=15, help="training epochs")
@@ -469,6 +470,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="device for training and for the eager latency (ONNX Runtime uses CPU)",
     )

@@ -121,7 +121,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## Conv, batch norm, activation
@@ -613,7 +613,8 @@ def plot(rows: list[dict], losses: list[float], out: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Tabulate B0–B7, train the small model on digits, save the figure."""
     parser = argparse.ArgumentParser(
-        description="EfficientNet B0–B7 sizes, and a small EfficientNet on digits."
+        description="EfficientNet B0–B7 sizes, and a small EfficientNet on digits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
@@ -627,6 +628,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## Convolution as one matrix product
@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Check the three implementations agree, train the twin on digits, draw the
     figures."""
     parser = argparse.ArgumentParser(
-        description="LeNet-5 on 32×32 digits: our layers, nn.Conv2d and plain loops."
+        description="LeNet-5 on 32×32 digits: our layers, nn.Conv2d and plain loops.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--epochs", type=int, default=15, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
@@ -457,6 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

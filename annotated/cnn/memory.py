@@ -93,6 +93,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## The network
@@ -416,7 +417,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures."""
     parser = argparse.ArgumentParser(
         description="Peak memory of a CNN training step: checkpointing, in-place, "
-        "accumulation, bfloat16."
+        "accumulation, bfloat16.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--depths", default="4,9,16", help="comma-separated depths")
     parser.add_argument("--width", type=int, default=16, help="channels per block")
@@ -426,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (peaks are read from the CPU profiler, so use cpu for them)",
     )

@@ -84,7 +84,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 
@@ -495,7 +495,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Count the ImageNet ResNets, then train plain and residual nets of growing depth
     on digits and draw the degradation problem."""
     parser = argparse.ArgumentParser(
-        description="ResNet sizes and the degradation problem on digits."
+        description="ResNet sizes and the degradation problem on digits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--blocks",
@@ -516,6 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

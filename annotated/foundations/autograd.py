@@ -806,7 +806,8 @@ def dataflow(output: Value) -> tuple[list[tuple[str, str]], list[tuple[str, str,
 # measured on 200 fresh points that the network never trained on.
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
-        description="Train a scalar-autograd MLP on two moons."
+        description="Train a scalar-autograd MLP on two moons.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--points", type=int, default=100, help="training points")
     parser.add_argument(

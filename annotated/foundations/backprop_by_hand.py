@@ -1087,7 +1087,8 @@ def plot_attention(
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Check every backward pass numerically, then train the classifier with them."""
     parser = argparse.ArgumentParser(
-        description="Check hand-derived backward passes and train with them."
+        description="Check hand-derived backward passes and train with them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--steps", type=int, default=300, help="SGD steps for the attention classifier"

@@ -849,7 +849,8 @@ def plot_noise_ball(
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """The quadratic methods against their rates, then SGD against Newton's optimum."""
     parser = argparse.ArgumentParser(
-        description="Convergence rates measured against their bounds."
+        description="Convergence rates measured against their bounds.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--kappas", default="10,100,1000", help="comma-separated condition numbers > 1"

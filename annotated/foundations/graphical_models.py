@@ -1187,7 +1187,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Exact and sampled posteriors on the sprinkler network, then HMM decoding."""
     parser = argparse.ArgumentParser(
         description="Exact and sampled inference in a Bayesian network, and HMM "
-        "decoding."
+        "decoding.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--sweeps", type=int, default=4000, help="Gibbs sweeps kept per chain"

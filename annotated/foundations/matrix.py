@@ -843,7 +843,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Time both products, then solve Hilbert systems; print, plot, return metrics."""
     parser = argparse.ArgumentParser(
         description="Time the i-j-k and i-k-j matrix products and measure solve's "
-        "error on Hilbert matrices."
+        "error on Hilbert matrices.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--sizes",

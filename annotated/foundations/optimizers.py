@@ -154,7 +154,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## L2 weight decay
@@ -993,7 +993,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Race the optimizers down Rosenbrock, train the digits network with each, save
     both figures."""
     parser = argparse.ArgumentParser(
-        description="SGD, RMSProp, Adam and AdamW on Rosenbrock and on digits."
+        description="SGD, RMSProp, Adam and AdamW on Rosenbrock and on digits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--rosenbrock-steps",
@@ -1021,6 +1022,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

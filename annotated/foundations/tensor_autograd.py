@@ -935,7 +935,8 @@ def dataflow(output: Tensor):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Train a two-layer MLP on digits with a NumPy tensor autograd "
-        "engine."
+        "engine.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--epochs", type=int, default=30, help="passes over the training set"

@@ -117,7 +117,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digit_images
+from annotated.data import digit_images, torch_device
 from annotated.figures import figure, save
 from annotated.generative.metrics import feature_extractor, fid
 
@@ -526,7 +526,8 @@ def plot_losses(d_losses, g_losses, last: tuple[float, float], out: Path) -> Pat
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train a DCGAN on 16×16 digits, draw the figures, and print FIDs."""
     parser = argparse.ArgumentParser(
-        description="DCGAN on 16×16 digits, scored by FID on the digits judge."
+        description="DCGAN on 16×16 digits, scored by FID on the digits judge.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=1000, help="training rounds")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
@@ -538,11 +539,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--judge-epochs",
         type=int,
         default=30,
-        help="epochs of the metrics lesson's judge (30 is its cached default)",
+        help="epochs of the metrics lesson's judge; the default is its cached one",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

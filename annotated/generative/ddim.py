@@ -104,7 +104,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digit_images
+from annotated.data import digit_images, torch_device
 from annotated.figures import figure, save
 from annotated.generative.ddpm import (
     Schedule,
@@ -585,7 +585,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     FID of each."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
-        description="DDIM sampling of the DDPM lesson's U-Net: FID against steps."
+        description="DDIM sampling of the DDPM lesson's U-Net: FID against steps.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--steps",
@@ -601,17 +602,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--train-steps",
         type=int,
         default=defaults.steps,
-        help="the DDPM's optimizer steps (the default is the cached model)",
+        help="the DDPM's optimizer steps; the default is the cached model's",
     )
     parser.add_argument(
         "--judge-epochs",
         type=int,
         default=30,
-        help="epochs of the metrics lesson's judge (30 is its cached default)",
+        help="epochs of the metrics lesson's judge; the default is its cached one",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the start noise")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to sample on",
     )

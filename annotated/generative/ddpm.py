@@ -114,7 +114,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from annotated.data import cached_weights, digit_images
+from annotated.data import cached_weights, digit_images, torch_device
 from annotated.figures import figure, save
 
 # ## The forward process
@@ -771,7 +771,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     samples' FID."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
-        description="Train a denoising diffusion model on 16×16 digits and sample."
+        description="Train a denoising diffusion model on 16×16 digits and sample.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=defaults.steps, help="train steps")
     parser.add_argument(
@@ -797,6 +798,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train and sample on",
     )

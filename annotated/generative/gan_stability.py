@@ -185,6 +185,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## The test bed: eight Gaussians on a ring
@@ -784,7 +785,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train the plain and the stabilised GAN on eight Gaussians and count modes."""
     parser = argparse.ArgumentParser(
         description="Mode collapse on a ring of eight Gaussians: a plain GAN against "
-        "spectral norm + TTUR + label smoothing + EMA."
+        "spectral norm + TTUR + label smoothing + EMA.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=3000, help="training rounds")
     parser.add_argument("--batch-size", type=int, default=256, help="mini-batch size")
@@ -798,6 +800,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -120,7 +120,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import cached_weights, digit_images
+from annotated.data import cached_weights, digit_images, torch_device
 from annotated.figures import figure, save
 
 # ## The Fréchet distance between two Gaussians
@@ -750,7 +750,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     its response to corruption."""
     parser = argparse.ArgumentParser(
         description="FID and the Inception Score on a digits judge: the bias of FID "
-        "with sample size, and its response to noise and blur."
+        "with sample size, and its response to noise and blur.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--epochs", type=int, default=EPOCHS, help="training epochs of the judge"
@@ -774,6 +775,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device for the judge",
     )

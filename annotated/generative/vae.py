@@ -131,7 +131,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digit_images
+from annotated.data import digit_images, torch_device
 from annotated.figures import figure, save
 
 # ## The reparameterisation trick
@@ -576,7 +576,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train a VAE on 16×16 digits, report the test ELBO and IWAE bound, draw the
     figures."""
     parser = argparse.ArgumentParser(
-        description="Train a variational autoencoder on 16×16 digits."
+        description="Train a variational autoencoder on 16×16 digits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--epochs", type=int, default=60, help="training epochs")
     parser.add_argument("--latent", type=int, default=2, help="latent dimension (>= 2)")
@@ -602,6 +603,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

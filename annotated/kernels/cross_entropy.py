@@ -112,6 +112,7 @@ from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
 from annotated.cnn.memory import peak_memory
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -1001,7 +1002,8 @@ def plot_training(fused: list[float], eager: list[float], floor: float, out: Pat
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="A fused cross-entropy kernel in Triton: check it, count and "
-        "measure its memory, train with it, and on a GPU time it."
+        "measure its memory, train with it, and on a GPU time it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=40, help="training steps")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per batch")
@@ -1022,6 +1024,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (cpu runs the kernels in Triton's interpreter)",
     )

@@ -115,6 +115,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.kernels.softmax import ByteCounter
 
@@ -1332,7 +1333,8 @@ def plot_traffic(lengths: list[int], head_dim: int, out: Path) -> dict[str, floa
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="FlashAttention in Triton: check it, count its bytes, and on a "
-        "GPU time it."
+        "GPU time it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--batch", type=int, default=2, help="batch of the check")
     parser.add_argument("--heads", type=int, default=2, help="heads of the check")
@@ -1350,6 +1352,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (cpu runs the kernels in Triton's interpreter)",
     )

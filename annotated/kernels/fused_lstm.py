@@ -98,6 +98,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.kernels.softmax import ByteCounter
 from annotated.sequence.lstm import lstm_cell
@@ -1263,7 +1264,8 @@ def plot_training(fused: list[float], reference: list[float], out: Path):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="A fused LSTM-cell kernel in Triton: check it, count its bytes, "
-        "train with it, and on a GPU time it."
+        "train with it, and on a GPU time it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=200, help="training steps")
     parser.add_argument("--length", type=int, default=6, help="adding-problem length")
@@ -1287,6 +1289,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (cpu runs the kernels in Triton's interpreter)",
     )

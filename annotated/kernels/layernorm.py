@@ -90,6 +90,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.kernels.softmax import ByteCounter
 
@@ -924,7 +925,8 @@ def plot_traffic(counts: dict[str, dict], rows: int, cols: int, out: Path):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Layer norm in Triton: check it against torch, count its bytes, "
-        "and on a GPU time it."
+        "and on a GPU time it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--count-size",
@@ -933,6 +935,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (cpu runs the kernels in Triton's interpreter)",
     )

@@ -92,6 +92,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -756,7 +757,8 @@ def plot_roofline(reads: dict[str, int], flops: int, written: int, out: Path):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="A tiled matmul in Triton: check it, count its tile loads per "
-        "launch order, and on a GPU time it against cuBLAS."
+        "launch order, and on a GPU time it against cuBLAS.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--check-shapes",
@@ -790,6 +792,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (cpu runs the kernel in Triton's interpreter)",
     )

@@ -85,6 +85,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -634,7 +635,8 @@ def plot(counted: dict, rows: int, cols: int, overflow: dict, scales, out: Path)
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="A fused softmax in Triton: check it against torch.softmax, count "
-        "its traffic, and on a GPU measure it."
+        "its traffic, and on a GPU measure it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--count-size", default="4096x4096", help="ROWSxCOLS whose traffic is counted"
@@ -649,10 +651,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--report-shapes",
         nargs="+",
         default=None,
-        help="ROWSxCOLS shapes gpu_report measures (GPU only; default: its own)",
+        help="ROWSxCOLS shapes gpu_report measures (GPU only); omit for its own",
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (cpu runs the kernels in Triton's interpreter)",
     )

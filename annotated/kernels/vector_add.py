@@ -68,6 +68,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -498,7 +499,8 @@ def plot_launch(owner: Tensor, block_size: int, out: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Triton's vector add: check it against torch.add, draw its "
-        "launch, and on a GPU measure its bandwidth."
+        "launch, and on a GPU measure its bandwidth.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--sizes",
@@ -523,6 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (cpu runs the kernel in Triton's interpreter)",
     )

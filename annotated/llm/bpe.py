@@ -619,7 +619,8 @@ def dataflow(output: list[int]):
 # them a merge costs about a third of a millisecond.
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
-        description="Train a byte-level BPE tokenizer on Python's documentation."
+        description="Train a byte-level BPE tokenizer on Python's documentation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--merges", type=int, default=2000, help="merges to learn")
     parser.add_argument(

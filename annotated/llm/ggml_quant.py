@@ -102,6 +102,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.llm.bpe import Tokenizer
 from annotated.llm.gpt2 import GPT2, GPT2Config
@@ -822,7 +823,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Write the small GPT to GGUF in every format, read it back, measure perplexity."""
     parser = argparse.ArgumentParser(
         description="Quantise the small GPT to GGML block formats in GGUF files and "
-        "measure validation perplexity."
+        "measure validation perplexity.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--formats",
@@ -843,6 +845,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to evaluate on",
     )

@@ -121,7 +121,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import python_docs
+from annotated.data import python_docs, torch_device
 from annotated.figures import figure, save
 
 # ## The configuration
@@ -812,7 +812,8 @@ def plot(
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Count the presets, train a tiny GPT-2 on bytes, sample with each knob."""
     parser = argparse.ArgumentParser(
-        description="GPT-2: parameter counts, a tiny model trained on bytes, sampling."
+        description="GPT-2: parameter counts, a tiny model trained on bytes, sampling.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=800, help="training steps")
     parser.add_argument("--batch", type=int, default=16, help="windows per batch")
@@ -825,6 +826,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train and sample on",
     )

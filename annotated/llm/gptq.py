@@ -111,6 +111,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2
 from annotated.llm.pretraining import evaluate, pack, sample_windows, small_gpt
@@ -598,7 +599,8 @@ def plot(results: dict, layer_errors: dict, bits: int, label: str, out: Path) ->
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Quantise the small GPT with RTN and GPTQ at 4 and 3 bits; print perplexities."""
     parser = argparse.ArgumentParser(
-        description="Quantise the pretrained small GPT with RTN and GPTQ."
+        description="Quantise the pretrained small GPT with RTN and GPTQ.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--calibration", type=int, default=128, help="calibration windows of 64 tokens"
@@ -610,11 +612,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--group-size",
         type=int,
         default=None,
-        help="weights per scale and zero point (default: one per row)",
+        help="weights per scale and zero point; omit for one per row",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the windows")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run the model on",
     )

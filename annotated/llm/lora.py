@@ -116,6 +116,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, generate
 from annotated.llm.pretraining import (
@@ -552,7 +553,8 @@ def plot(lora: dict, full: dict, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Fine-tune the pretrained small GPT on Python source with LoRA and in full."""
     parser = argparse.ArgumentParser(
-        description="LoRA versus full fine-tuning of the small GPT on Python source."
+        description="LoRA versus full fine-tuning of the small GPT on Python source.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank r")
     parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha")
@@ -568,6 +570,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

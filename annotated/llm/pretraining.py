@@ -149,7 +149,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from annotated.data import cache_folder, cached_weights, python_docs
+from annotated.data import cache_folder, cached_weights, python_docs, torch_device
 from annotated.figures import figure, save
 from annotated.llm.bpe import Tokenizer
 from annotated.llm.bpe import train as train_tokenizer
@@ -954,7 +954,8 @@ def print_costs() -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Pretrain a small GPT on Python's docs; print the cost of the real sizes."""
     parser = argparse.ArgumentParser(
-        description="Pretrain a small GPT on Python's documentation (torchrun-ready)."
+        description="Pretrain a small GPT on Python's documentation (torchrun-ready).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=700, help="optimizer steps")
     parser.add_argument("--micro-batch", type=int, default=16, help="windows per pass")
@@ -985,6 +986,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -151,7 +151,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 
@@ -793,7 +793,8 @@ def example():
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Activations and their derivatives; the digits network trained "
-        "with each, counting dead units."
+        "with each, counting dead units.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run")
     parser.add_argument(
@@ -827,6 +828,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

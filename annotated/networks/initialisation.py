@@ -108,7 +108,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## Fan-in and fan-out
@@ -709,7 +709,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the depth experiment and the symmetry demo; print and return their
     numbers."""
     parser = argparse.ArgumentParser(
-        description="Initialisation schemes through deep tanh and ReLU networks."
+        description="Initialisation schemes through deep tanh and ReLU networks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--width", type=int, default=256, help="units per layer")
     parser.add_argument("--depth", type=int, default=20, help="layers in the network")
@@ -721,6 +722,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

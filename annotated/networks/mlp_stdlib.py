@@ -673,7 +673,8 @@ def plot_first_layer(weight: Matrix, out: Path, columns: int = 8) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
-        description="Train a standard-library MLP on the 8x8 digits."
+        description="Train a standard-library MLP on the 8x8 digits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--epochs", type=int, default=15, help="passes over the data")
     parser.add_argument(

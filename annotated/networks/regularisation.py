@@ -149,7 +149,7 @@ import torch.fx
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## Weight decay: a penalty, or a shrink
@@ -735,7 +735,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train the network once per technique on a small digits subset and plot the
     gaps."""
     parser = argparse.ArgumentParser(
-        description="The train/test gap on 200 digits, with and without each technique."
+        description="The train/test gap on 200 digits, "
+        "with and without each technique.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--train-size", type=int, default=200, help="training digits")
     parser.add_argument("--epochs", type=int, default=100, help="training epochs")
@@ -749,10 +751,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         nargs="+",
         choices=list(TECHNIQUES),
         default=list(TECHNIQUES),
-        help="which runs to train (default: all)",
+        help="which runs to train; omit for all",
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

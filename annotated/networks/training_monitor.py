@@ -117,7 +117,7 @@ from torch.func import functional_call
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## The network being watched
@@ -702,7 +702,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train the digits MLP under the monitor, draw its loss landscape, save the
     figures."""
     parser = argparse.ArgumentParser(
-        description="Watch a digits MLP train, then draw its loss landscape."
+        description="Watch a digits MLP train, then draw its loss landscape.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=400, help="training steps")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
@@ -729,6 +730,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

@@ -146,7 +146,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import python_docs
+from annotated.data import python_docs, torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, Block, GPT2Config, evaluate, lm_loss
 from annotated.llm.gpt2 import train as train_language_model
@@ -927,7 +927,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     documentation over paired seeds."""
     parser = argparse.ArgumentParser(
         description="Develop an architecture change: a short convolution before "
-        "attention, ablated on associative recall and tested on real text."
+        "attention, ablated on associative recall and tested on real text.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--seeds", type=int, default=3, help="paired seeds (>= 2)")
     parser.add_argument("--steps", type=int, default=600, help="updates per probe run")
@@ -943,6 +944,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

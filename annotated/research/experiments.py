@@ -102,7 +102,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import cache_folder, digits
+from annotated.data import cache_folder, digits, torch_device
 from annotated.figures import figure, save
 from annotated.networks.training_monitor import make_mlp
 
@@ -474,7 +474,8 @@ def example():
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run a tracked lr × width sweep, register the best model, reload it by alias."""
     parser = argparse.ArgumentParser(
-        description="A tracked sweep of a digits MLP in an embedded MLflow store."
+        description="A tracked sweep of a digits MLP in an embedded MLflow store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--lrs",
@@ -506,6 +507,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -127,6 +127,7 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 from annotated.transformers.memory_analysis import (
@@ -1042,7 +1043,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     `--nvtx`, only train a few steps for Nsight Systems to record."""
     parser = argparse.ArgumentParser(
         description="Roofline of the earlier chapters' operations, and a profiled "
-        "GPT training step."
+        "GPT training step.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--n", type=int, default=1024, help="width that sizes the ops")
     parser.add_argument(
@@ -1066,6 +1068,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to measure and profile",
     )

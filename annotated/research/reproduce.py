@@ -135,6 +135,7 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, GPT2Config
 
@@ -1002,7 +1003,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tested against the baseline over paired seeds."""
     parser = argparse.ArgumentParser(
         description="Reproduce grokking on a + b mod p, sweep weight decay, and test "
-        "a larger weight decay (or Grokfast) against the paper's AdamW over seeds."
+        "a larger weight decay (or Grokfast) against the paper's AdamW over seeds.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--prime", type=int, default=47, help="the modulus p")
     parser.add_argument(
@@ -1061,6 +1063,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

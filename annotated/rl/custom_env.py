@@ -101,6 +101,7 @@ import torch
 from gymnasium import spaces
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import Agent, PPOConfig, train
 
@@ -609,7 +610,8 @@ def plot_filmstrip(episode: Episode, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train PPO on KeyDoor-v0 and compare it with a random policy and the optimum."""
     parser = argparse.ArgumentParser(
-        description="Train PPO on the key-and-door grid world and film one episode."
+        description="Train PPO on the key-and-door grid world and film one episode.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--total-steps", type=int, default=150_000, help="PPO's step budget"
@@ -627,6 +629,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device for PPO's update (acting stays on the CPU)",
     )

@@ -107,6 +107,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import Agent, Collector, make_envs
 
@@ -676,7 +677,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train with V-trace from Ray actors to a return target; measure throughput."""
     defaults = ImpalaConfig()
     parser = argparse.ArgumentParser(
-        description="IMPALA-style V-trace learning from Ray rollout actors."
+        description="IMPALA-style V-trace learning from Ray rollout actors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--env-id", default=defaults.env_id, help="gymnasium id")
     parser.add_argument(
@@ -703,10 +705,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--address",
         default=None,
-        help="Ray cluster to join ('auto' or host:port); default: start one here",
+        help="Ray cluster to join ('auto' or host:port); omit to start one here",
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device for the learner (actors act on their CPUs)",
     )

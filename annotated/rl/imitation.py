@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import cached_weights
+from annotated.data import cached_weights, torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import Agent, PPOConfig, train
 
@@ -590,7 +590,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Behaviour cloning against DAgger at equal expert labels, for two experts."""
     defaults = ImitationConfig()
     parser = argparse.ArgumentParser(
-        description="Behaviour cloning and DAgger on CartPole-v1 at equal labels."
+        description="Behaviour cloning and DAgger on CartPole-v1 at equal labels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--labels-per-iteration",
@@ -618,6 +619,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device the learners are trained on (acting stays on the CPU)",
     )

@@ -112,6 +112,7 @@ from pettingzoo import ParallelEnv
 from torch import nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## The world: covering landmarks
@@ -789,7 +790,8 @@ def plot_episode(frames: list[np.ndarray], out: Path, n_agents: int = 2) -> Path
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train MAPPO and IPPO on `CoverLandmarks`, score them against a random team."""
     parser = argparse.ArgumentParser(
-        description="IPPO and MAPPO on a cooperative PettingZoo grid world."
+        description="IPPO and MAPPO on a cooperative PettingZoo grid world.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--total-steps",
@@ -818,6 +820,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -127,6 +127,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## The hyperparameters
@@ -721,7 +722,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train PPO on CartPole-v1 to a mean return of 475 and report the time."""
     defaults = PPOConfig()
     parser = argparse.ArgumentParser(
-        description="PPO with the clipped objective on a gymnasium environment."
+        description="PPO with the clipped objective on a gymnasium environment.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--env-id", default=defaults.env_id, help="gymnasium id")
     rollout = defaults.num_envs * defaults.num_steps
@@ -744,6 +746,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device for the update (acting stays on the CPU)",
     )

@@ -133,6 +133,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import PPOConfig
 from annotated.rl.ppo import train as train_ppo
@@ -841,7 +842,8 @@ def plot_model(
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Collect → fit → plan on CartPole-v1, then Dyna, then PPO for comparison."""
     parser = argparse.ArgumentParser(
-        description="A learned world model for CartPole: PETS-style planning and Dyna."
+        description="A learned world model for CartPole: PETS-style planning and Dyna.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--rounds", type=int, default=6, help="fit-and-plan rounds")
     parser.add_argument(
@@ -869,6 +871,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device for the model and the planner",
     )

@@ -90,6 +90,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.sequence.seq2seq import (
     BOS,
@@ -416,7 +417,8 @@ def plot_alignment(
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train the encoder–decoder with and without attention on digit reversal."""
     parser = argparse.ArgumentParser(
-        description="Attention added to the encoder–decoder, reversing digit strings."
+        description="Attention added to the encoder–decoder, reversing digit strings.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--steps", type=int, default=600, help="training steps, attention models"
@@ -445,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -134,6 +134,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## The LSTM cell
@@ -928,7 +929,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train our LSTM and a vanilla RNN on the adding problem; draw the loss curves and
     the trained gates."""
     parser = argparse.ArgumentParser(
-        description="The adding problem: our LSTM (or GRU) against a vanilla RNN."
+        description="The adding problem: our LSTM (or GRU) against a vanilla RNN.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--length", type=int, default=50, help="sequence length T")
     parser.add_argument("--steps", type=int, default=1200, help="training steps")
@@ -944,6 +946,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

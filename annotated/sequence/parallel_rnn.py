@@ -175,6 +175,7 @@ from torch.nn.utils.rnn import (
 from torch.utils.data import BatchSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## 1. Truncated backpropagation through time
@@ -979,7 +980,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train with truncated BPTT, measure padding and packing, time the scan."""
     parser = argparse.ArgumentParser(
         description="Truncated BPTT, packing, bucketing and a parallel scan for "
-        "recurrent networks, measured."
+        "recurrent networks, measured.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--stream-length", type=int, default=4800, help="tokens per training stream"
@@ -1008,6 +1010,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

@@ -121,6 +121,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## One layer, forward
@@ -741,7 +742,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Check our BPTT against nn.RNN, train on sine waves, draw the figures."""
     parser = argparse.ArgumentParser(
         description="An Elman RNN with hand-written BPTT, trained to continue sine "
-        "waves of unknown frequency."
+        "waves of unknown frequency.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=2000, help="training steps")
     parser.add_argument("--batch-size", type=int, default=64, help="waves per step")
@@ -764,6 +766,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

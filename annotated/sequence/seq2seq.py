@@ -144,6 +144,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## The vocabulary
@@ -851,7 +852,8 @@ def plot_accuracy(
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train the encoder–decoder on digit reversal and measure accuracy by length."""
     parser = argparse.ArgumentParser(
-        description="An encoder–decoder without attention, reversing digit strings."
+        description="An encoder–decoder without attention, reversing digit strings.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=1200, help="training steps")
     parser.add_argument("--batch-size", type=int, default=64, help="strings per step")
@@ -866,6 +868,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

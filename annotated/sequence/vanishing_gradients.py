@@ -139,6 +139,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## Where the gradient goes
@@ -868,7 +869,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Measure gradient decay for nine initialisations, compare with Pascanu's
     Jacobian products, and train with and without clipping."""
     parser = argparse.ArgumentParser(
-        description="Vanishing and exploding gradients in RNN, LSTM and GRU, measured."
+        description="Vanishing and exploding gradients in RNN, LSTM and GRU, measured.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--length", type=int, default=100, help="sequence length T")
     parser.add_argument("--batch", type=int, default=32, help="sequences measured")
@@ -888,6 +890,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

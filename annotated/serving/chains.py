@@ -87,6 +87,7 @@ from langchain_core.runnables import Runnable, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from pydantic import ConfigDict
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, top_k_filter
 from annotated.serving.rag import (
@@ -448,7 +449,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from annotated.llm.pretraining import small_gpt
 
     parser = argparse.ArgumentParser(
-        description="The rag pieces as LangChain components, composed with LCEL."
+        description="The rag pieces as LangChain components, composed with LCEL.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "question", nargs="?", default="how does the KV cache work?", help="question"
@@ -460,6 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device for the encoder and the GPT",
     )

@@ -126,6 +126,7 @@ from tqdm import tqdm
 from transformers import GPT2Config as HFGPT2Config
 from transformers import GPT2LMHeadModel
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.llm.bpe import Tokenizer, train
 from annotated.llm.gpt2 import GPT2, GPT2Config, to_hf_state_dict, top_p_filter
@@ -1200,7 +1201,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Compare continuous batching, static batching and HF generate; or serve."""
     parser = argparse.ArgumentParser(
         description="An inference engine with continuous batching: a throughput "
-        "comparison, or (--serve) an OpenAI-compatible server."
+        "comparison, or (--serve) an OpenAI-compatible server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--requests", type=int, default=128, help="requests served")
     parser.add_argument("--batch", type=int, default=16, help="sequences per pass")
@@ -1212,6 +1214,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to serve on",
     )

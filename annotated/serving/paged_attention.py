@@ -96,6 +96,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, GPT2Config, generate
 from annotated.llm.pretraining import small_gpt
@@ -718,7 +719,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     wastes."""
     parser = argparse.ArgumentParser(
         description="A paged KV cache: decode the small GPT through it and measure "
-        "the memory it saves over a preallocated cache."
+        "the memory it saves over a preallocated cache.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--prompts", type=int, default=6, help="prompts decoded")
     parser.add_argument("--new-tokens", type=int, default=24, help="tokens per prompt")
@@ -733,6 +735,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to decode on",
     )

@@ -125,7 +125,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from annotated.data import cache_folder
+from annotated.data import cache_folder, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.transformer import embed_sentences, load_sentence_encoder
 
@@ -1206,7 +1206,8 @@ def plot(results: dict, curves: dict, questions: int, out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Answer a question, or run the evaluation and the index measurements."""
     parser = argparse.ArgumentParser(
-        description="Retrieval-augmented answers from this site's lessons."
+        description="Retrieval-augmented answers from this site's lessons.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("question", nargs="?", help="a question to answer (only that)")
     parser.add_argument(
@@ -1224,6 +1225,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device for the encoder and the GPT",
     )

@@ -111,7 +111,7 @@ from torch.autograd.graph import Node, saved_tensors_hooks
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 
@@ -564,7 +564,8 @@ def example():
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Walk a backward graph, measure what it saves, and record the ATen "
-        "ops of one training step."
+        "ops of one training step.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--widths",
@@ -577,6 +578,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device",
     )

@@ -512,7 +512,8 @@ def time_call(op, x: torch.Tensor, bias: torch.Tensor, seconds: float) -> float:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Build the C++ bias+GELU extension (a CPU kernel), check it, and "
-        "time it against F.gelu(x + bias)."
+        "time it against F.gelu(x + bias).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--cols", type=int, default=1024, help="features per row")
     parser.add_argument(

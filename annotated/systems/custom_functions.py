@@ -124,7 +124,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## What a Function is
@@ -759,7 +759,8 @@ def example():
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description="Custom autograd Functions: train a digits network with Mish, "
-        "log-sum-exp, the focal loss and straight-through binary weights."
+        "log-sum-exp, the focal loss and straight-through binary weights.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
@@ -770,6 +771,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -125,7 +125,7 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 # ## The model and the data
@@ -790,7 +790,9 @@ def example():
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Data-parallel training on 2 gloo ranks, compared with one process."
+        description="Data-parallel training on 2 gloo ranks, "
+        "compared with one process.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=200, help="training steps")
     parser.add_argument(
@@ -803,7 +805,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--world-size", type=int, default=2, help="number of ranks")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--device", default="cpu", help="device (gloo runs on cpu)")
+    parser.add_argument(
+        "--device",
+        type=torch_device,
+        default="cpu",
+        help="device (gloo runs on cpu)",
+    )
     parser.add_argument("--out", default="out/data_parallel", help="output folder")
     parser.add_argument(
         "--worker", action="store_true", help="run as one rank (under torchrun)"

@@ -131,7 +131,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 
@@ -757,7 +757,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train the digits classifier in four precisions, measure fp16 underflow, save the
     figures."""
     parser = argparse.ArgumentParser(
-        description="Mixed precision on the digits: bfloat16, float16, a loss scaler."
+        description="Mixed precision on the digits: bfloat16, float16, a loss scaler.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=600, help="training steps per run")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
@@ -771,6 +772,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

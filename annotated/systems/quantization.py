@@ -125,7 +125,7 @@ from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, torch_device
 from annotated.figures import figure, save
 
 
@@ -744,7 +744,9 @@ def save_figures(model, calibrators, x_calib, sizes, accuracies, out: Path) -> N
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
-        description="Quantise a digits MLP to int8 and int4 and run it in ONNX Runtime."
+        description="Quantise a digits MLP to int8 and int4 "
+        "and run it in ONNX Runtime.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--hidden", type=int, default=128, help="first hidden width")
     parser.add_argument("--epochs", type=int, default=30, help="float training epochs")
@@ -757,6 +759,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="device for float training and QAT (integer models run on the CPU)",
     )

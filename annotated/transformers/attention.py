@@ -115,6 +115,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## Why divide by $\sqrt{d_k}$
@@ -804,7 +805,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     heads' attention."""
     parser = argparse.ArgumentParser(
         description="Train one multi-head attention layer on associative recall and "
-        "draw its attention maps."
+        "draw its attention maps.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=400, help="training steps")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per step")
@@ -819,6 +821,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -112,6 +112,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.cnn.memory import peak_memory
 from annotated.figures import figure, save
 from annotated.transformers.sparse_attention import saved_bytes, time_step
@@ -684,7 +685,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Measure memory and time of plain, tiled and PyTorch attention against N; check
     the errors; save the figures."""
     parser = argparse.ArgumentParser(
-        description="FlashAttention in plain PyTorch: memory and time against N."
+        description="FlashAttention in plain PyTorch: memory and time against N.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--lengths", default="64,128,256,512,1024,2048", help="comma-separated N"
@@ -696,6 +698,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device",
     )

@@ -140,6 +140,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -811,7 +812,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Generate with and without the cache for MHA, GQA and MQA; time it and draw."""
     parser = argparse.ArgumentParser(
         description="Greedy generation with and without a KV cache, for multi-head, "
-        "grouped-query and multi-query attention."
+        "grouped-query and multi-query attention.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--prompt-len", type=int, default=32, help="prompt tokens")
     parser.add_argument(
@@ -832,6 +834,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to generate on",
     )

@@ -177,6 +177,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## Kernel attention, written out
@@ -817,7 +818,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     Performer's error."""
     parser = argparse.ArgumentParser(
         description="Time linear attention against softmax attention and measure "
-        "Performer's approximation error."
+        "Performer's approximation error.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--max-length", type=int, default=8192, help="longest sequence timed"
@@ -848,6 +850,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to run on",
     )

@@ -137,6 +137,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 
 # ## The model
@@ -875,7 +876,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Check every formula on small GPTs; draw the breakdown up to GPT-2 XL."""
     parser = argparse.ArgumentParser(
         description="Memory and FLOPs of a GPT training step: formulas against "
-        "measured tensors and counted FLOPs."
+        "measured tensors and counted FLOPs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--configs",
@@ -888,6 +890,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to measure on",
     )

@@ -166,6 +166,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -870,7 +871,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     of them on longer sequences, draw the figures."""
     parser = argparse.ArgumentParser(
         description="Train a small causal Transformer per positional encoding on copy "
-        "with an offset, then test it on longer sequences."
+        "with an offset, then test it on longer sequences.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--encodings",
@@ -902,6 +904,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -100,6 +100,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -856,7 +857,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Check the patterns against SDPA with their masks, then measure memory and time
     against N; save the figures."""
     parser = argparse.ArgumentParser(
-        description="Sparse attention patterns: exactness, memory and time against N."
+        description="Sparse attention patterns: exactness, memory and time against N.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--lengths", default="256,512,1024,2048,4096", help="comma-separated N"
@@ -870,6 +872,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device",
     )

@@ -182,6 +182,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.figures import figure, save
 from annotated.sequence.seq2seq import (
     BOS,
@@ -1600,7 +1601,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sentences with all-MiniLM-L6-v2."""
     parser = argparse.ArgumentParser(
         description="Train a Transformer to turn English number words into digits, "
-        "then run all-MiniLM-L6-v2 in the same encoder blocks."
+        "then run all-MiniLM-L6-v2 in the same encoder blocks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=2000, help="training steps")
     parser.add_argument("--batch-size", type=int, default=64, help="numbers per step")
@@ -1640,6 +1642,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

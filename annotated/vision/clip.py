@@ -111,6 +111,7 @@ from annotated.data import (
     SIZE_NAMES,
     cached_weights,
     shapes,
+    torch_device,
 )
 from annotated.figures import figure, save
 from annotated.transformers.transformer import Config as EncoderConfig
@@ -912,7 +913,8 @@ def plot_training(losses: list[float], result: dict, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train a small CLIP on captioned shapes and test it zero-shot on unseen pairs."""
     parser = argparse.ArgumentParser(
-        description="Train a small CLIP on captions; zero-shot on held-out pairs."
+        description="Train a small CLIP on captions; zero-shot on held-out pairs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--train", type=int, default=TRAIN_PAIRS, help="training pairs")
     parser.add_argument("--test", type=int, default=1500, help="zero-shot test images")
@@ -926,6 +928,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -107,7 +107,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import COLOURS, RELATIONS, SHAPE_NAMES, SIZE_NAMES, shapes
+from annotated.data import (
+    COLOURS,
+    RELATIONS,
+    SHAPE_NAMES,
+    SIZE_NAMES,
+    shapes,
+    torch_device,
+)
 from annotated.figures import figure, save
 from annotated.llm.bpe import Tokenizer
 from annotated.llm.gpt2 import GPT2, GPT2Config, lm_loss
@@ -733,7 +740,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train a LLaVA-style agent on generated pictures and measure its answers."""
     parser = argparse.ArgumentParser(
         description="Align a CLIP image tower to a small GPT and teach it to answer "
-        "questions about pictures (LLaVA's two stages)."
+        "questions about pictures (LLaVA's two stages).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--pictures", type=int, default=3000, help="training pictures")
     parser.add_argument("--test", type=int, default=200, help="held-out pictures")
@@ -751,6 +759,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

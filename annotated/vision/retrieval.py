@@ -113,7 +113,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import shapes
+from annotated.data import shapes, torch_device
 from annotated.figures import figure, save
 from annotated.serving import rag
 from annotated.vision.clip import CLIP, WordTokenizer, small_clip
@@ -685,7 +685,8 @@ def plot_recall(curves: dict, ivf: list[tuple[int, float, float]], out: Path) ->
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Build the gallery, search it both ways, and report Recall@1, @5, @10."""
     parser = argparse.ArgumentParser(
-        description="Image-text retrieval over a gallery of shapes with a small CLIP."
+        description="Image-text retrieval over a gallery of shapes with a small CLIP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--one", type=int, default=1000, help="one-object pictures")
     parser.add_argument("--two", type=int, default=2000, help="two-object pictures")
@@ -695,6 +696,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="seed of the gallery")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device for the model and the exact search",
     )

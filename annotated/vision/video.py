@@ -101,7 +101,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import DIRECTIONS, moving_digits
+from annotated.data import DIRECTIONS, moving_digits, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -621,7 +621,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train divided and space-only (and, if asked, joint) models on moving digits;
     draw the figures."""
     parser = argparse.ArgumentParser(
-        description="Divided vs joint vs space-only attention on moving-digit clips."
+        description="Divided vs joint vs space-only attention on moving-digit clips.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--train", type=int, default=2048, help="training clips")
     parser.add_argument("--test", type=int, default=512, help="held-out clips")
@@ -639,6 +640,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

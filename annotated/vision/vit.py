@@ -134,7 +134,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import COLOURS, SHAPE_NAMES, shapes
+from annotated.data import COLOURS, SHAPE_NAMES, shapes, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.transformer import Config as EncoderConfig
 from annotated.transformers.transformer import Encoder
@@ -788,7 +788,8 @@ def plot_training(losses: list[float], batch_size: int, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train a small ViT on shapes × colours and draw what it learned."""
     parser = argparse.ArgumentParser(
-        description="Train a small Vision Transformer on coloured shapes."
+        description="Train a small Vision Transformer on coloured shapes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--train", type=int, default=6000, help="training images")
     parser.add_argument("--test", type=int, default=2000, help="held-out test images")
@@ -798,6 +799,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
     )

@@ -3,6 +3,7 @@ and draws, and the stored figures and benchmark results were made from the curre
 source, with captions, text of 10–14 px on the page, and a measured run time within 2×
 of the declared one. (The format's rules themselves are checked in test_rules.py.)"""
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,28 @@ def test_benchmark_results_are_present_and_fresh(lesson):
             f"group {result.group!r} has no baseline: mark the library's entry with "
             'benchmark.extra_info["baseline"] = True'
         )
+
+
+def parse_flags(lesson, argv: list[str], capsys) -> tuple[int, str, str]:
+    """The demo's exit status and output for `argv`, which argparse answers before
+    the demo starts. (Not a demo run: the test below never calls a demo's main
+    itself, so the fake-GPU pass, which keeps the tests that do, leaves it out.)"""
+    module = importlib.import_module(lesson.module)
+    with pytest.raises(SystemExit) as exit:
+        module.main(argv)
+    out, err = capsys.readouterr()
+    return exit.value.code, out, err
+
+
+@pytest.mark.parametrize("lesson", PYTHON, ids=python_ids)
+def test_help_shows_defaults_and_a_missing_device_is_a_usage_error(lesson, capsys):
+    source = RECORDS[lesson.key].source
+    if "ArgumentParser(" not in source:
+        pytest.skip("no flags")
+    status, out, _ = parse_flags(lesson, ["--help"], capsys)
+    assert status == 0 and "(default: " in out, out
+    if '"--device"' not in source:
+        return
+    status, _, err = parse_flags(lesson, ["--device", "cdua"], capsys)
+    assert status == 2, err
+    assert "argument --device: 'cdua' is not a device" in err, err

@@ -181,6 +181,24 @@ BROKEN = {
         ),
         r"autograd\.py:23: flag '--steps' has no help=",
     ),
+    "a parser whose --help hides the defaults": (
+        lambda s: s.replace(
+            "x = np.ones(2)",
+            "import argparse\n\nparser = argparse.ArgumentParser()\nx = np.ones(2)",
+        ),
+        r"autograd\.py:22: the demo's parser needs formatter_class=argparse\."
+        r"ArgumentDefaultsHelpFormatter",
+    ),
+    "a --device flag taken as any string": (
+        lambda s: s.replace(
+            "x = np.ones(2)",
+            "import argparse\n\nparser = argparse.ArgumentParser(\n"
+            "    formatter_class=argparse.ArgumentDefaultsHelpFormatter\n)\n"
+            "parser.add_argument('--device', default='cpu', help='where')\n"
+            "x = np.ones(2)",
+        ),
+        r"autograd\.py:25: flag '--device' needs type=torch_device",
+    ),
     "one exercise": (
         lambda s: s.replace("# 2. Two.\n", ""),
         r"1 exercises; write 2 to 4",

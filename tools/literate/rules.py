@@ -389,20 +389,53 @@ def _drawing(file: LessonFile, lesson: Lesson) -> list[LessonError]:
 
 
 def _flags(file: LessonFile, lesson: Lesson) -> list[LessonError]:
-    """Every flag of the demo says what it sets: `--help` is how a reader finds them."""
-    return [
-        LessonError(
-            file.path,
-            node.lineno,
-            f"flag {ast.unparse(node.args[0]) if node.args else '?'} has no help=: "
-            "say what it sets (--help shows it)",
-        )
-        for node in ast.walk(lesson.tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "add_argument"
-        and not any(keyword.arg == "help" for keyword in node.keywords)
-    ]
+    """Every flag of the demo says what it sets, and `--help` shows its default: that
+    is how a reader finds them. A `--device` flag is checked before anything runs
+    (`annotated.data.torch_device`), so a device this machine lacks is a usage line."""
+    problems = []
+    for node in ast.walk(lesson.tree):
+        if not isinstance(node, ast.Call):
+            continue
+        called = ast.unparse(node.func)
+        keywords = {keyword.arg: keyword.value for keyword in node.keywords}
+        if called.endswith("ArgumentParser") and not (
+            "formatter_class" in keywords
+            and ast.unparse(keywords["formatter_class"]).endswith(
+                "ArgumentDefaultsHelpFormatter"
+            )
+        ):
+            problems.append(
+                LessonError(
+                    file.path,
+                    node.lineno,
+                    "the demo's parser needs formatter_class="
+                    "argparse.ArgumentDefaultsHelpFormatter: --help shows each default",
+                )
+            )
+        if not called.endswith("add_argument"):
+            continue
+        flag = ast.unparse(node.args[0]) if node.args else "?"
+        if "help" not in keywords:
+            problems.append(
+                LessonError(
+                    file.path,
+                    node.lineno,
+                    f"flag {flag} has no help=: say what it sets (--help shows it)",
+                )
+            )
+        if flag in ("'--device'", '"--device"') and not (
+            "type" in keywords
+            and ast.unparse(keywords["type"]).endswith("torch_device")
+        ):
+            problems.append(
+                LessonError(
+                    file.path,
+                    node.lineno,
+                    "flag '--device' needs type=torch_device (from annotated.data): "
+                    "a device this machine lacks is then a usage line, not a traceback",
+                )
+            )
+    return problems
 
 
 def _test_file(file: LessonFile, test_source: str | None) -> list[LessonError]:

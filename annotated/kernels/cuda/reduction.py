@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.kernels.cuda import (
     check_error,
     compile_without_gpu,
@@ -147,7 +148,8 @@ def check_kernels(device: str, sizes: tuple[int, ...]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description="Check the reduction kernels against torch.sum and measure their "
-        "bandwidth (needs a CUDA GPU; on a CPU, compiles the lesson with nvcc)."
+        "bandwidth (needs a CUDA GPU; on a CPU, compiles the lesson with nvcc).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--size", type=int, default=2**27, help="elements of the timed sum"
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cuda to run the kernels; cpu only compiles them",
     )

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.kernels.cuda import (
     check_error,
     compile_without_gpu,
@@ -198,7 +199,8 @@ def check_steps(device: str, sizes: tuple[int, int, int]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description="Check the SGEMM ladder against torch.matmul and time it against "
-        "cuBLAS (needs a CUDA GPU; on a CPU, compiles the lesson with nvcc)."
+        "cuBLAS (needs a CUDA GPU; on a CPU, compiles the lesson with nvcc).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--size", type=int, default=4096, help="M = N = K of the timed product"
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cuda to run the kernels; cpu only compiles them",
     )

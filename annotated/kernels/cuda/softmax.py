@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from annotated.data import torch_device
 from annotated.kernels.cuda import (
     check_error,
     compile_without_gpu,
@@ -154,7 +155,8 @@ def check_kernels(device: str, shapes: list[tuple[int, int]]) -> dict[str, float
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description="Check the softmax kernels against torch.softmax and measure their "
-        "bandwidth (needs a CUDA GPU; on a CPU, compiles the lesson with nvcc)."
+        "bandwidth (needs a CUDA GPU; on a CPU, compiles the lesson with nvcc).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--rows", type=int, default=4096, help="rows of the timed input"
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cuda to run the kernels; cpu only compiles them",
     )
