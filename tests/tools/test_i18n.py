@@ -118,6 +118,32 @@ def test_captions_and_the_verified_sentence_are_units_and_replace_their_english(
     assert "figure.loss" not in i18n.translated(changed, stored)
 
 
+def test_worksheet_hints_are_units_before_the_captions_and_replace_their_english():
+    region = {"region": "TinyModel.forward", "hint": "Chain `embed`.", "tests": ["t"]}
+    lesson = parse(
+        FIXTURE.replace(
+            "time: 1 s\n",
+            "time: 1 s\nworksheet:\n  - region: TinyModel.forward\n"
+            "    hint: Chain `embed`.\n    tests: [t]\n",
+        ),
+        "annotated/demo/tiny_model.py",
+    )
+    loss = Figure("loss.png", "Loss per step.", 640, 480, (9.0,), 100.0)
+    units = i18n.lesson_units(lesson, Figures((loss,), "", "", 1.0, "", True))
+    assert units[-2:] == [
+        i18n.Unit("worksheet.TinyModel.forward", "Chain `embed`."),
+        i18n.Unit("figure.loss", "Loss per step."),
+    ]
+    made_from = i18n.source_hash("Chain `embed`.")
+    stored = {"worksheet.TinyModel.forward": (made_from, "串起 `embed`。")}
+    shown = i18n.translate_lesson(lesson, i18n.translated(units, stored))
+    assert shown.front_matter["worksheet"] == [{**region, "hint": "串起 `embed`。"}]
+    assert lesson.front_matter["worksheet"] == [region]  # the original is unchanged
+    # A hint that loses its code span is altered, and the page keeps the English.
+    stored["worksheet.TinyModel.forward"] = (made_from, "串起嵌入。")
+    assert "worksheet.TinyModel.forward" not in i18n.translated(units, stored)
+
+
 def test_a_page_splits_at_headings_outside_code_and_joins_back():
     page = "# Title\n\nIntro.\n\n## Install\n\n```bash\n# no heading\n```\n\n## Use\n"
     units = i18n.page_units(page)

@@ -3,7 +3,8 @@ fails every one of them, and the worksheet filled back in passes them again; the
 blanking itself is checked against the fixture lesson's source line by line. The
 command line reads `--lesson` from wherever pytest starts, and says in one line what is
 wrong with a path that is no lesson or a worksheet that is missing, unreadable or raises
-on import."""
+on import. Each edition's page and download carry the hints in its language, a Chinese
+hint wrapped by columns."""
 
 import ast
 from pathlib import Path
@@ -11,11 +12,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO
-from tools.literate import LessonError, render
+from conftest import REPO, make_project
+from tools.literate import LessonError, i18n, pipeline, render
 from tools.literate.files import LessonFile, discover
 from tools.literate.parse import parse
-from tools.literate.worksheet import MARK, Region, blank, check, fill, regions, verify
+from tools.literate.worksheet import (
+    MARK,
+    Region,
+    blank,
+    check,
+    fill,
+    main,
+    regions,
+    verify,
+)
 
 FIXTURE = (Path(__file__).parent / "fixtures/tiny_model.py").read_text()
 FILE = LessonFile(REPO, "annotated/demo/tiny_model.py")
@@ -189,3 +199,79 @@ def test_a_bad_worksheet_is_said_in_one_line(tmp_path, written, message):
     )
     assert run.returncode == 4, run.stdout + run.stderr
     assert message in run.stderr and "INTERNALERROR" not in run.stderr, run.stderr
+
+
+def test_a_chinese_hint_wraps_by_columns_and_never_starts_a_line_with_a_comma():
+    hint = (
+        "先检查输入，再沿序列轴在前面补 K - 1 个零（`F.pad(x, (0, 0, K - 1, 0))`），"
+        "然后对每个滞后 i = 0 .. K - 1，把第 i 行权重乘以向后平移 i 步的序列并累加："
+        "也就是从 K - 1 - i 开始、长度与输入相同的那一段切片。"
+    )
+    worksheet = blank(FILE, FIXTURE, [Region("TinyModel.forward", hint, ("t",))])
+    stub = [line.strip() for line in worksheet.splitlines() if line.strip()[:1] == "#"]
+    stub = stub[stub.index(next(s for s in stub if s.startswith(MARK.strip()))) :]
+    lines = stub[: next(i for i, s in enumerate(stub) if s.startswith("# Graded"))]
+    assert len(lines) >= 3
+    columns = [len(s) + sum(1 for c in s if "\u4e00" <= c <= "\uff60") for s in lines]
+    assert max(columns) + 8 <= 88  # eight spaces of indent, inside a method
+    assert all(s.removeprefix("#").strip()[0] not in "，。；：）" for s in lines)
+    joined = "".join(s.removeprefix("#").strip() for s in lines)
+    assert joined.replace(" ", "") == (MARK.strip("# ") + hint).replace(" ", "")
+
+
+def test_each_edition_shows_and_downloads_the_hints_in_its_language(tmp_path):
+    region = (
+        "worksheet:\n  - region: TinyModel.forward\n"
+        "    hint: Chain the three layers, `embed` first.\n    tests: [test_forward]\n"
+    )
+    project = make_project(
+        tmp_path, FIXTURE.replace("time: 1 s\n", f"time: 1 s\n{region}")
+    )
+    record = pipeline.read(LessonFile(project, FILE.relative), project / "docs")
+    chinese_hint = "依次串起三层，先做 `embed`。"
+    pages = {
+        language: pipeline.render_page(
+            record,
+            pipeline.Site(
+                project / ".cache",
+                True,
+                frozenset({"index.md", "lessons/demo/tiny_model.md"}),
+                {},
+                language=language,
+                prefix=prefix,
+                translations={
+                    "demo/tiny_model": {"worksheet.TinyModel.forward": chinese_hint}
+                }
+                if language == "zh"
+                else {},
+            ),
+        )
+        for language, prefix in (("en", ""), ("zh", "zh/"))
+    }
+    english, chinese = pages["en"], pages["zh"]
+    assert "<td>Chain the three layers, <code>embed</code> first.</td>" in english.body
+    assert 'href="../../../downloads/demo/tiny_model_worksheet.py"' in english.body
+    assert f"{MARK}Chain the three layers" in english.worksheet
+    assert "<td>依次串起三层，先做 <code>embed</code>。</td>" in chinese.body
+    assert 'href="../../../../zh/downloads/demo/tiny_model_worksheet.py"' in (
+        chinese.body
+    )
+    assert f"{MARK}{chinese_hint}" in chinese.worksheet
+    assert f"{MARK}Chain" not in chinese.worksheet  # (the front matter keeps it)
+
+
+def test_the_command_writes_a_worksheet_with_the_chinese_editions_hints(tmp_path):
+    matrix = LessonFile(REPO, "annotated/foundations/matrix.py")
+    stored = i18n.read(REPO / i18n.lesson_path("zh", matrix))
+    hint = i18n.translated(i18n.file_units(matrix, REPO / "docs"), stored)[
+        "worksheet.lu"
+    ]
+    assert main(["--language", "zh", "--out", str(tmp_path), str(matrix.path)]) == 0
+    written = (tmp_path / "matrix_worksheet.py").read_text(encoding="utf-8")
+    comment = "".join(
+        line.strip().removeprefix("#").strip()
+        for line in written.splitlines()
+        if line.strip().startswith("#")
+    )
+    assert hint.replace(" ", "") in comment.replace(" ", "")
+    compile(written, "matrix_worksheet.py", "exec")

@@ -7,7 +7,8 @@ by the unit's id and a hash of the English it was made from:
 
     translations/zh/lessons/foundations/matrix.md   a lesson: its title, summary,
                                                     each section of prose, by its id,
-                                                    and each figure's caption
+                                                    each worksheet hint and each
+                                                    figure's caption
     translations/zh/pages/index.md                  a hand-written page, by heading
 
 Each file is Markdown with one marker line per unit:
@@ -104,8 +105,9 @@ def lesson_units(
     lesson: Lesson, figures: Figures | None = None, verified: str = ""
 ) -> list[Unit]:
     """A lesson's title, summary, what its test verifies it against (the header's
-    sentence) and every section that has prose, in page order, then the caption of
-    each figure its demo stored (`figure.<file name>`)."""
+    sentence) and every section that has prose, in page order, then the hint of each
+    worksheet region (`worksheet.<region>`) and the caption of each figure its demo
+    stored (`figure.<file name>`)."""
     meta = lesson.front_matter
     units = [
         Unit("title", str(meta.get("title", ""))),
@@ -113,6 +115,11 @@ def lesson_units(
         Unit("verified", verified),
     ]
     units += [Unit(s.id, s.prose) for s in lesson.sections if s.prose.strip()]
+    units += [
+        Unit(worksheet_unit(entry["region"]), str(entry["hint"]))
+        for entry in meta.get("worksheet", [])
+        if isinstance(entry, dict) and "region" in entry and "hint" in entry
+    ]
     if figures is not None:
         units += [Unit(figure_unit(f.name), f.caption) for f in figures.files]
     return [unit for unit in units if unit.english.strip()]
@@ -127,6 +134,12 @@ def file_units(file: LessonFile, docs: Path) -> list[Unit]:
     return lesson_units(
         lesson, read_figures(file, docs), rules.first_sentence(test_source)
     )
+
+
+def worksheet_unit(region: str) -> str:
+    """The unit id of a worksheet region's hint ("Matrix.matmul" →
+    "worksheet.Matrix.matmul")."""
+    return f"worksheet.{region}"
 
 
 def figure_unit(name: str) -> str:
@@ -361,6 +374,14 @@ def translate_lesson(lesson: Lesson, texts: dict[str, str]) -> Lesson:
     for field in ("title", "summary"):
         if field in texts:
             meta[field] = texts[field]
+    if "worksheet" in meta:  # its hints; `worksheet.regions` checks the entries' shape
+        meta["worksheet"] = [
+            {**entry, "hint": texts[worksheet_unit(entry["region"])]}
+            if isinstance(entry, dict)
+            and worksheet_unit(str(entry.get("region"))) in texts
+            else entry
+            for entry in meta["worksheet"]
+        ]
     return replace(lesson, sections=sections, front_matter=meta)
 
 

@@ -289,12 +289,19 @@ def notebook_path(file: LessonFile, site: Site) -> str | None:
     return site.prefix + file.download_ipynb if file.download_ipynb else None
 
 
+def worksheet_path(file: LessonFile, site: Site) -> str:
+    """Where the edition's worksheet goes, from the site's root:
+    `downloads/<area>/<topic>_worksheet.py`, under the edition's prefix, since its
+    hints are the edition's."""
+    return site.prefix + file.download_worksheet
+
+
 def _render(record, site: Site, previous, following) -> Page:
     file, lesson = record.file, record.lesson
     here = page_url(file.page, site.use_directory_urls)
     # Downloads, figures and diagrams are the English edition's, at the site's root;
-    # only the notebook, whose Markdown cells are the edition's prose, is the edition's
-    # own, under its prefix.
+    # only the notebook, whose Markdown cells are the edition's prose, and the
+    # worksheet, whose hints are, are the edition's own, under its prefix.
     root = relative_url("", site.prefix + here)
     texts = site.translations.get(file.key, {})
     if texts:
@@ -326,7 +333,7 @@ def _render(record, site: Site, previous, following) -> Page:
         language=lesson.language,
         on_gpu=file.area == "kernels",
         demonstrates=_demonstrates(site, file.key, root),
-        worksheet=file.download_worksheet if regions else None,
+        worksheet=worksheet_path(file, site) if regions else None,
         regions=tuple(regions),
     )
     svgs = _diagrams(record, site.cache_dir)

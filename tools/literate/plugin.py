@@ -279,9 +279,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 "search:\n  exclude: true\n---\n\n"
                 f"# {heading}\n\n{_BODY_PLACEHOLDER}\n"
             )
-            # A translated edition's page goes under its prefix, and so does its
-            # notebook (the prose is the edition's); the other downloads and the
-            # diagrams it links to are the same files, at the site's root.
+            # A translated edition's page goes under its prefix, and so do its
+            # notebook and worksheet (their prose is the edition's); the other
+            # downloads and the diagrams it links to are the same files, at the root.
             lesson_page = File.generated(config, file.page, content=markdown)
             lesson_page.dest_uri = self.prefix + lesson_page.dest_uri
             files.append(lesson_page)
@@ -292,7 +292,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             if page.worksheet is not None:
                 files.append(
                     File.generated(
-                        config, file.download_worksheet, content=page.worksheet
+                        config,
+                        pipeline.worksheet_path(file, site),
+                        content=page.worksheet,
                     )
                 )
             if record.test_source is not None:

@@ -19,6 +19,7 @@ this a grader: the lesson passes the region's tests, the worksheet fails every o
 them, and the worksheet with the bodies filled back in passes them again.
 
     python -m tools.literate.worksheet annotated/foundations/matrix.py  # write it
+    python -m tools.literate.worksheet --language zh annotated/...   # hints in Chinese
     python -m tools.literate.worksheet --verify --all                   # every lesson
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -150,9 +152,45 @@ def _located(file: LessonFile, source: str, wanted: list[Region]):
     return located
 
 
+# A character that takes two columns in a terminal or editor: Chinese, Japanese, Korean
+# and their full-width punctuation.
+WIDE = re.compile(
+    r"[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\uff60]"
+)
+# Punctuation a Chinese line never starts with: it stays on the line before.
+CLOSING = set("，。、；：！？）》」』”’")
+
+
+def _columns(text: str) -> int:
+    return len(text) + len(WIDE.findall(text))
+
+
+def _wrap_wide(text: str, width: int, subsequent_indent: str) -> list[str]:
+    """`textwrap.wrap` for a hint in Chinese: a line is measured in columns (a Chinese
+    character takes two), and it may break between two Chinese characters as well as
+    at a space, but not before closing punctuation."""
+    lines, line = [], ""
+    for piece in re.findall(r"\s+|[^\s\u1100-\uffff]+|.", text):
+        if piece.isspace():
+            piece = " "
+        if (
+            line.strip()
+            and _columns(line + piece.rstrip()) > width
+            and piece[0] not in CLOSING
+        ):
+            lines.append(line.rstrip())
+            line = subsequent_indent + piece.lstrip()
+        else:
+            line += piece
+    return [*lines, line.rstrip()] if line.strip() else lines
+
+
 def _stub(region: Region, indent: str) -> list[str]:
     width = 88 - len(indent) - 2
-    hint = textwrap.wrap(MARK + region.hint, width + 2, subsequent_indent="#   ")
+    if WIDE.search(region.hint):
+        hint = _wrap_wide(MARK + region.hint, width + 2, subsequent_indent="#   ")
+    else:
+        hint = textwrap.wrap(MARK + region.hint, width + 2, subsequent_indent="#   ")
     graded = textwrap.wrap(
         "Graded by: " + ", ".join(region.tests), width, subsequent_indent="  "
     )
@@ -317,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path("."), help="folder the worksheets go in"
     )
+    parser.add_argument(
+        "--language",
+        choices=("en", "zh"),
+        default="en",
+        help="the language of the hints (zh: the Chinese edition's, where translated)",
+    )
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[2]
     # A CUDA C lesson has no worksheet: its tests only compile it on a CPU machine.
@@ -338,7 +382,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'ok  ' if ok else 'FAIL'} {file.relative}: {summary}", flush=True)
             continue
         source = file.path.read_text(encoding="utf-8")
-        wanted = regions(file, parse(source, file.path).front_matter)
+        lesson = parse(source, file.path)
+        if args.language != "en":
+            from tools.literate import i18n  # it imports the rules, which import this
+
+            stored = i18n.read(root / i18n.lesson_path(args.language, file))
+            texts = i18n.translated(i18n.file_units(file, root / "docs"), stored)
+            lesson = i18n.translate_lesson(lesson, texts)
+        wanted = regions(file, lesson.front_matter)
         target = args.out / f"{file.stem}_worksheet.py"
         os.makedirs(args.out, exist_ok=True)
         target.write_text(blank(file, source, wanted), encoding="utf-8")
