@@ -4,6 +4,7 @@ project's Chinese edition has no missing or stale unit in what it must cover."""
 
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from conftest import REPO, make_project
@@ -142,6 +143,42 @@ def test_worksheet_hints_are_units_before_the_captions_and_replace_their_english
     # A hint that loses its code span is altered, and the page keeps the English.
     stored["worksheet.TinyModel.forward"] = (made_from, "串起嵌入。")
     assert "worksheet.TinyModel.forward" not in i18n.translated(units, stored)
+
+
+def test_a_notebook_page_is_its_markdown_cells_and_keeps_its_code_and_outputs(
+    tmp_path,
+):
+    notebook = nbformat.v4.new_notebook()
+    output = nbformat.v4.new_output("stream", text="42\n")
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("# A tour\n\nLessons are `modules`."),
+        nbformat.v4.new_code_cell("print(42)", outputs=[output], execution_count=1),
+        nbformat.v4.new_markdown_cell("## Digits\n\nTrain on them."),
+    ]
+    path = tmp_path / "tour.ipynb"
+    nbformat.write(notebook, path)
+    units = i18n.page_units(i18n.page_markdown(path))
+    assert [u.id for u in units] == ["a-tour", "digits"]
+    assert i18n.page_path("zh", "tour.ipynb") == "translations/zh/pages/tour.ipynb.md"
+    texts = {"a-tour": "# 导览\n\n每一课都是 `modules`。"}
+    shown = nbformat.reads(
+        i18n.translate_notebook(path.read_text(), texts), as_version=4
+    )
+    nbformat.validate(shown)
+    assert [c.source for c in shown.cells] == [
+        "# 导览\n\n每一课都是 `modules`。",
+        "print(42)",
+        "## Digits\n\nTrain on them.",  # untranslated: the English stays
+    ]
+    assert shown.cells[1].outputs == notebook.cells[1].outputs
+
+
+def test_the_tour_notebook_is_a_page_of_the_chinese_edition():
+    units, path = i18n.units_of(REPO, str(REPO / "docs/tour.ipynb"), "zh")
+    assert path == "translations/zh/pages/tour.ipynb.md"
+    assert i18n.units_of(REPO, str(REPO / path), "zh") == (units, path)
+    texts = i18n.translated(units, i18n.read(REPO / path))
+    assert set(texts) == {unit.id for unit in units}
 
 
 def test_a_page_splits_at_headings_outside_code_and_joins_back():

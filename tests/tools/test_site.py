@@ -197,6 +197,43 @@ def test_each_edition_links_its_own_notebook_and_shares_the_script(site):
     assert not offenders, report(offenders, "downloads")
 
 
+def test_each_edition_has_its_own_worksheets_and_tour(site):
+    # A worksheet's hints are its edition's, like a notebook's prose; the rest of it
+    # is the lesson, the same in both.
+    chinese = re.compile(r"[\u4e00-\u9fff]")
+    offenders = []
+    for lesson in LESSONS:
+        stem = f"{lesson.key}_worksheet.py"
+        if not (site / "downloads" / stem).is_file():
+            continue
+        for edition in ("", "zh/"):
+            page = (site / edition / "lessons" / lesson.key / "index.html").read_text()
+            link = re.search(rf'href="([^"]*{lesson.stem}_worksheet\.py)"', page)
+            folder = site / edition / "lessons" / lesson.key
+            want = site / edition / "downloads" / stem
+            if link is None or (folder / link[1]).resolve() != want.resolve():
+                offenders.append(f"{edition}{lesson.key}: links {link and link[1]}")
+                continue
+            hints = [
+                line
+                for line in want.read_text(encoding="utf-8").splitlines()
+                if line.strip().startswith("# Exercise: ")
+            ]
+            if not hints or any(
+                bool(chinese.search(hint)) != bool(edition) for hint in hints
+            ):
+                offenders.append(f"{edition}{lesson.key}: hints in the wrong language")
+    assert not offenders, report(offenders, "worksheets")
+    english = (site / "tour" / "index.html").read_text(encoding="utf-8")
+    tour = (site / "zh" / "tour" / "index.html").read_text(encoding="utf-8")
+    assert "A tour: lessons are modules" in english and "导览" not in english
+    assert "导览：每一课都是一个模块" in tour and "求解希尔伯特方程组" in tour
+    assert "A tour: lessons are modules" not in tour
+    # The code and its stored outputs are the English notebook's.
+    images = re.compile(r'<img src="data:image/png;base64,([^"]{0,64})')
+    assert images.findall(tour) == images.findall(english) != []
+
+
 def test_no_page_loads_anything_from_another_host(site):
     for page in site.rglob("*.html"):
         # A canonical link names the published address; nothing is loaded from it.

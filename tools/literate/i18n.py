@@ -10,6 +10,8 @@ by the unit's id and a hash of the English it was made from:
                                                     each worksheet hint and each
                                                     figure's caption
     translations/zh/pages/index.md                  a hand-written page, by heading
+    translations/zh/pages/tour.ipynb.md             a notebook page: its Markdown
+                                                    cells, by heading
 
 Each file is Markdown with one marker line per unit:
 
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import json
 import logging
 import re
 import sys
@@ -149,10 +152,30 @@ def figure_unit(name: str) -> str:
 
 def page_markdown(path: Path) -> str:
     """A hand-written page's Markdown as the build translates it: without its YAML front
-    matter (`hide:` and the like), which mkdocs reads off first."""
+    matter (`hide:` and the like), which mkdocs reads off first. A notebook page's is
+    its Markdown cells, one after another."""
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        return "\n\n".join(
+            "".join(cell["source"]).strip("\n")
+            for cell in cells
+            if cell["cell_type"] == "markdown"
+        )
     from mkdocs.utils.meta import get_data
 
     return get_data(path.read_text(encoding="utf-8"))[0]
+
+
+def translate_notebook(notebook: str, texts: dict[str, str]) -> str:
+    """A notebook page (its JSON) with each Markdown cell translated as a page is, unit
+    by unit; its code and stored outputs stay as they are. Each Markdown cell opens with
+    a heading, so that its units are whole (`page_units` of all the cells together)."""
+    data = json.loads(notebook)
+    for cell in data["cells"]:
+        if cell["cell_type"] == "markdown":
+            english = "".join(cell["source"]).strip("\n")
+            cell["source"] = translate_page(english, texts).rstrip("\n")
+    return json.dumps(data, ensure_ascii=False, indent=1) + "\n"
 
 
 def page_units(markdown: str) -> list[Unit]:
@@ -215,7 +238,11 @@ def lesson_path(language: str, file: LessonFile) -> str:
 
 
 def page_path(language: str, src: str) -> str:
-    return f"{FOLDER}/{language}/pages/{src}"
+    """The translation file of the page `src` (under docs/): Markdown, also for a
+    notebook page ("tour.ipynb" → "pages/tour.ipynb.md")."""
+    return f"{FOLDER}/{language}/pages/{src}" + (
+        ".md" if src.endswith(".ipynb") else ""
+    )
 
 
 def read(path: Path) -> dict[str, tuple[str, str]]:
@@ -295,11 +322,15 @@ def statuses(units: list[Unit], stored: dict, path: str) -> list[Status]:
 
 def required(root: Path, curriculum) -> tuple[list[str], list[LessonFile]]:
     """The hand-written pages and the lessons the Chinese edition must translate: every
-    page under docs/ and every lesson of the curriculum."""
+    page under docs/ (Markdown or notebook) and every lesson of the curriculum."""
     modules = {entry.module for entry in curriculum.lessons()}
     lessons = [f for f in discover(root) if f.key in modules]
     docs = root / "docs"
-    pages = sorted(path.relative_to(docs).as_posix() for path in docs.rglob("*.md"))
+    pages = sorted(
+        path.relative_to(docs).as_posix()
+        for pattern in ("*.md", "*.ipynb")
+        for path in docs.rglob(pattern)
+    )
     return pages, lessons
 
 
@@ -309,7 +340,9 @@ def check(root: Path, language: str, curriculum) -> list[Status]:
     pages, lessons = required(root, curriculum)
     docs = root / "docs"
     page_names = set(pages) | {
-        p.relative_to(root / page_path(language, "")).as_posix()
+        p.relative_to(root / page_path(language, "")).as_posix().removesuffix(".md")
+        if p.name.endswith(".ipynb.md")
+        else p.relative_to(root / page_path(language, "")).as_posix()
         for p in (root / page_path(language, "")).rglob("*.md")
     }
     lesson_keys = {f.key for f in lessons}
@@ -434,14 +467,21 @@ def units_of(root: Path, name: str, language: str) -> tuple[list[Unit], str]:
         full = next((p for p, f in lessons.items() if f.key == key), full)
     elif full.is_relative_to(translations / "pages"):
         full = root / "docs" / full.relative_to(translations / "pages")
+        if full.name.endswith(".ipynb.md"):
+            full = full.with_suffix("")
     if full in lessons:
         file = lessons[full]
         return file_units(file, root / "docs"), lesson_path(language, file)
-    if full.is_relative_to(root / "docs") and full.suffix == ".md" and full.is_file():
+    if (
+        full.is_relative_to(root / "docs")
+        and full.suffix in (".md", ".ipynb")
+        and full.is_file()
+    ):
         src = full.relative_to(root / "docs").as_posix()
         return page_units(page_markdown(full)), page_path(language, src)
     raise ValueError(
-        f"{name}: not a lesson (annotated/<area>/<topic>.py), a page (docs/*.md) or "
+        f"{name}: not a lesson (annotated/<area>/<topic>.py), a page (docs/*.md, "
+        "docs/*.ipynb) or "
         f"the translation of one under {FOLDER}/{language}/"
     )
 

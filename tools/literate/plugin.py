@@ -41,7 +41,7 @@ from tools.literate import (
     render,
     test_results,
 )
-from tools.literate.files import discover, page_url
+from tools.literate.files import atomic_write, discover, page_url
 from tools.literate.prose import Links, rewrite_links
 
 _BODY_PLACEHOLDER = "LITERATE-PAGE-BODY"
@@ -210,6 +210,23 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             file.abs_dest_path = str(Path(config.site_dir) / file.dest_path)
             file.url = file._get_url(config.use_directory_urls)
 
+    def _translate_notebook(self, file: File) -> None:
+        """In a translated edition, point a notebook page at a copy of it with its
+        Markdown cells translated (mkdocs-jupyter reads the file at `abs_src_path`,
+        and offers it for download)."""
+        if self.language == "en":
+            return
+        path = self.root / i18n.page_path(self.language, file.src_uri)
+        english = Path(file.abs_src_path).read_text(encoding="utf-8")
+        texts = i18n.translated(
+            i18n.page_units(i18n.page_markdown(Path(file.abs_src_path))),
+            i18n.read(path),
+        )
+        copy = self.root / self.config.cache_dir / self.language / file.src_uri
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(copy, i18n.translate_notebook(english, texts))
+        file.abs_src_path = str(copy)
+
     # After the i18n plugin has chosen each language's files (it re-reads every file it
     # sees from disk, and these are generated).
     @event_priority(-110)
@@ -223,6 +240,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             for file in files:
                 if isinstance(file, NotebookFile):
                     self._into_edition(file, config)
+                    self._translate_notebook(file)
         printable = config.plugins.get("print-site")
         if printable is not None and printable.config["enabled"]:
             # print-site placed its page when it read the config, before the i18n
