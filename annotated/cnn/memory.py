@@ -5,7 +5,7 @@ summary: >-
   Activation memory measured with torch's own profiler, then cut four ways: gradient
   checkpointing (torch.utils.checkpoint and a from-scratch Function), in-place ReLU,
   gradient accumulation and bfloat16.
-time: 8 s
+time: 5 s
 references:
   - key: chen2016training
     authors: [Tianqi Chen, Bing Xu, Chiyuan Zhang, Carlos Guestrin]

@@ -5,7 +5,7 @@ summary: >-
   Additive (Bahdanau) and dot and general (Luong) attention with masked padding, added
   to the previous lesson's encoder–decoder: the accuracy-against-length curve goes
   flat, and the learned alignment of a reversal is the anti-diagonal.
-time: 4 min
+time: 90 s
 references:
   - key: bahdanau2015neural
     authors: [Dzmitry Bahdanau, Kyunghyun Cho, Yoshua Bengio]

@@ -5,7 +5,7 @@ summary: >-
   The LSTM and GRU cells written from their gate equations in PyTorch's layout, stacked
   into drop-in twins of nn.LSTM and nn.GRU (layers, directions, projections, packed
   sequences), and trained on the adding problem that a vanilla RNN cannot learn.
-time: 45 s
+time: 35 s
 expected:
   metric: mse/lstm
   short:

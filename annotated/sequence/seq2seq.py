@@ -5,7 +5,7 @@ summary: >-
   A GRU encoder squeezes a digit string into one vector and a GRU decoder unrolls its
   reversal from it, trained with teacher forcing and decoded greedily and with beam
   search; exact-match accuracy falls with the input's length, and the one vector is why.
-time: 90 s
+time: 55 s
 expected:
   metric: accuracy
   short:

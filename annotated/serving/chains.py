@@ -5,7 +5,7 @@ summary: >-
   The retriever, the sentence encoder and our GPT of the previous chapters wrapped as
   real langchain-core components and composed with LCEL into a retrieval chain that
   invokes, batches, streams and runs asynchronously.
-time: 15 s
+time: 14 s
 references:
   - key: lewis2020retrieval
     authors: [Patrick Lewis, Ethan Perez, Aleksandra Piktus, Fabio Petroni, Vladimir

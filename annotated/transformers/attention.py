@@ -6,7 +6,7 @@ summary: >-
   masks, dropout and a defined answer for fully masked rows, matched against
   F.scaled_dot_product_attention and nn.MultiheadAttention and trained on a dictionary
   look-up.
-time: 10 s
+time: 8 s
 expected:
   metric: accuracy
   short: ["--steps", "150"]

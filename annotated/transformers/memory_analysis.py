@@ -6,7 +6,7 @@ summary: >-
   and master weights, activations per layer with Korthikanti et al.'s 34sbh + 5as²b and
   its selective and full recomputation, and 6N FLOPs per token, each formula matched to
   the byte and the FLOP against tensors measured on small GPTs.
-time: 10 s
+time: 9 s
 references:
   - key: korthikanti2022reducing
     authors: [Vijay Korthikanti, Jared Casper, Sangkug Lym, Lawrence McAfee,
