@@ -262,7 +262,11 @@ def test_worker_without_distributed_environment_says_how_to_launch(monkeypatch):
         (["--device", "cuda"], ValueError, r"--device must be cpu"),
     ],
 )
-def test_bad_flags_raise(argv, error, match):
+def test_bad_flags_raise(argv, error, match, monkeypatch):
+    # As on a GPU machine, where `--device cuda` gets past argparse's check that the
+    # device exists to the lesson's own: gloo runs on the CPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(error, match=match):
         main(argv)
 

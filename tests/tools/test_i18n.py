@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from mkdocs.structure.toc import AnchorLink
 
 from conftest import REPO, make_project
 from tools.literate import i18n, learning_path
@@ -171,6 +172,28 @@ def test_a_notebook_page_is_its_markdown_cells_and_keeps_its_code_and_outputs(
         "## Digits\n\nTrain on them.",  # untranslated: the English stays
     ]
     assert shown.cells[1].outputs == notebook.cells[1].outputs
+
+
+def test_a_translated_notebooks_headings_and_contents_get_the_english_ids():
+    # What the notebook converter makes of Chinese headings: ASCII-only ids, so none.
+    html = (
+        '<h1 id="">导览<a class="anchor-link" href="#">¶</a></h1><p>x</p>'
+        '<h2 id="">求解 <code>H x = b</code><a class="anchor-link" href="#">¶</a></h2>'
+    )
+    top = AnchorLink("导览", "_1", 1)
+    top.children.append(AnchorLink("求解", "_2", 2))
+    english = (
+        "# A tour: lessons\n\nText.\n\n```\n# not a heading\n```\n\n## Solving `H`"
+    )
+    fixed = i18n.notebook_anchors(html, [top], english)
+    assert fixed == (
+        '<h1 id="a-tour-lessons">导览<a class="anchor-link" href="#a-tour-lessons">¶'
+        '</a></h1><p>x</p><h2 id="solving-h">求解 <code>H x = b</code>'
+        '<a class="anchor-link" href="#solving-h">¶</a></h2>'
+    )
+    assert [top.id, top.children[0].id] == ["a-tour-lessons", "solving-h"]
+    # Headings that do not pair up are left alone.
+    assert i18n.notebook_anchors(html, [top], "# One") == html
 
 
 def test_the_tour_notebook_is_a_page_of_the_chinese_edition():

@@ -454,6 +454,45 @@ def translate_page(markdown: str, texts: dict[str, str]) -> str:
     )
 
 
+NOTEBOOK_HEADING = re.compile(r'<h([1-6]) id="([^"]*)">(.*?)</h\1>', re.S)
+
+
+def notebook_anchors(html: str, toc: list, english_markdown: str) -> str:
+    """A translated notebook page's HTML with each heading's id, and each entry of its
+    table of contents `toc` (mkdocs `AnchorLink`s, changed in place), set to the English
+    page's, in order. The notebook converter makes ids of ASCII only, so a Chinese
+    heading got none and its contents entry pointed nowhere. Left as it is when the
+    headings do not pair up one to one."""
+    from mkdocs_jupyter.utils import slugify
+    from nbconvert.filters.strings import _convert_header_id
+
+    ids, fence = [], False
+    for line in english_markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fence = not fence
+        heading = None if fence else HEADING.match(line)
+        if heading:
+            plain = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(2))
+            ids.append(_convert_header_id(slugify(plain)))
+    entries, stack = [], list(reversed(toc))
+    while stack:
+        entry = stack.pop()
+        entries.append(entry)
+        stack += reversed(entry.children)
+    if not (len(ids) == len(entries) == len(NOTEBOOK_HEADING.findall(html))):
+        return html
+    for entry, anchor in zip(entries, ids):
+        entry.id = anchor
+    found = iter(ids)
+
+    def renamed(match: re.Match) -> str:
+        anchor = next(found)
+        inner = match[3].replace(f'href="#{match[2]}"', f'href="#{anchor}"', 1)
+        return f'<h{match[1]} id="{anchor}">{inner}</h{match[1]}>'
+
+    return NOTEBOOK_HEADING.sub(renamed, html)
+
+
 def units_of(root: Path, name: str, language: str) -> tuple[list[Unit], str]:
     """The units of the lesson or page that `name` names, and its translation file
     (from the project root). `name` is the lesson, the page under docs/, or the

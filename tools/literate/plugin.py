@@ -402,6 +402,12 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 links = Links(
                     page.file.src_uri, self.site.pages, config.use_directory_urls
                 )
+                if self.language != "en":
+                    html = i18n.notebook_anchors(
+                        html,
+                        list(page.toc),
+                        i18n.page_markdown(self.docs_dir / page.file.src_uri),
+                    )
                 return rewrite_links(html, links)
             return render.localise_page(html, self.language)
         body = f'<div class="lit-page">{rendered.body}</div>'
