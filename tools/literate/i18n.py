@@ -155,15 +155,19 @@ def page_markdown(path: Path) -> str:
     matter (`hide:` and the like), which mkdocs reads off first. A notebook page's is
     its Markdown cells, one after another."""
     if path.suffix == ".ipynb":
-        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-        return "\n\n".join(
-            "".join(cell["source"]).strip("\n")
-            for cell in cells
-            if cell["cell_type"] == "markdown"
-        )
+        return notebook_markdown(path.read_text(encoding="utf-8"))
     from mkdocs.utils.meta import get_data
 
     return get_data(path.read_text(encoding="utf-8"))[0]
+
+
+def notebook_markdown(notebook: str) -> str:
+    """A notebook's (its JSON's) Markdown cells, one after another."""
+    return "\n\n".join(
+        "".join(cell["source"]).strip("\n")
+        for cell in json.loads(notebook)["cells"]
+        if cell["cell_type"] == "markdown"
+    )
 
 
 def translate_notebook(notebook: str, texts: dict[str, str]) -> str:
@@ -178,16 +182,22 @@ def translate_notebook(notebook: str, texts: dict[str, str]) -> str:
     return json.dumps(data, ensure_ascii=False, indent=1) + "\n"
 
 
+def lines_and_headings(markdown: str):
+    """Each line of `markdown` with its `HEADING` match, or None (also inside code
+    fences, where a `#` line is code)."""
+    fence = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fence = not fence
+        yield line, None if fence else HEADING.match(line)
+
+
 def page_units(markdown: str) -> list[Unit]:
     """A hand-written page split at its headings (outside code fences): "top" before
     the first one, then one unit per heading, named by its words."""
     units: list[tuple[str, list[str]]] = [("top", [])]
     seen: dict[str, int] = {}
-    fence = False
-    for line in markdown.splitlines():
-        if line.lstrip().startswith(("```", "~~~")):
-            fence = not fence
-        heading = None if fence else HEADING.match(line)
+    for line, heading in lines_and_headings(markdown):
         if heading:
             base = "-".join(re.findall(r"[a-z0-9]+", heading.group(2).lower())[:6])
             base = base or "section"
@@ -466,14 +476,13 @@ def notebook_anchors(html: str, toc: list, english_markdown: str) -> str:
     from mkdocs_jupyter.utils import slugify
     from nbconvert.filters.strings import _convert_header_id
 
-    ids, fence = [], False
-    for line in english_markdown.splitlines():
-        if line.lstrip().startswith(("```", "~~~")):
-            fence = not fence
-        heading = None if fence else HEADING.match(line)
-        if heading:
-            plain = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(2))
-            ids.append(_convert_header_id(slugify(plain)))
+    ids = [
+        _convert_header_id(
+            slugify(re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(2)))
+        )
+        for _, heading in lines_and_headings(english_markdown)
+        if heading
+    ]
     entries, stack = [], list(reversed(toc))
     while stack:
         entry = stack.pop()

@@ -219,8 +219,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         path = self.root / i18n.page_path(self.language, file.src_uri)
         english = Path(file.abs_src_path).read_text(encoding="utf-8")
         texts = i18n.translated(
-            i18n.page_units(i18n.page_markdown(Path(file.abs_src_path))),
-            i18n.read(path),
+            i18n.page_units(i18n.notebook_markdown(english)), i18n.read(path)
         )
         copy = self.root / self.config.cache_dir / self.language / file.src_uri
         copy.parent.mkdir(parents=True, exist_ok=True)
