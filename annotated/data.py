@@ -21,6 +21,7 @@ changed trains again, and one whose prose changed does not.
 import argparse
 import hashlib
 import io
+import math
 import os
 import re
 import tempfile
@@ -435,6 +436,84 @@ def torch_device(name: str) -> str:
             "use --device cpu"
         )
     return str(device)
+
+
+# A demo's numeric flags say their range in their `type=`: argparse calls it on the text
+# the user typed, before anything runs, and turns the `ArgumentTypeError` it raises into
+# one usage line ("argument --steps: expected a whole number >= 1, got '0'") and exit
+# status 2. Without it `--steps -1` may run an empty loop and report nothing, or fail
+# deep inside torch with an error that names neither the flag nor the value.
+
+
+def integer(*, at_least: int, at_most: int | None = None) -> Callable[[str], int]:
+    """An argparse `type=` for a whole number in [`at_least`, `at_most`]:
+    `type=integer(at_least=1)` for a count, `integer(at_least=0)` for a seed."""
+    if at_most is not None and at_most < at_least:
+        raise ValueError(f"at_most ({at_most}) is below at_least ({at_least})")
+    expected = f"a whole number >= {at_least}"
+    if at_most is not None:
+        expected = f"a whole number from {at_least} to {at_most}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if (
+            value is None
+            or value < at_least
+            or (at_most is not None and value > at_most)
+        ):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+def number(
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+) -> Callable[[str], float]:
+    """An argparse `type=` for a finite number within the bounds given:
+    `type=number(above=0)` for a learning rate, `number(at_least=0, below=1)` for a
+    dropout probability, `number()` for any finite number. `nan` and `inf` are always
+    refused: `float` itself would take them."""
+    if (above is not None and at_least is not None) or (
+        below is not None and at_most is not None
+    ):
+        raise ValueError("give at most one lower bound (above, at_least) and one upper")
+    says = [
+        f"{sign} {bound:g}"
+        for sign, bound in (
+            (">", above),
+            (">=", at_least),
+            ("<", below),
+            ("<=", at_most),
+        )
+        if bound is not None
+    ]
+    expected = "a finite number " + " and ".join(says) if says else "a finite number"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = (
+            math.isfinite(value)
+            and (above is None or value > above)
+            and (at_least is None or value >= at_least)
+            and (below is None or value < below)
+            and (at_most is None or value <= at_most)
+        )
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 without loss or overlap; `two_moons` is checked by its geometry (two labelled half
 circles of the requested size and noise); `cached_weights` by
 what it writes and when it trains again; `torch_device` against what torch reports
-about this machine's devices."""
+about this machine's devices; `integer` and `number` against Python's own `int` and
+`float` parsing, at and just past every bound."""
 
 import argparse
 
@@ -17,6 +18,8 @@ from annotated.data import (
     code_sha256,
     digit_images,
     digits,
+    integer,
+    number,
     torch_device,
     two_moons,
 )
@@ -324,3 +327,76 @@ def test_torch_device_is_a_usage_error_naming_the_flag(monkeypatch, capsys):
     assert "demo: error: argument --device: 'cuda' is not available" in (
         capsys.readouterr().err
     )
+
+
+def test_integer_takes_what_int_takes_within_its_bounds():
+    count = integer(at_least=1)
+    assert [count(text) for text in ("1", "007", " 12 ", "1_000")] == [1, 7, 12, 1000]
+    assert integer(at_least=-3, at_most=3)("-3") == -3
+    assert integer(at_least=2, at_most=12)("12") == 12
+
+
+@pytest.mark.parametrize(
+    "parse, text, message",
+    [
+        (integer(at_least=1), "0", "expected a whole number >= 1, got '0'"),
+        (integer(at_least=0), "-1", "expected a whole number >= 0, got '-1'"),
+        (integer(at_least=1), "2.5", "got '2.5'"),  # int("2.5") fails: not rounded
+        (integer(at_least=1), "ten", "got 'ten'"),
+        (
+            integer(at_least=2, at_most=12),
+            "13",
+            "a whole number from 2 to 12, got '13'",
+        ),
+    ],
+)
+def test_integer_refuses_text_outside_its_bounds(parse, text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse(text)
+
+
+def test_number_takes_what_float_takes_within_its_bounds():
+    assert number(above=0)("3e-4") == 3e-4
+    assert number(at_least=0, below=1)("0") == 0.0
+    assert number(at_least=0, at_most=1)("1") == 1.0
+    assert number()("-1.5") == -1.5
+
+
+@pytest.mark.parametrize(
+    "parse, text, message",
+    [
+        (number(above=0), "0", "expected a finite number > 0, got '0'"),
+        (number(at_least=0, below=1), "1", "a finite number >= 0 and < 1, got '1'"),
+        (number(at_least=0, at_most=1), "1.01", "<= 1, got '1.01'"),
+        (number(), "nan", "expected a finite number, got 'nan'"),
+        (number(above=0), "inf", "got 'inf'"),  # inf > 0, but not a learning rate
+        (number(), "1,5", "got '1,5'"),
+    ],
+)
+def test_number_refuses_text_outside_its_bounds_and_what_is_not_finite(
+    parse, text, message
+):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse(text)
+
+
+def test_bounds_that_contradict_themselves_are_refused_when_the_flag_is_declared():
+    with pytest.raises(ValueError, match="at_most"):
+        integer(at_least=3, at_most=2)
+    with pytest.raises(ValueError, match="one lower bound"):
+        number(above=0, at_least=1)
+
+
+def test_a_value_out_of_range_is_a_usage_error_naming_the_flag(capsys):
+    parser = argparse.ArgumentParser(prog="demo")
+    parser.add_argument("--steps", type=integer(at_least=1), default=3, help="steps")
+    parser.add_argument("--lr", type=number(above=0), default=0.1, help="rate")
+    assert parser.parse_args(["--steps", "5", "--lr", "1e-3"]).steps == 5
+    for argv, line in (
+        (["--steps", "-1"], "argument --steps: expected a whole number >= 1, got '-1'"),
+        (["--lr", "-0.1"], "argument --lr: expected a finite number > 0, got '-0.1'"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            parser.parse_args(argv)
+        assert exit.value.code == 2
+        assert f"demo: error: {line}" in capsys.readouterr().err

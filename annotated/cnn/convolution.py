@@ -97,7 +97,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 
 # ## Shapes and arguments
@@ -614,27 +614,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--sizes",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=[16, 32],
         help="image sizes (height = width)",
     )
     parser.add_argument(
         "--kernels",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=[3, 7, 11, 15],
         help="kernel sizes (odd)",
     )
     parser.add_argument(
-        "--channels", type=int, default=64, help="input and output channels"
+        "--channels",
+        type=integer(at_least=1),
+        default=64,
+        help="input and output channels",
     )
-    parser.add_argument("--batch", type=int, default=8, help="images per batch")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per point")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--batch", type=integer(at_least=1), default=8, help="images per batch"
+    )
+    parser.add_argument(
+        "--repeats", type=integer(at_least=1), default=2, help="timed runs per point"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="torch CPU threads (1: fair on a busy host)",
     )

@@ -102,7 +102,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, torch_device
 from annotated.figures import figure, save
 
 # ## The model
@@ -464,10 +464,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "ONNX Runtime fp32 and int8.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--width", type=int, default=16, help="first conv's channels")
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs")
-    parser.add_argument("--repeats", type=int, default=300, help="timed calls per case")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--width", type=integer(at_least=1), default=16, help="first conv's channels"
+    )
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=15, help="training epochs"
+    )
+    parser.add_argument(
+        "--repeats", type=integer(at_least=1), default=300, help="timed calls per case"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,

@@ -121,7 +121,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## Conv, batch norm, activation
@@ -616,10 +616,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="EfficientNet B0–B7 sizes, and a small EfficientNet on digits.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=300, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=300, help="training steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=1e-2, help="peak learning rate"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--largest",
         default="b7",
@@ -636,8 +644,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/efficientnet", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1:
-        raise ValueError("--steps and --batch-size must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

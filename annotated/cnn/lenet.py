@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## Convolution as one matrix product
@@ -452,10 +452,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="LeNet-5 on 32×32 digits: our layers, nn.Conv2d and plain loops.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=15, help="training epochs"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=32, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=2e-3, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -464,8 +472,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/lenet", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1:
-        raise ValueError("--epochs and --batch-size must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

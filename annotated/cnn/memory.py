@@ -93,7 +93,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 
 # ## The network
@@ -421,11 +421,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--depths", default="4,9,16", help="comma-separated depths")
-    parser.add_argument("--width", type=int, default=16, help="channels per block")
-    parser.add_argument("--batch", type=int, default=16, help="batch size")
-    parser.add_argument("--size", type=int, default=16, help="image height and width")
-    parser.add_argument("--micro-batch", type=int, default=4, help="micro-batch size")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--width", type=integer(at_least=1), default=16, help="channels per block"
+    )
+    parser.add_argument(
+        "--batch", type=integer(at_least=1), default=16, help="batch size"
+    )
+    parser.add_argument(
+        "--size", type=integer(at_least=1), default=16, help="image height and width"
+    )
+    parser.add_argument(
+        "--micro-batch", type=integer(at_least=1), default=4, help="micro-batch size"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,

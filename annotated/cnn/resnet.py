@@ -84,7 +84,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 
@@ -500,21 +500,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--blocks",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=[1, 2, 4],
         help="basic blocks per stage of each digits net (depth 6n + 2)",
     )
-    parser.add_argument("--steps", type=int, default=200, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
-    parser.add_argument("--width", type=int, default=16, help="first stage channels")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=200, help="training steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.05, help="SGD learning rate"
+    )
+    parser.add_argument(
+        "--width", type=integer(at_least=1), default=16, help="first stage channels"
+    )
     parser.add_argument(
         "--skip-counts",
         action="store_true",
         help="skip counting the ImageNet networks",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,

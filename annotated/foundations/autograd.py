@@ -152,7 +152,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from annotated.data import two_moons
+from annotated.data import integer, number, two_moons
 from annotated.figures import figure, save
 
 
@@ -809,23 +809,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Train a scalar-autograd MLP on two moons.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--points", type=int, default=100, help="training points")
     parser.add_argument(
-        "--test-points", type=int, default=200, help="held-out points for the accuracy"
+        "--points", type=integer(at_least=1), default=100, help="training points"
     )
     parser.add_argument(
-        "--hidden", type=int, default=8, help="units in each of the two hidden layers"
+        "--test-points",
+        type=integer(at_least=1),
+        default=200,
+        help="held-out points for the accuracy",
     )
-    parser.add_argument("--steps", type=int, default=100, help="gradient-descent steps")
-    parser.add_argument("--lr", type=float, default=1.0, help="learning rate")
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed for the data and the weights"
+        "--hidden",
+        type=integer(at_least=1),
+        default=8,
+        help="units in each of the two hidden layers",
+    )
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=100, help="gradient-descent steps"
+    )
+    parser.add_argument("--lr", type=number(above=0), default=1.0, help="learning rate")
+    parser.add_argument(
+        "--seed",
+        type=integer(at_least=0),
+        default=0,
+        help="random seed for the data and the weights",
     )
     parser.add_argument("--out", default="out/autograd", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
-
     points, classes = two_moons(args.points, noise=0.1, seed=args.seed)  # [n, 2], [n]
     test_points, test_classes = two_moons(
         args.test_points, noise=0.1, seed=args.seed + 1

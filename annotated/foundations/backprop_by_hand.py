@@ -133,6 +133,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from annotated.data import integer, number
 from annotated.figures import figure, save
 
 
@@ -1091,34 +1092,42 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--steps", type=int, default=300, help="SGD steps for the attention classifier"
+        "--steps",
+        type=integer(at_least=0),
+        default=300,
+        help="SGD steps for the attention classifier",
     )
-    parser.add_argument("--batch", type=int, default=64, help="sequences per SGD step")
-    parser.add_argument("--seq-len", type=int, default=8, help="tokens per sequence")
+    parser.add_argument(
+        "--batch", type=integer(at_least=1), default=64, help="sequences per SGD step"
+    )
+    parser.add_argument(
+        "--seq-len", type=integer(at_least=1), default=8, help="tokens per sequence"
+    )
     parser.add_argument(
         "--vocab",
-        type=int,
+        type=integer(at_least=2),
         default=8,
         help="vocabulary size, which is also the class count",
     )
     parser.add_argument(
-        "--d-head", type=int, default=16, help="width of the attention head"
+        "--d-head",
+        type=integer(at_least=1),
+        default=16,
+        help="width of the attention head",
     )
-    parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.1, help="SGD learning rate"
+    )
+    parser.add_argument(
+        "--momentum", type=number(at_least=0, below=1), default=0.9, help="SGD momentum"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--out", default="out/backprop_by_hand", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if (
-        min(args.batch, args.seq_len, args.d_head) < 1
-        or args.vocab < 2
-        or args.steps < 0
-    ):
-        parser.error(
-            "--batch, --seq-len, --d-head must be >= 1, --vocab >= 2, --steps >= 0"
-        )
     rng = np.random.default_rng(args.seed)
 
     errors = run_gradient_checks(rng)

@@ -101,6 +101,7 @@ import numpy as np
 from scipy.special import expit
 from tqdm import tqdm
 
+from annotated.data import integer, number
 from annotated.figures import figure, save
 
 
@@ -856,33 +857,50 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--kappas", default="10,100,1000", help="comma-separated condition numbers > 1"
     )
     parser.add_argument(
-        "--dim", type=int, default=50, help="dimension of the quadratic"
+        "--dim", type=integer(at_least=2), default=50, help="dimension of the quadratic"
     )
     parser.add_argument(
-        "--tol", type=float, default=1e-8, help="relative distance each run must reach"
+        "--tol",
+        type=number(above=0, below=1),
+        default=1e-8,
+        help="relative distance each run must reach",
     )
     parser.add_argument(
-        "--samples", type=int, default=1000, help="logistic-regression examples"
+        "--samples",
+        type=integer(at_least=2),
+        default=1000,
+        help="logistic-regression examples",
     )
     parser.add_argument(
-        "--features", type=int, default=5, help="logistic-regression features"
+        "--features",
+        type=integer(at_least=1),
+        default=5,
+        help="logistic-regression features",
     )
     parser.add_argument(
-        "--lam", type=float, default=0.1, help="l2 regulariser (a lower bound on mu)"
+        "--lam",
+        type=number(above=0),
+        default=0.1,
+        help="l2 regulariser (a lower bound on mu)",
     )
     parser.add_argument(
-        "--sgd-steps", type=int, default=20000, help="SGD steps per run"
+        "--sgd-steps", type=integer(at_least=1), default=20000, help="SGD steps per run"
     )
     parser.add_argument(
         "--step",
-        type=float,
+        type=number(above=0),
         default=0.2,
         help="constant SGD step (also run at half of it)",
     )
     parser.add_argument(
-        "--sgd-seeds", type=int, default=8, help="SGD runs averaged per schedule"
+        "--sgd-seeds",
+        type=integer(at_least=1),
+        default=8,
+        help="SGD runs averaged per schedule",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument("--out", default="out/convex", help="folder for the figures")
     args = parser.parse_args(argv)
     try:
@@ -891,14 +909,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         parser.error(f"--kappas must be comma-separated numbers, got {args.kappas!r}")
     if not all(1 < kappa < math.inf for kappa in kappas):
         parser.error(f"every --kappas value must be a finite number > 1, got {kappas}")
-    if args.dim < 2 or not 0 < args.tol < 1:
-        parser.error("--dim must be at least 2 and --tol must lie in (0, 1)")
-    if min(args.samples - 1, args.features, args.sgd_steps, args.sgd_seeds) < 1:
-        parser.error(
-            "--samples must be >= 2; --features, --sgd-steps, --sgd-seeds >= 1"
-        )
-    if not (args.lam > 0 and args.step > 0):
-        parser.error("--lam and --step must be > 0")
     out = Path(args.out)
     metrics: dict[str, float] = {}
 

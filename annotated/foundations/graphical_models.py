@@ -107,6 +107,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from annotated.data import integer
 from annotated.figures import figure, save
 
 # ## Checking what comes in
@@ -1191,32 +1192,42 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--sweeps", type=int, default=4000, help="Gibbs sweeps kept per chain"
+        "--sweeps",
+        type=integer(at_least=1),
+        default=4000,
+        help="Gibbs sweeps kept per chain",
     )
     parser.add_argument(
-        "--burn-in", type=int, default=200, help="Gibbs sweeps discarded per chain"
+        "--burn-in",
+        type=integer(at_least=0),
+        default=200,
+        help="Gibbs sweeps discarded per chain",
     )
     parser.add_argument(
         "--chains",
-        type=int,
+        type=integer(at_least=1),
         default=16,
         help="independent Gibbs chains; their spread gives error bars",
     )
     parser.add_argument(
-        "--samples", type=int, default=20000, help="likelihood-weighting samples"
+        "--samples",
+        type=integer(at_least=1),
+        default=20000,
+        help="likelihood-weighting samples",
     )
     parser.add_argument(
-        "--hmm-steps", type=int, default=300, help="length of the HMM's sequence"
+        "--hmm-steps",
+        type=integer(at_least=1),
+        default=300,
+        help="length of the HMM's sequence",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--out", default="out/graphical_models", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if min(args.sweeps, args.chains, args.samples, args.hmm_steps) < 1:
-        parser.error("--sweeps, --chains, --samples and --hmm-steps must be >= 1")
-    if args.burn_in < 0:
-        parser.error(f"--burn-in must be >= 0, got {args.burn_in}")
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     network, evidence = sprinkler_network(), SPRINKLER_EVIDENCE

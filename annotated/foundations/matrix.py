@@ -72,6 +72,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from annotated.data import integer
 from annotated.figures import figure, save
 
 # Machine epsilon for float64: the gap between 1.0 and the next float,
@@ -848,29 +849,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--sizes",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=[16, 32, 64, 128],
         help="matrix sizes n to time",
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="runs per timing; the fastest counts"
+        "--repeats",
+        type=integer(at_least=1),
+        default=3,
+        help="runs per timing; the fastest counts",
     )
     parser.add_argument(
         "--hilbert-max",
-        type=int,
+        type=integer(at_least=2, at_most=12),
         default=12,
         help="largest Hilbert order to solve (at most 12: from 13 on it is singular)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed for the timed matrices"
+        "--seed",
+        type=integer(at_least=0),
+        default=0,
+        help="random seed for the timed matrices",
     )
     parser.add_argument("--out", default="out/matrix", help="folder for the figures")
     args = parser.parse_args(argv)
-    if any(n < 1 for n in args.sizes) or args.repeats < 1:
-        parser.error("--sizes must be positive and --repeats at least 1")
-    if not 2 <= args.hilbert_max <= 12:
-        parser.error(f"--hilbert-max must lie in 2..12, got {args.hilbert_max}")
     out = Path(args.out)
     rng = random.Random(args.seed)
 

@@ -154,7 +154,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, torch_device
 from annotated.figures import figure, save
 
 # ## L2 weight decay
@@ -998,25 +998,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--rosenbrock-steps",
-        type=int,
+        type=integer(at_least=1),
         default=1000,
         help="steps down the Rosenbrock valley",
     )
     parser.add_argument(
-        "--digits-steps", type=int, default=400, help="training steps on the digits"
+        "--digits-steps",
+        type=integer(at_least=1),
+        default=400,
+        help="training steps on the digits",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="digits mini-batch size"
+        "--batch-size",
+        type=integer(at_least=1),
+        default=64,
+        help="digits mini-batch size",
     )
     parser.add_argument(
         "--warmup-steps",
-        type=int,
+        type=integer(at_least=0),
         default=20,
         help="linear warm-up steps of the digits schedule",
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=integer(at_least=0),
         default=0,
         help="random seed for the weights and the batch order",
     )
@@ -1030,11 +1036,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/optimizers", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.rosenbrock_steps < 1 or args.digits_steps < 1:
-        raise ValueError("--rosenbrock-steps and --digits-steps must be >= 1")
-    if not 0 <= args.warmup_steps < args.digits_steps:
-        raise ValueError(
-            f"--warmup-steps must lie in [0, --digits-steps), got {args.warmup_steps}"
+    if args.warmup_steps >= args.digits_steps:
+        parser.error(
+            f"--warmup-steps must be below --digits-steps, got {args.warmup_steps}"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, integer, number
 from annotated.figures import figure, save
 
 # ## Broadcasting, forwards and backwards
@@ -939,19 +939,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--epochs", type=int, default=30, help="passes over the training set"
+        "--epochs",
+        type=integer(at_least=1),
+        default=30,
+        help="passes over the training set",
     )
     parser.add_argument(
-        "--hidden", type=int, default=64, help="width of the hidden layer"
+        "--hidden",
+        type=integer(at_least=1),
+        default=64,
+        help="width of the hidden layer",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="examples per gradient step"
+        "--batch-size",
+        type=integer(at_least=1),
+        default=64,
+        help="examples per gradient step",
     )
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.05, help="learning rate"
+    )
+    parser.add_argument(
+        "--momentum", type=number(at_least=0, below=1), default=0.9, help="SGD momentum"
+    )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=integer(at_least=0),
         default=0,
         help="random seed for the split, initialisation and shuffling",
     )
@@ -959,9 +972,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/tensor_autograd", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.hidden < 1 or args.batch_size < 1:
-        parser.error("--epochs, --hidden and --batch-size must be >= 1")
-
     x_train, y_train, x_test, y_test = digits(seed=args.seed)  # x: [n, 64], y: [n]
     model = MLP(x_train.shape[1], args.hidden, 10, seed=args.seed)
     optimiser = SGD(model.parameters(), lr=args.lr, momentum=args.momentum)

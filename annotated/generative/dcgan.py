@@ -117,7 +117,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digit_images, torch_device
+from annotated.data import digit_images, integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.generative.metrics import feature_extractor, fid
 
@@ -529,19 +529,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="DCGAN on 16×16 digits, scored by FID on the digits judge.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=1000, help="training rounds")
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
-    parser.add_argument("--latent", type=int, default=32, help="noise dimensions")
-    parser.add_argument("--width", type=int, default=32, help="channels of layer 1")
-    parser.add_argument("--samples", type=int, default=1000, help="samples for FID")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=1000, help="training rounds"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=2e-4, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--latent", type=integer(at_least=1), default=32, help="noise dimensions"
+    )
+    parser.add_argument(
+        "--width", type=integer(at_least=1), default=32, help="channels of layer 1"
+    )
+    parser.add_argument(
+        "--samples", type=integer(at_least=1), default=1000, help="samples for FID"
+    )
     parser.add_argument(
         "--judge-epochs",
-        type=int,
+        type=integer(at_least=1),
         default=30,
         help="epochs of the metrics lesson's judge; the default is its cached one",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,

@@ -104,7 +104,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digit_images, torch_device
+from annotated.data import digit_images, integer, torch_device
 from annotated.figures import figure, save
 from annotated.generative.ddpm import (
     Schedule,
@@ -594,23 +594,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default=[5, 10, 20, 50, 100],
         help="comma-separated DDIM step counts (all T is always added)",
     )
-    parser.add_argument("--samples", type=int, default=256, help="images per sampler")
     parser.add_argument(
-        "--timesteps", type=int, default=defaults.timesteps, help="the DDPM's T"
+        "--samples", type=integer(at_least=8), default=256, help="images per sampler"
+    )
+    parser.add_argument(
+        "--timesteps",
+        type=integer(at_least=2),
+        default=defaults.timesteps,
+        help="the DDPM's T",
     )
     parser.add_argument(
         "--train-steps",
-        type=int,
+        type=integer(at_least=1),
         default=defaults.steps,
         help="the DDPM's optimizer steps; the default is the cached model's",
     )
     parser.add_argument(
         "--judge-epochs",
-        type=int,
+        type=integer(at_least=1),
         default=30,
         help="epochs of the metrics lesson's judge; the default is its cached one",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the start noise")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="seed of the start noise"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -619,10 +626,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/ddim", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.samples < 8:
-        raise ValueError(f"--samples must be >= 8, got {args.samples}")
     if not all(1 <= s < args.timesteps for s in args.steps):
-        raise ValueError(f"--steps must lie in [1, {args.timesteps - 1}]: {args.steps}")
+        parser.error(f"--steps must lie in [1, {args.timesteps - 1}]: {args.steps}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(timesteps=args.timesteps, steps=args.train_steps)

@@ -114,7 +114,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from annotated.data import cached_weights, digit_images, torch_device
+from annotated.data import cached_weights, digit_images, integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The forward process
@@ -774,11 +774,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Train a denoising diffusion model on 16×16 digits and sample.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="train steps")
     parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="images per step"
+        "--steps", type=integer(at_least=1), default=defaults.steps, help="train steps"
     )
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam rate")
+    parser.add_argument(
+        "--batch-size",
+        type=integer(at_least=1),
+        default=defaults.batch_size,
+        help="images per step",
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=defaults.lr, help="Adam rate"
+    )
     parser.add_argument(
         "--schedule",
         choices=["cosine", "linear"],
@@ -786,16 +793,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="the beta schedule",
     )
     parser.add_argument(
-        "--timesteps", type=int, default=defaults.timesteps, help="diffusion steps T"
+        "--timesteps",
+        type=integer(at_least=10),
+        default=defaults.timesteps,
+        help="diffusion steps T",
     )
-    parser.add_argument("--samples", type=int, default=64, help="images to sample")
+    parser.add_argument(
+        "--samples", type=integer(at_least=6), default=64, help="images to sample"
+    )
     parser.add_argument(
         "--no-clip", action="store_true", help="do not clip x0_hat to [-1, 1]"
     )
     parser.add_argument(
         "--no-fid", action="store_true", help="skip the FID (needs the metrics judge)"
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=defaults.seed, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -804,8 +818,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/ddpm", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.samples < 6 or args.timesteps < 10:
-        raise ValueError("--samples must be >= 6 and --timesteps >= 10")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(

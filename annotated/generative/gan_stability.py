@@ -185,7 +185,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The test bed: eight Gaussians on a ring
@@ -788,15 +788,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "spectral norm + TTUR + label smoothing + EMA.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=3000, help="training rounds")
-    parser.add_argument("--batch-size", type=int, default=256, help="mini-batch size")
-    parser.add_argument("--std", type=float, default=0.05, help="σ of each mode")
     parser.add_argument(
-        "--every", type=int, default=100, help="rounds between coverage measurements"
+        "--steps", type=integer(at_least=3), default=3000, help="training rounds"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small MLPs)"
+        "--batch-size", type=integer(at_least=1), default=256, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--std", type=number(above=0), default=0.05, help="σ of each mode"
+    )
+    parser.add_argument(
+        "--every",
+        type=integer(at_least=1),
+        default=100,
+        help="rounds between coverage measurements",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small MLPs)",
     )
     parser.add_argument(
         "--device",
@@ -808,8 +822,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/gan_stability", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.steps < 3 or args.batch_size < 1 or args.threads < 1 or args.std <= 0:
-        raise ValueError("--steps must be >= 3; --batch-size, --threads, --std > 0")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import cached_weights, digit_images, torch_device
+from annotated.data import cached_weights, digit_images, integer, torch_device
 from annotated.figures import figure, save
 
 # ## The Fréchet distance between two Gaussians
@@ -754,22 +754,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--epochs", type=int, default=EPOCHS, help="training epochs of the judge"
+        "--epochs",
+        type=integer(at_least=1),
+        default=EPOCHS,
+        help="training epochs of the judge",
     )
     parser.add_argument(
-        "--repeats", type=int, default=20, help="random sample pairs per size n"
+        "--repeats",
+        type=integer(at_least=1),
+        default=20,
+        help="random sample pairs per size n",
     )
     parser.add_argument(
         "--sizes",
-        type=int,
+        type=integer(at_least=2, at_most=898),
         nargs="+",
         default=[25, 50, 100, 200, 400, 800],
         help="sample sizes n for the bias measurement (2n <= 1,797)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="CPU threads for torch: the network is tiny, so more threads mostly wait",
     )
@@ -781,10 +789,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/metrics", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or min(args.sizes) < 2 or 2 * max(args.sizes) > 1797:
-        raise ValueError("--repeats must be >= 1 and every size in [2, 898]")
-    if args.threads < 1:
-        raise ValueError("--threads must be >= 1")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

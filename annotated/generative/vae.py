@@ -131,7 +131,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digit_images, torch_device
+from annotated.data import digit_images, integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The reparameterisation trick
@@ -579,10 +579,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Train a variational autoencoder on 16×16 digits.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=60, help="training epochs")
-    parser.add_argument("--latent", type=int, default=2, help="latent dimension (>= 2)")
-    parser.add_argument("--hidden", type=int, default=256, help="hidden layer width")
-    parser.add_argument("--beta", type=float, default=1.0, help="weight on the KL term")
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=60, help="training epochs"
+    )
+    parser.add_argument(
+        "--latent", type=integer(at_least=2), default=2, help="latent dimension (>= 2)"
+    )
+    parser.add_argument(
+        "--hidden", type=integer(at_least=1), default=256, help="hidden layer width"
+    )
+    parser.add_argument(
+        "--beta", type=number(at_least=0), default=1.0, help="weight on the KL term"
+    )
     parser.add_argument(
         "--likelihood",
         choices=["bernoulli", "gaussian"],
@@ -591,16 +599,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--sigma",
-        type=float,
+        type=number(above=0),
         default=None,
         help="fixed std of the Gaussian decoder; omit to learn it",
     )
     parser.add_argument(
-        "--iwae-samples", type=int, default=500, help="K of the IWAE test bound"
+        "--iwae-samples",
+        type=integer(at_least=1),
+        default=500,
+        help="K of the IWAE test bound",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=2e-3, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -609,8 +626,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/vae", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.latent < 2 or args.iwae_samples < 1:
-        raise ValueError("--epochs and --iwae-samples must be >= 1, --latent >= 2")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

@@ -112,7 +112,7 @@ from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
 from annotated.cnn.memory import peak_memory
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -1005,14 +1005,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "measure its memory, train with it, and on a GPU time it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=40, help="training steps")
-    parser.add_argument("--tokens", type=int, default=32, help="tokens per batch")
-    parser.add_argument("--vocab", type=int, default=64, help="words in the chain")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden size")
-    parser.add_argument("--lr", type=float, default=0.03, help="Adam's learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--count-tokens", type=int, default=8192, help="tokens of the memory count"
+        "--steps", type=integer(at_least=1), default=40, help="training steps"
+    )
+    parser.add_argument(
+        "--tokens", type=integer(at_least=1), default=32, help="tokens per batch"
+    )
+    parser.add_argument(
+        "--vocab", type=integer(at_least=4), default=64, help="words in the chain"
+    )
+    parser.add_argument(
+        "--hidden", type=integer(at_least=1), default=32, help="hidden size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.03, help="Adam's learning rate"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--count-tokens",
+        type=integer(at_least=1),
+        default=8192,
+        help="tokens of the memory count",
     )
     parser.add_argument(
         "--measure-size",
@@ -1020,7 +1035,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="TOKENSxVOCAB at which the CPU allocator's peak is measured",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small tensors)"
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small tensors)",
     )
     parser.add_argument(
         "--device",
@@ -1030,10 +1048,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/cross_entropy", help="folder for figures")
     args = parser.parse_args(argv)
-    if min(args.steps, args.tokens, args.hidden, args.count_tokens) < 1:
-        parser.error("--steps, --tokens, --hidden and --count-tokens must be >= 1")
-    if args.vocab < 4:
-        parser.error("--vocab must be >= 4 (each word has four successors)")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     metrics = {}

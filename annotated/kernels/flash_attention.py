@@ -115,7 +115,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.kernels.softmax import ByteCounter
 
@@ -1336,10 +1336,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "GPU time it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--batch", type=int, default=2, help="batch of the check")
-    parser.add_argument("--heads", type=int, default=2, help="heads of the check")
     parser.add_argument(
-        "--seq", type=int, default=45, help="sequence length of the check"
+        "--batch", type=integer(at_least=1), default=2, help="batch of the check"
+    )
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=2, help="heads of the check"
+    )
+    parser.add_argument(
+        "--seq",
+        type=integer(at_least=1),
+        default=45,
+        help="sequence length of the check",
     )
     parser.add_argument(
         "--head-dim", type=int, default=32, choices=HEAD_DIMS, help="d of the check"
@@ -1349,7 +1356,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default="256,512,1024,2048,4096,8192,16384",
         help="comma-separated N whose traffic is counted",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -1358,8 +1367,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/flash_attention", help="figure folder")
     args = parser.parse_args(argv)
-    if min(args.batch, args.heads, args.seq) < 1:
-        parser.error("--batch, --heads and --seq must be >= 1")
     lengths = [int(n) for n in args.lengths.split(",")]
     out = Path(args.out)
     metrics = {}

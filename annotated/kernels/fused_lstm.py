@@ -98,7 +98,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.kernels.softmax import ByteCounter
 from annotated.sequence.lstm import lstm_cell
@@ -1267,12 +1267,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "train with it, and on a GPU time it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=200, help="training steps")
-    parser.add_argument("--length", type=int, default=6, help="adding-problem length")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden units")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size")
-    parser.add_argument("--lr", type=float, default=0.03, help="Adam's learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=200, help="training steps"
+    )
+    parser.add_argument(
+        "--length", type=integer(at_least=1), default=6, help="adding-problem length"
+    )
+    parser.add_argument(
+        "--hidden", type=integer(at_least=1), default=32, help="hidden units"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=32, help="batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.03, help="Adam's learning rate"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--count-size",
         default="256x1024",
@@ -1285,7 +1297,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="BATCHxHIDDEN sizes gpu_report measures (GPU only)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small tensors)"
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small tensors)",
     )
     parser.add_argument(
         "--device",
@@ -1295,8 +1310,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/fused_lstm", help="folder for figures")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.length < 2 or args.hidden < 1 or args.batch_size < 1:
-        parser.error("--steps, --hidden and --batch-size must be >= 1, --length >= 2")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     metrics = {}

@@ -92,7 +92,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -767,7 +767,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="MxNxK products checked against torch.matmul",
     )
     parser.add_argument(
-        "--count-size", type=int, default=4096, help="n of the n³ product counted"
+        "--count-size",
+        type=integer(at_least=1),
+        default=4096,
+        help="n of the n³ product counted",
     )
     parser.add_argument(
         "--count-block",
@@ -775,20 +778,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="BLOCK_MxBLOCK_NxBLOCK_K of the counted product",
     )
     parser.add_argument(
-        "--wave", type=int, default=132, help="programs running at once (H200: 132 SMs)"
+        "--wave",
+        type=integer(at_least=1),
+        default=132,
+        help="programs running at once (H200: 132 SMs)",
     )
     parser.add_argument(
         "--group-m",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=[1, 2, 4, 8, 16],
         help="GROUP_M values counted (1 is row-major)",
     )
     parser.add_argument(
-        "--report-size", type=int, default=4096, help="n of gpu_report (GPU only)"
+        "--report-size",
+        type=integer(at_least=1),
+        default=4096,
+        help="n of gpu_report (GPU only)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small tensors)"
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small tensors)",
     )
     parser.add_argument(
         "--device",
@@ -798,8 +810,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/matmul", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.count_size < 1 or args.wave < 1 or min(args.group_m) < 1:
-        parser.error("--count-size, --wave and --group-m must be >= 1")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     metrics: dict[str, float] = {}

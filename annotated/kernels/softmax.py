@@ -85,7 +85,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -642,10 +642,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--count-size", default="4096x4096", help="ROWSxCOLS whose traffic is counted"
     )
     parser.add_argument(
-        "--overflow-rows", type=int, default=64, help="rows in the overflow experiment"
+        "--overflow-rows",
+        type=integer(at_least=1),
+        default=64,
+        help="rows in the overflow experiment",
     )
     parser.add_argument(
-        "--overflow-cols", type=int, default=100, help="columns in that experiment"
+        "--overflow-cols",
+        type=integer(at_least=1),
+        default=100,
+        help="columns in that experiment",
     )
     parser.add_argument(
         "--report-shapes",
@@ -661,8 +667,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/softmax", help="folder for figures")
     args = parser.parse_args(argv)
-    if args.overflow_rows < 1 or args.overflow_cols < 1:
-        parser.error("--overflow-rows and --overflow-cols must be >= 1")
     out = Path(args.out)
 
     metrics = check_against_torch(args.device)

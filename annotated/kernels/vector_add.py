@@ -68,7 +68,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 
 # Triton compiles a kernel for the GPU when it is first launched. Without a GPU it can
@@ -504,25 +504,35 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--sizes",
-        type=int,
+        type=integer(at_least=0),
         nargs="+",
         default=[1, 1023, 1024, 100_003],
         help="vector lengths checked against torch.add",
     )
-    parser.add_argument("--block-size", type=int, default=1024, help="BLOCK of add")
     parser.add_argument(
-        "--map-size", type=int, default=37, help="elements in the drawn launch"
+        "--block-size", type=integer(at_least=1), default=1024, help="BLOCK of add"
     )
     parser.add_argument(
-        "--map-block", type=int, default=8, help="BLOCK of the drawn launch"
+        "--map-size",
+        type=integer(at_least=1),
+        default=37,
+        help="elements in the drawn launch",
+    )
+    parser.add_argument(
+        "--map-block",
+        type=integer(at_least=1),
+        default=8,
+        help="BLOCK of the drawn launch",
     )
     parser.add_argument(
         "--report-size",
-        type=int,
+        type=integer(at_least=1),
         default=2**28,
         help="elements gpu_report measures (GPU only)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -531,8 +541,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/vector_add", help="folder for figures")
     args = parser.parse_args(argv)
-    if min(args.sizes) < 0 or args.map_size < 1:
-        parser.error("--sizes must be >= 0 and --map-size >= 1")
     generator = torch.Generator().manual_seed(args.seed)
     out = Path(args.out)
 

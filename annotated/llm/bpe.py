@@ -96,7 +96,7 @@ from typing import NamedTuple
 import regex
 from tqdm import tqdm
 
-from annotated.data import python_docs
+from annotated.data import integer, python_docs
 from annotated.figures import figure, save
 
 # ## The pre-split
@@ -622,27 +622,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Train a byte-level BPE tokenizer on Python's documentation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--merges", type=int, default=2000, help="merges to learn")
     parser.add_argument(
-        "--bench-merges", type=int, default=512, help="merges in the speed comparison"
+        "--merges", type=integer(at_least=1), default=2000, help="merges to learn"
+    )
+    parser.add_argument(
+        "--bench-merges",
+        type=integer(at_least=1),
+        default=512,
+        help="merges in the speed comparison",
     )
     parser.add_argument(
         "--bench-chars",
-        type=int,
+        type=integer(at_least=1),
         default=186_000,
         help="characters of training text in the speed comparison",
     )
-    parser.add_argument("--top", type=int, default=10, help="top merges to print")
+    parser.add_argument(
+        "--top", type=integer(at_least=0), default=10, help="top merges to print"
+    )
     parser.add_argument("--out", default="out/bpe", help="folder for the figures")
     args = parser.parse_args(argv)
-    for flag, least in (
-        ("merges", 1),
-        ("bench_merges", 1),
-        ("bench_chars", 1),
-        ("top", 0),
-    ):
-        if getattr(args, flag) < least:
-            parser.error(f"--{flag.replace('_', '-')} must be at least {least}")
     out = Path(args.out)
     train_text, validation_text = python_docs()
 

@@ -102,7 +102,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.llm.bpe import Tokenizer
 from annotated.llm.gpt2 import GPT2, GPT2Config
@@ -834,11 +834,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="block formats to write and evaluate",
     )
     parser.add_argument(
-        "--windows", type=int, default=64, help="validation windows of 64 tokens"
+        "--windows",
+        type=integer(at_least=1),
+        default=64,
+        help="validation windows of 64 tokens",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="torch CPU threads: at these sizes a second thread costs more than it "
         "saves, much more on a busy machine",
@@ -851,8 +854,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/ggml_quant", help="folder for the files")
     args = parser.parse_args(argv)
-    if args.windows < 1 or args.threads < 1:
-        raise ValueError("--windows and --threads must be >= 1")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

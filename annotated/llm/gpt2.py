@@ -121,7 +121,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import python_docs, torch_device
+from annotated.data import integer, python_docs, number, torch_device
 from annotated.figures import figure, save
 
 # ## The configuration
@@ -815,15 +815,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="GPT-2: parameter counts, a tiny model trained on bytes, sampling.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=800, help="training steps")
-    parser.add_argument("--batch", type=int, default=16, help="windows per batch")
-    parser.add_argument("--length", type=int, default=64, help="bytes per window")
-    parser.add_argument("--layers", type=int, default=2, help="blocks of the model")
-    parser.add_argument("--width", type=int, default=64, help="n_embd of the model")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads")
-    parser.add_argument("--lr", type=float, default=6e-3, help="peak AdamW rate")
-    parser.add_argument("--new-tokens", type=int, default=80, help="bytes to sample")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=800, help="training steps"
+    )
+    parser.add_argument(
+        "--batch", type=integer(at_least=1), default=16, help="windows per batch"
+    )
+    parser.add_argument(
+        "--length", type=integer(at_least=2), default=64, help="bytes per window"
+    )
+    parser.add_argument(
+        "--layers", type=integer(at_least=1), default=2, help="blocks of the model"
+    )
+    parser.add_argument(
+        "--width", type=integer(at_least=1), default=64, help="n_embd of the model"
+    )
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=4, help="attention heads"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=6e-3, help="peak AdamW rate"
+    )
+    parser.add_argument(
+        "--new-tokens", type=integer(at_least=1), default=80, help="bytes to sample"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -832,8 +850,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/gpt2", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch < 1 or args.length < 2:
-        raise ValueError("--steps and --batch must be >= 1 and --length >= 2")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

@@ -111,7 +111,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2
 from annotated.llm.pretraining import evaluate, pack, sample_windows, small_gpt
@@ -603,18 +603,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--calibration", type=int, default=128, help="calibration windows of 64 tokens"
+        "--calibration",
+        type=integer(at_least=1),
+        default=128,
+        help="calibration windows of 64 tokens",
     )
     parser.add_argument(
-        "--bits", type=int, nargs="+", default=[4, 3], help="bit widths to compare"
+        "--bits",
+        type=integer(at_least=2, at_most=8),
+        nargs="+",
+        default=[4, 3],
+        help="bit widths to compare",
     )
     parser.add_argument(
         "--group-size",
-        type=int,
+        type=integer(at_least=1),
         default=None,
         help="weights per scale and zero point; omit for one per row",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the windows")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="seed of the windows"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -623,9 +632,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/gptq", help="folder for the figure")
     args = parser.parse_args(argv)
-    if args.calibration < 1:
-        parser.error("--calibration must be at least 1")
-
     model, tokenizer, train_pages, validation_pages = small_gpt(args.device)
     block = model.config.n_positions
     generator = torch.Generator().manual_seed(args.seed)

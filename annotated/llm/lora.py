@@ -116,7 +116,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, generate
 from annotated.llm.pretraining import (
@@ -556,18 +556,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="LoRA versus full fine-tuning of the small GPT on Python source.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--rank", type=int, default=8, help="LoRA rank r")
-    parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha")
-    parser.add_argument("--steps", type=int, default=250, help="fine-tuning steps")
-    parser.add_argument("--batch", type=int, default=16, help="windows per step")
-    parser.add_argument("--lr", type=float, default=2e-3, help="LoRA's peak rate")
     parser.add_argument(
-        "--full-lr", type=float, default=2e-4, help="full fine-tuning's peak rate"
+        "--rank", type=integer(at_least=1), default=8, help="LoRA rank r"
     )
     parser.add_argument(
-        "--eval-every", type=int, default=25, help="steps between evaluations"
+        "--alpha", type=number(above=0), default=16.0, help="LoRA alpha"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=250, help="fine-tuning steps"
+    )
+    parser.add_argument(
+        "--batch", type=integer(at_least=1), default=16, help="windows per step"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=2e-3, help="LoRA's peak rate"
+    )
+    parser.add_argument(
+        "--full-lr",
+        type=number(above=0),
+        default=2e-4,
+        help="full fine-tuning's peak rate",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=integer(at_least=1),
+        default=25,
+        help="steps between evaluations",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -576,8 +594,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/lora", help="folder for outputs")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.eval_every < 1:
-        raise ValueError("--steps and --eval-every must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -149,7 +149,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from annotated.data import cache_folder, cached_weights, python_docs, torch_device
+from annotated.data import (
+    cache_folder,
+    cached_weights,
+    integer,
+    python_docs,
+    number,
+    torch_device,
+)
 from annotated.figures import figure, save
 from annotated.llm.bpe import Tokenizer
 from annotated.llm.bpe import train as train_tokenizer
@@ -957,16 +964,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Pretrain a small GPT on Python's documentation (torchrun-ready).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=700, help="optimizer steps")
-    parser.add_argument("--micro-batch", type=int, default=16, help="windows per pass")
-    parser.add_argument("--accumulation", type=int, default=1, help="passes per step")
-    parser.add_argument("--block", type=int, default=64, help="tokens per window")
-    parser.add_argument("--layers", type=int, default=4, help="Transformer blocks")
-    parser.add_argument("--width", type=int, default=128, help="n_embd of the model")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads")
-    parser.add_argument("--merges", type=int, default=512, help="BPE merges")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    parser.add_argument("--warmup", type=int, default=50, help="warm-up steps")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=700, help="optimizer steps"
+    )
+    parser.add_argument(
+        "--micro-batch", type=integer(at_least=1), default=16, help="windows per pass"
+    )
+    parser.add_argument(
+        "--accumulation", type=integer(at_least=1), default=1, help="passes per step"
+    )
+    parser.add_argument(
+        "--block", type=integer(at_least=1), default=64, help="tokens per window"
+    )
+    parser.add_argument(
+        "--layers", type=integer(at_least=1), default=4, help="Transformer blocks"
+    )
+    parser.add_argument(
+        "--width", type=integer(at_least=1), default=128, help="n_embd of the model"
+    )
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=4, help="attention heads"
+    )
+    parser.add_argument(
+        "--merges", type=integer(at_least=1), default=512, help="BPE merges"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=3e-3, help="peak learning rate"
+    )
+    parser.add_argument(
+        "--warmup", type=integer(at_least=0), default=50, help="warm-up steps"
+    )
     parser.add_argument(
         "--precision",
         choices=("bf16", "fp32"),
@@ -974,16 +1001,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="bf16 autocast of the forward pass, or plain float32",
     )
     parser.add_argument(
-        "--eval-every", type=int, default=100, help="steps between evals"
+        "--eval-every",
+        type=integer(at_least=1),
+        default=100,
+        help="steps between evals",
     )
     parser.add_argument(
         "--save-every",
-        type=int,
+        type=integer(at_least=0),
         default=100,
         help="steps between checkpoints (0: only at the end)",
     )
     parser.add_argument("--resume", default=None, help="checkpoint folder to resume")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -992,10 +1024,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/pretraining", help="folder for outputs")
     args = parser.parse_args(argv)
-    if args.eval_every < 1:
-        raise ValueError(f"--eval-every must be >= 1, got {args.eval_every}")
-    if args.save_every < 0:
-        raise ValueError(f"--save-every must be >= 0, got {args.save_every}")
     settings = TrainSettings(
         steps=args.steps,
         micro_batch=args.micro_batch,
@@ -1041,7 +1069,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.resume:
         start = load_checkpoint(args.resume, module, optimizer, generator)
         if start >= settings.steps:
-            raise ValueError(
+            parser.error(
                 f"--resume {args.resume} is at step {start}, nothing to do for "
                 f"--steps {settings.steps}: ask for more --steps"
             )

@@ -151,7 +151,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 
@@ -796,19 +796,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "with each, counting dead units.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per run")
     parser.add_argument(
-        "--lr", type=float, default=0.5, help="learning rate of the ordinary runs"
+        "--epochs", type=integer(at_least=1), default=10, help="epochs per run"
+    )
+    parser.add_argument(
+        "--lr",
+        type=number(above=0),
+        default=0.5,
+        help="learning rate of the ordinary runs",
     )
     parser.add_argument(
         "--large-lr",
-        type=float,
+        type=number(above=0),
         default=1.0,
         help="learning rate of the 'large lr' runs",
     )
     parser.add_argument(
         "--bias-shift",
-        type=float,
+        type=number(),
         default=-0.5,
         help="added to the initial hidden biases in the 'shifted' runs",
     )
@@ -818,11 +823,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="comma-separated activations to train with",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed for the weights and batch order"
+        "--seed",
+        type=integer(at_least=0),
+        default=0,
+        help="seed for the weights and batch order",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="CPU threads for torch (the matrices are tiny: more only adds handoffs)",
     )
@@ -836,8 +844,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/activations", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     names = args.activations.split(",")
     for name in names:
         get_activation(name)

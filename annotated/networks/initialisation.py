@@ -108,7 +108,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, torch_device
 from annotated.figures import figure, save
 
 # ## Fan-in and fan-out
@@ -712,14 +712,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Initialisation schemes through deep tanh and ReLU networks.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--width", type=int, default=256, help="units per layer")
-    parser.add_argument("--depth", type=int, default=20, help="layers in the network")
-    parser.add_argument("--batch", type=int, default=256, help="inputs per batch")
     parser.add_argument(
-        "--steps", type=int, default=300, help="SGD steps of the symmetry demo"
+        "--width", type=integer(at_least=1), default=256, help="units per layer"
     )
-    parser.add_argument("--hidden", type=int, default=32, help="symmetry demo width")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--depth", type=integer(at_least=1), default=20, help="layers in the network"
+    )
+    parser.add_argument(
+        "--batch", type=integer(at_least=2), default=256, help="inputs per batch"
+    )
+    parser.add_argument(
+        "--steps",
+        type=integer(at_least=1),
+        default=300,
+        help="SGD steps of the symmetry demo",
+    )
+    parser.add_argument(
+        "--hidden", type=integer(at_least=1), default=32, help="symmetry demo width"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -730,10 +743,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/initialisation", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if min(args.width, args.depth, args.steps, args.hidden) < 1 or args.batch < 2:
-        raise ValueError(
-            "--width, --depth, --steps and --hidden must be >= 1 and --batch >= 2"
-        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {}

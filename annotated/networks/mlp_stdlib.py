@@ -112,7 +112,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from annotated.data import digits
+from annotated.data import digits, integer, number
 from annotated.figures import figure, save
 
 # ## Matrices as lists of rows
@@ -676,10 +676,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Train a standard-library MLP on the 8x8 digits.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=15, help="passes over the data")
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=15, help="passes over the data"
+    )
     parser.add_argument(
         "--hidden",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=[64],
         help="hidden layer widths (one number per hidden layer)",
@@ -687,23 +689,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--activation", choices=sorted(ACTIVATIONS), default="relu", help="nonlinearity"
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per step")
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=32, help="examples per step"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.05, help="learning rate"
+    )
+    parser.add_argument(
+        "--momentum", type=number(at_least=0, below=1), default=0.9, help="SGD momentum"
+    )
     parser.add_argument(
         "--train-size",
-        type=int,
+        type=integer(at_least=0),
         default=0,
         help="use only this many training digits (0: all 1,438)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--out", default="out/mlp_stdlib", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or min(args.hidden) < 1:
-        parser.error("--epochs, --batch-size and --hidden must be >= 1")
-
     x_train, y_train, x_test, y_test = digits(seed=args.seed)
     if args.train_size > 0:
         x_train, y_train = x_train[: args.train_size], y_train[: args.train_size]

@@ -149,7 +149,7 @@ import torch.fx
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## Weight decay: a penalty, or a shrink
@@ -739,12 +739,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "with and without each technique.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--train-size", type=int, default=200, help="training digits")
-    parser.add_argument("--epochs", type=int, default=100, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=25, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed for weights and batches"
+        "--train-size", type=integer(at_least=1), default=200, help="training digits"
+    )
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=100, help="training epochs"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=2), default=25, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=1e-3, help="Adam's learning rate"
+    )
+    parser.add_argument(
+        "--seed",
+        type=integer(at_least=0),
+        default=0,
+        help="seed for weights and batches",
     )
     parser.add_argument(
         "--techniques",
@@ -768,12 +779,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.set_num_threads(1)
     x_train, y_train, x_test, y_test = digits(seed=args.seed)
     if not 10 <= args.train_size <= len(x_train) - 200:
-        raise ValueError(
+        parser.error(
             f"--train-size must lie in [10, {len(x_train) - 200}], "
             f"got {args.train_size}"
         )
-    if args.epochs < 1 or args.batch_size < 2:
-        raise ValueError("--epochs must be >= 1 and --batch-size >= 2")
 
     def as_tensors(images, labels):
         return (

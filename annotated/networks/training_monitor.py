@@ -117,7 +117,7 @@ from torch.func import functional_call
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The network being watched
@@ -705,25 +705,39 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Watch a digits MLP train, then draw its loss landscape.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=400, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=400, help="training steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.05, help="SGD learning rate"
+    )
     parser.add_argument(
         "--histogram-every",
-        type=int,
+        type=integer(at_least=1),
         default=50,
         help="write activation and weight histograms every this many steps",
     )
     parser.add_argument(
-        "--grid", type=int, default=21, help="points per side of the 2-D landscape"
+        "--grid",
+        type=integer(at_least=2),
+        default=21,
+        help="points per side of the 2-D landscape",
     )
     parser.add_argument(
-        "--slice-points", type=int, default=51, help="points of the 1-D slice"
+        "--slice-points",
+        type=integer(at_least=2),
+        default=51,
+        help="points of the 1-D slice",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="torch CPU threads: at these sizes a second thread costs more than it "
         "saves, much more on a busy machine",
@@ -738,8 +752,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/training_monitor", help="folder for figures and runs"
     )
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.grid < 2 or args.slice_points < 2:
-        raise ValueError("--steps must be >= 1, --grid and --slice-points >= 2")
     out = Path(args.out)
     log_dir = out / "runs" / f"seed{args.seed}"
     # A rerun replaces its event files rather than overlaying a second run on them.

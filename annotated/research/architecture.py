@@ -146,7 +146,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import python_docs, torch_device
+from annotated.data import integer, python_docs, torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, Block, GPT2Config, evaluate, lm_loss
 from annotated.llm.gpt2 import train as train_language_model
@@ -930,17 +930,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "attention, ablated on associative recall and tested on real text.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--seeds", type=int, default=3, help="paired seeds (>= 2)")
-    parser.add_argument("--steps", type=int, default=600, help="updates per probe run")
-    parser.add_argument("--pairs", type=int, default=8, help="key-value pairs")
     parser.add_argument(
-        "--kernel", type=int, default=3, help="convolution width K for the transfer"
+        "--seeds", type=integer(at_least=2), default=3, help="paired seeds (>= 2)"
     )
     parser.add_argument(
-        "--lm-steps", type=int, default=800, help="updates per language-model run"
+        "--steps", type=integer(at_least=1), default=600, help="updates per probe run"
     )
     parser.add_argument(
-        "--length", type=int, default=64, help="bytes per language-model window"
+        "--pairs", type=integer(at_least=1), default=8, help="key-value pairs"
+    )
+    parser.add_argument(
+        "--kernel",
+        type=integer(at_least=1),
+        default=3,
+        help="convolution width K for the transfer",
+    )
+    parser.add_argument(
+        "--lm-steps",
+        type=integer(at_least=1),
+        default=800,
+        help="updates per language-model run",
+    )
+    parser.add_argument(
+        "--length",
+        type=integer(at_least=1),
+        default=64,
+        help="bytes per language-model window",
     )
     parser.add_argument(
         "--device",
@@ -952,16 +967,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/architecture", help="folder for figures and the store"
     )
     args = parser.parse_args(argv)
-    if args.seeds < 2:
-        raise ValueError(f"--seeds must be >= 2 for an interval, got {args.seeds}")
-    for flag, value in (
-        ("--kernel", args.kernel),
-        ("--steps", args.steps),
-        ("--lm-steps", args.lm_steps),
-        ("--length", args.length),
-    ):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     probe = ProbeConfig(pairs=args.pairs, steps=args.steps)

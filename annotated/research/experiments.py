@@ -102,7 +102,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import cache_folder, digits, torch_device
+from annotated.data import cache_folder, digits, integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.networks.training_monitor import make_mlp
 
@@ -479,28 +479,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--lrs",
-        type=float,
+        type=number(above=0),
         nargs="+",
         default=[0.003, 0.03, 0.3],
         help="SGD learning rates to sweep",
     )
     parser.add_argument(
         "--widths",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=[16, 128],
         help="hidden widths to sweep",
     )
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per run")
-    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of every run")
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=10, help="epochs per run"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=32, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed of every run"
+    )
     parser.add_argument(
         "--name", default="digits-mlp", help="registered model name for the best run"
     )
     parser.add_argument("--alias", default="champion", help="alias to point at it")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="torch CPU threads: a network this small trains slower on two, and much "
         "slower on a busy machine",

@@ -127,7 +127,7 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 from annotated.transformers.memory_analysis import (
@@ -1046,23 +1046,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "GPT training step.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--n", type=int, default=1024, help="width that sizes the ops")
     parser.add_argument(
-        "--peak-size", type=int, default=2048, help="matrix size of the peak matmul"
+        "--n", type=integer(at_least=1), default=1024, help="width that sizes the ops"
+    )
+    parser.add_argument(
+        "--peak-size",
+        type=integer(at_least=1),
+        default=2048,
+        help="matrix size of the peak matmul",
     )
     parser.add_argument(
         "--copy-elements",
-        type=int,
+        type=integer(at_least=1),
         default=1 << 25,
         help="float32 elements copied to measure bandwidth",
     )
     parser.add_argument(
-        "--min-run-time", type=float, default=0.3, help="seconds of timing per op"
+        "--min-run-time",
+        type=number(above=0),
+        default=0.3,
+        help="seconds of timing per op",
     )
-    parser.add_argument("--batch", type=int, default=8, help="GPT step's batch")
+    parser.add_argument(
+        "--batch", type=integer(at_least=1), default=8, help="GPT step's batch"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=torch.get_num_threads(),
         help="CPU threads for torch (and so for every measurement)",
     )
@@ -1080,7 +1090,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "range, for nsys (needs --device cuda)",
     )
     parser.add_argument(
-        "--nvtx-steps", type=int, default=5, help="with --nvtx: steps to capture"
+        "--nvtx-steps",
+        type=integer(at_least=1),
+        default=5,
+        help="with --nvtx: steps to capture",
     )
     parser.add_argument(
         "--emit-nvtx",
@@ -1088,10 +1101,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="with --nvtx: one more NVTX range per operator (emit_nvtx)",
     )
     args = parser.parse_args(argv)
-    check_positive_int("--threads", args.threads)
     torch.set_num_threads(args.threads)
     if args.nvtx:
-        check_positive_int("--nvtx-steps", args.nvtx_steps)
         timed = nvtx_steps(
             TRACED,
             args.batch,

@@ -135,7 +135,7 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, GPT2Config
 
@@ -1006,20 +1006,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "a larger weight decay (or Grokfast) against the paper's AdamW over seeds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--prime", type=int, default=47, help="the modulus p")
+    parser.add_argument(
+        "--prime", type=integer(at_least=2), default=47, help="the modulus p"
+    )
     parser.add_argument(
         "--fraction",
-        type=float,
+        type=number(above=0, below=1),
         default=0.4,
         help="share of the p² equations used for training",
     )
-    parser.add_argument("--width", type=int, default=64, help="width d of the GPT-2")
-    parser.add_argument("--layers", type=int, default=2, help="transformer blocks")
     parser.add_argument(
-        "--steps", type=int, default=4000, help="budget of optimiser updates per run"
+        "--width", type=integer(at_least=1), default=64, help="width d of the GPT-2"
     )
     parser.add_argument(
-        "--eval-every", type=int, default=25, help="updates between evaluations"
+        "--layers", type=integer(at_least=1), default=2, help="transformer blocks"
+    )
+    parser.add_argument(
+        "--steps",
+        type=integer(at_least=1),
+        default=4000,
+        help="budget of optimiser updates per run",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=integer(at_least=1),
+        default=25,
+        help="updates between evaluations",
     )
     parser.add_argument(
         "--weight-decays",
@@ -1028,13 +1040,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=integer(at_least=2),
         default=3,
         help="seeds per arm of the comparison in step 4 (>= 2)",
     )
     parser.add_argument(
         "--improved-decay",
-        type=float,
+        type=number(at_least=0),
         default=3.0,
         help="the improved arm's weight decay (the baseline's is 1)",
     )
@@ -1044,20 +1056,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="make the improved arm weight decay 1 plus Grokfast's filter instead",
     )
     parser.add_argument(
-        "--alpha", type=float, default=0.98, help="Grokfast's EMA momentum"
+        "--alpha",
+        type=number(at_least=0, below=1),
+        default=0.98,
+        help="Grokfast's EMA momentum",
     )
     parser.add_argument(
-        "--lamb", type=float, default=2.0, help="Grokfast's amplification"
+        "--lamb", type=number(at_least=0), default=2.0, help="Grokfast's amplification"
     )
     parser.add_argument(
         "--run-on",
-        type=float,
+        type=number(at_least=1),
         default=1.25,
         help="the main run continues to this multiple of its grokking step",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="torch CPU threads (at this size a second one costs more than it gives)",
     )
@@ -1072,12 +1087,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     args = parser.parse_args(argv)
     decays = [float(d) for d in args.weight_decays.split(",")]
-    if args.seeds < 2:
-        raise ValueError(
-            f"--seeds must be >= 2 for a confidence interval, got {args.seeds}"
-        )
     if 1.0 not in decays:
-        raise ValueError(
+        parser.error(
             "--weight-decays must include 1, the paper's value and the baseline"
         )
     torch.set_num_threads(args.threads)

@@ -101,7 +101,7 @@ import torch
 from gymnasium import spaces
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import Agent, PPOConfig, train
 
@@ -614,18 +614,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--total-steps", type=int, default=150_000, help="PPO's step budget"
+        "--total-steps",
+        type=integer(at_least=1),
+        default=150_000,
+        help="PPO's step budget",
     )
     parser.add_argument(
-        "--target", type=float, default=0.85, help="stop at this mean return of 20"
+        "--target", type=number(), default=0.85, help="stop at this mean return of 20"
     )
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
     parser.add_argument(
-        "--episodes", type=int, default=200, help="held-out layouts per policy"
+        "--lr", type=number(above=0), default=1e-3, help="Adam's learning rate"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest here)"
+        "--episodes",
+        type=integer(at_least=1),
+        default=200,
+        help="held-out layouts per policy",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="torch CPU threads (1 is fastest here)",
     )
     parser.add_argument(
         "--device",

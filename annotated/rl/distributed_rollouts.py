@@ -107,7 +107,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import Agent, Collector, make_envs
 
@@ -682,16 +682,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--env-id", default=defaults.env_id, help="gymnasium id")
     parser.add_argument(
-        "--actors", type=int, default=defaults.num_actors, help="actor processes"
+        "--actors",
+        type=integer(at_least=1),
+        default=defaults.num_actors,
+        help="actor processes",
     )
     parser.add_argument(
         "--total-steps",
-        type=int,
+        type=integer(at_least=1),
         default=defaults.total_steps,
         help="environment-step budget (the learning rate anneals to 0 over it)",
     )
     parser.add_argument(
-        "--target", type=float, default=defaults.target_return, help="stop at this"
+        "--target", type=number(), default=defaults.target_return, help="stop at this"
     )
     parser.add_argument(
         "--sweep",
@@ -699,9 +702,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="actor counts for the throughput figure, comma-separated",
     )
     parser.add_argument(
-        "--sweep-rounds", type=int, default=40, help="rollouts per actor per count"
+        "--sweep-rounds",
+        type=integer(at_least=1),
+        default=40,
+        help="rollouts per actor per count",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=defaults.seed, help="random seed"
+    )
     parser.add_argument(
         "--address",
         default=None,

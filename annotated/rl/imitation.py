@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import cached_weights, torch_device
+from annotated.data import cached_weights, integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import Agent, PPOConfig, train
 
@@ -595,22 +595,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--labels-per-iteration",
-        type=int,
+        type=integer(at_least=1),
         default=defaults.labels_per_iteration,
         help="expert labels per DAgger round (and per point on the curves)",
     )
     parser.add_argument(
-        "--iterations", type=int, default=defaults.iterations, help="DAgger rounds"
+        "--iterations",
+        type=integer(at_least=1),
+        default=defaults.iterations,
+        help="DAgger rounds",
     )
     parser.add_argument(
         "--beta-decay",
-        type=float,
+        type=number(at_least=0, at_most=1),
         default=defaults.beta_decay,
         help="p in beta_i = p^(i-1), the expert's share of the driving",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per curve")
     parser.add_argument(
-        "--episodes", type=int, default=10, help="evaluation episodes per learner"
+        "--seeds", type=integer(at_least=1), default=3, help="seeds per curve"
+    )
+    parser.add_argument(
+        "--episodes",
+        type=integer(at_least=1),
+        default=10,
+        help="evaluation episodes per learner",
     )
     parser.add_argument(
         "--experts",
@@ -627,9 +635,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     names = args.experts.split(",")
     if not names or not set(names) <= {"linear", "ppo"}:
-        raise ValueError(f"--experts must name linear and/or ppo, got {args.experts!r}")
-    if args.seeds < 1 or args.episodes < 1:
-        raise ValueError("--seeds and --episodes must be >= 1")
+        parser.error(f"--experts must name linear and/or ppo, got {args.experts!r}")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

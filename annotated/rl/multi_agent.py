@@ -112,7 +112,7 @@ from pettingzoo import ParallelEnv
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The world: covering landmarks
@@ -795,28 +795,51 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--total-steps",
-        type=int,
+        type=integer(at_least=1),
         default=Args.total_steps,
         help="environment steps per method",
     )
-    parser.add_argument("--envs", type=int, default=Args.envs, help="parallel worlds")
     parser.add_argument(
-        "--agents", type=int, default=Args.n_agents, help="agents (and landmarks)"
-    )
-    parser.add_argument("--size", type=int, default=Args.size, help="grid side")
-    parser.add_argument(
-        "--max-cycles", type=int, default=Args.max_cycles, help="steps per episode"
+        "--envs", type=integer(at_least=1), default=Args.envs, help="parallel worlds"
     )
     parser.add_argument(
-        "--sight", type=int, default=Args.sight, help="how far a teammate is seen"
+        "--agents",
+        type=integer(at_least=1),
+        default=Args.n_agents,
+        help="agents (and landmarks)",
     )
-    parser.add_argument("--lr", type=float, default=Args.lr, help="Adam learning rate")
     parser.add_argument(
-        "--episodes", type=int, default=500, help="evaluation episodes per team"
+        "--size", type=integer(at_least=1), default=Args.size, help="grid side"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (the nets are tiny)"
+        "--max-cycles",
+        type=integer(at_least=1),
+        default=Args.max_cycles,
+        help="steps per episode",
+    )
+    parser.add_argument(
+        "--sight",
+        type=integer(at_least=0),
+        default=Args.sight,
+        help="how far a teammate is seen",
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=Args.lr, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--episodes",
+        type=integer(at_least=1),
+        default=500,
+        help="evaluation episodes per team",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="torch CPU threads (the nets are tiny)",
     )
     parser.add_argument(
         "--device",
@@ -826,8 +849,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/multi_agent", help="folder for figures")
     args = parser.parse_args(argv)
-    if args.total_steps < 1 or args.envs < 1 or args.episodes < 1:
-        raise ValueError("--total-steps, --envs and --episodes must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

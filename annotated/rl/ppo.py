@@ -127,7 +127,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The hyperparameters
@@ -729,20 +729,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     rollout = defaults.num_envs * defaults.num_steps
     parser.add_argument(
         "--total-steps",
-        type=int,
+        type=integer(at_least=rollout),
         default=defaults.total_steps,
         help=f"step budget, in whole rollouts of {rollout} steps (the learning rate "
         "anneals to 0 over it)",
     )
     parser.add_argument(
         "--target",
-        type=float,
+        type=number(),
         default=defaults.target_return,
         help="stop once the last 20 episodes average this return",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest here)"
+        "--seed", type=integer(at_least=0), default=defaults.seed, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="torch CPU threads (1 is fastest here)",
     )
     parser.add_argument(
         "--device",
@@ -752,10 +757,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/ppo", help="folder for the outputs")
     args = parser.parse_args(argv)
-    if args.total_steps < rollout:
-        parser.error(f"--total-steps must be at least one rollout, {rollout} steps")
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -133,7 +133,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import PPOConfig
 from annotated.rl.ppo import train as train_ppo
@@ -845,30 +845,57 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="A learned world model for CartPole: PETS-style planning and Dyna.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--rounds", type=int, default=6, help="fit-and-plan rounds")
     parser.add_argument(
-        "--random-steps", type=int, default=200, help="random steps to start with"
+        "--rounds", type=integer(at_least=1), default=6, help="fit-and-plan rounds"
     )
-    parser.add_argument("--members", type=int, default=5, help="ensemble size")
-    parser.add_argument("--epochs", type=int, default=30, help="fitting epochs")
-    parser.add_argument("--horizon", type=int, default=30, help="planning horizon H")
-    parser.add_argument("--population", type=int, default=100, help="CEM population")
-    parser.add_argument("--elites", type=int, default=10, help="CEM elites")
-    parser.add_argument("--cem-iterations", type=int, default=3, help="CEM iterations")
+    parser.add_argument(
+        "--random-steps",
+        type=integer(at_least=1),
+        default=200,
+        help="random steps to start with",
+    )
+    parser.add_argument(
+        "--members", type=integer(at_least=1), default=5, help="ensemble size"
+    )
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=30, help="fitting epochs"
+    )
+    parser.add_argument(
+        "--horizon", type=integer(at_least=1), default=30, help="planning horizon H"
+    )
+    parser.add_argument(
+        "--population", type=integer(at_least=1), default=100, help="CEM population"
+    )
+    parser.add_argument(
+        "--elites", type=integer(at_least=1), default=10, help="CEM elites"
+    )
+    parser.add_argument(
+        "--cem-iterations", type=integer(at_least=1), default=3, help="CEM iterations"
+    )
     parser.add_argument(
         "--max-steps",
-        type=int,
+        type=integer(at_least=1),
         default=500,
         help="episode length limit (CartPole: 500)",
     )
     parser.add_argument(
-        "--dyna-updates", type=int, default=2000, help="Q-learning updates in the model"
+        "--dyna-updates",
+        type=integer(at_least=1),
+        default=2000,
+        help="Q-learning updates in the model",
     )
     parser.add_argument(
-        "--ppo-steps", type=int, default=20_000, help="PPO's budget of env steps"
+        "--ppo-steps",
+        type=integer(at_least=1),
+        default=20_000,
+        help="PPO's budget of env steps",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads", type=integer(at_least=1), default=1, help="torch CPU threads"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -877,8 +904,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/world_model", help="folder for figures")
     args = parser.parse_args(argv)
-    if min(args.rounds, args.random_steps, args.members, args.horizon) < 1:
-        raise ValueError("--rounds, --random-steps, --members, --horizon must be >= 1")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.sequence.seq2seq import (
     BOS,
@@ -421,20 +421,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--steps", type=int, default=600, help="training steps, attention models"
+        "--steps",
+        type=integer(at_least=1),
+        default=600,
+        help="training steps, attention models",
     )
     parser.add_argument(
         "--baseline-steps",
-        type=int,
+        type=integer(at_least=1),
         default=1200,
         help="training steps, the model without attention",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="strings per step")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--min-length", type=int, default=4, help="shortest input")
-    parser.add_argument("--max-length", type=int, default=20, help="longest input")
     parser.add_argument(
-        "--test-per-length", type=int, default=100, help="held-out strings per length"
+        "--batch-size", type=integer(at_least=1), default=64, help="strings per step"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=3e-3, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--min-length", type=integer(at_least=1), default=4, help="shortest input"
+    )
+    parser.add_argument(
+        "--max-length", type=integer(at_least=1), default=20, help="longest input"
+    )
+    parser.add_argument(
+        "--test-per-length",
+        type=integer(at_least=1),
+        default=100,
+        help="held-out strings per length",
     )
     parser.add_argument(
         "--scores",
@@ -443,8 +457,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default=["additive"],
         help="attention scores to train (the first draws the alignment)",
     )
-    parser.add_argument("--hidden-size", type=int, default=64, help="encoder GRU size")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--hidden-size", type=integer(at_least=1), default=64, help="encoder GRU size"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,

@@ -134,7 +134,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The LSTM cell
@@ -932,18 +932,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="The adding problem: our LSTM (or GRU) against a vanilla RNN.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--length", type=int, default=50, help="sequence length T")
-    parser.add_argument("--steps", type=int, default=1200, help="training steps")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden units")
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences a step")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
+    parser.add_argument(
+        "--length", type=integer(at_least=2), default=50, help="sequence length T"
+    )
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=1200, help="training steps"
+    )
+    parser.add_argument(
+        "--hidden", type=integer(at_least=1), default=32, help="hidden units"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="sequences a step"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=1e-2, help="Adam learning rate"
+    )
     parser.add_argument(
         "--models",
         default="lstm,rnn",
         help="comma-separated models to train: lstm, gru (ours) and rnn (nn.RNN)",
     )
-    parser.add_argument("--test-size", type=int, default=1000, help="test sequences")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--test-size", type=integer(at_least=1), default=1000, help="test sequences"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -953,10 +967,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", default="out/lstm", help="folder for the figures")
     args = parser.parse_args(argv)
     kinds = args.models.split(",")
-    if args.steps < 1 or args.length < 2 or not set(kinds) <= {"lstm", "gru", "rnn"}:
-        raise ValueError(
-            "--steps must be >= 1, --length >= 2, and --models a comma-separated "
-            f"list of lstm, gru and rnn; got {args.steps}, {args.length}, {args.models}"
+    if not set(kinds) <= {"lstm", "gru", "rnn"}:
+        parser.error(
+            f"--models must be a comma-separated list of lstm, gru and rnn; got "
+            f"{args.models}"
         )
     out = Path(args.out)
     # A step is a few hundred operations on tensors of a few thousand numbers: too

@@ -175,7 +175,7 @@ from torch.nn.utils.rnn import (
 from torch.utils.data import BatchSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## 1. Truncated backpropagation through time
@@ -984,10 +984,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--stream-length", type=int, default=4800, help="tokens per training stream"
+        "--stream-length",
+        type=integer(at_least=1),
+        default=4800,
+        help="tokens per training stream",
     )
     parser.add_argument(
-        "--delay", type=int, default=4, help="how far back the copy stream's target is"
+        "--delay",
+        type=integer(at_least=1),
+        default=4,
+        help="how far back the copy stream's target is",
     )
     parser.add_argument(
         "--truncations",
@@ -995,19 +1001,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default=[4, 8, 16],
         help="comma-separated chunk lengths k to train with",
     )
-    parser.add_argument("--hidden", type=int, default=32, help="GRU hidden size")
-    parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate")
     parser.add_argument(
-        "--sequences", type=int, default=2048, help="sequences in the padding data set"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences a batch")
-    parser.add_argument(
-        "--pool-batches", type=int, default=4, help="batches per pool for the timing"
+        "--hidden", type=integer(at_least=1), default=32, help="GRU hidden size"
     )
     parser.add_argument(
-        "--max-steps", type=int, default=4096, help="longest T for the scan timing"
+        "--lr", type=number(above=0), default=0.02, help="Adam learning rate"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--sequences",
+        type=integer(at_least=1),
+        default=2048,
+        help="sequences in the padding data set",
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="sequences a batch"
+    )
+    parser.add_argument(
+        "--pool-batches",
+        type=integer(at_least=1),
+        default=4,
+        help="batches per pool for the timing",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=integer(at_least=16),
+        default=4096,
+        help="longest T for the scan timing",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -1016,12 +1039,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/parallel_rnn", help="folder for figures")
     args = parser.parse_args(argv)
-    if args.delay < 1 or args.stream_length <= args.delay:
-        raise ValueError("--delay must be >= 1 and below --stream-length")
-    if min(args.truncations) < 1 or args.max_steps < 16:
-        raise ValueError("--truncations must be >= 1 and --max-steps >= 16")
-    if args.sequences < args.batch_size or args.batch_size < 1:
-        raise ValueError("--batch-size must be >= 1 and at most --sequences")
+    if args.stream_length <= args.delay:
+        parser.error("--delay must be below --stream-length")
+    if min(args.truncations) < 1:
+        parser.error("--truncations must be >= 1")
+    if args.sequences < args.batch_size:
+        parser.error("--batch-size must be at most --sequences")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gap = carried_state_gap(args.device, args.seed)

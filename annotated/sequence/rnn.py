@@ -121,7 +121,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## One layer, forward
@@ -745,21 +745,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "waves of unknown frequency.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=2000, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="waves per step")
-    parser.add_argument("--seq-len", type=int, default=50, help="steps per wave")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden state size")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=2000, help="training steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="waves per step"
+    )
+    parser.add_argument(
+        "--seq-len", type=integer(at_least=1), default=50, help="steps per wave"
+    )
+    parser.add_argument(
+        "--hidden", type=integer(at_least=1), default=32, help="hidden state size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=3e-3, help="Adam learning rate"
+    )
     parser.add_argument(
         "--backprop",
         choices=["hand", "autograd"],
         default="hand",
         help="differentiate with our BPTT or with autograd through the loop",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="CPU threads for torch: the matrices are tiny, so more threads add "
         "hand-offs, not speed",
@@ -772,10 +784,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/rnn", help="folder for the figures")
     args = parser.parse_args(argv)
-    if min(args.steps, args.batch_size, args.seq_len, args.hidden, args.threads) < 1:
-        raise ValueError(
-            "--steps, --batch-size, --seq-len, --hidden and --threads must be >= 1"
-        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

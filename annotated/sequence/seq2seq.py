@@ -144,7 +144,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The vocabulary
@@ -855,17 +855,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="An encoder–decoder without attention, reversing digit strings.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=1200, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="strings per step")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--min-length", type=int, default=4, help="shortest input")
-    parser.add_argument("--max-length", type=int, default=20, help="longest input")
     parser.add_argument(
-        "--test-per-length", type=int, default=100, help="held-out strings per length"
+        "--steps", type=integer(at_least=1), default=1200, help="training steps"
     )
-    parser.add_argument("--beam-size", type=int, default=4, help="beam width")
-    parser.add_argument("--hidden-size", type=int, default=64, help="encoder GRU size")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="strings per step"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=3e-3, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--min-length", type=integer(at_least=1), default=4, help="shortest input"
+    )
+    parser.add_argument(
+        "--max-length", type=integer(at_least=1), default=20, help="longest input"
+    )
+    parser.add_argument(
+        "--test-per-length",
+        type=integer(at_least=1),
+        default=100,
+        help="held-out strings per length",
+    )
+    parser.add_argument(
+        "--beam-size", type=integer(at_least=1), default=4, help="beam width"
+    )
+    parser.add_argument(
+        "--hidden-size", type=integer(at_least=1), default=64, help="encoder GRU size"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,

@@ -139,7 +139,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## Where the gradient goes
@@ -872,19 +872,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Vanishing and exploding gradients in RNN, LSTM and GRU, measured.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--length", type=int, default=100, help="sequence length T")
-    parser.add_argument("--batch", type=int, default=32, help="sequences measured")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden units")
-    parser.add_argument("--inputs", type=int, default=8, help="input features")
-    parser.add_argument("--steps", type=int, default=200, help="echo training steps")
-    parser.add_argument("--lr", type=float, default=0.3, help="SGD learning rate")
     parser.add_argument(
-        "--max-norm", type=float, default=1.0, help="clipping threshold"
+        "--length", type=integer(at_least=52), default=100, help="sequence length T"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--batch", type=integer(at_least=1), default=32, help="sequences measured"
+    )
+    parser.add_argument(
+        "--hidden", type=integer(at_least=1), default=64, help="hidden units"
+    )
+    parser.add_argument(
+        "--inputs", type=integer(at_least=1), default=8, help="input features"
+    )
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=200, help="echo training steps"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.3, help="SGD learning rate"
+    )
+    parser.add_argument(
+        "--max-norm", type=number(above=0), default=1.0, help="clipping threshold"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer(at_least=1),
         default=1,
         help="CPU threads (the tensors are small: more threads only add handoffs)",
     )
@@ -898,8 +912,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/vanishing_gradients", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.length < 52 or args.batch < 1 or args.steps < 1:
-        raise ValueError("--length must be >= 52, --batch and --steps >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

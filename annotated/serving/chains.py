@@ -87,7 +87,7 @@ from langchain_core.runnables import Runnable, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from pydantic import ConfigDict
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, top_k_filter
 from annotated.serving.rag import (
@@ -455,8 +455,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "question", nargs="?", default="how does the KV cache work?", help="question"
     )
-    parser.add_argument("--tokens", type=int, default=24, help="tokens to generate")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--tokens", type=integer(at_least=1), default=24, help="tokens to generate"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="sampling seed"
+    )
     parser.add_argument(
         "--lessons", nargs="+", help="only these lessons (e.g. llm/gpt2), not all"
     )
@@ -468,8 +472,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/chains", help="folder for the figure")
     args = parser.parse_args(argv)
-    if args.tokens < 1:
-        raise ValueError("--tokens must be >= 1")
     chunks = load_corpus(args.lessons)
     embedder = Embedder(args.device)
     vectors = corpus_embeddings(chunks, embedder)

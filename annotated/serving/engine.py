@@ -126,7 +126,7 @@ from tqdm import tqdm
 from transformers import GPT2Config as HFGPT2Config
 from transformers import GPT2LMHeadModel
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.llm.bpe import Tokenizer, train
 from annotated.llm.gpt2 import GPT2, GPT2Config, to_hf_state_dict, top_p_filter
@@ -1204,13 +1204,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "comparison, or (--serve) an OpenAI-compatible server.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--requests", type=int, default=128, help="requests served")
-    parser.add_argument("--batch", type=int, default=16, help="sequences per pass")
-    parser.add_argument("--block-size", type=int, default=16, help="slots per block")
-    parser.add_argument("--num-blocks", type=int, default=128, help="blocks in pool")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small matrices)"
+        "--requests", type=integer(at_least=1), default=128, help="requests served"
+    )
+    parser.add_argument(
+        "--batch", type=integer(at_least=1), default=16, help="sequences per pass"
+    )
+    parser.add_argument(
+        "--block-size", type=integer(at_least=1), default=16, help="slots per block"
+    )
+    parser.add_argument(
+        "--num-blocks", type=integer(at_least=1), default=128, help="blocks in pool"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small matrices)",
     )
     parser.add_argument(
         "--device",
@@ -1221,12 +1234,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", default="out/engine", help="folder for the figures")
     parser.add_argument("--serve", action="store_true", help="start the HTTP server")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    parser.add_argument("--port", type=int, default=8000, help="port to serve on")
+    parser.add_argument(
+        "--port",
+        type=integer(at_least=1, at_most=65535),
+        default=8000,
+        help="port to serve on",
+    )
     args = parser.parse_args(argv)
-    if not 0 < args.port < 65536:
-        parser.error(f"--port must be a TCP port, 1 to 65535, got {args.port}")
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     model, tokenizer, _, pages = small_gpt(args.device)
 

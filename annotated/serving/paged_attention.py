@@ -96,7 +96,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, GPT2Config, generate
 from annotated.llm.pretraining import small_gpt
@@ -722,16 +722,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "the memory it saves over a preallocated cache.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--prompts", type=int, default=6, help="prompts decoded")
-    parser.add_argument("--new-tokens", type=int, default=24, help="tokens per prompt")
-    parser.add_argument("--block-size", type=int, default=4, help="slots per block")
     parser.add_argument(
-        "--sequences", type=int, default=1000, help="lengths drawn for the memory count"
+        "--prompts", type=integer(at_least=1), default=6, help="prompts decoded"
     )
-    parser.add_argument("--max-len", type=int, default=2048, help="context length")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small matrices)"
+        "--new-tokens", type=integer(at_least=1), default=24, help="tokens per prompt"
+    )
+    parser.add_argument(
+        "--block-size", type=integer(at_least=1), default=4, help="slots per block"
+    )
+    parser.add_argument(
+        "--sequences",
+        type=integer(at_least=1),
+        default=1000,
+        help="lengths drawn for the memory count",
+    )
+    parser.add_argument(
+        "--max-len", type=integer(at_least=1), default=2048, help="context length"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small matrices)",
     )
     parser.add_argument(
         "--device",

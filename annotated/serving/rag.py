@@ -125,7 +125,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from annotated.data import cache_folder, torch_device
+from annotated.data import cache_folder, integer, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.transformer import embed_sentences, load_sentence_encoder
 
@@ -1214,15 +1214,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--evaluate", action="store_true", help="score the rankings on the questions"
     )
     parser.add_argument(
-        "--generate", type=int, default=0, help="tokens of small-GPT continuation"
+        "--generate",
+        type=integer(at_least=0),
+        default=0,
+        help="tokens of small-GPT continuation",
     )
     parser.add_argument(
         "--lessons", nargs="+", help="only these lessons (e.g. llm/gpt2), not all"
     )
     parser.add_argument(
-        "--random-vectors", type=int, default=3000, help="random vectors for HNSW"
+        "--random-vectors",
+        type=integer(at_least=100),
+        default=3000,
+        help="random vectors for HNSW",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -1233,10 +1241,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if args.question is not None and not args.question.strip():
         parser.error("the question is empty")
-    if args.generate < 0:
-        parser.error("--generate must be at least 0")
-    if args.random_vectors < 100:
-        parser.error("--random-vectors must be at least 100")
     out = Path(args.out)
     start = time.perf_counter()
     try:
@@ -1273,7 +1277,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     modules = {chunk.module for chunk in chunks}
     questions = [q for q in QUESTIONS if q.module in modules]
     if not questions:
-        raise ValueError("--lessons: none of the questions is about these lessons")
+        parser.error("--lessons: none of the questions is about these lessons")
     results = evaluate(retriever, questions, progress=True)
     names = ["recall@1", "recall@5", "recall@10", "mrr", "lesson@5"]
     print("\nmethod  " + "".join(f"{name:>10}" for name in names))

@@ -111,7 +111,7 @@ from torch.autograd.graph import Node, saved_tensors_hooks
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, torch_device
 from annotated.figures import figure, save
 
 
@@ -573,9 +573,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="layer widths of the MLP, comma-separated (first 64, last 10)",
     )
     parser.add_argument(
-        "--max-batch", type=int, default=256, help="largest batch size measured"
+        "--max-batch",
+        type=integer(at_least=1),
+        default=256,
+        help="largest batch size measured",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -587,8 +592,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     args = parser.parse_args(argv)
     widths = [int(w) for w in args.widths.split(",")]
-    if widths[0] != 64 or widths[-1] != 10 or args.max_batch < 1:
-        parser.error("--widths must start at 64 and end at 10; --max-batch >= 1")
+    if widths[0] != 64 or widths[-1] != 10:
+        parser.error("--widths must start at 64 and end at 10")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -98,6 +98,7 @@ import torch.utils.benchmark
 from torch.utils.cpp_extension import is_ninja_available, load_inline
 from tqdm import tqdm
 
+from annotated.data import integer, number
 from annotated.figures import figure, save
 
 # ## The operator and its derivative
@@ -515,14 +516,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "time it against F.gelu(x + bias).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--cols", type=int, default=1024, help="features per row")
     parser.add_argument(
-        "--max-rows", type=int, default=4096, help="largest batch timed (powers of 4)"
+        "--cols", type=integer(at_least=1), default=1024, help="features per row"
     )
     parser.add_argument(
-        "--seconds", type=float, default=0.2, help="timing budget per measurement"
+        "--max-rows",
+        type=integer(at_least=1),
+        default=4096,
+        help="largest batch timed (powers of 4)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seconds",
+        type=number(above=0),
+        default=0.2,
+        help="timing budget per measurement",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--out", default="out/cpp_extension", help="folder for the figures"
     )

@@ -124,7 +124,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## What a Function is
@@ -762,12 +762,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "log-sum-exp, the focal loss and straight-through binary weights.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per run")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
-    parser.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, batches")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (tiny matrices)"
+        "--epochs", type=integer(at_least=1), default=15, help="epochs per run"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.01, help="Adam's learning rate"
+    )
+    parser.add_argument(
+        "--gamma", type=number(at_least=0), default=2.0, help="focal loss gamma"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="seed for weights, batches"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (tiny matrices)",
     )
     parser.add_argument(
         "--device",
@@ -779,8 +790,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/custom_functions", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
 

@@ -125,7 +125,7 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## The model and the data
@@ -794,17 +794,33 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "compared with one process.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=200, help="training steps")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="examples per rank per step"
+        "--steps", type=integer(at_least=1), default=200, help="training steps"
     )
-    parser.add_argument("--hidden", type=int, default=128, help="hidden width")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument(
-        "--bucket-kb", type=int, default=64, help="gradient bucket size in KiB"
+        "--batch-size",
+        type=integer(at_least=1),
+        default=32,
+        help="examples per rank per step",
     )
-    parser.add_argument("--world-size", type=int, default=2, help="number of ranks")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--hidden", type=integer(at_least=1), default=128, help="hidden width"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=1e-3, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--bucket-kb",
+        type=integer(at_least=1),
+        default=64,
+        help="gradient bucket size in KiB",
+    )
+    parser.add_argument(
+        "--world-size", type=integer(at_least=1), default=2, help="number of ranks"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -816,12 +832,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--worker", action="store_true", help="run as one rank (under torchrun)"
     )
     args = parser.parse_args(argv)
-    for name in ("steps", "batch_size", "hidden", "bucket_kb", "world_size"):
-        check_count("data_parallel", f"--{name.replace('_', '-')}", getattr(args, name))
     if args.device != "cpu":
-        raise ValueError(
-            f"data_parallel: --device must be cpu (the gloo backend), got {args.device}"
-        )
+        parser.error(f"--device must be cpu (the gloo backend), got {args.device}")
     return args
 
 

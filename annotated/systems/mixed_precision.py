@@ -131,7 +131,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 
@@ -760,16 +760,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Mixed precision on the digits: bfloat16, float16, a loss scaler.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=600, help="training steps per run")
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
+    parser.add_argument(
+        "--steps", type=integer(at_least=1), default=600, help="training steps per run"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=0.01, help="SGD learning rate"
+    )
     parser.add_argument(
         "--growth-interval",
-        type=int,
+        type=integer(at_least=1),
         default=50,
         help="good steps before the loss scaler doubles its scale",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -780,8 +788,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/mixed_precision", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1:
-        raise ValueError("--steps and --batch-size must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_digits(args.device, args.seed)

@@ -125,7 +125,7 @@ from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import digits, torch_device
+from annotated.data import digits, integer, number, torch_device
 from annotated.figures import figure, save
 
 
@@ -748,15 +748,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "and run it in ONNX Runtime.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--hidden", type=int, default=128, help="first hidden width")
-    parser.add_argument("--epochs", type=int, default=30, help="float training epochs")
-    parser.add_argument("--qat-epochs", type=int, default=5, help="QAT epochs")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
     parser.add_argument(
-        "--calibration", type=int, default=256, help="training rows used to calibrate"
+        "--hidden", type=integer(at_least=1), default=128, help="first hidden width"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=30, help="float training epochs"
+    )
+    parser.add_argument(
+        "--qat-epochs", type=integer(at_least=1), default=5, help="QAT epochs"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=3e-3, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--calibration",
+        type=integer(at_least=1),
+        default=256,
+        help="training rows used to calibrate",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -767,9 +782,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/quantization", help="folder for figures and the model"
     )
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.calibration < 1:
-        parser.error("--epochs and --calibration must be at least 1")
-
     # The layers are tiny: a second thread would only add a handoff to every operation.
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)

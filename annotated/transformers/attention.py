@@ -115,7 +115,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## Why divide by $\sqrt{d_k}$
@@ -808,16 +808,38 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "draw its attention maps.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=400, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per step")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
-    parser.add_argument("--max-pairs", type=int, default=12, help="memory slots")
-    parser.add_argument("--d-model", type=int, default=32, help="embedding width")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads")
-    parser.add_argument("--dropout", type=float, default=0.0, help="attention dropout")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (tiny matrices)"
+        "--steps", type=integer(at_least=1), default=400, help="training steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="examples per step"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=3e-3, help="Adam's learning rate"
+    )
+    parser.add_argument(
+        "--max-pairs", type=integer(at_least=1), default=12, help="memory slots"
+    )
+    parser.add_argument(
+        "--d-model", type=integer(at_least=1), default=32, help="embedding width"
+    )
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=4, help="attention heads"
+    )
+    parser.add_argument(
+        "--dropout",
+        type=number(at_least=0, below=1),
+        default=0.0,
+        help="attention dropout",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (tiny matrices)",
     )
     parser.add_argument(
         "--device",
@@ -827,8 +849,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/attention", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be at least 1")
     out = Path(args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

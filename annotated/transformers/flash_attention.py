@@ -112,7 +112,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.cnn.memory import peak_memory
 from annotated.figures import figure, save
 from annotated.transformers.sparse_attention import saved_bytes, time_step
@@ -691,11 +691,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--lengths", default="64,128,256,512,1024,2048", help="comma-separated N"
     )
-    parser.add_argument("--heads", type=int, default=2, help="attention heads")
-    parser.add_argument("--dim", type=int, default=64, help="features per head, d")
-    parser.add_argument("--block", type=int, default=128, help="tile size B_r = B_c")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per point")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=2, help="attention heads"
+    )
+    parser.add_argument(
+        "--dim", type=integer(at_least=1), default=64, help="features per head, d"
+    )
+    parser.add_argument(
+        "--block", type=integer(at_least=1), default=128, help="tile size B_r = B_c"
+    )
+    parser.add_argument(
+        "--repeats", type=integer(at_least=1), default=2, help="timed runs per point"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -705,8 +715,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", default="out/flash_attention", help="figure folder")
     args = parser.parse_args(argv)
     lengths = [int(n) for n in args.lengths.split(",")]
-    if min(lengths) < 1 or args.heads < 1 or args.dim < 1 or args.repeats < 1:
-        raise ValueError("--lengths, --heads, --dim and --repeats must be >= 1")
+    if min(lengths) < 1:
+        parser.error("--lengths must be >= 1")
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

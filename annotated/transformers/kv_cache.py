@@ -140,7 +140,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -815,22 +815,41 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "grouped-query and multi-query attention.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--prompt-len", type=int, default=32, help="prompt tokens")
     parser.add_argument(
-        "--new-tokens", type=int, default=224, help="tokens to generate"
+        "--prompt-len", type=integer(at_least=1), default=32, help="prompt tokens"
     )
     parser.add_argument(
-        "--batch", type=int, default=1, help="sequences generated at once"
+        "--new-tokens", type=integer(at_least=2), default=224, help="tokens to generate"
     )
-    parser.add_argument("--layers", type=int, default=4, help="transformer blocks")
-    parser.add_argument("--d-model", type=int, default=256, help="residual width")
-    parser.add_argument("--heads", type=int, default=8, help="query heads")
     parser.add_argument(
-        "--gqa-kv-heads", type=int, default=2, help="KV heads of the GQA model"
+        "--batch",
+        type=integer(at_least=1),
+        default=1,
+        help="sequences generated at once",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small matrices)"
+        "--layers", type=integer(at_least=1), default=4, help="transformer blocks"
+    )
+    parser.add_argument(
+        "--d-model", type=integer(at_least=1), default=256, help="residual width"
+    )
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=8, help="query heads"
+    )
+    parser.add_argument(
+        "--gqa-kv-heads",
+        type=integer(at_least=1),
+        default=2,
+        help="KV heads of the GQA model",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small matrices)",
     )
     parser.add_argument(
         "--device",
@@ -840,8 +859,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/kv_cache", help="folder for the figures")
     args = parser.parse_args(argv)
-    if args.prompt_len < 1 or args.new_tokens < 2:
-        parser.error("--prompt-len must be ≥ 1 and --new-tokens ≥ 2")
     out = Path(args.out)
     torch.set_num_threads(args.threads)
     kinds = {"MHA": args.heads, "GQA": args.gqa_kv_heads, "MQA": 1}

@@ -177,7 +177,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 
 # ## Kernel attention, written out
@@ -822,32 +822,49 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--max-length", type=int, default=8192, help="longest sequence timed"
+        "--max-length",
+        type=integer(at_least=1),
+        default=8192,
+        help="longest sequence timed",
     )
     parser.add_argument(
-        "--min-length", type=int, default=256, help="shortest sequence timed"
+        "--min-length",
+        type=integer(at_least=1),
+        default=256,
+        help="shortest sequence timed",
     )
-    parser.add_argument("--heads", type=int, default=2, help="heads in the timing")
-    parser.add_argument("--head-dim", type=int, default=64, help="width of each head")
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per point")
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=2, help="heads in the timing"
+    )
+    parser.add_argument(
+        "--head-dim", type=integer(at_least=1), default=64, help="width of each head"
+    )
+    parser.add_argument(
+        "--repeats", type=integer(at_least=1), default=2, help="timed calls per point"
+    )
     parser.add_argument(
         "--features",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=[16, 64, 256, 1024],
         help="Performer feature counts m",
     )
     parser.add_argument(
         "--scales",
-        type=float,
+        type=number(above=0),
         nargs="+",
         default=[0.5, 0.75],
         help="standard deviations σ of the Performer queries and keys",
     )
     parser.add_argument(
-        "--seeds", type=int, default=8, help="draws of the directions per m"
+        "--seeds",
+        type=integer(at_least=1),
+        default=8,
+        help="draws of the directions per m",
     )
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument(
+        "--threads", type=integer(at_least=1), default=1, help="CPU threads for torch"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -860,8 +877,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if not 4 <= 4 * args.min_length <= args.max_length:
         parser.error("need 4 <= --min-length and 4 × --min-length <= --max-length")
-    if args.seeds < 1 or args.repeats < 1 or min(args.features) < 1:
-        parser.error("--seeds, --repeats and every --features must be at least 1")
     if len(args.scales) < 2:
         parser.error("--scales needs two values: a soft and a sharper attention")
     out = Path(args.out)

@@ -137,7 +137,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 
 # ## The model
@@ -884,9 +884,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default=",".join(MEASURED),
         help=f"comma-separated small models to measure, from {', '.join(MEASURED)}",
     )
-    parser.add_argument("--batch", type=int, default=4, help="micro-batch measured")
     parser.add_argument(
-        "--gpt2-batch", type=int, default=8, help="micro-batch of the GPT-2 breakdown"
+        "--batch", type=integer(at_least=1), default=4, help="micro-batch measured"
+    )
+    parser.add_argument(
+        "--gpt2-batch",
+        type=integer(at_least=1),
+        default=8,
+        help="micro-batch of the GPT-2 breakdown",
     )
     parser.add_argument(
         "--device",
@@ -898,11 +903,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     names = args.configs.split(",")
     unknown = [name for name in names if name not in MEASURED]
-    if unknown or args.batch < 1 or args.gpt2_batch < 1:
-        raise ValueError(
-            f"--configs must name models in {list(MEASURED)} (got {unknown}), "
-            "and --batch and --gpt2-batch must be >= 1"
-        )
+    if unknown:
+        parser.error(f"--configs must name models in {list(MEASURED)} (got {unknown})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -166,7 +166,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -879,28 +879,53 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default=",".join(ENCODINGS),
         help=f"comma-separated schemes to compare, of {', '.join(ENCODINGS)}",
     )
-    parser.add_argument("--steps", type=int, default=300, help="training steps each")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences a step")
     parser.add_argument(
-        "--train-length", type=int, default=64, help="training sequence length"
+        "--steps", type=integer(at_least=1), default=300, help="training steps each"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=32, help="sequences a step"
+    )
+    parser.add_argument(
+        "--train-length",
+        type=integer(at_least=1),
+        default=64,
+        help="training sequence length",
     )
     parser.add_argument(
         "--test-length",
-        type=int,
+        type=integer(at_least=1),
         default=256,
         help="longest test length, a multiple of 16; shorter ones are measured too",
     )
     parser.add_argument(
-        "--offset", type=int, default=3, help="copy the token this far back"
+        "--offset",
+        type=integer(at_least=1),
+        default=3,
+        help="copy the token this far back",
     )
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
-    parser.add_argument("--d-model", type=int, default=32, help="embedding width")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads")
-    parser.add_argument("--layers", type=int, default=2, help="Transformer blocks")
-    parser.add_argument("--test-size", type=int, default=256, help="held-out sequences")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (tiny matrices)"
+        "--lr", type=number(above=0), default=3e-3, help="Adam's learning rate"
+    )
+    parser.add_argument(
+        "--d-model", type=integer(at_least=1), default=32, help="embedding width"
+    )
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=4, help="attention heads"
+    )
+    parser.add_argument(
+        "--layers", type=integer(at_least=1), default=2, help="Transformer blocks"
+    )
+    parser.add_argument(
+        "--test-size", type=integer(at_least=1), default=256, help="held-out sequences"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (tiny matrices)",
     )
     parser.add_argument(
         "--device",
@@ -917,8 +942,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         parser.error(f"--encodings must be among {', '.join(ENCODINGS)}")
     if args.test_length % 16 or args.test_length < args.train_length:
         parser.error("--test-length must be a multiple of 16, at least --train-length")
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be at least 1")
     out = Path(args.out)
     torch.set_num_threads(args.threads)
 

@@ -100,7 +100,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -863,13 +863,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--lengths", default="256,512,1024,2048,4096", help="comma-separated N"
     )
-    parser.add_argument("--heads", type=int, default=2, help="attention heads")
-    parser.add_argument("--dim", type=int, default=64, help="features per head, d")
-    parser.add_argument("--window", type=int, default=64, help="window radius w")
-    parser.add_argument("--block", type=int, default=64, help="BigBird's block size b")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per point")
-    parser.add_argument("--check-length", type=int, default=203, help="N of the check")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=2, help="attention heads"
+    )
+    parser.add_argument(
+        "--dim", type=integer(at_least=1), default=64, help="features per head, d"
+    )
+    parser.add_argument(
+        "--window", type=integer(at_least=1), default=64, help="window radius w"
+    )
+    parser.add_argument(
+        "--block", type=integer(at_least=1), default=64, help="BigBird's block size b"
+    )
+    parser.add_argument(
+        "--repeats", type=integer(at_least=1), default=2, help="timed runs per point"
+    )
+    parser.add_argument(
+        "--check-length", type=integer(at_least=1), default=203, help="N of the check"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -879,8 +893,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", default="out/sparse_attention", help="figure folder")
     args = parser.parse_args(argv)
     lengths = [int(n) for n in args.lengths.split(",")]
-    if min(lengths) < 1 or min(args.heads, args.dim, args.repeats) < 1:
-        parser.error("--lengths, --heads, --dim and --repeats must be >= 1")
+    if min(lengths) < 1:
+        parser.error("--lengths must be >= 1")
     device = torch.device(args.device)
     out = Path(args.out)
     generator = torch.Generator().manual_seed(args.seed)

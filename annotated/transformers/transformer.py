@@ -182,7 +182,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, number, torch_device
 from annotated.figures import figure, save
 from annotated.sequence.seq2seq import (
     BOS,
@@ -1604,42 +1604,75 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "then run all-MiniLM-L6-v2 in the same encoder blocks.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=2000, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="numbers per step")
-    parser.add_argument("--warmup", type=int, default=400, help="warm-up steps")
-    parser.add_argument("--d-model", type=int, default=64, help="model width")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads")
-    parser.add_argument("--layers", type=int, default=2, help="layers per stack")
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
     parser.add_argument(
-        "--smoothing", type=float, default=0.1, help="label smoothing epsilon"
+        "--steps", type=integer(at_least=1), default=2000, help="training steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=64, help="numbers per step"
+    )
+    parser.add_argument(
+        "--warmup", type=integer(at_least=1), default=400, help="warm-up steps"
+    )
+    parser.add_argument(
+        "--d-model", type=integer(at_least=1), default=64, help="model width"
+    )
+    parser.add_argument(
+        "--heads", type=integer(at_least=1), default=4, help="attention heads"
+    )
+    parser.add_argument(
+        "--layers", type=integer(at_least=1), default=2, help="layers per stack"
+    )
+    parser.add_argument(
+        "--dropout", type=number(at_least=0, below=1), default=0.0, help="dropout rate"
+    )
+    parser.add_argument(
+        "--smoothing",
+        type=number(at_least=0, below=1),
+        default=0.1,
+        help="label smoothing epsilon",
     )
     parser.add_argument(
         "--norm-first", action="store_true", help="pre-LN instead of post-LN"
     )
     parser.add_argument(
-        "--average", type=int, default=5, help="checkpoints averaged at the end"
+        "--average",
+        type=integer(at_least=1),
+        default=5,
+        help="checkpoints averaged at the end",
     )
     parser.add_argument(
-        "--average-every", type=int, default=100, help="steps between checkpoints"
+        "--average-every",
+        type=integer(at_least=1),
+        default=100,
+        help="steps between checkpoints",
     )
-    parser.add_argument("--beam-size", type=int, default=4, help="beam width")
     parser.add_argument(
-        "--length-penalty", type=float, default=0.6, help="GNMT's alpha"
+        "--beam-size", type=integer(at_least=1), default=4, help="beam width"
+    )
+    parser.add_argument(
+        "--length-penalty", type=number(at_least=0), default=0.6, help="GNMT's alpha"
     )
     parser.add_argument(
         "--test-per-length",
-        type=int,
+        type=integer(at_least=1, at_most=450),
         default=400,
         help="held-out numbers of each length, 3 to 6 digits",
     )
     parser.add_argument(
-        "--eval-every", type=int, default=250, help="steps between probe evaluations"
+        "--eval-every",
+        type=integer(at_least=1),
+        default=250,
+        help="steps between probe evaluations",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small matrices)"
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small matrices)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -1650,8 +1683,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/transformer", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.test_per_length <= 450:
-        parser.error("--test-per-length must lie in 1..450")
     out = Path(args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

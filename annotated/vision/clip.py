@@ -110,6 +110,8 @@ from annotated.data import (
     SHAPE_NAMES,
     SIZE_NAMES,
     cached_weights,
+    integer,
+    number,
     shapes,
     torch_device,
 )
@@ -916,16 +918,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Train a small CLIP on captions; zero-shot on held-out pairs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--train", type=int, default=TRAIN_PAIRS, help="training pairs")
-    parser.add_argument("--test", type=int, default=1500, help="zero-shot test images")
     parser.add_argument(
-        "--epochs", type=int, default=EPOCHS, help="passes over the pairs"
+        "--train", type=integer(at_least=1), default=TRAIN_PAIRS, help="training pairs"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=BATCH_SIZE, help="pairs per batch"
+        "--test", type=integer(at_least=1), default=1500, help="zero-shot test images"
     )
-    parser.add_argument("--lr", type=float, default=LR, help="peak AdamW step size")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--epochs",
+        type=integer(at_least=1),
+        default=EPOCHS,
+        help="passes over the pairs",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=integer(at_least=2),
+        default=BATCH_SIZE,
+        help="pairs per batch",
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=LR, help="peak AdamW step size"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -934,10 +950,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/clip", help="folder for the figures")
     args = parser.parse_args(argv)
-    if min(args.train, args.test, args.epochs) < 1 or args.batch_size < 2:
-        raise ValueError("--train, --test, --epochs must be >= 1, --batch-size >= 2")
     if args.batch_size > args.train:
-        raise ValueError("--batch-size must not exceed --train")
+        parser.error("--batch-size must not exceed --train")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

@@ -112,6 +112,8 @@ from annotated.data import (
     RELATIONS,
     SHAPE_NAMES,
     SIZE_NAMES,
+    integer,
+    number,
     shapes,
     torch_device,
 )
@@ -743,20 +745,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "questions about pictures (LLaVA's two stages).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--pictures", type=int, default=3000, help="training pictures")
-    parser.add_argument("--test", type=int, default=200, help="held-out pictures")
-    parser.add_argument("--stage1-steps", type=int, default=100, help="stage-1 steps")
-    parser.add_argument("--stage2-steps", type=int, default=300, help="stage-2 steps")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per step")
-    parser.add_argument("--lr1", type=float, default=2e-3, help="stage-1 step size")
-    parser.add_argument("--lr2", type=float, default=2e-3, help="stage-2 step size")
+    parser.add_argument(
+        "--pictures", type=integer(at_least=2), default=3000, help="training pictures"
+    )
+    parser.add_argument(
+        "--test", type=integer(at_least=2), default=200, help="held-out pictures"
+    )
+    parser.add_argument(
+        "--stage1-steps", type=integer(at_least=2), default=100, help="stage-1 steps"
+    )
+    parser.add_argument(
+        "--stage2-steps", type=integer(at_least=2), default=300, help="stage-2 steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=32, help="examples per step"
+    )
+    parser.add_argument(
+        "--lr1", type=number(above=0), default=2e-3, help="stage-1 step size"
+    )
+    parser.add_argument(
+        "--lr2", type=number(above=0), default=2e-3, help="stage-2 step size"
+    )
     parser.add_argument(
         "--bar",
-        type=float,
+        type=number(at_least=0, below=1),
         default=ACCURACY_BAR,
         help="overall held-out accuracy the run must exceed (0 to skip the check)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -767,8 +785,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/multimodal_chat", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    if min(args.pictures, args.test, args.stage1_steps, args.stage2_steps) < 2:
-        raise ValueError("--pictures, --test and the step counts must be >= 2")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

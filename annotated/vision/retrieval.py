@@ -113,7 +113,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import shapes, torch_device
+from annotated.data import integer, shapes, torch_device
 from annotated.figures import figure, save
 from annotated.serving import rag
 from annotated.vision.clip import CLIP, WordTokenizer, small_clip
@@ -688,12 +688,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Image-text retrieval over a gallery of shapes with a small CLIP.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--one", type=int, default=1000, help="one-object pictures")
-    parser.add_argument("--two", type=int, default=2000, help="two-object pictures")
     parser.add_argument(
-        "--lists", type=int, default=32, help="k-means lists of the inverted file"
+        "--one", type=integer(at_least=3), default=1000, help="one-object pictures"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the gallery")
+    parser.add_argument(
+        "--two", type=integer(at_least=3), default=2000, help="two-object pictures"
+    )
+    parser.add_argument(
+        "--lists",
+        type=integer(at_least=1),
+        default=32,
+        help="k-means lists of the inverted file",
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="seed of the gallery"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -702,8 +711,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/retrieval", help="folder for the outputs")
     args = parser.parse_args(argv)
-    if min(args.one, args.two) < 3 or not 1 <= args.lists <= args.one + args.two:
-        raise ValueError("--one and --two must be >= 3, --lists in 1..their sum")
+    if args.lists > args.one + args.two:
+        parser.error("--lists must be at most --one plus --two")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = small_clip(args.device)

@@ -101,7 +101,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import DIRECTIONS, moving_digits, torch_device
+from annotated.data import DIRECTIONS, integer, moving_digits, number, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -624,19 +624,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Divided vs joint vs space-only attention on moving-digit clips.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--train", type=int, default=2048, help="training clips")
-    parser.add_argument("--test", type=int, default=512, help="held-out clips")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per model")
-    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW rate")
+    parser.add_argument(
+        "--train", type=integer(at_least=1), default=2048, help="training clips"
+    )
+    parser.add_argument(
+        "--test", type=integer(at_least=1), default=512, help="held-out clips"
+    )
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=4, help="epochs per model"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=32, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=2e-3, help="peak AdamW rate"
+    )
     parser.add_argument(
         "--models",
         default="divided,space",
         help="comma-separated attentions to train (divided, joint, space)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (small matrices)"
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer(at_least=1),
+        default=1,
+        help="CPU threads for torch (small matrices)",
     )
     parser.add_argument(
         "--device",
@@ -648,7 +663,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     kinds = args.models.split(",")
     if "divided" not in kinds or not set(kinds) <= {"divided", "joint", "space"}:
-        raise ValueError(f"--models must include divided, got {args.models!r}")
+        parser.error(f"--models must include divided, got {args.models!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

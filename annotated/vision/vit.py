@@ -134,7 +134,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import COLOURS, SHAPE_NAMES, shapes, torch_device
+from annotated.data import COLOURS, SHAPE_NAMES, integer, number, shapes, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.transformer import Config as EncoderConfig
 from annotated.transformers.transformer import Encoder
@@ -791,12 +791,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description="Train a small Vision Transformer on coloured shapes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--train", type=int, default=6000, help="training images")
-    parser.add_argument("--test", type=int, default=2000, help="held-out test images")
-    parser.add_argument("--epochs", type=int, default=5, help="passes over the data")
-    parser.add_argument("--batch-size", type=int, default=128, help="mini-batch size")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW step size")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--train", type=integer(at_least=1), default=6000, help="training images"
+    )
+    parser.add_argument(
+        "--test", type=integer(at_least=1), default=2000, help="held-out test images"
+    )
+    parser.add_argument(
+        "--epochs", type=integer(at_least=1), default=5, help="passes over the data"
+    )
+    parser.add_argument(
+        "--batch-size", type=integer(at_least=1), default=128, help="mini-batch size"
+    )
+    parser.add_argument(
+        "--lr", type=number(above=0), default=2e-3, help="peak AdamW step size"
+    )
+    parser.add_argument(
+        "--seed", type=integer(at_least=0), default=0, help="random seed"
+    )
     parser.add_argument(
         "--device",
         type=torch_device,
@@ -805,8 +817,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/vit", help="folder for the figures")
     args = parser.parse_args(argv)
-    if min(args.train, args.test, args.epochs, args.batch_size) < 1:
-        raise ValueError("--train, --test, --epochs and --batch-size must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

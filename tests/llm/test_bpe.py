@@ -325,7 +325,7 @@ def test_demo_reports_the_merges_a_short_benchmark_text_allows(tmp_path, capsys)
     assert "--bench-chars 1: too little text" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--top", "-3", "--out", str(tmp_path / "no")])
-    assert "--top must be at least 0" in capsys.readouterr().err
+    assert "argument --top: expected a whole number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
 
 

@@ -391,10 +391,6 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="save_every must be >= 0, and > 0 only"):
         pretrain(model, make_optimizer(model, settings), tiny_tokens(), settings,
                  torch.Generator(), save_every=2)  # fmt: skip
-    with pytest.raises(ValueError, match="--eval-every must be >= 1"):
-        main(["--eval-every", "0"])
-    with pytest.raises(ValueError, match="--save-every must be >= 0"):
-        main(["--save-every", "-1"])
 
 
 def test_evaluate_refuses_more_windows_than_a_stride_of_1_allows():
@@ -467,16 +463,17 @@ def test_demo_learns_and_writes_its_outputs(single):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_demo_resumes_from_its_checkpoint(single, tmp_path):
+def test_demo_resumes_from_its_checkpoint(single, tmp_path, capsys):
     out, _ = single
     longer = DEMO[:1] + ["8"] + DEMO[2:]
     resumed = main(longer + ["--accumulation", "2", "--resume", str(out / "checkpoint"),
                              "--out", str(tmp_path)])  # fmt: skip
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history["loss"]) == 2 and math.isfinite(resumed["validation_loss"])
-    with pytest.raises(ValueError, match="is at step 6, nothing to do for --steps 6"):
+    with pytest.raises(SystemExit):
         main(DEMO + ["--accumulation", "2", "--resume", str(out / "checkpoint"),
                      "--out", str(tmp_path / "again")])  # fmt: skip
+    assert "is at step 6, nothing to do for --steps 6" in capsys.readouterr().err
 
 
 def test_demo_saves_a_checkpoint_every_save_every_steps(tmp_path, monkeypatch):

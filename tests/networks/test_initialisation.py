@@ -471,7 +471,6 @@ def test_example_runs_and_traces():
         ),
         (lambda: DeepMLP(2, 2, 2, "gelu"), ValueError, r"nonlinearity must be 'tanh'"),
         (lambda: DeepMLP(2, 0, 2, "relu"), ValueError, r"must be >= 1"),
-        (lambda: main(["--depth", "0"]), ValueError, r"--width, --depth"),
     ],
 )
 def test_bad_input_raises_a_clear_error(call, error, match):

@@ -248,8 +248,6 @@ def test_bad_inputs_are_named(peak):
         tensorboard_trace(TRACED, 1, "unused", active=0)
     with pytest.raises(ValueError, match="wait"):
         tensorboard_trace(TRACED, 1, "unused", wait=-1)
-    with pytest.raises(ValueError, match="--threads"):
-        main(["--threads", "0"])
 
 
 # ## Example and demo

@@ -316,8 +316,8 @@ def test_bad_inputs_raise_naming_the_argument():
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--total-steps", "-5"], "--total-steps must be at least one rollout, 512"),
-        (["--threads", "0"], "--threads must be at least 1"),
+        (["--total-steps", "100"], "--total-steps: expected a whole number >= 512"),
+        (["--threads", "0"], "--threads: expected a whole number >= 1"),
     ],
 )
 def test_demo_refuses_bad_flags_before_writing(flags, message, tmp_path, capsys):

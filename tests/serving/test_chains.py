@@ -264,5 +264,3 @@ def test_demo_answers_four_ways_and_draws_its_timeline(tmp_path, monkeypatch, ti
     assert result["store agrees"] == 1.0  # InMemoryVectorStore ranks as ours
     assert 1 <= result["tokens"] <= 5 and result["first token s"] > 0
     assert (tmp_path / "timeline.png").is_file()
-    with pytest.raises(ValueError, match="--tokens"):
-        main(["--tokens", "0", "--out", str(tmp_path)])

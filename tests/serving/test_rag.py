@@ -431,8 +431,11 @@ def test_a_tiny_gpt_continues_the_answer_reproducibly():
     "flags, message",
     [
         (["   "], "the question is empty"),
-        (["--generate", "-1"], "--generate must be at least 0"),
-        (["--random-vectors", "10"], "--random-vectors must be at least 100"),
+        (["--generate", "-1"], "--generate: expected a whole number >= 0"),
+        (
+            ["--random-vectors", "10"],
+            "--random-vectors: expected a whole number >= 100",
+        ),
         # A question typed after --lessons is taken for a lesson.
         (["--lessons", "llm/gpt2", "what is a KV cache?"], "put a question before"),
     ],

@@ -396,7 +396,6 @@ def test_example_takes_a_step_and_dataflow_draws_it():
             ValueError,
             "pass a scaler",
         ),
-        (lambda: main(["--steps", "0"]), ValueError, "--steps"),
     ],
 )
 def test_bad_input_raises_a_clear_error(make, error, match):

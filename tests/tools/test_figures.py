@@ -80,9 +80,14 @@ def test_expected_metric_is_stored_over_seeds_with_the_short_runs_band(lesson, p
     )
     source = source.replace(
         "    args = parser.parse_args(argv)\n",
-        '    parser.add_argument("--seed", type=int, default=0, help="seed")\n'
-        '    parser.add_argument("--scale", type=float, default=1.0, help="scale")\n'
+        '    parser.add_argument("--seed", type=integer(at_least=0), default=0, '
+        'help="seed")\n'
+        '    parser.add_argument("--scale", type=number(), default=1.0, help="scale")\n'
         "    args = parser.parse_args(argv)\n",
+    )
+    source = source.replace(
+        "from annotated.figures",
+        "from annotated.data import integer, number\nfrom annotated.figures",
     ).replace("    return {}\n", '    return {"score": args.scale * (1 + args.seed)}\n')
     lesson.path.write_text(source)
     stored = figures.regenerate(lesson, project / "docs")
@@ -105,8 +110,13 @@ def test_front_matter_edits_keep_results_fresh_but_a_new_expected_does_not(
         lesson.path.read_text()
         .replace(
             "    args = parser.parse_args(argv)\n",
-            '    parser.add_argument("--seed", type=int, default=0, help="seed")\n'
+            '    parser.add_argument("--seed", type=integer(at_least=0), default=0, '
+            'help="seed")\n'
             "    args = parser.parse_args(argv)\n",
+        )
+        .replace(
+            "from annotated.figures",
+            "from annotated.data import integer\nfrom annotated.figures",
         )
         .replace("    return {}\n", '    return {"score": 1.0 + args.seed}\n')
     )

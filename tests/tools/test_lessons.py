@@ -3,6 +3,7 @@ and draws, and the stored figures and benchmark results were made from the curre
 source, with captions, text of 10–14 px on the page, and a measured run time within 2×
 of the declared one. (The format's rules themselves are checked in test_rules.py.)"""
 
+import ast
 import importlib
 from pathlib import Path
 
@@ -125,3 +126,47 @@ def test_help_shows_defaults_and_a_missing_device_is_a_usage_error(lesson, capsy
     status, _, err = parse_flags(lesson, ["--device", "cdua"], capsys)
     assert status == 2, err
     assert "argument --device: 'cdua' is not a device" in err, err
+
+
+def out_of_range(call: ast.Call) -> str:
+    """A value just outside the range that `integer(...)` or `number(...)` declares;
+    a lower bound computed in the demo (`at_least=rollout`) gets a value far below
+    any."""
+    bounds = {k.arg: k.value for k in call.keywords}
+    if "at_least" in bounds and not isinstance(bounds["at_least"], ast.Constant):
+        return str(-(10**9))
+    bounds = {name: ast.literal_eval(value) for name, value in bounds.items()}
+    if "at_least" in bounds:
+        return str(bounds["at_least"] - 1)
+    if "above" in bounds:
+        return str(bounds["above"])
+    if "below" in bounds:
+        return str(bounds["below"])
+    if "at_most" in bounds:
+        return str(bounds["at_most"] + 1)
+    return "nan"  # number(): any finite number
+
+
+@pytest.mark.parametrize("lesson", PYTHON, ids=python_ids)
+def test_a_numeric_flag_outside_its_range_is_a_usage_error(lesson, capsys):
+    """Each numeric flag's declared range is enforced by argparse: one value just
+    outside it (0 for `integer(at_least=1)`) stops the demo with status 2 and a
+    line naming the flag, before anything runs."""
+    checked = 0
+    for node in ast.walk(ast.parse(RECORDS[lesson.key].source)):
+        keywords = {k.arg: k.value for k in getattr(node, "keywords", [])}
+        kind = keywords.get("type")
+        if not (
+            ast.unparse(getattr(node, "func", node)).endswith("add_argument")
+            and isinstance(kind, ast.Call)
+            and ast.unparse(kind.func) in ("integer", "number")
+        ):
+            continue
+        flag = ast.literal_eval(node.args[0])
+        value = out_of_range(kind)
+        status, _, err = parse_flags(lesson, [flag, value], capsys)
+        assert status == 2 and f"argument {flag}: expected " in err, (flag, err)
+        assert f"got {value!r}" in err, err
+        checked += 1
+    if checked == 0:
+        pytest.skip("no numeric flags")

@@ -199,6 +199,18 @@ BROKEN = {
         ),
         r"autograd\.py:25: flag '--device' needs type=torch_device",
     ),
+    "a count flag that takes any int": (
+        lambda s: s.replace(
+            "x = np.ones(2)",
+            "import argparse\n\nparser = argparse.ArgumentParser(\n"
+            "    formatter_class=argparse.ArgumentDefaultsHelpFormatter\n)\n"
+            "parser.add_argument('--steps', type=int, default=3, help='steps')\n"
+            "parser.add_argument('--bits', type=int, choices=[4, 8], help='bits')\n"
+            "x = np.ones(2)",
+        ),
+        r"autograd\.py:25: flag '--steps' takes any int: give its range with "
+        r"type=integer\(at_least=\.\.\.\)",
+    ),
     "one exercise": (
         lambda s: s.replace("# 2. Two.\n", ""),
         r"1 exercises; write 2 to 4",

@@ -390,8 +390,9 @@ def _drawing(file: LessonFile, lesson: Lesson) -> list[LessonError]:
 
 def _flags(file: LessonFile, lesson: Lesson) -> list[LessonError]:
     """Every flag of the demo says what it sets, and `--help` shows its default: that
-    is how a reader finds them. A `--device` flag is checked before anything runs
-    (`annotated.data.torch_device`), so a device this machine lacks is a usage line."""
+    is how a reader finds them. A `--device` flag and a numeric flag are checked before
+    anything runs (`annotated.data.torch_device`, `integer`, `number`), so a device this
+    machine lacks, or `--steps -1`, is a usage line."""
     problems = []
     for node in ast.walk(lesson.tree):
         if not isinstance(node, ast.Call):
@@ -433,6 +434,18 @@ def _flags(file: LessonFile, lesson: Lesson) -> list[LessonError]:
                     node.lineno,
                     "flag '--device' needs type=torch_device (from annotated.data): "
                     "a device this machine lacks is then a usage line, not a traceback",
+                )
+            )
+        number = ast.unparse(keywords["type"]) if "type" in keywords else ""
+        if number in ("int", "float") and "choices" not in keywords:
+            helper = "integer(at_least=...)" if number == "int" else "number(...)"
+            problems.append(
+                LessonError(
+                    file.path,
+                    node.lineno,
+                    f"flag {flag} takes any {number}: give its range with type="
+                    f"{helper} (from annotated.data), so that a value outside it is "
+                    "a usage line before anything runs",
                 )
             )
     return problems

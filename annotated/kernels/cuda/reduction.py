@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.kernels.cuda import (
     check_error,
     compile_without_gpu,
@@ -152,11 +152,14 @@ def main(argv: list[str] | None = None) -> dict:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--size", type=int, default=2**27, help="elements of the timed sum"
+        "--size",
+        type=integer(at_least=1),
+        default=2**27,
+        help="elements of the timed sum",
     )
     parser.add_argument(
         "--check-sizes",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=(1, 257, 1000, 123457, 3 * 2**20 + 5),
         help="sizes of the correctness check",

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.kernels.cuda import (
     check_error,
     compile_without_gpu,
@@ -203,11 +203,14 @@ def main(argv: list[str] | None = None) -> dict:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--size", type=int, default=4096, help="M = N = K of the timed product"
+        "--size",
+        type=integer(at_least=1),
+        default=4096,
+        help="M = N = K of the timed product",
     )
     parser.add_argument(
         "--check-sizes",
-        type=int,
+        type=integer(at_least=1),
         nargs=3,
         default=(300, 200, 100),
         metavar=("M", "N", "K"),

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import torch_device
+from annotated.data import integer, torch_device
 from annotated.kernels.cuda import (
     check_error,
     compile_without_gpu,
@@ -159,11 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--rows", type=int, default=4096, help="rows of the timed input"
+        "--rows", type=integer(at_least=1), default=4096, help="rows of the timed input"
     )
     parser.add_argument(
         "--cols",
-        type=int,
+        type=integer(at_least=1),
         nargs="+",
         default=(256, 1024, 4096, 16384),
         help="row lengths N of the timed inputs",
