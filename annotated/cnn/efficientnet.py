@@ -4,7 +4,7 @@ title: EfficientNet and compound scaling
 summary: >-
   MBConv blocks with squeeze-and-excitation and stochastic depth, and B0–B7 built from
   one base configuration by scaling depth, width and resolution together.
-time: 45 s
+time: 25 s
 expected:
   metric: accuracy
   short: ["--steps", "150", "--largest", "b0", "--device", "cpu"]
