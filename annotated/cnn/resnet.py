@@ -69,7 +69,7 @@ of the paper, `BasicBlock` and `Bottleneck`, and the four ImageNet networks
 torchvision ships, checks their size and cost against torchvision's published figures,
 and then reproduces the degradation problem on the 8×8 digits: plain nets get worse
 with depth, and residual ones
-of the same depth stay far below them.
+of the same depth stay below them, far below from 14 layers on.
 """
 
 import argparse

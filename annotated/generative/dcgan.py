@@ -103,7 +103,7 @@ GANs train reliably, and it is still the baseline every GAN paper starts from. T
 lesson builds it for 16×16 digits, explains why the generator is trained on a
 different loss than the game's own (with the gradient at $D(G(z)) \approx 0$ in
 numbers), shows the samples of a fixed set of $z$ sharpening over training, and scores
-them with the FID of the [metrics lesson](metrics.md): on 2 CPU cores, about fifteen
+them with the FID of the [metrics lesson](metrics.md): on 2 CPU cores, about twelve
 seconds of training take the generator from noise to digits.
 """
 

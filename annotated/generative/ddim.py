@@ -317,7 +317,7 @@ def ddim_euler_step(
 #
 # Lin et al. find trailing the better of the two at few steps, on Stable
 # Diffusion, whose last $\bar\alpha$ is 0.005. On our model the demo finds the
-# opposite: leading wins at every step count from 5 to 100 (FID 46 against 56 at 10
+# opposite: leading wins at every step count from 5 to 100 (FID 47 against 56 at 10
 # steps). Our last $\bar\alpha$ is $10^{-8}$, so trailing's first step starts where
 # $\hat x_0$ is a pure guess that clipping cuts to $\pm 1$, and the step has nothing
 # to go on; leading's first step, at $\bar\alpha \approx 0.02$ for 10 steps, already

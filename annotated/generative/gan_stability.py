@@ -166,7 +166,7 @@ The demo trains two small GANs on the classic test of mode collapse, eight Gauss
 on a ring [@metz2017unrolled], and counts the modes each one covers. The plain GAN,
 in the setting Metz et al. used, collapses: its samples gather in one clump that
 wanders around the ring, mostly between modes, so that it covers at most one mode at
-any check in the second half of training and none at the end; the stabilised one
+any check in the second half of training and one at the end; the stabilised one
 (spectral norm, two time scales, label smoothing, EMA) covers all eight within 3,000
 rounds. The two runs take about 25 seconds together on 2 CPU cores.
 """
@@ -291,7 +291,7 @@ def mode_coverage(
 # nearly free is to keep $u$ and $v$ between training steps: the weights move a little
 # per step, so yesterday's $u$ is already close, and **one** round per forward pass
 # keeps up. The demo prints the estimates against `torch.linalg.svdvals`: after 3,000
-# rounds they are within 1 % (0.9 % for the middle layer); after 300 rounds, while the
+# rounds they are within 1 % (0.8 % for the middle layer); after 300 rounds, while the
 # weights still move fast, the middle layer's lagged by about 5 % in one run here and
 # by 11 % in another. A convolution's weight
 # `[out, in, k, k]` is flattened to the matrix `[out, in·k·k]`, as PyTorch does; its

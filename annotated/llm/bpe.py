@@ -78,7 +78,7 @@ This chapter builds GPT-2's tokenizer in four steps:
 The result is checked against OpenAI's `tiktoken`: built from *our* ranks and pattern,
 its encodings equal ours on random Unicode text and on the validation corpus. Trained on
 Python's own documentation, 2,000 merges bring the validation text to 3.7 bytes per
-token, and the incremental trainer does 512 merges 20 to 35 times faster than the
+token, and the incremental trainer does 512 merges 18 to 35 times faster than the
 recounting one, pre-split included.
 """
 
@@ -612,8 +612,8 @@ def dataflow(output: list[int]):
 # - the **round trip** `decode(encode(x)) == x` on the validation text.
 #
 # What the defaults give on a two-core machine: 3.70 bytes per token at 2,000 merges
-# (1.0 with bytes alone, 2.0 at 128 merges), and the incremental trainer 20 to 35
-# times faster than the naive one (0.2–0.3 s against 4–8 s, depending on how busy the
+# (1.0 with bytes alone, 2.0 at 128 merges), and the incremental trainer 18 to 35
+# times faster than the naive one (0.2–0.3 s against 3–8 s, depending on how busy the
 # machine is). Most of the incremental trainer's time goes to its first few dozen
 # merges, pairs such as (` `, `t`) and (`i`, `n`) that touch thousands of words; after
 # them a merge costs about a third of a millisecond.

@@ -677,14 +677,16 @@ def dataflow(output: Tensor):
 # $s = \max|w| / 7.5$ per row, levels $[-8, 7]$): the same four bits per weight as
 # Q4_0's integers, and one scale per 128 or 512 weights instead of one per 32.
 #
-# On the small GPT (float32 perplexity 30.38 on 64 windows) Q8_0 costs 0.02, Q5_0
-# 0.13, Q4_0 0.34 and Q4_1 0.49, while per-row int4, with half a bit less per weight
-# than Q4_0, costs 0.91: most of Q4_0's advantage is its blocks. Q4_1 has the lower
-# weight error of the two 4-bit formats (0.074 against 0.082) and still scores worse
-# here; the RMS error of the weights is not the loss, and a gap of 0.15 is one
-# measurement on one set of windows of a small model. Real 7B models show the same
-# order at larger gaps: llama.cpp's tables put Q4_0 and Q4_1 well behind Q5_0, and
-# Q8_0 within a hair of float16 [@gerganov2023llamacpp].
+# On the small GPT (float32 perplexity 30.25 on 64 windows) Q8_0 costs 0.001, Q5_0
+# 0.09, Q4_1 0.28 and Q4_0 0.37, and per-row int4, with half a bit less per weight
+# than Q4_0, costs 0.39. Here Q4_0's blocks cut the weight error from 0.108 to 0.082
+# but buy almost no perplexity; in a run on another machine, whose training gave a
+# slightly different model, per-row int4 cost 0.78 against Q4_0's 0.34. Q4_1 has the
+# lower weight error of the two 4-bit formats (0.074 against 0.082) and the better
+# score; but the RMS error of the weights is not the loss, and gaps of a tenth or less
+# are one measurement on one set of windows of a small model. Real 7B models show the
+# same order at larger gaps: llama.cpp's tables put Q4_0 and Q4_1 well behind Q5_0,
+# and Q8_0 within a hair of float16 [@gerganov2023llamacpp].
 #
 # Each file is checked against `quantize_model`, the same round trip done in memory:
 # the weights read back from the file must be equal to the bit. The weight error

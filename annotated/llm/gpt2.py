@@ -700,7 +700,7 @@ def generate(
 # nats: beyond byte frequencies, the model has learned which bytes follow which and
 # the spelling of common words ("the", "which", "string"). Greedy decoding of it
 # shows the failure that motivates sampling: within a few words it repeats itself
-# ("the and the sequence the and the"; the words differ from run to run).
+# ("the statement and the statement"; the words differ from run to run).
 
 
 def byte_windows(

@@ -893,7 +893,7 @@ def dataflow(output):
 # The demo trains a GPT of 4 layers, width 128 and 4 heads (0.9M parameters) on 64-token
 # windows of the 512-merge BPE, 16 windows a step, for 700 steps: under a minute on
 # two cores. The uniform guess over its 769 ids scores $\ln 769 \approx 6.65$ nats a
-# token; the run ends near 3.4 nats a token on the validation pages, 1.24 nats a
+# token; the run ends near 3.4 nats a token on the validation pages, 1.23 nats a
 # *byte* (the [GPT-2 chapter](gpt2.md)'s byte-level model reached about 1.6 nats a
 # byte in its 800 steps; tokens let the same model see almost three times as much text
 # per window). The sample it prints has the shape of a pydoc page, headings underlined

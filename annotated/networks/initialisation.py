@@ -180,7 +180,7 @@ def fans(tensor: torch.Tensor) -> tuple[int, int]:
 # is worse still: for tanh or ReLU, $\phi(0) = 0$, so the hidden units output zero, the
 # output weights see no input and get no gradient, and only the last bias learns. The
 # demo trains a digits network from a constant and counts its distinct hidden units
-# after training: one.
+# after training: one in exact arithmetic, two in the stored run (see below).
 #
 # Zeros *are* the right start for biases, which every scheme below leaves to the caller
 # and the demo sets to zero: random weights already break the symmetry.
@@ -522,7 +522,7 @@ def signal_through_depth(
 # | scheme | tanh act. | tanh grad. | ReLU act. | ReLU grad. |
 # | --- | --- | --- | --- | --- |
 # | normal σ=0.01 | 7e-16 | 7e-16 | 6e-19 | 8e-19 |
-# | normal σ=1 | 1.0 | 9e8 | 6e19 | 8e19 |
+# | normal σ=1 | 1.0 | 8e8 | 6e19 | 8e19 |
 # | PyTorch default | 2e-5 | 3e-5 | 2e-8 | 3e-8 |
 # | Xavier uniform | 0.24 | 0.27 | 8e-4 | 1e-3 |
 # | Kaiming normal | 0.76 | 2.2 | 0.56 | 0.80 |
@@ -568,7 +568,11 @@ def experiment(
 # twice, from the same data and mini-batches: once with every weight set to the
 # constant 0.1, once with Kaiming weights. Afterwards it counts the distinct hidden
 # units, rows of the first weight matrix that differ from every other row by more than
-# rounding. The constant network ends with one, however long it trains.
+# rounding. In exact arithmetic the constant network ends with one, however long it
+# trains. In floating point the rows of a matrix product need not all be rounded the
+# same way, and training can grow such a difference: in the run stored with this page
+# the constant network ended with two distinct units of 32 and a test accuracy of
+# 0.48, against Kaiming's 32 units and 0.975.
 
 
 def train_digits(

@@ -896,20 +896,20 @@ def example():
 # other at every barrier, and the compute-bound operations fall far below a peak that
 # was measured a moment earlier.
 #
-# - a peak of 175–420 GFLOP/s over the two cores and a copy bandwidth of 25–50 GB/s
+# - a peak of 165–420 GFLOP/s over the two cores and a copy bandwidth of 25–50 GB/s
 #   (a read and a write counted per byte copied): a ridge point of 3.5–15 FLOP/byte;
 # - only `matmul`, `conv2d` and `attention` are compute-bound. The first two come
 #   within a few tenths of the peak or reach it (slightly above it, at times: the peak
 #   is itself a measurement, of one matrix size), because at 140–170 FLOP/byte the
 #   bytes have no say;
 # - `matvec` does the same arithmetic per weight as `matmul` but uses each weight once:
-#   an intensity of 0.5, and it moves 24–58 GB/s, from half to twice the copy
+#   an intensity of 0.5, and it moves 20–58 GB/s, from half to twice the copy
 #   bandwidth (it only reads, and a copy's writes cost more than its reads), a few
 #   percent of the peak's FLOP/s. This is why generating text one token at a time is
 #   limited by memory, not arithmetic;
 # - the tiny `bmm 8×8` products have an intensity of 1.3 and stay under even that
-#   memory roof (a quarter of it on the EPYC, four fifths to nine tenths on the
-#   Xeon): each $8 \times 8$ product is mostly bookkeeping. The benchmark in this
+#   memory roof (a fifth to a quarter of it on the EPYC, four fifths to nine tenths
+#   on the Xeon): each $8 \times 8$ product is mostly bookkeeping. The benchmark in this
 #   page's header times the same $2 \cdot 256^3$ FLOPs both ways on one thread, as
 #   one $256 \times 256$ product and as 32,768 tiny ones: the tiny ones take ten to
 #   thirteen times as long;
@@ -919,7 +919,7 @@ def example():
 #   (FlashAttention) is the removal of exactly that traffic;
 # - the element-wise operations sit far left, and most reach only 10–30 % of their
 #   roof. The reason is not arithmetic. Compare `add` with `add, out=`: the same
-#   bytes, five to eight times slower. Each call of `torch.add` asks for a fresh 32 MiB
+#   bytes, four to eight times slower. Each call of `torch.add` asks for a fresh 32 MiB
 #   output; the C allocator hands blocks that large back to the operating system
 #   when they are freed and maps new ones, so every 4 KiB page of the output costs a
 #   page fault and a zero-fill before the add writes it. Writing into an output

@@ -485,10 +485,11 @@ def example():
 #   running off at about 1 m/s and the pole falling behind it;
 # - with the **PPO expert** cloning is ahead at 50 labels, where DAgger's young learner
 #   drives badly and spends its labels on the states of short failed episodes; after
-#   that it depends on the expert. With one machine's expert the gap was small: both
-#   stayed within roughly 420 to 500 from 75 labels on. With the expert of the run
-#   below DAgger scores 489 or more from 175 labels on (500 at 200) and cloning falls
-#   back to between about 370 and 430, as with the linear controller. The PPO agent is
+#   that it depends on the expert. With the expert of the run below the gap is
+#   small: from 75 labels on both stay within roughly 420 to 500, DAgger at 460 or
+#   more. With another machine's expert DAgger scored 489 or more from 175 labels on
+#   (500 at 200) and cloning fell back to between about 370 and 430, as with the
+#   linear controller. The PPO agent is
 #   a less precise controller than the linear one: its episodes wander over a wider
 #   region of states, and a clone trained on them has data near more of the states it
 #   will meet.

@@ -89,13 +89,13 @@ The world is written here as a PettingZoo *parallel* environment
 [@terry2021pettingzoo]: two agents on a 5×5 grid must each stand on a different one of
 two landmarks, seeing the landmarks but their teammate only when it is next to them.
 The test runs PettingZoo's own `parallel_api_test` against it. The demo trains both
-methods for 100,000 environment steps each, about 35 s on 2 CPU cores. Scored on
+methods for 100,000 environment steps each, about 45 s on 2 CPU cores. Scored on
 500 episodes, the trained teams end 0.93 to 0.98 of them with both landmarks covered,
 against 0.002 for random agents (the printed output below has the measured numbers). On
-a task this small the centralised critic buys little over independent critics: 0.98
-against 0.94 in the run below, 0.93 against 0.93 in a run on another machine. That is
-de Witt et al.'s finding on harder maps too [@dewitt2020independent]; the exercises
-make the task harder.
+a task this small the centralised critic buys little over independent critics: 0.93
+against 0.93 in the run below and in one on another machine, 0.98 against 0.94 in a
+third. That is de Witt et al.'s finding on harder maps too [@dewitt2020independent];
+the exercises make the task harder.
 """
 
 import argparse

@@ -660,7 +660,7 @@ def example():
 # saves time is in the per-step overhead of acting (one small forward pass and an
 # inverse-CDF draw, no distribution object, no logging per step); the number of
 # environment steps it needs is the algorithm's. On the stored run, from seed 0, it
-# needed 177,152 of them, in 28 s at about 6,300 steps per second: the same 2-core
+# needed 124,416 of them, in 18 s at about 7,000 steps per second: the same 2-core
 # machine is that much slower on some days, so compare rates measured together. The
 # acting copy of the agent always stays on the CPU: with `--device cuda` only the
 # update moves, since a GPU cannot win on a batch of four observations.

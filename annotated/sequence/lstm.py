@@ -575,9 +575,9 @@ class RNNBase(nn.Module):
 # Each subclass only names its states and wraps its cell as `step`; the LSTM's step
 # applies the projection after the cell. The test file's benchmark runs a forward and
 # backward pass of one LSTM layer (50 steps, batch 32, 32 inputs, 64 units, float32).
-# On a shared 2-core machine ours took about 3 times as long as `nn.LSTM` (the table
-# at the top of the page has the numbers), while one step of `lstm_cell` on its own
-# came within a factor of 1.6 of `torch.lstm_cell` in every run: a dozen small
+# On a shared 2-core machine ours took 3.2 to 3.7 times as long as `nn.LSTM` in our runs
+# (the table at the top of the page has the numbers), while one step of `lstm_cell` on
+# its own came within a factor of 1.6 of `torch.lstm_cell` in every run: a dozen small
 # operations either way, each costing mostly its dispatch. The gap is the loop. Ours
 # runs in Python and records each step's operations for autograd one by one; ATen's
 # `FullLayer` (`aten/src/ATen/native/RNN.cpp`) runs the same loop in C++ and, on a

@@ -763,26 +763,25 @@ def example():
 # What the defaults gave on a shared 2-core CPU:
 #
 # - **Truncation**: a final loss of 1.39 nats for $k = 4$, against $\ln 4 = 1.386$
-#   for guessing, and about 0.001 for $k = 8$ and $k = 16$. With $k = 4$ the GRU
+#   for guessing, and 0.001 or less for $k = 8$ and $k = 16$. With $k = 4$ the GRU
 #   never learns the copy; $k = 8$ learns it from fewer tokens than $k = 16$ because
 #   it makes twice as many updates from the same stream, though only half its
 #   positions carry a gradient to their source (against three quarters for $k = 16$).
 # - **Padding**: 71 %, 43 % and 10 % of the padded time steps are padding for random
-#   batches, pools of 4 and the full sort: 4.8, 1.5 and 0.2 GFLOP wasted in an
-#   epoch's forward pass. The padded LSTM epoch follows: the sort makes it 2 to 4×
-#   shorter than random batches (2.3× in the run below). Packing did *not* make it
-#   faster: each packed epoch took 1.5 to 4 times as long as the padded one in our
-#   runs. The reason is in
-#   `RNN.cpp`: on a CPU a padded batch goes to oneDNN's fused LSTM kernel, while a
-#   packed one (unless every sequence has the same length) goes to `PackedLayer`, a
-#   loop of small ATen operations, and the skipped arithmetic does not pay for the
-#   lost kernel. The benchmark pins it down, forward and backward: the oneDNN padded
-#   batch (6.2 ms) beats all three others: 12.5 ms with oneDNN off, 20.4 ms for
-#   `nn.LSTM` on the packed batch, and 9.4 ms for our `run_packed` over
-#   `nn.LSTMCell`, which walks the packed batch twice as fast as `PackedLayer` does.
-#   With oneDNN switched off, the packed batch beat the padded one on an AMD EPYC
-#   and lost to it on the Intel Xeon this page's benchmark ran on, where its backward
-#   pass, a loop of small operations too, costs more.
+#   batches, pools of 4 and the full sort: 4.8, 1.5 and 0.2 GFLOP wasted in an epoch's
+#   forward pass. The padded LSTM epoch follows: the sort makes it 2 to 4× shorter than
+#   random batches (about 2.2× in the run below). Packing did *not* make it faster: each
+#   packed epoch took 1.5 to 4 times as long as the padded one in our runs. The reason
+#   is in `RNN.cpp`: on a CPU a padded batch goes to oneDNN's fused LSTM kernel, while a
+#   packed one (unless every sequence has the same length) goes to `PackedLayer`, a loop
+#   of small ATen operations, and the skipped arithmetic does not pay for the lost
+#   kernel. The benchmark pins it down, forward and backward: the oneDNN padded batch
+#   (11.9 ms) beats all three others: 18.7 ms with oneDNN off, 15.5 ms for `nn.LSTM` on
+#   the packed batch, and 13.4 ms for our `run_packed` over `nn.LSTMCell`, which walks
+#   the packed batch a little faster than `PackedLayer` does (on an Intel Xeon, twice as
+#   fast). With oneDNN switched off, the packed batch beats the padded one on the AMD
+#   EPYC this page's benchmark ran on, and lost to it on an Intel Xeon (21.4 ms against
+#   13.8), where its backward pass, a loop of small operations too, costs more.
 #   (Forward alone on the benchmark's batch, in CPU time on one thread: 1.8 ms padded
 #   through oneDNN, 3.5 ms padded through ATen and 2.0 ms packed on the Xeon; 3.8,
 #   10.5 and 5.4 ms on the EPYC.) So on a CPU:
@@ -791,16 +790,20 @@ def example():
 #   pack for bidirectional layers, whose backward direction would otherwise start in
 #   the padding. On a GPU, where cuDNN takes the packed batch natively, measure both.
 # - **Scan**: the scan does $\log_2 T$ times the loop's arithmetic; what it saves is
-#   operator calls, 60 against 8,194 at $T = 4096$, each with microseconds of
-#   overhead, and each of its calls is a whole-sequence operation that torch can
-#   spread over threads, where the loop's are too small to. The figure's run used both
-#   cores: the two stay within about 2× of each other, the scan ahead at most lengths,
-#   most clearly in the middle of the range where the loop's per-call overhead
-#   dominates, and its lead narrows, sometimes to a loss, at $T = 4096$, where its
-#   extra arithmetic and the backward through 12 rounds of whole-sequence tensors catch
-#   up. The benchmark pins one thread and repeats $T = 1024$: there the scan takes
-#   about 1.6 times as long as the loop (22 ms against 14; with two threads, 10
-#   against 14). Even two cores are parallel hardware the scan can use.
+#   operator calls, 60 against 8,194 at $T = 4096$, each with microseconds of overhead,
+#   and each of its calls is a whole-sequence operation that torch can spread over
+#   threads, where the loop's are too small to. The figure's run used both cores: the
+#   scan is ahead at every length but the shortest, most widely at the long end: 3 to 4×
+#   forward and 2 to 3× with the backward pass from $T = 1024$ on (3.0× and 2.4× at
+#   $T = 4096$). On an Intel Xeon the two stayed within about 2× of each other, the scan
+#   ahead most clearly in the middle of the range where the loop's per-call overhead
+#   dominates, and its lead narrowed, sometimes to a loss, at $T = 4096$, where its
+#   extra arithmetic and the backward through 12 rounds of whole-sequence tensors caught
+#   up. The benchmark pins one thread and repeats $T = 1024$: there the scan takes 0.66
+#   of the loop's time (11 ms against 17), where on the Xeon it took 1.3 to 1.6 times as
+#   long (20 to 22 ms against 14 to 15; with two threads, 10 against 14). How far fewer
+#   calls pay for $\log_2 T$ times the arithmetic depends on the machine, and even two
+#   cores are parallel hardware the scan can use.
 #   The scan's real home is a GPU, where a round over all $T$ positions is a few
 #   kernel launches, as one step of the loop is; there Martin and Cundy measured up
 #   to 9× faster training of whole models [@martin2018parallelizing], and Feng et al.

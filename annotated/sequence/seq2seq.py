@@ -127,10 +127,10 @@ training never sees); padded batches and a bidirectional GRU encoder that reads 
 through `pack_padded_sequence`; the decoder and its probability model; training with
 *teacher forcing*; greedy decoding and *beam search* with end-of-sequence and length
 handling; and the measurement. With the demo's defaults (1,200 steps of 64 strings,
-about a minute and a half on two cores) the model reverses every held-out string of 4
-or 5 digits and 99 % of those of 6, 57 % of those of 10, 9 % at 14 and none from 17 on.
-The [attention lesson](attention.md) adds one mechanism to the same model, and the
-curve goes flat at 100 %.
+about half a minute on two cores) the model reverses every held-out string of 4 or 5
+digits and 99 % of those of 6, 60 % of those of 10, 10 % at 14, 1 % at 17 and none
+from 18 on. The [attention lesson](attention.md) adds one mechanism to the same model,
+and the curve goes flat at 100 %.
 """
 
 import argparse
@@ -810,15 +810,15 @@ def example():
 # each output position, which tells *which* input digits were lost.
 #
 # What the defaults give (the figure below): greedily, every string of 4 or 5 digits
-# right, 99 % at 6 (100 % with the beam), 96 % at 7, 57 % at 10, 9 % at 14 and none from
-# 17 on; 43 % over all lengths greedily and 47 % with the beam. The beam helps most in
-# the middle (32 % → 44 % at 12 digits) and finds outputs the model rates more probable
-# (mean $\log p$ at 20 digits −10.6 greedy, −10.1 beam), but it cannot restore digits
-# the summary no longer holds. The right panel shows where they go: the first digits
-# written, which are the input's last, are right 95 % of the time; the accuracy falls
-# along the output to 9 % for the last digit written, the input's first, which is chance
-# among ten. The decoder has to carry what $c$ says about the early digits through every
-# step it takes before it writes them.
+# right, 99 % at 6 (100 % with the beam), 98 % at 7, 60 % at 10, 10 % at 14, 1 % at 17
+# and none from 18 on; 44 % over all lengths greedily and 47 % with the beam. The beam
+# helps most in the middle (31 % → 44 % at 12 digits) and finds outputs the model rates
+# more probable (mean $\log p$ at 20 digits −10.6 greedy, −10.0 beam), but it cannot
+# restore digits the summary no longer holds. The right panel shows where they go: the
+# first digits written, which are the input's last, are right 95 % of the time; the
+# accuracy falls along the output to about 13 % for the last digit written, the input's
+# first, close to the 10 % of chance among ten. The decoder has to carry what $c$ says
+# about the early digits through every step it takes before it writes them.
 
 
 def plot_accuracy(

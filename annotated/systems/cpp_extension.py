@@ -352,7 +352,7 @@ def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # loaded. A `FileBaton` lock file stops two processes from building it at once. With
 # `is_python_module=False` the library is loaded with `torch.ops.load_library`, which
 # runs its static `TORCH_LIBRARY` registrations, and the path is returned. A cold build
-# takes 20 to 60 seconds on two cores; a warm load takes well under one.
+# takes 7 to 60 seconds on two cores; a warm load takes well under one.
 #
 # A library can register the `annotated_cpp` namespace only once per process, so the
 # loader is cached: the second call returns the first call's path.
@@ -486,13 +486,12 @@ def dataflow(y: torch.Tensor):
 #
 # Expect an honest result rather than a triumph. On the two-core machine that drew the
 # stored figure the fused kernel is slower than the composition: at 4096×1024 it takes
-# about 1.7 times as long (a metric of 0.60; other runs on this machine gave 0.4 to
-# 1.0), and in the stored benchmark, a separate run at 1024×1024, about 1.7 times as
-# long too. It saves
-# two memory passes, but `erf` and `exp` cost far more than a pass, and ATen
-# evaluates them with hand-tuned vector code while our loop gets what the compiler
-# and glibc provide. Fusion pays when the arithmetic is cheap next to the
-# traffic; the plumbing shown here is the same either way.
+# about 1.4 times as long (a metric of 0.73; runs on an Intel Xeon gave 0.4 to 1.0),
+# and in the stored benchmark, a separate run at 1024×1024, about 1.2 times as long.
+# It saves two memory passes, but `erf` and `exp` cost far more than a pass, and ATen
+# evaluates them with hand-tuned vector code while our loop gets what the compiler and
+# glibc provide. Fusion pays when the arithmetic is cheap next to the traffic; the
+# plumbing shown here is the same either way.
 
 
 def forward_backward(op, x: torch.Tensor, bias: torch.Tensor) -> None:

@@ -589,7 +589,7 @@ def train(
 #
 # Time is another matter. A CPU without bfloat16 arithmetic (no AVX-512 BF16 or AMX)
 # converts to float32 to multiply, so autocast adds the casts and saves nothing: on the
-# machine this page's benchmark ran on, a bfloat16-autocast training step is about 1.2×
+# machine this page's benchmark ran on, a bfloat16-autocast training step is about 1.1×
 # *slower* than a float32 one. The speed-up belongs to hardware with 16-bit units.
 def saved_activation_bytes(
     model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None

@@ -395,7 +395,7 @@ class KVCache:
 # with a group axis of size one, `[batch, kv_heads, 1, S, d_head]`, looks free but is
 # not: `torch.matmul` implements broadcast batch axes by expanding the keys and
 # reshaping them, which copies them. For one decoding step over a 1024-token cache
-# (batch 4, 8 query heads on 2 KV heads, width 64) it took 3.8 ms against 0.53 ms for
+# (batch 4, 8 query heads on 2 KV heads, width 64) it took 3.7 ms against 0.68 ms for
 # the folded rows in this page's benchmark, on one CPU thread (19 ms against 2.8 ms on
 # a slower machine); the benchmark table times both against PyTorch's fused function.
 #
@@ -639,7 +639,7 @@ def check_forward_inputs(
 # operations has a fixed overhead (PyTorch's profiler puts most of a cached step of
 # the demo's model in `addmm`, the linear layers). In the demo's runs on one CPU
 # thread, a cached step took the same time at every length, while a recomputing step
-# took 2 to 3 times as long at 40 tokens and 10 to 15 times as long at 250; the whole
+# took 2 to 3 times as long at 40 tokens and 10 to 20 times as long at 250; the whole
 # generation was 5 to 10 times faster with the cache. The larger the model and the
 # longer the text, the more of a step is arithmetic, and the larger the ratio.
 #

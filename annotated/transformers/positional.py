@@ -817,7 +817,7 @@ def plot_extrapolation(
 # ## What the experiment shows
 #
 # With the defaults (300 steps of 32 sequences per model, a test set of 256 sequences
-# of 256 tokens), four seeds (`--seed 0` to `3`, about two minutes each) gave these
+# of 256 tokens), four seeds (`--seed 0` to `3`, one to two minutes each) gave these
 # accuracies:
 #
 # | scheme | $L = 64$ | $L = 128$ | $L = 256$ |

@@ -1065,10 +1065,11 @@ def train(
 # test's half-trained model that rule returns a less probable output than the rule
 # below for 42 of 100 held-out numbers (57 on another machine, whose arithmetic trains
 # a slightly different model), and a more probable one for none. On the demo's fully
-# trained model the cost depends on the run: in one it got 99.4 % of the held-out
-# numbers right where greedy decoding got 99.9 %, with a mean log-probability of
-# $-0.584$ against $-0.556$; in the run below, on another machine, the trained model
-# ends its hypotheses cleanly and all three decoders agree (the demo prints them).
+# trained model the cost depends on the run: in the run below it gets 99.4 % of the
+# held-out numbers right where greedy decoding gets 99.9 %, with a mean
+# log-probability of $-0.584$ against $-0.556$ (the demo prints all three decoders');
+# in another, on another machine, the trained model ended its hypotheses cleanly and
+# all three decoders agreed.
 #
 # The rule here is the exact one. Every live hypothesis may end at every step: its
 # `<eos>` extension joins the finished list, whatever its rank, and the beam continues
@@ -1429,11 +1430,11 @@ def example():
 #
 # The cross-attention figure shows what the model learned. In the second decoder
 # layer each digit of 305012 reads the word that sets it: 3 reads *three*, 5 *five*,
-# 2 *twelve*; the first silent zero reads the *and* after *hundred*, the second
-# *thousand*, and the 1 splits its weight between the second *and* and *twelve*. The
-# first layer attends more broadly: its largest weights fall on *three* (for the 3 and
-# `<eos>`), *thousand* (the second zero) and *five* (the 1 and the 2), and the first
-# zero and the 5 spread theirs over several words.
+# 2 *twelve*; the first silent zero reads *hundred* and, less, the *and* after it, the
+# second *thousand*, and the 1 puts most of its weight on *twelve* and the rest on the
+# second *and*. The first layer attends more broadly: its largest weights fall on
+# *three* (for the 3 and `<eos>`), *thousand* (the second zero and the 1) and *twelve*
+# (the 2), and the first zero and the 5 spread theirs over several words.
 
 
 def gap_to_torch(config: Config, device: str) -> float:

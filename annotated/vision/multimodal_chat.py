@@ -727,7 +727,7 @@ def plot_results(
 # reaches about 0.7.
 #
 # What the per-type numbers show is where the information is. Colour, size and count
-# are read off the image tokens almost always (0.85 to 0.97). Shape stays near the
+# are read off the image tokens almost always (0.83 to 0.96). Shape stays near the
 # blind prior: the frozen tower never needed it much, since a colour word already
 # tells most captions apart, and a linear probe on CLIP's own class token separates
 # the three shapes of one-object pictures only about two times in three. Stage 2
