@@ -525,7 +525,6 @@ def test_example_traces_with_fx_and_the_trace_computes_the_same():
         (lambda: EarlyStopping(0), ValueError, "patience must be an int >= 1"),
         (lambda: EarlyStopping().restore(nn.Linear(1, 1)), ValueError, "before any"),
         (lambda: MLP(Regularisers(norm="group")), ValueError, "norm must be one of"),
-        (lambda: main(["--train-size", "5"]), ValueError, "--train-size must lie"),
     ],
 )
 def test_bad_input_raises_a_clear_error(make, error, match):
@@ -592,3 +591,9 @@ def test_bench_layer_norm_torch(benchmark):
     benchmark.extra_info["baseline"] = True
     benchmark.extra_info["label"] = "torch.nn.LayerNorm"
     benchmark(bench_step(nn.LayerNorm(128)))
+
+
+def test_a_training_set_outside_the_digits_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["--train-size", "5"])
+    assert "--train-size must lie in [10, 1238], got 5" in capsys.readouterr().err
