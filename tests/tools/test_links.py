@@ -128,13 +128,18 @@ def test_every_internal_link_of_every_page_resolves(site):
 
 
 def test_every_search_result_leads_to_a_page_and_an_anchor_on_it(site):
-    index = json.loads((site / "search" / "search_index.json").read_text())
-    base = site_address(site)
+    # Each edition has its own index, its locations relative to the edition's root.
     broken = []
-    for entry in index["docs"]:
-        problem = check_link(site, base, base, entry["location"])
-        if problem:
-            broken.append(f"{entry['location']!r} ({entry['title']}): {problem}")
+    for edition in ("", "zh/"):
+        path = site / edition / "search" / "search_index.json"
+        index = json.loads(path.read_text(encoding="utf-8"))
+        base = site_address(site) + edition
+        assert len(index["docs"]) > 1000, edition
+        for entry in index["docs"]:
+            problem = check_link(site, site_address(site), base, entry["location"])
+            if problem:
+                where = f"{edition}{entry['location']!r} ({entry['title']})"
+                broken.append(f"{where}: {problem}")
     assert not broken, f"{len(broken)} search results lead nowhere:\n  " + "\n  ".join(
         broken[:60]
     )

@@ -154,3 +154,20 @@ def test_links_to_pages_the_book_leaves_out_go_to_the_site_in_each_edition(tmp_p
     zh_html = html.replace("#tour", "#zh-tour")
     chinese = pdf.link_unprinted_pages(zh_html, site / "zh", "zh")
     assert '<a href="../tour/">' in chinese  # from zh/print_page/ to zh/tour/
+
+
+def test_ids_are_namespaced_by_section_and_the_pages_own_ids_are_left_alone():
+    html = (
+        '<div id="header"></div><article>'
+        '<section class="print-page" id="lessons-matrix"><h2 id="L65"></h2>'
+        '<a href="#L65">line</a></section>'
+        '<section class="print-page" id="contributing"><p id="tests"></p>'
+        '<a href="#tests">t</a></section>'
+        '</article><script id="__config" type="application/json">{}</script>'
+    )
+    printed = pdf.namespace_ids(html)
+    assert '<h2 id="lessons-matrix-L65">' in printed
+    assert '<a href="#lessons-matrix-L65">' in printed
+    assert '<p id="contributing-tests">' in printed
+    # The theme's scripts look up their configuration by this id.
+    assert '<script id="__config"' in printed and '<div id="header">' in printed

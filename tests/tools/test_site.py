@@ -166,6 +166,56 @@ def test_a_chinese_page_links_the_chinese_twin_of_every_page_it_links(site):
     assert not offenders, report(offenders, "Chinese pages linking an English page")
 
 
+def test_the_language_switcher_leads_to_the_same_page_in_the_other_edition(site):
+    # Material finds a page's twin only where editions are sibling folders; here the
+    # Chinese edition is inside the English one, so each link names the twin itself.
+    switcher = re.compile(
+        r'<a href="([^"]*)" hreflang="([a-z]+)" class="md-select__link">'
+    )
+    offenders, pages = [], 0
+    for page in site.rglob("index.html"):
+        folder = page.parent.relative_to(site).as_posix()
+        chinese = folder == "zh" or folder.startswith("zh/")
+        within = folder.removeprefix("zh").lstrip("/") if chinese else folder
+        links = dict(
+            (language, href)
+            for href, language in switcher.findall(page.read_text(encoding="utf-8"))
+        )
+        pages += 1
+        twins = {"en": within or ".", "zh": posixpath.join("zh", within)}
+        for language, twin in twins.items():
+            target = posixpath.normpath(posixpath.join(folder, links.get(language, "")))
+            if (
+                target != posixpath.normpath(twin)
+                or not (site / target / "index.html").is_file()
+            ):
+                offenders.append(f"{folder}: {language} → {links.get(language)}")
+    assert pages > 150
+    assert not offenders, report(offenders, "switcher links that miss the twin")
+
+
+def test_each_edition_searches_its_own_pages(site):
+    config = re.compile(r'<script id="__config" type="application/json">(.*?)</script>')
+    for edition, root in (("", site), ("zh/", site / "zh")):
+        index = json.loads((root / "search/search_index.json").read_text("utf-8"))
+        locations = [entry["location"] for entry in index["docs"]]
+        # No page of the other edition; the lessons' sections are in both.
+        assert not [where for where in locations if where.startswith("zh/")]
+        assert "lessons/foundations/matrix/#exercises" in locations, edition
+        # A page left in English (the engine's API) is found from both editions.
+        assert sum(where.startswith("reference/#") for where in locations) > 100
+        texts = "".join(entry["text"] for entry in index["docs"])
+        han = len(re.findall(r"[\u4e00-\u9fff]", texts))
+        assert (han > 100_000) == bool(edition), (edition, han)
+        # Each page's theme looks for the index (and resolves results) at its
+        # edition's root.
+        for key in ("", "lessons/foundations/matrix/", "print_page/"):
+            folder = root / key
+            found = config.search((folder / "index.html").read_text(encoding="utf-8"))
+            base = json.loads(found[1])["base"]
+            assert (folder / base).resolve() == root.resolve(), (edition, key, base)
+
+
 def test_each_edition_links_its_own_notebook_and_shares_the_script(site):
     # The Chinese build runs second: were both notebooks one file, it would replace
     # the English one.
@@ -1163,6 +1213,11 @@ def test_search_finds_a_word_that_only_lesson_prose_has(browser, server, site):
     assert hits.count() >= 1, "no hit points at a section of the page"
     snippet = hits.first.inner_text()
     assert word in snippet.lower() and "\\" not in snippet, snippet
+    # The English edition's index holds no page of the Chinese one.
+    links = page.locator(".md-search-result__item a").evaluate_all(
+        "links => links.map(a => a.href)"
+    )
+    assert not [link for link in links if "/zh/" in link], links
     assert not visit.foreign_requests(), visit.foreign_requests()
     assert not visit.errors, visit.errors
     visit.context.close()
@@ -1208,14 +1263,8 @@ def test_the_chinese_edition_reads_in_chinese_around_the_same_code(
     assert page.evaluate(sources) == english.page.evaluate(sources) != []
     captions = page.locator(".lit-figure figcaption").all_inner_texts()
     assert captions and all(han.search(caption) for caption in captions)
-    # The header's language switcher leads to each edition's root (Material maps the
-    # page to its translation through the roots' sitemaps where the site is published).
-    links = page.evaluate(
-        "[...document.querySelectorAll('.md-header a[hreflang]')]"
-        ".map(a => [a.hreflang, a.href])"
-    )
-    assert dict(links) == {"en": f"{server}/", "zh": f"{server}/zh/"}
-    # Search finds a Chinese word (segmented by jieba) in a Chinese section.
+    # Search finds a Chinese word (segmented by jieba) in a Chinese section, and only
+    # pages of this edition.
     search = page.locator("input.md-search__input")
     search.click()
     page.wait_for_function(
@@ -1231,6 +1280,18 @@ def test_the_chinese_edition_reads_in_chinese_around_the_same_code(
         f'.md-search-result__item a[href*="zh/lessons/{key}/"][href*="#"]'
     ).first
     hit.wait_for(timeout=15000)
+    hits = page.locator(".md-search-result__item a").evaluate_all(
+        "links => links.map(a => a.href)"
+    )
+    assert all(href.startswith(f"{server}/zh/") for href in hits), hits
+    page.keyboard.press("Escape")
+    # The header's language switcher leads to this lesson in English, and back.
+    page.locator(".md-header .md-select").first.hover()
+    page.locator('.md-header a[hreflang="en"]').click()
+    page.wait_for_url(f"{server}/lessons/{key}/")
+    page.locator(".md-header .md-select").first.hover()
+    page.locator('.md-header a[hreflang="zh"]').click()
+    page.wait_for_url(f"{server}/zh/lessons/{key}/")
     assert not visit.foreign_requests() and not visit.errors, visit.errors
     english.context.close()
     visit.context.close()

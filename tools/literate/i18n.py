@@ -502,6 +502,63 @@ def notebook_anchors(html: str, toc: list, english_markdown: str) -> str:
     return NOTEBOOK_HEADING.sub(renamed, html)
 
 
+# ---- the editions in the built site --------------------------------------------------
+#
+# The English edition is the site's root and the Chinese one lives under `zh/`, inside
+# it. Material's language switcher maps a page to its translation only where editions
+# are sibling folders (`/en/`, `/zh/`): from any page here it led to the other
+# edition's home page. And Material loads one search index, at `<base>/search/`, with
+# `base` the site's root on every page: a Chinese reader's search listed English pages
+# and an English reader's listed Chinese ones. Each page is therefore given links to
+# its twins, and each edition a base and a search index of its own.
+
+SWITCHER_LINK = re.compile(
+    r'(<a href=")([^"]*)(" hreflang="[^"]+" class="md-select__link">)'
+)
+THEME_CONFIG = re.compile(
+    r'(<script id="__config" type="application/json">)(.*?)(</script>)', re.S
+)
+
+
+def link_twins(html: str, path: str) -> str:
+    """A page's HTML whose language switcher leads to the same page in each edition.
+
+    `path` is the page's URL within its edition ("" for the home page,
+    "lessons/foundations/matrix/"); each switcher link arrives as its edition's root,
+    relative to the page. Every page has a twin: an untranslated page falls back to
+    the English text in the other edition."""
+
+    def twin(match: re.Match) -> str:
+        root = match[2] if match[2].endswith("/") else f"{match[2]}/"
+        return f"{match[1]}{root}{path}{match[3]}"
+
+    return SWITCHER_LINK.sub(twin, html)
+
+
+def with_base(html: str, base: str) -> str:
+    """A page's HTML with the theme's `base` (where its scripts find the search index
+    and resolve search results) set to `base`, relative to the page."""
+
+    def rebased(match: re.Match) -> str:
+        config = json.loads(match[2])
+        config["base"] = base
+        return f"{match[1]}{json.dumps(config)}{match[3]}"
+
+    return THEME_CONFIG.sub(rebased, html, count=1)
+
+
+def split_search_index(index: dict, prefixes: list[str]) -> dict[str, dict]:
+    """The site's one search index as one per edition, keyed by the edition's folder
+    ("" for the root): each holds the entries of its pages, with locations relative to
+    its folder, under the same search configuration."""
+    parts: dict[str, list[dict]] = {"": []}
+    parts.update({prefix: [] for prefix in prefixes if prefix})
+    for entry in index["docs"]:
+        prefix = next((p for p in parts if p and entry["location"].startswith(p)), "")
+        parts[prefix].append({**entry, "location": entry["location"][len(prefix) :]})
+    return {prefix: {**index, "docs": entries} for prefix, entries in parts.items()}
+
+
 def units_of(root: Path, name: str, language: str) -> tuple[list[Unit], str]:
     """The units of the lesson or page that `name` names, and its translation file
     (from the project root). `name` is the lesson, the page under docs/, or the

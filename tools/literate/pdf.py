@@ -125,13 +125,17 @@ def namespace_ids(html: str) -> str:
     """The print page with every id inside a page's section prefixed by the section's
     id, as print-site already prefixes the links to them: "L65" in the matrix lesson
     becomes "lessons-foundations-matrix-L65". print-site renames some headings' ids
-    only, and a lesson's sections, lines and bibliography carry their own."""
+    only, and a lesson's sections, lines and bibliography carry their own. The page's
+    own elements after the book (the theme's `__config`, which its scripts look up by
+    id) keep theirs."""
     starts = [(m.start(), m.end(), m.group(1)) for m in PRINT_SECTION.finditer(html)]
     if not starts:
         return html
+    book_end = html.find("</article>", starts[-1][1])
+    book_end = len(html) if book_end < 0 else book_end
     pieces = [html[: starts[0][0]]]
     for index, (start, after_tag, section) in enumerate(starts):
-        end = starts[index + 1][0] if index + 1 < len(starts) else len(html)
+        end = starts[index + 1][0] if index + 1 < len(starts) else book_end
         body = html[after_tag:end]
         if section:
             prefix = f"{section}-"
@@ -153,7 +157,7 @@ def namespace_ids(html: str) -> str:
 
             body = REFERENCE.sub(relink, ID.sub(rename, body))
         pieces.append(html[start:after_tag] + body)
-    return "".join(pieces)
+    return "".join(pieces) + html[book_end:]
 
 
 def edition(language: str) -> str:

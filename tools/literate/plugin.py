@@ -11,7 +11,10 @@
   site.
 - `on_page_markdown`: fill the learning-path placeholders of the hand-written pages.
 - `on_page_content`: put each lesson's rendered body into its page.
-- `on_post_build`: add one search entry per lesson section to the search index.
+- `on_post_page`: point the language switcher at the page's twin, and a translated
+  edition's pages at that edition's search index.
+- `on_post_build`: add one search entry per lesson section to the search index, and
+  split the index into one per edition.
 - `on_serve`: watch the lessons and their tests, so that saving one re-renders its page.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import posixpath
 import shutil
 from pathlib import Path
 
@@ -414,8 +418,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
 
     # Material fetches `sitemap.xml` beside every alternate-language link to map the
     # page to its translation; the i18n plugin's links to the same page in the other
-    # edition would make that a 404 on every page. The links stay the editions' roots
-    # (as the i18n plugin computed them), and each root has its sitemap (on_post_build).
+    # edition would make that a 404 on every page. The head's links stay the editions'
+    # roots (as the i18n plugin computed them), each root has its sitemap
+    # (on_post_build), and on_post_page points the header's links at the twin.
     @event_priority(0)
     def on_page_context(self, context, page, config, nav):
         if self.alternate:
@@ -424,6 +429,16 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             config.extra.alternate = copy.deepcopy(self.alternate)
             config.extra["alternate"] = copy.deepcopy(self.alternate)
         return context
+
+    # Each page's language switcher leads to its twin in the other edition, and a
+    # translated edition's pages search that edition's index (i18n.py says why).
+    def on_post_page(self, output: str, page, config):
+        path = page.url[len(self.prefix) :] if page.url.startswith(self.prefix) else ""
+        output = i18n.link_twins(output, path)
+        if self.prefix:
+            folder = posixpath.dirname(page.file.dest_uri)
+            output = i18n.with_base(output, posixpath.relpath(self.prefix, folder))
+        return output
 
     # After the search plugin has written its index, and after the i18n plugin has
     # built the other editions and merged their indexes into it.
@@ -438,6 +453,8 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                 html = pdf.namespace_ids(printable.read_text(encoding="utf-8"))
                 html = pdf.link_unprinted_pages(html, edition, language)
                 html = pdf.link_shared_files(html, edition, Path(config.site_dir))
+                # print-site renders it after every other page, with an absolute base.
+                html = i18n.with_base(i18n.link_twins(html, "print_page/"), "..")
                 printable.write_text(html, encoding="utf-8")
         sitemap = Path(config.site_dir) / "sitemap.xml"
         for language in self.search:
@@ -450,10 +467,14 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         index = json.loads(index_path.read_text(encoding="utf-8"))
         for entries in self.search.values():
             index["docs"].extend(entries)
-        index_path.write_text(
-            json.dumps(index, separators=(",", ":"), ensure_ascii=False),
-            encoding="utf-8",
-        )
+        editions = [pdf.edition(language) for language in self.search]
+        for prefix, part in i18n.split_search_index(index, editions).items():
+            path = Path(config.site_dir) / prefix / "search" / "search_index.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                json.dumps(part, separators=(",", ":"), ensure_ascii=False),
+                encoding="utf-8",
+            )
 
     def on_serve(self, server, config, builder):
         for folder in [*self.config.packages, "tests"]:
