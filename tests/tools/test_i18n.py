@@ -302,3 +302,34 @@ def test_search_text_splits_chinese_into_words_for_the_index():
     segmented = i18n.segment("反向传播 backward 计算梯度")
     assert "backward" in segmented and "\u200b" in segmented
     assert segmented.replace("\u200b", "") == "反向传播 backward 计算梯度"
+
+
+def test_each_edition_gets_twin_links_its_own_base_and_its_own_search_entries():
+    switcher = (
+        '<a href="../../../" hreflang="en" class="md-select__link">'
+        '<a href="../../" hreflang="zh" class="md-select__link">'
+    )
+    assert i18n.link_twins(switcher, "lessons/foundations/matrix/") == (
+        '<a href="../../../lessons/foundations/matrix/" hreflang="en" '
+        'class="md-select__link">'
+        '<a href="../../lessons/foundations/matrix/" hreflang="zh" '
+        'class="md-select__link">'
+    )
+    config = (
+        '<script id="__config" type="application/json">'
+        '{"base": "../../..", "note": "a \\u003c/script\\u003e b"}</script>'
+    )
+    rebased = i18n.with_base(config, "../..")
+    assert '"base": "../.."' in rebased and "</script>" not in rebased[:-9]
+    index = {
+        "config": {"lang": ["en", "zh"]},
+        "docs": [
+            {"location": "lessons/a/#x", "title": "A", "text": "a"},
+            {"location": "zh/lessons/a/#x", "title": "甲", "text": "甲"},
+            {"location": "zh/", "title": "首页", "text": ""},
+        ],
+    }
+    parts = i18n.split_search_index(index, ["", "zh/"])
+    assert [d["location"] for d in parts[""]["docs"]] == ["lessons/a/#x"]
+    assert [d["location"] for d in parts["zh/"]["docs"]] == ["lessons/a/#x", ""]
+    assert parts["zh/"]["config"] == index["config"]

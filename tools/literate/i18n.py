@@ -542,7 +542,11 @@ def with_base(html: str, base: str) -> str:
     def rebased(match: re.Match) -> str:
         config = json.loads(match[2])
         config["base"] = base
-        return f"{match[1]}{json.dumps(config)}{match[3]}"
+        # Escaped as the theme's `tojson` escapes it: no "</script>" can end it early.
+        text = json.dumps(config)
+        for character in "<>&'":
+            text = text.replace(character, f"\\u{ord(character):04x}")
+        return f"{match[1]}{text}{match[3]}"
 
     return THEME_CONFIG.sub(rebased, html, count=1)
 
