@@ -181,3 +181,24 @@ def test_bench_long(benchmark):
     assert words.endswith("faster than long") and "×" in words
     lesson.path.write_text(lesson.path.read_text() + "\nEDITED = True\n")
     assert not benchmarks.read(lesson, project / "docs").fresh
+
+
+def test_prose_quoting_a_number_that_the_new_run_no_longer_prints_is_listed(tmp_path):
+    lesson = tmp_path / "lesson.py"
+    lesson.write_text(
+        '"""Reaches 97.3 % accuracy."""\n'
+        "# The loss ends at 0.412 after 1,725 steps.\n"
+        "x = 0.412  # a code line is not prose\n"
+        "# Two seeds; 12 layers.\n",
+        encoding="utf-8",
+    )
+    chinese = tmp_path / "lesson.md"
+    chinese.write_text("损失最终为 0.41。\n", encoding="utf-8")
+    old = "accuracy 0.973\nloss 0.412 at step 1725\n12 layers"
+    new = "accuracy 0.973\nloss 0.398 at step 1750\n12 layers"
+    assert figures.stale_quotes(old, new, [lesson, chinese]) == [
+        f"{lesson}:2: '0.412'",
+        f"{lesson}:2: '1,725'",
+        f"{chinese}:1: '0.41'",
+    ]
+    assert figures.stale_quotes(old, old, [lesson, chinese]) == []

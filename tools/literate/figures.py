@@ -14,9 +14,11 @@ page says so and a test fails.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -314,12 +316,95 @@ def _report_expected(lesson: LessonFile, docs_dir: Path) -> None:
     print(f"  expected {band[0]:.4g}–{band[1]:.4g} → docs/{lesson.figures_folder}")
 
 
+# ---- prose that quotes the old run ---------------------------------------------------
+#
+# A lesson's prose quotes its run ("the λ = 1 run generalises at 1,725 updates") and
+# so does its translation. A new run on another CPU, or after a change, prints other
+# numbers, and nothing ties the prose to them. After each regeneration the tool lists
+# the prose lines that hold a number the old run printed and the new one does not: a
+# hint for the reader of the diff, not a check (prose rounds, and a number can recur
+# for another reason).
+
+NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
+
+
+def _spellings(token: str) -> set[str]:
+    """How prose may write a number the demo printed: as printed, rounded to fewer
+    decimals, a fraction as a percentage, a large count with or without commas."""
+    plain = token.replace(",", "")
+    spellings = {token}
+    try:
+        value = float(plain)
+    except ValueError:
+        return spellings
+    if "." in plain:
+        decimals = len(plain.split(".")[1])
+        spellings |= {f"{value:.{d}f}" for d in range(1, decimals)}
+        if 0 < abs(value) < 1:
+            spellings |= {f"{value * 100:.0f} %", f"{value * 100:.1f} %"}
+    elif abs(value) >= 1000:
+        spellings |= {f"{int(value):,}", plain}
+    # One digit says too little to point at a quotation.
+    return {s for s in spellings if len(re.sub(r"\D", "", s)) >= 2}
+
+
+def _prose_lines(path: Path) -> list[tuple[int, str]]:
+    """A lesson's prose lines with their numbers: its docstring and its comments (a
+    Markdown translation is prose throughout)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if path.suffix != ".py":
+        return list(enumerate(lines, 1))
+    docstring = ast.parse(text).body[:1]
+    last = docstring[0].end_lineno if docstring else 0
+    return [
+        (number, line)
+        for number, line in enumerate(lines, 1)
+        if number <= last or line.lstrip().startswith("#")
+    ]
+
+
+def stale_quotes(old: str, new: str, prose: list[Path]) -> list[str]:
+    """`file:line: 'number'` for each prose line that holds a number which the old
+    output (`old`: printed lines and captions) had and the new one (`new`) lacks."""
+    kept = {s for token in NUMBER.findall(new) for s in _spellings(token)}
+    gone = set(old.splitlines()) - set(new.splitlines())
+    stale = {
+        spelling
+        for line in gone
+        for token in NUMBER.findall(line)
+        for spelling in _spellings(token)
+    } - kept
+    found = []
+    for path in prose:
+        if not path.is_file():
+            continue
+        for number, line in _prose_lines(path):
+            for spelling in sorted(stale):
+                if re.search(rf"(?<![\w.,]){re.escape(spelling)}(?![\w]|[.,]\d)", line):
+                    found.append(f"{path}:{number}: {spelling!r}")
+    return found
+
+
+def _quoted(figures: Figures | None) -> str:
+    """What a run printed, and its captions: what prose may quote."""
+    if figures is None:
+        return ""
+    return "\n".join([figures.output, *(figure.caption for figure in figures.files)])
+
+
 def _report(lesson: LessonFile, docs_dir: Path) -> None:
+    before = _quoted(read(lesson, docs_dir))
     figures = regenerate(lesson, docs_dir)
     print(
         f"  {len(figures.files)} figure(s) in {figures.seconds:.1f} s "
         f"→ docs/{lesson.figures_folder}"
     )
+    translations = sorted(
+        (lesson.root / "translations").glob(f"*/lessons/{lesson.key}.md")
+    )
+    for quote in stale_quotes(before, _quoted(figures), [lesson.path, *translations]):
+        print(f"  prose may quote the old run: {quote}")
     time = parse(lesson.path.read_text(encoding="utf-8"), lesson.path).front_matter.get(
         "time"
     )
