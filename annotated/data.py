@@ -516,6 +516,68 @@ def number(
     return parse
 
 
+# A flag that takes several values takes them comma-separated (`--lengths 64,128,256`),
+# and its `type=` checks every one: `integers(at_least=1)` is `integer(at_least=1)` for
+# each value, `numbers(...)` is `number(...)` for each, and `names_from(...)` allows
+# only the names given. The usage line names the first bad value and the whole text.
+
+
+def _each(parse: Callable, expected: str) -> Callable[[str], list]:
+    """An argparse `type=` that applies `parse` to each comma-separated value."""
+
+    def parse_all(text: str) -> list:
+        values = []
+        for part in text.split(","):
+            try:
+                values.append(parse(part.strip()))
+            except argparse.ArgumentTypeError:
+                where = "" if part == text else f" in {text!r}"
+                raise argparse.ArgumentTypeError(
+                    f"expected {expected}, got {part.strip()!r}{where}"
+                ) from None
+        return values
+
+    return parse_all
+
+
+def integers(*, at_least: int, at_most: int | None = None) -> Callable[[str], list]:
+    """An argparse `type=` for comma-separated whole numbers, each in [`at_least`,
+    `at_most`]: `type=integers(at_least=1)` for `--lengths 64,128,256`."""
+    one = integer(at_least=at_least, at_most=at_most)
+    bounds = f">= {at_least}" if at_most is None else f"from {at_least} to {at_most}"
+    return _each(one, f"comma-separated whole numbers {bounds}")
+
+
+def numbers(**bounds: float) -> Callable[[str], list]:
+    """An argparse `type=` for comma-separated finite numbers, each within the bounds
+    that `number` takes: `type=numbers(at_least=0)` for `--weight-decays 0,0.3,1`."""
+    one = number(**bounds)
+    says = " and ".join(
+        f"{sign} {bounds[name]:g}"
+        for name, sign in (
+            ("above", ">"),
+            ("at_least", ">="),
+            ("below", "<"),
+            ("at_most", "<="),
+        )
+        if name in bounds
+    )
+    return _each(one, f"comma-separated finite numbers {says}".strip())
+
+
+def names_from(choices) -> Callable[[str], list]:
+    """An argparse `type=` for comma-separated names, each one of `choices`:
+    `type=names_from(ACTIVATIONS)` for `--activations relu,gelu`."""
+    allowed = list(choices)
+
+    def one(name: str) -> str:
+        if name not in allowed:
+            raise argparse.ArgumentTypeError(name)
+        return name
+
+    return _each(one, f"comma-separated names from {', '.join(allowed)}")
+
+
 if __name__ == "__main__":
     x, y = two_moons()
     print(f"two_moons: x {x.shape}, y {y.shape}, classes {np.bincount(y)}")

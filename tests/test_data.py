@@ -3,7 +3,8 @@ without loss or overlap; `two_moons` is checked by its geometry (two labelled ha
 circles of the requested size and noise); `cached_weights` by
 what it writes and when it trains again; `torch_device` against what torch reports
 about this machine's devices; `integer` and `number` against Python's own `int` and
-`float` parsing, at and just past every bound."""
+`float` parsing, at and just past every bound, and their comma-separated forms
+(`integers`, `numbers`, `names_from`) value by value."""
 
 import argparse
 
@@ -19,7 +20,10 @@ from annotated.data import (
     digit_images,
     digits,
     integer,
+    integers,
+    names_from,
     number,
+    numbers,
     torch_device,
     two_moons,
 )
@@ -376,6 +380,30 @@ def test_number_takes_what_float_takes_within_its_bounds():
 def test_number_refuses_text_outside_its_bounds_and_what_is_not_finite(
     parse, text, message
 ):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse(text)
+
+
+def test_list_flags_take_each_comma_separated_value_as_the_single_type_would():
+    assert integers(at_least=1)("64,128, 256") == [64, 128, 256]
+    assert integers(at_least=0, at_most=3)("3") == [3]
+    assert numbers(at_least=0)("0,0.3,1,3") == [0.0, 0.3, 1.0, 3.0]
+    assert names_from(["relu", "gelu"])("gelu,relu,gelu") == ["gelu", "relu", "gelu"]
+
+
+@pytest.mark.parametrize(
+    "parse, text, message",
+    [
+        (integers(at_least=1), "64,0", "whole numbers >= 1, got '0' in '64,0'"),
+        (integers(at_least=1), "x", "whole numbers >= 1, got 'x'$"),
+        (integers(at_least=1), "4,,8", "got '' in '4,,8'"),  # a doubled comma
+        (integers(at_least=1, at_most=4), "5", "from 1 to 4, got '5'"),
+        (numbers(at_least=0), "1,-1", "finite numbers >= 0, got '-1' in '1,-1'"),
+        (numbers(), "1,nan", "finite numbers, got 'nan'"),
+        (names_from(["relu"]), "relu,swish", "names from relu, got 'swish'"),
+    ],
+)
+def test_list_flags_name_the_first_bad_value(parse, text, message):
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         parse(text)
 

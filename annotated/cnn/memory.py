@@ -93,7 +93,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from annotated.data import integer, torch_device
+from annotated.data import integer, integers, torch_device
 from annotated.figures import figure, save
 
 # ## The network
@@ -420,7 +420,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "accumulation, bfloat16.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--depths", default="4,9,16", help="comma-separated depths")
+    parser.add_argument(
+        "--depths",
+        type=integers(at_least=1),
+        default="4,9,16",
+        help="comma-separated depths",
+    )
     parser.add_argument(
         "--width", type=integer(at_least=1), default=16, help="channels per block"
     )
@@ -444,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/memory", help="folder for the figures")
     args = parser.parse_args(argv)
-    depths = [int(d) for d in args.depths.split(",")]
+    depths = args.depths
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     x, y = make_batch(args.batch, args.size, args.seed)

@@ -115,7 +115,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
-from annotated.data import integer, torch_device
+from annotated.data import integer, integers, torch_device
 from annotated.figures import figure, save
 from annotated.kernels.softmax import ByteCounter
 
@@ -1353,6 +1353,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--lengths",
+        type=integers(at_least=1),
         default="256,512,1024,2048,4096,8192,16384",
         help="comma-separated N whose traffic is counted",
     )
@@ -1367,7 +1368,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/flash_attention", help="figure folder")
     args = parser.parse_args(argv)
-    lengths = [int(n) for n in args.lengths.split(",")]
+    lengths = args.lengths
     out = Path(args.out)
     metrics = {}
 

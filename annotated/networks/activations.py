@@ -151,7 +151,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import digits, integer, number, torch_device
+from annotated.data import digits, integer, names_from, number, torch_device
 from annotated.figures import figure, save
 
 
@@ -828,6 +828,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--activations",
+        type=names_from(ACTIVATIONS),
         default=",".join(ACTIVATIONS),
         help="comma-separated activations to train with",
     )
@@ -853,9 +854,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/activations", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    names = args.activations.split(",")
-    for name in names:
-        get_activation(name)
     out = Path(args.out)
 
     # With 64-unit layers, a step is a few microseconds of arithmetic per operation,
@@ -876,7 +874,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "shifted": {"lr": args.lr, "bias_shift": args.bias_shift},
     }
     runs = {setting: {} for setting in settings}
-    jobs = [(setting, name) for setting in settings for name in names]
+    jobs = [(setting, name) for setting in settings for name in args.activations]
     for setting, name in tqdm(jobs, desc="training"):
         runs[setting][name] = train(
             name, data, epochs=args.epochs, seed=args.seed, **settings[setting]

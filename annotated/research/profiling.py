@@ -908,7 +908,7 @@ def example():
 #   percent of the peak's FLOP/s. This is why generating text one token at a time is
 #   limited by memory, not arithmetic;
 # - the tiny `bmm 8×8` products have an intensity of 1.3 and stay under even that
-#   memory roof (a fifth to a quarter of it on the EPYC, four fifths to nine tenths
+#   memory roof (a fifth to two fifths of it on the EPYC, four fifths to nine tenths
 #   on the Xeon): each $8 \times 8$ product is mostly bookkeeping. The benchmark in this
 #   page's header times the same $2 \cdot 256^3$ FLOPs both ways on one thread, as
 #   one $256 \times 256$ product and as 32,768 tiny ones: the tiny ones take ten to
@@ -1101,6 +1101,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="with --nvtx: one more NVTX range per operator (emit_nvtx)",
     )
     args = parser.parse_args(argv)
+    if args.nvtx and torch.device(args.device).type != "cuda":
+        parser.error(f"--nvtx needs --device cuda, got --device {args.device}")
     torch.set_num_threads(args.threads)
     if args.nvtx:
         timed = nvtx_steps(

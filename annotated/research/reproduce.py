@@ -135,7 +135,7 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import integer, number, torch_device
+from annotated.data import integer, number, numbers, torch_device
 from annotated.figures import figure, save
 from annotated.llm.gpt2 import GPT2, GPT2Config
 
@@ -1035,6 +1035,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--weight-decays",
+        type=numbers(at_least=0),
         default="0,0.3,1,3",
         help="comma-separated AdamW weight decays for the sweep",
     )
@@ -1086,7 +1087,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/reproduce", help="folder for figures and log"
     )
     args = parser.parse_args(argv)
-    decays = [float(d) for d in args.weight_decays.split(",")]
+    decays = args.weight_decays
     if 1.0 not in decays:
         parser.error(
             "--weight-decays must include 1, the paper's value and the baseline"

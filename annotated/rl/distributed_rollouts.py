@@ -107,7 +107,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from annotated.data import integer, number, torch_device
+from annotated.data import integer, integers, number, torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import Agent, Collector, make_envs
 
@@ -698,6 +698,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--sweep",
+        type=integers(at_least=1),
         default="1,2,4",
         help="actor counts for the throughput figure, comma-separated",
     )
@@ -725,7 +726,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/distributed_rollouts", help="folder for the outputs"
     )
     args = parser.parse_args(argv)
-    counts = [int(k) for k in args.sweep.split(",")]
+    counts = args.sweep
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

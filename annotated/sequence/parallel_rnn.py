@@ -175,7 +175,7 @@ from torch.nn.utils.rnn import (
 from torch.utils.data import BatchSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
-from annotated.data import integer, number, torch_device
+from annotated.data import integer, integers, number, torch_device
 from annotated.figures import figure, save
 
 # ## 1. Truncated backpropagation through time
@@ -771,7 +771,7 @@ def example():
 #   batches, pools of 4 and the full sort: 4.8, 1.5 and 0.2 GFLOP wasted in an epoch's
 #   forward pass. The padded LSTM epoch follows: the sort makes it 2 to 4× shorter than
 #   random batches (about 2.2× in the run below). Packing did *not* make it faster: each
-#   packed epoch took 1.5 to 4 times as long as the padded one in our runs. The reason
+#   packed epoch took 1.5 to 4.5 times as long as the padded one in our runs. The reason
 #   is in `RNN.cpp`: on a CPU a padded batch goes to oneDNN's fused LSTM kernel, while a
 #   packed one (unless every sequence has the same length) goes to `PackedLayer`, a loop
 #   of small ATen operations, and the skipped arithmetic does not pay for the lost
@@ -793,8 +793,8 @@ def example():
 #   operator calls, 60 against 8,194 at $T = 4096$, each with microseconds of overhead,
 #   and each of its calls is a whole-sequence operation that torch can spread over
 #   threads, where the loop's are too small to. The figure's run used both cores: the
-#   scan is ahead at every length but the shortest, most widely at the long end: 3 to 4×
-#   forward and 2 to 3× with the backward pass from $T = 1024$ on (3.0× and 2.4× at
+#   scan is ahead at every length but the shortest, most widely at the long end: 2 to 5×
+#   forward and 2 to 3× with the backward pass from $T = 1024$ on (2.1× and 2.5× at
 #   $T = 4096$). On an Intel Xeon the two stayed within about 2× of each other, the scan
 #   ahead most clearly in the middle of the range where the loop's per-call overhead
 #   dominates, and its lead narrowed, sometimes to a loss, at $T = 4096$, where its
@@ -1000,8 +1000,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--truncations",
-        type=lambda text: [int(part) for part in text.split(",")],
-        default=[4, 8, 16],
+        type=integers(at_least=1),
+        default="4,8,16",
         help="comma-separated chunk lengths k to train with",
     )
     parser.add_argument(

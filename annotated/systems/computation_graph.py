@@ -111,7 +111,7 @@ from torch.autograd.graph import Node, saved_tensors_hooks
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
-from annotated.data import digits, integer, torch_device
+from annotated.data import digits, integer, integers, torch_device
 from annotated.figures import figure, save
 
 
@@ -569,6 +569,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--widths",
+        type=integers(at_least=1),
         default="64,32,10",
         help="layer widths of the MLP, comma-separated (first 64, last 10)",
     )
@@ -591,7 +592,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/computation_graph", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    widths = [int(w) for w in args.widths.split(",")]
+    widths = args.widths
     if widths[0] != 64 or widths[-1] != 10:
         parser.error("--widths must start at 64 and end at 10")
     out = Path(args.out)

@@ -95,7 +95,7 @@ hypothesis. The demo measures what the algorithm buys: at $N = 2048$ (2 heads,
 $d = 64$) a training step of plain attention peaks at 20 times the memory of ours, and
 autograd saves $(N + 3d)/(4d + 1) = 8.7$ times as many bytes for it. It also measures
 what a Python loop costs: on two CPU cores ours takes about as long as plain attention
-(1.0 to 1.2 times, in our runs) and two to three times as long as PyTorch's own CPU
+(0.9 to 1.2 times, in our runs) and two to three times as long as PyTorch's own CPU
 kernel, which is FlashAttention written in C++ (the demo prints this run's ratios); on
 a GPU, where every one of a tile's dozen operations is a kernel launch, it is some 200
 times slower than either. The fused GPU version, where the tiles really live in SRAM,
@@ -112,7 +112,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import integer, torch_device
+from annotated.data import integer, integers, torch_device
 from annotated.cnn.memory import peak_memory
 from annotated.figures import figure, save
 from annotated.transformers.sparse_attention import saved_bytes, time_step
@@ -667,7 +667,7 @@ def dataflow(output: tuple[Tensor, Tensor]):
 # figures: the three measurements against $N$, and the tile map of a causal pass.
 #
 # The timing is the honest part. On two CPU cores ours takes about as long as plain
-# attention at $N = 2048$ (1.0 to 1.2× in our runs) and two to three times as long as
+# attention at $N = 2048$ (0.9 to 1.2× in our runs) and two to three times as long as
 # SDPA (the demo prints this run's ratios); on an H200 GPU it is some 200× slower than
 # either. Three reasons. Each tile costs a dozen separate operator
 # calls from Python (on a GPU, a dozen kernel launches), and a $128 \times 128$ tile
@@ -689,7 +689,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--lengths", default="64,128,256,512,1024,2048", help="comma-separated N"
+        "--lengths",
+        type=integers(at_least=1),
+        default="64,128,256,512,1024,2048",
+        help="comma-separated N",
     )
     parser.add_argument(
         "--heads", type=integer(at_least=1), default=2, help="attention heads"
@@ -714,9 +717,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/flash_attention", help="figure folder")
     args = parser.parse_args(argv)
-    lengths = [int(n) for n in args.lengths.split(",")]
-    if min(lengths) < 1:
-        parser.error("--lengths must be >= 1")
+    lengths = args.lengths
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from annotated.data import integer, torch_device
+from annotated.data import integer, integers, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -861,7 +861,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--lengths", default="256,512,1024,2048,4096", help="comma-separated N"
+        "--lengths",
+        type=integers(at_least=1),
+        default="256,512,1024,2048,4096",
+        help="comma-separated N",
     )
     parser.add_argument(
         "--heads", type=integer(at_least=1), default=2, help="attention heads"
@@ -892,9 +895,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/sparse_attention", help="figure folder")
     args = parser.parse_args(argv)
-    lengths = [int(n) for n in args.lengths.split(",")]
-    if min(lengths) < 1:
-        parser.error("--lengths must be >= 1")
+    lengths = args.lengths
     device = torch.device(args.device)
     out = Path(args.out)
     generator = torch.Generator().manual_seed(args.seed)

@@ -366,8 +366,15 @@ def test_bad_input_is_refused_with_the_argument_named():
         softmax_jvp(x, torch.zeros(3))
     with pytest.raises(TypeError, match="v must be a torch.Tensor"):
         softmax_jvp(x, [0.0, 0.0, 0.0])
-    with pytest.raises(ValueError, match="activation must be one of"):
+
+
+def test_an_unknown_activation_flag_is_a_usage_line(capsys):
+    with pytest.raises(SystemExit) as exit:
         main(["--activations", "relu,swish", "--epochs", "1"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --activations: expected comma-separated names from" in err
+    assert "got 'swish' in 'relu,swish'" in err
 
 
 def test_example_runs():

@@ -290,9 +290,13 @@ def test_demo_reports_peak_and_every_op(tmp_path):
 # ## Nsight Systems: NVTX ranges inside a capture range
 
 
-def test_nvtx_flag_on_a_cpu_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="--nvtx needs --device cuda.*--device cpu"):
-        main(["--device", "cpu", "--nvtx", "--out", str(tmp_path)])
+def test_nvtx_flag_on_a_cpu_is_an_error(tmp_path, capsys):
+    # A usage line before anything runs: the demo writes nothing.
+    with pytest.raises(SystemExit) as exit:
+        main(["--device", "cpu", "--nvtx", "--out", str(tmp_path / "out")])
+    assert exit.value.code == 2
+    assert "--nvtx needs --device cuda, got --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="--nvtx needs --device cuda"):
         nvtx_steps(TRACED, 1, "cpu")
     assert not any(tmp_path.iterdir())  # it stopped before measuring anything

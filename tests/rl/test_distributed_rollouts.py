@@ -339,15 +339,26 @@ def test_learner_loss_off_policy_is_vtrace_actor_critic_with_value_and_entropy()
         torch.testing.assert_close(g, p.grad, rtol=0, atol=1e-12)
 
 
-def test_actors_return_cartpole_rollouts_with_their_version(ray_session):
-    actor = RolloutActor.remote("CartPole-v1", 4, 50, 0, 7)
+@pytest.fixture(scope="module")
+def two_actors(ray_session):
+    actors = [RolloutActor.remote("CartPole-v1", 8, 32, i, i) for i in range(2)]
     torch.manual_seed(0)
     weights = ray.put(Agent(4, 2).state_dict())
+    collection_throughput(actors, weights, 1)  # start the processes first
+    yield actors, weights
+    for actor in actors:
+        ray.kill(actor)
+
+
+def test_actors_return_cartpole_rollouts_with_their_version(two_actors):
+    # The benchmarks' actors (8 environments × 32 steps, ids 0 and 1): a Ray actor is
+    # a process, and starting one takes seconds.
+    actors, weights = two_actors
+    actor = actors[1]
     first = ray.get(actor.rollout.remote(weights, 3))
     second = ray.get(actor.rollout.remote(weights, 4))
-    ray.kill(actor)
-    assert first.obs.shape == (51, 4, 4) and first.actions.shape == (50, 4)
-    assert (first.version, second.version, first.actor) == (3, 4, 7)
+    assert first.obs.shape == (33, 8, 4) and first.actions.shape == (32, 8)
+    assert (first.version, second.version, first.actor) == (3, 4, 1)
     # The actor keeps its environments between calls: the second rollout starts where
     # the first one's bootstrap observation left off.
     torch.testing.assert_close(second.obs[0], first.obs[-1], rtol=0, atol=0)
@@ -388,6 +399,8 @@ def test_demo_writes_its_outputs(ray_session, tmp_path):
         [
             "--total-steps",
             "4096",
+            "--actors",
+            "1",
             "--sweep",
             "1",
             "--sweep-rounds",
@@ -402,17 +415,6 @@ def test_demo_writes_its_outputs(ray_session, tmp_path):
     assert (tmp_path / "returns.png").exists()
     assert (tmp_path / "throughput.png").exists()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-
-
-@pytest.fixture(scope="module")
-def two_actors(ray_session):
-    actors = [RolloutActor.remote("CartPole-v1", 8, 32, i, i) for i in range(2)]
-    torch.manual_seed(0)
-    weights = ray.put(Agent(4, 2).state_dict())
-    collection_throughput(actors, weights, 1)  # start the processes first
-    yield actors, weights
-    for actor in actors:
-        ray.kill(actor)
 
 
 def throughput_benchmark(benchmark, two_actors, count):

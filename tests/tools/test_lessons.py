@@ -151,7 +151,8 @@ def out_of_range(call: ast.Call) -> str:
 def test_a_numeric_flag_outside_its_range_is_a_usage_error(lesson, capsys):
     """Each numeric flag's declared range is enforced by argparse: one value just
     outside it (0 for `integer(at_least=1)`) stops the demo with status 2 and a
-    line naming the flag, before anything runs."""
+    line naming the flag, before anything runs. So does one bad value among a list
+    flag's comma-separated ones (`integers`, `numbers`, `names_from`)."""
     checked = 0
     for node in ast.walk(ast.parse(RECORDS[lesson.key].source)):
         keywords = {k.arg: k.value for k in getattr(node, "keywords", [])}
@@ -159,12 +160,18 @@ def test_a_numeric_flag_outside_its_range_is_a_usage_error(lesson, capsys):
         if not (
             ast.unparse(getattr(node, "func", node)).endswith("add_argument")
             and isinstance(kind, ast.Call)
-            and ast.unparse(kind.func) in ("integer", "number")
+            and ast.unparse(kind.func)
+            in ("integer", "number", "integers", "numbers", "names_from")
         ):
             continue
         flag = ast.literal_eval(node.args[0])
-        value = out_of_range(kind)
-        status, _, err = parse_flags(lesson, [flag, value], capsys)
+        name = ast.unparse(kind.func)
+        value = "no-such-name" if name == "names_from" else out_of_range(kind)
+        typed = value
+        default = keywords.get("default")
+        if name in ("integers", "numbers") and isinstance(default, ast.Constant):
+            typed = f"{default.value},{value}"  # the bad value after good ones
+        status, _, err = parse_flags(lesson, [flag, typed], capsys)
         assert status == 2 and f"argument {flag}: expected " in err, (flag, err)
         assert f"got {value!r}" in err, err
         checked += 1
