@@ -14,7 +14,6 @@ page says so and a test fails.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import platform
@@ -349,18 +348,15 @@ def _spellings(token: str) -> set[str]:
 
 
 def _prose_lines(path: Path) -> list[tuple[int, str]]:
-    """A lesson's prose lines with their numbers: its docstring and its comments (a
-    Markdown translation is prose throughout)."""
+    """A lesson's prose lines with their numbers: the page's prose column as the
+    engine parses it (a Markdown translation is prose throughout)."""
     text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    if path.suffix != ".py":
-        return list(enumerate(lines, 1))
-    docstring = ast.parse(text).body[:1]
-    last = docstring[0].end_lineno if docstring else 0
+    if path.suffix == ".md":
+        return list(enumerate(text.splitlines(), 1))
     return [
-        (number, line)
-        for number, line in enumerate(lines, 1)
-        if number <= last or line.lstrip().startswith("#")
+        (line.number, line.text)
+        for section in parse(text, path).sections
+        for line in section.prose_lines
     ]
 
 
@@ -377,8 +373,6 @@ def stale_quotes(old: str, new: str, prose: list[Path]) -> list[str]:
     } - kept
     found = []
     for path in prose:
-        if not path.is_file():
-            continue
         for number, line in _prose_lines(path):
             for spelling in sorted(stale):
                 if re.search(rf"(?<![\w.,]){re.escape(spelling)}(?![\w]|[.,]\d)", line):

@@ -433,8 +433,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
     # Each page's language switcher leads to its twin in the other edition, and a
     # translated edition's pages search that edition's index (i18n.py says why).
     def on_post_page(self, output: str, page, config):
-        path = page.url[len(self.prefix) :] if page.url.startswith(self.prefix) else ""
-        output = i18n.link_twins(output, path)
+        output = i18n.link_twins(output, page.url.removeprefix(self.prefix))
         if self.prefix:
             folder = posixpath.dirname(page.file.dest_uri)
             output = i18n.with_base(output, posixpath.relpath(self.prefix, folder))
