@@ -93,7 +93,7 @@ optimum against `scipy.optimize.minimize`.
 
 import argparse
 import math
-import numbers
+from numbers import Integral, Real
 from pathlib import Path
 
 import matplotlib
@@ -101,7 +101,7 @@ import numpy as np
 from scipy.special import expit
 from tqdm import tqdm
 
-from annotated.data import integer, number
+from annotated.data import integer, number, numbers
 from annotated.figures import figure, save
 
 
@@ -143,7 +143,7 @@ def spd_spectrum(A: np.ndarray) -> tuple[float, float]:
 
 def check_count(value, name: str, least: int) -> int:
     """Return `value` as an int, or raise unless it is an integer >= `least`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < least:
         raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
@@ -158,7 +158,7 @@ def check_run(A: np.ndarray, x0: np.ndarray, step: float, steps: int) -> np.ndar
         raise ValueError(
             f"x0 must have shape ({np.shape(A)[0]},) to match A, got {x0.shape}"
         )
-    if not (isinstance(step, numbers.Real) and step > 0 and math.isfinite(step)):
+    if not (isinstance(step, Real) and step > 0 and math.isfinite(step)):
         raise ValueError(f"step must be a positive finite number, got {step!r}")
     check_count(steps, "steps", least=0)
     return x0
@@ -166,7 +166,7 @@ def check_run(A: np.ndarray, x0: np.ndarray, step: float, steps: int) -> np.ndar
 
 def check_momentum(momentum: float) -> None:
     """Momentum lies in $[0, 1)$: at 1 the velocity never forgets or settles."""
-    if not (isinstance(momentum, numbers.Real) and 0 <= momentum < 1):
+    if not (isinstance(momentum, Real) and 0 <= momentum < 1):
         raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
 
 
@@ -177,7 +177,7 @@ def check_momentum(momentum: float) -> None:
 def random_spd(dim: int, kappa: float, seed: int = 0) -> np.ndarray:
     r"""A random SPD matrix $Q \Lambda Q^\top$, `[d, d]`, eigenvalues 1 to `kappa`."""
     dim = check_count(dim, "dim", least=2)
-    if not (isinstance(kappa, numbers.Real) and 1 <= kappa < math.inf):
+    if not (isinstance(kappa, Real) and 1 <= kappa < math.inf):
         raise ValueError(f"kappa must be a finite number >= 1, got {kappa!r}")
     rng = np.random.default_rng(seed)
     rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))  # [d, d], orthogonal
@@ -440,7 +440,7 @@ def check_logistic(features: np.ndarray, labels: np.ndarray, lam: float) -> None
         )
     if not np.all(np.isin(labels, (-1, 1))):
         raise ValueError("labels must be -1 or +1")
-    if not (isinstance(lam, numbers.Real) and 0 < lam < math.inf):
+    if not (isinstance(lam, Real) and 0 < lam < math.inf):
         raise ValueError(
             f"lam must be a finite number > 0 (it makes the problem strongly convex), "
             f"got {lam!r}"
@@ -515,7 +515,7 @@ def newton_logistic(
         raise ValueError(
             f"start must be a finite numpy array of shape ({dim},), got {start!r}"
         )
-    if not (isinstance(tol, numbers.Real) and tol > 0):
+    if not (isinstance(tol, Real) and tol > 0):
         raise ValueError(f"tol must be a number > 0, got {tol!r}")
     max_steps = check_count(max_steps, "max_steps", least=1)
     rounding = 64 * np.finfo(np.float64).eps  # relative error a computed F may carry
@@ -854,7 +854,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--kappas", default="10,100,1000", help="comma-separated condition numbers > 1"
+        "--kappas",
+        type=numbers(above=1),
+        default="10,100,1000",
+        help="comma-separated condition numbers > 1",
     )
     parser.add_argument(
         "--dim", type=integer(at_least=2), default=50, help="dimension of the quadratic"
@@ -903,12 +906,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/convex", help="folder for the figures")
     args = parser.parse_args(argv)
-    try:
-        kappas = [float(value) for value in args.kappas.split(",")]
-    except ValueError:
-        parser.error(f"--kappas must be comma-separated numbers, got {args.kappas!r}")
-    if not all(1 < kappa < math.inf for kappa in kappas):
-        parser.error(f"every --kappas value must be a finite number > 1, got {kappas}")
+    kappas = args.kappas
     out = Path(args.out)
     metrics: dict[str, float] = {}
 

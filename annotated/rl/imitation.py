@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from annotated.data import cached_weights, integer, number, torch_device
+from annotated.data import cached_weights, integer, names_from, number, torch_device
 from annotated.figures import figure, save
 from annotated.rl.ppo import Agent, PPOConfig, train
 
@@ -623,6 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--experts",
+        type=names_from(("linear", "ppo")),
         default="linear,ppo",
         help="comma-separated experts to imitate: linear, ppo",
     )
@@ -634,9 +635,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/imitation", help="folder for the figures")
     args = parser.parse_args(argv)
-    names = args.experts.split(",")
-    if not names or not set(names) <= {"linear", "ppo"}:
-        parser.error(f"--experts must name linear and/or ppo, got {args.experts!r}")
+    names = args.experts
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

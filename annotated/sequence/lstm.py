@@ -134,7 +134,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from tqdm import tqdm
 
-from annotated.data import integer, number, torch_device
+from annotated.data import integer, names_from, number, torch_device
 from annotated.figures import figure, save
 
 # ## The LSTM cell
@@ -949,6 +949,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--models",
+        type=names_from(("lstm", "gru", "rnn")),
         default="lstm,rnn",
         help="comma-separated models to train: lstm, gru (ours) and rnn (nn.RNN)",
     )
@@ -966,12 +967,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/lstm", help="folder for the figures")
     args = parser.parse_args(argv)
-    kinds = args.models.split(",")
-    if not set(kinds) <= {"lstm", "gru", "rnn"}:
-        parser.error(
-            f"--models must be a comma-separated list of lstm, gru and rnn; got "
-            f"{args.models}"
-        )
+    kinds = args.models
     out = Path(args.out)
     # A step is a few hundred operations on tensors of a few thousand numbers: too
     # small to share between cores. A second thread only adds waiting, and on a busy

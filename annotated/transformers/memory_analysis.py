@@ -137,7 +137,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from annotated.data import integer, torch_device
+from annotated.data import integer, names_from, torch_device
 from annotated.figures import figure, save
 
 # ## The model
@@ -881,6 +881,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--configs",
+        type=names_from(MEASURED),
         default=",".join(MEASURED),
         help=f"comma-separated small models to measure, from {', '.join(MEASURED)}",
     )
@@ -901,10 +902,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/memory_analysis", help="figure folder")
     args = parser.parse_args(argv)
-    names = args.configs.split(",")
-    unknown = [name for name in names if name not in MEASURED]
-    if unknown:
-        parser.error(f"--configs must name models in {list(MEASURED)} (got {unknown})")
+    names = args.configs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

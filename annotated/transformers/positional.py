@@ -166,7 +166,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import integer, number, torch_device
+from annotated.data import integer, names_from, number, torch_device
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -876,6 +876,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--encodings",
+        type=names_from(ENCODINGS),
         default=",".join(ENCODINGS),
         help=f"comma-separated schemes to compare, of {', '.join(ENCODINGS)}",
     )
@@ -937,9 +938,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--out", default="out/positional", help="folder for the figures"
     )
     args = parser.parse_args(argv)
-    encodings = args.encodings.split(",")
-    if any(encoding not in ENCODINGS for encoding in encodings):
-        parser.error(f"--encodings must be among {', '.join(ENCODINGS)}")
+    encodings = args.encodings
     if args.test_length % 16 or args.test_length < args.train_length:
         parser.error("--test-length must be a multiple of 16, at least --train-length")
     out = Path(args.out)

@@ -101,7 +101,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annotated.data import DIRECTIONS, integer, moving_digits, number, torch_device
+from annotated.data import (
+    DIRECTIONS,
+    integer,
+    moving_digits,
+    names_from,
+    number,
+    torch_device,
+)
 from annotated.figures import figure, save
 from annotated.transformers.attention import scaled_dot_product_attention
 
@@ -641,6 +648,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument(
         "--models",
+        type=names_from(("divided", "joint", "space")),
         default="divided,space",
         help="comma-separated attentions to train (divided, joint, space)",
     )
@@ -661,9 +669,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--out", default="out/video", help="folder for the figures")
     args = parser.parse_args(argv)
-    kinds = args.models.split(",")
-    if "divided" not in kinds or not set(kinds) <= {"divided", "joint", "space"}:
-        parser.error(f"--models must include divided, got {args.models!r}")
+    kinds = args.models
+    if "divided" not in kinds:
+        parser.error(f"--models must include divided, got {','.join(kinds)!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

@@ -215,7 +215,10 @@ def test_bad_input_is_rejected(capsys):
         check_config(ImitationConfig(beta_decay=-0.1))
     with pytest.raises(SystemExit):
         main(["--experts", "human"])
-    assert "--experts must name linear and/or ppo" in capsys.readouterr().err
+    assert (
+        "argument --experts: expected comma-separated names from linear, ppo, "
+        "got 'human'"
+    ) in capsys.readouterr().err
 
 
 def test_example_runs():

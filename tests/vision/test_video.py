@@ -268,6 +268,14 @@ def test_bad_clips_raise_naming_the_argument():
         VideoTransformer(Config(attention="sparse"))
 
 
+def test_the_demo_needs_the_divided_model(capsys, tmp_path):
+    # The demo reports the divided model's accuracy as its metric, so that one must run.
+    with pytest.raises(SystemExit):
+        main(["--models", "joint,space", "--out", str(tmp_path)])
+    assert "--models must include divided, got 'joint,space'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_example_runs():
     fn, args = example()
     assert fn(*args).shape == (2, 8)
