@@ -694,6 +694,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="environment-step budget (the learning rate anneals to 0 over it)",
     )
     parser.add_argument(
+        "--lr",
+        type=number(above=0),
+        default=defaults.lr,
+        help="Adam's learning rate, annealed to 0 over the budget",
+    )
+    parser.add_argument(
         "--target", type=number(), default=defaults.target_return, help="stop at this"
     )
     parser.add_argument(
@@ -734,6 +740,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         env_id=args.env_id,
         num_actors=args.actors,
         total_steps=args.total_steps,
+        lr=args.lr,
         target_return=args.target,
         seed=args.seed,
     )

@@ -9,10 +9,12 @@ short learning run with 2 Ray actors that lifts the mean return well above rando
 """
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import ray
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -371,50 +373,42 @@ def test_actors_return_cartpole_rollouts_with_their_version(two_actors):
     assert all(r >= 8 for r in first.episode_returns + second.episode_returns)
 
 
-class ReadyActor:
-    """`RolloutActor` whose `.remote()` returns once the actor's process is up. On a
-    busy machine a second actor can take longer to start than this 4-second run
-    lasts (the lesson's prose says so); the lag assertion below needs both."""
+def test_demo_learns_from_two_lagging_actors(ray_session, monkeypatch, tmp_path):
+    # One short demo run serves the learning checks and the outputs: two actors for
+    # 40,000 steps, then a one-actor throughput sweep. (Each actor is a process that
+    # imports torch, seconds on two cores, so the test starts as few as it can.)
+    # The demo's first two actors start side by side, and the second returns once
+    # both are up: on a busy machine one can take longer to start than the run
+    # lasts, and the lag assertion needs both.
+    started = []
 
-    @staticmethod
-    def remote(*args):
-        actor = RolloutActor.remote(*args)
-        ray.get(actor.__ray_ready__.remote())
-        return actor
+    def side_by_side(*args):
+        started.append(RolloutActor.remote(*args))
+        if len(started) == 2:
+            ray.get([actor.__ray_ready__.remote() for actor in started])
+        return started[-1]
 
-
-def test_short_run_with_two_actors_learns(ray_session, monkeypatch):
-    monkeypatch.setattr(lesson, "RolloutActor", ReadyActor)
-    config = ImpalaConfig(num_actors=2, total_steps=40_000, lr=3e-3, seed=1)
-    _, history = train(config, progress=False)
-    returns = [r for _, r, _ in history.episodes]
-    assert history.steps >= 40_000 and len(history.lags) == history.steps // 256
-    assert max(history.lags) >= 1  # two actors: data is stale by at least one update
-    assert np.mean(returns[:20]) < 35  # an untrained, near-uniform policy: ~22
-    assert np.mean(returns[-20:]) > 100
-
-
-def test_demo_writes_its_outputs(ray_session, tmp_path):
+    monkeypatch.setattr(lesson, "RolloutActor", SimpleNamespace(remote=side_by_side))
     metrics = main(
         [
-            "--total-steps",
-            "4096",
-            "--actors",
-            "1",
-            "--sweep",
-            "1",
-            "--sweep-rounds",
-            "2",
-            "--out",
-            str(tmp_path),
+            *("--actors", "2", "--total-steps", "40000", "--lr", "3e-3"),
+            *("--seed", "1", "--sweep", "1", "--sweep-rounds", "2"),
+            *("--out", str(tmp_path)),
         ]
     )
     assert ray.is_initialized()  # the demo leaves a Ray it did not start running
-    assert metrics["steps"] == 4096 and metrics["throughput_1"] > 0
-    assert math.isnan(metrics["seconds_to_target"])
+    assert metrics["steps"] >= 40_000 and metrics["throughput_1"] > 0
+    assert metrics["mean_lag"] > 0  # two actors: data is often an update stale
+    assert metrics["mean_return"] > 100  # the last 20 episodes
     assert (tmp_path / "returns.png").exists()
     assert (tmp_path / "throughput.png").exists()
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # The TensorBoard log holds one policy lag per update (256 steps) and every
+    # episode, the first ones those of a near-uniform policy (~22 on CartPole).
+    (log,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(log), size_guidance={"scalars": 0}).Reload()
+    assert len(events.Scalars("charts/policy_lag")) == metrics["steps"] // 256
+    first = [event.value for event in events.Scalars("charts/episodic_return")[:20]]
+    assert np.mean(first) < 35
 
 
 def throughput_benchmark(benchmark, two_actors, count):
