@@ -202,3 +202,34 @@ def test_prose_quoting_a_number_that_the_new_run_no_longer_prints_is_listed(tmp_
         f"{chinese}:1: '0.41'",
     ]
     assert figures.stale_quotes(old, old, [lesson, chinese]) == []
+
+
+def test_prose_quoting_an_old_benchmark_ratio_is_listed(tmp_path):
+    def stored(ours_ms: float) -> benchmarks.Benchmarks:
+        """A group of two: torch at 4 ms, the baseline, and ours at `ours_ms`."""
+        torch, ours = (
+            benchmarks.Result(
+                group="step",
+                name=f"test_bench_{label}",
+                label=label,
+                mean_s=ms / 1e3,
+                stddev_s=1e-4,
+                rounds=200,
+                baseline=label == "torch",
+                ratio=None if label == "torch" else ms / 4,
+            )
+            for label, ms in (("torch", 4), ("ours", ours_ms))
+        )
+        return benchmarks.Benchmarks((torch, ours), "a CPU", fresh=True)
+
+    old, new = benchmarks._quoted(stored(9.6)), benchmarks._quoted(stored(6.1))
+    assert "ours: 9.6 ms, 2.4× slower than torch" in old.splitlines()
+    lesson = tmp_path / "lesson.py"
+    lesson.write_text(
+        "# Ours is 2.4× slower than torch's (9.6 ms a step).\nx = 1\n",
+        encoding="utf-8",
+    )
+    assert figures.stale_quotes(old, new, [lesson]) == [
+        f"{lesson}:1: '2.4'",
+        f"{lesson}:1: '9.6'",
+    ]

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.literate.figures import stale_quotes
 from tools.literate.files import LessonFile, atomic_write, lesson_command
 
 
@@ -166,7 +167,19 @@ def blas() -> str:
     return f"numpy {numpy.__version__} on " + (", ".join(found) or "no BLAS found")
 
 
+def _quoted(stored: Benchmarks | None) -> str:
+    """Each result's time and ratio as the page shows them: what prose may quote."""
+    if stored is None:
+        return ""
+    return "\n".join(
+        f"{entry.label}: {entry.mean_s * 1e3:.3g} ms, "
+        f"{comparison(entry, stored.baseline_of(entry.group))}"
+        for entry in stored.results
+    )
+
+
 def _report(lesson: LessonFile, docs_dir: Path) -> None:
+    before = _quoted(read(lesson, docs_dir))
     stored = measure(lesson, docs_dir)
     for entry in stored.results:
         words = comparison(entry, stored.baseline_of(entry.group))
@@ -174,6 +187,11 @@ def _report(lesson: LessonFile, docs_dir: Path) -> None:
             f"  {entry.group:32s} {entry.label:32s} "
             f"{entry.mean_s * 1e3:9.3f} ms  {words}"
         )
+    translations = sorted(
+        (lesson.root / "translations").glob(f"*/lessons/{lesson.key}.md")
+    )
+    for quote in stale_quotes(before, _quoted(stored), [lesson.path, *translations]):
+        print(f"  prose may quote the old measurement: {quote}")
 
 
 def main(argv: list[str] | None = None) -> int:
