@@ -324,11 +324,11 @@ def lenet_loops(image, weights: dict) -> list[float]:
 # weights (in float64 the tests check the plain loops against our layers to 1e-12, and
 # our layers against the `nn.Conv2d` twin to 1e-10), and the benchmark in the test file
 # times them on one 32×32 image. In this page's benchmark run (a shared 2-core
-# machine, mean times) the im2col layers took about 1.3× the `nn.Conv2d` twin's time
-# for one image (0.38 ms against 0.28 ms), and the plain loops about 103× (29 ms): the
+# machine, mean times) the im2col layers took about 1.4× the `nn.Conv2d` twin's time
+# for one image (0.40 ms against 0.29 ms), and the plain loops about 97× (29 ms): the
 # interpreter pays for each of the 416,520 multiply-adds one by one, while the tensor
 # versions pay a few dozen dispatches in all. On a training step of 64 images the
-# im2col layers took about 2.1× the twin, whose convolution backward runs in PyTorch's
+# im2col layers took about 2.8× the twin, whose convolution backward runs in PyTorch's
 # tuned kernels.
 #
 # ## Digits at 32×32

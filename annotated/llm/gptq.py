@@ -331,9 +331,9 @@ def inverse_hessian_factor(h: Tensor, damp: float) -> Tensor:
 # memory traffic, the paper measures an order of magnitude [@frantar2023gptq]. On
 # this page's CPU a 512×512 float32 matrix (1 MiB) stays in cache, and the price of
 # the block shows: each column also updates the rest of its block, on average half a
-# block. On the stored benchmark run (below), blocks of 32 are about 1.9 times as fast
-# as the column loop there, blocks of 128 only about 1.3 times; at 2048×2048 (16 MiB)
-# blocks of 128 took 2.9 s against the column loop's 6.1 s on one thread.
+# block. On the stored benchmark run (below), blocks of 32 are about 1.5 times as fast
+# as the column loop there, and blocks of 128 a little slower than it; at 2048×2048
+# (16 MiB) blocks of 128 took 2.9 s against the column loop's 6.1 s on one thread.
 #
 # ## Groups
 #

@@ -95,7 +95,7 @@ out so that the interpreter does as little as possible per multiply-add. Every m
 product below becomes rows dotted with rows, and every dot product runs inside C. The
 test measures the same training step here, in NumPy and in torch. The honest result,
 on the machine this page's benchmarks ran on: on a batch of 32 the interpreter takes
-about 7 ms, some 40 times torch's 0.2 ms and 160 times NumPy's 0.05 ms (at this size
+about 13 ms, some 46 times torch's 0.28 ms and 200 times NumPy's 0.06 ms (at this size
 NumPy beats torch, whose fixed cost per operation outweighs the arithmetic). The
 sections below say where the time goes.
 

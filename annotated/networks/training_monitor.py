@@ -473,12 +473,12 @@ def loss_landscape_loop(
 # What batching buys depends on where the time goes. The arithmetic is the same either
 # way: the 21×21 grid on the 1,438 training digits is 441 forwards of about 26 MFLOP, 11
 # GFLOP in all. On one CPU thread that is compute-bound: in this page's benchmark run
-# (the times vary by machine) the batched grid took about 1.43× the loop's time (0.49 s
+# (the times vary by machine) the batched grid took about 1.6× the loop's time (0.54 s
 # against 0.34 s, mean of five rounds). The loop's per-model overhead, about a tenth of
 # a millisecond, is small beside its 0.8 ms a model, and its `[1438, 64]` activations
 # stay in cache where a stack of 32 does not. On 128 examples each model is only 2.3
 # MFLOP, the overhead is most of the loop's time, and in the same run batching made the
-# grid about 2× faster (0.046 s against 0.093 s). On a GPU, where
+# grid about 1.8× faster (0.049 s against 0.086 s). On a GPU, where
 # each of the loop's small kernels costs a launch of several microseconds, the same
 # batching is what keeps the device busy; we did not measure that here.
 

@@ -181,7 +181,7 @@ def open_store(folder: str | Path, experiment: str = "digits-sweep"):
 # Logging is not free. Each `log_metric` call is one database transaction, written to
 # disk before it returns. The benchmark in the test file logs 100 values one call each
 # and then all in one `MlflowClient.log_batch`. On an idle 2-core machine the 100
-# calls took about 0.4 s against about 0.014 s for the batch (about 30×; the header's
+# calls took about 0.36 s against about 0.013 s for the batch (about 28×; the header's
 # table has the stored run); on a busy one 2–3 s against 0.03–0.05 s. Either way a
 # call costs milliseconds, far more than one training step of this MLP.
 # A loop that logs every step should batch its values, or pass `synchronous=False` so

@@ -776,8 +776,8 @@ def example():
 #   packed one (unless every sequence has the same length) goes to `PackedLayer`, a loop
 #   of small ATen operations, and the skipped arithmetic does not pay for the lost
 #   kernel. The benchmark pins it down, forward and backward: the oneDNN padded batch
-#   (11.9 ms) beats all three others: 18.7 ms with oneDNN off, 15.5 ms for `nn.LSTM` on
-#   the packed batch, and 13.4 ms for our `run_packed` over `nn.LSTMCell`, which walks
+#   (10.5 ms) beats all three others: 20.1 ms with oneDNN off, 16.4 ms for `nn.LSTM` on
+#   the packed batch, and 14.7 ms for our `run_packed` over `nn.LSTMCell`, which walks
 #   the packed batch a little faster than `PackedLayer` does (on an Intel Xeon, twice as
 #   fast). With oneDNN switched off, the packed batch beats the padded one on the AMD
 #   EPYC this page's benchmark ran on, and lost to it on an Intel Xeon (21.4 ms against
@@ -799,8 +799,8 @@ def example():
 #   ahead most clearly in the middle of the range where the loop's per-call overhead
 #   dominates, and its lead narrowed, sometimes to a loss, at $T = 4096$, where its
 #   extra arithmetic and the backward through 12 rounds of whole-sequence tensors caught
-#   up. The benchmark pins one thread and repeats $T = 1024$: there the scan takes 0.66
-#   of the loop's time (11 ms against 17), where on the Xeon it took 1.3 to 1.6 times as
+#   up. The benchmark pins one thread and repeats $T = 1024$: there the scan takes 0.67
+#   of the loop's time (14 ms against 21), where on the Xeon it took 1.3 to 1.6 times as
 #   long (20 to 22 ms against 14 to 15; with two threads, 10 against 14). How far fewer
 #   calls pay for $\log_2 T$ times the arithmetic depends on the machine, and even two
 #   cores are parallel hardware the scan can use.

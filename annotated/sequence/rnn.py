@@ -312,7 +312,7 @@ def rnn_backward(
 # product each. The benchmark in the test file times both against `nn.RNN` on one
 # layer (50 steps, batch 32, 32 inputs, 64 hidden units, forward and backward, one
 # thread). On a shared 2-core machine the hand-written BPTT ran about level with
-# `nn.RNN` (0.7× to 1.4× its time from run to run, 1.04× in this page's benchmark),
+# `nn.RNN` (0.7× to 1.4× its time from run to run, 1.02× in this page's benchmark),
 # although its loop is Python and `nn.RNN`'s is C++: on the CPU, `nn.RNN`'s backward
 # is autograd through ATen's per-step operations, four nodes a step (transpose,
 # `addmm`, add, $\tanh$), each paying the autograd engine's overhead. Autograd through

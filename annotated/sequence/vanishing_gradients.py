@@ -415,7 +415,7 @@ def fit_decay(norms: Tensor, start: int = 1) -> Decay:
 # largest $1 - h_k^2$ the sequence actually reached. Forming the matrices is the
 # expensive way round: for 100 steps of 8 sequences with 64 units, the benchmark
 # found it 5 to 12 times slower than autograd's backward (over several runs on a
-# busy 2-core machine; 6.7 times in this page's benchmark run), which only ever
+# busy 2-core machine; 8.0 times in this page's benchmark run), which only ever
 # multiplies a vector by $W_{hh}^\top$.
 
 

@@ -487,7 +487,7 @@ def dataflow(y: torch.Tensor):
 # Expect an honest result rather than a triumph. On the two-core machine that drew the
 # stored figure the fused kernel is slower than the composition: at 4096×1024 it takes
 # about 1.4 times as long (a metric of 0.73; runs on an Intel Xeon gave 0.4 to 1.0),
-# and in the stored benchmark, a separate run at 1024×1024, about 1.2 times as long.
+# and in the stored benchmark, a separate run at 1024×1024, about 1.3 times as long.
 # It saves two memory passes, but `erf` and `exp` cost far more than a pass, and ATen
 # evaluates them with hand-tuned vector code while our loop gets what the compiler and
 # glibc provide. Fusion pays when the arithmetic is cheap next to the traffic; the

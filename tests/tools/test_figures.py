@@ -233,3 +233,6 @@ def test_prose_quoting_an_old_benchmark_ratio_is_listed(tmp_path):
         f"{lesson}:1: '2.4'",
         f"{lesson}:1: '9.6'",
     ]
+    # From 10 ms on, prose may give the time in seconds.
+    slow = benchmarks._quoted(stored(54))
+    assert "ours: 54 ms (0.054 s), 13.5× slower than torch" in slow.splitlines()

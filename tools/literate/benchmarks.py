@@ -168,12 +168,14 @@ def blas() -> str:
 
 
 def _quoted(stored: Benchmarks | None) -> str:
-    """Each result's time and ratio as the page shows them: what prose may quote."""
+    """Each result's time and ratio as the page shows them, and a time of 10 ms or
+    more in seconds too: what prose may quote."""
     if stored is None:
         return ""
     return "\n".join(
-        f"{entry.label}: {entry.mean_s * 1e3:.3g} ms, "
-        f"{comparison(entry, stored.baseline_of(entry.group))}"
+        f"{entry.label}: {entry.mean_s * 1e3:.3g} ms"
+        + (f" ({entry.mean_s:.2g} s)" if entry.mean_s >= 0.01 else "")
+        + f", {comparison(entry, stored.baseline_of(entry.group))}"
         for entry in stored.results
     )
 
