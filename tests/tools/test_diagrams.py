@@ -3,6 +3,7 @@ facts, the fx dataflow's edge shapes against running the same model in torch, an
 failures against the lesson line that raised."""
 
 import ast
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -363,6 +364,23 @@ def test_svg_is_cached_by_dot_source(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", no_graphviz)
     assert diagrams.to_svg(dot, tmp_path, "x.py", "test") == first
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_two_drawings_share_no_id_and_keep_their_links(tmp_path):
+    # Graphviz calls the first node of every drawing `node1`; a page shows two or more.
+    svgs = [
+        diagrams.to_svg(dot, tmp_path, "x.py", "dataflow")
+        for dot in (
+            'digraph g { subgraph cluster_0 { "a" } "a" -> "b" [URL="#L3"]; }',
+            'digraph g { subgraph cluster_0 { "c" } "c" -> "d"; }',
+        )
+    ]
+    ids = [re.findall(r'\sid="([^"]+)"', svg) for svg in svgs]
+    for found in ids:
+        assert len(found) == len(set(found)) >= 5  # graph, cluster, two nodes, edge
+        assert all(re.fullmatch(r"dataflow_[0-9a-f]{8}_\w+", id) for id in found)
+    assert not set(ids[0]) & set(ids[1])
+    assert 'href="#L3"' in svgs[0]  # a link to a code line is left as it was
 
 
 def test_wide_graphs_are_redrawn_narrow_enough_to_read(tmp_path):

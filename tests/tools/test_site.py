@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -128,6 +129,19 @@ def test_one_page_per_lesson_with_sections_diagrams_math_and_header(site):
         for image in re.findall(r'<img src="([^"]+)"', page):
             assert (site / "lessons" / lesson.key / image).resolve().exists(), image
     assert not offenders, report(offenders, "stale or missing figures or benchmarks")
+
+
+def test_no_page_gives_one_id_to_two_elements(site):
+    """A repeated id is invalid HTML, and a link to it lands on the first element: a
+    section named like the page (the `gptq` function in "GPTQ"), or a node of the second
+    of two Graphviz drawings, which number their ids from scratch."""
+    offenders = []
+    for page in sorted(site.rglob("*.html")):
+        ids = Counter(re.findall(r'\sid="([^"]+)"', page.read_text(encoding="utf-8")))
+        repeated = sorted(id for id, count in ids.items() if count > 1)
+        if repeated:
+            offenders.append(f"{page.relative_to(site)}: {', '.join(repeated[:5])}")
+    assert not offenders, report(offenders, "pages with a repeated id")
 
 
 def test_each_edition_has_its_own_print_page_whose_images_resolve(site):

@@ -487,7 +487,13 @@ def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
     right, then with its leaves staggered by `unflatten`, and the narrowest drawing is
     kept: a diagram is scaled down to its column, so width is what makes text unreadably
     small.
+
+    Graphviz numbers the SVG's ids afresh in every drawing (`graph0`, `node1`), so two
+    diagrams on one page would share them: each id gets the kind of diagram and its
+    source's hash in front (`class_1f2e3d4c_node1`). (The graph's `id` attribute would
+    prefix them too, but clusters inherit it as their own id.)
     """
+    key = cache.content_hash("svg, its ids prefixed", dot_source)
 
     def draw(source: str) -> str:
         result = subprocess.run(
@@ -500,6 +506,7 @@ def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
                 f"Graphviz failed on the {what} diagram: {result.stderr.strip()}",
             )
         svg = result.stdout[result.stdout.index("<svg") :]
+        svg = re.sub(r'\sid="', f' id="{what}_{key[:8]}_', svg)
         return re.sub(r"<!--.*?-->\n?", "", svg, flags=re.S)
 
     def make() -> str:
@@ -525,9 +532,7 @@ def to_svg(dot_source: str, cache_dir: Path, path: str, what: str) -> str:
                     drawings.append(draw(staggered.stdout))
         return min(drawings, key=svg_width_pt)
 
-    return cache.cached_text(
-        cache_dir, "svg", cache.content_hash("svg", dot_source), make
-    )
+    return cache.cached_text(cache_dir, "svg", key, make)
 
 
 def svg_width_pt(svg: str) -> float:

@@ -295,10 +295,13 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             # on_post_build indexes sections.
             heading = pipeline.title(record, site)
             title = json.dumps(heading, ensure_ascii=False)
+            # The heading's id is fixed: the one Markdown would make from the title
+            # ("gptq") can be a section's too, and a link to that section would land on
+            # the heading. No section id has an underscore.
             markdown = (
                 f"---\ntitle: {title}\nhide:\n  - toc\n"
                 "search:\n  exclude: true\n---\n\n"
-                f"# {heading}\n\n{_BODY_PLACEHOLDER}\n"
+                f"# {heading} {{#page_title}}\n\n{_BODY_PLACEHOLDER}\n"
             )
             # A translated edition's page goes under its prefix, and so do its
             # notebook and worksheet (their prose is the edition's); the other
