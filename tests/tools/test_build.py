@@ -11,7 +11,7 @@ import pytest
 import os
 
 from conftest import FIXTURES, REPO, build, make_project
-from tools.literate import figures
+from tools.literate import figures, prose, render
 from tools.literate.files import LessonFile
 
 LESSON = "annotated/demo/tiny_model.py"
@@ -63,6 +63,18 @@ def test_fixture_project_builds_a_lesson_page(project):
     assert sum("#" in d["location"] for d in lesson_entries) == len(lesson_entries) - 1
     assert any("quetzalcoatlus" in d["text"] for d in lesson_entries)
     assert not any("\\mathrm" in d["text"] for d in lesson_entries)
+
+
+def test_plain_text_joins_inline_markup_and_spaces_blocks_and_math():
+    # What the search index and a page's description hold of rendered prose.
+    fragment = prose.render(
+        [(None, "Equal to `peft`'s adapters, *exactly*; $O(n^2)$ time."), (None, "")]
+        + [(None, "- one"), (None, "- two")],
+        "x.py",
+    )
+    assert render.plain_text(fragment) == (
+        "Equal to peft's adapters, exactly; O ( n 2 ) time. one two"
+    )
 
 
 BAD_LESSONS = {

@@ -25,6 +25,7 @@ sees, and each test below asserts one promise over every page, naming each offen
 """
 
 import functools
+import html
 import http.server
 import json
 import os
@@ -41,6 +42,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tools.literate.files import discover
+from tools.literate.parse import parse
 
 REPO = Path(__file__).resolve().parents[2]
 LESSONS = discover(REPO)
@@ -129,6 +131,20 @@ def test_one_page_per_lesson_with_sections_diagrams_math_and_header(site):
         for image in re.findall(r'<img src="([^"]+)"', page):
             assert (site / "lessons" / lesson.key / image).resolve().exists(), image
     assert not offenders, report(offenders, "stale or missing figures or benchmarks")
+
+
+def test_a_lesson_page_describes_itself_by_its_summary_in_its_edition(site):
+    """The <meta name="description"> that search engines and link previews show is the
+    lesson's summary as plain text, not the site's one line."""
+    pattern = re.compile(r'<meta name="description" content="([^"]*)"')
+    for lesson in LESSONS:
+        summary = parse(lesson.path.read_text(encoding="utf-8"), lesson.path)
+        words = summary.front_matter["summary"].replace("`", "")[:40]
+        (english,) = pattern.findall(lesson_html(site, lesson.key))
+        assert html.unescape(english).startswith(words), lesson.key
+        zh = site / "zh" / "lessons" / lesson.key / "index.html"
+        (chinese,) = pattern.findall(zh.read_text(encoding="utf-8"))
+        assert re.search(r"[\u4e00-\u9fff]", chinese), (lesson.key, chinese)
 
 
 def test_no_page_gives_one_id_to_two_elements(site):

@@ -41,6 +41,7 @@ from tools.literate import (
     learning_path,
     pdf,
     pipeline,
+    prose,
     reading,
     render,
     test_results,
@@ -295,11 +296,20 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             # on_post_build indexes sections.
             heading = pipeline.title(record, site)
             title = json.dumps(heading, ensure_ascii=False)
+            # The page's <meta name="description">, which search engines and link
+            # previews show: the lesson's summary in this edition, as plain text.
+            summary = self.translations.get(file.key, {}).get(
+                "summary", str(record.lesson.front_matter.get("summary", ""))
+            )
+            description = json.dumps(
+                render.plain_text(prose.render([(None, summary)], str(file.path))),
+                ensure_ascii=False,
+            )
             # The heading's id is fixed: the one Markdown would make from the title
             # ("gptq") can be a section's too, and a link to that section would land on
             # the heading. No section id has an underscore.
             markdown = (
-                f"---\ntitle: {title}\nhide:\n  - toc\n"
+                f"---\ntitle: {title}\ndescription: {description}\nhide:\n  - toc\n"
                 "search:\n  exclude: true\n---\n\n"
                 f"# {heading} {{#page_title}}\n\n{_BODY_PLACEHOLDER}\n"
             )

@@ -719,13 +719,20 @@ def _pager(facts: PageFacts) -> str:
 # ---- search --------------------------------------------------------------------------
 
 _TAGS = re.compile(r"<[^>]+>")
+# Tags that end a run of words: a paragraph, an item, a cell, and MathML's, whose
+# symbols read better apart (`O ( n 2 )`, not `O(n2)`).
+_BREAKS = re.compile(
+    r"</?(?:p|div|li|ul|ol|h[1-6]|table|tr|td|th|pre|blockquote|br|hr|dt|dd|m[a-z]*)"
+    r"\b[^>]*>"
+)
 _ANNOTATION = re.compile(r"<annotation[^>]*>.*?</annotation>", re.S)
 
 
 def plain_text(fragment: str) -> str:
     """Readable text of rendered prose: tags dropped, math kept as its symbols without
-    the TeX."""
-    text = _TAGS.sub(" ", _ANNOTATION.sub("", fragment))
+    the TeX. An inline tag leaves nothing behind (`peft`'s reads "peft's"), a block's
+    leaves a space."""
+    text = _TAGS.sub("", _BREAKS.sub(" ", _ANNOTATION.sub("", fragment)))
     return re.sub(r"\s+", " ", html.unescape(text)).strip()
 
 
