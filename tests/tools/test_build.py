@@ -77,6 +77,17 @@ def test_plain_text_joins_inline_markup_and_spaces_blocks_and_math():
     )
 
 
+def test_a_page_is_described_by_the_sentences_of_its_opening_that_fit():
+    opening = "<h1>T</h1><p>First sentence here. The second one is longer. Third.</p>"
+    assert render.page_description(opening, limit=40) == "First sentence here."
+    assert render.page_description(opening, limit=10) == "First sentence here."
+    assert render.page_description(opening).endswith("Third.")
+    # A Chinese character takes two columns: the 12 below take 24.
+    chinese = "<p>一二三四五。六七八九十。</p>"
+    assert render.page_description(chinese, limit=20) == "一二三四五。"
+    assert render.page_description("<div>no paragraph</div>") == ""
+
+
 BAD_LESSONS = {
     "syntax error": (
         lambda s: s.replace("def example():", "def example(:"),

@@ -147,6 +147,21 @@ def test_a_lesson_page_describes_itself_by_its_summary_in_its_edition(site):
         assert re.search(r"[\u4e00-\u9fff]", chinese), (lesson.key, chinese)
 
 
+def test_a_written_page_describes_itself_by_its_opening_in_its_edition(site):
+    pattern = re.compile(r'<meta name="description" content="([^"]*)"')
+    pages = [page.stem for page in (REPO / "docs").glob("*.md")] + ["tour"]
+    assert len(pages) >= 8
+    for name in pages:
+        folder = "" if name == "index" else f"{name}/"
+        english = (site / folder / "index.html").read_text(encoding="utf-8")
+        chinese = (site / "zh" / folder / "index.html").read_text(encoding="utf-8")
+        (described,) = pattern.findall(english)
+        assert not described.startswith("Deep learning from scratch as"), name
+        assert re.search(r"[\u4e00-\u9fff]", pattern.findall(chinese)[0]), name
+    (plan,) = pattern.findall((site / "plan" / "index.html").read_text("utf-8"))
+    assert plan.startswith("The study plan this site implements")
+
+
 def test_no_page_gives_one_id_to_two_elements(site):
     """A repeated id is invalid HTML, and a link to it lands on the first element: a
     section named like the page (the `gptq` function in "GPTQ"), or a node of the second

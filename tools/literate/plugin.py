@@ -412,6 +412,11 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
     def on_page_content(self, html: str, page, config, files):
         rendered = self.pages.get(page.file.src_uri)
         if rendered is None:
+            # A hand-written page describes itself by its opening, in its edition,
+            # unless its front matter gives a description.
+            description = render.page_description(html)
+            if description and not page.meta.get("description"):
+                page.meta["description"] = description
             if page.file.src_uri.endswith(".ipynb"):
                 # A notebook's Markdown links to lessons by file, as lessons do; mkdocs
                 # leaves them alone in notebook HTML, so they are resolved here.

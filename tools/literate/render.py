@@ -736,6 +736,26 @@ def plain_text(fragment: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(text)).strip()
 
 
+_WIDE = re.compile(r"[\u3000-\u9fff\uff00-\uffef]")  # CJK characters and punctuation
+
+
+def page_description(page_html: str, limit: int = 200) -> str:
+    """A hand-written page's <meta name="description">: the first sentences of its
+    first paragraph as plain text, as many as fit in `limit` columns (one at least;
+    a Chinese character takes two)."""
+    paragraph = re.search(r"<p\b[^>]*>(.*?)</p>", page_html, re.S)
+    if paragraph is None:
+        return ""
+    sentences = re.findall(r".+?(?:[.!?](?=\s)|。|$)", plain_text(paragraph.group(1)))
+    description = ""
+    for sentence in sentences:
+        width = len(description + sentence) + len(_WIDE.findall(description + sentence))
+        if description and width > limit:
+            break
+        description += sentence
+    return description.strip()
+
+
 def _search_entries(rendered, page_title: str) -> list[SearchEntry]:
     """One entry per section with prose, titled by the heading it falls under."""
     entries, heading = [], page_title
