@@ -88,6 +88,30 @@ def test_a_page_is_described_by_the_sentences_of_its_opening_that_fit():
     assert render.page_description("<div>no paragraph</div>") == ""
 
 
+def test_open_graph_tags_come_from_the_page_itself():
+    page = (
+        '<html><head><title>Q &amp; "A" - Site</title>'
+        '<meta name="description" content="What it is.">'
+        '<link rel="canonical" href="https://x.org/site/lessons/a/b/">'
+        "</head><body><svg><title>node</title></svg>"
+        '<img alt="" src="../../../figures/a/b/loss.png"></body></html>'
+    )
+    tagged = render.open_graph(page, "zh_CN")
+    head = tagged[: tagged.index("</head>")]
+    tags = dict(re.findall(r'<meta property="(og:\w+)" content="([^"]*)"', head))
+    assert tags == {
+        "og:type": "article",
+        "og:locale": "zh_CN",
+        "og:title": "Q &amp; &quot;A&quot; - Site",
+        "og:description": "What it is.",
+        "og:url": "https://x.org/site/lessons/a/b/",
+        "og:image": "https://x.org/site/figures/a/b/loss.png",
+    }
+    # Without the site's address a preview gets no address and no image.
+    bare = render.open_graph(page.replace("<link rel", "<link data-rel"), "en_US")
+    assert "og:url" not in bare and "og:image" not in bare and "og:title" in bare
+
+
 BAD_LESSONS = {
     "syntax error": (
         lambda s: s.replace("def example():", "def example(:"),

@@ -162,6 +162,28 @@ def test_a_written_page_describes_itself_by_its_opening_in_its_edition(site):
     assert plan.startswith("The study plan this site implements")
 
 
+def test_a_lesson_page_has_a_link_preview_with_its_first_figure(site):
+    """Open Graph tags, which chats and feeds show for a shared link: the page's own
+    title and description, and its first figure, which the site holds."""
+    url = re.compile(r'<meta property="og:url" content="([^"]*)"')
+    previews = 0
+    for page in [site / "lessons" / lesson.key / "index.html" for lesson in LESSONS]:
+        head = page.read_text(encoding="utf-8").split("</head>")[0]
+        tags = dict(re.findall(r'<meta property="(og:\w+)" content="([^"]*)"', head))
+        title = re.search(r"<title>(.*?)</title>", head).group(1)
+        assert tags["og:title"] == title and tags["og:type"] == "article", page
+        (description,) = re.findall(r'<meta name="description" content="([^"]*)"', head)
+        assert tags["og:description"] == description
+        root = tags["og:url"].removesuffix(f"{page.parent.relative_to(site)}/")
+        if "og:image" in tags:
+            assert (site / tags["og:image"].removeprefix(root)).exists(), page
+            previews += 1
+    assert previews >= len(LESSONS) * 3 // 4  # the lessons with figures
+    (home,) = url.findall((site / "zh" / "index.html").read_text(encoding="utf-8"))
+    assert home.endswith("/zh/")
+    assert 'og:type" content="website"' in (site / "zh/index.html").read_text("utf-8")
+
+
 def test_no_page_gives_one_id_to_two_elements(site):
     """A repeated id is invalid HTML, and a link to it lands on the first element: a
     section named like the page (the `gptq` function in "GPTQ"), or a node of the second

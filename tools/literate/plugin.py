@@ -452,6 +452,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
     # translated edition's pages search that edition's index (i18n.py says why).
     def on_post_page(self, output: str, page, config):
         output = i18n.link_twins(output, page.url.removeprefix(self.prefix))
+        locale = {"en": "en_US", "zh": "zh_CN"}.get(self.language, self.language)
+        home = page.url.removeprefix(self.prefix) == ""  # each edition's own home
+        output = render.open_graph(output, locale, homepage=home)
         if self.prefix:
             folder = posixpath.dirname(page.file.dest_uri)
             output = i18n.with_base(output, posixpath.relpath(self.prefix, folder))

@@ -13,6 +13,7 @@ import functools
 import html
 import re
 from dataclasses import dataclass
+from urllib.parse import urljoin
 
 from pygments.lexers import CudaLexer, PythonLexer
 from pygments.token import STANDARD_TYPES
@@ -734,6 +735,34 @@ def plain_text(fragment: str) -> str:
     leaves a space."""
     text = _TAGS.sub("", _BREAKS.sub(" ", _ANNOTATION.sub("", fragment)))
     return re.sub(r"\s+", " ", html.unescape(text)).strip()
+
+
+def open_graph(page_html: str, locale: str, homepage: bool = False) -> str:
+    """The page with Open Graph tags at the end of its head, what a link preview in a
+    chat or a feed shows: its title, description, address and first figure, read from
+    the page itself. (The address and the figure's need the site's URL: the canonical
+    link, which mkdocs writes when `site_url` is set.)"""
+    end = page_html.find("</head>")
+    head, body = page_html[:end], page_html[end:]
+    title = re.search(r"<title>(.*?)</title>", head, re.S)
+    description = re.search(r'<meta name="description" content="([^"]*)"', head)
+    canonical = re.search(r'<link rel="canonical" href="([^"]*)"', head)
+    figure = re.search(r'<img\b[^>]*\ssrc="([^"]+\.(?:png|jpe?g))"', body)
+    tags = {"og:type": "website" if homepage else "article", "og:locale": locale}
+    if title:
+        tags["og:title"] = html.unescape(title.group(1).strip())
+    if description:
+        tags["og:description"] = html.unescape(description.group(1))
+    if canonical:
+        tags["og:url"] = canonical.group(1)
+        if figure:
+            image = html.unescape(figure.group(1))
+            tags["og:image"] = urljoin(canonical.group(1), image)
+    meta = "".join(
+        f'<meta property="{name}" content="{html.escape(value)}">'
+        for name, value in tags.items()
+    )
+    return head + meta + body
 
 
 _WIDE = re.compile(r"[\u3000-\u9fff\uff00-\uffef]")  # CJK characters and punctuation
