@@ -110,6 +110,7 @@ def test_open_graph_tags_come_from_the_page_itself():
     # Without the site's address a preview gets no address and no image.
     bare = render.open_graph(page.replace("<link rel", "<link data-rel"), "en_US")
     assert "og:url" not in bare and "og:image" not in bare and "og:title" in bare
+    assert render.open_graph("<p>a fragment</p>", "en_US") == "<p>a fragment</p>"
 
 
 BAD_LESSONS = {

@@ -737,12 +737,31 @@ def plain_text(fragment: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(text)).strip()
 
 
+def _search_entries(rendered, page_title: str) -> list[SearchEntry]:
+    """One entry per section with prose, titled by the heading it falls under."""
+    entries, heading = [], page_title
+    for section, prose_html in rendered:
+        heading = heading_of(section) or heading
+        text = plain_text(prose_html)
+        if not text:
+            continue
+        anchor = "" if section.kind == "intro" else section.id
+        title = page_title if section.kind == "intro" else f"{page_title} · {heading}"
+        entries.append(SearchEntry(anchor, plain_text(title), text))
+    return entries
+
+
+# ---- what a search engine and a link preview show of a page -------------------------
+
+
 def open_graph(page_html: str, locale: str, homepage: bool = False) -> str:
     """The page with Open Graph tags at the end of its head, what a link preview in a
     chat or a feed shows: its title, description, address and first figure, read from
     the page itself. (The address and the figure's need the site's URL: the canonical
     link, which mkdocs writes when `site_url` is set.)"""
     end = page_html.find("</head>")
+    if end < 0:
+        return page_html
     head, body = page_html[:end], page_html[end:]
     title = re.search(r"<title>(.*?)</title>", head, re.S)
     description = re.search(r'<meta name="description" content="([^"]*)"', head)
@@ -783,17 +802,3 @@ def page_description(page_html: str, limit: int = 200) -> str:
             break
         description += sentence
     return description.strip()
-
-
-def _search_entries(rendered, page_title: str) -> list[SearchEntry]:
-    """One entry per section with prose, titled by the heading it falls under."""
-    entries, heading = [], page_title
-    for section, prose_html in rendered:
-        heading = heading_of(section) or heading
-        text = plain_text(prose_html)
-        if not text:
-            continue
-        anchor = "" if section.kind == "intro" else section.id
-        title = page_title if section.kind == "intro" else f"{page_title} · {heading}"
-        entries.append(SearchEntry(anchor, plain_text(title), text))
-    return entries
