@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.literate.figures import stale_quotes
+from tools.literate.figures import prose_files, stale_quotes
 from tools.literate.files import LessonFile, atomic_write, lesson_command
 
 
@@ -189,10 +189,7 @@ def _report(lesson: LessonFile, docs_dir: Path) -> None:
             f"  {entry.group:32s} {entry.label:32s} "
             f"{entry.mean_s * 1e3:9.3f} ms  {words}"
         )
-    translations = sorted(
-        (lesson.root / "translations").glob(f"*/lessons/{lesson.key}.md")
-    )
-    for quote in stale_quotes(before, _quoted(stored), [lesson.path, *translations]):
+    for quote in stale_quotes(before, _quoted(stored), prose_files(lesson)):
         print(f"  prose may quote the old measurement: {quote}")
 
 

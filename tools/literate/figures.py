@@ -387,6 +387,12 @@ def _quoted(figures: Figures | None) -> str:
     return "\n".join([figures.output, *(figure.caption for figure in figures.files)])
 
 
+def prose_files(lesson: LessonFile) -> list[Path]:
+    """Where a lesson's prose is: its file and each translation of it."""
+    translations = (lesson.root / "translations").glob(f"*/lessons/{lesson.key}.md")
+    return [lesson.path, *sorted(translations)]
+
+
 def _report(lesson: LessonFile, docs_dir: Path) -> None:
     before = _quoted(read(lesson, docs_dir))
     figures = regenerate(lesson, docs_dir)
@@ -394,10 +400,7 @@ def _report(lesson: LessonFile, docs_dir: Path) -> None:
         f"  {len(figures.files)} figure(s) in {figures.seconds:.1f} s "
         f"→ docs/{lesson.figures_folder}"
     )
-    translations = sorted(
-        (lesson.root / "translations").glob(f"*/lessons/{lesson.key}.md")
-    )
-    for quote in stale_quotes(before, _quoted(figures), [lesson.path, *translations]):
+    for quote in stale_quotes(before, _quoted(figures), prose_files(lesson)):
         print(f"  prose may quote the old run: {quote}")
     time = parse(lesson.path.read_text(encoding="utf-8"), lesson.path).front_matter.get(
         "time"
