@@ -163,17 +163,17 @@ def sources() -> dict[str, str]:
 
 def run_demo(module: str, limit_s: float) -> dict:
     """One lesson's demo with `--device cuda`, in a child process."""
-    # The figures stay on the GPU machine: only the numbers come back.
-    figures = Path(tempfile.mkdtemp(prefix=module.replace(".", "_")))
-    command = [sys.executable, "-c", CHILD, module, "--device", "cuda"]
-    command += ["--out", str(figures)]
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=limit_s
-        )
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "seconds": limit_s}
+    # The figures are thrown away with their folder: only the numbers come back.
+    with tempfile.TemporaryDirectory(prefix=module.replace(".", "_")) as figures:
+        command = [sys.executable, "-c", CHILD, module, "--device", "cuda"]
+        command += ["--out", figures]
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(
+                command, cwd=ROOT, capture_output=True, text=True, timeout=limit_s
+            )
+        except subprocess.TimeoutExpired:
+            return {"status": "timeout", "seconds": limit_s}
     seconds = round(time.perf_counter() - start, 1)
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not results:

@@ -199,6 +199,7 @@ def test_stale_figures_are_flagged_not_shown_silently(project, monkeypatch):
 def test_mkdocs_serve_rerenders_a_lesson_when_it_is_saved(project):
     """`mkdocs serve` watches annotated/: saving a lesson changes its served page
     without a restart."""
+    import signal
     import socket
     import subprocess
     import sys
@@ -242,7 +243,9 @@ def test_mkdocs_serve_rerenders_a_lesson_when_it_is_saved(project):
             "the page was not re-rendered after the lesson changed"
         )
     finally:
-        server.terminate()
+        # Ctrl-C, as a user stops it: on SIGTERM mkdocs would leave its temporary
+        # site folder (3 MB) behind in /tmp.
+        server.send_signal(signal.SIGINT)
         server.wait(timeout=10)
 
 

@@ -41,9 +41,13 @@ def test_a_demo_that_raises_is_reported_with_its_last_lines(tmp_path, monkeypatc
 def test_a_demo_that_returns_its_metrics_is_ok(tmp_path, monkeypatch):
     (tmp_path / "fine_demo.py").write_text("def main(argv):\n    return {'acc': 0.5}\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    # The demo's figures go to a temporary folder, removed when it ends.
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temporary"))
+    (tmp_path / "temporary").mkdir()
     result = gpu_check.run_demo("fine_demo", limit_s=60)
     assert result["status"] == "ok"
     assert result["result"] == {"acc": 0.5}
+    assert not any((tmp_path / "temporary").iterdir())
 
 
 def test_every_kernel_lesson_reports_for_its_own_source():
