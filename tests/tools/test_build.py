@@ -82,6 +82,10 @@ def test_a_page_is_described_by_the_sentences_of_its_opening_that_fit():
     assert render.page_description(opening, limit=40) == "First sentence here."
     assert render.page_description(opening, limit=10) == "First sentence here."
     assert render.page_description(opening).endswith("Third.")
+    abbreviated = "<p>Any format, e.g. safetensors, i.e. a file. Then more words.</p>"
+    assert render.page_description(abbreviated, limit=45) == (
+        "Any format, e.g. safetensors, i.e. a file."
+    )
     # A Chinese character takes two columns: the 12 below take 24.
     chinese = "<p>一二三四五。六七八九十。</p>"
     assert render.page_description(chinese, limit=20) == "一二三四五。"

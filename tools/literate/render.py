@@ -794,7 +794,11 @@ def page_description(page_html: str, limit: int = 200) -> str:
     paragraph = re.search(r"<p\b[^>]*>(.*?)</p>", page_html, re.S)
     if paragraph is None:
         return ""
-    sentences = re.findall(r".+?(?:[.!?](?=\s)|。|$)", plain_text(paragraph.group(1)))
+    # A sentence ends at a full stop that a capital, a digit or a sign follows: the
+    # stop in "e.g. a tensor" or "i.e. one" ends no sentence.
+    sentences = re.findall(
+        r".+?(?:[.!?](?=\s+[^\sa-z])|。|$)", plain_text(paragraph.group(1))
+    )
     description = ""
     for sentence in sentences:
         width = len(description + sentence) + len(_WIDE.findall(description + sentence))
