@@ -40,10 +40,12 @@ def test_fixture_project_builds_a_lesson_page(project):
     # The citation links to its bibliography entry.
     assert '<a class="lit-cite" href="#ref-he2016residual">He et al., 2016</a>' in page
     assert '<li id="ref-he2016residual">' in page and "arXiv:1512.03385" in page
-    # Every line number is an anchor.
+    # Every line number is an anchor, for the mouse: no tab stop, no screen reader.
     assert 'id="L1"' not in page  # the front matter is not code
     assert re.search(
-        r'<span class="lit-line" id="L\d+"><a class="lit-ln" href="#L\d+"', page
+        r'<span class="lit-line" id="L(\d+)"><a class="lit-ln" href="#L\1" '
+        r'data-ln="\1" tabindex="-1" aria-hidden="true"></a>',
+        page,
     )
     notebook = json.loads((site / "downloads/demo/tiny_model.ipynb").read_text())
     assert notebook["nbformat"] == 4 and any(

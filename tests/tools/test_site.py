@@ -528,6 +528,7 @@ MEASURE = r"""async full => {  // full: also the code's text and every line's an
       const a = l.querySelector(':scope > a.lit-ln'), n = l.id.slice(1);
       return !(/^L\d+$/.test(l.id) && a && a.getAttribute('href') === '#' + l.id
                && a.dataset.ln === n && a.textContent === ''
+               && a.tabIndex === -1 && a.getAttribute('aria-hidden') === 'true'
                && getComputedStyle(a, '::before').content === `"${n}"`);
     };
     return {
@@ -829,7 +830,10 @@ def test_copy_button_copies_exactly_the_section_source_lines(survey):
             where = f"{key} #{section['id']}"
             if section["badLines"]:
                 bad = ", ".join(section["badLines"])
-                offenders.append(f"{where}: lines without a numbered anchor ({bad})")
+                offenders.append(
+                    f"{where}: lines without a numbered anchor kept out of the tab "
+                    f"order ({bad})"
+                )
             numbers = section["numbers"]
             if not numbers:
                 offenders.append(f"{where}: code without .lit-line spans")

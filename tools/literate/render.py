@@ -655,9 +655,13 @@ def _section(section: Section, prose_html: str, highlighted: list[str]) -> str:
         prose_html = ""  # shown full width above the diagrams
         if not code:
             return ""
+    # Each line's number links to the line, for a mouse. It is no tab stop and hidden
+    # from screen readers: a lesson has hundreds of lines, and the keyboard should
+    # reach the next section's links, not step through every number on the way.
     lines = "".join(
         f'<span class="lit-line" id="L{line.number}">'
-        f'<a class="lit-ln" href="#L{line.number}" data-ln="{line.number}"></a>'
+        f'<a class="lit-ln" href="#L{line.number}" data-ln="{line.number}" '
+        'tabindex="-1" aria-hidden="true"></a>'
         f"{highlighted[line.number - 1]}\n</span>"
         for line in code
     )
