@@ -419,7 +419,9 @@ def server(site):
     httpd.shutdown()
 
 
-@pytest.fixture(scope="session")
+# The browser ends with this module: a Playwright session left running holds an event
+# loop, and a later module's own Playwright (the PDF tool's) would refuse to start.
+@pytest.fixture(scope="module")
 def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -681,7 +683,7 @@ MEASURE = r"""async full => {  // full: also the code's text and every line's an
 }"""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def survey(browser, server):
     """Every lesson page measured at both widths in both schemes, with the copy button
     clicked and the lightbox opened as a reader would: {(width, scheme): {key: …}}.
