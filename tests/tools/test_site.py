@@ -1252,6 +1252,82 @@ def test_other_pages_stay_on_127_0_0_1_without_console_errors(browser, server, s
     assert not offenders, report(offenders, "foreign requests or console errors")
 
 
+# WCAG 2.1 AA: text keeps a contrast of 4.5:1 against what is behind it, and a link in a
+# sentence is told from its text by more than colour.
+CONTRAST = r"""() => {
+  const rgba = text =>
+    (text.match(/[\d.]+/g) || []).map(Number).concat([1]).slice(0, 4);
+  const behind = element => {  // the opaque colour behind an element, layers blended
+    const layers = [];
+    for (let e = element; e; e = e.parentElement) {
+      const [r, g, b, a] = rgba(getComputedStyle(e).backgroundColor);
+      if (a > 0) layers.push([r, g, b, a]);
+      if (a === 1) break;
+    }
+    return layers.reverse().reduce(
+      (under, [r, g, b, a]) => [r, g, b].map((c, i) => c * a + under[i] * (1 - a)),
+      [255, 255, 255]);
+  };
+  const luminance = rgb => rgb.map(c => c / 255)
+    .map(c => c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4)
+    .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
+  const contrast = e => {
+    const under = behind(e), [r, g, b, a] = rgba(getComputedStyle(e).color);
+    const over = [r, g, b].map((c, i) => c * a + under[i] * (1 - a));
+    const [hi, lo] = [luminance(over), luminance(under)].sort((x, y) => y - x);
+    return (hi + 0.05) / (lo + 0.05);
+  };
+  const coloured = '.lit-pass, .lit-fail, .lit-planned, '
+    + '.jp-InputPrompt, .highlight-ipynb :is(.mi, .ow)';  // the tour's notebook
+  const labels = [...document.querySelectorAll(coloured)];
+  const sentences = ':is(p, li, td, dd, figcaption, blockquote) > a';
+  const links = [...document.querySelectorAll(`.md-typeset ${sentences}`)]
+    .filter(a => !a.matches('.md-button, .headerlink, .lit-anchor, .lit-toc a'));
+  return {
+    scheme: document.body.getAttribute('data-md-color-scheme'),
+    labels: labels.map(e => [e.className, e.textContent.trim(), contrast(e)]),
+    links: links.length,
+    plain: links
+      .filter(a => !getComputedStyle(a).textDecorationLine.includes('underline'))
+      .map(a => a.textContent.trim().slice(0, 40)),
+    contents: [...document.querySelectorAll('.lit-toc a')]
+      .filter(a => getComputedStyle(a).textDecorationLine !== 'none').length,
+  };
+}"""
+
+
+@pytest.mark.browser
+def test_links_in_sentences_are_underlined_and_labels_readable_in_both_schemes(
+    browser, server, site
+):
+    """The pages that show a test's outcome or a planned item, a lesson page and the
+    tour, whose notebook brings its own colours."""
+    pages = ["competencies/", "method/", f"lessons/{EXEMPLAR}/", "zh/schedule/"]
+    pages.append("tour/")
+    offenders, links = [], 0
+    for scheme in SCHEMES:
+        context = browser.new_context(color_scheme=scheme)
+        page = context.new_page()
+        for path in pages:
+            page.goto(f"{server}/{path}", wait_until="load")
+            found = page.evaluate(CONTRAST)
+            assert found["scheme"] == ("slate" if scheme == "dark" else "default")
+            links += found["links"]
+            if found["plain"]:
+                plain = found["plain"][:5]
+                offenders.append(f"{path} ({scheme}): not underlined: {plain}")
+            if found["contents"]:
+                offenders.append(f"{path} ({scheme}): contents links underlined")
+            offenders += [
+                f"{path} ({scheme}): {cls} {text!r} has contrast {ratio:.2f}"
+                for cls, text, ratio in found["labels"]
+                if ratio < 4.5
+            ]
+        context.close()
+    assert links > 100
+    assert not offenders, report(offenders, "unreadable labels or links told by colour")
+
+
 @pytest.mark.browser
 def test_search_finds_a_word_that_only_lesson_prose_has(browser, server, site):
     word = "unexplained"
