@@ -256,7 +256,7 @@ def memory_count(
 # Counted per logit, in bfloat16, with each kernel reading its inputs once (a lower
 # bound for eager PyTorch, whose log-softmax may read its input twice):
 #
-# | | forward | backward |
+# | kernels | forward | backward |
 # | --- | --- | --- |
 # | eager: `.float()`, `log_softmax` | 2 + 4, 4 + 4 | |
 # | eager: `nll_loss`, `log_softmax`, cast | | 4, 4 + 4 + 4, 4 + 2 |

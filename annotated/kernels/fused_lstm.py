@@ -830,7 +830,7 @@ class FusedLSTMCell(nn.LSTMCell):
 # What an H200 gave (PyTorch 2.11, Triton 3.6, float32, median µs; GB/s from the
 # counted bytes; the datasheet peak read as 4,814 GB/s, a copy reached 4,229):
 #
-# | | batch 64, hidden 512 | batch 8192, hidden 1024 |
+# | pass, implementation | batch 64, hidden 512 | batch 8192, hidden 1024 |
 # | --- | --- | --- |
 # | forward, fused Triton | 8.4 | 97 (3,791 GB/s, 79 %) |
 # | forward, eager PyTorch | 62 | 536 (3,133 GB/s, 65 %) |

@@ -197,6 +197,17 @@ def test_no_page_gives_one_id_to_two_elements(site):
     assert not offenders, report(offenders, "pages with a repeated id")
 
 
+def test_every_table_column_has_a_header(site):
+    """A screen reader reads each cell with its column's header: an empty `<th>` (a
+    Markdown table whose first header cell is left blank) leaves a column unnamed."""
+    offenders = []
+    for page in sorted(site.rglob("*.html")):
+        headers = re.findall(r"<th\b[^>]*>(.*?)</th>", page.read_text("utf-8"), re.S)
+        if any(not re.sub(r"<[^>]+>|&nbsp;", "", cell).strip() for cell in headers):
+            offenders.append(str(page.relative_to(site)))
+    assert not offenders, report(offenders, "pages with an empty table header")
+
+
 def test_each_edition_has_its_own_print_page_whose_images_resolve(site):
     for edition, lang, title in (("", "en", "the whole book"), ("zh/", "zh", "全书")):
         folder = site / edition / "print_page"
