@@ -1,7 +1,8 @@
 """Verified by ruff, with the project's configuration (pyproject.toml: its default 88
-columns, the pyflakes and pycodestyle rules): the engine, the lessons, the kernels and
-the tests lint clean and are formatted as `ruff format` would write them. A code line of
-88 characters fits the page."""
+columns, the pyflakes and pycodestyle rules): the engine, the lessons, the kernels, the
+tests and the code under docs/ (the tour notebook, the Python blocks of the hand-written
+pages) lint clean and are formatted as `ruff format` would write them. A code line of 88
+characters fits the page."""
 
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PATHS = [name for name in ("tools", "annotated", "tests") if (REPO / name).is_dir()]
+PATHS = [
+    name for name in ("tools", "annotated", "tests", "docs") if (REPO / name).is_dir()
+]
 
 
 @pytest.mark.parametrize(
