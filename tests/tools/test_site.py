@@ -1340,6 +1340,24 @@ def test_links_in_sentences_are_underlined_and_labels_readable_in_both_schemes(
 
 
 @pytest.mark.browser
+def test_a_tour_cell_that_scrolls_sideways_is_a_tab_stop(browser, server, site):
+    """On a phone the tour's code cells scroll; the keyboard reaches each that does."""
+    for path in ("tour/", "zh/tour/"):
+        context = browser.new_context(viewport={"width": PHONE, "height": 900})
+        page = context.new_page()
+        page.goto(f"{server}/{path}", wait_until="load")
+        page.wait_for_timeout(300)
+        cells = page.eval_on_selector_all(
+            ".jupyter-wrapper .highlight-ipynb",
+            "cells => cells.map(c => [c.scrollWidth > c.clientWidth, c.tabIndex])",
+        )
+        context.close()
+        scrolling = [tab for scrolls, tab in cells if scrolls]
+        assert scrolling, f"{path}: no cell scrolls at {PHONE} px"
+        assert scrolling == [0] * len(scrolling), (path, cells)
+
+
+@pytest.mark.browser
 def test_search_finds_a_word_that_only_lesson_prose_has(browser, server, site):
     word = "unexplained"
     # The word is in the exemplar's prose and nowhere else a reader could search.

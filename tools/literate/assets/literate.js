@@ -6,6 +6,8 @@
      the width that keeps its text at 9 px, and its box scrolls; a click still opens it full size.
    - Paths in the header wrap after a `/` or `.`, never inside a name.
    - A link to one line (`#L123`) shows that line mid-window.
+   - A notebook's code cell (the tour) that scrolls sideways is a tab stop, as Material makes its own code
+     blocks, so the arrow keys can scroll it.
 
    Runs once per page load and again whenever Material swaps the page in (`document$`), and re-measures on
    resize. Nothing here loads anything. */
@@ -90,7 +92,22 @@
     if (line) line.scrollIntoView({ block: "center" });
   }
 
+  function scrollableCells() {
+    document.querySelectorAll(".jupyter-wrapper .highlight-ipynb").forEach(function (cell) {
+      if (cell.scrollWidth > cell.clientWidth) {
+        cell.tabIndex = 0;
+        cell.setAttribute("role", "region");
+        cell.setAttribute("aria-label", "code cell");
+      } else {
+        cell.removeAttribute("tabindex");
+        cell.removeAttribute("role");
+        cell.removeAttribute("aria-label");
+      }
+    });
+  }
+
   function layout() {
+    scrollableCells();
     var page = document.querySelector(".lit-page");
     if (!page) return;
     breakablePaths(page);
