@@ -1340,21 +1340,28 @@ def test_links_in_sentences_are_underlined_and_labels_readable_in_both_schemes(
 
 
 @pytest.mark.browser
-def test_a_tour_cell_that_scrolls_sideways_is_a_tab_stop(browser, server, site):
-    """On a phone the tour's code cells scroll; the keyboard reaches each that does."""
-    for path in ("tour/", "zh/tour/"):
-        context = browser.new_context(viewport={"width": PHONE, "height": 900})
-        page = context.new_page()
+def test_a_box_that_scrolls_sideways_is_a_tab_stop(browser, server, site):
+    """On a phone, wide equations, tables and the tour's code cells scroll in their own
+    boxes; the keyboard reaches each that does, and a screen reader names it."""
+    boxes = ".lit-math, .lit-bench-wrap, .lit-worksheet-wrap, .md-typeset__scrollwrap, "
+    boxes += ".jupyter-wrapper .highlight-ipynb"
+    context = browser.new_context(viewport={"width": PHONE, "height": 900})
+    page = context.new_page()
+    kinds = set()
+    for path in ("tour/", "zh/tour/", "lessons/transformers/transformer/"):
         page.goto(f"{server}/{path}", wait_until="load")
         page.wait_for_timeout(300)
-        cells = page.eval_on_selector_all(
-            ".jupyter-wrapper .highlight-ipynb",
-            "cells => cells.map(c => [c.scrollWidth > c.clientWidth, c.tabIndex])",
+        found = page.eval_on_selector_all(
+            boxes,
+            """boxes => boxes.filter(b => b.scrollWidth > b.clientWidth + 1)
+              .map(b => [b.className, b.tabIndex, b.getAttribute('aria-label')])""",
         )
-        context.close()
-        scrolling = [tab for scrolls, tab in cells if scrolls]
-        assert scrolling, f"{path}: no cell scrolls at {PHONE} px"
-        assert scrolling == [0] * len(scrolling), (path, cells)
+        assert found, f"{path}: nothing scrolls at {PHONE} px"
+        for name, tab, label in found:
+            assert tab == 0 and label, (path, name, tab, label)
+            kinds.add(name.split()[0])
+    context.close()
+    assert {"lit-math", "lit-bench-wrap", "highlight-ipynb"} <= kinds, kinds
 
 
 @pytest.mark.browser

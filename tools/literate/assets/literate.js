@@ -6,8 +6,9 @@
      the width that keeps its text at 9 px, and its box scrolls; a click still opens it full size.
    - Paths in the header wrap after a `/` or `.`, never inside a name.
    - A link to one line (`#L123`) shows that line mid-window.
-   - A notebook's code cell (the tour) that scrolls sideways is a tab stop, as Material makes its own code
-     blocks, so the arrow keys can scroll it.
+   - A box that scrolls sideways (a wide equation or table, a notebook's code cell; on a phone most are) is
+     a tab stop, as Material makes its own code blocks, so the arrow keys can scroll it: not every browser
+     lets the keyboard into a scrolling box that holds nothing focusable.
 
    Runs once per page load and again whenever Material swaps the page in (`document$`), and re-measures on
    resize. Nothing here loads anything. */
@@ -92,22 +93,31 @@
     if (line) line.scrollIntoView({ block: "center" });
   }
 
-  function scrollableCells() {
-    document.querySelectorAll(".jupyter-wrapper .highlight-ipynb").forEach(function (cell) {
-      if (cell.scrollWidth > cell.clientWidth) {
-        cell.tabIndex = 0;
-        cell.setAttribute("role", "region");
-        cell.setAttribute("aria-label", "code cell");
-      } else {
-        cell.removeAttribute("tabindex");
-        cell.removeAttribute("role");
-        cell.removeAttribute("aria-label");
-      }
+  var SCROLLING = {
+    ".lit-math": ["equation", "公式"],
+    ".lit-bench-wrap, .lit-worksheet-wrap, .md-typeset__scrollwrap": ["table", "表格"],
+    ".jupyter-wrapper .highlight-ipynb": ["code cell", "代码单元"],
+  };
+
+  function reachableScrolling() {
+    var chinese = document.documentElement.lang.indexOf("zh") === 0;
+    Object.keys(SCROLLING).forEach(function (selector) {
+      document.querySelectorAll(selector).forEach(function (box) {
+        if (box.scrollWidth > box.clientWidth + 1) {
+          box.tabIndex = 0;
+          box.setAttribute("role", "region");
+          box.setAttribute("aria-label", SCROLLING[selector][chinese ? 1 : 0]);
+        } else if (box.getAttribute("role") === "region") {
+          box.removeAttribute("tabindex");
+          box.removeAttribute("role");
+          box.removeAttribute("aria-label");
+        }
+      });
     });
   }
 
   function layout() {
-    scrollableCells();
+    reachableScrolling();
     var page = document.querySelector(".lit-page");
     if (!page) return;
     breakablePaths(page);
