@@ -1301,6 +1301,7 @@ CONTRAST = r"""() => {
     plain: links
       .filter(a => !getComputedStyle(a).textDecorationLine.includes('underline'))
       .map(a => a.textContent.trim().slice(0, 40)),
+    search: document.querySelector('.md-search').getAttribute('aria-label'),
     contents: [...document.querySelectorAll('.lit-toc a')]
       .filter(a => getComputedStyle(a).textDecorationLine !== 'none').length,
   };
@@ -1312,7 +1313,8 @@ def test_links_in_sentences_are_underlined_and_labels_readable_in_both_schemes(
     browser, server, site
 ):
     """The pages that show a test's outcome or a planned item, a lesson page and the
-    tour, whose notebook brings its own colours."""
+    tour, whose notebook brings its own colours. The theme's search dialog is named in
+    each edition's language too."""
     pages = ["competencies/", "method/", f"lessons/{EXEMPLAR}/", "zh/schedule/"]
     pages.append("tour/")
     offenders, links = [], 0
@@ -1329,6 +1331,8 @@ def test_links_in_sentences_are_underlined_and_labels_readable_in_both_schemes(
                 offenders.append(f"{path} ({scheme}): not underlined: {plain}")
             if found["contents"]:
                 offenders.append(f"{path} ({scheme}): contents links underlined")
+            if found["search"] != ("搜索" if path.startswith("zh/") else "Search"):
+                offenders.append(f"{path}: search dialog named {found['search']!r}")
             offenders += [
                 f"{path} ({scheme}): {cls} {text!r} has contrast {ratio:.2f}"
                 for cls, text, ratio in found["labels"]
@@ -1344,7 +1348,7 @@ def test_a_box_that_scrolls_sideways_is_a_tab_stop(browser, server, site):
     """On a phone, wide equations, tables and the tour's code cells scroll in their own
     boxes; the keyboard reaches each that does, and a screen reader names it."""
     boxes = ".lit-math, .lit-bench-wrap, .lit-worksheet-wrap, .md-typeset__scrollwrap, "
-    boxes += ".jupyter-wrapper .highlight-ipynb"
+    boxes += ".jupyter-wrapper .highlight-ipynb, .lit-facts code.lit-long"
     context = browser.new_context(viewport={"width": PHONE, "height": 900})
     page = context.new_page()
     kinds = set()

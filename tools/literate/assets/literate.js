@@ -1,4 +1,4 @@
-/* Lesson pages: the little that CSS cannot do alone.
+/* The site's pages, lesson pages most: the little that CSS cannot do alone.
 
    - Sticky code: where a section's prose is much taller than its code, and the code fits the window, the
      code column stays in view while the prose scrolls by (class `lit-sticky`, styled in literate.css).
@@ -6,9 +6,10 @@
      the width that keeps its text at 9 px, and its box scrolls; a click still opens it full size.
    - Paths in the header wrap after a `/` or `.`, never inside a name.
    - A link to one line (`#L123`) shows that line mid-window.
-   - A box that scrolls sideways (a wide equation or table, a notebook's code cell; on a phone most are) is
-     a tab stop, as Material makes its own code blocks, so the arrow keys can scroll it: not every browser
-     lets the keyboard into a scrolling box that holds nothing focusable.
+   - A box that scrolls sideways (a wide equation, table or test name, a notebook's code cell; on a phone
+     most do) is a tab stop, as Material makes its own code blocks, so the arrow keys can scroll it: not
+     every browser lets the keyboard into a scrolling box that holds nothing focusable.
+   - The theme's search dialog gets a name.
 
    Runs once per page load and again whenever Material swaps the page in (`document$`), and re-measures on
    resize. Nothing here loads anything. */
@@ -97,6 +98,7 @@
     ".lit-math": ["equation", "公式"],
     ".lit-bench-wrap, .lit-worksheet-wrap, .md-typeset__scrollwrap": ["table", "表格"],
     ".jupyter-wrapper .highlight-ipynb": ["code cell", "代码单元"],
+    ".lit-facts code.lit-long": ["test name", "测试名"],
   };
 
   function reachableScrolling() {
@@ -116,7 +118,15 @@
     });
   }
 
+  // The theme's search box opens as a dialog without a name; a screen reader announces one.
+  function nameSearchDialog() {
+    var search = document.querySelector('.md-search[role="dialog"]');
+    var chinese = document.documentElement.lang.indexOf("zh") === 0;
+    if (search) search.setAttribute("aria-label", chinese ? "搜索" : "Search");
+  }
+
   function layout() {
+    nameSearchDialog();
     reachableScrolling();
     var page = document.querySelector(".lit-page");
     if (!page) return;
