@@ -1289,6 +1289,8 @@ CONTRAST = r"""() => {
     return (hi + 0.05) / (lo + 0.05);
   };
   const coloured = '.lit-pass, .lit-fail, .lit-planned, '
+    + '.lit-code :is(.c1, .o, .ow, .p, .nb, .bp, .mi, .mf), '  // the theme's code
+    + '.md-typeset a > code, '  // a link's colour on a code span's background
     + '.jp-InputPrompt, .highlight-ipynb :is(.mi, .ow)';  // the tour's notebook
   const labels = [...document.querySelectorAll(coloured)];
   const sentences = ':is(p, li, td, dd, figcaption, blockquote) > a';
@@ -1313,8 +1315,8 @@ def test_links_in_sentences_are_underlined_and_labels_readable_in_both_schemes(
     browser, server, site
 ):
     """The pages that show a test's outcome or a planned item, a lesson page and the
-    tour, whose notebook brings its own colours. The theme's search dialog is named in
-    each edition's language too."""
+    tour, whose notebook brings its own colours; a lesson's code in the theme's colours.
+    The theme's search dialog is named in each edition's language too."""
     pages = ["competencies/", "method/", f"lessons/{EXEMPLAR}/", "zh/schedule/"]
     pages.append("tour/")
     offenders, links = [], 0
