@@ -94,6 +94,8 @@
     if (line) line.scrollIntoView({ block: "center" });
   }
 
+  var CHINESE = document.documentElement.lang.indexOf("zh") === 0; // the edition, per page load
+
   var SCROLLING = {
     ".lit-math": ["equation", "公式"],
     ".lit-bench-wrap, .lit-worksheet-wrap, .md-typeset__scrollwrap": ["table", "表格"],
@@ -102,13 +104,12 @@
   };
 
   function reachableScrolling() {
-    var chinese = document.documentElement.lang.indexOf("zh") === 0;
     Object.keys(SCROLLING).forEach(function (selector) {
       document.querySelectorAll(selector).forEach(function (box) {
         if (box.scrollWidth > box.clientWidth + 1) {
           box.tabIndex = 0;
           box.setAttribute("role", "region");
-          box.setAttribute("aria-label", SCROLLING[selector][chinese ? 1 : 0]);
+          box.setAttribute("aria-label", SCROLLING[selector][CHINESE ? 1 : 0]);
         } else if (box.getAttribute("role") === "region") {
           box.removeAttribute("tabindex");
           box.removeAttribute("role");
@@ -118,15 +119,7 @@
     });
   }
 
-  // The theme's search box opens as a dialog without a name; a screen reader announces one.
-  function nameSearchDialog() {
-    var search = document.querySelector('.md-search[role="dialog"]');
-    var chinese = document.documentElement.lang.indexOf("zh") === 0;
-    if (search) search.setAttribute("aria-label", chinese ? "搜索" : "Search");
-  }
-
   function layout() {
-    nameSearchDialog();
     reachableScrolling();
     var page = document.querySelector(".lit-page");
     if (!page) return;
@@ -140,6 +133,11 @@
     cancelAnimationFrame(pending);
     pending = requestAnimationFrame(layout);
   }
+
+  // The theme's search box opens as a dialog without a name; a screen reader announces one.
+  // It sits in the header, which a page swap keeps: naming it once is enough.
+  var search = document.querySelector('.md-search[role="dialog"]');
+  if (search) search.setAttribute("aria-label", CHINESE ? "搜索" : "Search");
 
   window.addEventListener("resize", relayout);
   window.addEventListener("hashchange", centreTargetLine);
