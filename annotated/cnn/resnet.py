@@ -32,7 +32,16 @@ references:
     venue: ICML 2015
     arxiv: "1502.03167"
   - key: goyal2017accurate
-    authors: [Priya Goyal, Piotr Dollár, Ross Girshick, Pieter Noordhuis, et al.]
+    authors:
+      - Priya Goyal
+      - Piotr Dollár
+      - Ross Girshick
+      - Pieter Noordhuis
+      - Lukasz Wesolowski
+      - Aapo Kyrola
+      - Andrew Tulloch
+      - Yangqing Jia
+      - Kaiming He
     title: "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour"
     year: 2017
     venue: arXiv preprint

@@ -21,7 +21,7 @@ references:
     year: 2015
     venue: "Stanford CS231n: Convolutional Neural Networks for Visual Recognition"
     url: https://cs231n.github.io/optimization-2/
-  - key: karpathy2015gradcheck
+  - key: karpathy2015learning
     authors: [Andrej Karpathy]
     title: "CS231n course notes: Neural Networks Part 3, Learning and Evaluation"
     year: 2015
@@ -117,7 +117,7 @@ equal (a square matrix, `seq = d_head`), a wrong transpose still has the right s
 **The numerical gradient check.** The last line of defence is to compare each derived
 gradient against central differences of the forward function,
 $(L(\theta + h e_k) - L(\theta - h e_k)) / 2h$, one entry at a time
-[@karpathy2015gradcheck]. It is far too slow to train with, but in float64 it agrees
+[@karpathy2015learning]. It is far too slow to train with, but in float64 it agrees
 with a correct backward pass to between $10^{-10}$ and about $10^{-9}$, and a bug shows
 up as an error near $1$. The demo runs this
 check on all four pieces, then trains a small attention classifier assembled from them.

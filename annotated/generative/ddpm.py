@@ -44,15 +44,8 @@ references:
     venue: MICCAI 2015
     arxiv: "1505.04597"
   - key: vaswani2017attention
-    authors:
-      - Ashish Vaswani
-      - Noam Shazeer
-      - Niki Parmar
-      - Jakob Uszkoreit
-      - Llion Jones
-      - Aidan N. Gomez
-      - Lukasz Kaiser
-      - Illia Polosukhin
+    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, Llion Jones,
+      Aidan N. Gomez, Łukasz Kaiser, Illia Polosukhin]
     title: Attention Is All You Need
     year: 2017
     venue: NeurIPS 2017

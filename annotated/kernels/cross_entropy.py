@@ -15,8 +15,12 @@ references:
     venue: arXiv preprint
     arxiv: "1805.02867"
   - key: szegedy2016rethinking
-    authors: [Christian Szegedy, Vincent Vanhoucke, Sergey Ioffe, Jon Shlens, Zbigniew
-      Wojna]
+    authors:
+      - Christian Szegedy
+      - Vincent Vanhoucke
+      - Sergey Ioffe
+      - Jonathon Shlens
+      - Zbigniew Wojna
     title: Rethinking the Inception Architecture for Computer Vision
     year: 2016
     venue: CVPR 2016

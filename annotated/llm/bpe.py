@@ -20,7 +20,8 @@ references:
     venue: ACL 2016
     arxiv: "1508.07909"
   - key: radford2019language
-    authors: [Alec Radford, Jeffrey Wu, Rewon Child, David Luan, Dario Amodei, et al.]
+    authors: [Alec Radford, Jeffrey Wu, Rewon Child, David Luan, Dario Amodei,
+      Ilya Sutskever]
     title: Language Models are Unsupervised Multitask Learners
     year: 2019
     venue: OpenAI technical report

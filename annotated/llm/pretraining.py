@@ -52,13 +52,13 @@ references:
       Teng Li, Adam Paszke, Jeff Smith, Brian Vaughan, Pritam Damania, Soumith Chintala]
     title: "PyTorch Distributed: Experiences on Accelerating Data Parallel Training"
     year: 2020
-    venue: VLDB 2020
+    venue: Proceedings of the VLDB Endowment 13(12)
     arxiv: "2006.15704"
-  - key: zhao2023pytorch
+  - key: zhao2023fsdp
     authors: [Yanli Zhao, Andrew Gu, Rohan Varma, Liang Luo, Chien-Chin Huang, et al.]
     title: "PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel"
     year: 2023
-    venue: VLDB 2023
+    venue: Proceedings of the VLDB Endowment 16(12)
     arxiv: "2304.11277"
   - key: chowdhery2022palm
     authors: [Aakanksha Chowdhery, Sharan Narang, Jacob Devlin, et al.]
@@ -740,7 +740,7 @@ def pretrain(
 # losses agree to $10^{-5}$.
 #
 # DDP's cost is memory: each process holds all 16 bytes a parameter of the model
-# states (below). FSDP [@zhao2023pytorch] shards parameters, gradients and Adam's
+# states (below). FSDP [@zhao2023fsdp] shards parameters, gradients and Adam's
 # moments across the processes and gathers each layer's parameters only while it
 # runs. It is left to the [data-parallel chapter](../systems/data_parallel.md), whose
 # test runs `torch.distributed.fsdp` on gloo; a model of a million parameters does not

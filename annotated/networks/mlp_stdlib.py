@@ -28,7 +28,7 @@ references:
       Delving Deep into Rectifiers: Surpassing Human-Level Performance on ImageNet
       Classification
     year: 2015
-    venue: ICCV
+    venue: ICCV 2015
     arxiv: "1502.01852"
   - key: polyak1964some
     authors: [Boris T. Polyak]
@@ -40,7 +40,7 @@ references:
     authors: [Ilya Sutskever, James Martens, George Dahl, Geoffrey Hinton]
     title: On the importance of initialization and momentum in deep learning
     year: 2013
-    venue: ICML
+    venue: ICML 2013, PMLR 28(3)
     url: https://proceedings.mlr.press/v28/sutskever13.html
   - key: goodfellow2016deep
     authors: [Ian Goodfellow, Yoshua Bengio, Aaron Courville]

@@ -28,11 +28,11 @@ references:
     year: 2017
     venue: ICML 2017
     arxiv: "1703.04933"
-  - key: karpathy2016cs231n
+  - key: karpathy2015learning
     authors: [Andrej Karpathy]
-    title: "CS231n notes: Neural Networks Part 3, learning and evaluation"
-    year: 2016
-    venue: Stanford CS231n course notes
+    title: "CS231n course notes: Neural Networks Part 3, Learning and Evaluation"
+    year: 2015
+    venue: "Stanford CS231n: Convolutional Neural Networks for Visual Recognition"
     url: https://cs231n.github.io/neural-networks-3/
   - key: lu2020dying
     authors: [Lu Lu, Yeonjong Shin, Yanhui Su, George Em Karniadakis]
@@ -81,7 +81,7 @@ know where to look. This lesson builds a small monitor that looks in those place
   explodes while the others are fine;
 - **the update-to-weight ratio** $\lVert \Delta\theta \rVert / \lVert \theta \rVert$,
   the fraction by which one step changes a layer. A rule of thumb puts a healthy value
-  near $10^{-3}$ [@karpathy2016cs231n]: far below, the layer is not learning; far above,
+  near $10^{-3}$ [@karpathy2015learning]: far below, the layer is not learning; far above,
   it is being rewritten every step;
 - **activation statistics and histograms** after every ReLU, and the fraction of
   *dead* units, units that output zero for every input of the batch and therefore pass

@@ -48,7 +48,7 @@ references:
     authors: [Albert Gu, Tri Dao]
     title: "Mamba: Linear-Time Sequence Modeling with Selective State Spaces"
     year: 2023
-    venue: arXiv preprint
+    venue: arXiv preprint (COLM 2024)
     arxiv: "2312.00752"
   - key: peng2023rwkv
     authors: [Bo Peng, Eric Alcaide, Quentin Anthony, Alon Albalak, et al.]

@@ -27,7 +27,8 @@ references:
     venue: SSST-8 workshop at EMNLP 2014
     arxiv: "1409.1259"
   - key: vaswani2017attention
-    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, et al.]
+    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, Llion Jones,
+      Aidan N. Gomez, Łukasz Kaiser, Illia Polosukhin]
     title: Attention Is All You Need
     year: 2017
     venue: NeurIPS 2017

@@ -42,7 +42,7 @@ references:
       - Holger Schwenk
       - Yoshua Bengio
     title: >-
-      Learning Phrase Representations using RNN Encoder-Decoder for Statistical
+      Learning Phrase Representations using RNN Encoder–Decoder for Statistical
       Machine Translation
     year: 2014
     venue: EMNLP 2014

@@ -36,11 +36,11 @@ references:
     year: 2018
     venue: IEEE Transactions on Pattern Analysis and Machine Intelligence
     arxiv: "1603.09320"
-  - key: reimers2019sbert
+  - key: reimers2019sentence
     authors: [Nils Reimers, Iryna Gurevych]
     title: "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks"
     year: 2019
-    venue: EMNLP
+    venue: EMNLP 2019
     arxiv: "1908.10084"
 worksheet:
   - region: BM25.scores
@@ -80,7 +80,7 @@ for a question are built and measured against each other:
 
 - **dense**: embed question and section with all-MiniLM-L6-v2, the sentence encoder of
   [the Transformer lesson](../transformers/transformer.md), and rank by cosine
-  similarity [@reimers2019sbert];
+  similarity [@reimers2019sentence];
 - **BM25**: the classic bag-of-words score of search engines [@robertson2009bm25],
   written from an inverted index;
 - **hybrid**: the two rankings fused by reciprocal rank [@cormack2009rrf].
@@ -327,7 +327,7 @@ def load_corpus(modules: list[str] | None = None) -> list[Chunk]:
 #
 # A sentence encoder maps a text to one unit vector so that texts that mean the same
 # land close together; all-MiniLM-L6-v2 was trained on a billion sentence pairs to do
-# that [@reimers2019sbert]. The encoder is our own BERT of
+# that [@reimers2019sentence]. The encoder is our own BERT of
 # [the Transformer lesson](../transformers/transformer.md#bertembeddings)
 # with the installed weights, mean-pooled and normalised as sentence-transformers
 # does. It reads at most 256 tokens and was fine-tuned on texts of 128, while a

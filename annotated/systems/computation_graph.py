@@ -23,14 +23,7 @@ references:
     venue: NIPS 2017 Autodiff Workshop
     url: https://openreview.net/forum?id=BJJsrmfCZ
   - key: paszke2019pytorch
-    authors:
-      - Adam Paszke
-      - Sam Gross
-      - Francisco Massa
-      - Adam Lerer
-      - James Bradbury
-      - Gregory Chanan
-      - et al.
+    authors: [Adam Paszke, Sam Gross, Francisco Massa, Adam Lerer, et al.]
     title: "PyTorch: An Imperative Style, High-Performance Deep Learning Library"
     year: 2019
     venue: NeurIPS 2019

@@ -7,7 +7,7 @@ summary: >-
   Python composition.
 time: 13 s
 references:
-  - key: hendrycks2016gelu
+  - key: hendrycks2016gaussian
     authors: [Dan Hendrycks, Kevin Gimpel]
     title: Gaussian Error Linear Units (GELUs)
     year: 2016
@@ -58,7 +58,7 @@ worksheet:
 ---
 
 Every layer of a transformer's MLP ends in the same two steps: add a bias, apply GELU
-[@hendrycks2016gelu]. Written in Python, `F.gelu(x + bias)` is two operators, and each
+[@hendrycks2016gaussian]. Written in Python, `F.gelu(x + bias)` is two operators, and each
 one walks the whole activation through memory: the add reads `x` and writes a temporary
 `z`, the GELU reads `z` and writes `y`, and autograd keeps `z` alive for the backward
 pass. For an elementwise operation the arithmetic is cheap and the memory traffic is the

@@ -21,17 +21,22 @@ references:
     venue: SC 2020
     arxiv: "1910.02054"
   - key: zhao2023fsdp
-    authors: [Yanli Zhao, Andrew Gu, Rohan Varma, Liang Luo, Chien-Chin Huang, Min Xu,
-      Less Wright, Hamid Shojanazeri, Myle Ott, Sam Shleifer, Alban Desmaison,
-      Can Balioglu, Pritam Damania, Bernard Nguyen, Geeta Chauhan, Yuchen Hao,
-      Ajit Mathews, Shen Li]
+    authors: [Yanli Zhao, Andrew Gu, Rohan Varma, Liang Luo, Chien-Chin Huang, et al.]
     title: "PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel"
     year: 2023
     venue: Proceedings of the VLDB Endowment 16(12)
     arxiv: "2304.11277"
   - key: goyal2017accurate
-    authors: [Priya Goyal, Piotr Dollár, Ross Girshick, Pieter Noordhuis,
-      Lukasz Wesolowski, Aapo Kyrola, Andrew Tulloch, Yangqing Jia, Kaiming He]
+    authors:
+      - Priya Goyal
+      - Piotr Dollár
+      - Ross Girshick
+      - Pieter Noordhuis
+      - Lukasz Wesolowski
+      - Aapo Kyrola
+      - Andrew Tulloch
+      - Yangqing Jia
+      - Kaiming He
     title: "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour"
     year: 2017
     venue: arXiv preprint

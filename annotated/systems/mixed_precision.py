@@ -27,26 +27,7 @@ references:
     venue: ICLR 2018
     arxiv: "1710.03740"
   - key: kalamkar2019study
-    authors:
-      - Dhiraj Kalamkar
-      - Dheevatsa Mudigere
-      - Naveen Mellempudi
-      - Dipankar Das
-      - Kunal Banerjee
-      - Sasikanth Avancha
-      - Dharma Teja Vooturi
-      - Nataraj Jammalamadaka
-      - Jianyu Huang
-      - Hector Yuen
-      - Jiyan Yang
-      - Jongsoo Park
-      - Alexander Heinecke
-      - Evangelos Georganas
-      - Sudarshan Srinivasan
-      - Abhisek Kundu
-      - Misha Smelyanskiy
-      - Bharat Kaul
-      - Pradeep Dubey
+    authors: [Dhiraj Kalamkar, Dheevatsa Mudigere, Naveen Mellempudi, et al.]
     title: A Study of BFLOAT16 for Deep Learning Training
     year: 2019
     venue: arXiv preprint

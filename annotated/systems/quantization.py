@@ -21,10 +21,10 @@ references:
       - Hartwig Adam
       - Dmitry Kalenichenko
     title: >-
-      Quantization and Training of Neural Networks for Efficient
-      Integer-Arithmetic-Only Inference
+      Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
+      Inference
     year: 2018
-    venue: CVPR
+    venue: CVPR 2018
     arxiv: "1712.05877"
   - key: bengio2013estimating
     authors: [Yoshua Bengio, Nicholas Léonard, Aaron Courville]

@@ -12,7 +12,8 @@ expected:
   short: ["--steps", "150"]
 references:
   - key: vaswani2017attention
-    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, et al.]
+    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, Llion Jones,
+      Aidan N. Gomez, Łukasz Kaiser, Illia Polosukhin]
     title: Attention Is All You Need
     year: 2017
     venue: NeurIPS 2017
@@ -38,7 +39,7 @@ references:
       - Ruslan Salakhutdinov
     title: "Dropout: A Simple Way to Prevent Neural Networks from Overfitting"
     year: 2014
-    venue: Journal of Machine Learning Research 15
+    venue: Journal of Machine Learning Research 15(56)
     url: https://jmlr.org/papers/v15/srivastava14a.html
 worksheet:
   - region: scaled_dot_product_attention

@@ -9,7 +9,8 @@ summary: >-
 time: 9 s
 references:
   - key: vaswani2017attention
-    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, et al.]
+    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, Llion Jones,
+      Aidan N. Gomez, Łukasz Kaiser, Illia Polosukhin]
     title: Attention Is All You Need
     year: 2017
     venue: NeurIPS 2017

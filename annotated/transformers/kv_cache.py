@@ -36,25 +36,28 @@ references:
     venue: EMNLP 2023
     arxiv: "2305.13245"
   - key: vaswani2017attention
-    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, et al.]
+    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, Llion Jones,
+      Aidan N. Gomez, Łukasz Kaiser, Illia Polosukhin]
     title: Attention Is All You Need
     year: 2017
     venue: NeurIPS 2017
     arxiv: "1706.03762"
   - key: radford2019language
-    authors: [Alec Radford, Jeffrey Wu, Rewon Child, David Luan, Dario Amodei, et al.]
+    authors: [Alec Radford, Jeffrey Wu, Rewon Child, David Luan, Dario Amodei,
+      Ilya Sutskever]
     title: Language Models are Unsupervised Multitask Learners
     year: 2019
     venue: OpenAI technical report
     url: https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf
-  - key: touvron2023llama
+  - key: touvron2023llama2
     authors: [Hugo Touvron, Louis Martin, Kevin Stone, Peter Albert, et al.]
     title: "Llama 2: Open Foundation and Fine-Tuned Chat Models"
     year: 2023
     venue: arXiv preprint
     arxiv: "2307.09288"
   - key: kwon2023efficient
-    authors: [Woosuk Kwon, Zhuohan Li, Siyuan Zhuang, Ying Sheng, et al.]
+    authors: [Woosuk Kwon, Zhuohan Li, Siyuan Zhuang, Ying Sheng, Lianmin Zheng,
+      Cody Hao Yu, Joseph E. Gonzalez, Hao Zhang, Ion Stoica]
     title: >-
       Efficient Memory Management for Large Language Model Serving with
       PagedAttention
@@ -258,7 +261,7 @@ class Config:
 # \end{aligned}
 # $$
 #
-# Worked for Llama 2 [@touvron2023llama], in 16-bit numbers (2 bytes) at its context of
+# Worked for Llama 2 [@touvron2023llama2], in 16-bit numbers (2 bytes) at its context of
 # 4096 tokens:
 #
 # - **Llama-2-7B** (32 layers, 32 heads of width 128, MHA): $2 \cdot 32 \cdot 32 \cdot

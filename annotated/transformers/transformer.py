@@ -9,7 +9,8 @@ summary: >-
 time: 60 s
 references:
   - key: vaswani2017attention
-    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, et al.]
+    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, Llion Jones,
+      Aidan N. Gomez, Łukasz Kaiser, Illia Polosukhin]
     title: Attention Is All You Need
     year: 2017
     venue: NeurIPS 2017
@@ -25,7 +26,7 @@ references:
       - Christian Szegedy
       - Vincent Vanhoucke
       - Sergey Ioffe
-      - Jon Shlens
+      - Jonathon Shlens
       - Zbigniew Wojna
     title: Rethinking the Inception Architecture for Computer Vision
     year: 2016

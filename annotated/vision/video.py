@@ -31,7 +31,12 @@ references:
     venue: ICML 2015
     arxiv: "1502.04681"
   - key: dosovitskiy2021image
-    authors: [Alexey Dosovitskiy, Lucas Beyer, Alexander Kolesnikov, et al.]
+    authors:
+      - Alexey Dosovitskiy
+      - Lucas Beyer
+      - Alexander Kolesnikov
+      - Dirk Weissenborn
+      - et al.
     title: "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale"
     year: 2021
     venue: ICLR 2021

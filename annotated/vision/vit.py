@@ -23,7 +23,8 @@ references:
     venue: ICLR 2021
     arxiv: "2010.11929"
   - key: vaswani2017attention
-    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, et al.]
+    authors: [Ashish Vaswani, Noam Shazeer, Niki Parmar, Jakob Uszkoreit, Llion Jones,
+      Aidan N. Gomez, Łukasz Kaiser, Illia Polosukhin]
     title: Attention Is All You Need
     year: 2017
     venue: NeurIPS 2017
