@@ -250,3 +250,59 @@ def test_the_header_sentence_is_the_test_docstrings_first_whole_sentence():
         "the direct sum of IMPALA's eq. 1 at sizes (32, 64, ... 1024) to 1e-10."
     )
     assert rules.first_sentence('"""torch.sum, exactly"""') == "torch.sum, exactly"
+
+
+def lessons_citing(*entries: tuple[str, str]) -> list:
+    """(lesson key, a reference's YAML lines): each lesson is GOOD with that entry in
+    place of its own."""
+    own = GOOD[GOOD.index("  - key: a2020") : GOOD.index("---\n\nIntro")]
+    found = []
+    for key, entry in entries:
+        file = LessonFile(REPO, f"annotated/{key}.py")
+        source = GOOD.replace(own, entry)
+        found.append((file, parse(source, file.path)))
+    return found
+
+
+ENTRY = (
+    "  - key: a2020\n    authors: [Ada Lovelace]\n    title: Notes\n"
+    "    year: 2020\n    venue: Somewhere\n    url: https://example.org/notes\n"
+)
+
+
+def test_one_work_cited_alike_by_two_lessons_passes():
+    lessons = lessons_citing(
+        ("foundations/matrix", ENTRY), ("foundations/autograd", ENTRY)
+    )
+    assert rules.one_entry_per_work(lessons) == []
+
+
+def test_one_key_cited_differently_is_reported_at_the_second_entry():
+    other = ENTRY.replace("year: 2020", "year: 2021").replace("Notes", "Notes, 2e")
+    found = rules.one_entry_per_work(
+        lessons_citing(("foundations/matrix", ENTRY), ("foundations/autograd", other))
+    )
+    assert [str(p) for p in found] == [
+        f"{REPO / 'annotated/foundations/autograd.py'}:7: references: 'a2020' has "
+        "another title, year in annotated/foundations/matrix.py: a key names one "
+        "work, with one entry wherever it is cited"
+    ]
+
+
+def test_one_work_under_two_keys_is_reported():
+    found = rules.one_entry_per_work(
+        lessons_citing(
+            ("foundations/matrix", ENTRY),
+            ("foundations/autograd", ENTRY.replace("a2020", "lovelace2020notes")),
+        )
+    )
+    assert len(found) == 1 and found[0].line == 7
+    assert "'lovelace2020notes' is https://example.org/notes, which " in str(found[0])
+    assert "annotated/foundations/matrix.py cites as 'a2020'" in str(found[0])
+
+
+def test_every_real_lesson_cites_each_work_as_the_others_do():
+    lessons = [
+        (file, parse(file.path.read_text(), file.path)) for file in discover(REPO)
+    ]
+    assert rules.one_entry_per_work(lessons) == []

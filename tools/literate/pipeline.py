@@ -29,6 +29,7 @@ from tools.literate import (
     learning_path,
     notebook,
     i18n,
+    papers,
     render,
     rules,
     worksheet,
@@ -182,6 +183,8 @@ class Site:
     # The site's address (mkdocs' `site_url`): a downloaded notebook links to its pages
     # there. "" leaves its links as the lesson writes them.
     site_url: str = ""
+    # The works the lessons cite (`papers.works`): key → how many lessons cite it.
+    citing: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ def render_page(record: LessonRecord, site: Site) -> Page:
         str(site.results_date),
         site.language,
         site.site_url,
+        repr(sorted(site.citing.items())),
         repr(sorted(site.translations.get(record.file.key, {}).items())),
         *(
             repr(sorted(site.translations.get(r.file.key, {}).items())) if r else "-"
@@ -335,6 +339,12 @@ def _render(record, site: Site, previous, following) -> Page:
         demonstrates=_demonstrates(site, file.key, root),
         worksheet=worksheet_path(file, site) if regions else None,
         regions=tuple(regions),
+        papers=(
+            relative_url(page_url(papers.PAGE, site.use_directory_urls), here)
+            if papers.PAGE in site.pages
+            else None
+        ),
+        citing=site.citing,
     )
     svgs = _diagrams(record, site.cache_dir)
     body, search = render.render_lesson(

@@ -9,7 +9,8 @@
   and add its page, downloads and diagram files. All the work that can fail happens
   here, before mkdocs writes a single page, so a broken lesson leaves no half-built
   site.
-- `on_page_markdown`: fill the learning-path placeholders of the hand-written pages.
+- `on_page_markdown`: fill the placeholders of the hand-written pages: the learning
+  path, the comparisons and the papers.
 - `on_page_content`: put each lesson's rendered body into its page.
 - `on_post_page`: point the language switcher at the page's twin, and a translated
   edition's pages at that edition's search index.
@@ -39,11 +40,13 @@ from tools.literate import (
     compare,
     i18n,
     learning_path,
+    papers,
     pdf,
     pipeline,
     prose,
     reading,
     render,
+    rules,
     test_results,
 )
 from tools.literate.files import atomic_write, discover, page_url
@@ -116,8 +119,21 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         found.sort(key=lambda file: (rank.get(file.key, len(rank)), file.key))
         try:
             self.records = [pipeline.read(file, self.docs_dir) for file in found]
+            # The references agree across lessons (one entry per work), so the
+            # papers page can list each work once.
+            problems = rules.one_entry_per_work(
+                [(record.file, record.lesson) for record in self.records]
+            )
+            if problems:
+                raise problems[0]
         except LessonError as error:
             raise PluginError(f"literate: {self._where(error)}") from None
+        self.works = papers.works(
+            [
+                (record.file.key, record.lesson.front_matter.get("references") or [])
+                for record in self.records
+            ]
+        )
         self.translations = {}
         if self.language != "en":
             self.translations = {
@@ -277,6 +293,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             prefix=self.prefix,
             translations=self.translations,
             site_url=config.site_url or "",
+            citing={work.key: len(work.cited_in) for work in self.works},
         )
         self.site = site
         self.written = None  # made for this build's first page (on_page_markdown)
@@ -379,6 +396,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             )
             markdown = reading.render(
                 markdown, self.root / self.config.cache_dir, page.file.src_uri
+            )
+            markdown = papers.render(
+                markdown, self.works, written, page.file.src_uri, self.language
             )
             return learning_path.render(
                 markdown,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import html
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 from pygments.lexers import CudaLexer, PythonLexer
@@ -59,6 +59,10 @@ class PageFacts:
     # none when the lesson marks no regions.
     worksheet: str | None = None
     regions: tuple = ()
+    # The papers page (relative URL), and how many lessons cite each work there: a
+    # reference cited by other lessons too links to its entry, which lists them.
+    papers: str | None = None
+    citing: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,15 +103,33 @@ def citation_labels(references: list[dict]) -> dict[str, str]:
     year."""
     labels = {}
     for reference in references:
-        names = [str(author).split()[-1] for author in reference["authors"]]
-        if len(names) == 1:
+        # An author list cut short ends in "et al.": more authors than it names.
+        authors = [str(author) for author in reference["authors"]]
+        more = authors[-1:] == ["et al."]
+        names = [surname(author) for author in authors if author != "et al."]
+        if len(names) == 1 and not more:
             who = names[0]
-        elif len(names) == 2:
+        elif len(names) == 2 and not more:
             who = f"{names[0]} & {names[1]}"
         else:
             who = f"{names[0]} et al."
         labels[reference["key"]] = f"{who}, {reference['year']}"
     return labels
+
+
+def surname(author: str) -> str:
+    """The name a citation label uses: "Kaiming He" → "He", "Aaron van den Oord" →
+    "van den Oord", "Guy L. Steele Jr." → "Steele"; a group, whose name ends in a
+    lowercase word ("The Triton authors"), is named whole, without "The"."""
+    words = author.split()
+    if words[-1] in ("Jr.", "Sr.", "II", "III", "IV") and len(words) > 1:
+        words = words[:-1]
+    if words[-1][:1].islower():
+        return " ".join(words[1:] if words[0] == "The" else words)
+    first = len(words) - 1
+    while first > 0 and words[first - 1][:1].islower():
+        first -= 1  # a particle: "van", "de", "von"
+    return " ".join(words[first:])
 
 
 def render_lesson(
@@ -139,7 +161,7 @@ def render_lesson(
         if section.kind == "exercises":
             prose_html += _worksheet(facts)
         parts.append(_section(section, prose_html, highlighted))
-    parts.append(_bibliography(references, citations))
+    parts.append(_bibliography(references, citations, facts))
     parts.append(_pager(facts))
     return "\n".join(parts), _search_entries(rendered, lesson.front_matter["title"])
 
@@ -567,6 +589,8 @@ PATTERNS = {
             r" \((<span class=\"lit-\w+\">.*?</span>) in the run of ([\d-]+)\)",
             r" 证明（\2 的运行：\1）",
         ),
+        # the References: a work other lessons cite too
+        (r'(class="lit-also" [^>]*>)cited in (\d+) lessons</a>', r"\1被 \2 课引用</a>"),
         (r" \(not in the stored run\)", " 证明（不在已存的运行中）"),
         (r" \(not run yet\)", " 证明（尚未运行）"),
     ]
@@ -682,10 +706,13 @@ def _section(section: Section, prose_html: str, highlighted: list[str]) -> str:
     )
 
 
-def _bibliography(references: list[dict], citations: dict[str, str]) -> str:
+def _bibliography(
+    references: list[dict], citations: dict[str, str], facts: PageFacts
+) -> str:
     items = []
     for reference in references:
         authors = ", ".join(str(author) for author in reference["authors"])
+        title, venue = str(reference["title"]), str(reference["venue"])
         if reference.get("arxiv"):
             arxiv = str(reference["arxiv"])
             link = f'<a href="https://arxiv.org/abs/{html.escape(arxiv)}">arXiv:{html.escape(arxiv)}</a>'
@@ -697,13 +724,33 @@ def _bibliography(references: list[dict], citations: dict[str, str]) -> str:
             '<span class="lit-cite-label">'
             f"{html.escape(citations[reference['key']])}</span> "
             f"{html.escape(authors)} ({reference['year']}). "
-            f"<em>{html.escape(str(reference['title']))}</em>. "
-            f"{html.escape(str(reference['venue']))}. {link}</li>"
+            f"<em>{html.escape(title)}</em>{full_stop(title)} "
+            f"{html.escape(venue)}{full_stop(venue)} {link}"
+            f"{_also(reference, facts)}</li>"
         )
     return (
         '<section class="lit-references" id="references"><h2>References</h2>'
         f"<ol>{''.join(items)}</ol></section>"
     )
+
+
+def _also(reference: dict, facts: PageFacts) -> str:
+    """After a reference that other lessons cite too: a link to its entry on the
+    papers page, which names them."""
+    count = facts.citing.get(reference["key"], 0)
+    if facts.papers is None or count < 2:
+        return ""
+    key = html.escape(reference["key"])
+    return (
+        f' · <a class="lit-also" href="{facts.papers}#ref-{key}">'
+        f"cited in {count} lessons</a>"
+    )
+
+
+def full_stop(text: str) -> str:
+    """The full stop that ends a part of a reference: none after one ending in ".",
+    "?" or "!" ("Steele Jr.", "Were RNNs All We Needed?")."""
+    return "" if text.endswith((".", "?", "!")) else "."
 
 
 def _pager(facts: PageFacts) -> str:

@@ -15,6 +15,8 @@ fix:
   modules;
 - the test file exists and its docstring opens with the sentence naming the reference;
 - the file ends with 2–4 exercises.
+
+Across lessons (`one_entry_per_work`): a reference key names one work, with one entry.
 """
 
 from __future__ import annotations
@@ -261,6 +263,64 @@ def _front_matter(file: LessonFile, lesson: Lesson) -> list[LessonError]:
             )
         keys.add(reference.get("key"))
     return problems
+
+
+def one_entry_per_work(lessons: list[tuple[LessonFile, Lesson]]) -> list[LessonError]:
+    """The rule across lessons: a key names one work, cited with the same entry in
+    every lesson that cites it, and a work (its arXiv id or URL) has one key. The
+    papers page (`papers.py`) lists each work once, with every lesson citing it; a
+    lesson that cites the work differently is reported at its entry, naming the lesson
+    to copy the entry from."""
+    first: dict[str, tuple[LessonFile, dict]] = {}  # key → where it is first cited
+    keys: dict[str, tuple[str, LessonFile]] = {}  # arXiv id or URL → key, lesson
+    problems = []
+    for file, lesson in lessons:
+        for reference in lesson.front_matter.get("references") or []:
+            if not isinstance(reference, dict) or not reference.get("key"):
+                continue  # reported by the lesson's own rules
+            key = str(reference["key"])
+            line = _reference_line(lesson, key)
+            if key in first:
+                other, entry = first[key]
+                differ = sorted(
+                    name
+                    for name in entry.keys() | reference.keys()
+                    if entry.get(name) != reference.get(name)
+                )
+                if differ:
+                    problems.append(
+                        LessonError(
+                            file.path,
+                            line,
+                            f"references: {key!r} has another {', '.join(differ)} "
+                            f"in {other.relative}: a key names one work, with one "
+                            "entry wherever it is cited",
+                        )
+                    )
+                continue
+            first[key] = (file, reference)
+            work = str(reference.get("arxiv") or reference.get("url") or "")
+            if work in keys:
+                named, other = keys[work]
+                problems.append(
+                    LessonError(
+                        file.path,
+                        line,
+                        f"references: {key!r} is {work}, which {other.relative} "
+                        f"cites as {named!r}: one work, one key",
+                    )
+                )
+            elif work:
+                keys[work] = (key, file)
+    return problems
+
+
+def _reference_line(lesson: Lesson, key: str) -> int:
+    """The line of a reference's `key:` in the front matter."""
+    found = re.search(rf"^\s*-?\s*key:\s*{re.escape(key)}\s*$", lesson.source, re.M)
+    if found is None:
+        return lesson.front_matter_line
+    return lesson.source.count("\n", 0, found.start()) + 1
 
 
 def _citations(file: LessonFile, lesson: Lesson) -> list[LessonError]:
