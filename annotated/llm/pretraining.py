@@ -63,7 +63,7 @@ references:
   - key: chowdhery2022palm
     authors: [Aakanksha Chowdhery, Sharan Narang, Jacob Devlin, et al.]
     title: "PaLM: Scaling Language Modeling with Pathways"
-    year: 2022
+    year: 2023
     venue: JMLR 24
     arxiv: "2204.02311"
 worksheet:

@@ -65,7 +65,7 @@ references:
       Long Short-Term Memory Based Recurrent Neural Network Architectures for Large
       Vocabulary Speech Recognition
     year: 2014
-    venue: Interspeech 2014
+    venue: arXiv preprint
     arxiv: "1402.1128"
   - key: jozefowicz2015empirical
     authors: [Rafal Jozefowicz, Wojciech Zaremba, Ilya Sutskever]

@@ -12,7 +12,7 @@ references:
   - key: pope2022efficiently
     authors: [Reiner Pope, Sholto Douglas, Aakanksha Chowdhery, Jacob Devlin, et al.]
     title: Efficiently Scaling Transformer Inference
-    year: 2022
+    year: 2023
     venue: MLSys 2023
     arxiv: "2211.05102"
   - key: shazeer2019fast

@@ -19,7 +19,7 @@ references:
   - key: liu2023improved
     authors: [Haotian Liu, Chunyuan Li, Yuheng Li, Yong Jae Lee]
     title: Improved Baselines with Visual Instruction Tuning
-    year: 2023
+    year: 2024
     venue: CVPR 2024
     arxiv: "2310.03744"
   - key: radford2021learning

@@ -24,7 +24,7 @@ references:
   - key: johnson2019billion
     authors: [Jeff Johnson, Matthijs Douze, Hervé Jégou]
     title: Billion-scale similarity search with GPUs
-    year: 2019
+    year: 2021
     venue: IEEE Transactions on Big Data 7(3)
     arxiv: "1702.08734"
   - key: douze2024faiss
