@@ -378,6 +378,7 @@ def test_pages_are_in_the_nav_after_home():
             {"Weekly schedule": "schedule.md"},
             {"Competencies": "competencies.md"},
             {"Compare implementations": "compare.md"},
+            {"Papers": "papers.md"},
         ]
     }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.literate import papers
+from tools.literate import notebook, papers
 from tools.literate.files import discover
 from tools.literate.learning_path import WrittenLesson
 from tools.literate.parse import parse
@@ -115,6 +115,12 @@ def test_a_part_ending_in_its_own_stop_gets_no_second_one():
         "",
         "",
     ]
+    # The downloaded notebook's references too.
+    entry = reference("s1986", 1986, ["Guy L. Steele Jr."], title="All We Needed?")
+    assert notebook._work(entry, "Steele, 1986") == (
+        "- Steele, 1986: Guy L. Steele Jr. *All We Needed?* Somewhere, 1986. "
+        "<https://example.org/s1986>"
+    )
 
 
 def cited_keys() -> dict[str, set[str]]:

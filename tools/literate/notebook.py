@@ -15,7 +15,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from tools.literate.files import atomic_write, project_sources
 from tools.literate.parse import Lesson
-from tools.literate.render import citation_labels
+from tools.literate.render import citation_labels, full_stop
 from tools.literate.rules import CITATION
 
 # A Markdown link's target: `](gpt2.md#x)`.
@@ -86,13 +86,7 @@ def to_ipynb(
         if code:
             cells.append(new_code_cell(code))
     if references:
-        works = "\n".join(
-            f"- {labels[r['key']]}: {', '.join(map(str, r['authors'])).rstrip('.')}. "
-            f"*{r['title']}*. {_venue(r)}."
-            + (f" <{r['url']}>" if r.get("url") else "")
-            + (f" <https://arxiv.org/abs/{r['arxiv']}>" if r.get("arxiv") else "")
-            for r in references
-        )
+        works = "\n".join(_work(r, labels[r["key"]]) for r in references)
         heading = {"zh": "参考文献"}.get(language, "References")
         cells.append(new_markdown_cell(f"## {heading}\n\n{works}"))
     for number, cell in enumerate(cells, start=1):
@@ -109,6 +103,20 @@ def to_ipynb(
         },
     )
     return nbformat.writes(notebook)
+
+
+def _work(reference: dict, label: str) -> str:
+    """A reference as a Markdown list item: "- Hu et al., 2022: Edward J. Hu, ...
+    *LoRA: ...*. ICLR 2022. <https://arxiv.org/abs/2106.09685>"."""
+    authors = ", ".join(str(author) for author in reference["authors"])
+    title, venue = str(reference["title"]), _venue(reference)
+    links = [reference["url"]] if reference.get("url") else []
+    if reference.get("arxiv"):
+        links.append(f"https://arxiv.org/abs/{reference['arxiv']}")
+    return (
+        f"- {label}: {authors}{full_stop(authors)} *{title}*{full_stop(title)} "
+        f"{venue}{full_stop(venue)}" + "".join(f" <{link}>" for link in links)
+    )
 
 
 def _venue(reference: dict) -> str:
