@@ -81,8 +81,8 @@ know where to look. This lesson builds a small monitor that looks in those place
   explodes while the others are fine;
 - **the update-to-weight ratio** $\lVert \Delta\theta \rVert / \lVert \theta \rVert$,
   the fraction by which one step changes a layer. A rule of thumb puts a healthy value
-  near $10^{-3}$ [@karpathy2015learning]: far below, the layer is not learning; far above,
-  it is being rewritten every step;
+  near $10^{-3}$ [@karpathy2015learning]: far below, the layer is not learning; far
+  above, it is being rewritten every step;
 - **activation statistics and histograms** after every ReLU, and the fraction of
   *dead* units, units that output zero for every input of the batch and therefore pass
   no gradient back [@lu2020dying];

@@ -58,12 +58,12 @@ worksheet:
 ---
 
 Every layer of a transformer's MLP ends in the same two steps: add a bias, apply GELU
-[@hendrycks2016gaussian]. Written in Python, `F.gelu(x + bias)` is two operators, and each
-one walks the whole activation through memory: the add reads `x` and writes a temporary
-`z`, the GELU reads `z` and writes `y`, and autograd keeps `z` alive for the backward
-pass. For an elementwise operation the arithmetic is cheap and the memory traffic is the
-cost [@williams2009roofline], so doing both steps in one pass over the data is the
-classic *fusion*.
+[@hendrycks2016gaussian]. Written in Python, `F.gelu(x + bias)` is two operators, and
+each one walks the whole activation through memory: the add reads `x` and writes a
+temporary `z`, the GELU reads `z` and writes `y`, and autograd keeps `z` alive for the
+backward pass. For an elementwise operation the arithmetic is cheap and the memory
+traffic is the cost [@williams2009roofline], so doing both steps in one pass over the
+data is the classic *fusion*.
 
 This lesson writes that fused operator in C++, and, more to the point, plugs it into
 PyTorch the way PyTorch's own operators are plugged in [@paszke2019pytorch]:
