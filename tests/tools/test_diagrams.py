@@ -242,6 +242,31 @@ def test_declared_dataflow_is_drawn_and_checked(tmp_path):
     assert 'label="a·b = 6"' in dot and '"a" -> "p"' in dot
 
 
+def test_what_the_example_prints_stays_out_of_the_build_log(tmp_path, capfd):
+    path = write(
+        tmp_path,
+        """
+        import sys
+        from tqdm import tqdm
+
+        def sample(steps):
+            for _ in tqdm(range(steps), desc="sampling"):
+                print("step")
+            print("warned", file=sys.stderr)
+            return steps
+
+        def example():
+            return sample, (3,)
+
+        def dataflow(out):
+            return [("s", f"{out} steps")], []
+    """,
+    )
+    assert 'label="3 steps"' in diagrams.dataflow_diagram(path, "fixture_prints")
+    printed = capfd.readouterr()
+    assert printed.out == "" and printed.err == ""
+
+
 def test_declared_edge_to_an_unknown_node_fails(tmp_path):
     path = write(
         tmp_path,

@@ -10,7 +10,9 @@ cannot be made raises `LessonError`; it is never dropped.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
+import io
 import inspect
 import operator
 import os
@@ -281,6 +283,14 @@ def dataflow_diagram(path: str | Path, module_name: str) -> str:
             "no example(): every lesson declares `def example()` returning "
             "(fn, args); see docs/contributing.md",
         )
+    # What the example prints (a sampler's progress bar) is not the build's to show.
+    with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()):
+            return _example_dataflow(module, path)
+
+
+def _example_dataflow(module, path: Path) -> str:
+    """`dataflow_diagram` of an imported lesson that declares `example()`."""
     first_line = module.example.__code__.co_firstlineno
     try:
         declared = module.example()
