@@ -1,13 +1,20 @@
 """Verified by its stored execution: the tour notebook under docs/ has every code cell
 run without error, and was run against the current source of every lesson it imports
-(the site shows these outputs, never reruns)."""
+(the site shows these outputs, never reruns). Its figures reach the page described by
+the title and axis labels their cells draw."""
 
+import re
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from tools.literate import notebook
 from tools.literate.notebook import imported_lessons
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_site import build_site  # noqa: E402  (one build per session, shared)
 
 REPO = Path(__file__).resolve().parents[2]
 TOUR = REPO / "docs/tour.ipynb"
@@ -41,3 +48,27 @@ def test_outputs_were_made_from_the_current_lessons(tour):
         "a lesson changed since the tour ran: "
         "python -m tools.literate.notebook docs/tour.ipynb"
     )
+
+
+def test_each_figure_is_described_by_the_title_and_axes_its_cell_draws(tour):
+    code = [cell for cell in tour.cells if cell.cell_type == "code"]
+    images = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+    page = "".join(f"<p>{n}</p><img {notebook.NO_ALT} src=x>" for n in range(images))
+    described = notebook.describe_figures(page, tour)
+    alts = re.findall(r'alt="([^"]*)"', described)
+    assert alts[0] == "Hilbert systems: error tracks the condition number (x: n)"
+    assert alts[1] == (
+        "Two-layer MLP on digits, tensor_autograd (x: epoch, y: test accuracy)"
+    )
+    assert notebook.NO_ALT not in described
+    # Another page's images (not as many) are left as nbconvert made them.
+    assert notebook.describe_figures(page + page, tour) == page + page
+
+
+def test_the_built_tour_has_no_image_without_a_description(tmp_path_factory):
+    site = build_site(tmp_path_factory)
+    for edition in ("", "zh/"):
+        page = (site / edition / "tour/index.html").read_text(encoding="utf-8")
+        alts = re.findall(r'<img alt="([^"]*)"', page)
+        assert len(alts) >= 2 and "No description" not in page, edition
+        assert "Hilbert systems: error tracks the condition number (x: n)" in alts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import html
 import re
 import sys
 from pathlib import Path
@@ -166,6 +167,61 @@ def imported_lessons(nb, root: Path) -> dict[str, str]:
         if cell.cell_type == "code":
             found.update(project_sources(ast.parse(cell.source), root))
     return dict(sorted(found.items()))
+
+
+# nbconvert's words for an image whose output gives no alternative text.
+NO_ALT = 'alt="No description has been provided for this image"'
+_LABELS = {"set_title": "", "suptitle": "", "set_xlabel": "x: ", "set_ylabel": "y: "}
+
+
+def describe_figures(page_html: str, nb) -> str:
+    """A notebook page's figures with alternative text: each image's title and axis
+    labels, read from the matplotlib calls of the cell that drew it (nbconvert gives
+    every image the same placeholder). Images are matched to cells in order."""
+    descriptions = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        images = sum("image/png" in output.get("data", {}) for output in cell.outputs)
+        descriptions += [_figure_description(cell.source)] * images
+    parts = page_html.split(NO_ALT)
+    if len(parts) - 1 != len(descriptions):
+        return page_html  # not the images of this notebook: leave them as they are
+    out = [parts[0]]
+    for description, rest in zip(descriptions, parts[1:]):
+        out += [f'alt="{html.escape(description)}"', rest]
+    return "".join(out)
+
+
+def _figure_description(source: str) -> str:
+    """ "Title (x: epoch, y: test accuracy)", from the string literals a cell passes to
+    `set_title`, `suptitle`, `set_xlabel` and `set_ylabel`."""
+    found = {}
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return "A figure drawn by the code above"
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _LABELS
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.setdefault(node.func.attr, node.args[0].value)
+    title = found.get("set_title") or found.get("suptitle")
+    axes = ", ".join(
+        _LABELS[name] + found[name]
+        for name in ("set_xlabel", "set_ylabel")
+        if name in found
+    )
+    if title and axes:
+        return f"{title} ({axes})"
+    return title or (
+        f"A figure ({axes})" if axes else "A figure drawn by the code above"
+    )
 
 
 def execute(path: Path, root: Path, timeout: int = 600) -> None:

@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 
 import jinja2
+import nbformat
 from mkdocs.config import config_options as c
 from mkdocs.config.base import Config
 from mkdocs.exceptions import PluginError
@@ -40,6 +41,7 @@ from tools.literate import (
     compare,
     i18n,
     learning_path,
+    notebook,
     papers,
     pdf,
     pipeline,
@@ -337,9 +339,9 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             lesson_page.dest_uri = self.prefix + lesson_page.dest_uri
             files.append(lesson_page)
             files.append(File.generated(config, file.download_py, content=page.script))
-            notebook = pipeline.notebook_path(file, site)
-            if notebook is not None:
-                files.append(File.generated(config, notebook, content=page.notebook))
+            ipynb = pipeline.notebook_path(file, site)
+            if ipynb is not None:
+                files.append(File.generated(config, ipynb, content=page.notebook))
             if page.worksheet is not None:
                 files.append(
                     File.generated(
@@ -449,6 +451,11 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
                         list(page.toc),
                         i18n.page_markdown(self.docs_dir / page.file.src_uri),
                     )
+                # nbconvert gives a figure no alternative text: its title and axes.
+                html = notebook.describe_figures(
+                    html,
+                    nbformat.read(self.docs_dir / page.file.src_uri, as_version=4),
+                )
                 return rewrite_links(html, links)
             return render.localise_page(html, self.language)
         body = f'<div class="lit-page">{rendered.body}</div>'
