@@ -3,6 +3,7 @@ run without error, and was run against the current source of every lesson it imp
 (the site shows these outputs, never reruns). Its figures reach the page described by
 the title and axis labels their cells draw."""
 
+import logging
 import re
 import sys
 from pathlib import Path
@@ -72,3 +73,13 @@ def test_the_built_tour_has_no_image_without_a_description(tmp_path_factory):
         alts = re.findall(r'<img alt="([^"]*)"', page)
         assert len(alts) >= 2 and "No description" not in page, edition
         assert "Hilbert systems: error tracks the condition number (x: n)" in alts
+
+
+def test_nbconverts_warning_of_images_without_alt_text_stays_out_of_the_log(caplog):
+    import tools.literate.plugin  # noqa: F401  (it filters the warning)
+
+    log = logging.getLogger("traitlets")
+    with caplog.at_level(logging.WARNING, logger="traitlets"):
+        log.warning("Alternative text is missing on %s image(s).", 2)
+        log.warning("another warning")
+    assert [record.getMessage() for record in caplog.records] == ["another warning"]

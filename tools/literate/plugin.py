@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import posixpath
 import shutil
 from pathlib import Path
@@ -61,6 +62,16 @@ BOOK = {"zh": {"print_page_title": "注解深度学习：全书", "toc_title": "
 
 ASSETS = Path(__file__).parent / "assets"
 ASSET_URL = "assets/literate"
+
+
+def _not_missing_alt(record: logging.LogRecord) -> bool:
+    """nbconvert warns of a notebook's images without alternative text on every
+    build; the plugin gives them one (`notebook.describe_figures`), so the warning is
+    dropped."""
+    return "Alternative text is missing" not in record.getMessage()
+
+
+logging.getLogger("traitlets").addFilter(_not_missing_alt)
 
 
 class LiteratePluginConfig(Config):
