@@ -109,6 +109,23 @@ def test_a_list_cut_short_by_et_al_is_labelled_et_al():
     }
 
 
+def test_works_that_would_share_a_label_get_letters_in_list_order():
+    labels = citation_labels(
+        [
+            reference("he2016deep", 2016, ["Kaiming He", "X Zhang", "S Ren"]),
+            reference("lecun1998", 1998, ["Yann LeCun"]),
+            reference("he2016identity", 2016, ["Kaiming He", "X Zhang", "S Ren"]),
+            reference("he2016alone", 2016, ["Kaiming He"]),
+        ]
+    )
+    assert labels == {
+        "he2016deep": "He et al., 2016a",
+        "lecun1998": "LeCun, 1998",
+        "he2016identity": "He et al., 2016b",
+        "he2016alone": "He, 2016",
+    }
+
+
 def test_a_part_ending_in_its_own_stop_gets_no_second_one():
     assert [full_stop(t) for t in ("Notes", "Steele Jr.", "All We Needed?")] == [
         ".",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import html
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
@@ -100,7 +101,8 @@ def highlight_lines(source: str, language: str = "python") -> tuple[str, ...]:
 
 def citation_labels(references: list[dict]) -> dict[str, str]:
     """{key: "Kingma & Ba, 2015"}: last names (one, two, or the first "et al.") and the
-    year."""
+    year; works that would share a label get a letter after the year, in the order of
+    the list ("He et al., 2016a", "He et al., 2016b")."""
     labels = {}
     for reference in references:
         # An author list cut short ends in "et al.": more authors than it names.
@@ -114,6 +116,12 @@ def citation_labels(references: list[dict]) -> dict[str, str]:
         else:
             who = f"{names[0]} et al."
         labels[reference["key"]] = f"{who}, {reference['year']}"
+    shared = Counter(labels.values())
+    seen: Counter = Counter()
+    for key, label in labels.items():
+        if shared[label] > 1:
+            labels[key] = label + "abcdefghijklmnopqrstuvwxyz"[seen[label]]
+            seen[label] += 1
     return labels
 
 
