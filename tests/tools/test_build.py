@@ -135,6 +135,10 @@ BAD_LESSONS = {
         lambda s: re.sub(r'r"""\n---\n.*?---\n', 'r"""\n', s, count=1, flags=re.S),
         r":1: no front matter",
     ),
+    "a reference without its year": (
+        lambda s: s.replace("    year: 2016\n", "", 1),
+        r":\d+: front matter: references\[0\] lacks year",
+    ),
     "example raises": (
         lambda s: s.replace(
             "    torch.manual_seed(0)\n",

@@ -5,10 +5,10 @@
   script.
 - `on_pre_build`, `on_env`: keep compiled templates on disk, so that `mkdocs serve`
   rebuilds quickly after a save.
-- `on_files`: check and render every lesson (`pipeline.check`, `pipeline.render_page`),
-  and add its page, downloads and diagram files. All the work that can fail happens
-  here, before mkdocs writes a single page, so a broken lesson leaves no half-built
-  site.
+- `on_files`: check every lesson (`pipeline.check`) and that their references agree
+  (`rules.one_entry_per_work`), then render each (`pipeline.render_page`) and add its
+  page, downloads and diagram files. All the work that can fail happens here, before
+  mkdocs writes a single page, so a broken lesson leaves no half-built site.
 - `on_page_markdown`: fill the placeholders of the hand-written pages: the learning
   path, the comparisons and the papers.
 - `on_page_content`: put each lesson's rendered body into its page.
@@ -132,21 +132,8 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         found.sort(key=lambda file: (rank.get(file.key, len(rank)), file.key))
         try:
             self.records = [pipeline.read(file, self.docs_dir) for file in found]
-            # The references agree across lessons (one entry per work), so the
-            # papers page can list each work once.
-            problems = rules.one_entry_per_work(
-                [(record.file, record.lesson) for record in self.records]
-            )
-            if problems:
-                raise problems[0]
         except LessonError as error:
             raise PluginError(f"literate: {self._where(error)}") from None
-        self.works = papers.works(
-            [
-                (record.file.key, record.lesson.front_matter.get("references") or [])
-                for record in self.records
-            ]
-        )
         self.translations = {}
         if self.language != "en":
             self.translations = {
@@ -282,6 +269,26 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         for asset in sorted(p for p in ASSETS.rglob("*") if p.is_file()):
             url = f"{ASSET_URL}/{asset.relative_to(ASSETS).as_posix()}"
             files.append(File.generated(config, url, abs_src_path=str(asset)))
+        # Every lesson keeps the rules, and the lessons' references agree (one entry
+        # per work, so the papers page lists each work once), before any is rendered.
+        try:
+            for record in self.records:
+                problems = pipeline.check(record, self.order)
+                if problems:
+                    raise problems[0]
+            problems = rules.one_entry_per_work(
+                [(record.file, record.lesson) for record in self.records]
+            )
+            if problems:
+                raise problems[0]
+        except LessonError as error:
+            raise PluginError(f"literate: {self._where(error)}") from None
+        self.works = papers.works(
+            [
+                (record.file.key, record.lesson.front_matter["references"])
+                for record in self.records
+            ]
+        )
         pages = {f.src_uri for f in files.documentation_pages()}
         pages |= {record.file.page for record in self.records}
         neighbours = {
@@ -313,9 +320,6 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
         self.pages = {}
         for record in self.records:
             try:
-                problems = pipeline.check(record, self.order)
-                if problems:
-                    raise problems[0]
                 page = pipeline.render_page(record, site)
             except LessonError as error:
                 raise PluginError(f"literate: {self._where(error)}") from None
