@@ -379,6 +379,7 @@ def test_pages_are_in_the_nav_after_home():
             {"Competencies": "competencies.md"},
             {"Compare implementations": "compare.md"},
             {"Papers": "papers.md"},
+            {"Glossary": "glossary.md"},
         ]
     }
 

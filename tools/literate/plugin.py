@@ -10,7 +10,7 @@
   page, downloads and diagram files. All the work that can fail happens here, before
   mkdocs writes a single page, so a broken lesson leaves no half-built site.
 - `on_page_markdown`: fill the placeholders of the hand-written pages: the learning
-  path, the comparisons and the papers.
+  path, the comparisons, the papers and the glossary.
 - `on_page_content`: put each lesson's rendered body into its page.
 - `on_post_page`: point the language switcher at the page's twin, and a translated
   edition's pages at that edition's search index.
@@ -40,6 +40,7 @@ from mkdocs_jupyter.plugin import NotebookFile
 from tools.literate import (
     LessonError,
     compare,
+    glossary,
     i18n,
     learning_path,
     notebook,
@@ -124,6 +125,11 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             self.comparisons = (
                 compare.load(comparisons) if comparisons.is_file() else ()
             )
+        except ValueError as error:
+            raise PluginError(f"literate: {error}") from None
+        terms = self.root / "annotated/glossary.toml"
+        try:
+            self.terms = glossary.load(terms) if terms.is_file() else ()
         except ValueError as error:
             raise PluginError(f"literate: {error}") from None
         self.order = [entry.module for entry in self.curriculum.lessons()]
@@ -416,6 +422,14 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             )
             markdown = papers.render(
                 markdown, self.works, written, page.file.src_uri, self.language
+            )
+            markdown = glossary.render(
+                markdown,
+                self.terms,
+                {record.file.key: record.lesson for record in self.records},
+                written,
+                page.file.src_uri,
+                self.language,
             )
             return learning_path.render(
                 markdown,
