@@ -12,9 +12,9 @@ and the lesson that introduces it:
 
 A docs page holding `<!-- glossary -->` gets a table of the terms in English
 alphabetical order, each linked to the first section of its lesson whose prose uses
-it (`locate`). A term its lesson's prose does not use, or a lesson that is not written,
-stops the build; the tests check the Chinese side against the lesson's translation
-(`uses`).
+it (`locate`, with `uses`). A term its lesson's prose does not use, or a lesson that is
+not written, stops the build; tests/tools/test_glossary.py checks the Chinese side, that
+the lesson's translation says `zh`.
 """
 
 from __future__ import annotations
