@@ -88,6 +88,8 @@ def test_the_page_links_each_term_to_the_section_that_first_uses_it():
         glossary.GLOSSARY, TERMS, lessons, written(), "g.md", "zh"
     )
     assert chinese.startswith("| 英文 | 中文 | 首次讲解 |")
+    row = '| <span lang="en">KV cache</span> | <span lang="zh-Hans">KV 缓存</span> |'
+    assert row in chinese
 
 
 def test_a_term_its_lesson_never_uses_stops_the_build():

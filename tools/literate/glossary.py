@@ -111,8 +111,12 @@ def render(
             )
         page = posixpath.relpath(lesson.page, here)
         target = f"{page}#{section}" if section else page
+        # Each term marked with its language, for a screen reader's voice.
+        english = _cell(term.en)
+        if chinese:
+            english = f'<span lang="en">{english}</span>'
         rows.append(
-            f'| {_cell(term.en)} | <span lang="zh-Hans">{_cell(term.zh)}</span> '
+            f'| {english} | <span lang="zh-Hans">{_cell(term.zh)}</span> '
             f"| [{_cell(lesson.title)}]({target}) |"
         )
     return markdown.replace(GLOSSARY, "\n".join(rows))
