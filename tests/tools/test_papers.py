@@ -140,6 +140,7 @@ def test_a_part_ending_in_its_own_stop_gets_no_second_one():
     )
 
 
+@cache
 def cited_keys() -> dict[str, set[str]]:
     """Each key any lesson cites → the lessons' pages, from their front matter."""
     keys: dict[str, set[str]] = {}
