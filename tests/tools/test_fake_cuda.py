@@ -41,6 +41,24 @@ def test_mixed_devices_raise_and_code_on_the_input_device_runs():
             torch.stack([x, torch.zeros(2, 3)])
 
 
+def test_tensors_nested_in_arguments_and_results_are_followed():
+    """Arguments nest tensors in lists, tuples and keyword dicts, and results come back
+    in named tuples (`torch.max`) and lists (`torch.split`): each is seen."""
+    with fake_cuda():
+        x = torch.ones(2, 3, device="cuda")
+        with pytest.raises(RuntimeError, match="cpu and cuda"):
+            torch.cat((x, torch.ones(2, 3)))
+        with pytest.raises(RuntimeError, match="cpu and cuda"):
+            torch.add(x, other=torch.ones(2, 3))
+        with pytest.raises(RuntimeError, match="cpu and cuda"):
+            torch._foreach_add([x], [torch.ones(2, 3)])
+        assert (
+            torch.max(x, dim=0).values.is_cuda and torch.max(x, dim=0).indices.is_cuda
+        )
+        assert all(part.is_cuda for part in torch.split(x, 1))
+        assert not any(part.is_cuda for part in torch.split(torch.ones(2), 1))
+
+
 def test_modules_moved_to_the_gpu_need_gpu_inputs_and_train():
     with fake_cuda():
         model = torch.nn.Linear(3, 2).to("cuda")

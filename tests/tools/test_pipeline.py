@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -97,18 +98,39 @@ def test_the_downloads_bundle_what_they_import_and_run_alone(project, tmp_path):
     assert result.returncode != 0 and "the project is hidden" in result.stderr
 
 
-@pytest.mark.parametrize(
-    "lesson",
-    [lesson for lesson in discover(REPO) if lesson.language == "python"],
-    ids=lambda lesson: lesson.key,
-)
-def test_each_lessons_download_answers_help_outside_the_repository(lesson, tmp_path):
-    record = pipeline.read(lesson, tmp_path / "no-stored-results")
-    script = tmp_path / "lesson.py"
-    script.write_text(
-        downloads.script(record.source, record.lesson.tree, record.imports)
-    )
-    result = run_hidden(script, "--help")
+PYTHON_LESSONS = [lesson for lesson in discover(REPO) if lesson.language == "python"]
+HELP_TEST = "test_each_lessons_download_answers_help_outside_the_repository"
+
+
+@pytest.fixture(scope="session")
+def help_runs(request, tmp_path_factory):
+    """`--help` of each selected lesson's download, two runs at a time: a run is a
+    Python process importing torch and the lesson's libraries on one core, and 76 of
+    them one after another took three minutes. {lesson key: future of its result}."""
+    selected = [
+        item.callspec.params["lesson"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == HELP_TEST
+    ]
+    folder = tmp_path_factory.mktemp("help")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {}
+        for lesson in selected:
+            record = pipeline.read(lesson, folder / "no-stored-results")
+            script = folder / lesson.key.replace("/", "-") / "lesson.py"
+            script.parent.mkdir()
+            script.write_text(
+                downloads.script(record.source, record.lesson.tree, record.imports)
+            )
+            runs[lesson.key] = pool.submit(run_hidden, script, "--help")
+        yield runs
+        for run in runs.values():
+            run.cancel()
+
+
+@pytest.mark.parametrize("lesson", PYTHON_LESSONS, ids=lambda lesson: lesson.key)
+def test_each_lessons_download_answers_help_outside_the_repository(lesson, help_runs):
+    result = help_runs[lesson.key].result()
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
 
