@@ -1265,7 +1265,8 @@ def test_other_pages_stay_on_127_0_0_1_without_console_errors(browser, server, s
 
 # WCAG 2.1 AA: text keeps a contrast of 4.5:1 against what is behind it, and a link in a
 # sentence is told from its text by more than colour.
-CONTRAST = r"""() => {
+CONTRAST = r"""async () => {
+  await new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
   const rgba = text =>
     (text.match(/[\d.]+/g) || []).map(Number).concat([1]).slice(0, 4);
   const behind = element => {  // the opaque colour behind an element, layers blended
@@ -1291,7 +1292,8 @@ CONTRAST = r"""() => {
   const coloured = '.lit-pass, .lit-fail, .lit-planned, '
     + '.lit-code :is(.c1, .o, .ow, .p, .nb, .bp, .mi, .mf), '  // the theme's code
     + '.md-typeset a > code, '  // a link's colour on a code span's background
-    + '.jp-InputPrompt, .highlight-ipynb :is(.mi, .ow)';  // the tour's notebook
+    + '.jp-InputPrompt, .highlight-ipynb :is(.mi, .ow), '  // the tour's notebook
+    + '.md-copyright';  // the theme's footer
   const labels = [...document.querySelectorAll(coloured)];
   const sentences = ':is(p, li, td, dd, figcaption, blockquote) > a';
   const links = [...document.querySelectorAll(`.md-typeset ${sentences}`)]
@@ -1304,6 +1306,12 @@ CONTRAST = r"""() => {
       .filter(a => !getComputedStyle(a).textDecorationLine.includes('underline'))
       .map(a => a.textContent.trim().slice(0, 40)),
     search: document.querySelector('.md-search').getAttribute('aria-label'),
+    navs: [...document.querySelectorAll('nav:not([role="none"])')]
+      .filter(nav => nav.getClientRects().length)  // shown: a hidden one is no landmark
+      .map(nav => {
+      const by = document.getElementById(nav.getAttribute('aria-labelledby'));
+      return (nav.getAttribute('aria-label') || (by ? by.textContent : '')).trim();
+    }),
     contents: [...document.querySelectorAll('.lit-toc a')]
       .filter(a => getComputedStyle(a).textDecorationLine !== 'none').length,
   };
@@ -1316,7 +1324,8 @@ def test_links_in_sentences_are_underlined_and_labels_readable_in_both_schemes(
 ):
     """The pages that show a test's outcome or a planned item, a lesson page and the
     tour, whose notebook brings its own colours; a lesson's code in the theme's colours.
-    The theme's search dialog is named in each edition's language too."""
+    The theme's search dialog is named in each edition's language too, and no two
+    navigation landmarks share a name (or lack one)."""
     pages = ["competencies/", "method/", f"lessons/{EXEMPLAR}/", "zh/schedule/"]
     pages.append("tour/")
     offenders, links = [], 0
@@ -1335,6 +1344,10 @@ def test_links_in_sentences_are_underlined_and_labels_readable_in_both_schemes(
                 offenders.append(f"{path} ({scheme}): contents links underlined")
             if found["search"] != ("搜索" if path.startswith("zh/") else "Search"):
                 offenders.append(f"{path}: search dialog named {found['search']!r}")
+            navs = found["navs"]
+            twice = {name for name in navs if navs.count(name) > 1}
+            if twice:
+                offenders.append(f"{path}: navigation landmarks named alike: {twice}")
             offenders += [
                 f"{path} ({scheme}): {cls} {text!r} has contrast {ratio:.2f}"
                 for cls, text, ratio in found["labels"]

@@ -406,7 +406,8 @@ def _contents(sections: list[Section]) -> str:
             items.append(f'<li><a href="#{section.id}">{label}</a></li>')
     items.append('<li><a href="#references">References</a></li>')
     return (
-        '<nav class="lit-toc"><details><summary>Sections</summary>'
+        '<nav class="lit-toc" aria-label="Sections">'
+        "<details><summary>Sections</summary>"
         f"<ol>{''.join(items)}</ol></details></nav>"
     )
 
@@ -471,6 +472,8 @@ LABELS = {
         "<dt>On a GPU</dt>": "<dt>GPU 上</dt>",
         "<dt>Download</dt>": "<dt>下载</dt>",
         "<summary>Sections</summary>": "<summary>本节目录</summary>",
+        'aria-label="Sections"': 'aria-label="本节目录"',
+        'aria-label="The lessons before and after"': 'aria-label="前后课程"',
         '<a href="#references">References</a>': '<a href="#references">参考文献</a>',
         "<h2>References</h2>": "<h2>参考文献</h2>",
         "<h3>Worksheet</h3>": "<h3>练习模式</h3>",
@@ -773,7 +776,8 @@ def _pager(facts: PageFacts) -> str:
             f'<a class="lit-next" href="{facts.next.url}">'
             f"{html.escape(facts.next.title)} →</a>"
         )
-    return f'<nav class="lit-pager">{"".join(links)}</nav>'
+    label = 'aria-label="The lessons before and after"'
+    return f'<nav class="lit-pager" {label}>{"".join(links)}</nav>'
 
 
 # ---- search --------------------------------------------------------------------------

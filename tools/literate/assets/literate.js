@@ -119,8 +119,17 @@
     });
   }
 
+  // The theme wraps each code block's copy button in a <nav>: a navigation landmark per
+  // block, thirty unnamed ones on a lesson page. The button stays; the landmark goes.
+  function quietCodeButtons() {
+    document.querySelectorAll("nav.md-code__nav:not([role])").forEach(function (nav) {
+      nav.setAttribute("role", "none");
+    });
+  }
+
   function layout() {
     reachableScrolling();
+    quietCodeButtons();
     var page = document.querySelector(".lit-page");
     if (!page) return;
     breakablePaths(page);
@@ -138,6 +147,19 @@
   // It sits in the header, which a page swap keeps: naming it once is enough.
   var search = document.querySelector('.md-search[role="dialog"]');
   if (search) search.setAttribute("aria-label", CHINESE ? "搜索" : "Search");
+
+  // A navigation section with a page of its own ("Source reading") is labelled by its
+  // toggle, an icon without text, so such sections were landmarks without a name, and
+  // two of them landmarks with the same one. Each is named by the title it shows.
+  document.querySelectorAll("nav.md-nav[aria-labelledby]").forEach(function (nav) {
+    var label = document.getElementById(nav.getAttribute("aria-labelledby"));
+    var title = nav.querySelector(":scope > .md-nav__title");
+    var name = title ? title.textContent.trim() : "";
+    if (label && !label.textContent.trim() && name) {
+      nav.removeAttribute("aria-labelledby");
+      nav.setAttribute("aria-label", name);
+    }
+  });
 
   window.addEventListener("resize", relayout);
   window.addEventListener("hashchange", centreTargetLine);
