@@ -1,9 +1,10 @@
 """Speed of the engine, measured with pytest-benchmark (run
 `pytest --benchmark-only tests/tools`): parsing and rendering a 1,000-line lesson with
 warm diagrams, a warm `mkdocs build --strict` of the whole site, and the rebuild
-`mkdocs serve` does after one lesson is saved. In the default run each body runs once,
-as a test (the whole-site build without its warm-up: test_site.py builds the site
-too)."""
+`mkdocs serve` does after one lesson is saved. In the default run the 1,000-line lesson
+runs once, as a test; the two whole-site ones are measured only: their bodies, a build
+and a rebuild of the whole site (100 s together), are what test_site.py's build and
+test_build.py's `mkdocs serve` test check already."""
 
 import os
 import shutil
@@ -17,6 +18,8 @@ import pytest
 from conftest import FIXTURES, REPO, make_project
 from tools.literate import pipeline
 from tools.literate.files import LessonFile
+
+WHOLE_SITE = "measured with --benchmark-only; test_site.py and test_build.py check it"
 
 
 def thousand_line_lesson() -> str:
@@ -91,6 +94,8 @@ def copy_of_repo(target: Path) -> Path:
 
 @pytest.mark.slow
 def test_bench_warm_mkdocs_build_of_the_whole_site(benchmark, tmp_path):
+    if benchmark.disabled:
+        pytest.skip(WHOLE_SITE)
     project = copy_of_repo(tmp_path / "repo")
     command = [
         sys.executable,
@@ -102,10 +107,8 @@ def test_bench_warm_mkdocs_build_of_the_whole_site(benchmark, tmp_path):
         str(tmp_path / "site"),
     ]
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(project)}
-    if not benchmark.disabled:
-        # Warms the caches for the measured builds. A plain run builds once, to check
-        # that the benchmark works: the site's own build is checked in test_site.py.
-        subprocess.run(command, cwd=project, env=env, check=True, capture_output=True)
+    # Warms the caches for the measured builds.
+    subprocess.run(command, cwd=project, env=env, check=True, capture_output=True)
 
     def build():
         return subprocess.run(
@@ -120,6 +123,8 @@ def test_bench_warm_mkdocs_build_of_the_whole_site(benchmark, tmp_path):
 def test_bench_serve_rebuild_after_saving_one_lesson(benchmark, tmp_path):
     """What `mkdocs serve` does when a lesson is saved: reload the config, rebuild in
     the same process."""
+    if benchmark.disabled:
+        pytest.skip(WHOLE_SITE)
     from mkdocs.commands.build import build
     from mkdocs.config import load_config
 
