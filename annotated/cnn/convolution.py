@@ -546,8 +546,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 # PyTorch chooses, too. `F.conv2d` lands in `at::convolution`
 # (`aten/src/ATen/native/Convolution.cpp`), where `select_conv_backend` picks among
 # cuDNN, MKLDNN (oneDNN), depthwise kernels, and the `Slow2d` im2col fallback from the
-# shapes, dtype and device. It never picks an FFT: for the 3×3 and 1×1 kernels that
-# dominate modern networks it is slower, as the demo below shows. Our three are
+# shapes, dtype and device. None of these is an FFT (on a GPU, cuDNN has FFT
+# algorithms among those it may pick inside its backend): for the 3×3 and 1×1 kernels
+# that dominate modern networks an FFT is slower, as the demo below shows. Our three are
 # collected here so that the example, the demo and the tests can name them.
 
 ALGORITHMS = {"direct": conv2d_direct, "im2col": conv2d_im2col, "fft": conv2d_fft}

@@ -248,8 +248,9 @@ def check_images(x: object, channels: int, name: str = "x") -> None:
 #
 # The initialisation is torchvision's: He-normal (fan-out) for the convolutions, BN at
 # $\gamma = 1, \beta = 0$. `zero_init_residual` sets the *last* BN's $\gamma$ of every
-# block to zero, so that every block starts as the identity [@goyal2017accurate]: the
-# whole network then starts as stem, pool and classifier.
+# block to zero, so that every block without a projection shortcut starts as the
+# identity [@goyal2017accurate]: the whole network then starts as stem, pool, the
+# projection shortcuts and classifier.
 class ResNet(nn.Module):
     def __init__(
         self,

@@ -878,10 +878,10 @@ class HiddenMarkovModel:
 
     # **Why scale.** $\alpha_t$ is a probability of $t$ observations, so it shrinks
     # geometrically: with six-sided dice, by about $1/6$ a step. After about 400 rolls
-    # it is below $10^{-308}$ and float64 rounds it to zero; every posterior becomes
-    # $0/0$. Two cures exist. Logarithms turn products into sums but need a log-sum-exp
-    # for every addition. Scaling keeps linear arithmetic: normalise each $\alpha_t$ to
-    # sum to one and remember the divisor
+    # it is below $10^{-308}$, where float64 keeps ever fewer digits, and after 416 it
+    # rounds to zero; every posterior becomes $0/0$. Two cures exist. Logarithms turn
+    # products into sums but need a log-sum-exp for every addition. Scaling keeps linear
+    # arithmetic: normalise each $\alpha_t$ to sum to one and remember the divisor
     #
     # $$
     # \begin{aligned}

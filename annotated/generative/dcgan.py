@@ -145,7 +145,8 @@ from annotated.generative.metrics import feature_extractor, fid
 # softplus functions, $\log\sigma(\ell) = -\operatorname{softplus}(-\ell)$ and
 # $\log(1 - \sigma(\ell)) = -\operatorname{softplus}(\ell)$, which `F.softplus`
 # evaluates without overflow for any $\ell$: computing $\sigma$ first and then its log
-# would return $\log 0 = -\infty$ once $|\ell| \gtrsim 17$ in float32. The
+# would return $\log 0 = -\infty$ in float32 once $\ell \gtrsim 17$ for
+# $\log(1 - \sigma)$, and $\ell \lesssim -89$ for $\log \sigma$. The
 # discriminator *minimises* the negated value,
 #
 # $$

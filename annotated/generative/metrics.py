@@ -164,7 +164,7 @@ from annotated.figures import figure, save
 # and a square root magnifies noise: $\sqrt{10^{-16}} = 10^{-8}$, summed over dozens of
 # null directions, puts a $10^{-6}$ error into a value that should be exact. Rounding
 # cannot resolve an eigenvalue smaller than about $d\,\varepsilon\,\lambda_\max$
-# ($\varepsilon = 2.2\times10^{-16}$, the float64 unit roundoff), so `psd_eigenvalues`
+# ($\varepsilon = 2.2\times10^{-16}$, float64's machine epsilon), so `psd_eigenvalues`
 # sets everything below that floor to exactly 0, the negative noise included. What is
 # more negative than the floor is not noise: the matrix is not a covariance, and the
 # public function says so.

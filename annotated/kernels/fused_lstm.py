@@ -350,8 +350,8 @@ def lstm_forward_kernel(
 # one through $h' = o \tanh c'$. Since $z = a + b + b_{ih} + b_{hh}$, $\bar z$ is
 # also the gradient of $a$, of $b$, and (summed over the batch) of each bias. A loss
 # that reads only $h'$ sends no $\bar c'$ at all, and the last step of a sequence
-# gets none: `HAS_GRAD_H` and `HAS_GRAD_C` compile those loads out instead of reading a
-# tensor of zeros, as ATen's `lstm_cell_backward` does.
+# gets none: `HAS_GRAD_H` and `HAS_GRAD_C` compile those loads out, where ATen's
+# `lstm_cell_backward` skips them with a check at run time.
 
 
 @triton.jit

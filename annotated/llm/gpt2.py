@@ -348,9 +348,11 @@ def check_idx(idx: Tensor, vocab_size: int, n_positions: int) -> Tensor:
 # the model, and it means a token's vector is trained both by reading it and by
 # predicting it.
 #
-# The initialisation is the paper's [@radford2019language], in the form OpenAI's code
-# and HF's `GPT2PreTrainedModel._init_weights` use: every weight matrix and embedding
-# from $\mathcal N(0, 0.02^2)$, biases zero, LayerNorm gains one and shifts zero.
+# The initialisation is the paper's [@radford2019language], in the form HF's
+# `GPT2PreTrainedModel._init_weights` uses: every weight matrix and embedding from
+# $\mathcal N(0, 0.02^2)$, biases zero, LayerNorm gains one and shifts zero. (OpenAI's
+# released code draws the position embeddings at 0.01 and leaves out the change
+# below.)
 # One change: the two matrices that write *into* the residual stream in each block,
 # `attn.c_proj` and `mlp.c_proj`, get a standard deviation of
 # $0.02/\sqrt{2L}$. The stream is a sum of $2L$ residual branches; if each adds

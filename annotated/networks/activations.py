@@ -199,8 +199,8 @@ def sigmoid_derivative(x: Tensor) -> Tensor:
 # write $\tanh |x| = (1 - t)/(1 + t)$ with the numerator from `expm1`, which computes
 # $e^{u} - 1$ without that cancellation.
 #
-# Both functions *saturate*: $\sigma'(x) < 10^{-3}$ once $|x| > 6.9$, and
-# $\tanh'(x) < 10^{-3}$ once $|x| > 4.1$. A unit pushed that far on every input has
+# Both functions *saturate*: $\sigma'(x) < 10^{-3}$ once $|x| > 6.91$, and
+# $\tanh'(x) < 10^{-3}$ once $|x| > 4.15$. A unit pushed that far on every input has
 # stopped learning, which is why deep sigmoid networks trained so badly
 # [@glorot2010understanding].
 def tanh(x: Tensor) -> Tensor:
@@ -225,8 +225,9 @@ def tanh_derivative(x: Tensor) -> Tensor:
 # $$
 # Its derivative never shrinks a gradient that passes, so deep stacks of ReLUs train
 # where sigmoids stall [@glorot2011deep]. The price is the other half: a unit whose
-# pre-activation is negative on every input passes no gradient back at all, and nothing
-# can revive it. That is a *dead* unit.
+# pre-activation is negative on every input passes no gradient back at all, so its own
+# weights stop changing; only the layers below it, moving its inputs, can revive it (a
+# unit of the first layer stays dead under plain SGD). That is a *dead* unit.
 #
 # At the kink $x = 0$ the derivative does not exist. Any value in $[0, 1]$ is a valid
 # subgradient; torch uses 0 (its backward masks with `x > 0`), and so do we, so that the
@@ -269,7 +270,7 @@ def leaky_relu_derivative(x: Tensor, negative_slope: float = 0.01) -> Tensor:
 # $$
 # With $\alpha = 1$ the derivative is continuous at 0. Negative outputs pull the mean
 # activation towards 0, as $\tanh$ does, without saturating on the positive side. It
-# does saturate on the negative one: $e^x < 10^{-3}$ below $x = -6.9$.
+# does saturate on the negative one: $e^x < 10^{-3}$ below $x = -6.91$.
 #
 # `clamp(x, max=0)` feeds the exponential only the negative side; the positive branch
 # of `where` is discarded anyway, and this way $x = 10^3$ never computes $e^{1000}$.
@@ -613,7 +614,8 @@ class DigitsNet(nn.Module):
 # LeakyReLU's derivative never goes below $\alpha = 0.01 > \tau$: it cannot die.
 #
 # Its incoming weights then get a gradient below $\tau$ times the gradient at its output
-# on every example: ReLU's exactly 0, for good, since no update ever reaches them again.
+# on every example: ReLU's exactly 0, so its weights stop changing, unless the layers
+# below move its inputs back into the positive range.
 DEAD_THRESHOLD = 1e-3
 
 

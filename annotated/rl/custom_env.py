@@ -545,8 +545,10 @@ def dataflow(episode: Episode):
 #
 # Train [PPO](ppo.md) on `KeyDoor-v0` with the previous lesson's `train`, unchanged:
 # the environment is a gymnasium id like CartPole, and the registration is all the glue
-# there is. Only the learning rate differs from CartPole's default (1e-3 instead of
-# 2.5e-4; the reward is sparse and the default needs about three times the steps).
+# there is. Besides the budget (150,000 steps, which the learning rate's annealing
+# follows) and the target return, only the learning rate differs from CartPole's
+# default (1e-3 instead of 2.5e-4; the reward is sparse and the default needs about
+# three times the steps).
 # Training stops once the last 20 episodes average a return of 0.85.
 #
 # Then three policies play the same 200 held-out layouts (seeds from 10,000 up): a

@@ -53,8 +53,9 @@ worksheet:
 When an expert can show what to do, the simplest way to learn a policy is to copy it:
 record the expert's states and the actions it took, and fit a classifier from one to
 the other. This is *behaviour cloning*. Pomerleau's ALVINN [@pomerleau1989alvinn]
-drove a van this way in 1989, a small network mapping a camera image to a steering
-direction, trained on a person's driving.
+steered a van in 1989 with a small network mapping a camera image (and a range
+finder's) to a steering direction, trained on simulated roads; its successors learned
+from a person's driving.
 
 Cloning is supervised learning, but its test set is not drawn like its training set.
 The expert's states come from the expert's own driving; the learner is tested on the

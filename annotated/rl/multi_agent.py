@@ -120,9 +120,10 @@ from annotated.figures import figure, save
 # $n$ agents and $n$ landmarks on a $k\times k$ grid, both placed at random at the
 # start of an episode (the landmarks on distinct cells). At every step each agent
 # picks one of five moves, stay, up, down, left or right; a move into the wall leaves
-# it where it is, and agents may share a cell. After the moves the team is paid the
-# reward of MADDPG's *cooperative navigation* task [@lowe2017multi]: minus the mean,
-# over landmarks, of the distance from each landmark to its nearest agent,
+# it where it is, and agents may share a cell. After the moves the team is paid a
+# variant of the reward of MADDPG's *cooperative navigation* task [@lowe2017multi]
+# (which sums the distances and also penalises collisions): minus the mean, over
+# landmarks, of the distance from each landmark to its nearest agent,
 #
 # $$
 # r_t = -\frac{1}{n(k-1)} \sum_{j} \min_i \lVert p_i - \ell_j \rVert_1,

@@ -480,7 +480,8 @@ def fit(
 # 2. score them, keep the best $K$, the *elites*;
 # 3. refit $\mu$ and $\sigma$ to the elites.
 #
-# Each refit is the maximum-likelihood Gaussian of the elites, which minimises the
+# Each refit is the Gaussian of the elites' mean and standard deviation (the
+# maximum-likelihood fit, but for the $n - 1$ of torch's `std`), which minimises the
 # cross-entropy from the elite distribution to the new one; hence the name. The
 # Gaussian contracts onto the best region, and no gradient is ever taken, so a score
 # that jumps (a pole that falls or does not) is no obstacle. The test hands it a

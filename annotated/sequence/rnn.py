@@ -103,8 +103,8 @@ steps of training with 32 hidden units, its test error is 0.0028, against 0.070 
 repeating the last value; over the second half of each wave, once the state has seen
 enough, it is 0.00009, a typical miss of 1 % of the amplitude. The same run measures
 how the gradient of the last step's loss shrinks as it travels back through time:
-tenfold every five steps at initialisation, every twelve after training, so that only
-a hundredth of it reaches 20 steps back. That is the vanishing gradient
+tenfold every five steps at initialisation and about every ten after training, so
+that only a hundredth of it reaches 20 steps back. That is the vanishing gradient
 [@bengio1994learning; @pascanu2013difficulty] that limits how far back a vanilla RNN
 can learn. [Vanishing gradients, measured](vanishing_gradients.md) measures it
 properly, and the [LSTM](lstm.md) [@hochreiter1997long] is the fix.

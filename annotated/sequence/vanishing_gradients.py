@@ -403,9 +403,10 @@ def fit_decay(norms: Tensor, start: int = 1) -> Decay:
 # $$
 #
 # for a unit $\partial L/\partial h_T$. If $\sigma_{\max} < 1/\gamma$, gradients must
-# vanish: a sufficient condition. For them to explode, the spectral radius must exceed
-# 1: a necessary condition, not a sufficient one, because saturated units
-# ($1 - h^2 \approx 0$) can pull the product back down.
+# vanish: a sufficient condition. For them to explode, $\sigma_{\max}$ must exceed
+# $1/\gamma$ (for a linear RNN: the spectral radius must exceed 1): a necessary
+# condition, not a sufficient one, because saturated units ($1 - h^2 \approx 0$) can
+# pull the product back down.
 #
 # We compute each link of that chain explicitly. `rnn_jacobians` forms every $J_k$ as
 # a matrix; `backward_through_jacobians` multiplies $\partial L/\partial h_T$ by their

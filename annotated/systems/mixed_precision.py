@@ -88,8 +88,9 @@ worth $(-1)^s \, 2^{e - \text{bias}} \, (1.f)$ [@ieee2019floating; @goldberg1991
 
 (The exponent and fraction columns count bits.)
 
-float16 keeps more digits but has a narrow *range*: anything below $2^{-24} \approx
-6 \times 10^{-8}$ rounds to zero, and anything above 65504 is infinite. bfloat16 is
+float16 keeps more digits but has a narrow *range*: its smallest number is
+$2^{-24} \approx 6 \times 10^{-8}$ (anything under half of it rounds to zero) and its
+largest 65504 (anything from 65520 up rounds to infinity). bfloat16 is
 float32 with the last 16 fraction bits cut off: the same range, but only two or three
 significant decimal digits [@kalamkar2019study]. So the two formats fail differently.
 float16 loses small gradients to *underflow*, which a *loss scale* repairs; bfloat16

@@ -231,9 +231,10 @@ def minmax(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor]
 # broadcasts along axis 0. `torch.round` rounds halves to even, like `std::nearbyint`
 # in ATen's `quantize_val` (`aten/src/ATen/native/quantized/AffineQuantizer.cpp`).
 # ATen multiplies by the float32 reciprocal $1/s$ instead of dividing by $s$, and so do
-# we. It matters at one point of every symmetric row: the extreme weight lands on
-# $\pm 127.5$, and `x / s` can round to exactly the half, and then to $\pm 128$, where
-# `x * (1 / s)` gives $\pm 127.49999$ and torch's $\pm 127$. The integers are returned
+# we. It matters in every symmetric row whose largest weight in magnitude is negative:
+# it lands on $-127.5$, `x / s` can give exactly that half, which rounds to $-128$ and
+# is kept by the clamp, where `x * (1 / s)` gives $-127.49999$ and torch's $-127$. (A
+# positive extreme's $128$ is clamped to 127 either way.) The integers are returned
 # as `int8` even for int4: a 4-bit type does not exist in
 # memory, so `pack_int4` below puts two of them in each byte.
 def _broadcast(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
