@@ -75,7 +75,7 @@ replaces:
 2. **Export a graph.** `torch.onnx.export` records the forward pass as an ONNX graph: a
    file of typed operators and weights that any runtime can load. ONNX Runtime
    [@onnxruntime] loads it, rewrites it (constant folding, operator fusion, layout
-   changes) at one of four *graph optimisation levels*, and runs it from C++ with no
+   changes) at one of its *graph optimisation levels*, and runs it from C++ with no
    Python between operators.
 3. **Shrink the arithmetic.** ONNX Runtime's *dynamic* 8-bit ("int8") quantisation
    stores the weights as 8-bit integers (here uint8 with a zero point) and quantises
@@ -190,8 +190,12 @@ def check_fold_pair(conv: nn.Module, bn: nn.Module) -> None:
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new `Conv2d` equal to `bn(conv(x))` in eval mode; the inputs are untouched."""
     check_fold_pair(conv, bn)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [out]
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    # A BN built with affine=False has no gamma and beta: they are 1 and 0.
+    ones, zeros = torch.ones_like(bn.running_var), torch.zeros_like(bn.running_mean)
+    gamma = bn.weight if bn.affine else ones  # [out]
+    beta = bn.bias if bn.affine else zeros  # [out]
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)  # [out]
+    bias = conv.bias if conv.bias is not None else zeros
     folded = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -206,7 +210,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     with torch.no_grad():
         # Scale each output channel's filter: [out, in/groups, kh, kw] * [out, 1, 1, 1]
         folded.weight.copy_(conv.weight * scale[:, None, None, None])
-        folded.bias.copy_((bias - bn.running_mean) * scale + bn.bias)  # [out]
+        folded.bias.copy_((bias - bn.running_mean) * scale + beta)  # [out]
     return folded.eval()
 
 
@@ -283,7 +287,8 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
 # - `extended`: fusions that only some providers implement, such as Conv + ReLU into
 #   one `FusedConv` on the CPU, GELU and attention fusions;
 # - `all`: adds layout optimisations, e.g. converting convolutions to the NCHWc
-#   blocked layout that the CPU kernels (MLAS) vectorise best.
+#   blocked layout that the CPU kernels (MLAS) vectorise best. (Recent versions also
+#   name a `layout` level for these alone, `ORT_ENABLE_LAYOUT`; we use the other four.)
 #
 # The transformers are listed by level in
 # `onnxruntime/core/optimizer/graph_transformer_utils.cc`,

@@ -289,8 +289,8 @@ class Value:
     #
     # Two bases are refused before anything is computed. A negative base has no real
     # power unless the exponent is a whole number. At a base of 0, $x^n$ or its
-    # derivative $n x^{n-1}$ is infinite whenever $n < 1$; division by zero arrives here
-    # too, as $0^{-1}$.
+    # derivative $n x^{n-1}$ is infinite whenever $n < 1$, except $n = 0$: $x^0$ is the
+    # constant 1, whose derivative is 0. Division by zero arrives here too, as $0^{-1}$.
     def __pow__(self, exponent: float) -> "Value":
         r"""$z = x^n$ for a fixed number $n$ has
         $\partial z / \partial x = n x^{n-1}$."""
@@ -309,17 +309,18 @@ class Value:
                 f"Value ** exponent: a negative base ({self.data}) has no real power "
                 f"{exponent}"
             )
-        if self.data == 0 and exponent < 1:
+        if self.data == 0 and exponent < 1 and exponent != 0:
             raise ValueError(
                 f"Value ** exponent: at base 0, x ** {exponent} has no finite "
-                "derivative (the exponent must be >= 1 there; dividing by a Value of 0 "
-                "also ends here)"
+                "derivative (the exponent must be 0 or >= 1 there; dividing by a Value "
+                "of 0 also ends here)"
             )
         exponent = float(exponent)  # a NumPy float32 would round the result to float32
         out = Value(self.data**exponent, (self,), f"**{exponent:g}")
 
         def _backward(out_grad):
-            self.grad += exponent * self.data ** (exponent - 1) * out_grad
+            if exponent != 0:  # x ** 0 is the constant 1 (and 0.0 ** -1 would raise)
+                self.grad += exponent * self.data ** (exponent - 1) * out_grad
 
         out._backward = _backward
         return out

@@ -154,8 +154,10 @@ def make_mlp(inputs: int = 64, hidden: tuple[int, ...] = (64, 64), classes: int 
 #
 # A ReLU unit whose pre-activation is negative for every input outputs zero, and its
 # derivative is zero too, so no gradient reaches its incoming weights: once dead on all
-# the data it stays dead [@lu2020dying]. On one batch the count is an upper bound on the
-# truly dead units (a unit may fire only for inputs the batch lacks).
+# the data it stays dead [@lu2020dying], unless the layers below move its inputs (or
+# momentum, still carrying earlier updates, moves its weights) back. On one batch the
+# count is an upper bound on the truly dead units (a unit may fire only for inputs the
+# batch lacks).
 #
 # The hook stores a detached copy of the tensor and ignores forwards in eval mode, so
 # that evaluating the model (on the test set, or 441 times for the loss landscape) does
@@ -240,7 +242,10 @@ class TrainingMonitor:
             name: param for name, param in self.params.items() if param.grad is not None
         }
         norms = [param.grad.norm() for param in with_grad.values()]
-        self.grad_norms = dict(zip(with_grad, torch.stack(norms).tolist()))
+        # One transfer for all the norms; a step with no gradient at all is a no-op.
+        self.grad_norms = dict(
+            zip(with_grad, torch.stack(norms).tolist() if norms else [])
+        )
         self._weights_before = {
             name: param.detach().clone() for name, param in with_grad.items()
         }
@@ -251,7 +256,7 @@ class TrainingMonitor:
             for name, before in self._weights_before.items()
         ]
         self.update_ratios = dict(
-            zip(self._weights_before, torch.stack(ratios).tolist())
+            zip(self._weights_before, torch.stack(ratios).tolist() if ratios else [])
         )
 
     def log(self, step: int, loss: float, examples: int) -> dict[str, float]:

@@ -5,7 +5,7 @@ summary: >-
   The retriever, the sentence encoder and our GPT of the previous chapters wrapped as
   real langchain-core components and composed with LCEL into a retrieval chain that
   invokes, batches, streams and runs asynchronously.
-time: 14 s
+time: 10 s
 references:
   - key: lewis2020retrieval
     authors: [Patrick Lewis, Ethan Perez, Aleksandra Piktus, Fabio Petroni, Vladimir
@@ -27,11 +27,12 @@ worksheet:
       Encode the prompt and keep its last n_positions tokens; for max_new_tokens
       steps divide the last logits by the temperature, keep the top k, draw one token
       with the seeded generator and append it; decode its bytes incrementally, cut
-      the text at the first stop string (and return), and yield each non-empty piece
-      through report.
+      the text at the first stop string (and return), and yield through report what
+      is new, holding back a tail that could still become a stop string.
     tests:
       - test_llm_is_our_sampling_loop_and_streams_what_it_invokes
       - test_llm_fires_a_callback_per_piece_and_honours_stop
+      - test_a_stop_sequence_across_two_pieces_is_cut_whole_from_the_stream
   - region: build_chain
     hint: >-
       A dict whose "context" is the retriever piped into format_documents and whose
@@ -187,8 +188,10 @@ class MiniLMEmbeddings(Embeddings):
 # `run_manager.on_llm_new_token` as it is made: that callback is how a user interface
 # shows tokens as they come.
 #
-# `stop` sequences end the completion at the first one found. The prompt's tail is
-# what the model reads: it sees `n_positions` tokens (64 for the small GPT).
+# `stop` sequences end the completion at the first one found, even one that spans two
+# tokens: a tail that could still grow into a stop sequence is held back until it
+# cannot, as [the serving engine](engine.md) does. The prompt's tail is what the model
+# reads: it sees `n_positions` tokens (64 for the small GPT).
 
 
 class GPTLLM(LLM):
@@ -230,22 +233,28 @@ class GPTLLM(LLM):
         idx = idx.to(device)  # [1, P]
         generator = torch.Generator(device=device).manual_seed(self.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text = ""
+        text, sent = "", 0  # what is decoded, and how much of it was yielded
         for _ in range(self.max_new_tokens):
             logits = self.model(idx[:, -context:])[:, -1] / self.temperature  # [1, V]
             probs = torch.softmax(top_k_filter(logits, self.top_k), dim=-1)
             token = torch.multinomial(probs, 1, generator=generator)  # [1, 1]
             idx = torch.cat([idx, token], dim=1)
-            piece = decoder.decode(self.tokenizer.decode_bytes([token.item()]))
-            if stop and any(s in text + piece for s in stop):
-                cut = min((text + piece).find(s) for s in stop if s in text + piece)
-                piece = (text + piece)[len(text) : cut]
-                if piece:
-                    yield self.report(piece, run_manager)
+            text += decoder.decode(self.tokenizer.decode_bytes([token.item()]))
+            found = [text.find(s) for s in stop or [] if s in text]
+            if found:
+                # Up to the stop sequence; an empty completion is one empty piece.
+                if min(found) > sent or sent == 0:
+                    yield self.report(text[sent : min(found)], run_manager)
                 return
-            text += piece
-            if piece:
-                yield self.report(piece, run_manager)
+            held = [
+                k for s in stop or [] for k in range(1, len(s)) if text.endswith(s[:k])
+            ]
+            end = len(text) - max(held, default=0)
+            if end > sent:
+                yield self.report(text[sent:end], run_manager)
+                sent = end
+        if len(text) > sent:  # the budget ran out with a tail held back
+            yield self.report(text[sent:], run_manager)
 
     def report(
         self, piece: str, run_manager: CallbackManagerForLLMRun | None

@@ -81,7 +81,9 @@ to the patches of its own frame ($N$ keys each). Information still reaches every
 in two hops (across time, then across space), for about $TN(T+N)$ scores instead of
 $(TN)^2$: 7.6 times fewer at TimeSformer's size, counting the class token, and the gap
 grows with the clip. The paper calls it *divided* attention and found it the most
-accurate of the factorisations it tried, ViViT's among them [@arnab2021vivit].
+accurate of the five attentions it tried (space only, joint, divided, sparse
+local–global and axial); ViViT [@arnab2021vivit] studied similar factorisations soon
+after.
 
 This lesson builds the three attentions (joint, temporal, spatial) on one multi-head
 layer and checks what the factorisation claims: temporal attention *is* joint
@@ -565,8 +567,9 @@ def plot_accuracy(histories: dict[str, list[float]], out: Path) -> Path:
 
 
 def plot_clips(clips: Tensor, labels: Tensor, predicted: Tensor, out: Path) -> Path:
-    """Four held-out clips, frame by frame, with the true and predicted direction."""
-    rows, frames = 4, clips.shape[1]
+    """Four held-out clips (fewer if `--test` holds fewer), frame by frame, with the
+    true and predicted direction."""
+    rows, frames = min(4, len(clips)), clips.shape[1]
     fig, axes = figure(panels=3, rows=1)
     for ax in axes:
         ax.remove()

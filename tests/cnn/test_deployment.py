@@ -75,6 +75,25 @@ def test_fold_matches_torch_fusion_and_eager_float64(conv):
     assert not conv.weight.requires_grad or conv.weight.grad is None
 
 
+def test_fold_of_a_bn_without_gamma_and_beta_matches_torch():
+    """`BatchNorm2d(affine=False)` has no weight or bias; torch's fusion reads them as
+    1 and 0, and so does the fold."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3).double().eval()
+    bn = nn.BatchNorm2d(4, affine=False).double()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(4, dtype=torch.float64))
+        bn.running_var.copy_(torch.rand(4, dtype=torch.float64) + 0.5)
+    bn.eval()
+    folded = fold_conv_bn(conv, bn)
+    reference = fuse_conv_bn_eval(conv, bn)
+    torch.testing.assert_close(folded.weight, reference.weight, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(folded.bias, reference.bias, rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), bn(conv(x)), rtol=1e-12, atol=1e-12)
+
+
 def test_fold_with_extreme_statistics():
     """A channel with tiny variance scales its filter by ~1e4; large means shift the
     bias far: the fold still agrees in float64."""

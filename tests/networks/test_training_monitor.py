@@ -294,6 +294,17 @@ def test_throughput_is_measured_from_the_previous_log_call(monkeypatch):
     assert (first, second) == (32.0, 128.0)
 
 
+def test_a_step_without_gradients_records_empty_norms_and_ratios():
+    """torch allows `optimizer.step()` when no parameter has a gradient (after
+    `zero_grad()`); it changes nothing, and the monitor records nothing for it."""
+    model = digits_model()[0]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = TrainingMonitor(model, optimizer)
+    optimizer.step()
+    monitor.close()
+    assert monitor.grad_norms == {} and monitor.update_ratios == {}
+
+
 def test_dead_fraction_counts_units_silent_on_the_whole_batch():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()

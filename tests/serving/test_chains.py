@@ -155,6 +155,22 @@ def test_llm_fires_a_callback_per_piece_and_honours_stop(tiny_llm):
     assert isinstance(tiny_llm.invoke(long_prompt), str)
 
 
+def test_a_stop_sequence_across_two_pieces_is_cut_whole_from_the_stream(tiny_llm):
+    """A stop sequence that begins in one streamed piece and ends in the next: nothing
+    of it reaches the stream (its first part was yielded before it was found)."""
+    pieces = list(tiny_llm.stream("the cache"))
+    text = "".join(pieces)
+    ends = [len("".join(pieces[: i + 1])) for i in range(len(pieces) - 1)]
+    # Two characters around the end of a piece, found nowhere earlier in the text.
+    end = next(
+        e for e in ends if 0 < e < len(text) and text.find(text[e - 1 : e + 1]) == e - 1
+    )
+    stop = text[end - 1 : end + 1]
+    expected = text[: end - 1]
+    assert "".join(tiny_llm.stream("the cache", stop=[stop])) == expected
+    assert tiny_llm.invoke("the cache", stop=[stop]) == expected
+
+
 def test_llm_reads_the_last_positions_of_a_prompt_longer_than_its_context(tiny_llm):
     # A prompt of more than 32 tokens: the model sees its last 32, as the hand loop
     # does when it windows the whole prompt.

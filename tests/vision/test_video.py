@@ -27,6 +27,7 @@ from annotated.vision.video import (
     joint_attention,
     main,
     patchify,
+    plot_clips,
     score_entries,
     spatial_attention,
     temporal_attention,
@@ -288,6 +289,15 @@ def test_demo_learns_the_direction_on_a_short_run(tmp_path):
     assert metrics["accuracy"] > 0.2  # chance is 1/8; the full demo reaches 0.97
     for name in ("accuracy.png", "clips.png", "cost.png"):
         assert (tmp_path / name).exists()
+
+
+def test_the_clips_figure_draws_as_many_clips_as_there_are_up_to_four(tmp_path):
+    """`--test 2` leaves two held-out clips: the figure draws those two (it indexed
+    four and crashed after training)."""
+    clips = torch.rand(2, 3, 1, 8, 8)  # [clips, frames, channel, height, width]
+    labels = torch.tensor([0, 5])
+    path = plot_clips(clips, labels, labels, tmp_path)
+    assert path.exists()
 
 
 # Benchmarks: one attention step at TimeSformer-small's size, 8 frames of 196 patches
