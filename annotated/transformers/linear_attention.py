@@ -196,15 +196,14 @@ from annotated.figures import figure, save
 #
 # This is softmax attention's code with the exponential swapped for the kernel, and it
 # costs what softmax attention costs: $O(N S (m + d_v))$ time and an $N \times S$
-# matrix. The
-# test uses it as the yardstick for the two fast forms.
+# matrix. The test uses it as the yardstick for the two fast forms.
 #
 # A row sum can be 0: $\mathrm{elu}(x) + 1 = e^x$ for $x < 0$, but `F.elu` computes
 # $e^x - 1$, and adding the 1 back gives exactly 0 once $x \le -17$ in float32 and
 # $-37$ in float64; a query whose features are all 0 has a zero kernel with every
-# key. Its numerator is 0 too, and $0/0$
-# would poison the loss with NaN; every form below divides such a row by 1 instead, so
-# its output is 0, as for the query with nowhere to look in
+# key. Its numerator is 0 too, and $0/0$ would poison the loss with NaN; every form
+# below divides such a row by 1 instead, so its output is 0, as for the query with
+# nowhere to look in
 # [attention](attention.md#scaled-dot-product-attention). Dividing by the smallest
 # positive float instead would give 0 too, but its backward pass would multiply
 # $1/10^{-308}$, an overflow to infinity, by the feature map's zero slope: NaN again.
