@@ -580,7 +580,7 @@ def evaluate(
     tokenizer: Tokenizer,
     images: Tensor,
     asked: list[tuple[int, str, str, str]],
-    prior: dict[str, str],
+    prior: dict[str, str | None],
     batch_size: int = 256,
 ) -> dict:
     """Exact-match accuracy of the model (`"seeing"`) and of the blind `prior`
@@ -597,18 +597,20 @@ def evaluate(
     result = {"seeing": {}, "blind": {}}
     for name, correct in (("seeing", seeing), ("blind", blind)):
         for kind in QUESTION_TYPES:
-            result[name][kind] = float(correct[kinds == kind].mean())
+            mask = kinds == kind  # a type no held-out picture allows scores NaN
+            result[name][kind] = float(correct[mask].mean()) if mask.any() else math.nan
         result[name]["overall"] = float(correct.mean())
     result["replies"] = replies
     return result
 
 
-def answer_prior(asked: list[tuple[int, str, str, str]]) -> dict[str, str]:
-    """The most common answer of each question type among `asked`."""
+def answer_prior(asked: list[tuple[int, str, str, str]]) -> dict[str, str | None]:
+    """The most common answer of each question type among `asked`; `None` for a
+    type never asked (a handful of pictures may have no position question)."""
     prior = {}
     for kind in QUESTION_TYPES:
         answers = [a for _, k, _, a in asked if k == kind]
-        prior[kind] = max(sorted(set(answers)), key=answers.count)
+        prior[kind] = max(sorted(set(answers)), key=answers.count, default=None)
     return prior
 
 

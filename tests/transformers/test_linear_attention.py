@@ -410,6 +410,12 @@ def test_demo_on_short_sequences(tmp_path):
     assert (tmp_path / "performer.png").exists()
 
 
+def test_demo_refuses_lengths_too_close_for_a_slope(capsys):
+    with pytest.raises(SystemExit):
+        main(["--min-length", "300", "--max-length", "1000"])
+    assert "need 4 × --min-length <= --max-length" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------- benchmarks
 
 

@@ -366,6 +366,21 @@ def test_question_set_and_prior():
     assert all(a in RELATIONS for _, k, _, a in asked if k == "position")
 
 
+def test_a_question_type_nobody_asked_has_no_prior_and_scores_nan():
+    """Two pictures may allow no position question (the demo's smallest counts)."""
+    images, attributes, relations, _ = make_pictures(2, seed=3)
+    asked = [q for q in question_set(attributes, relations, seed=0) if q[1] != "count"]
+    asked = [q for q in asked if q[1] != "position"]
+    prior = answer_prior(asked)
+    assert prior["position"] is None and prior["count"] is None
+    assert prior["colour"] is not None
+    result = multimodal_chat.evaluate(
+        tiny_model(), byte_tokenizer(), images, asked, prior
+    )
+    assert np.isnan(result["seeing"]["position"]) and np.isnan(result["blind"]["count"])
+    assert 0 <= result["seeing"]["overall"] <= 1 and result["blind"]["colour"] == 1
+
+
 def test_demo_short_run(tmp_path, monkeypatch, capsys):
     pictures = make_pictures(400, seed=9)
     text = " ".join(q + " " + a for _, _, q, a in question_set(*pictures[1:3], seed=0))
