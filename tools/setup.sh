@@ -2,6 +2,7 @@
 # Install what is missing, then serve the site, build it, or run the whole test suite.
 #
 #   bash tools/setup.sh serve    # mkdocs serve on http://127.0.0.1:8000/annotated-dl/ (re-renders a lesson when you save it)
+#   bash tools/setup.sh serve --quick  # the same, English edition only and no print page: a save shows in seconds
 #   bash tools/setup.sh build    # mkdocs build --strict into site/
 #   bash tools/setup.sh test     # the whole test suite, as CI runs it, then the demos on a fake GPU
 #                                # (extra arguments go to pytest, and only that run happens)
@@ -99,7 +100,12 @@ fi
 
 export NO_MKDOCS_2_WARNING=1
 case "$mode" in
-  serve) exec "$python" -m mkdocs serve --dev-addr 127.0.0.1:8000 "$@" ;;
+  serve) if [ "${1:-}" = --quick ]; then
+           shift
+           echo "setup: a quick preview: the English edition only, without the print page"
+           export SITE_CHINESE=false SITE_PRINT_PAGE=false
+         fi
+         exec "$python" -m mkdocs serve --dev-addr 127.0.0.1:8000 "$@" ;;
   build) exec "$python" -m mkdocs build --strict "$@" ;;
   # With no arguments (as CI runs it), the demos' tests run a second time as if on a GPU
   # (tools/fake_cuda.py), where a CPU tensor beside a GPU one fails as it would on CUDA.

@@ -349,3 +349,66 @@ def test_a_cuda_c_lesson_page_asks_for_no_cpu_figures(tmp_path):
     assert build(project).returncode == 0
     page = (project / "site/lessons/demo/vector_add.cu/index.html").read_text()
     assert "no figures yet" not in page and "lit-stale" not in page
+
+
+# ---- the quick preview ---------------------------------------------------------------
+
+TWO_EDITIONS = """\
+extra:
+  alternate:
+    - {name: English, link: ./, lang: en}
+    - {name: 中文, link: zh/, lang: zh}
+plugins:
+  - search
+  - literate
+  - i18n:
+      docs_structure: suffix
+      fallback_to_default: true
+      reconfigure_search: false
+      languages:
+        - {locale: en, default: true, name: English, build: true}
+        - {locale: zh, name: 中文, build: !ENV [SITE_CHINESE, true]}
+  - print-site:
+      enabled: !ENV [SITE_PRINT_PAGE, true]
+      add_to_navigation: false
+"""
+
+
+def test_a_quick_build_leaves_out_the_second_edition_its_switcher_and_the_book(
+    tmp_path, monkeypatch
+):
+    """`serve --quick` sets SITE_CHINESE and SITE_PRINT_PAGE to false: the English
+    edition alone, whose header then offers no language to switch to (a link to an
+    edition that was not built would be a 404)."""
+    project = make_project(tmp_path / "project")
+    config = project / "mkdocs.yml"
+    config.write_text(config.read_text().split("plugins:")[0] + TWO_EDITIONS)
+    lesson = "lessons/demo/tiny_model/index.html"
+    for quick, site in ((False, tmp_path / "whole"), (True, tmp_path / "quick")):
+        if quick:
+            monkeypatch.setenv("SITE_CHINESE", "false")
+            monkeypatch.setenv("SITE_PRINT_PAGE", "false")
+        result = build(project, site)
+        assert result.returncode == 0, result.stderr
+        page = (site / lesson).read_text(encoding="utf-8")
+        assert (site / "zh" / lesson).is_file() is not quick
+        assert (site / "print_page/index.html").is_file() is not quick
+        assert ('hreflang="zh"' in page) is not quick
+
+
+def test_the_sites_quick_switches_turn_off_its_chinese_edition_and_print_page(
+    monkeypatch,
+):
+    from mkdocs.config import load_config
+
+    def switches():
+        config = load_config(str(REPO / "mkdocs.yml"))
+        (zh,) = [e for e in config.plugins["i18n"].config.languages if e.locale == "zh"]
+        return zh.build, config.plugins["print-site"].config["enabled"]
+
+    assert switches() == (True, True)
+    monkeypatch.setenv("SITE_CHINESE", "false")
+    monkeypatch.setenv("SITE_PRINT_PAGE", "false")
+    assert switches() == (False, False)
+    setup = (REPO / "tools/setup.sh").read_text()
+    assert "export SITE_CHINESE=false SITE_PRINT_PAGE=false" in setup

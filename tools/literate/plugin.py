@@ -75,6 +75,19 @@ def _not_missing_alt(record: logging.LogRecord) -> bool:
 logging.getLogger("traitlets").addFilter(_not_missing_alt)
 
 
+def built_alternates(alternate: list | None, editions) -> list | None:
+    """mkdocs.yml's `extra.alternate` (the header's language switcher), less the
+    editions the i18n plugin does not build (`serve --quick` builds English alone);
+    empty, which hides the switcher, when fewer than two are left."""
+    if alternate is None or editions is None:
+        return copy.deepcopy(alternate)
+    built = {
+        language.locale for language in editions.config.languages if language.build
+    }
+    kept = [copy.deepcopy(entry) for entry in alternate if entry.get("lang") in built]
+    return kept if len(kept) > 1 else []
+
+
 class LiteratePluginConfig(Config):
     packages = c.ListOfItems(c.Type(str), default=["annotated"])
     curriculum = c.Type(str, default="annotated/curriculum.toml")
@@ -151,7 +164,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
             }
         if self.configured_nav is None:
             self.configured_nav = list(config.nav or [])
-            self.alternate = copy.deepcopy(config.extra.get("alternate"))
+            self.alternate = built_alternates(config.extra.get("alternate"), editions)
         config.nav = self._nav(self.configured_nav)
         for name, urls in (
             ("literate.css", config.extra_css),
@@ -497,7 +510,7 @@ class LiteratePlugin(BasePlugin[LiteratePluginConfig]):
     # (on_post_build), and on_post_page points the header's links at the twin.
     @event_priority(0)
     def on_page_context(self, context, page, config, nav):
-        if self.alternate:
+        if self.alternate is not None:
             # The i18n plugin sets both the attribute and the item; the theme reads
             # the attribute.
             config.extra.alternate = copy.deepcopy(self.alternate)
