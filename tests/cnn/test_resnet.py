@@ -238,6 +238,28 @@ def test_bad_input():
         DigitsNet(0, True)
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
+@pytest.mark.parametrize("residual", [False, True])
+def test_digits_net_is_the_papers_cifar_shape(blocks, residual):
+    """6n + 2 weighted layers on the path (shortcut projections are not counted, as
+    in the paper), widths 16, 32 and 64, and 2×2 maps before the pooling."""
+    model = DigitsNet(blocks, residual)
+    on_path = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+        and "downsample" not in name
+    ]
+    assert model.depth == len(on_path) == 6 * blocks + 2
+    widths = [block.conv2.out_channels for block in model.blocks]
+    assert widths == [16] * blocks + [32] * blocks + [64] * blocks
+    projections = sum(block.downsample is not None for block in model.blocks)
+    assert projections == (2 if residual else 0)  # at the two stage entries
+    with torch.no_grad():
+        features = model.blocks(model.stem(torch.zeros(2, 1, 8, 8)))
+    assert features.shape == (2, 64, 2, 2)
+
+
 def test_demo_shows_degradation(tmp_path):
     # The short run's loss over the stored seeds is its expected band.
     metric, args, low, high = short_band("annotated/cnn/resnet.py")

@@ -109,6 +109,14 @@ def test_allclose_follows_numpy_rule():
         )
     assert a.allclose(b, rtol=1e-8) and not a.allclose(b, rtol=1e-9)
     assert not a.allclose(Matrix([[1.0], [100.0]]))
+    # The bound itself counts as close (numpy's <=): equal matrices with no tolerance,
+    # and a difference of exactly atol.
+    assert a.allclose(a, rtol=0.0) and np.allclose(as_array(a), as_array(a), 0.0, 0.0)
+    c = Matrix([[1.5, 100.0]])
+    assert c.allclose(a, rtol=0.0, atol=0.5) == np.allclose(
+        as_array(c), as_array(a), rtol=0.0, atol=0.5
+    )
+    assert c.allclose(a, rtol=0.0, atol=0.5)
 
 
 def test_bad_construction_raises_clear_errors():

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 pytest.importorskip("triton")
 
 from annotated.kernels.flash_attention import (  # noqa: E402
+    attention_flops,
     attention_forward,
     dataflow,
     eager_attention,
@@ -250,6 +251,21 @@ def test_the_counts_the_prose_states():
     on_chip = sram_bytes(128, 64, 128)
     assert on_chip["shared"] == 128 * 1024 and round(on_chip["registers"] / 1024) == 97
     assert sram_bytes(128, 64, 256)["shared"] > 228 * 1024  # d = 256 does not fit
+
+
+def test_the_flop_count_is_the_two_matmuls_torch_counts():
+    """The forward's 4·B·H·N²·d is what torch's FlopCounterMode counts for QKᵀ and PV
+    (the softmax is left out by convention); causal halves it, and the backward is
+    2.5 times the forward (five matmuls where the forward has two)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v = (torch.randn(2, 3, 48, 16) for _ in range(3))
+    with FlopCounterMode(display=False) as counter:
+        torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+    assert attention_flops(2, 3, 48, 16, causal=False) == counter.get_total_flops()
+    assert attention_flops(2, 3, 48, 16, causal=True) == counter.get_total_flops() / 2
+    forward = attention_flops(4, 16, 4096, 128, causal=False)
+    assert attention_flops(4, 16, 4096, 128, False, backward=True) == 2.5 * forward
 
 
 # ---------------------------------------------------------------- example and demo

@@ -223,6 +223,15 @@ def test_real_gpt2_weights_match_gguf(qtype):
     assert matrices == 2 + 4 * 2  # wte, wpe and four per block
 
 
+def test_byte_characters_are_gpt2s_bytes_to_unicode():
+    """The round trip below reads tokens back with our own table, so it could not see
+    a wrong one: the table is checked against Hugging Face's copy of GPT-2's."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    assert byte_characters() == bytes_to_unicode()
+    assert byte_characters()[ord(" ")] == "Ġ" and byte_characters()[161] == "¡"
+
+
 @pytest.mark.parametrize("qtype", ["F32", *NAMES])
 def test_gguf_file_round_trip(tmp_path, qtype):
     model, tokenizer = tiny_model_and_tokenizer()

@@ -27,6 +27,7 @@ from annotated.llm.lora import (
     adapters,
     add_lora,
     example,
+    finetune,
     load_adapter,
     main,
     merge_lora,
@@ -185,6 +186,39 @@ def test_starts_as_the_base_model_and_only_adapters_learn():
     trainable, _ = trainable_parameters(ours)
     assert state["optimizer"] == 2 * 4 * trainable  # AdamW's two moments
     assert state["gradients"] == 4 * trainable  # float32, one per adapter weight
+
+
+@pytest.mark.parametrize("eval_every, evaluated", [(2, [0, 2, 4, 5]), (5, [0, 5])])
+def test_finetune_scores_every_eval_every_steps_and_at_the_end(eval_every, evaluated):
+    _, ours = hf_and_ours(torch.float32)
+    add_lora(ours)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, SIZES["vocab_size"], (400,), generator=generator)
+    held_out = {"a": tokens[:100], "b": tokens[100:200]}
+    settings = TrainSettings(steps=5, micro_batch=2, block=15, warmup=1)
+    history = finetune(ours, tokens, held_out, settings, eval_every, "test")
+    assert history["steps"] == evaluated and len(history["loss"]) == 5
+    assert len(history["a"]) == len(history["b"]) == len(evaluated)
+    assert not ours.training  # it hands the model back in eval mode
+
+
+def test_full_finetuning_state_counts_every_moment_biases_included():
+    """AdamW keeps two float32 moments per weight, vectors (biases, LayerNorm) as
+    well as matrices, and a step count that is not counted."""
+    _, ours = hf_and_ours(torch.float32)
+    settings = TrainSettings(steps=1, micro_batch=2, block=15, warmup=0)
+    optimizer = make_optimizer(ours, settings)
+    idx = torch.randint(0, SIZES["vocab_size"], (2, 16))
+    train_step(ours, optimizer, [idx], 0, settings)
+    count = sum(p.numel() for p in ours.parameters())
+    vectors = sum(p.numel() for p in ours.parameters() if p.dim() == 1)
+    assert vectors > 0
+    state = training_state_bytes(ours, optimizer)
+    assert state == {
+        "weights": 4 * count,
+        "gradients": 4 * count,
+        "optimizer": 8 * count,
+    }
 
 
 def test_odd_shapes_and_leading_dimensions():
