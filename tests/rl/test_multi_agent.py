@@ -323,6 +323,11 @@ def test_collect_reports_each_episode_return_as_the_sum_of_its_own_rewards():
 def test_random_team_rarely_succeeds():
     score = evaluate(None, 200, seed=0)
     assert score["success"] < 0.05 and score["team_return"] < -5
+    # One agent walking at random on 2×2 cells (moves against a wall stay put: the
+    # walk's stationary distribution is uniform) ends an episode on the one landmark
+    # about a quarter of the time.
+    alone = evaluate(None, 200, seed=0, n_agents=1, size=2)
+    assert 0.15 < alone["success"] < 0.35
 
 
 # A 16,000-step run is a sixth of the demo's budget. Measured on this machine, MAPPO

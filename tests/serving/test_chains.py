@@ -171,6 +171,20 @@ def test_a_stop_sequence_across_two_pieces_is_cut_whole_from_the_stream(tiny_llm
     assert tiny_llm.invoke("the cache", stop=[stop]) == expected
 
 
+def test_a_stop_sequence_that_starts_a_piece_adds_no_empty_piece(tiny_llm):
+    """Everything before the stop sequence was yielded already: the stream ends with
+    the pieces before it, and no empty one (one character stops hold nothing back)."""
+    pieces = list(tiny_llm.stream("the cache"))
+    text = "".join(pieces)
+    # A piece whose first character appears nowhere earlier.
+    i = next(
+        i
+        for i in range(1, len(pieces))
+        if pieces[i] and text.find(pieces[i][0]) == len("".join(pieces[:i]))
+    )
+    assert list(tiny_llm.stream("the cache", stop=[pieces[i][0]])) == pieces[:i]
+
+
 def test_llm_reads_the_last_positions_of_a_prompt_longer_than_its_context(tiny_llm):
     # A prompt of more than 32 tokens: the model sees its last 32, as the hand loop
     # does when it windows the whole prompt.

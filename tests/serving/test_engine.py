@@ -100,6 +100,10 @@ def test_concurrent_requests_equal_sequential_generation(model, tokenizer):
     assert max(engine.batch_sizes) == 4  # the batch was full ...
     assert engine.stats["steps"] < sum(limits) / 2  # ... and shared between requests
     assert engine.allocator.num_free == 64 and not engine.cache.tables
+    # Each request finished once, for a reason, and every token was counted once.
+    reasons = {k: v for k, v in engine.stats.items() if k.startswith("finished_")}
+    assert sum(reasons.values()) == len(prompts)
+    assert engine.stats["generated"] == sum(map(len, outputs))
 
 
 def test_preemption_under_a_tiny_pool_equals_sequential_generation(model, tokenizer):
