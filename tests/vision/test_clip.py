@@ -13,6 +13,9 @@ import pytest
 import torch
 import transformers
 
+from annotated.data import shapes
+from annotated.vision import clip
+
 from annotated.vision.clip import (
     CLIP,
     Config,
@@ -25,6 +28,7 @@ from annotated.vision.clip import (
     main,
     quick_gelu,
     training_pairs,
+    zero_shot,
     HELD_OUT_CLASSES,
     pair_index,
 )
@@ -238,6 +242,29 @@ def test_extreme_pixels_stay_finite_and_state_dict_round_trips(tmp_path):
     torch.testing.assert_close(
         model(images, ids), other.eval()(images, ids), rtol=0, atol=0
     )
+
+
+def test_zero_shot_scores_each_held_out_pair_on_its_own_images(monkeypatch):
+    """With a classifier that is right on two images in three, the accuracies are
+    those shares over the held-out images, the seen ones and each held-out pair's."""
+    data = shapes(300, size=32, objects=1, seed=3)  # zero_shot draws the same images
+    labels = torch.from_numpy(
+        pair_index(data.attributes[:, 0, 1], data.attributes[:, 0, 2])
+    )
+    right = torch.arange(300) % 3 != 0
+    guesses = torch.where(right, labels, (labels + 1) % 15)
+    monkeypatch.setattr(
+        clip, "classify", lambda m, d, x: torch.eye(15)[guesses[: len(x)]]
+    )
+    model, _ = example()
+    scores = zero_shot(model, WordTokenizer(), 300, seed=3)
+    held_out = torch.isin(labels, torch.tensor(HELD_OUT_CLASSES))
+    assert scores["held_out"] == right[held_out].double().mean().item()
+    assert scores["seen"] == right[~held_out].double().mean().item()
+    assert scores["per_pair"] == [
+        right[labels == c].double().mean().item() for c in HELD_OUT_CLASSES
+    ]
+    assert len(set(scores["per_pair"])) > 1  # the pairs differ: each was its own
 
 
 def test_zero_shot_sums_the_size_out_of_a_softmax_over_all_descriptions():
