@@ -572,7 +572,11 @@ def test_mlp_parameters_and_zero_grad():
 
 def test_numpy_scores_match_the_engine():
     model = MLP(2, [6, 6, 1], seed=3)
-    points = np.random.default_rng(1).normal(size=(10, 2))  # [10, 2]
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # biases start at 0; give them values, as training would
+        for neuron in layer.neurons:
+            neuron.bias.data = float(rng.normal())
+    points = rng.normal(size=(10, 2))  # [10, 2]
     engine = [model(list(point))[0].data for point in points]
     np.testing.assert_allclose(
         mlp_scores(model, points), engine, rtol=1e-12, atol=1e-12
