@@ -154,6 +154,7 @@ def mutants(source: str) -> list[Mutant]:
 
 
 def copy_project(root: Path, target: Path) -> Path:
+    """Copy what a lesson's tests may read (`COPIED`) from `root` into `target`."""
     for name in COPIED:
         if (root / name).is_dir():
             shutil.copytree(root / name, target / name, ignore=IGNORED)
