@@ -154,6 +154,19 @@ def test_prefix_cache_keys_a_block_by_everything_before_it(model, tokenizer):
         assert output == reference(model, prompt, 5)
 
 
+def test_a_request_that_needs_every_free_block_is_admitted(model, tokenizer):
+    """15 prompt tokens in blocks of 4 take all 4 blocks of the pool: they fit, so
+    the first step admits the request (and with one token to make, finishes it)."""
+    prompt = tokenizer.encode_ordinary(TEXT)[:15]
+    engine = Engine(model, tokenizer, num_blocks=4, block_size=4, max_batch=2)
+    request = engine.make_request(prompt, SamplingParams(max_tokens=1, temperature=0))
+    engine.add(request)
+    assert engine.admission_cost(request) == engine.allocator.num_free == 4
+    engine.step()
+    assert engine.stats["steps"] == 1 and not engine.has_work()
+    assert request.output == reference(model, prompt, 1)
+
+
 def test_a_preempted_request_goes_first_in_line(model, tokenizer):
     engine = Engine(model, tokenizer, num_blocks=12, block_size=4, max_batch=6)
     preempt, heads = engine.preempt, []

@@ -295,6 +295,18 @@ def test_fp16_backward_loses_small_gradients_and_a_loss_scale_recovers_them(trai
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
+def test_fp16_gradient_loss_counts_exactly_the_entries_that_vanish():
+    """A linear layer whose second input is 1e-9, below float16's smallest subnormal
+    (6e-8): float16 reads it as 0, so that input's three weight gradients vanish and
+    nothing else does: 3 of 15 nonzero entries (12 weights, 3 biases)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    assert fp16_gradient_loss(model, x, y, 1.0) == 0.0
+    x[:, 1] *= 1e-9
+    assert fp16_gradient_loss(model, x, y, 1.0) == 3 / 15
+
+
 def test_scaled_fp16_gradients_match_float32_after_unscaling(trained):
     model, x, y = trained
     model.zero_grad()
