@@ -195,6 +195,8 @@ def test_relative_tables_gather_and_scatter_like_the_direct_form():
     both ways, a rectangular score matrix."""
     torch.manual_seed(0)
     tables = RelativePositions(3, 4).double()
+    # One row per clipped distance, -3 to 3: Shaw et al.'s 2k + 1.
+    assert tables.key_table.shape == tables.value_table.shape == (7, 4)
     buckets = relative_buckets(torch.arange(5, 9), torch.arange(10), 3)  # [4, 10]
     assert buckets.min() == 0 and buckets.max() == 6
     query = randn(2, 3, 4, 4, seed=1)  # [batch, heads, L, d]
