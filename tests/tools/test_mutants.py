@@ -1,13 +1,14 @@
 """Verified on a lesson of two functions whose every mutant is known: the tool makes
-exactly those mutants, reports the one its tests let through (and only that one),
-leaves the lesson on disk as it was, and refuses a lesson whose tests fail as they are.
+exactly those mutants, grades each in the lesson's place as the exercise mode grades
+a worksheet, reports the one its tests let through (and only that one), leaves the
+lesson on disk as it was, and refuses a lesson whose tests fail as they are.
 """
 
 import textwrap
 
 import pytest
 
-from conftest import make_project
+from conftest import REPO, make_project
 from tools.literate import mutants
 
 LESSON = textwrap.dedent('''\
@@ -44,7 +45,10 @@ TESTS = textwrap.dedent("""\
 
 
 def small_project(root, tests=TESTS):
+    """The fixture project with the lesson above, its tests, and the project's
+    conftest.py (whose `--lesson` and `--worksheet` the tool grades mutants with)."""
     project = make_project(root)
+    (project / "conftest.py").write_text((REPO / "conftest.py").read_text())
     (project / "annotated/demo/small.py").write_text(LESSON)
     (project / "tests/demo/test_small.py").write_text(tests)
     return project
@@ -72,11 +76,13 @@ def test_the_mutants_of_a_lesson_are_its_operators_comparisons_and_numbers():
 def test_a_survivor_is_reported_and_the_lesson_is_left_as_it_was(tmp_path, capsys):
     project = small_project(tmp_path / "project")
     lesson = project / "annotated/demo/small.py"
-    code = mutants.main([str(lesson), "--count", "10"], root=project)
+    # Seed 7 draws `3 * x`, which the tests notice, and `x >= 0`, which they miss
+    # (each pytest run takes seconds: two mutants show both outcomes).
+    code = mutants.main([str(lesson), "--count", "2", "--seed", "7"], root=project)
     printed = capsys.readouterr().out
     assert code == 0
-    assert "4 possible mutants, trying 4" in printed
-    assert "3 of 4 mutants noticed" in printed
+    assert "4 possible mutants, trying 2" in printed
+    assert "1 of 2 mutants noticed" in printed
     assert "annotated/demo/small.py:12 in is_positive()" in printed
     assert "- return x > 0\n    + return x >= 0" in printed
     assert lesson.read_text() == LESSON

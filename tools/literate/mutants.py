@@ -17,16 +17,17 @@ one, or no test can see it: default arguments, `main`, `example`, `dataflow`, th
 functions that draw (`plot_*`, `save_*`, `figure*`), messages (`raise`, `assert`,
 f-strings, `print`, `tqdm`), and the conditions of a bare `if ...: raise`.
 
-The work happens in a copy of the project under a temporary folder, so that the
-lesson on disk is never changed, even if the run is stopped half-way. A test run that
-takes longer than `--timeout` counts as noticing (an endless loop is a failure too).
+Each mutant is written to a temporary file and graded as the exercise mode grades a
+worksheet (`pytest --lesson ... --worksheet ...`, see `tools.literate.worksheet`): the
+tests import it in the lesson's place, and the lesson on disk is never changed, even
+if the run is stopped half-way. A test run that takes longer than `--timeout`, or a
+mutant that cannot even be imported, counts as noticed.
 """
 
 import argparse
 import ast
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,10 +39,6 @@ from tqdm import tqdm
 from tools.literate.files import LessonFile
 
 ROOT = Path(__file__).resolve().parents[2]
-# What a lesson's tests may read: the lessons, the tests and their conftest, the
-# engine (`short_band` reads stored figures under docs/), the project's settings.
-COPIED = ("annotated", "tests", "tools", "docs", "conftest.py", "pyproject.toml")
-IGNORED = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache")
 
 SWAPS = {ast.Add: "-", ast.Sub: "+", ast.Mult: "/", ast.Div: "*", ast.Pow: "*"}
 SYMBOLS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
@@ -153,35 +150,21 @@ def mutants(source: str) -> list[Mutant]:
     return sorted(found, key=lambda mutant: mutant.start)
 
 
-def copy_project(root: Path, target: Path) -> Path:
-    """Copy what a lesson's tests may read (`COPIED`) from `root` into `target`."""
-    for name in COPIED:
-        if (root / name).is_dir():
-            shutil.copytree(root / name, target / name, ignore=IGNORED)
-        elif (root / name).is_file():
-            shutil.copy(root / name, target / name)
-    return target
-
-
-def run_tests(project: Path, test: str, timeout: float) -> str:
-    """ "killed", "survived", or pytest's complaint when the tests could not run."""
+def run_tests(root: Path, lesson: str, module: Path | None, timeout: float) -> int:
+    """pytest's exit status for `lesson`'s test file, run in `root` as CI runs it
+    (`CI=true`), with the file `module` imported in the lesson's place when given."""
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-    command += ["--benchmark-disable", test]
+    command += ["--benchmark-disable", f"--lesson={lesson}"]
+    if module is not None:
+        command.append(f"--worksheet={module}")
     environment = {**os.environ, "CI": "true"}
     try:
         result = subprocess.run(
-            command,
-            cwd=project,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            command, cwd=root, env=environment, capture_output=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
-        return "killed"
-    if result.returncode in (0, 1):
-        return ("survived", "killed")[result.returncode]
-    return (result.stdout + result.stderr).strip()[-2000:]
+        return -1
+    return result.returncode
 
 
 def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
@@ -210,23 +193,16 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
     every = mutants(source)
     drawn = random.Random(args.seed).sample(every, min(args.count, len(every)))
     print(f"{relative}: {len(every)} possible mutants, trying {len(drawn)}")
+    if run_tests(root, relative, None, args.timeout) != 0:
+        print(f"the tests do not pass on the lesson as it is: pytest {file.test}")
+        return 1
     survivors = []
     with tempfile.TemporaryDirectory(prefix="mutants-") as folder:
-        project = copy_project(root, Path(folder))
-        lesson = project / relative
-        baseline = run_tests(project, file.test, args.timeout)
-        if baseline != "survived":
-            print(f"the tests do not pass on the lesson as it is:\n{baseline}")
-            return 1
+        module = Path(folder) / file.path.name
         for mutant in tqdm(sorted(drawn, key=lambda m: m.start), desc="mutants"):
-            lesson.write_text(mutant.apply(source), encoding="utf-8")
-            outcome = run_tests(project, file.test, args.timeout)
-            if outcome not in ("killed", "survived"):
-                print(f"the tests could not run on a mutant:\n{outcome}")
-                return 1
-            if outcome == "survived":
+            module.write_text(mutant.apply(source), encoding="utf-8")
+            if run_tests(root, relative, module, args.timeout) == 0:
                 survivors.append(mutant)
-        lesson.write_text(source, encoding="utf-8")
     lines = source.splitlines()
     print(f"{len(drawn) - len(survivors)} of {len(drawn)} mutants noticed")
     for mutant in survivors:
