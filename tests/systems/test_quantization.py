@@ -10,6 +10,7 @@ QDQ model with our int8 model in ONNX Runtime. Benchmarks time int8 and fp32 mat
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 import torch
 import torch.nn.functional as F
@@ -186,9 +187,14 @@ def test_int8_linear_matches_fbgemm_quantized_linear():
     torch.manual_seed(4)
     linear = nn.Linear(64, 32)
     x = torch.randn(16, 64)
-    calibrator = MinMaxCalibrator()
-    calibrator.update(x)
-    layer = Int8Linear(linear, *calibrator.qparams())
+    # On an x86 CPU without VNNI, fbgemm multiplies uint8 activations by int8 weights
+    # with vpmaddubsw, which adds each pair of products in int16 and saturates; that is
+    # why torch's x86 qconfig gives activations 7 bits (reduce_range). So here too: x's
+    # range over 127 steps, q in [-128, -1], 0..127 once moved up by 128, where a pair
+    # of products fits in int16 (2 × 127 × 127 = 32,258).
+    scale = (x.max() - x.min()) / 127
+    zero = (-128 - torch.round(x.min() / scale)).to(torch.int32)
+    layer = Int8Linear(linear, scale, zero)
     ours = layer(x)  # [16, 32]
     # fbgemm wants unsigned activations: the same numbers with q and z moved up by 128.
     x_q = quantize(x, layer.input_scale, layer.input_zero, INT8_ACTIVATION)
@@ -337,13 +343,41 @@ def test_onnx_qdq_export_runs_in_onnxruntime_like_ours(tmp_path):
     graph = onnx.load(str(path))
     ops = [node.op_type for node in graph.graph.node]
     assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 4
-    int8 = [i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8]
-    assert sorted(tuple(i.dims) for i in int8 if len(i.dims) == 2) == [
-        (3, 16),
-        (16, 12),
-    ]
+    stored = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    weights = [w for w in stored.values() if w.ndim == 2]
+    assert sorted(w.shape for w in weights) == [(3, 16), (16, 12)]
+    assert all(w.dtype == np.uint8 for w in weights)  # one byte per weight
+    for layer in (model[0], model[2]):  # the same integers, plus 128
+        shifted = layer.weight_q.numpy().astype(np.int32) + 128
+        assert any(np.array_equal(w, shifted) for w in weights)
     with torch.no_grad():
         ours = model(x).numpy()
+    np.testing.assert_allclose(onnx_logits(path, x.numpy()), ours, atol=1e-4)
+
+
+def test_onnx_export_cannot_saturate_16_bit_pair_sums(tmp_path):
+    # Inputs at the top of their range times equal weights make every pair of integer
+    # products 2 * 255 * 127 = 64,770, past int16. The kernel ONNX Runtime runs for
+    # int8 weights on x86 without VNNI saturates there: an int8-weight file was off by
+    # 9.5 on outputs of 19 (AMD EPYC, AVX2). The uint8 file must match on any CPU. Two
+    # layers, because the runtime fuses DQ → Gemm → Q (the first) into an integer Gemm.
+    torch.manual_seed(0)
+    first, second = nn.Linear(64, 8), nn.Linear(8, 2)
+    with torch.no_grad():
+        first.weight.fill_(0.1)
+    x = 10 * torch.rand(16, 64)  # [16, 64]
+    x[:4] = 10.0
+    scales = [MinMaxCalibrator(), MinMaxCalibrator()]
+    scales[0].update(x)
+    scales[1].update(torch.relu(first(x)))
+    model = nn.Sequential(
+        Int8Linear(first, *scales[0].qparams()),
+        nn.ReLU(),
+        Int8Linear(second, *scales[1].qparams()),
+    )
+    with torch.no_grad():
+        ours = model(x).numpy()  # [16, 2]
+    path = export_onnx(model, tmp_path / "m.onnx", 64)
     np.testing.assert_allclose(onnx_logits(path, x.numpy()), ours, atol=1e-4)
 
 
@@ -355,6 +389,9 @@ def test_demo_short_run(tmp_path):
     assert low <= result[metric] <= high  # the short run's band over stored seeds
     for key in ("ptq_minmax", "ptq_percentile", "qat", "int4"):
         assert result[f"accuracy_{key}"] > result["accuracy_fp32"] - 0.05
+    assert (
+        result["onnx_agreement"] == 1.0
+    )  # ONNX Runtime classifies every digit as ours
     assert result["accuracy_onnx"] == pytest.approx(result["accuracy_qat"], abs=1e-6)
     assert result["bytes_ptq_minmax"] < result["bytes_fp32"] / 3
     assert result["bytes_int4"] < result["bytes_ptq_minmax"] / 1.8
