@@ -371,11 +371,14 @@ def train_step(
 # convolution's output is read by the ReLU and freed; the ReLU keeps its own output,
 # which is also the next convolution's input). With $k$ segments it saves the $k$
 # segment inputs plus the $n/k$ ReLU outputs of the last one, which runs plainly.
-# bfloat16 halves the bytes of each map. An in-place ReLU allocates nothing, so the
-# forward pass allocates $n$ fewer maps (the convolution's own workspace remains); but
-# it lowers neither the saved maps nor the peak, since the convolution's output it
-# overwrites was never kept. In-place pays where an output would otherwise be saved
-# beside its input.
+# bfloat16 halves the bytes of each map. The peak also holds the convolutions'
+# temporary buffers, whose size depends on the CPU's kernels: the saved maps halve
+# exactly (the test counts them), while the demo's measured peak fell to 0.51 of
+# plain on the machine that drew this page's figure and to 0.67 on an AMD EPYC with
+# AVX2 alone. An in-place ReLU allocates nothing, so the forward pass allocates $n$
+# fewer maps (the convolution's own workspace remains); but it lowers neither the
+# saved maps nor the peak, since the convolution's output it overwrites was never
+# kept. In-place pays where an output would otherwise be saved beside its input.
 
 
 def predicted_saved_maps(depth: int, segments: int | None = None) -> int:

@@ -126,7 +126,7 @@ def test_inplace_relu_same_gradients():
 
 def test_peaks_drop_as_predicted():
     """The peak of a 16-block step: checkpointing with k=4 keeps about 8 maps instead of
-    17, accumulation in quarters a quarter of them, bfloat16 half the bytes."""
+    17, accumulation in quarters a quarter of them, bfloat16 half the bytes of each."""
     torch.manual_seed(0)
     model = ConvStack(16, 8)
     x, y = make_batch(8, 16)
@@ -145,8 +145,10 @@ def test_peaks_drop_as_predicted():
     inplace.load_state_dict(model.state_dict())
     saved = peak_memory(lambda: inplace(x))["allocated"]
     assert peak_memory(lambda: model(x))["allocated"] - saved == 16 * map_bytes
+    # bfloat16: half the bytes of every saved map, but the convolutions' temporaries
+    # depend on the CPU's kernels: 0.67 of plain on an AVX2-only EPYC.
     bf16 = peak(model.to(torch.bfloat16), x.to(torch.bfloat16))
-    assert 0.4 < bf16 / plain < 0.65
+    assert 0.4 < bf16 / plain < 0.8
 
 
 def test_peak_memory_sees_a_known_allocation():
@@ -179,13 +181,19 @@ def test_example_runs():
 
 
 def test_demo(tmp_path):
+    # Maps of 16 × 8 × 16 × 16 floats (128 kB), so that the saved maps, not the
+    # kernels' fixed buffers, make the peak: with 8 × 12 × 12 the accumulation ratio
+    # read 0.59 alone and 0.78 after this file's other tests (AMD EPYC, AVX2).
     metrics = main(
-        ["--depths", "4,9", "--batch", "8", "--size", "12", "--out", str(tmp_path)]
+        ["--depths", "4,9", "--batch", "16", "--size", "16", "--out", str(tmp_path)]
     )
     assert (tmp_path / "peaks.png").exists()
     assert metrics["checkpoint ratio"] < 0.9
-    assert metrics["accumulation ratio"] < 0.75
-    assert 0.35 < metrics["bfloat16 ratio"] < 0.75
+    assert metrics["accumulation ratio"] < 0.5
+    # The saved maps halve exactly (test_bfloat16_halves_saved_bytes); the peak also
+    # holds the convolutions' temporaries, whose size depends on the CPU's kernels:
+    # 0.51 of plain where the stored figure was drawn, 0.77 on an AVX2-only EPYC.
+    assert 0.35 < metrics["bfloat16 ratio"] < 0.9
     assert metrics["inplace allocated ratio"] < 1
     assert math.isfinite(metrics["plain peak MB"])
 
