@@ -8,6 +8,7 @@ summary: >-
 time: 30 s
 expected:
   metric: residual_26_loss
+  seeds: 5
   short:
     ["--skip-counts", "--blocks", "1", "4", "--steps", "100", "--device", "cpu"]
 references:

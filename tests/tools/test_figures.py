@@ -96,8 +96,9 @@ def test_expected_metric_is_stored_over_seeds_with_the_short_runs_band(lesson, p
     assert expected["values"] == [1.0, 2.0, 3.0] and len(expected["seconds"]) == 3
     assert expected["short"] == {"args": ["--scale", "2"], "values": [2.0, 4.0, 6.0]}
     assert stored.band() == (1.0, 3.0)
-    # The test's band: the short run's values widened by half their range.
-    assert figures.short_band(LESSON, project) == ("score", ["--scale", "2"], 0.0, 8.0)
+    # The test's band: the short run's values widened by their range on each side.
+    band = figures.short_band(LESSON, project)
+    assert band == ("score", ["--scale", "2"], -2.0, 10.0)
     row = render._expected_row(stored)
     assert row[0][0] == "Expected result"
     assert "<code>score</code> 1–3 over 3 seeds" in row[0][1] and "2–6" in row[0][1]
