@@ -1,6 +1,8 @@
 """torch.optim's SGD, RMSprop, Adam and AdamW, step for step (100 float64 steps of a
 digits MLP, and 50 of a complex least-squares problem, 1e-10 relative at every step),
 and torch.optim.lr_scheduler's StepLR and LinearLR + CosineAnnealingLR (1e-12 relative).
+The demo's Rosenbrock valley is scipy's `rosen`, and SGD down it follows scipy's
+gradient `rosen_der` step for step.
 
 Each lockstep test trains two copies of the same network on the same mini-batches, one
 with our optimizer and one with torch's, and compares every parameter after every step
@@ -24,15 +26,21 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from annotated.data import digits
+from scipy.optimize import rosen, rosen_der
+
 from annotated.foundations.optimizers import (
+    ROSENBROCK_OPTIMIZERS,
+    ROSENBROCK_START,
     SGD,
     Adam,
     AdamW,
     RMSProp,
     check_number,
     dataflow,
+    descend_rosenbrock,
     example,
     main,
+    rosenbrock,
     step_decay,
     warmup_cosine,
 )
@@ -803,6 +811,20 @@ def test_example_matches_torch_adamw_and_dataflow_is_consistent():
     assert len(ids) == len(set(ids)) <= 25
     assert all(src in ids and dst in ids for src, dst, _ in edges)
     assert any("[32, 64]" in label for _, label in nodes)
+
+
+def test_rosenbrock_descent_matches_scipy_rosen_and_its_gradient():
+    # The demo's valley is scipy's `rosen`, and plain SGD down it is x <- x - lr f'(x)
+    # with scipy's analytic gradient `rosen_der`, step for step.
+    points = np.random.default_rng(0).uniform(-2, 2, size=(20, 2))
+    values = [rosenbrock(torch.tensor(point)).item() for point in points]
+    np.testing.assert_allclose(values, [rosen(point) for point in points], rtol=1e-14)
+    path = descend_rosenbrock(ROSENBROCK_OPTIMIZERS["SGD"], steps=50, device="cpu")
+    expected = [np.array(ROSENBROCK_START)]
+    for _ in range(50):
+        expected.append(expected[-1] - 1e-3 * rosen_der(expected[-1]))
+    np.testing.assert_allclose(path, np.stack(expected), rtol=1e-12, atol=1e-14)
+    assert rosenbrock(torch.tensor([1.0, 1.0])).item() == 0.0  # the minimum
 
 
 def test_demo_runs_and_reports_its_metrics(tmp_path):

@@ -27,6 +27,7 @@ from annotated.generative.ddpm import (
     iterate_forward,
     main,
     make_schedule,
+    mosaic,
     sample,
     timestep_embedding,
     trained_model,
@@ -36,6 +37,19 @@ from tools.literate.figures import short_band
 torch.set_num_threads(1)
 
 SCHEDULES = [("linear", Schedule.linear), ("squaredcos_cap_v2", Schedule.cosine)]
+
+
+def test_mosaic_maps_minus_one_to_black_and_tiles_row_by_row():
+    # Five 2×2 images, three columns: one full row is drawn, the rest dropped. Image k
+    # is filled with -1 + k/2 and drawn at k/4 (from [-1, 1] to [0, 1]) inside a grey
+    # frame, left to right.
+    images = (-1 + torch.arange(5.0) / 2).clamp(max=1).reshape(5, 1, 1, 1)
+    grid = mosaic(images.expand(5, 1, 2, 2), columns=3)
+    assert grid.shape == (4, 12)
+    for k in range(3):
+        tile = grid[:, 4 * k : 4 * k + 4]
+        assert (tile[1:3, 1:3] == k / 4).all()
+        assert (tile[0] == 0.5).all() and (tile[:, 0] == 0.5).all()
 
 
 @pytest.mark.parametrize("name, make", SCHEDULES)

@@ -46,6 +46,7 @@ from annotated.generative.gan_stability import (
     sample_ring,
     spectral_norm,
     top_singular_value,
+    train,
 )
 from tools.literate.figures import short_band
 
@@ -379,6 +380,15 @@ def test_ema_bad_decay_raises_and_zero_decay_copies():
 
 
 # ## A training round, with two time scales, against one written by hand
+
+
+def test_training_measures_every_few_rounds_and_at_the_end():
+    torch.manual_seed(0)
+    history = train(GAN(STABILISED), steps=7, batch_size=16, every=3, samples=50)
+    assert history["step"] == [3, 6, 7] and list(history["snapshots"]) == [3, 6, 7]
+    for key in ("modes", "quality", "modes_ema", "quality_ema"):
+        assert len(history[key]) == 3
+    assert all(points.shape == (50, 2) for points in history["snapshots"].values())
 
 
 def test_round_matches_hand_written_bce_with_two_learning_rates():

@@ -28,6 +28,7 @@ from annotated.kernels.softmax import (  # noqa: E402
     gpu_report,
     launch,
     main,
+    overflow_experiment,
     softmax_backward,
     softmax_backward_reference,
     softmax_forward_kernel,
@@ -293,6 +294,13 @@ def test_example_and_its_declared_dataflow():
     assert all(source in names and target in names for source, target, _ in edges)
     assert ("kernel", "y", "[6, 37], written once") in edges
     assert ("kernel", "softmax_forward_kernel\n6 programs × BLOCK 64") in nodes
+
+
+def test_overflow_experiment_fails_unshifted_rows_only_at_large_scale():
+    # At scale 1 every row is fine both ways; at 1e4, exp overflows in every unshifted
+    # row (16 normal scores: one above 0.009 is enough), and no fused row.
+    result = overflow_experiment([1.0, 1e4], rows=8, cols=16, device=DEVICE)
+    assert result == {"unshifted": [1.0, 0.0], "fused": [1.0, 1.0]}
 
 
 def test_demo_checks_counts_and_shows_the_overflow(tmp_path, capsys):

@@ -17,6 +17,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
+from torch.optim import lr_scheduler
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from scipy import stats
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
@@ -40,6 +42,7 @@ from annotated.llm.gpt2 import (
     to_hf_state_dict,
     top_k_filter,
     top_p_filter,
+    train,
 )
 from tools.literate.figures import short_band
 
@@ -418,6 +421,37 @@ def test_extreme_embeddings_stay_finite():
 def test_example_runs():
     fn, args = example()
     assert fn(*args).shape == (2, 8, 64)
+
+
+def test_train_warms_up_linearly_then_follows_torch_cosine_annealing():
+    # The learning rate of every step: torch's LinearLR over the first tenth of the
+    # steps, from lr / warmup up to lr, then CosineAnnealingLR down towards 0.
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(**SMALL))
+    data = torch.randint(0, SMALL["vocab_size"], (400,))
+    seen = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"])
+    )
+    try:
+        train(model, data, steps=30, batch=2, length=8, lr=1e-3)
+    finally:
+        handle.remove()
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = lr_scheduler.SequentialLR(
+        reference,
+        [
+            lr_scheduler.LinearLR(reference, 1 / 3, 1.0, total_iters=2),
+            lr_scheduler.CosineAnnealingLR(reference, T_max=27),
+        ],
+        milestones=[3],
+    )
+    expected = []
+    for _ in range(30):
+        expected.append(reference.param_groups[0]["lr"])
+        reference.step()
+        schedule.step()
+    assert seen == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
 def test_demo_loss_falls(tmp_path):

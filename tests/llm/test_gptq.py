@@ -282,6 +282,13 @@ def test_quantize_model_is_sequential_and_touches_only_the_blocks():
             rtol=0,
             atol=1e-6,
         )
+        # The error it reports is the layer's relative output error on those inputs,
+        # |X ΔWᵀ|² / |X Wᵀ|², here without the Hessian.
+        x = seen[0].double().reshape(-1, seen[0].shape[-1])  # [samples, in]
+        weight = original[f"{layer_name}.weight"].double()  # [out, in]
+        delta = quantised[f"{layer_name}.weight"].double() - weight
+        relative = (x @ delta.T).square().sum() / (x @ weight.T).square().sum()
+        assert errors[layer_name] == pytest.approx(relative.item(), rel=1e-6)
 
 
 def test_demo_short_run(tmp_path, monkeypatch):
