@@ -415,6 +415,21 @@ def test_shifts_leave_the_batch_order_as_it_is(monkeypatch):
         assert torch.equal(plain, shifted)
 
 
+def test_an_early_stopped_run_reports_the_epoch_it_restored():
+    # The model handed back is the best epoch's, so its test accuracy is the one the
+    # curve recorded at that epoch, and "epochs" counts the epochs up to it.
+    x, y = torch.tensor(X_TRAIN).float(), torch.tensor(Y_TRAIN)
+    data = {
+        "train": (x[:60], y[:60]),
+        "val": (x[60:90], y[60:90]),
+        "test": (x[90:], y[90:]),
+    }
+    args = argparse.Namespace(seed=0, device="cpu", lr=3e-2, epochs=30, batch_size=20)
+    result = train(Regularisers(patience=2), data, args)
+    assert result["epochs"] < len(result["test curve"]) < 30  # it stopped early
+    assert result["test"] == result["test curve"][result["epochs"] - 1]
+
+
 # --------------------------------------------------------------------------------------
 # Early stopping.
 
