@@ -9,6 +9,7 @@ short learning run with 2 Ray actors that lifts the mean return well above rando
 """
 
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -389,6 +390,7 @@ def test_demo_learns_from_two_lagging_actors(ray_session, monkeypatch, tmp_path)
         return started[-1]
 
     monkeypatch.setattr(lesson, "RolloutActor", SimpleNamespace(remote=side_by_side))
+    began = time.perf_counter()
     metrics = main(
         [
             *("--actors", "2", "--total-steps", "40000", "--lr", "3e-3"),
@@ -396,6 +398,7 @@ def test_demo_learns_from_two_lagging_actors(ray_session, monkeypatch, tmp_path)
             *("--out", str(tmp_path)),
         ]
     )
+    wall = time.perf_counter() - began
     assert ray.is_initialized()  # the demo leaves a Ray it did not start running
     assert metrics["steps"] >= 40_000 and metrics["throughput_1"] > 0
     assert metrics["mean_lag"] > 0  # two actors: data is often an update stale
@@ -409,6 +412,8 @@ def test_demo_learns_from_two_lagging_actors(ray_session, monkeypatch, tmp_path)
     assert len(events.Scalars("charts/policy_lag")) == metrics["steps"] // 256
     first = [event.value for event in events.Scalars("charts/episodic_return")[:20]]
     assert np.mean(first) < 35
+    # Steps per second over the training run, which lies within the call.
+    assert events.Scalars("charts/SPS")[0].value >= metrics["steps"] / wall
 
 
 def throughput_benchmark(benchmark, two_actors, count):

@@ -8,6 +8,7 @@ while its return stays below 450), and the label bookkeeping is checked exactly:
 label is the expert's action in its state, counted once, in the round that added it.
 """
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -156,6 +157,16 @@ def test_evaluation_bookkeeping():
     np.testing.assert_array_equal(evaluation.returns, evaluation.running.sum(0))
     assert not (evaluation.mistakes & ~evaluation.running).any()
     assert (evaluation.returns < 20).all()  # pushing one way topples the pole fast
+    # Each episode, played alone in gymnasium, lasts as long as its return says: the
+    # batch runs every episode to its end, the last one left included.
+    for k, length in enumerate(evaluation.returns):
+        env = gym.make("CartPole-v1")
+        env.reset(seed=7 + k)
+        steps, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(0)
+            steps, done = steps + 1, terminated or truncated
+        assert length == steps
 
 
 def float64_logits(policy, obs):
