@@ -273,6 +273,9 @@ def test_short_training_run_beats_random_clearly():
     first = [r for _, r, _ in history.episodes[:20]]
     assert np.mean(first) < 35  # an untrained, near-uniform policy: ~22
     assert np.mean(last) > 80
+    # The learning rate anneals linearly towards 0 over the updates, as CleanRL's does.
+    lrs = [update["lr"] for update in history.updates]
+    assert lrs == pytest.approx([2.5e-3 * (1 - i / 12) for i in range(12)], rel=1e-12)
 
 
 def test_demo_writes_its_outputs(tmp_path):
