@@ -131,7 +131,7 @@ def test_llm_is_our_sampling_loop_and_streams_what_it_invokes(tiny_llm):
     prompt = "the cache holds"
     text = tiny_llm.invoke(prompt)
     pieces = list(tiny_llm.stream(prompt))
-    assert "".join(pieces) == text and len(pieces) >= 2
+    assert "".join(pieces) == text and len(pieces) >= 2 and all(pieces)
     assert tiny_llm.batch([prompt, prompt]) == [text, text]
     assert asyncio.run(tiny_llm.ainvoke(prompt)) == text
 
@@ -161,13 +161,16 @@ def test_a_stop_sequence_across_two_pieces_is_cut_whole_from_the_stream(tiny_llm
     pieces = list(tiny_llm.stream("the cache"))
     text = "".join(pieces)
     ends = [len("".join(pieces[: i + 1])) for i in range(len(pieces) - 1)]
-    # Two characters around the end of a piece, found nowhere earlier in the text.
+    # Two characters around the end of a piece (not the first character: something
+    # comes before the stop), found nowhere earlier in the text.
     end = next(
-        e for e in ends if 0 < e < len(text) and text.find(text[e - 1 : e + 1]) == e - 1
+        e for e in ends if 1 < e < len(text) and text.find(text[e - 1 : e + 1]) == e - 1
     )
     stop = text[end - 1 : end + 1]
     expected = text[: end - 1]
-    assert "".join(tiny_llm.stream("the cache", stop=[stop])) == expected
+    cut = list(tiny_llm.stream("the cache", stop=[stop]))
+    assert "".join(cut) == expected
+    assert all(cut)  # while a possible stop is held back, no empty piece is sent
     assert tiny_llm.invoke("the cache", stop=[stop]) == expected
 
 

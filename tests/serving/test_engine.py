@@ -364,7 +364,7 @@ def test_openai_client_completions(client, model, tokenizer):
     )
     choice = completion.choices[0]
     assert choice.text == expected_text(model, tokenizer, "The engine keeps", 12)
-    assert choice.finish_reason == "length"
+    assert choice.finish_reason == "length" and choice.index == 0
     assert completion.usage.completion_tokens == 12
     assert completion.usage.prompt_tokens == len(
         tokenizer.encode_ordinary("The engine keeps")
