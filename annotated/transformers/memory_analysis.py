@@ -948,6 +948,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return {
         "activation gap": worst["activations"],
         "state gap": worst["states"],
+        "parameter gap": worst["parameters"],
         "flop gap": worst["flops"],
         "6N ratio": six_n[names[-1]],
         "GPT-2 small GiB": total / 2**30,

@@ -480,7 +480,7 @@ def test_demo(tmp_path):
     metrics = main(["--configs", "2×64", "--batch", "2", "--out", str(tmp_path)])
     assert (tmp_path / "breakdown.png").exists()
     assert metrics["activation gap"] == metrics["state gap"] == 0
-    assert metrics["flop gap"] == 0
+    assert metrics["parameter gap"] == metrics["flop gap"] == 0
     assert 0.9 < metrics["6N ratio"] < 1
     assert (
         metrics["GPT-2 small GiB"]

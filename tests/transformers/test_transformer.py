@@ -495,9 +495,11 @@ def test_peaks_the_prose_quotes():
 
 def test_training_uses_the_schedule_from_step_one():
     model = TranslationTransformer(tiny_config())
-    history = train(model, 6, batch_size=4, warmup=3, eval_every=3)
-    want = [inverse_sqrt_schedule(s, model.config.d_model, 3) for s in range(1, 7)]
+    history = train(model, 7, batch_size=4, warmup=3, probe=[5, 42], eval_every=3)
+    want = [inverse_sqrt_schedule(s, model.config.d_model, 3) for s in range(1, 8)]
     assert history["lr"] == pytest.approx(want, rel=1e-12)
+    # The probe is scored every eval_every steps and after the last one.
+    assert history["probe_step"] == [3, 6, 7] and len(history["probe"]) == 3
 
 
 LINEAR = "transformer.decoder.layers.0.linear1.weight"
@@ -573,6 +575,11 @@ def test_held_out_numbers_never_appear_in_training():
     drawn = sample_numbers(20_000, random.Random(0), exclude)
     assert not exclude & set(drawn)
     assert {len(str(n)) for n in drawn} == set(range(1, 7))
+    # d digits with probability d/21: of 21,000 free draws, about 1,000 single digits
+    # (sd 31), 0 among them.
+    free = sample_numbers(21_000, random.Random(1), frozenset())
+    single = [n for n in free if n < 10]
+    assert 880 < len(single) < 1120 and set(single) == set(range(10))
     with pytest.raises(ValueError, match="number must be an int"):
         number_to_words(1_000_000)
     with pytest.raises(ValueError, match="per_length"):
