@@ -3,7 +3,9 @@ facts, the fx dataflow's edge shapes against running the same model in torch, an
 failures against the lesson line that raised."""
 
 import ast
+import importlib.util
 import re
+import sys
 import subprocess
 import textwrap
 from pathlib import Path
@@ -20,6 +22,13 @@ def write(tmp_path, source, name="lesson.py"):
     path = tmp_path / name
     path.write_text(textwrap.dedent(source).lstrip("\n"))
     return path
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_class_diagram_shows_bases_composition_and_methods():
@@ -77,9 +86,28 @@ def test_module_without_classes_gets_its_call_graph():
     assert dot.startswith("digraph calls") and '"a" -> "b"' in dot
 
 
+def test_the_fresh_import_leaves_the_process_modules_as_they_were(
+    monkeypatch, tmp_path
+):
+    # The build imports a lesson's current source to run its example; a test process
+    # that imported the lesson before (and patched it) keeps the copy it had, and one
+    # that had not still has none afterwards, even when the import fails.
+    imported = load(FIXTURES / "tiny_model.py", "fixture_tiny_model")
+    monkeypatch.setitem(sys.modules, "fixture_tiny_model", imported)
+    diagrams.dataflow_diagram(FIXTURES / "tiny_model.py", "fixture_tiny_model")
+    assert sys.modules["fixture_tiny_model"] is imported
+    monkeypatch.delitem(sys.modules, "fixture_tiny_model")
+    diagrams.dataflow_diagram(FIXTURES / "tiny_model.py", "fixture_tiny_model")
+    assert "fixture_tiny_model" not in sys.modules
+    broken = write(tmp_path, "raise RuntimeError('half-written')\n")
+    with pytest.raises(LessonError, match="half-written"):
+        diagrams.dataflow_diagram(broken, "fixture_broken")
+    assert "fixture_broken" not in sys.modules
+
+
 def test_fx_dataflow_carries_the_shapes_torch_computes():
     dot = diagrams.dataflow_diagram(FIXTURES / "tiny_model.py", "fixture_tiny_model")
-    import fixture_tiny_model as lesson
+    lesson = load(FIXTURES / "tiny_model.py", "fixture_tiny_model")
 
     model, (x,) = lesson.example()
     hidden = model.embed(x)

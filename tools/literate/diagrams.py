@@ -275,18 +275,18 @@ def dataflow_diagram(path: str | Path, module_name: str) -> str:
     line that raised.
     """
     path = Path(path)
-    module = _import_fresh(path, module_name)
-    if not callable(getattr(module, "example", None)):
-        raise LessonError(
-            path,
-            1,
-            "no example(): every lesson declares `def example()` returning "
-            "(fn, args); see docs/contributing.md",
-        )
-    # What the example prints (a sampler's progress bar) is not the build's to show.
-    with contextlib.redirect_stdout(io.StringIO()):
-        with contextlib.redirect_stderr(io.StringIO()):
-            return _example_dataflow(module, path)
+    with _imported_fresh(path, module_name) as module:
+        if not callable(getattr(module, "example", None)):
+            raise LessonError(
+                path,
+                1,
+                "no example(): every lesson declares `def example()` returning "
+                "(fn, args); see docs/contributing.md",
+            )
+        # What the example prints (a sampler's progress bar) is not the build's to show.
+        with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()):
+                return _example_dataflow(module, path)
 
 
 def _example_dataflow(module, path: Path) -> str:
@@ -339,26 +339,34 @@ def _example_dataflow(module, path: Path) -> str:
         ) from None
 
 
-def _import_fresh(path: Path, module_name: str):
-    """Execute the lesson's current source as `module_name`, replacing any older copy in
-    `sys.modules`."""
+@contextlib.contextmanager
+def _imported_fresh(path: Path, module_name: str):
+    """The lesson's current source executed as `module_name`, with `sys.modules`
+    given back as it was afterwards.
+
+    The fresh copy has to stand in `sys.modules` while it runs (a dataclass looks its
+    module up there), but must not stay: the package's attribute still names the copy
+    imported before, so a later `from annotated.x import y` and a `monkeypatch` of
+    `annotated.x.y` would reach two different modules."""
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     previous = sys.modules.get(module_name)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
-    except Exception as error:
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            raise LessonError(
+                path,
+                _line_in(path, error),
+                f"importing the lesson raised {type(error).__name__}: {error}",
+            ) from None
+        yield module
+    finally:
         if previous is not None:
             sys.modules[module_name] = previous
         else:
             sys.modules.pop(module_name, None)
-        raise LessonError(
-            path,
-            _line_in(path, error),
-            f"importing the lesson raised {type(error).__name__}: {error}",
-        ) from None
-    return module
 
 
 def _line_in(path: Path, error: BaseException) -> int:
