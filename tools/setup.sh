@@ -109,10 +109,13 @@ case "$mode" in
   build) exec "$python" -m mkdocs build --strict "$@" ;;
   # With no arguments (as CI runs it), the demos' tests run a second time as if on a GPU
   # (tools/fake_cuda.py), where a CPU tensor beside a GPU one fails as it would on CUDA.
+  # Both runs spread the test files over the cores (pytest-xdist, at most 4 workers: each
+  # holds torch, transformers and a model or two, about 2 GB), one file per worker at a
+  # time so that a file's fixtures are built once. A benchmark body still runs once.
   test)  if [ $# -gt 0 ]; then exec "$python" -m pytest "$@"; fi
-         "$python" -m pytest
+         "$python" -m pytest -n auto --maxprocesses 4 --dist loadfile
          echo "setup: the demos again, with --device cuda on a fake GPU (tools/fake_cuda.py)"
-         exec "$python" -m pytest -p tools.fake_cuda -q tests ;;
+         exec "$python" -m pytest -p tools.fake_cuda -q tests -n auto --maxprocesses 4 --dist loadfile ;;
   pdf)   "$python" -m mkdocs build --strict
          exec "$python" -m tools.literate.pdf --site site "$@" ;;
 esac
