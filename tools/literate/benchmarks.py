@@ -84,13 +84,21 @@ def measure(lesson: LessonFile, docs_dir: Path) -> Benchmarks:
             sys.executable, "-m", "pytest", lesson.test, "--benchmark-only",
             f"--benchmark-json={raw}", "-q", "-p", "no:cacheprovider",
         ]  # fmt: skip
+        # Started from a pytest-xdist worker (CI's run of the engine's tests), the child
+        # would inherit the worker's variables, and pytest-benchmark, seeing them,
+        # refuses to measure in a "parallel" run.
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("PYTEST_XDIST_")
+        }
         result = subprocess.run(
-            command, cwd=lesson.root, capture_output=True, text=True
+            command, cwd=lesson.root, capture_output=True, text=True, env=env
         )
         if result.returncode != 0 or not raw.exists():
             raise RuntimeError(
                 f"{lesson.test}: the benchmarks failed (exit {result.returncode}):\n"
-                f"{result.stdout[-3000:]}"
+                f"{result.stdout[-3000:]}{result.stderr[-2000:]}"
             )
         data = json.loads(raw.read_text(encoding="utf-8"))
     baselines = {
