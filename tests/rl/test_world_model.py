@@ -196,6 +196,23 @@ def test_fit_normalises_with_training_rows_only_and_bootstraps_each_member():
     assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
 
 
+def test_fit_pulls_the_variance_bounds_together(monkeypatch):
+    # With the likelihood's gradient taken away, what is left on the learned bounds is
+    # the penalty 0.01 * sum(max_logvar - min_logvar): +0.01 on every upper bound and
+    # -0.01 on every lower one, as PETS keeps them near the data.
+    from annotated.rl import world_model
+
+    def no_likelihood(mean, logvar, target):
+        return 0.0 * (mean.sum() + logvar.sum())
+
+    monkeypatch.setattr(world_model, "gaussian_nll", no_likelihood)
+    data, _ = random_play(40, seed=1)
+    model = Ensemble(members=2, hidden=8)
+    fit(model, data.tensors(), epochs=1, seed=0)
+    torch.testing.assert_close(model.max_logvar.grad, torch.full((5,), 0.01))
+    torch.testing.assert_close(model.min_logvar.grad, torch.full((5,), -0.01))
+
+
 def test_disagreement_grows_off_the_data(fitted):
     model, data, _ = fitted
     states, pushes, *_ = data.tensors()

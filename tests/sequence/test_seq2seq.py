@@ -279,6 +279,30 @@ def test_an_eos_ranked_below_the_beam_does_not_end_a_hypothesis():
     assert found.score == pytest.approx(math.log(0.6 * 0.3 * 0.9), abs=1e-12)
 
 
+def test_a_row_stops_once_a_beam_of_hypotheses_has_finished():
+    """A beam of 2 by hand: step 1 ends "<eos>" (0.5) and keeps "0" and "1". Step 2
+    (<eos> 0.5, "2" 0.45) ranks "0<eos>", "02", "1<eos>", "12": it ends "0<eos>", the
+    second finished hypothesis, so the row is done (Hugging Face's
+    `early_stopping=True`) and the decoder is not called a third time, though
+    `max_length` allows four."""
+    probs = torch.full((4, len(VOCAB)), 0.01, dtype=torch.float64)
+    probs[0, EOS], probs[0, encode("0")[0]], probs[0, encode("1")[0]] = 0.5, 0.3, 0.15
+    probs[1, EOS], probs[1, encode("2")[0]] = 0.5, 0.45
+    probs[2:, EOS] = 0.9
+    calls = []
+
+    class Counted(Scripted):
+        def step(self, previous, state):
+            calls.append(len(previous))
+            return super().step(previous, state)
+
+    batch = batch_of(["7"])
+    (found,) = beam_search(Counted(probs), batch.source, batch.source_lengths, 2, 4)
+    assert calls == [2, 2]
+    assert (found.tokens, found.ended) == ([], True)
+    assert found.score == pytest.approx(math.log(0.5 / probs[0].sum()), abs=1e-12)
+
+
 UNTRAINED = model64(10)
 
 
