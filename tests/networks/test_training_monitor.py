@@ -305,6 +305,31 @@ def test_a_step_without_gradients_records_empty_norms_and_ratios():
     assert monitor.grad_norms == {} and monitor.update_ratios == {}
 
 
+def test_a_parameter_that_was_all_zeros_has_no_ratio_that_step():
+    # A bias initialised to zero: its first update has nothing to be measured against
+    # (an inf would reach TensorBoard); from the second step on it has a ratio.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    nn.init.zeros_(model[2].bias)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = TrainingMonitor(model, optimizer)
+    inputs = torch.rand(32, 4, dtype=torch.float64)
+    ratios = []
+    for step in range(2):
+        optimizer.zero_grad()
+        model(inputs).square().sum().backward()
+        before = model[2].bias.detach().clone()
+        optimizer.step()
+        monitor.log(step, 0.0, 32)
+        ratios.append(dict(monitor.update_ratios))
+    monitor.close()
+    assert "2.bias" not in ratios[0] and len(ratios[0]) == 3
+    change = (model[2].bias.detach() - before).norm() / before.norm()
+    assert ratios[1]["2.bias"] == pytest.approx(change.item(), rel=1e-12)
+    steps, values = monitor.series("update_ratio/2.bias")
+    assert steps.tolist() == [1] and np.isfinite(values).all()
+
+
 def test_dead_fraction_counts_units_silent_on_the_whole_batch():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()
