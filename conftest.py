@@ -1,7 +1,7 @@
 """Settings shared by every test, in the one place pytest loads wherever it starts:
 Triton's CPU interpreter and quiet plotting, hypothesis budgets, benchmarks that run
-once as plain tests unless `--benchmark-only` asks for measurements, torch's thread
-count, and the exercise mode's `--lesson` and `--worksheet`.
+once as plain tests unless `--benchmark-only` asks for measurements, random states and
+torch's thread count, and the exercise mode's `--lesson` and `--worksheet`.
 
 They live at the root, not in tests/, because of how pytest starts. In
 `pytest --lesson annotated/foundations/matrix.py` it reads the lesson's path as a
@@ -111,6 +111,35 @@ def install_worksheet(module: str, path: Path, typed: str) -> None:
             f"--worksheet: importing {typed}{where} raised {type(error).__name__}: "
             f"{error}"
         ) from None
+
+
+def _seed(name: str) -> None:
+    import random
+    import zlib
+
+    import numpy as np
+    import torch
+
+    seed = zlib.crc32(name.encode("utf-8"))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# CI spreads the test files over workers in no fixed order (pytest-xdist), so the random
+# state a test would inherit from the tests before it changes from run to run. Each
+# module, then each test, starts instead from a state fixed by its name: a test that
+# draws without a seed of its own draws the same numbers in every run, wherever it runs.
+# (Autouse fixtures come first within their scope, so the module's is seeded before
+# the module's other fixtures are built.)
+@pytest.fixture(scope="module", autouse=True)
+def _seed_each_module(request):
+    _seed(request.node.nodeid)
+
+
+@pytest.fixture(autouse=True)
+def _seed_each_test(request):
+    _seed(request.node.nodeid)
 
 
 @pytest.fixture(autouse=True)
