@@ -11,6 +11,8 @@ colour, only the colour and count answers are checked); a prompt that overflows 
 context is a ValueError; the demo runs on tiny models.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -198,6 +200,37 @@ def test_encode_example_masks_the_prompt_and_collate_pads():
     assert input_ids.shape == padded.shape == (2, len(ids))
     assert input_ids[1, len(short[0]) :].eq(256).all()
     assert padded[1, len(short[0]) :].eq(-100).all()
+
+
+def test_a_stage_warms_up_for_a_tenth_of_its_steps_then_follows_a_cosine(monkeypatch):
+    # The learning rate each optimizer step used, recorded by a subclass of AdamW: 20
+    # steps warm up over 2, lr * (s + 1) / 2, then follow lr * (1 + cos(pi s / 20)) / 2.
+    used = []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, closure=None):
+            used.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    model, tokenizer = tiny_model(), byte_tokenizer()
+    examples = [(0, *encode_example(tokenizer, "what?", "red"))]
+    train_stage(
+        model,
+        torch.rand(1, 3, 32, 32),
+        examples,
+        tokenizer,
+        list(model.projector.parameters()),
+        steps=20,
+        batch_size=1,
+        lr=1e-2,
+        seed=0,
+        desc="stage 1",
+    )
+    cosine = [0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(20)]
+    expected = [1e-2 * min((s + 1) / 2, cosine[s]) for s in range(20)]
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert used[0] == pytest.approx(5e-3) and used[-1] < 1e-4
 
 
 def test_stage1_step_moves_only_the_projector():

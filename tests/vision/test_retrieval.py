@@ -291,6 +291,32 @@ def test_a_perfect_model_reaches_one_relaxed_and_exactly_the_strict_ceiling():
     assert result["text_to_image_R@1_2_object"] == 1.0
 
 
+def test_recall_by_object_count_and_chance_on_a_model_right_only_for_one_object():
+    # Four pictures, each with its own caption: the one-object pictures sit on their
+    # captions, the two two-object pictures on each other's. Every one-object query
+    # is answered, no two-object query is, and chance at k = 1 is 1 in 4 every way.
+    captions = torch.eye(4)
+    gallery = retrieval.Gallery(
+        images=torch.zeros(4, 3, 32, 32),
+        captions=[f"caption {i}" for i in range(4)],
+        objects=torch.tensor([1, 1, 2, 2]),
+        texts=[f"caption {i}" for i in range(4)],
+        labels=torch.arange(4),
+        image_embeddings=captions[[0, 1, 3, 2]],
+        text_embeddings=captions,
+    )
+    result = evaluate(
+        gallery, ExactIndex(gallery.image_embeddings), ExactIndex(captions), ks=(1,)
+    )
+    for way in ("image_to_text", "text_to_image"):
+        assert result[f"{way}_R@1"] == 0.5
+        assert result[f"{way}_R@1_1_object"] == 1.0
+        assert result[f"{way}_R@1_2_object"] == 0.0
+    assert result["strict_text_to_image_R@1"] == 0.5
+    for chance in ("image_to_text", "text_to_image", "strict"):
+        assert result[f"chance_{chance}_R@1"] == pytest.approx(1 / 4)
+
+
 def test_gallery_holds_distinct_captions_with_identical_embeddings_for_copies():
     model, tokenizer = tiny_clip()
     gallery = build_gallery(model, tokenizer, one=40, two=12, seed=3, batch=16)
