@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.literate.figures import prose_files, stale_quotes
-from tools.literate.files import LessonFile, atomic_write, lesson_command
+from tools.literate.files import (
+    LessonFile,
+    atomic_write,
+    lesson_command,
+    pytest_environment,
+)
 
 
 @dataclass(frozen=True)
@@ -84,16 +89,12 @@ def measure(lesson: LessonFile, docs_dir: Path) -> Benchmarks:
             sys.executable, "-m", "pytest", lesson.test, "--benchmark-only",
             f"--benchmark-json={raw}", "-q", "-p", "no:cacheprovider",
         ]  # fmt: skip
-        # Started from a pytest-xdist worker (CI's run of the engine's tests), the child
-        # would inherit the worker's variables, and pytest-benchmark, seeing them,
-        # refuses to measure in a "parallel" run.
-        env = {
-            name: value
-            for name, value in os.environ.items()
-            if not name.startswith("PYTEST_XDIST_")
-        }
         result = subprocess.run(
-            command, cwd=lesson.root, capture_output=True, text=True, env=env
+            command,
+            cwd=lesson.root,
+            capture_output=True,
+            text=True,
+            env=pytest_environment(),
         )
         if result.returncode != 0 or not raw.exists():
             raise RuntimeError(

@@ -1,6 +1,6 @@
 """Where things are: every path and URL the engine derives from a lesson file, the
-lesson files on disk, the project modules a lesson imports, and the one atomic write
-every store uses.
+lesson files on disk, the project modules a lesson imports, the one atomic write
+every store uses, and the environment every child pytest runs in.
 
 `LessonFile` is the single owner of names: the module `python -m` runs, the page, its
 URL, the test, the downloads, the stored figures and benchmark results. Nothing else in
@@ -251,6 +251,20 @@ def atomic_write(path: Path, text: str) -> None:
         handle.write(text)
     os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
+
+
+def pytest_environment(**extra: str) -> dict[str, str]:
+    """This process's environment, with `extra` set, for a pytest the engine starts
+    (benchmarks, gradings, mutants). Started from a pytest-xdist worker (CI runs the
+    engine's tests on several), the child would inherit the worker's `PYTEST_XDIST_*`
+    variables and take itself for part of a parallel run: pytest-benchmark, for one,
+    then refuses to measure."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PYTEST_XDIST_")
+    }
+    return {**inherited, **extra}
 
 
 def lesson_command(

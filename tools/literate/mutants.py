@@ -26,7 +26,6 @@ mutant that cannot even be imported, counts as noticed.
 
 import argparse
 import ast
-import os
 import random
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tools.literate.files import LessonFile
+from tools.literate.files import LessonFile, pytest_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,10 +156,13 @@ def run_tests(root: Path, lesson: str, module: Path | None, timeout: float) -> i
     command += ["--benchmark-disable", f"--lesson={lesson}"]
     if module is not None:
         command.append(f"--worksheet={module}")
-    environment = {**os.environ, "CI": "true"}
     try:
         result = subprocess.run(
-            command, cwd=root, env=environment, capture_output=True, timeout=timeout
+            command,
+            cwd=root,
+            env=pytest_environment(CI="true"),
+            capture_output=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return -1

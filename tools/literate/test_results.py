@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.literate import learning_path
+from tools.literate.files import pytest_environment
 
 RESULTS = Path("docs/tests/results.json")
 
@@ -117,6 +118,7 @@ def run_pytest(
         subprocess.run(
             [*command, f"--junitxml={report}", *arguments],
             cwd=root,
+            env=pytest_environment(),
             capture_output=quiet,
             check=False,
         )
