@@ -742,12 +742,25 @@ def survey(browser, server):
 
 
 def switch_scheme(page, scheme: str) -> None:
-    """Switch the colour scheme with the header's toggle, as a reader does."""
+    """Switch the colour scheme with the header's toggle, as a reader does: the toggle
+    is shown, and clicking it changes the page's scheme.
+
+    The click is dispatched to the toggle, not driven through the mouse: before a mouse
+    click Playwright waits for the element to hold still over two animation frames, and
+    with other tests loading the machine that wait once ran past 30 s, the toggle found
+    at once. The scheme is polled by the clock, not by animation frame, for the same
+    reason."""
+    from playwright.sync_api import expect
+
     wanted = "slate" if scheme == "dark" else "default"
     current = "document.body.getAttribute('data-md-color-scheme')"
     if page.evaluate(current) != wanted:
-        page.locator('form[data-md-component="palette"] label:not([hidden])').click()
-    page.wait_for_function(f"s => {current} === s", arg=wanted)
+        toggle = page.locator('form[data-md-component="palette"] label:not([hidden])')
+        expect(toggle).to_be_visible(timeout=15000)
+        toggle.dispatch_event("click")
+    page.wait_for_function(
+        f"s => {current} === s", arg=wanted, polling=100, timeout=15000
+    )
 
 
 def copy_longest_section(page, sections) -> list[dict]:
