@@ -23,6 +23,9 @@ from annotated.cnn.resnet import (
     main,
     resnet,
     resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
 )
 from tools.literate.figures import short_band
 
@@ -180,11 +183,14 @@ def test_stages_run_at_56_28_14_and_7_pixels_for_a_224_image():
     assert sizes == [(56, 56), (28, 28), (14, 14), (7, 7)]
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, 101])
-def test_parameter_counts_are_torchvisions(depth):
+@pytest.mark.parametrize(
+    "depth, build", [(18, resnet18), (34, resnet34), (50, resnet50), (101, resnet101)]
+)
+def test_parameter_counts_are_torchvisions(depth, build):
+    # Each named builder, and `resnet(depth)` with the same depth.
     with torch.device("meta"):
-        model = resnet(depth)
-    assert count_parameters(model) == PUBLISHED[depth][0]
+        counts = {count_parameters(resnet(depth)), count_parameters(build())}
+    assert counts == {PUBLISHED[depth][0]}
 
 
 @pytest.mark.parametrize("depth", [18, 50])

@@ -25,6 +25,7 @@ from annotated.foundations.graphical_models import (
     empirical_marginal,
     example,
     SPRINKLER_EVIDENCE,
+    SPRINKLER_STATES,
     main,
     min_degree_order,
     sample_categorical,
@@ -787,6 +788,21 @@ def test_demo_error_bars_are_the_spread_of_repeated_runs():
             errors = np.stack([run[f"{method}_se"][v] for run in runs])  # [150, card]
             ratio = estimates.std(axis=0, ddof=1) / np.sqrt((errors**2).mean(axis=0))
             assert np.all((0.8 < ratio) & (ratio < 1.25)), (method, v, ratio)
+
+
+def test_running_estimate_is_the_gibbs_chains_sprinkler_draws():
+    # The figure's running estimate follows the Gibbs draws of Sprinkler = on: one
+    # row per sweep, one column per chain; over all of them it averages to the Gibbs
+    # estimate of P(Sprinkler = on | evidence).
+    args = argparse.Namespace(samples=50, sweeps=30, chains=3, burn_in=5)
+    estimates = sampled_marginals(
+        sprinkler_network(), SPRINKLER_EVIDENCE, args, np.random.default_rng(1)
+    )
+    running = estimates["running"]["Sprinkler on"]  # [sweeps, chains]
+    assert running.shape == (30, 3) and running.dtype == bool
+    assert 0 < running.mean() < 1
+    on = SPRINKLER_STATES["Sprinkler"].index("on")
+    assert running.mean() == pytest.approx(estimates["gibbs"]["Sprinkler"][on])
 
 
 def test_demo_runs_and_estimates_close_to_exact(tmp_path):

@@ -50,6 +50,10 @@ def test_mosaic_maps_minus_one_to_black_and_tiles_row_by_row():
         tile = grid[:, 4 * k : 4 * k + 4]
         assert (tile[1:3, 1:3] == k / 4).all()
         assert (tile[0] == 0.5).all() and (tile[:, 0] == 0.5).all()
+    # A sample that overshoots [-1, 1] is drawn black or white, never off the scale.
+    overshoot = torch.tensor([-3.0, 3.0]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)
+    grid = mosaic(overshoot, columns=2)
+    assert (grid[1:3, 1:3] == 0).all() and (grid[1:3, 5:7] == 1).all()
 
 
 @pytest.mark.parametrize("name, make", SCHEDULES)
