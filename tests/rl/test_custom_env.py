@@ -16,14 +16,17 @@ from annotated.rl.custom_env import (
     AGENT_COLOUR,
     COLOURS,
     DOOR,
+    EMPTY,
     ENV_ID,
     GOAL,
     KEY,
     MAX_STEPS,
     OPEN_DOOR,
+    WALL,
     KeyDoorEnv,
     egocentric_view,
     example,
+    generate_layout,
     main,
     play,
     random_policy,
@@ -145,6 +148,26 @@ def test_same_seed_same_layout_and_trajectory_and_seeds_differ():
     np.testing.assert_array_equal(grid_a, grid_b)
     grids = {trajectory(seed)[1].tobytes() for seed in range(20)}
     assert len(grids) >= 15  # procedural: seeds give different layouts
+
+
+def test_layouts_put_the_wall_and_door_anywhere_inside():
+    # On 7×7 the prose counts 3 wall columns × 5 door rows: in 3,000 draws every one
+    # of the 15 pairs turns up, the door is the wall's only opening, the agent and the
+    # key are on two cells of the left room and the goal is in the right one.
+    rng = np.random.default_rng(0)
+    pairs = set()
+    for _ in range(3000):
+        grid, agent = generate_layout(7, rng)
+        inner = grid[1:-1, 1:-1]  # [5, 5]
+        (wall,) = np.flatnonzero(np.isin(inner, [WALL, DOOR]).all(axis=0)) + 1
+        (door,) = np.argwhere(grid == DOOR)
+        assert door[1] == wall
+        pairs.add((int(wall), int(door[0])))
+        (key,) = np.argwhere(grid == KEY)
+        (goal,) = np.argwhere(grid == GOAL)
+        assert tuple(key) != agent and agent[1] < wall and key[1] < wall < goal[1]
+        assert grid[agent] == EMPTY
+    assert pairs == {(wall, row) for wall in (2, 3, 4) for row in range(1, 6)}
 
 
 def test_every_generated_layout_is_solvable_and_the_oracle_replays():
