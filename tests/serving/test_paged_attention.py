@@ -171,27 +171,26 @@ def test_fork_and_copy_on_write_keep_the_parent_intact():
     model = tiny()
     cache = PagedKVCache.for_model(model, num_blocks=12, block_size=4)
     cache.add(0)
-    prompt = random_tokens(6, 1)  # one full block and a half-filled one
+    prompt = random_tokens(10, 1)  # two full blocks and a half-filled one
     paged_forward(model, cache, [0], [prompt])
     parent_blocks = list(cache.tables[0])
     snapshot_k, snapshot_v = cache.k.clone(), cache.v.clone()
     cache.fork(0, 1)
     cache.fork(0, 2)
-    assert [cache.allocator.refcounts[b] for b in parent_blocks] == [3, 3]
-    assert cache.allocator.num_free == 10  # forks take no block
+    assert [cache.allocator.refcounts[b] for b in parent_blocks] == [3, 3, 3]
+    assert cache.allocator.num_free == 9  # forks take no block
     children = {1: [5], 2: [9]}
     logits = paged_forward(model, cache, [1, 2], [children[1], children[2]])
     for row, seq in enumerate((1, 2)):
         expected = full_logits(model, prompt + children[seq])
         torch.testing.assert_close(logits[row], expected, **EXACT)
-        # The full first block is still shared; the half-filled one was copied.
-        assert cache.tables[seq][0] == parent_blocks[0]
-        assert cache.tables[seq][1] != parent_blocks[1]
+        # The full blocks are still shared; the half-filled one was copied.
+        assert cache.tables[seq][:2] == parent_blocks[:2]
+        assert cache.tables[seq][2] not in parent_blocks
     for block in parent_blocks:  # the parent's blocks were not written
         torch.testing.assert_close(cache.k[:, block], snapshot_k[:, block], **EXACT)
         torch.testing.assert_close(cache.v[:, block], snapshot_v[:, block], **EXACT)
-    assert cache.allocator.refcounts[parent_blocks[0]] == 3
-    assert cache.allocator.refcounts[parent_blocks[1]] == 1
+    assert [cache.allocator.refcounts[b] for b in parent_blocks] == [3, 3, 1]
     logits = paged_forward(model, cache, [0], [[3]])  # the parent writes in place
     torch.testing.assert_close(logits[0], full_logits(model, prompt + [3]), **EXACT)
     assert cache.tables[0] == parent_blocks
