@@ -25,6 +25,8 @@ from annotated.transformers.sparse_attention import (
     fixed_attention,
     fixed_mask,
     main,
+    pattern_masks,
+    patterns,
     saved_bytes,
     sliding_window_attention,
     sliding_window_mask,
@@ -128,6 +130,16 @@ def test_bigbird_matches_sdpa_with_its_mask(
         k,
         v,
     )
+
+
+def test_the_sweeps_patterns_are_sdpa_with_the_masks_it_reports():
+    # The demo times `patterns` and reports the density of `pattern_masks`: the two
+    # lists must describe the same four patterns, in the same order.
+    q, k, v = inputs((2,), 48, 4, 3)
+    masks = pattern_masks(48, 5, 4)
+    assert len(masks) == len(patterns(48, 5, 4)) == 4
+    for attention, mask in zip(patterns(48, 5, 4).values(), masks):
+        assert_matches_mask(attention, mask, q, k, v)
 
 
 def test_float32_and_a_custom_scale():

@@ -27,6 +27,7 @@ from annotated.vision.clip import (
     example,
     main,
     quick_gelu,
+    train,
     training_pairs,
     zero_shot,
     HELD_OUT_CLASSES,
@@ -287,6 +288,31 @@ def test_zero_shot_sums_the_size_out_of_a_softmax_over_all_descriptions():
     joint = logits.softmax(dim=-1)
     torch.testing.assert_close(probs, joint[:, :15] + joint[:, 15:])
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2))
+
+
+def test_training_warms_up_then_follows_a_cosine_and_never_decays_the_scale(
+    monkeypatch,
+):
+    # What each optimizer step used, recorded by a subclass of AdamW: 20 steps warm up
+    # over 2, lr * (s + 1) / 2, then follow lr * (1 + cos(pi s / 20)) / 2, in both
+    # groups; weight decay 0.05 on the weights, none on the logit scale.
+    used = []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, closure=None):
+            used.append([(g["lr"], g["weight_decay"]) for g in self.param_groups])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    model, (images, ids) = example()
+    losses = train(model, images, ids, epochs=20, batch_size=2, lr=1e-3)
+    assert len(losses) == len(used) == 20
+    cosine = [0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(20)]
+    expected = [1e-3 * min((s + 1) / 2, cosine[s]) for s in range(20)]
+    for group, decay in ((0, 0.05), (1, 0.0)):
+        assert [step[group][0] for step in used] == pytest.approx(expected, rel=1e-12)
+        assert {step[group][1] for step in used} == {decay}
+    assert losses[-1] < losses[0]
 
 
 def test_example_runs():
