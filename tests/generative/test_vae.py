@@ -276,6 +276,20 @@ def test_learned_and_fixed_sigma_and_state_round_trip(tmp_path):
     torch.testing.assert_close(elbo(other, x)[0], a, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_mean_image_is_the_likelihoods_mean_in_the_unit_range(likelihood):
+    # The Bernoulli decoder outputs logits, whose mean is their sigmoid; the Gaussian
+    # one outputs the mean itself, clipped to the pixels' range for the figures.
+    model = VAE(VAEConfig(likelihood=likelihood))
+    z = 3 * torch.randn(64, model.config.latent)
+    with torch.no_grad():
+        decoded, image = model.decoder(z), model.mean_image(z)  # [64, pixels] each
+    mean = decoded.sigmoid() if likelihood == "bernoulli" else decoded.clamp(0, 1)
+    torch.testing.assert_close(image, mean, rtol=0, atol=0)
+    if likelihood == "gaussian":
+        assert (decoded < 0).any()  # the clip had something to do
+
+
 def test_extreme_inputs_stay_finite():
     model = VAE()
     with torch.no_grad():

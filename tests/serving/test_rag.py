@@ -301,6 +301,28 @@ def test_hnsw_recall_grows_with_ef_and_is_exact_on_tiny_sets(graph):
     assert single.search(tiny[1:3], 1)[1].tolist() == [[0], [0]]
 
 
+def test_hnsw_search_descends_greedily_from_the_top_layer(graph, monkeypatch):
+    # Algorithm 5 of the paper: one nearest neighbour kept on each layer from the top
+    # down to layer 1, each layer starting where the last one ended, then `ef` on
+    # layer 0.
+    index, _, queries, _ = graph
+    assert index.top >= 2
+    calls, search_layer = [], index.search_layer
+
+    def recording(query, entries, ef, layer):
+        found = search_layer(query, entries, ef, layer)
+        calls.append((layer, ef, [node for _, node in entries], found))
+        return found
+
+    monkeypatch.setattr(index, "search_layer", recording)
+    index.search(queries[:1], 10, ef_search=40)
+    layers = [(layer, ef) for layer, ef, _, _ in calls]
+    assert layers == [(layer, 1) for layer in range(index.top, 0, -1)] + [(0, 40)]
+    assert calls[0][2] == [index.entry]
+    for (_, _, _, found), (_, _, entries, _) in zip(calls, calls[1:]):
+        assert [node for _, node in found] == entries
+
+
 def test_hnsw_without_the_heuristic_still_finds_neighbours(graph):
     _, vectors, queries, truth = graph
     plain = HNSW(vectors[:400], M=8, ef_construction=64, heuristic=False)
