@@ -163,6 +163,15 @@ def test_predict_adds_the_change_and_samples_reproducibly(fitted):
     assert not torch.equal(first, mean_next)
     # One step on random play moves the state by ~0.02-0.3; the model is far closer.
     assert (mean_next.mean(0) - next_states[:50]).abs().max() < 0.05
+    # A sample is the mean plus a standard normal times each output's standard
+    # deviation exp(logvar / 2), in world units: its z-scores have mean 0 and
+    # spread 1 (1,000 of them: to within about 0.05).
+    inputs = (torch.cat([s, a], -1) - model.input_mean) / model.input_std
+    with torch.no_grad():
+        _, logvar = model(inputs)  # [5, 50, 5]
+    spread = (0.5 * logvar[..., :4]).exp() * model.target_std[:4]  # [5, 50, 4]
+    z = (first - mean_next) / spread
+    assert abs(z.mean().item()) < 0.15 and 0.85 < z.std().item() < 1.15
 
 
 def test_fit_beats_the_constant_baseline_held_out(fitted):
