@@ -113,6 +113,11 @@ def test_render_paints_landmarks_and_agents():
     image = world.render()
     assert image.shape == (120, 120, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(image[3, 3], [60, 170, 80])  # covered: green
+    # The square keeps to its cell: a margin of background, then the grid line.
+    np.testing.assert_array_equal(image[3, 22], [60, 170, 80])
+    np.testing.assert_array_equal(image[3, 23], [250, 250, 250])
+    np.testing.assert_array_equal(image[23, 3], [250, 250, 250])
+    np.testing.assert_array_equal(image[3, 24], [200, 200, 200])
     np.testing.assert_array_equal(image[12, 12], [31, 119, 180])  # agent 0: blue
     np.testing.assert_array_equal(image[4 * 24 + 3, 4 * 24 + 3], [150, 150, 150])
     np.testing.assert_array_equal(image[3 * 24 + 12, 3 * 24 + 12], [255, 127, 14])
