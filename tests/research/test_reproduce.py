@@ -11,6 +11,7 @@ chance.
 
 import csv
 import math
+import time
 
 import numpy as np
 import pytest
@@ -361,7 +362,9 @@ SMALL = GrokConfig(prime=23, train_fraction=0.5, width=32, steps=300, eval_every
 
 
 def test_a_short_run_fits_the_training_half_far_above_chance():
+    began = time.perf_counter()
     run, model = train(SMALL, progress=False)
+    assert 0 < run.seconds <= time.perf_counter() - began  # the run's own duration
     assert run.steps == [50, 100, 150, 200, 250, 300]
     assert run.train_accuracy[-1] > 0.8 > 10 / SMALL.prime  # chance is 1/23
     assert run.train_loss[-1] < 0.5 * run.train_loss[0]

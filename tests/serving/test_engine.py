@@ -43,6 +43,7 @@ from annotated.serving.engine import (
     main,
     sample,
     static_batching,
+    workload,
 )
 
 TEXT = (
@@ -655,6 +656,23 @@ def stand_in_for_the_small_gpt(monkeypatch, tokenizer):
         lambda device: (small.to(device), tokenizer, pages, pages),
     )
     return small
+
+
+def test_workload_prompts_are_4_to_24_tokens_of_the_pages_with_bounded_limits(
+    tokenizer,
+):
+    # The demo's requests: each prompt a run of 4 to 24 consecutive tokens of its page
+    # (every length turns up in 400), each limit between 1 and context - 24.
+    pages = [TEXT * 3, TEXT[::-1] * 3]
+    prompts, limits = workload(tokenizer, pages, 400, context=64, seed=0)
+    assert {len(prompt) for prompt in prompts} == set(range(4, 25))
+    for i, prompt in enumerate(prompts):
+        page = tokenizer.encode_ordinary(pages[i % 2])
+        starts = [s for s in range(len(page)) if page[s : s + len(prompt)] == prompt]
+        assert starts, f"prompt {i} is not a run of its page's tokens"
+    assert min(limits) >= 1 and max(limits) == 40
+    again = workload(tokenizer, pages, 400, context=64, seed=0)
+    assert again == (prompts, limits)
 
 
 def test_demo_compares_the_three_ways(tmp_path, monkeypatch, model, tokenizer):
