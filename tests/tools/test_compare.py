@@ -103,6 +103,16 @@ BAD = {
         'zh = { titel = "矩阵乘法"',
         "zh holds only a title and a text",
     ),
+    "a key beside the comparisons": (
+        "[[compare]]\n",
+        'title = "Comparisons"\n[[compare]]\n',
+        "compare.toml: expected only \\[\\[compare\\]\\] tables",
+    ),
+    "a comparison without its text": (
+        'text = "',
+        'txt = "',
+        r"#1: needs exactly title, text and \[\[compare\.level\]\]",
+    ),
 }
 
 
@@ -120,3 +130,9 @@ def test_a_bad_entry_is_named(tmp_path, case):
     (level,) = [lv for lv in compare.load(path)[0].levels if lv.name == "matmul_kij"]
     with pytest.raises(ValueError, match="foundations/matrix defines no 'matmul_kij'"):
         compare.excerpt(REPO, level)
+
+
+def test_a_level_whose_lesson_file_is_gone_is_named(tmp_path):
+    level = compare.Level("Plain Python", "foundations/gone", "matmul", "")
+    with pytest.raises(ValueError, match="foundations/gone has no lesson file gone.py"):
+        compare.excerpt(tmp_path, level)

@@ -419,6 +419,38 @@ BAD = {
         '"foundations/convex#SGD"',
         "section-id",
     ),
+    "not TOML": ("number = 1\n", "number = 1 1\n", "curriculum.toml: not valid TOML"),
+    "stages out of order": ("number = 2\n", "number = 3\n", "stage #2: number is 3"),
+    "a gap between blocks": (
+        'weeks = "1–2"\n  label = "数学强化"',
+        'weeks = "1"\n  label = "数学强化"',
+        r"stage 1, weeks 3–4: starts at week 3; the previous block ended at week 1",
+    ),
+    "module not area/topic": (
+        '{ module = "foundations/matrix", title',
+        '{ module = "matrix", title',
+        "lesson 'matrix'.*must look like \"area/topic\"",
+    ),
+    "malformed test name": (
+        'tests = ["foundations/autograd"]',
+        'tests = ["foundations/autograd::autograd works"]',
+        'must be "area/topic" or "area/topic::test_name"',
+    ),
+    "tests not a list": (
+        'tests = ["foundations/autograd"]',
+        'tests = "foundations/autograd"',
+        "tests must be a list of strings",
+    ),
+    "an empty text": (
+        'text = "A matrix library written without NumPy"',
+        'text = " "',
+        "实现矩阵运算库.*text must be a non-empty string",
+    ),
+    "a label twice": (
+        'label = "手动实现自动微分系统"',
+        'label = "实现矩阵运算库（不使用NumPy）"',
+        "project: '实现矩阵运算库（不使用NumPy）' appears twice",
+    ),
 }
 
 

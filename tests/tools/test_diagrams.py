@@ -310,6 +310,46 @@ def test_declared_edge_to_an_unknown_node_fails(tmp_path):
         diagrams.dataflow_diagram(path, "fixture_ghost")
 
 
+def test_a_declared_edge_that_is_not_a_triple_fails(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        def example():
+            return (lambda: 1), ()
+
+        def dataflow(out):
+            return [("a", "a"), ("b", "b")], [("a", "b")]
+    """,
+    )
+    with pytest.raises(
+        LessonError, match=r"\(src, dst, label\) triples, got \('a', 'b'\)"
+    ):
+        diagrams.dataflow_diagram(path, "fixture_pair")
+
+
+BAD_MEMORY = {
+    "a move without data": (
+        [{"kernel": "add", "from": "global", "to": "registers"}],
+        r"k\.cu:2: front matter: memory\[0\] needs kernel, from, to and data",
+    ),
+    "a move that is not a mapping": (
+        [{"kernel": "add", "from": "global", "to": "registers", "data": "x"}, "x"],
+        r"k\.cu:2: front matter: memory\[1\] needs kernel, from, to and data",
+    ),
+    "an unknown level": (
+        [{"kernel": "add", "from": "global", "to": "texture", "data": "x"}],
+        r"memory\[0\]: 'texture' is not one of global, L2, shared, registers",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MEMORY, ids=list(BAD_MEMORY))
+def test_a_bad_memory_declaration_names_the_front_matter_line(case):
+    moves, message = BAD_MEMORY[case]
+    with pytest.raises(LessonError, match=message):
+        diagrams.memory_diagram({"memory": moves}, "k.cu", 2)
+
+
 def test_example_that_raises_names_the_lesson_line(tmp_path):
     path = write(
         tmp_path,

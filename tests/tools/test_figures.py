@@ -72,6 +72,26 @@ def test_a_failing_demo_keeps_the_old_figures(lesson, project):
     ]
 
 
+def test_a_demo_that_saves_no_figure_is_named_and_keeps_the_old_ones(lesson, project):
+    figures.regenerate(lesson, project / "docs")
+    before = (project / "docs/figures/demo/tiny_model/figures.json").read_text()
+    source = lesson.path.read_text()
+    skip = "    (lambda *args, **kwargs: None)(\n"  # the call to save, made a no-op
+    lesson.path.write_text(source.replace("    save(\n", skip, 1))
+    with pytest.raises(RuntimeError, match="the demo saved no PNG figure in --out"):
+        figures.regenerate(lesson, project / "docs")
+    assert (project / "docs/figures/demo/tiny_model/figures.json").read_text() == before
+
+
+def test_a_figure_saved_without_the_helper_has_no_caption_and_is_refused(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "plain.png"
+    Image.new("RGB", (4, 4)).save(png)
+    with pytest.raises(RuntimeError, match="plain.png has no caption: save figures"):
+        figures.describe(png)
+
+
 def test_expected_metric_is_stored_over_seeds_with_the_short_runs_band(lesson, project):
     source = lesson.path.read_text()
     source = source.replace(

@@ -124,3 +124,10 @@ def test_a_bad_entry_is_named(tmp_path, case):
         ValueError, match=re.compile("glossary.toml: " + ".*" + message)
     ):
         glossary.load(path)
+
+
+def test_a_file_with_more_than_terms_is_named(tmp_path):
+    path = tmp_path / "glossary.toml"
+    path.write_text('title = "Glossary"\nterms = []\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="glossary.toml: expected only a list `terms`"):
+        glossary.load(path)

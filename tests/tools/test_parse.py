@@ -385,3 +385,45 @@ def test_section_ids_survive_edits_elsewhere():
 def test_syntax_error_names_file_and_line():
     with pytest.raises(LessonError, match=r"broken\.py:2: syntax error"):
         parse("x = 1\ndef f(:\n", "broken.py")
+
+
+# Each file the engine cannot read names itself, the line to look at and what is wrong,
+# in Python and in CUDA C: the build prints this and stops.
+UNREADABLE = {
+    "front matter never closed (py)": (
+        'r"""\n---\ntitle: T\n\nIntro.\n"""\nx = 1\n',
+        r"f\.py:2: front matter opened with '---' is never closed",
+    ),
+    "front matter not YAML (py)": (
+        'r"""\n---\ntitle: T\nsummary: [S\nstage: 1\n---\n"""\nx = 1\n',
+        r"f\.py:5: front matter is not valid YAML: expected ',' or '\]'",
+    ),
+    "front matter a list (py)": (
+        'r"""\n---\n- a\n- b\n---\n"""\nx = 1\n',
+        r"f\.py:2: front matter must be a YAML mapping",
+    ),
+    "front matter never closed (cu)": (
+        "/*\n---\ntitle: T\n\nIntro.\n*/\nint x;\n",
+        r"f\.cu:2: front matter opened with '---' is never closed",
+    ),
+    "front matter not YAML (cu)": (
+        "/*\n---\ntitle: T\nsummary: [S\nstage: 1\n---\n*/\nint x;\n",
+        r"f\.cu:5: front matter is not valid YAML: expected ',' or '\]'",
+    ),
+    "front matter a list (cu)": (
+        "/*\n---\n- a\n---\n*/\nint x;\n",
+        r"f\.cu:2: front matter must be a YAML mapping",
+    ),
+    "code after the opening block (cu)": (
+        "/*\n---\ntitle: T\n---\nIntro.\n*/ int x;\n",
+        r"f\.cu:6: code after the opening block's \*/: start it on the next line",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE, ids=list(UNREADABLE))
+def test_unreadable_front_matter_names_file_and_line(case):
+    source, message = UNREADABLE[case]
+    name = "f.cu" if case.endswith("(cu)") else "f.py"
+    with pytest.raises(LessonError, match=message):
+        parse(source, name)

@@ -102,6 +102,39 @@ BROKEN = {
         lambda s: s.replace("time: 2 s\n", "time: 2 s\nexpected:\n  metric: loss\n"),
         r"expected: the demo needs a --seed flag",
     ),
+    "expected with an unknown key": (
+        lambda s: s.replace(
+            "time: 2 s\n", "time: 2 s\nexpected:\n  metric: loss\n  seed: 3\n"
+        ),
+        r"autograd\.py:2: front matter: expected: unknown keys seed",
+    ),
+    "expected short flags as one string": (
+        lambda s: s.replace(
+            "time: 2 s\n",
+            "time: 2 s\nexpected:\n  metric: loss\n  short: --steps 3\n",
+        ),
+        r"expected\.short must be a list of flags",
+    ),
+    "references as one mapping": (
+        lambda s: s.replace("references:\n  - key", "references:\n    key"),
+        r"autograd\.py:2: front matter: references must be a non-empty list",
+    ),
+    "a reference that is a string": (
+        lambda s: s.replace("references:\n", "references:\n  - Lovelace 2020\n"),
+        r"references\[0\] must be a mapping",
+    ),
+    "authors as one string": (
+        lambda s: s.replace("authors: [Ada Lovelace]", "authors: Ada Lovelace"),
+        r"references\[0\]: authors must be a list",
+    ),
+    "one key twice": (
+        lambda s: s.replace(
+            "references:\n",
+            "references:\n  - key: a2020\n    authors: [B]\n    title: U\n"
+            "    year: 2020\n    venue: V\n    url: https://example.org/u\n",
+        ),
+        r"references\[1\]: key 'a2020' is used twice",
+    ),
     "reference without link": (
         lambda s: s.replace("    url: https://example.org/notes\n", ""),
         r"references\[0\] lacks arxiv or url",
