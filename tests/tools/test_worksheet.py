@@ -73,6 +73,19 @@ def test_bad_regions_are_named():
         regions(FILE, {"worksheet": [{"region": "f", "hint": "h", "tests": "test_a"}]})
     with pytest.raises(LessonError, match="exactly region, hint and tests"):
         regions(FILE, {"worksheet": [{"region": "f", "hint": "h"}]})
+    with pytest.raises(LessonError, match=":1: front matter: worksheet must be a list"):
+        regions(FILE, {"worksheet": {"region": "f", "hint": "h", "tests": ["t"]}})
+    nested = FIXTURE + "\n\ndef outer():\n    def inner():\n        return 1\n"
+    both = [Region("outer", "h", ("test_a",)), Region("outer.inner", "h", ("test_a",))]
+    with pytest.raises(LessonError, match="regions 'outer' and 'outer.inner' overlap"):
+        blank(FILE, nested, both)
+
+
+def test_filling_a_file_that_is_not_the_worksheet_is_refused():
+    with pytest.raises(
+        LessonError, match="'TinyModel.forward' is not a worksheet stub"
+    ):
+        fill(FILE, FIXTURE, FIXTURE, [FORWARD])
 
 
 def test_check_names_tests_the_test_file_does_not_define():
