@@ -8,9 +8,8 @@ that a lesson decides for itself whether to wrap them in `Value`s, its own tenso
 `torch.Tensor`s. The language-model lessons read `python_docs`: the reference text that
 ships with every Python interpreter. The vision lessons draw theirs: `shapes` renders
 one or two coloured circles, squares and triangles with a caption that says exactly
-what is where ("a small red circle above a large blue square"), `digit_captions` names
-the digits, and `moving_digits` slides a digit across the frames of a clip in one of
-eight directions.
+what is where ("a small red circle above a large blue square"), and `moving_digits`
+slides a digit across the frames of a clip in one of eight directions.
 
 `cached_weights` keeps what one lesson trains for a later one (a feature extractor, a
 diffusion model) as a safetensors file in the user's cache folder, named after the
@@ -155,9 +154,6 @@ RELATIONS = ("above", "below", "left of", "right of")
 DIRECTIONS = (
     "right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right"
 )  # fmt: skip
-DIGIT_NAMES = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"
-)  # fmt: skip
 
 
 class ShapesData(NamedTuple):
@@ -258,11 +254,6 @@ def shapes(count: int, size: int = 32, objects: int = 1, seed: int = 0) -> Shape
             caption += f" {RELATIONS[int(relations[i])]} {words[1]}"
         captions.append(caption)
     return ShapesData(images, captions, attributes.astype(np.int64), relations)
-
-
-def digit_captions(labels: np.ndarray) -> list[str]:
-    """Captions for digit labels: "a handwritten seven"."""
-    return [f"a handwritten {DIGIT_NAMES[int(label)]}" for label in labels]
 
 
 def moving_digits(

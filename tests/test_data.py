@@ -7,6 +7,7 @@ about this machine's devices; `integer` and `number` against Python's own `int` 
 (`integers`, `numbers`, `names_from`) value by value."""
 
 import argparse
+import runpy
 
 import numpy as np
 import pytest
@@ -197,6 +198,24 @@ def test_cached_weights_writes_nothing_when_training_fails(tmp_path, monkeypatch
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+def test_cached_weights_removes_an_interrupted_write(tmp_path, monkeypatch):
+    """A save cut off half-way leaves no partial file in the cache."""
+    import safetensors.torch
+
+    def interrupted(tensors, filename):
+        with open(filename, "wb") as file:
+            file.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("ANNOTATED_DL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    source = tmp_path / "lesson.py"
+    source.write_text("x = 1\n")
+    with pytest.raises(KeyboardInterrupt):
+        cached_weights("model", source, lambda: {"w": torch.ones(2)})
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_digit_images_enlarge_the_same_split():
     x_train, y_train, x_test, y_test = digits()
     images, labels, test_images, test_labels = digit_images(16)
@@ -291,6 +310,20 @@ def test_vision_data_rejects_bad_arguments():
         shapes(0)
     with pytest.raises(ValueError, match="size must be an int >= 26 for 8 frames"):
         moving_digits(4, frames=8, size=20)
+    with pytest.raises(ValueError, match="size must be an int >= 16"):
+        shapes(4, size=15)
+    with pytest.raises(ValueError, match="count must be an int >= 1"):
+        moving_digits(0)
+    with pytest.raises(ValueError, match="frames must be an int >= 2"):
+        moving_digits(4, frames=1)
+
+
+def test_running_the_module_prints_each_data_sets_shape(capsys):
+    runpy.run_path(data.__file__, run_name="__main__")
+    out = capsys.readouterr().out
+    assert "two_moons: x (200, 2), y (200,), classes [100 100]" in out
+    assert "digits: train (1438, 64), test (359, 64)" in out
+    assert "digit_images: train (1438, 1, 16, 16), range 0.0..1.0" in out
 
 
 def test_torch_device_accepts_what_this_machine_has(monkeypatch):

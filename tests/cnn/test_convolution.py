@@ -281,6 +281,23 @@ def test_float32_fft_is_close():
         ),
         (lambda: avg_pool2d(torch.zeros(1, 1, 2, 2), 3), ValueError, "does not fit"),
         (lambda: max_pool2d(torch.zeros(8, 8), 2), ValueError, "x must be a 4-d"),
+        (
+            lambda: conv2d_im2col(torch.zeros(1, 3, 8, 8), torch.zeros(3, 3, 3)),
+            ValueError,
+            "weight must be a 4-d",
+        ),
+        (
+            lambda: conv2d_im2col(
+                torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 3, 3), groups=0
+            ),
+            ValueError,
+            "groups must be a positive int",
+        ),
+        (
+            lambda: max_pool2d(torch.zeros(1, 1, 8, 8), 0),
+            ValueError,
+            "kernel_size and stride must be >= 1",
+        ),
     ],
 )
 def test_bad_arguments(call, error, message):

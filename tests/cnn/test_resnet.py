@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import annotated.cnn.resnet as resnet_module
 from annotated.cnn.resnet import (
     PUBLISHED,
     BasicBlock,
@@ -71,6 +72,8 @@ def reference_bottleneck(block, x, training):
         )
     )
     out = bn(F.conv2d(out, block.conv3.weight), block.bn3, training)
+    if not block.residual:
+        return F.relu(out)
     shortcut = x
     if block.downsample is not None:
         conv, norm = block.downsample
@@ -139,6 +142,18 @@ def test_plain_block_has_no_shortcut():
     )
     torch.testing.assert_close(block(x), out, rtol=1e-12, atol=1e-12)
     assert block.downsample is None
+
+
+def test_plain_bottleneck_has_no_shortcut():
+    """Even where channels and size change, a plain block adds no projection."""
+    torch.manual_seed(0)
+    block = Bottleneck(8, 4, stride=2, residual=False).double().eval()
+    randomise_bn(block)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    assert block.downsample is None
+    out = block(x)
+    assert out.shape == (2, 16, 3, 3)
+    torch.testing.assert_close(out, reference_bottleneck(block, x, False))
 
 
 def test_zero_init_residual_makes_blocks_identity():
@@ -274,6 +289,31 @@ def test_demo_shows_degradation(tmp_path):
     assert metrics["plain_26_loss"] > 2 * metrics["plain_8_loss"]
     assert metrics["residual_26_loss"] < metrics["plain_26_loss"] / 2
     assert (tmp_path / "degradation.png").exists()
+
+
+def test_demo_counts_the_imagenet_nets(tmp_path, monkeypatch, capsys):
+    """Without --skip-counts the demo prints and records each count (ResNet-18 here,
+    built and counted on the meta device so that it costs no arithmetic; no figure)."""
+
+    def on_meta(function):
+        def wrapped(*args):
+            with torch.device("meta"):
+                return function(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(resnet_module, "PUBLISHED", {18: PUBLISHED[18]})
+    monkeypatch.setattr(resnet_module, "resnet", on_meta(resnet))
+    monkeypatch.setattr(
+        resnet_module, "count_multiply_adds", on_meta(count_multiply_adds)
+    )
+    monkeypatch.setattr(resnet_module, "plot_degradation", lambda *args: None)
+    args = ["--blocks", "1", "--steps", "1", "--device", "cpu"]
+    metrics = main([*args, "--out", str(tmp_path)])
+    assert metrics["resnet18_gmacs"] == pytest.approx(1.81, rel=0.02)
+    assert "resnet18: 11,689,512 parameters (published 11,689,512)" in (
+        capsys.readouterr().out
+    )
 
 
 def bench_input():

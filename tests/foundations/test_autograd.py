@@ -299,6 +299,12 @@ def test_backward_twice_doubles_leaf_gradients_like_torch():
     assert close(x.grad, x_ref.grad.item()) and close(w.grad, w_ref.grad.item())
 
 
+def test_repr_shows_data_and_grad_to_six_significant_digits():
+    x = Value(1 / 3)
+    (x * 3).backward()
+    assert repr(x) == "Value(data=0.333333, grad=3)"
+
+
 def test_backward_on_a_bare_leaf_accumulates_like_torch():
     # x.backward() is dx/dx = 1, and a leaf accumulates: twice gives 2, as in torch.
     x = Value(0.3)

@@ -276,6 +276,9 @@ def test_numerical_gradient_matches_a_known_derivative():
     gradient = numerical_gradient(lambda: np.sum(np.sin(x) * x), x)
     assert np.abs(gradient - (np.cos(x) * x + np.sin(x))).max() < 1e-9
     assert np.array_equal(x, np.linspace(-2.0, 2.0, 9)), "the input must be restored"
+    for step in (0.0, math.inf):
+        with pytest.raises(ValueError, match="step must be a finite number > 0"):
+            numerical_gradient(lambda: np.sum(x), x, step)
 
 
 def test_relative_error_divides_by_the_larger_of_the_two_largest_entries():
@@ -446,6 +449,10 @@ attention_cache = attention_head_forward(
         (
             lambda: softmax_cross_entropy_forward(ones((2, 3)), np.array([0, 3])),
             r"labels must lie in \[0, classes\)",
+        ),
+        (
+            lambda: softmax_cross_entropy_forward(ones((0, 3)), np.zeros(0, int)),
+            "logits must hold at least one row",
         ),
         (
             lambda: softmax_cross_entropy_backward(

@@ -373,6 +373,14 @@ def test_far_from_the_optimum_the_line_search_shortens_the_step():
     )
 
 
+def test_a_line_search_that_never_finds_a_decrease_stops(logistic, monkeypatch):
+    """With a loss that no step can lower (here a constant), the halving gives up."""
+    features, labels, lam = logistic
+    monkeypatch.setattr(convex, "logistic_loss", lambda *args: 1.0)
+    with pytest.raises(RuntimeError, match="line search found no decrease"):
+        newton_logistic(features, labels, lam)
+
+
 @pytest.mark.parametrize(
     "scale, seed, start", [(1.0, 3, 0.0), (10.0, 0, 0.0), (30.0, 5, 0.0), (3.0, 0, 2.0)]
 )
@@ -555,6 +563,8 @@ def test_bad_input_raises_clear_errors(logistic):
         nesterov(A, x0, 0.1, 1.0, 5)
     with pytest.raises(ValueError, match=r"need 0 < mu <= L"):
         polyak_parameters(2.0, 1.0)
+    with pytest.raises(ValueError, match=r"need 0 < mu <= L"):
+        nesterov_parameters(0.0, 1.0)
     with pytest.raises(ValueError, match=r"kappa must be a finite number >= 1"):
         random_spd(3, 0.5)
     with pytest.raises(ValueError, match=r"labels must be -1 or \+1"):

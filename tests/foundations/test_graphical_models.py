@@ -607,7 +607,17 @@ def test_factor_rejects_bad_input():
         Factor(("a",), (2,), [0.5, -0.1])
     with pytest.raises(TypeError, match="variables must be a tuple of str"):
         Factor((1, 2), (2, 2), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="one entry per variable"):
+        Factor(("a",), (2, 2), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="cards must be positive ints"):
+        Factor(("a",), (0,), [])
+    with pytest.raises(TypeError, match="table must be an array of numbers"):
+        Factor(("a",), (2,), ["x", "y"])
     a = Factor(("a",), (2,), [1.0, 1.0])
+    with pytest.raises(TypeError, match="other must be a Factor, got list"):
+        a.product([1.0, 1.0])
+    with pytest.raises(ValueError, match=r"must be a permutation of \('a',\)"):
+        a.transpose(["b"])
     with pytest.raises(ValueError, match="a has 2 states in one factor and 3"):
         a.product(Factor(("a",), (3,), [1.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="unknown variable 'z'"):
@@ -636,6 +646,12 @@ def test_network_rejects_bad_structure_and_tables():
         )
     with pytest.raises(ValueError, match="one CPT per variable"):
         BayesianNetwork(cards, {"B": ("A",)}, {"A": [0.5, 0.5]})
+    with pytest.raises(ValueError, match=r"cpts\['A'\] must hold finite, non-neg"):
+        BayesianNetwork({"A": 2}, {}, {"A": [1.5, -0.5]})
+    with pytest.raises(TypeError, match="cards, parents and cpts must be dicts"):
+        BayesianNetwork([("A", 2)], {}, good)
+    with pytest.raises(TypeError, match="variable names must be str, got 1"):
+        BayesianNetwork({1: 2}, {}, {1: [0.5, 0.5]})
     cyclic_cards = {"A": 2, "B": 2, "C": 2}
     cyclic_cpts = {v: np.full((2, 2), 0.5) for v in cyclic_cards}
     with pytest.raises(ValueError, match="cycle through '(A|B|C)'"):
@@ -661,6 +677,12 @@ def test_network_rejects_bad_queries():
         network.variable_elimination(("Rain",), {"Rain": 1})
     with pytest.raises(TypeError, match="query must be a tuple"):
         network.variable_elimination("Rain")
+    with pytest.raises(ValueError, match="query: variables must be distinct"):
+        network.variable_elimination(("Rain", "Rain"))
+    with pytest.raises(ValueError, match="query must name at least one variable"):
+        network.variable_elimination(())
+    with pytest.raises(TypeError, match="evidence must be a dict"):
+        network.variable_elimination(("Rain",), [("WetGrass", 1)])
     with pytest.raises(ValueError, match="order must list each hidden variable"):
         network.variable_elimination(("Rain",), {"WetGrass": 1}, order=["Cloudy"])
     with pytest.raises(ValueError, match="n_sweeps must be an int >= 1"):
@@ -687,6 +709,8 @@ def test_network_rejects_bad_queries():
         network.markov_blanket_conditional(
             "Rain", {"Rain": np.zeros(2, dtype=np.int64)}
         )
+    with pytest.raises(ValueError, match="variable: unknown variable 'Snow'"):
+        network.markov_blanket_conditional("Snow", {})
     deterministic = BayesianNetwork(
         {"A": 2, "B": 2, "C": 2},
         {"B": ("A",), "C": ("A",)},
@@ -694,9 +718,13 @@ def test_network_rejects_bad_queries():
     )
     with pytest.raises(ValueError, match="probability zero"):
         deterministic.variable_elimination(("C",), {"A": 0, "B": 1})
+    with pytest.raises(ValueError, match="no sampled state is consistent with it"):
+        deterministic.gibbs({"A": 0, "B": 1}, 10, 2, np.random.default_rng(0))
 
 
 def test_hmm_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"initial must be a vector \[K\]"):
+        HiddenMarkovModel(np.eye(2), np.eye(2), [[1.0], [1.0]])
     with pytest.raises(ValueError, match="transition is not stochastic"):
         HiddenMarkovModel([0.5, 0.5], [[0.5, 0.6], [0.5, 0.5]], [[1.0], [1.0]])
     with pytest.raises(ValueError, match=r"transition must be \[K, K\]"):

@@ -89,6 +89,7 @@ def test_construction_shape_indexing_and_repr_round_trip():
     assert eval(repr(m), {"Matrix": Matrix}) == m
     assert m != Matrix([[1, 2.5, -3], [4, 5, 7]])
     assert m != Matrix([[1, 2.5], [4, 5]])
+    assert m != m.tolist()  # a list of rows is not a Matrix, even with equal entries
     assert zeros(2, 3) == Matrix([[0, 0, 0], [0, 0, 0]])
     np.testing.assert_array_equal(as_array(identity(4)), np.eye(4))
 
@@ -117,6 +118,8 @@ def test_allclose_follows_numpy_rule():
         as_array(c), as_array(a), rtol=0.0, atol=0.5
     )
     assert c.allclose(a, rtol=0.0, atol=0.5)
+    with pytest.raises(TypeError, match="other must be a Matrix, got list"):
+        a.allclose([[1.0, 100.0]])
 
 
 def test_bad_construction_raises_clear_errors():
@@ -169,6 +172,7 @@ def test_elementwise_ops_match_numpy_exactly(data):
     np.testing.assert_array_equal(as_array(a * b), x * y)
     np.testing.assert_array_equal(as_array(-a), -x)
     np.testing.assert_array_equal(as_array(a + scalar), x + scalar)
+    np.testing.assert_array_equal(as_array(scalar + a), scalar + x)
     np.testing.assert_array_equal(as_array(scalar - a), scalar - x)
     np.testing.assert_array_equal(as_array(scalar * a), scalar * x)
     np.testing.assert_array_equal(as_array(a / scalar), x / scalar)

@@ -354,6 +354,12 @@ def test_backward_on_a_bare_leaf_accumulates_like_torch():
     assert_close(x.grad, 2 * upstream)
 
 
+def test_repr_shows_the_shape_and_the_operation_that_made_the_tensor():
+    x = Tensor(np.zeros((2, 3)))
+    assert repr(x) == "Tensor(shape=[2, 3], op='leaf')"
+    assert repr((x * 2.0).sum()) == "Tensor(shape=[], op='sum')"
+
+
 def test_leaf_gradients_accumulate_and_interior_ones_do_not():
     a = Tensor(normal((3,), 0))
     hidden = a * 2.0
