@@ -175,6 +175,15 @@ def test_deterministic_step_is_euler_and_reversible():
         torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
 
 
+def test_zero_dim_tensor_steps_are_the_int_steps():
+    """Looping over `timesteps` yields 0-d tensors: a step takes them as ints."""
+    schedule = Schedule.cosine(50)
+    eps, x = torch.randn(2, 2, 1, 4, 4, generator=torch.Generator())
+    expected, _ = ddim_step(schedule, eps, 30, 20, x)
+    ours, _ = ddim_step(schedule, eps, torch.tensor(30), torch.tensor(20), x)
+    assert torch.equal(ours, expected)
+
+
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("t, t_prev", [(499, 449), (300, 100), (40, -1)])
 def test_every_eta_keeps_the_marginals(eta, t, t_prev):

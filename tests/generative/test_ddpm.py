@@ -16,11 +16,13 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.embeddings import get_timestep_embedding
 
+import annotated.generative.metrics as metrics
 from annotated.data import cache_folder
 from annotated.generative.ddpm import (
     Schedule,
     TrainConfig,
     UNet,
+    cache_name,
     diffusion_loss,
     example,
     forward_moments,
@@ -30,6 +32,7 @@ from annotated.generative.ddpm import (
     mosaic,
     sample,
     timestep_embedding,
+    train,
     trained_model,
 )
 from tools.literate.figures import short_band
@@ -219,15 +222,23 @@ def test_trained_model_is_cached_and_reloads(tmp_path, monkeypatch):
     assert torch.count_nonzero(first(x, t)) > 0  # trained: the head moved
 
 
-def test_demo_loss_falls(tmp_path, monkeypatch):
+def test_demo_loss_falls(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ANNOTATED_DL_CACHE", str(tmp_path / "cache"))
+    # An untrained judge stands in for the cached one, so the FID branch runs too.
+    torch.manual_seed(0)
+    judge = metrics.DigitFeatures().eval()
+    monkeypatch.setattr(metrics, "feature_extractor", lambda: judge)
     # The short run's final loss over the stored seeds is its expected band.
     metric, args, low, high = short_band("annotated/generative/ddpm.py")
+    args = [arg for arg in args if arg != "--no-fid"]  # the FID comes after the loss
     result = main([*args, "--out", str(tmp_path)])
     assert low <= result[metric] <= high  # the short run's band over stored seeds
     assert result["last_loss"] < 0.7 * result["first_loss"]
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "chain.png").is_file()
     assert list((tmp_path / "cache").glob("ddpm-digits-*.safetensors"))
+    # Real training digits are closer to the test digits than a 12-step model's.
+    assert 0 < result["fid_real"] < result["fid"]
+    assert "FID against the 359 test digits: samples" in capsys.readouterr().out
 
 
 def test_bad_input_is_refused():
@@ -255,6 +266,30 @@ def test_bad_input_is_refused():
         sample(UNet(), schedule, 0)
     with pytest.raises(ValueError, match="schedule must be 'cosine' or 'linear'"):
         make_schedule(TrainConfig(schedule="sigmoid"))
+    with pytest.raises(ValueError, match="eps must have x_t's shape"):
+        schedule.step(x[:1], 3, x, x)
+    with pytest.raises(ValueError, match="size must be a positive multiple of 4"):
+        sample(UNet(), schedule, 1, size=6)
+    with pytest.raises(ValueError, match="steps and config.batch_size must be >= 1"):
+        train(TrainConfig(steps=0), torch.zeros(2, 1, 16, 16))
+
+
+def test_a_zero_dim_tensor_step_is_the_int_step():
+    """Looping over a tensor of steps yields 0-d tensors: step takes them as ints."""
+    schedule = Schedule.cosine(10)
+    eps, x, noise = torch.randn(3, 2, 1, 4, 4, generator=torch.Generator())
+    expected = schedule.step(eps, 3, x, noise)
+    for ours, want in zip(schedule.step(eps, torch.tensor(3), x, noise), expected):
+        assert torch.equal(ours, want)
+
+
+def test_config_names_its_schedule_and_cache_file():
+    linear = make_schedule(TrainConfig(schedule="linear", timesteps=10))
+    assert torch.equal(linear.betas, Schedule.linear(10).betas)
+    assert cache_name(TrainConfig()) == "ddpm-digits"  # the default's short name
+    assert cache_name(TrainConfig(steps=3)) == (
+        "ddpm-digits-cosine-T500-3-steps-b64-seed0"
+    )
 
 
 # Benchmarks: a training step of our U-Net against diffusers' UNet2DModel of the same

@@ -391,6 +391,12 @@ def test_training_measures_every_few_rounds_and_at_the_end():
     assert all(points.shape == (50, 2) for points in history["snapshots"].values())
 
 
+@pytest.mark.parametrize("steps, every", [(0, 1), (5, 0), (5, 2.5)])
+def test_training_refuses_bad_steps_and_every(steps, every):
+    with pytest.raises(ValueError, match="steps and every must be ints >= 1"):
+        train(GAN(STABILISED), steps=steps, every=every)
+
+
 def test_round_matches_hand_written_bce_with_two_learning_rates():
     # float64 throughout: Adam's first step is about ±lr whatever the gradient's size,
     # so float32 rounding in a tiny gradient would move a weight visibly.

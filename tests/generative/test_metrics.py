@@ -278,6 +278,14 @@ def test_inception_score_matches_scipy_entropy(n, classes, splits, concentration
 # ## Bad input
 
 
+def test_features_may_be_tensors_with_gradients():
+    """A tensor that requires grad is detached, not refused; the FID is the same."""
+    rng = np.random.default_rng(0)
+    a, b = correlated(rng, 20, 3), correlated(rng, 30, 3, shift=1.0)
+    tensor_a = torch.tensor(a, requires_grad=True)
+    assert fid_from_features(tensor_a, torch.tensor(b)) == fid_from_features(a, b)
+
+
 def test_bad_inputs_raise_naming_the_argument():
     eye = np.eye(3)
     with pytest.raises(ValueError, match="sigma1 a \\[d, d\\] matrix"):

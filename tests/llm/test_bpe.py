@@ -234,6 +234,9 @@ def test_special_tokens_encode_only_when_allowed(tokenizer, tiktoken_encoding):
         tokenizer.encode(text)
     with pytest.raises(ValueError, match="not special tokens"):
         tokenizer.encode(text, allowed_special={"<|fim|>"})
+    # A lone string other than "all" would be read as a set of its characters.
+    with pytest.raises(TypeError, match='allowed_special must be "all" or a coll'):
+        tokenizer.encode(text, allowed_special=EOT)
 
 
 # ---------------------------------------------------------------- saved and reloaded

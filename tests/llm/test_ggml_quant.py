@@ -329,6 +329,20 @@ def test_bad_inputs_raise_naming_the_argument():
     model, tokenizer = tiny_model_and_tokenizer()
     with pytest.raises(ValueError, match="qtype must be one of"):
         write_gguf("unused.gguf", model, tokenizer, "Q6_K")
+    with pytest.raises(ValueError, match="tokenizer has 257 tokens but the model's"):
+        write_gguf("unused.gguf", model, train_tokenizer("a b", 0), "F32")
+
+
+def test_a_gguf_file_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "llama.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="llama.gguf: not a gpt2 GGUF file"):
+        model_from_gguf(path)
 
 
 def test_example_and_dataflow():

@@ -386,11 +386,15 @@ def test_bad_inputs_raise_naming_the_argument():
         GPT2Config(n_layer=0)
     with pytest.raises(ValueError, match="dropout"):
         GPT2Config(dropout=1.0)
+    with pytest.raises(ValueError, match="layer_norm_epsilon must be > 0"):
+        GPT2Config(layer_norm_epsilon=0.0)
     with pytest.raises(ValueError, match="preset must be one of"):
         GPT2Config.preset("gpt3")
     model, (idx,) = example()
     with pytest.raises(TypeError, match="idx must be an integer tensor"):
         model(idx.float())
+    with pytest.raises(TypeError, match="token ids, got torch.bool"):
+        model(idx > 0)
     with pytest.raises(
         ValueError, match="17 positions but the model's n_positions is 16"
     ):
@@ -407,8 +411,12 @@ def test_bad_inputs_raise_naming_the_argument():
         generate(model, idx, 2, temperature=-1.0)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
         generate(model, idx, -1)
+    with pytest.raises(ValueError, match="max_new_tokens must be an int, got 2.0"):
+        generate(model, idx, 2.0)
     with pytest.raises(ValueError, match=r"labels must be \(2, 8\)"):
         lm_loss(model(idx), idx[:, :4])
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        lm_loss(model(idx), idx.float())
 
 
 def test_extreme_embeddings_stay_finite():

@@ -149,6 +149,8 @@ def test_merge_equals_unmerged_and_unmerge_restores():
         merge_lora(ours)
     unmerge_lora(ours)
     torch.testing.assert_close(ours(idx), unmerged, rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError, match="unmerge: this adapter is not merged"):
+        unmerge_lora(ours)
     for name, layer in adapters(ours).items():
         torch.testing.assert_close(
             layer.base.weight, before[f"{name}.weight"], rtol=0, atol=1e-15
@@ -243,6 +245,13 @@ def test_odd_shapes_and_leading_dimensions():
     assert layer(torch.randn(0, 7, dtype=torch.float64)).shape == (0, 5)
 
 
+def test_repr_shows_rank_alpha_and_whether_merged():
+    layer = LoRALinear(nn.Linear(3, 2), rank=2, alpha=4.0)
+    assert layer.extra_repr() == "rank=2, alpha=4.0, merged=False"
+    layer.merge()
+    assert "  rank=2, alpha=4.0, merged=True\n" in repr(layer)
+
+
 def test_a_lone_layer_freezes_its_base_and_drops_out_only_the_adapters_input():
     class Holder(nn.Module):
         def __init__(self, base):
@@ -277,7 +286,7 @@ def test_a_lone_layer_freezes_its_base_and_drops_out_only_the_adapters_input():
     assert layer.base.weight.grad is None and layer.lora_A.grad is not None
 
 
-def test_bad_input_is_named():
+def test_bad_input_is_named(tmp_path):
     with pytest.raises(TypeError, match="base must be an nn.Linear"):
         LoRALinear(nn.Conv1d(3, 3, 1), rank=2, alpha=1.0)
     with pytest.raises(ValueError, match="rank must be an int >= 1"):
@@ -297,6 +306,22 @@ def test_bad_input_is_named():
         add_lora(ours)
     with pytest.raises(ValueError, match="no LoRA adapters"):
         save_adapter(GPT2(GPT2Config(**SIZES)), "unused")
+    # peft's file holds one rank, alpha and dropout for all the adapters.
+    ours.h[0].attn.c_attn = LoRALinear(ours.h[0].attn.c_attn.base, rank=3, alpha=1.0)
+    with pytest.raises(ValueError, match=r"adapters differ in \(rank, alpha, dropo"):
+        save_adapter(ours, tmp_path / "mixed")
+    two_layers = add_lora(GPT2(GPT2Config(**SIZES)))
+    folder = save_adapter(two_layers, tmp_path / "adapter")
+    one_layer = GPT2(GPT2Config(**{**SIZES, "n_layer": 1}))
+    with pytest.raises(ValueError, match="adapter: 16 tensors, expected 8"):
+        load_adapter(one_layer, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["peft_type"] = "IA3"
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="adapter holds a IA3 adapter"):
+        load_adapter(GPT2(GPT2Config(**SIZES)), folder)
+    with pytest.raises(ValueError, match="'sys' is not a pure-Python standard-lib"):
+        lora.module_source(("sys",))
 
 
 def test_example_is_the_adapted_projection():

@@ -81,6 +81,49 @@ def test_pages_rejoin_into_python_docs_and_pack_ends_each_with_endoftext():
     assert tokenizer.decode(tokens.tolist()) == expected
 
 
+def test_pages_that_no_longer_rejoin_python_docs_are_refused(monkeypatch):
+    monkeypatch.setattr(lesson, "python_docs", lambda fraction: ("not the docs", ""))
+    with pytest.raises(RuntimeError, match="python_docs no longer joins the topic"):
+        corpus_pages()
+
+
+def test_tokenizer_is_trained_once_then_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANNOTATED_DL_CACHE", str(tmp_path))
+    pages = ["the cat sat on the mat", "the dog sat on the log"]
+    trained = build_tokenizer(pages, 8)
+    assert len(list(tmp_path.glob("pretraining-bpe-8-*/tokenizer.json"))) == 1
+
+    def no_training(text, merges):
+        raise AssertionError("the cached tokenizer should have been read back")
+
+    monkeypatch.setattr(lesson, "train_tokenizer", no_training)
+    loaded = build_tokenizer(pages, 8)
+    assert loaded.ranks == trained.ranks
+    assert loaded.special_tokens == trained.special_tokens
+
+
+def test_small_gpt_is_the_demos_default_model(monkeypatch):
+    """small_gpt's wiring, with a stand-in tokenizer and untrained weights: the
+    cached weights must fit the demo's defaults on the tokenizer's vocabulary."""
+    tokenizer = lesson.train_tokenizer("the cat sat on the mat", 4)
+    asked = []
+
+    def fake_tokenizer(pages, merges):
+        asked.append((pages, merges))
+        return tokenizer
+
+    expected = GPT2Config(vocab_size=tokenizer.vocabulary_size, n_positions=64,
+                          n_embd=128, n_layer=4, n_head=4, dropout=0.0)  # fmt: skip
+    weights = GPT2(expected).state_dict()
+    monkeypatch.setattr(lesson, "build_tokenizer", fake_tokenizer)
+    monkeypatch.setattr(lesson, "cached_weights", lambda name, file, train: weights)
+    model, got, train_pages, validation_pages = lesson.small_gpt()
+    assert (train_pages, validation_pages) == corpus_pages()
+    assert asked == [(train_pages, 512)] and got is tokenizer
+    assert model.config == expected and not model.training
+    assert torch.equal(model.wte.weight, weights["wte.weight"])
+
+
 def test_windows_are_contiguous_slices_and_reproducible():
     tokens = torch.arange(1000)
     windows = sample_windows(tokens, 7, 16, torch.Generator().manual_seed(0))

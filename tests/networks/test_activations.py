@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from annotated.networks.activations import (
     ACTIVATIONS,
+    Activate,
     DigitsNet,
     apply_activation,
     dead_fraction,
@@ -279,6 +280,10 @@ def test_state_dict_round_trip_gives_the_same_outputs():
     assert torch.equal(model(images), copy(images))
 
 
+def test_activate_layer_prints_its_activations_name():
+    assert repr(Activate("gelu_tanh")) == "Activate(gelu_tanh)"
+
+
 def test_bias_shift_moves_only_the_hidden_biases():
     torch.manual_seed(0)
     plain = DigitsNet("relu")
@@ -360,6 +365,8 @@ def test_bad_input_is_refused_with_the_argument_named():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="dim must name an axis"):
         softmax(x, dim=2)
+    with pytest.raises(TypeError, match="softmax: dim must be an int, got float"):
+        softmax(x, dim=1.0)
     with pytest.raises(ValueError, match="dim must name an axis"):
         softmax(torch.tensor(1.0))
     with pytest.raises(ValueError, match="v must have x's shape"):

@@ -408,6 +408,8 @@ def test_monitor_rejects_bad_arguments():
         TrainingMonitor(model, optimizer, writer="runs/")
     with pytest.raises(ValueError, match="histogram_every must be >= 1"):
         TrainingMonitor(model, optimizer, histogram_every=0)
+    with pytest.raises(TypeError, match="histogram_every must be an int, got 2.0"):
+        TrainingMonitor(model, optimizer, histogram_every=2.0)
 
 
 # -- example, dataflow and demo -------------------------------------------------------
@@ -427,7 +429,11 @@ def test_example_and_dataflow():
 def test_demo_trains_draws_and_logs(tmp_path, capsys):
     # --steps 100 --grid 5 --slice-points 5 --device cpu
     metric, args, low, high = short_band("annotated/networks/training_monitor.py")
+    stale = tmp_path / "runs" / "seed0" / "events.out.tfevents.0.earlier-run"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")  # a rerun replaces, not overlays, an earlier run's events
     metrics = main([*args, "--out", str(tmp_path)])
+    assert not stale.exists()
     assert metrics["test_accuracy"] > 0.85
     assert low <= metrics[metric] <= high  # the short run's band over stored seeds
     assert metrics["centre_loss"] == pytest.approx(metrics["train_loss"], rel=1e-5)
