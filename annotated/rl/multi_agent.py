@@ -172,12 +172,12 @@ class CoverLandmarks(ParallelEnv):
         sight: int = 1,
         render_mode: str | None = None,
     ):
+        if not isinstance(size, int) or size < 2:
+            raise ValueError(f"size must be an int >= 2, got {size!r}")
         if not isinstance(n_agents, int) or not 1 <= n_agents <= size * size:
             raise ValueError(
                 f"n_agents must be an int in [1, size²={size * size}], got {n_agents!r}"
             )
-        if not isinstance(size, int) or size < 2:
-            raise ValueError(f"size must be an int >= 2, got {size!r}")
         if not isinstance(max_cycles, int) or max_cycles < 1:
             raise ValueError(f"max_cycles must be an int >= 1, got {max_cycles!r}")
         if not isinstance(sight, int) or sight < 0:

@@ -193,6 +193,9 @@ def test_bad_arguments_are_named_and_nothing_is_written(sweep):
         register(sweep.client, sweep.experiment_id, best, "bad-alias", 3)
     with pytest.raises(ValueError, match="name must be"):
         register(sweep.client, sweep.experiment_id, best, " ", "champion")
+    parent = sweep.client.get_run(sweep.parent_id)  # the sweep's run logs no model
+    with pytest.raises(ValueError, match="should have logged one model, found 0"):
+        register(sweep.client, sweep.experiment_id, parent, "bad-alias", "champion")
     assert sweep.client.search_registered_models("name = 'bad-alias'") == []
     with pytest.raises(ValueError, match="has no child runs"):
         best_run(sweep.client, sweep.experiment_id, "0" * 32)

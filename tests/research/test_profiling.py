@@ -19,11 +19,13 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.profiler import ProfilerActivity
 
 from annotated.research.profiling import (
     ELEMENTWISE_FLOPS,
     MEMORY_CATEGORIES,
     TRACED,
+    activities,
     attention_flops,
     bound,
     conv2d_flops,
@@ -242,12 +244,27 @@ def test_bad_inputs_are_named(peak):
         roofline([], [1, 2, 3])
     with pytest.raises(TypeError, match="fn must be callable"):
         counted_flops(3)
+    with pytest.raises(TypeError, match="fn must be callable"):
+        seconds_per_call(3, ())
     with pytest.raises(ValueError, match="min_run_time"):
         seconds_per_call(torch.zeros, (1,), min_run_time=0)
+    # nvtx_steps checks its counts before touching the (named, unused) CUDA device
+    with pytest.raises(ValueError, match="warmup must be an int >= 0"):
+        nvtx_steps(TRACED, 1, "cuda", warmup=-1)
+    with pytest.raises(ValueError, match="warmup must be an int >= 0"):
+        nvtx_steps(TRACED, 1, "cuda", warmup=True)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        nvtx_steps(TRACED, 1, "cuda", steps=0)
     with pytest.raises(ValueError, match="active"):
         tensorboard_trace(TRACED, 1, "unused", active=0)
     with pytest.raises(ValueError, match="wait"):
         tensorboard_trace(TRACED, 1, "unused", wait=-1)
+
+
+def test_profiler_activities_add_cuda_kernels_only_on_a_gpu():
+    assert activities(torch.device("cpu")) == [ProfilerActivity.CPU]
+    cuda = activities(torch.device("cuda"))  # no CUDA call: only the device's type
+    assert cuda == [ProfilerActivity.CPU, ProfilerActivity.CUDA]
 
 
 # ## Example and demo

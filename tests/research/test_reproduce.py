@@ -12,6 +12,7 @@ chance.
 import csv
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
 from annotated.llm.gpt2 import CONV1D_WEIGHTS, to_hf_state_dict
+from annotated.research import reproduce
 from annotated.research.reproduce import (
     AnswerModel,
     GrokConfig,
@@ -37,6 +39,8 @@ from annotated.research.reproduce import (
     grokking_caption,
     main,
     modular_addition,
+    plot_runs,
+    plot_sweep,
     speedup_interval,
     steps_to_threshold,
     t_interval,
@@ -381,6 +385,48 @@ def test_runs_are_reproducible_and_the_filter_is_the_only_difference():
     assert one.train_loss != filtered.train_loss
 
 
+def test_a_run_stops_run_on_times_past_its_generalisation_step():
+    """A 1 % threshold is met at the first evaluation (chance is 1/23)."""
+    config = replace(SMALL, eval_every=1, threshold=0.01)
+    run, _ = train(config, progress=False)
+    assert run.generalised_at == 1 and run.steps == [1]
+    run, _ = train(config, run_on=3, progress=False)
+    assert run.generalised_at == 1 and run.steps == [1, 2, 3]
+
+
+def test_figures_mark_the_step_counts_a_run_reached(tmp_path, monkeypatch):
+    """Dashed lines at the main run's two counts; a generalised run's count is
+    written above its circle, a censored run's budget above its triangle."""
+    figures = []
+
+    def keep(fig, path, caption):
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(reproduce, "save", keep)
+
+    def run(decay, memorised, generalised):
+        return Run(
+            GrokConfig(weight_decay=decay),
+            "run",
+            steps=[10, 100],
+            train_accuracy=[0.1, 1.0],
+            val_accuracy=[0.0, 1.0],
+            weight_norm=[2.0, 1.0],
+            memorised_at=memorised,
+            generalised_at=generalised,
+        )
+
+    censored, done = run(0.0, 40, None), run(1.0, 30, 1750)
+    plot_runs(done, [censored, done], tmp_path)
+    flat = torch.full((24,), 1 / 24)
+    plot_sweep([censored, done], 4000, (flat, flat), tmp_path)
+    lines = figures[0].axes[0].lines
+    dashed = [line.get_xdata()[0] for line in lines if line.get_linestyle() == "--"]
+    assert dashed == [30, 1750]
+    assert [t.get_text() for t in figures[1].axes[0].texts] == ["> 4,000", "1,750"]
+
+
 def test_demo_runs_and_reports_every_number(tmp_path):
     metrics = main(
         [
@@ -445,6 +491,22 @@ def test_bad_inputs_raise_naming_the_argument(capsys):
         GrokfastEMA(alpha=1.0)
     with pytest.raises(ValueError, match="odd number of rows"):
         fourier_energy(torch.randn(46, 4))
+    with pytest.raises(ValueError, match=r"embedding must be a \[p, d\] tensor"):
+        fourier_energy(torch.randn(47))
+    with pytest.raises(ValueError, match="GrokConfig.width must be a positive int"):
+        GrokConfig(width=0)
+    with pytest.raises(ValueError, match="threshold must be in"):
+        GrokConfig(threshold=1.5)
+    with pytest.raises(ValueError, match="eval_every must be a positive int"):
+        GrokConfig(eval_every=0)
+    with pytest.raises(ValueError, match="run_on must be >= 1"):
+        train(SMALL, run_on=0.5)
+    with pytest.raises(ValueError, match="level must be in"):
+        t_interval([1.0, 2.0], level=1.0)
+    with pytest.raises(ValueError, match="lamb must be >= 0"):
+        GrokfastEMA(lamb=-1.0)
+    with pytest.raises(ValueError, match="step counts must be positive"):
+        speedup_interval([1, 2], [0, 1])
     with pytest.raises(SystemExit):
         main(["--weight-decays", "0,3"])
     assert "--weight-decays must include 1" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from annotated.rl.custom_env import (
     example,
     generate_layout,
     main,
+    parse_layout,
     play,
     random_policy,
     shortest_solution,
@@ -182,6 +183,16 @@ def test_every_generated_layout_is_solvable_and_the_oracle_replays():
         for t, action in enumerate(actions):
             _, reward, terminated, truncated, _ = env.step(action)
             assert terminated == (t == len(actions) - 1) and not truncated
+
+
+def test_the_oracle_returns_none_when_the_key_is_behind_its_own_door():
+    locked = [row.replace("K", ".") for row in LAYOUT]
+    locked[3] = "#...#K#"
+    grid, agent = parse_layout(locked, 7)
+    assert shortest_solution(grid, agent) is None
+    # holding a key already, the agent walks through the door and up to the goal
+    path = [RIGHT, RIGHT, DOWN, RIGHT, RIGHT, UP]
+    assert shortest_solution(grid, agent, has_key=True) == path
 
 
 def test_observation_is_egocentric_and_in_its_space():

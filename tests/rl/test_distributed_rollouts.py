@@ -219,7 +219,7 @@ def test_episode_boundaries_stop_the_trace():
     assert adv[0].tolist() == pytest.approx([1.0, 1.0 + 0.9 * 5.0])
 
 
-def test_bad_inputs_raise_naming_the_argument():
+def test_bad_inputs_raise_naming_the_argument(monkeypatch):
     z = torch.zeros(5, 2)
     flags = torch.zeros(5, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"values must be \[T \+ 1, N\]"):
@@ -236,6 +236,9 @@ def test_bad_inputs_raise_naming_the_argument():
         vtrace(z, z, torch.zeros(6, 2), flags, flags, 1.5)
     with pytest.raises(ValueError, match="num_actors must be >= 1"):
         train(ImpalaConfig(num_actors=0), progress=False)
+    monkeypatch.setattr(lesson, "ray", SimpleNamespace(is_initialized=lambda: False))
+    with pytest.raises(RuntimeError, match=r"call ray.init\(\) first"):
+        train(ImpalaConfig(), progress=False)
 
 
 def test_example_and_dataflow():
@@ -414,6 +417,70 @@ def test_demo_learns_from_two_lagging_actors(ray_session, monkeypatch, tmp_path)
     assert np.mean(first) < 35
     # Steps per second over the training run, which lies within the call.
     assert events.Scalars("charts/SPS")[0].value >= metrics["steps"] / wall
+
+
+class Done:
+    """An `ObjectRef` stand-in: the result of a call that already ran."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class LocalRay:
+    """The Ray calls the lesson makes, run in this process, each call at once."""
+
+    def __init__(self):
+        self.initialized, self.calls = False, []
+
+    def init(self, **kwargs):
+        self.initialized = True
+        self.calls.append(("init", kwargs["num_cpus"]))
+
+    def shutdown(self):
+        self.initialized = False
+        self.calls.append(("shutdown",))
+
+    def is_initialized(self):
+        return self.initialized
+
+    def put(self, value):
+        return value
+
+    def get(self, refs):
+        return [ref.value for ref in refs] if isinstance(refs, list) else refs.value
+
+    def wait(self, refs, num_returns):
+        return refs[:num_returns], refs[num_returns:]
+
+    def kill(self, actor):
+        pass
+
+
+def local_actor(*args):
+    """A `RolloutActor` built in this process; its `rollout.remote` runs at once."""
+    actor = RolloutActor.__ray_actor_class__(*args)  # the class under @ray.remote
+    return SimpleNamespace(
+        rollout=SimpleNamespace(remote=lambda *call: Done(actor.rollout(*call)))
+    )
+
+
+def test_demo_starts_its_own_ray_and_stops_at_the_target(monkeypatch, tmp_path, capsys):
+    """With no Ray running the demo starts one and shuts it down; a target of 0 is
+    met as soon as 20 episodes have ended, well inside the budget."""
+    local = LocalRay()
+    monkeypatch.setattr(lesson, "ray", local)
+    monkeypatch.setattr(lesson, "RolloutActor", SimpleNamespace(remote=local_actor))
+    monkeypatch.setattr(lesson, "save", lambda fig, path, caption: path)  # no PNGs
+    metrics = main(
+        [
+            *("--actors", "1", "--total-steps", "4096", "--target", "0"),
+            *("--sweep", "1,3", "--sweep-rounds", "1", "--out", str(tmp_path)),
+        ]
+    )
+    assert local.calls == [("init", 3), ("shutdown",)]
+    assert 20 * 8 <= metrics["steps_to_target"] == metrics["steps"] < 4096
+    assert math.isfinite(metrics["seconds_to_target"])
+    assert "reached 0 after" in capsys.readouterr().out
 
 
 def throughput_benchmark(benchmark, two_actors, count):

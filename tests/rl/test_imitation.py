@@ -206,6 +206,33 @@ def test_fit_standardises_and_survives_a_safetensors_round_trip(tmp_path):
     np.testing.assert_array_equal(reloaded.act(states), policy.act(states))
 
 
+def test_ppo_expert_acts_greedily_with_the_cached_agents_actor(monkeypatch):
+    """`cached_weights` and PPO's `train` stubbed: a fresh agent stands in for the
+    trained one, and the expert must pick the argmax of its actor's logits."""
+    torch.manual_seed(0)
+    stand_in = lesson.Agent(obs_dim=4, num_actions=2)
+    asked = []
+
+    def fake_train(config, progress):
+        assert config == lesson.PPOConfig() and progress is False
+        return stand_in, None
+
+    def fake_cache(name, source, build):
+        asked.append((name, source))
+        return build()
+
+    monkeypatch.setattr(lesson, "train", fake_train)
+    monkeypatch.setattr(lesson, "cached_weights", fake_cache)
+    act = lesson.ppo_expert(progress=False)
+    assert asked == [("rl-imitation-expert", lesson.__file__)]
+    obs = np.random.default_rng(0).normal(size=(64, 4))
+    with torch.no_grad():
+        logits = stand_in.actor(torch.as_tensor(obs, dtype=torch.float32))
+    actions = act(obs)
+    assert set(actions) == {0, 1}  # both actions occur, so argmax is really tested
+    np.testing.assert_array_equal(actions, logits.argmax(-1).numpy())
+
+
 def test_bad_input_is_rejected(capsys):
     with pytest.raises(ValueError, match=r"states must be \[n, obs_dim\]"):
         fit(np.zeros(4), np.zeros(4, dtype=np.int64))

@@ -244,8 +244,19 @@ def test_bad_inputs_raise_naming_the_argument():
         CoverLandmarks(0)
     with pytest.raises(ValueError, match="render_mode"):
         CoverLandmarks(render_mode="human")
+    with pytest.raises(ValueError, match="size must be an int >= 2"):
+        CoverLandmarks(1, size=1)
+    with pytest.raises(ValueError, match="size must be an int >= 2, got '5'"):
+        CoverLandmarks(2, size="5")  # checked before size² bounds n_agents
+    with pytest.raises(ValueError, match="max_cycles must be an int >= 1"):
+        CoverLandmarks(max_cycles=0)
     with pytest.raises(ValueError, match="sight must be an int >= 0"):
         CoverLandmarks(sight=-1)
+    over = CoverLandmarks(2, 5, max_cycles=1)
+    over.reset(seed=0)
+    over.step(dict.fromkeys(over.agents, STAY))
+    with pytest.raises(ValueError, match=r"episode is over; call reset\(\) first"):
+        over.step({})
     world = CoverLandmarks(2, 5)
     with pytest.raises(ValueError, match=r"options\['agents'\] must be 2"):
         world.reset(options={"agents": [[0, 0], [5, 0]]})

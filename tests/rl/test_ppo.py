@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import annotated.rl.ppo as lesson
 from tools.literate.figures import short_band
 from annotated.rl.ppo import (
     Agent,
@@ -291,6 +292,18 @@ def test_demo_writes_its_outputs(tmp_path):
     assert weights["actor.4.weight"].shape == (2, 64)
 
 
+def test_training_stops_after_the_rollout_that_reaches_the_target(
+    tmp_path, monkeypatch, capsys
+):
+    """A target of 0 is met once 20 episodes have ended: within the first rollout
+    (512 steps of ~22-step episodes), so the second of the budget never runs."""
+    monkeypatch.setattr(lesson, "save", lambda fig, path, caption: path)  # no PNGs
+    metrics = main(["--total-steps", "1024", "--target", "0", "--out", str(tmp_path)])
+    assert metrics["steps"] == metrics["steps_to_target"] == 512
+    assert 0 < metrics["seconds_to_target"]
+    assert "reached 0 after 512 steps" in capsys.readouterr().out
+
+
 def test_agent_checkpoint_round_trip_and_near_uniform_start(tmp_path):
     agent, (obs,) = example()
     save_file(agent.state_dict(), str(tmp_path / "a.safetensors"))
@@ -309,9 +322,14 @@ def test_bad_inputs_raise_naming_the_argument():
         make_envs("Pendulum-v1", 2)
     with pytest.raises(ValueError, match="mode must be 'sync' or 'async'"):
         make_envs("CartPole-v1", 2, mode="threads")
+    with pytest.raises(ValueError, match="'FrozenLake-v1' must observe a flat Box"):
+        make_envs("FrozenLake-v1", 2)  # Discrete actions, but a Discrete observation
     flags = torch.zeros(5, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"values must be \[T \+ 1, N\]"):
         gae(torch.zeros(5, 2), torch.zeros(5, 2), flags, flags, 0.99, 0.95)
+    rewards, values = torch.zeros(5, 2), torch.zeros(6, 2)
+    with pytest.raises(ValueError, match="terminated and truncated must have rewards'"):
+        gae(rewards, values, flags, flags[:, :1], 0.99, 0.95)
     with pytest.raises(ValueError, match="at least one rollout, .* 512 steps, got 100"):
         train(PPOConfig(total_steps=100), progress=False)
 

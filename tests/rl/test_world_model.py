@@ -291,6 +291,14 @@ def test_imagined_return_counts_a_step_only_while_every_earlier_one_was_alive():
     torch.testing.assert_close(pushes, torch.where(plans > 0, 1.0, -1.0))
 
 
+def test_reset_forgets_the_warm_started_plan():
+    planner = MPC(cartpole_step, horizon=5, population=10, elites=2, iterations=1)
+    planner.act(np.array([0.0, 0.0, 0.05, 0.0]))
+    assert planner.plan.abs().sum() > 0  # the plan the next act() would warm-start
+    planner.reset()
+    torch.testing.assert_close(planner.plan, torch.zeros(5), rtol=0, atol=0)
+
+
 def test_planning_with_the_true_dynamics_beats_random():
     rng = np.random.default_rng(0)
     random = episodes(lambda k: lambda _: int(rng.integers(2)), 20, 100)
@@ -336,6 +344,8 @@ def test_bad_inputs_raise_naming_the_argument():
     score = lambda x: -(x**2).sum(1)  # noqa: E731
     with pytest.raises(ValueError, match="elites must be"):
         cem(score, torch.zeros(3), torch.ones(3), population=10, elites=20)
+    with pytest.raises(ValueError, match="iterations must be an int >= 1"):
+        cem(score, torch.zeros(3), torch.ones(3), iterations=0)
     with pytest.raises(ValueError, match="mean .* and std .* must match"):
         cem(score, torch.zeros(3), torch.ones(4))
     with pytest.raises(ValueError, match="score must return"):
@@ -345,6 +355,8 @@ def test_bad_inputs_raise_naming_the_argument():
         fit(Ensemble(), (data[0], data[1][:, 0], data[2], data[3]))
     with pytest.raises(ValueError, match="states must be"):
         fit(Ensemble(), (data[0][:, :3], *data[1:]))
+    with pytest.raises(ValueError, match="need at least 10 transitions, got 9"):
+        fit(Ensemble(), tuple(tensor[:9] for tensor in data))
     with pytest.raises(ValueError, match="start_states must be"):
         dyna_q(Ensemble(), torch.zeros(10, 3), updates=1)
 

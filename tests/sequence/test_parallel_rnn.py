@@ -34,6 +34,7 @@ from annotated.sequence.parallel_rnn import (
     MinGRU,
     StreamModel,
     collate_padded,
+    detach_state,
     echo_stream,
     example,
     linear_recurrence_loop,
@@ -153,6 +154,14 @@ def test_training_state_and_weights_survive_a_safetensors_checkpoint(tmp_path):
         resumed, tokens[:, 30:], targets[:, 30:], 10, optimizer, carried
     )
     assert len(first) == 3 and again == rest
+
+
+def test_detach_state_cuts_a_tensor_or_a_pair_and_passes_none_through():
+    h = 2 * torch.ones(2, 3, requires_grad=True)  # has a grad_fn
+    assert detach_state(None) is None  # a stream's first chunk: no state yet
+    assert detach_state(h).grad_fn is None and torch.equal(detach_state(h), h)
+    pair = detach_state((h, h + 1))  # an LSTM's (h, c)
+    assert isinstance(pair, tuple) and [p.grad_fn for p in pair] == [None, None]
 
 
 def test_echo_stream_targets_are_the_tokens_delay_steps_back():
@@ -566,6 +575,23 @@ def test_other_bad_inputs_raise_naming_the_argument():
 
 
 # ---------------------------------------------------------------- the demo
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--stream-length", "4", "--delay", "4"], "--delay must be below"),
+        (["--sequences", "10"], "--batch-size must be at most --sequences"),
+        # A chunk length < 1 is refused by the flag's type, before main's own check.
+        (["--truncations", "4,0"], "expected comma-separated whole numbers >= 1"),
+    ],
+)
+def test_demo_refuses_bad_flags_before_writing(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([*flags, "--out", str(tmp_path / "out")])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_learns_the_copy_only_when_the_chunk_is_longer_than_the_delay(tmp_path):

@@ -417,6 +417,11 @@ def test_bad_inputs_raise_naming_the_argument():
         beam_search(model, source, lengths, 0, 5)
     with pytest.raises(ValueError, match="one hypothesis per row"):
         sequence_log_probs(model, source, lengths, [])
+    task = ReverseDigits(2, 3)
+    with pytest.raises(ValueError, match="steps and batch_size must be >= 1, got 0, 8"):
+        train(model, task, 0, batch_size=8)
+    with pytest.raises(ValueError, match="steps and batch_size must be >= 1, got 5, 0"):
+        train(model, task, 5, batch_size=0)
     with pytest.raises(ValueError, match="min_length <= max_length"):
         ReverseDigits(5, 3)
     with pytest.raises(ValueError, match="per_length must lie in 1..50"):

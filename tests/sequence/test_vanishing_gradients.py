@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+import annotated.sequence.vanishing_gradients as lesson
 from annotated.sequence.vanishing_gradients import (
     backward_through_jacobians,
     clip_grad_norm,
@@ -501,6 +502,17 @@ def test_demo_measures_and_clips(tmp_path):
     assert metrics["clipped_final_loss"] < 0.8 * metrics["clipped_first_loss"]
     for name in ("decay.png", "pascanu.png", "clipping.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_demo_says_when_the_unclipped_run_stays_finite(tmp_path, monkeypatch, capsys):
+    """One echo step is too few to explode: the demo reports the final loss instead
+    of a step (its smallest sizes, figures left out)."""
+    for name in ("plot_decay", "plot_pascanu", "plot_clipping"):
+        monkeypatch.setattr(lesson, name, lambda *args: None)
+    sizes = ["--length", "52", "--batch", "1", "--hidden", "4", "--inputs", "1"]
+    metrics = main([*sizes, "--steps", "1", "--out", str(tmp_path)])
+    assert metrics["unclipped_diverged_at"] == math.inf
+    assert "without clipping: no divergence, final loss" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- benchmarks
