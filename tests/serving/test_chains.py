@@ -201,6 +201,14 @@ def test_llm_rejects_bad_settings(tiny_llm):
         tiny_llm.model_copy(update={"temperature": 0.0}).invoke("the")
 
 
+def test_a_tail_held_back_when_the_budget_runs_out_is_still_sent(tiny_llm):
+    """The text ends with the start of a stop sequence that never completes: the held
+    tail is yielded once the token budget is spent."""
+    text = tiny_llm.invoke("the cache")
+    pieces = list(tiny_llm.stream("the cache", stop=[text[-1] + "\x00"]))
+    assert "".join(pieces) == text and pieces[-1].endswith(text[-1])
+
+
 def test_chain_composes_and_agrees_across_invoke_stream_batch_async(index, tiny_llm):
     chain = build_chain(SiteRetriever(index=index, k=2), tiny_llm)
     question = "what is beam search?"

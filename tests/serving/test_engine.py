@@ -33,6 +33,7 @@ from annotated.llm.gpt2 import GPT2, GPT2Config, generate
 from annotated.serving.engine import (
     AsyncEngine,
     Engine,
+    Event,
     PrefixCachingAllocator,
     SamplingParams,
     build_app,
@@ -181,6 +182,19 @@ def test_a_preempted_request_goes_first_in_line(model, tokenizer):
     assert heads and all(heads)
 
 
+def test_aborting_a_waiting_request_ends_it_before_it_takes_a_block(model, tokenizer):
+    engine = Engine(model, tokenizer, num_blocks=8, block_size=4)
+    events = []
+    request = engine.make_request([1, 2, 3], SamplingParams(), events.append)
+    engine.add(request)
+    engine.abort(request.id)
+    assert request.finish_reason == "abort" and not engine.has_work()
+    assert events == [Event(request.id, None, "", "abort")]
+    assert engine.stats["finished_abort"] == 1 and engine.allocator.num_free == 8
+    engine.step()  # nothing to run: no forward pass
+    assert engine.stats["steps"] == 0 and engine.batch_sizes == []
+
+
 def test_prefix_cache_evicts_the_least_recently_freed_block():
     allocator = PrefixCachingAllocator(3, 2)
     blocks = [allocator.allocate() for _ in range(3)]
@@ -293,6 +307,8 @@ def test_bad_requests_raise_clear_errors(model, tokenizer):
         engine.make_request([1] * 30, SamplingParams(max_tokens=10))
     with pytest.raises(ValueError, match="non-empty list of token ids"):
         engine.make_request([], SamplingParams())
+    with pytest.raises(TypeError, match="params must be SamplingParams"):
+        engine.make_request([1, 2], {"max_tokens": 2})
     with pytest.raises(ValueError, match="max_batch"):
         Engine(model, tokenizer, max_batch=0)
     # a shorter list of params would silently drop the prompts past its end
@@ -635,6 +651,27 @@ def test_a_failed_step_ends_its_requests_with_errors_and_refuses_new_ones(
         assert health.status_code == 503 and "planted" in health.text
         assert [m.id for m in client.models.list()] == ["tiny-gpt"]
     assert "RuntimeError: CUDA out of memory (planted)" in capfd.readouterr().err
+
+
+def test_a_request_queued_after_a_failed_step_is_refused_too(capfd, model, tokenizer):
+    """An "add" still in the command queue when a step fails ends with "error"."""
+    engine = Engine(model, tokenizer, num_blocks=32, block_size=4)
+    served, events = AsyncEngine(engine), []
+    first, late = (
+        engine.make_request([1, 2], SamplingParams(), events.append) for _ in range(2)
+    )
+
+    def failing_step():  # "late" arrives while the step runs
+        served.commands.put(("add", late))
+        served.commands.put(("stop", None))
+        raise RuntimeError("planted")
+
+    engine.step = failing_step
+    served.commands.put(("add", first))
+    served.loop()  # in this thread: returns at "stop"
+    assert [e.finish_reason for e in events] == ["error", "error"]
+    assert [e.request_id for e in events] == [first.id, late.id]
+    assert late.finish_reason == "error" and "planted" in capfd.readouterr().err
 
 
 def stand_in_for_the_small_gpt(monkeypatch, tokenizer):

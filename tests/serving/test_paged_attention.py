@@ -256,6 +256,8 @@ def test_allocator_errors():
         BlockAllocator(0, 2)
     with pytest.raises(ValueError, match="block_size must be a positive int"):
         BlockAllocator(2, True)
+    with pytest.raises(ValueError, match="num_blocks and block_size must match"):
+        PagedKVCache(1, 1, 2, num_blocks=4, block_size=2, allocator=allocator)
     # A freed block goes to the back of the queue: the oldest free one comes first.
     first, second = allocator.allocate(), allocator.allocate()
     allocator.free(first)

@@ -24,6 +24,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import annotated.llm.pretraining as pretraining_module
+import annotated.serving.rag as rag_module
 from annotated.llm.bpe import train as train_tokenizer
 from annotated.llm.gpt2 import GPT2, GPT2Config
 from annotated.serving.rag import (
@@ -94,6 +96,26 @@ def small_retriever():
     hashed = HashEmbedder()
     vectors = hashed([p for chunk in chunks for p in chunk.passages()])
     return Retriever(chunks, hashed, vectors), vectors
+
+
+class CountingEmbedder(HashEmbedder):
+    """The hashed encoder with `Embedder`'s signature, counting the texts embedded."""
+
+    def __init__(self, device="cpu"):
+        self.embedded = 0
+
+    def __call__(self, texts, progress=False):
+        self.embedded += len(texts)
+        return super().__call__(texts)
+
+
+@pytest.fixture
+def hashed_demo(tmp_path, monkeypatch):
+    """The demo with the hashed encoder, and an empty cache folder of its own (the
+    cache is keyed by the passages, not the encoder)."""
+    monkeypatch.setenv("ANNOTATED_DL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(rag_module, "Embedder", CountingEmbedder)
+    return tmp_path
 
 
 # ---- the corpus and its links --------------------------------------------------------
@@ -402,6 +424,26 @@ def test_hybrid_retrieval_on_the_questions_about_four_lessons(embedder):
         assert scores["recall@1"] <= scores["mrr"] <= 1
 
 
+def test_corpus_embeddings_embed_only_the_lessons_missing_from_the_cache(hashed_demo):
+    chunks = load_corpus(LESSONS[:2])
+    passages = [p for chunk in chunks for p in chunk.passages()]
+    per_lesson = {
+        len([p for c in chunks if c.module == m for p in c.passages()])
+        for m in LESSONS[:2]
+    }
+    embedder = CountingEmbedder()
+    vectors = corpus_embeddings(chunks, embedder)
+    assert embedder.embedded == len(passages)
+    np.testing.assert_allclose(vectors, HashEmbedder()(passages), atol=1e-6)
+    files = sorted((hashed_demo / "cache").glob("rag-minilm-*.npy"))
+    assert len(files) == 2
+    np.testing.assert_array_equal(corpus_embeddings(chunks, embedder), vectors)
+    assert embedder.embedded == len(passages)  # all read back from the cache
+    files[0].unlink()  # one lesson edited: only its passages are embedded again
+    np.testing.assert_array_equal(corpus_embeddings(chunks, embedder), vectors)
+    assert embedder.embedded - len(passages) in per_lesson
+
+
 # ---- generation ----------------------------------------------------------------------
 
 
@@ -416,6 +458,14 @@ def test_extractive_answer_cites_a_source_after_every_sentence(small_retriever):
         sentence, link = " ".join(cited.group(1).split()), cited.group(2)
         source = next(chunk for chunk in sources if chunk.link == link)
         assert sentence in " ".join(source.prose.split())
+
+
+def test_an_answer_without_a_fitting_sentence_says_so():
+    chunk = Chunk("x/y", "Y", "", "", 1, 3, "Too short.\n\n| a table | row |")
+    hashed = HashEmbedder()
+    retriever = Retriever([chunk], hashed, hashed(chunk.passages()))
+    text, sources = answer("what is in the table?", retriever)
+    assert text == "No sentence of the top sections fits." and sources == [chunk]
 
 
 def test_sentences_skip_headings_tables_and_display_math():
@@ -491,6 +541,8 @@ def test_bad_input_is_refused(small_retriever):
         FaissIndex.load("/nonexistent/store.faiss")
     with pytest.raises(ValueError, match="vectors must be"):
         HNSW(np.zeros(4))
+    with pytest.raises(ValueError, match="M must be >= 2"):
+        HNSW(vectors[:10], M=1)
     with pytest.raises(ValueError, match="no section"):
         find_chunk(retriever.chunks, "llm/gpt2", "No such heading")
 
@@ -517,6 +569,45 @@ def test_demo_on_two_lessons(tmp_path):
     assert (tmp_path / "retrieval.png").is_file() and (tmp_path / "hnsw.png").is_file()
     assert (tmp_path / "corpus.faiss").is_file()
     assert not math.isnan(metrics["hnsw random speedup at recall 0.95"])
+
+
+def test_demo_answers_one_question_and_lets_the_gpt_continue(
+    hashed_demo, monkeypatch, capsys
+):
+    model, tokenizer, calls = object(), object(), []
+    monkeypatch.setattr(
+        pretraining_module, "small_gpt", lambda device: (model, tokenizer, [], [])
+    )
+
+    def continuing(text, *args):
+        calls.append(args)
+        return " and more"
+
+    monkeypatch.setattr(rag_module, "continue_answer", continuing)
+    question = "how does the KV cache work?"
+    flags = [question, "--generate", "3", "--seed", "5", "--lessons", LESSONS[0]]
+    metrics = main([*flags, "--out", str(hashed_demo)])
+    assert metrics == {"sections": float(len(load_corpus(LESSONS[:1])))}
+    assert calls == [(model, tokenizer, 3, 5)]
+    out = capsys.readouterr().out
+    assert f"Q: {question}" in out and "small GPT continues: ' and more'" in out
+    assert not (hashed_demo / "retrieval.png").exists()  # no evaluation, no figures
+
+
+def test_demo_evaluates_only_when_asked_for_the_evaluation(hashed_demo):
+    metrics = main(["--evaluate", "--lessons", *LESSONS[:2], "--out", str(hashed_demo)])
+    assert set(metrics) == {
+        f"{method} {name}"
+        for method in Retriever.methods
+        for name in ("recall@1", "recall@5", "recall@10", "mrr", "lesson@5")
+    }
+    assert not (hashed_demo / "retrieval.png").exists()
+
+
+def test_demo_refuses_lessons_that_no_question_is_about(hashed_demo, capsys):
+    with pytest.raises(SystemExit):
+        main(["--evaluate", "--lessons", "serving/chains"])
+    assert "none of the questions is about these lessons" in capsys.readouterr().err
 
 
 # ---- benchmarks ----------------------------------------------------------------------

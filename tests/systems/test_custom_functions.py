@@ -269,6 +269,14 @@ def test_focal_loss_module_and_composition_agree():
     )
 
 
+def test_the_layers_print_their_settings():
+    assert repr(LogSumExp(1, keepdim=True)) == "LogSumExp(dim=1, keepdim=True)"
+    assert (
+        repr(FocalLoss(0.3, 1.0, "sum"))
+        == "FocalLoss(alpha=0.3, gamma=1.0, reduction='sum')"
+    )
+
+
 # ---------------------------------------------------------------- straight-through sign
 
 

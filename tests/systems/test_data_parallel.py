@@ -273,6 +273,11 @@ def test_bad_bucket_size_raises(one_rank_group):
         DataParallel(branchy_model(), bucket_bytes=2.5)
 
 
+def test_sharded_optimizer_needs_a_tensor_for_every_rank(one_rank_group):
+    with pytest.raises(ValueError, match="0 parameter tensors cannot give each of 1"):
+        ShardedOptimizer([], lr=0.1)
+
+
 def test_example_runs():
     model, (x,) = example()
     assert model(x).shape == (16, 10)

@@ -262,6 +262,18 @@ def test_unscale_divides_every_gradient_even_after_an_inf_like_gradscaler():
     assert grads[0][-1].abs().max() < 1  # a scaled gradient would be ~1024 times this
 
 
+def test_unscale_passes_over_a_parameter_without_a_gradient():
+    model, x, y = tiny_problem()
+    unused = nn.Parameter(torch.zeros(3))  # in the optimizer, not in the graph
+    optimizer = torch.optim.SGD([*model.parameters(), unused], lr=0.1)
+    scaler = LossScaler(init_scale=4.0)
+    scaler.scale(F.cross_entropy(model(x), y)).backward()
+    scaled = [p.grad.clone() for p in model.parameters()]
+    assert not scaler.unscale_(optimizer) and unused.grad is None
+    for param, grad in zip(model.parameters(), scaled, strict=True):
+        torch.testing.assert_close(param.grad, grad / 4, rtol=0, atol=0)
+
+
 def test_scaler_refuses_to_unscale_twice_or_update_too_early():
     model, x, y = tiny_problem()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

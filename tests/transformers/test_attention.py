@@ -542,6 +542,10 @@ def test_bad_inputs_raise_naming_the_argument():
         scaled_dot_product_attention(q, k, v, dropout_p=1.0)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         MultiHeadAttention(10, 3)
+    with pytest.raises(ValueError, match=r"MultiHeadAttention: dropout must be in"):
+        MultiHeadAttention(10, 2, dropout=1.0)
+    with pytest.raises(ValueError, match=r"max_pairs must be in \[3, n_keys=8\]"):
+        recall_batch(2, n_keys=8, max_pairs=9)
     _, ours = torch_and_ours(batch_first=True)
     query, key, value = module_inputs(True)
     with pytest.raises(ValueError, match=r"query must be \[batch, seq, 15\]"):

@@ -346,6 +346,11 @@ def good():
             "q, k and v must share a dtype, got torch.float64, torch.float32",
         ),
         (
+            lambda q, k, v: flash_attention(q, k.to("meta"), v),
+            ValueError,
+            "q, k and v must be on one device, got cpu, meta, cpu",
+        ),
+        (
             lambda q, k, v: flash_attention(q, k[:1], v[:1]),
             ValueError,
             r"must share their leading \(batch, head\) dims",

@@ -437,6 +437,8 @@ def test_bad_arguments_are_named():
         Config(n_heads=8, n_kv_heads=3)
     with pytest.raises(ValueError, match="d_model 100 must be divisible"):
         Config(d_model=100, n_heads=8)
+    with pytest.raises(ValueError, match="Config: n_layers must be a positive int"):
+        Config(n_layers=0)
     with pytest.raises(ValueError, match="KVCache: layers, batch"):
         KVCache(2, 0, 2, 10, 3)
 

@@ -410,10 +410,19 @@ def test_demo_on_short_sequences(tmp_path):
     assert (tmp_path / "performer.png").exists()
 
 
-def test_demo_refuses_lengths_too_close_for_a_slope(capsys):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--min-length", "300", "--max-length", "1000"], "need 4 × --min-length"),
+        (["--scales", "0.5"], "--scales needs two values"),
+    ],
+)
+def test_demo_refuses_bad_flags(flags, message, capsys):
+    """Lengths too close for a slope; one scale where a soft and a sharp one are
+    compared."""
     with pytest.raises(SystemExit):
-        main(["--min-length", "300", "--max-length", "1000"])
-    assert "need 4 × --min-length <= --max-length" in capsys.readouterr().err
+        main(flags)
+    assert message in capsys.readouterr().err
 
 
 # ------------------------------------------------------------- benchmarks

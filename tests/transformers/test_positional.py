@@ -466,6 +466,15 @@ def test_example_runs():
     assert fn(*args).shape == (2, 12, 16)
 
 
+@pytest.mark.parametrize(
+    "flags", [["--test-length", "40"], ["--train-length", "64", "--test-length", "32"]]
+)
+def test_demo_refuses_a_test_length_it_cannot_measure(flags, capsys):
+    with pytest.raises(SystemExit):
+        main(flags)
+    assert "--test-length must be a multiple of 16" in capsys.readouterr().err
+
+
 def test_demo_learned_table_fails_past_its_length_relative_does_not(tmp_path):
     """A short run trained at length 16 and tested at 32. Both schemes learn the task
     in distribution; past it the learned table scores what a model right on its 13

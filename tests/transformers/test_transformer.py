@@ -50,6 +50,7 @@ from annotated.transformers.transformer import (
     Transformer,
     TranslationTransformer,
     beam_search,
+    decode_digits,
     embed_sentences,
     example,
     held_out_numbers,
@@ -363,6 +364,8 @@ def test_transformer_rejects_bad_inputs():
         Config(d_model=10, nhead=4)
     with pytest.raises(ValueError, match="activation must be"):
         Config(activation="tanh")
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        Config(dropout=1.0)
 
 
 # ----------------------------------------------------------------------- positions
@@ -594,6 +597,13 @@ def test_batch_layout():
     assert batch.target_out[0].tolist() == [TOKEN["7"], EOS] + [PAD] * 5
     assert [VOCAB[t] for t in batch.target_out[1].tolist()] == [*"305012", "<eos>"]
     assert (PAD, BOS, EOS) == (0, 1, 2) and len(VOCAB) == 44
+    with pytest.raises(ValueError, match="numbers must not be empty"):
+        make_batch([])
+
+
+def test_decode_digits_reads_up_to_the_first_eos():
+    tokens = [BOS, TOKEN["3"], TOKEN["seven"], TOKEN["0"], EOS, TOKEN["7"], PAD]
+    assert decode_digits(tokens) == "30"
 
 
 # ---------------------------------------------------------- model and decoding
@@ -759,6 +769,10 @@ def test_translation_model_rejects_bad_inputs():
         model(source, lengths + 5, target)
     with pytest.raises(ValueError, match="one per row"):
         model(source, lengths[:1], target)
+    with pytest.raises(ValueError, match="target_in has 1 rows but source has 2"):
+        model(source, lengths, target[:1])
+    with pytest.raises(ValueError, match="steps, batch_size, eval_every, average"):
+        train(model, 5, average=0)
     with pytest.raises(ValueError, match="max_length must be"):
         beam_search(model, source, lengths, 2, 0)
     state = model.start(source, lengths)

@@ -229,10 +229,22 @@ def test_bad_inputs_raise_naming_the_problem():
         clip_loss(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="hidden_act must be one of"):
         Config(hidden_act="relu")
+    with pytest.raises(ValueError, match=r"eos_token_id 23 is not in the vocab"):
+        Config(vocab_size=23, eos_token_id=23)
+    with pytest.raises(ValueError, match="legacy eos_token_id=2"):
+        Config.from_hf(hf_config(text={"eos_token_id": 2}))
+    with pytest.raises(ValueError, match="both towers must share hidden_act"):
+        Config.from_hf(hf_config(vision={"hidden_act": "gelu"}))
     state = random_pair(5)[0].state_dict()
     del state["text_projection.weight"]
     with pytest.raises(ValueError, match=r"missing \['text_projection.weight'\]"):
         CLIP.from_hf_state_dict(state, Config.from_hf(hf_config()))
+
+
+def test_demo_refuses_a_batch_larger_than_the_training_set(capsys):
+    with pytest.raises(SystemExit):
+        main(["--train", "64", "--batch-size", "128"])
+    assert "--batch-size must not exceed --train" in capsys.readouterr().err
 
 
 def test_extreme_pixels_stay_finite_and_state_dict_round_trips(tmp_path):
@@ -315,6 +327,29 @@ def test_training_warms_up_then_follows_a_cosine_and_never_decays_the_scale():
         assert [step[group][0] for step in used] == pytest.approx(expected, rel=1e-12)
         assert {step[group][1] for step in used} == {decay}
     assert losses[-1] < losses[0]
+
+
+def test_small_clip_trains_through_the_cache_with_the_demos_settings(
+    tmp_path, monkeypatch
+):
+    """The cached model's wiring, with training stubbed: `fit` hands the demo's
+    settings to `train`, and the model returned holds the weights `fit` returned."""
+    monkeypatch.setenv("ANNOTATED_DL_CACHE", str(tmp_path))
+    for name, value in (("TRAIN_PAIRS", 8), ("EPOCHS", 1), ("BATCH_SIZE", 4)):
+        monkeypatch.setattr(clip, name, value)
+    runs = []
+    monkeypatch.setattr(clip, "train", lambda *a, **k: runs.append((a[1:], k)))
+    model, tokenizer = clip.small_clip()
+    (images, ids, *settings), keywords = runs[0]
+    assert len(runs) == 1 and settings == [1, 4, clip.LR] and keywords == {"seed": 0}
+    assert images.shape[0] == ids.shape[0] == 8 and not model.training
+    assert isinstance(tokenizer, WordTokenizer)
+    assert model.config.eos_token_id == tokenizer.eot
+    assert len(list(tmp_path.glob("clip-small-*.safetensors"))) == 1
+    torch.manual_seed(0)
+    fitted = CLIP(model.config).state_dict()  # what `fit` returns, untrained
+    pairs = zip(model.state_dict().values(), fitted.values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_example_runs():

@@ -308,6 +308,8 @@ def test_a_prompt_that_overflows_the_context_is_a_value_error():
         answer(model, tokenizer, image[None].repeat(2, 1, 1, 1), ["why?"])
     with pytest.raises(TypeError, match="int64"):
         model(image[None], fits.float())
+    with pytest.raises(ValueError, match=r"input_ids must be \[batch, seq\], got \(48"):
+        model(image[None], fits[0])
 
 
 def centre(image: np.ndarray, colour: str) -> np.ndarray:

@@ -189,6 +189,10 @@ def test_bad_inputs_raise_naming_the_argument():
         recall_at_k(
             torch.zeros(2, 3, dtype=torch.long), torch.zeros(2), torch.zeros(1), 4
         )
+    with pytest.raises(ValueError, match="3 query labels for 2 ranked rows"):
+        recall_at_k(
+            torch.zeros(2, 3, dtype=torch.long), torch.zeros(3), torch.zeros(1), 2
+        )
 
 
 def test_faiss_indexes_give_the_same_answers_after_write_and_read(tmp_path):
@@ -342,6 +346,16 @@ def test_example_and_dataflow():
     nodes, edges = dataflow((scores, ids))
     names = {node for node, _ in nodes}
     assert all(a in names and b in names for a, b, _ in edges)
+
+
+def test_demo_refuses_more_lists_than_pictures_before_loading_clip(monkeypatch, capsys):
+    def no_clip(device):
+        raise AssertionError("the flags are checked before the model is loaded")
+
+    monkeypatch.setattr(retrieval, "small_clip", no_clip)
+    with pytest.raises(SystemExit):
+        main(["--one", "3", "--two", "3", "--lists", "7"])
+    assert "--lists must be at most --one plus --two" in capsys.readouterr().err
 
 
 def test_demo_on_a_tiny_clip_agrees_with_faiss_and_reports_recall(

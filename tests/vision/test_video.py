@@ -267,6 +267,12 @@ def test_bad_clips_raise_naming_the_argument():
         factorised_mask(2, 2, "both")
     with pytest.raises(ValueError, match="attention must be"):
         VideoTransformer(Config(attention="sparse"))
+    with pytest.raises(ValueError, match="image_size 30 must be a multiple of patch"):
+        VideoTransformer(Config(image_size=30))
+    with pytest.raises(ValueError, match="dim 10 must be divisible by heads 3"):
+        Attention(10, 3)
+    with pytest.raises(ValueError, match="unknown attention 'sparse'"):
+        score_entries(8, 16, "sparse")
 
 
 def test_the_demo_needs_the_divided_model(capsys, tmp_path):

@@ -320,6 +320,10 @@ def test_bad_images_raise_naming_the_shape():
         model(torch.rand(3, 32, 32))
     with pytest.raises(ValueError, match="multiple of patch_size"):
         Config(image_size=30, patch_size=4)
+    with pytest.raises(ValueError, match="hidden_size 30 must be divisible by num_"):
+        Config(hidden_size=30, num_attention_heads=4)
+    with pytest.raises(ValueError, match="only hidden_act='gelu' with qkv_bias"):
+        Config.from_hf(hf_config(qkv_bias=False))
 
 
 def test_example_runs():
