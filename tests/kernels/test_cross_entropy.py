@@ -21,6 +21,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+
+from annotated.kernels import cross_entropy  # noqa: E402
 from annotated.kernels.cross_entropy import (  # noqa: E402
     dataflow,
     eager_cross_entropy,
@@ -31,6 +34,7 @@ from annotated.kernels.cross_entropy import (  # noqa: E402
     measure_memory,
     memory_count,
 )
+from tools.fake_cuda import fake_cuda  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # conftest.py sets TRITON_INTERPRET=1 unless it is set already, so by default the
@@ -458,6 +462,47 @@ def ids(*values, **kwargs):
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+    """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
+    times = iter([1.0, 3.0, 2.0, 9.0, 1.5, 6.0])  # ms: forward, forward+backward
+
+    def bench(function, **options):
+        function()
+        return next(times)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    monkeypatch.setattr(cross_entropy, "copy_bandwidth", lambda device: 1e-4)
+    with fake_cuda():
+        report = gpu_report(tokens=3, vocab=10, dtype=torch.float16)
+    # 3×10 float16 logits, 60 bytes: read once forward, and twice with the gradient
+    # written for forward+backward, plus 16 bytes a token each way.
+    forward, training = 60 + 3 * 16, 3 * 60 + 3 * 32
+    assert report == pytest.approx(
+        {
+            "size": "3×10 float16",
+            "copy GB/s": 1e-4,
+            "forward, ours µs": 1e3,
+            "forward+backward, ours µs": 3e3,
+            "forward, torch (float32) µs": 2e3,
+            "forward+backward, torch (float32) µs": 9e3,
+            "forward, torch (float16) µs": 1.5e3,
+            "forward+backward, torch (float16) µs": 6e3,
+            "peak GB, ours": 0.0,  # the fake's memory counters read 0
+            "peak GB, torch (float32)": 0.0,
+            "peak GB, torch (float16)": 0.0,
+            "forward, ours GB/s": forward / 1e-3 / 1e9,
+            "forward+backward, ours GB/s": training / 3e-3 / 1e9,
+            "forward, ours of copy": forward / 1e-3 / 1e9 / 1e-4,
+            "forward+backward, ours of copy": training / 3e-3 / 1e9 / 1e-4,
+            "forward, ours / torch (float32), speed": 2.0,
+            "forward+backward, ours / torch (float32), speed": 3.0,
+            "peak GB counted, ours": (2 * 30 + 16 * 3) / 1e9,  # 2 bytes a logit
+            "peak GB counted, torch (float32)": 12 * 30 / 1e9,  # 12 bytes a logit
+        }
+    )
 
 
 # ---------------------------------------------------------------- on a GPU only

@@ -9,6 +9,7 @@ dimension they accept, and scores in the thousands. The traffic counts the prose
 are counted again, and the demo's check is run on a short setting.
 """
 
+import functools
 import math
 import os
 
@@ -20,6 +21,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+
+from annotated.kernels import flash_attention as lesson  # noqa: E402
 from annotated.kernels.flash_attention import (  # noqa: E402
     attention_flops,
     attention_forward,
@@ -34,6 +38,7 @@ from annotated.kernels.flash_attention import (  # noqa: E402
     sram_bytes,
     visited_tiles,
 )
+from tools.fake_cuda import fake_cuda  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # conftest.py sets TRITON_INTERPRET=1 unless it is set already, so by default the
@@ -398,6 +403,59 @@ def test_bad_input_raises_clear_errors(attempt, error, match):
 def test_a_device_the_kernels_do_not_run_on_is_refused():
     with pytest.raises(ValueError, match="q is on meta, but the kernels run on cpu"):
         flash_attention(*qkv(device="meta"))
+
+
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+    """gpu_report runs on a fake GPU; its TFLOP/s and ratios follow from fixed times."""
+    times = {  # ms: forward and forward+backward, ours then SDPA's
+        "non-causal": ((1.0, 4.0), (0.5, 2.0)),
+        "causal": ((0.5, 2.0), (1.0, 3.0)),
+    }
+    calls = iter([2.0, *(ms for tag in times.values() for pair in tag for ms in pair)])
+
+    def bench(function, **options):
+        ms = next(calls)
+        if ms != 2.0:  # not the 8192² bf16 product, hours on a CPU
+            function()
+        return ms
+
+    def randn(*shape, generator=None, **options):
+        if shape == (8192, 8192):  # that product's operands: left unfilled
+            return torch.empty(*shape, **options)
+        return original(*shape, generator=generator, **options)
+
+    original = torch.randn
+    # fake_cuda leaves is_available False; the interpreter's kernels need blocks given
+    # (the autotuned ones exist only where compiled) and pass as compiled ones.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "randn", randn)
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    monkeypatch.setattr(lesson, "INTERPRETED", False)
+    fixed = functools.partial(flash_attention, blocks=lesson.INTERPRETER_BLOCKS)
+    monkeypatch.setattr(lesson, "flash_attention", fixed)
+    with fake_cuda():
+        report = gpu_report(batch=1, heads=1, seq=16, head_dim=16, dtype=torch.float16)
+    peak = 2 * 8192**3 / 2e-3 / 1e12  # TFLOP/s of the product in 2 ms
+    expected = {"batch": 1, "heads": 1, "seq": 16, "head dim": 16, "dtype": "float16"}
+    expected["bf16 matmul TFLOP/s"] = peak
+    # Forward: QKᵀ and PV, 2·16³ FLOP each; the backward's 5 products; causal half.
+    for (tag, runs), share in zip(times.items(), (1, 0.5)):
+        for name, ms in zip(("ours", "SDPA flash"), runs):
+            for step, each, flop in zip(
+                ("forward", "forward+backward"), ms, (16384 * share, 57344 * share)
+            ):
+                expected[f"{tag} {step} {name} µs"] = 1e3 * each
+                expected[f"{tag} {step} {name} TFLOP/s"] = flop / each / 1e9
+                expected[f"{tag} {step} {name} of matmul peak"] = (
+                    flop / each / 1e9 / peak
+                )
+    expected |= {
+        "non-causal forward ours / SDPA flash": 0.5,
+        "non-causal forward+backward ours / SDPA flash": 0.5,
+        "causal forward ours / SDPA flash": 2.0,
+        "causal forward+backward ours / SDPA flash": 1.5,
+    }
+    assert report == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- on a GPU only

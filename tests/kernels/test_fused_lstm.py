@@ -22,6 +22,8 @@ from torch import nn
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+
 from annotated.sequence.lstm import lstm_cell  # noqa: E402
 from annotated.kernels.fused_lstm import (  # noqa: E402
     FusedLSTMCell,
@@ -37,6 +39,7 @@ from annotated.kernels.fused_lstm import (  # noqa: E402
     main,
     unfused_traffic,
 )
+from tools.fake_cuda import fake_cuda  # noqa: E402
 
 FLOAT64 = dict(rtol=1e-12, atol=1e-12)
 FLOAT32 = dict(rtol=1e-5, atol=1e-5)
@@ -556,6 +559,59 @@ def cpu_cell(batch, input_size, hidden):
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.filterwarnings("ignore:PyTorch was compiled without cuDNN")
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+    """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
+    eager = unfused_traffic(2, 4)  # counted on the dispatcher
+    # batch 2, hidden 4, float32: 32 bytes a [batch, hidden] tensor, 128 the biases.
+    # Inference reads a, b, c and the biases and writes h', c' (11 tensors); training
+    # writes the 4 gates too, and its backward moves 13 plus 4 summed into 64 bytes.
+    inference, forward, backward = 11 * 32 + 128, 15 * 32 + 128, 17 * 32 + 64
+    entries = {  # name: (ms, bytes), in gpu_report's order
+        "forward, fused Triton": (1.0, inference),
+        "forward keeping the gates, fused Triton": (2.0, forward),
+        "forward, eager PyTorch": (4.0, eager["forward bytes"]),
+        "forward, ATen fused CUDA": (0.5, forward),
+        "forward+backward, fused Triton": (8.0, forward + backward),
+        "forward+backward, eager PyTorch": (
+            16.0,
+            eager["forward bytes"] + eager["backward bytes"],
+        ),
+        "forward+backward, ATen fused CUDA": (5.0, forward + backward),
+        "cell step, fused_lstm_cell": (3.0, None),
+        "cell step, lstm_cell (eager)": (6.0, None),
+        "cell step, nn.LSTMCell": (7.0, None),
+        "sequence step, fused_lstm_sequence": (10.0, None),  # 2 steps: 5 ms each
+        "sequence step, nn.LSTM (cuDNN)": (12.0, None),
+    }
+    calls = iter([0.25, *(ms for ms, _ in entries.values())])
+
+    def bench(function, **options):
+        ms = next(calls)
+        if ms != 0.25:  # not the 1 GiB copy, which would really copy on a CPU
+            function()
+        return ms
+
+    def aten_fused(*gates):  # _thnn_fused_lstm_cell has no CPU kernel
+        return (*lstm_pointwise(*gates), None)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    monkeypatch.setattr(triton.testing, "get_dram_gbps", lambda: 1e-4)
+    monkeypatch.setattr(torch.ops.aten, "_thnn_fused_lstm_cell", aten_fused)
+    with fake_cuda():
+        report = gpu_report(batch=2, hidden=4, steps=2)
+    expected = {"batch": 2, "hidden": 4, "peak GB/s": 1e-4}
+    expected["copy GB/s"] = 2 * 2**30 / 0.25e-3 / 1e9  # 1 GiB read and written
+    for name, (ms, moved) in entries.items():
+        ms /= 2 if name.startswith("sequence") else 1
+        expected[f"{name} µs"] = 1e3 * ms
+        if moved is not None:
+            expected[f"{name} GB/s"] = moved / (ms * 1e-3) / 1e9
+            expected[f"{name} of peak"] = moved / (ms * 1e-3) / 1e9 / 1e-4
+    assert report == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- on a GPU only

@@ -13,6 +13,7 @@ counts the prose states are counted again on the dispatcher.
 """
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 pytest.importorskip("triton")
+
+import triton  # noqa: E402
 
 from annotated.kernels.layernorm import (  # noqa: E402
     TritonLayerNorm,
@@ -36,6 +39,7 @@ from annotated.kernels.layernorm import (  # noqa: E402
     layer_norm_forward,
     main,
 )
+from tools.fake_cuda import fake_cuda  # noqa: E402
 
 FLOAT64 = dict(rtol=1e-12, atol=1e-12)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -513,6 +517,45 @@ def test_demo_checks_and_counts(tmp_path, capsys):
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+    """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
+    times = iter([0.5, 1.0, 2.0, 2.0, 5.0, 4.0, 6.0])  # ms: the copy, then pairs
+
+    def bench(function, **options):
+        ms = next(times)
+        if ms != 0.5:  # not the 1 GiB copy, which would really copy on a CPU
+            function()
+        return ms
+
+    # fake_cuda leaves is_available False and has no multiprocessor count to give.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    properties = SimpleNamespace(multi_processor_count=2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: properties)
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    with fake_cuda():
+        report = gpu_report(rows=2, cols=(8,), dtypes=(torch.float16,))
+    copy = 2 * 2**30 / 0.5e-3 / 1e9  # read and write 1 GiB in 0.5 ms, in GB/s
+    # float16 2×8: x, y and grad_y 32 bytes, a parameter 16, mean and rstd 8 each;
+    # forward x γ β y μ r, backward x ȳ γ β μ r x̄ γ̄ β̄ (β counted, as torch reads it).
+    forward, backward = 32 + 16 + 16 + 32 + 8 + 8, 32 * 3 + 16 * 4 + 8 * 2
+    expected = {"rows": 2, "copy GB/s": copy}
+    for name, moved, ours, torch_ms in (
+        ("forward", forward, 1.0, 2.0),
+        ("backward", backward, 2.0, 5.0),
+        ("training step", forward + backward, 4.0, 6.0),
+    ):
+        entry = f"float16 2×8 {name}"
+        expected |= {
+            f"{entry} ours µs": 1e3 * ours,
+            f"{entry} torch µs": 1e3 * torch_ms,
+            f"{entry} ours GB/s": moved / ours / 1e6,
+            f"{entry} torch GB/s": moved / torch_ms / 1e6,
+            f"{entry} ours of copy": moved / ours / 1e6 / copy,
+            f"{entry} ours / torch": torch_ms / ours,
+        }
+    assert report == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- on a GPU only

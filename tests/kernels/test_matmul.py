@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+
+from annotated.kernels import matmul as lesson  # noqa: E402
 from annotated.kernels.matmul import (  # noqa: E402
     CPU_CONFIG,
     blocked_matmul,
@@ -29,6 +32,7 @@ from annotated.kernels.matmul import (  # noqa: E402
     matmul,
     tile_coordinates,
 )
+from tools.fake_cuda import fake_cuda  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # conftest.py sets TRITON_INTERPRET=1 unless it is set already, so by default the
@@ -390,6 +394,51 @@ def test_demo_checks_products_and_counts_orders(tmp_path, capsys):
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+class StandInAutotuner:
+    """`tuned_matmul_kernel`, which exists only where a GPU was found at import: the
+    plain kernel launched with `best_config`, a configuration the interpreter runs."""
+
+    best_config = triton.Config(CPU_CONFIG, num_warps=2, num_stages=3)
+
+    def __getitem__(self, grid):
+        kernel = lesson.matmul_kernel[grid]
+        return lambda *args, **options: kernel(*args, **options, **CPU_CONFIG)
+
+
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+    """gpu_report runs on a fake GPU; its TFLOP/s and ratios follow from fixed times."""
+    times = {"fp16": (2.0, 3.0, 1.0), "bf16": (0.5, 1.0, 0.25)}  # ms, in call order
+    calls = iter(ms for label in times for ms in times[label])
+
+    def bench(function, **options):
+        function()
+        return next(calls)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    monkeypatch.setattr(lesson, "tuned_matmul_kernel", StandInAutotuner(), False)
+    monkeypatch.setattr(lesson, "BF16_DENSE_PEAK_TFLOPS", {"fake CUDA": 1e-6})
+    with fake_cuda():  # bfloat16 is let through as on a GPU; its values go unchecked
+        report = gpu_report(size=5)
+    config = "16×16×16, GROUP_M 4, 2 warps, 3 stages"
+    expected = {"size": 5, "device": "fake CUDA device"}
+    for label, ms in times.items():
+        for entry, each in zip(("ours", "ours, row-major order", "torch"), ms):
+            expected[f"{label} {entry} µs"] = 1e3 * each
+            expected[f"{label} {entry} TFLOP/s"] = 250 / (each * 1e-3) / 1e12
+        expected[f"{label} best config"] = config
+    expected |= {
+        "fp16 ours / torch": 0.5,
+        "fp16 grouped / row-major": 1.5,
+        "bf16 ours / torch": 0.5,
+        "bf16 grouped / row-major": 2.0,
+        "bf16 dense peak TFLOP/s": 1e-6,
+        "bf16 ours of peak": 0.5,  # 250 FLOP in 0.5 ms: 5e-7 TFLOP/s
+        "bf16 torch of peak": 1.0,
+    }
+    assert report == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- on a GPU only

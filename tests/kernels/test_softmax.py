@@ -19,6 +19,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+
+from annotated.kernels import softmax  # noqa: E402
 from annotated.kernels.softmax import (  # noqa: E402
     MAX_COLS,
     accumulator,
@@ -35,6 +38,7 @@ from annotated.kernels.softmax import (  # noqa: E402
     softmax_reference,
     traffic,
 )
+from tools.fake_cuda import fake_cuda  # noqa: E402
 
 FLOAT64 = dict(rtol=1e-12, atol=1e-12)
 FLOAT32 = dict(rtol=1e-6, atol=1e-6)
@@ -372,6 +376,41 @@ def test_demo_checks_counts_and_shows_the_overflow(tmp_path, capsys):
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+    """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
+    times = iter([1.0, 2.0, 4.0, 5.0, 10.0, 0.5, 1.0, 2.0, 3.0, 6.0])  # ms
+
+    def bench(function, **options):
+        function()
+        return next(times)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    monkeypatch.setattr(softmax, "copy_bandwidth", lambda: 6e-5)
+    with fake_cuda():
+        report = gpu_report(shapes=((3, 5), (2, 100)), dtype=torch.float16)
+    # 3x5 float16: 30 bytes a matrix, 60 moved forward (x, y), 90 backward.
+    expected = {"device": "fake CUDA device", "dtype": "float16", "copy GB/s": 6e-5}
+    for name, ms, gbps in (
+        ("ours", 1.0, 6e-5),
+        ("torch", 2.0, 3e-5),
+        ("eager", 4.0, 1.5e-5),
+        ("backward ours", 5.0, 1.8e-5),
+        ("backward torch", 10.0, 9e-6),
+    ):
+        expected[f"3x5 {name} µs"] = 1e3 * ms
+        expected[f"3x5 {name} GB/s"] = gbps
+        expected[f"3x5 {name} of copy"] = gbps / 6e-5
+    expected["3x5 ours / torch"] = expected["3x5 backward ours / torch"] = 2.0
+    first = {key: value for key, value in report.items() if "2x100" not in key}
+    assert first == pytest.approx(expected)
+    # 2x100 float16: 400 bytes a matrix, 800 moved forward, 1,200 backward.
+    assert report["2x100 ours GB/s"] == pytest.approx(1.6e-3)
+    assert report["2x100 backward torch of copy"] == pytest.approx(2e-4 / 6e-5)
+    assert report["2x100 ours / torch"] == report["2x100 backward ours / torch"] == 2
+    assert len(report) == len(expected) + 17
 
 
 # ---------------------------------------------------------------- on a GPU only

@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 
 import triton  # noqa: E402
 
+from annotated.kernels import vector_add  # noqa: E402
 from annotated.kernels.vector_add import (  # noqa: E402
     DTYPES,
     add,
@@ -32,6 +33,7 @@ from annotated.kernels.vector_add import (  # noqa: E402
     program_map,
     traffic,
 )
+from tools.fake_cuda import fake_cuda  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # conftest.py sets TRITON_INTERPRET=1 unless it is set already, so by default the
@@ -241,6 +243,38 @@ def test_too_many_elements_for_32_bit_offsets_is_refused():
     huge = torch.empty(2**31, dtype=torch.float16, device="meta")
     with pytest.raises(ValueError, match="at most 2\\*\\*31 - 1"):
         add(huge, huge)
+
+
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+    """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
+    times = iter([2.0, 5.0])  # ms: ours, torch.add
+
+    def bench(function, **options):
+        function()
+        return next(times)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    monkeypatch.setattr(vector_add, "copy_bandwidth", lambda: 8e-3)
+    with fake_cuda():
+        report = gpu_report(n_elements=1000, dtype=torch.float16, block_size=512)
+    moved = 3 * 1000 * 2  # read x, read y, write z: 6,000 bytes
+    assert report == pytest.approx(
+        {
+            "device": "fake CUDA device",
+            "elements": 1000,
+            "dtype": "float16",
+            "block": 512,
+            "ours µs": 2000.0,
+            "torch µs": 5000.0,
+            "ours GB/s": moved / 2e-3 / 1e9,
+            "torch GB/s": moved / 5e-3 / 1e9,
+            "copy GB/s": 8e-3,
+            "ours of copy": 3e-3 / 8e-3,
+            "torch of copy": 1.2e-3 / 8e-3,
+            "ours / torch": 2.5,
+        }
+    )
 
 
 # ---------------------------------------------------------------- on a GPU only
