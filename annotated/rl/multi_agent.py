@@ -5,7 +5,7 @@ summary: >-
   A cooperative grid world on PettingZoo's parallel API, and PPO for its agents twice:
   independent critics (IPPO) and one centralised critic on the global state (MAPPO),
   with shared, decentralised actors.
-time: 40 s
+time: 70 s
 references:
   - key: yu2022surprising
     authors: [Chao Yu, Akash Velu, Eugene Vinitsky, Jiaxuan Gao, Yu Wang,

@@ -1044,6 +1044,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if args.stream_length <= args.delay:
         parser.error("--delay must be below --stream-length")
+    if min(args.truncations) < 1:
+        parser.error("--truncations must be >= 1")
     if args.sequences < args.batch_size:
         parser.error("--batch-size must be at most --sequences")
     out = Path(args.out)

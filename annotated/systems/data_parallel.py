@@ -736,9 +736,10 @@ def launch(worker_argv: list[str], world_size: int) -> None:
         )
     failures = []
     for rank, process in enumerate(processes):
-        output, _ = process.communicate(timeout=600)
+        output, _ = process.communicate(timeout=600)  # None for rank 0: printed above
         if process.returncode != 0:
-            failures.append(f"rank {rank} exited with {process.returncode}\n{output}")
+            said = "(its output is above)" if output is None else output
+            failures.append(f"rank {rank} exited with {process.returncode}\n{said}")
     if failures:
         raise RuntimeError("data_parallel: a worker failed\n" + "\n".join(failures))
 

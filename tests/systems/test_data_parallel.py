@@ -28,6 +28,7 @@ from annotated.systems.data_parallel import (
     digits_tensors,
     example,
     global_batches,
+    launch,
     main,
     make_model,
     partition_parameters,
@@ -276,6 +277,13 @@ def test_bad_bucket_size_raises(one_rank_group):
 def test_sharded_optimizer_needs_a_tensor_for_every_rank(one_rank_group):
     with pytest.raises(ValueError, match="0 parameter tensors cannot give each of 1"):
         ShardedOptimizer([], lr=0.1)
+
+
+def test_a_failing_worker_is_named_with_its_output():
+    """Rank 0 prints to the terminal; another rank's output comes in the error."""
+    failed = r"(?s)a worker failed\nrank 0 exited with 2\n\(its output is above\)\n"
+    with pytest.raises(RuntimeError, match=failed + r"rank 1 exited with 2\n.*--steps"):
+        launch(["--steps", "many"], 2)
 
 
 def test_example_runs():
