@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-import triton  # noqa: E402
 
 from annotated.kernels import cross_entropy  # noqa: E402
 from annotated.kernels.cross_entropy import (  # noqa: E402
@@ -464,16 +463,9 @@ def test_bad_input_raises_clear_errors(call, error, match):
         call()
 
 
-def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch, fixed_times):
     """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
-    times = iter([1.0, 3.0, 2.0, 9.0, 1.5, 6.0])  # ms: forward, forward+backward
-
-    def bench(function, **options):
-        function()
-        return next(times)
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
-    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    fixed_times([1.0, 3.0, 2.0, 9.0, 1.5, 6.0])  # ms: forward, forward+backward
     monkeypatch.setattr(cross_entropy, "copy_bandwidth", lambda device: 1e-4)
     with fake_cuda():
         report = gpu_report(tokens=3, vocab=10, dtype=torch.float16)

@@ -562,7 +562,7 @@ def test_bad_input_raises_clear_errors(call, error, match):
 
 
 @pytest.mark.filterwarnings("ignore:PyTorch was compiled without cuDNN")
-def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch, fixed_times):
     """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
     eager = unfused_traffic(2, 4)  # counted on the dispatcher
     # batch 2, hidden 4, float32: 32 bytes a [batch, hidden] tensor, 128 the biases.
@@ -586,19 +586,12 @@ def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
         "sequence step, fused_lstm_sequence": (10.0, None),  # 2 steps: 5 ms each
         "sequence step, nn.LSTM (cuDNN)": (12.0, None),
     }
-    calls = iter([0.25, *(ms for ms, _ in entries.values())])
-
-    def bench(function, **options):
-        ms = next(calls)
-        if ms != 0.25:  # not the 1 GiB copy, which would really copy on a CPU
-            function()
-        return ms
+    # First the 1 GiB copy's time (not run: it would really copy on a CPU).
+    fixed_times([0.25, *(ms for ms, _ in entries.values())], skip_first=True)
 
     def aten_fused(*gates):  # _thnn_fused_lstm_cell has no CPU kernel
         return (*lstm_pointwise(*gates), None)
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
-    monkeypatch.setattr(triton.testing, "do_bench", bench)
     monkeypatch.setattr(triton.testing, "get_dram_gbps", lambda: 1e-4)
     monkeypatch.setattr(torch.ops.aten, "_thnn_fused_lstm_cell", aten_fused)
     with fake_cuda():

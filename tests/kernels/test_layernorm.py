@@ -24,7 +24,6 @@ from torch.nn import functional as F
 
 pytest.importorskip("triton")
 
-import triton  # noqa: E402
 
 from annotated.kernels.layernorm import (  # noqa: E402
     TritonLayerNorm,
@@ -519,21 +518,13 @@ def test_bad_input_raises_clear_errors(call, error, match):
         call()
 
 
-def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch, fixed_times):
     """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
-    times = iter([0.5, 1.0, 2.0, 2.0, 5.0, 4.0, 6.0])  # ms: the copy, then pairs
-
-    def bench(function, **options):
-        ms = next(times)
-        if ms != 0.5:  # not the 1 GiB copy, which would really copy on a CPU
-            function()
-        return ms
-
-    # fake_cuda leaves is_available False and has no multiprocessor count to give.
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # ms: the 1 GiB copy (not run), then the pairs
+    fixed_times([0.5, 1.0, 2.0, 2.0, 5.0, 4.0, 6.0], skip_first=True)
+    # fake_cuda has no multiprocessor count to give.
     properties = SimpleNamespace(multi_processor_count=2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: properties)
-    monkeypatch.setattr(triton.testing, "do_bench", bench)
     with fake_cuda():
         report = gpu_report(rows=2, cols=(8,), dtypes=(torch.float16,))
     copy = 2 * 2**30 / 0.5e-3 / 1e9  # read and write 1 GiB in 0.5 ms, in GB/s

@@ -407,17 +407,10 @@ class StandInAutotuner:
         return lambda *args, **options: kernel(*args, **options, **CPU_CONFIG)
 
 
-def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch, fixed_times):
     """gpu_report runs on a fake GPU; its TFLOP/s and ratios follow from fixed times."""
     times = {"fp16": (2.0, 3.0, 1.0), "bf16": (0.5, 1.0, 0.25)}  # ms, in call order
-    calls = iter(ms for label in times for ms in times[label])
-
-    def bench(function, **options):
-        function()
-        return next(calls)
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
-    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    fixed_times([ms for label in times for ms in times[label]])
     monkeypatch.setattr(lesson, "tuned_matmul_kernel", StandInAutotuner(), False)
     monkeypatch.setattr(lesson, "BF16_DENSE_PEAK_TFLOPS", {"fake CUDA": 1e-6})
     with fake_cuda():  # bfloat16 is let through as on a GPU; its values go unchecked

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-import triton  # noqa: E402
 
 from annotated.kernels import softmax  # noqa: E402
 from annotated.kernels.softmax import (  # noqa: E402
@@ -378,16 +377,9 @@ def test_bad_input_raises_clear_errors(call, error, match):
         call()
 
 
-def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch, fixed_times):
     """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
-    times = iter([1.0, 2.0, 4.0, 5.0, 10.0, 0.5, 1.0, 2.0, 3.0, 6.0])  # ms
-
-    def bench(function, **options):
-        function()
-        return next(times)
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
-    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    fixed_times([1.0, 2.0, 4.0, 5.0, 10.0, 0.5, 1.0, 2.0, 3.0, 6.0])  # ms
     monkeypatch.setattr(softmax, "copy_bandwidth", lambda: 6e-5)
     with fake_cuda():
         report = gpu_report(shapes=((3, 5), (2, 100)), dtype=torch.float16)

@@ -245,16 +245,9 @@ def test_too_many_elements_for_32_bit_offsets_is_refused():
         add(huge, huge)
 
 
-def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch):
+def test_gpu_report_runs_end_to_end_on_a_stand_in_device(monkeypatch, fixed_times):
     """gpu_report runs on a fake GPU; its GB/s and ratios follow from fixed times."""
-    times = iter([2.0, 5.0])  # ms: ours, torch.add
-
-    def bench(function, **options):
-        function()
-        return next(times)
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fake_cuda's no
-    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    fixed_times([2.0, 5.0])  # ms: ours, torch.add
     monkeypatch.setattr(vector_add, "copy_bandwidth", lambda: 8e-3)
     with fake_cuda():
         report = gpu_report(n_elements=1000, dtype=torch.float16, block_size=512)
